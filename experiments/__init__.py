@@ -1,0 +1,1 @@
+"""Experiment specs, MLflow tracking and the model registry."""

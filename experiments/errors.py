@@ -1,0 +1,28 @@
+"""Errors raised by the experiments layer.
+
+Hierarchy::
+
+    ExperimentError
+    ├── SpecError          an experiment spec is unreadable or invalid
+    └── TrackingError      MLflow tracking or the registry failed
+"""
+
+from __future__ import annotations
+
+__all__ = ["ExperimentError", "SpecError", "TrackingError"]
+
+
+class ExperimentError(Exception):
+    """Base class of every error raised by :mod:`experiments`."""
+
+
+class SpecError(ExperimentError):
+    """An experiment spec that cannot be read or does not validate.
+
+    The message names the file and the field at fault, e.g.
+    ``spec.yaml: training.rounds: must be greater than 0``.
+    """
+
+
+class TrackingError(ExperimentError):
+    """MLflow tracking or model registration failed; nothing was registered."""

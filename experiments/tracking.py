@@ -1,0 +1,175 @@
+"""MLflow tracking of federated runs and registration of the global model."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from experiments.errors import TrackingError
+from experiments.model_package import RiskModelPackage, save_package_files
+from experiments.spec import ExperimentSpec
+from training.models import RiskModel
+from training.preprocessing import FeatureEncoder
+
+__all__ = ["RunTracker", "embedded_artifact_location", "example_input", "flatten"]
+
+log = logging.getLogger(__name__)
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def embedded_artifact_location(tracking_uri: str) -> str | None:
+    """For a SQLite store, artifacts go to ``mlartifacts`` beside the database file."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested spec as dotted MLflow params (lists of hospitals become their ids)."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif key == "hospitals" and isinstance(value, list):
+            out[name] = ",".join(h["id"] for h in value)
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def example_input(encoder: FeatureEncoder, rows: int = 2) -> pd.DataFrame:
+    """A made-up input example built from federation statistics, never a real patient."""
+    data: dict[str, list[Any]] = {}
+    for column, mean, std in zip(encoder.numeric, encoder.means, encoder.stds, strict=True):
+        data[column] = [round(mean + k * std / 2, 2) for k in range(rows)]
+    for column, values in zip(encoder.categorical, encoder.vocabulary, strict=True):
+        data[column] = [values[k % len(values)] if values else None for k in range(rows)]
+    return pd.DataFrame(data)
+
+
+def _requirements() -> list[str]:
+    wanted = ("torch", "pandas", "numpy", "scikit-learn", "pytorch-lightning", "opacus", "mlflow")
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in wanted]
+
+
+class RunTracker:
+    """One MLflow run per experiment: params, per-round metrics, and the registered model.
+
+    Args:
+        tracking_uri: Any MLflow tracking URI (``sqlite:///...``, ``http://...``,
+            ``postgresql://...``).
+        artifact_location: Where a new experiment keeps artifacts (for embedded
+            stores); None lets the tracking server decide.
+    """
+
+    def __init__(self, tracking_uri: str, artifact_location: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_location = artifact_location
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.run_id: str | None = None
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as err:
+            raise TrackingError(f"MLflow {what} failed: {err.message}") from err
+        except OSError as err:
+            raise TrackingError(f"MLflow {what} failed: {err}") from err
+
+    def start(self, spec: ExperimentSpec, tags: dict[str, str] | None = None) -> str:
+        """Create (or reuse) the spec's MLflow experiment and start a run; returns its id."""
+        experiment = self._call("get experiment", self.client.get_experiment_by_name, spec.name)
+        if experiment is None:
+            experiment_id = self._call(
+                "create experiment", self.client.create_experiment, spec.name, artifact_location=self.artifact_location
+            )
+        else:
+            experiment_id = experiment.experiment_id
+        run = self._call(
+            "start run",
+            self.client.create_run,
+            experiment_id,
+            tags={"bioverse.kind": "federated-training", **(tags or {})},
+            run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        )
+        self.run_id = run.info.run_id
+        params = [Param(k, v) for k, v in flatten(spec.model_dump(mode="json")).items()]
+        for i in range(0, len(params), 90):
+            self._call("log params", self.client.log_batch, self.run_id, params=params[i : i + 90])
+        self.log_dict(spec.model_dump(mode="json"), "spec.json")
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log many metrics at one step (round) in as few calls as possible."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v == v]  # drop NaN
+        for i in range(0, len(batch), _BATCH):
+            self._call("log metrics", self.client.log_batch, self._run(), metrics=batch[i : i + _BATCH])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tag the run."""
+        self._call("tag run", self.client.log_batch, self._run(), tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        """Store a JSON artifact in the run."""
+        self._call("log artifact", self.client.log_dict, self._run(), obj, name)
+
+    def register(
+        self,
+        *,
+        model: RiskModel,
+        encoder: FeatureEncoder,
+        kind: str,
+        hparams: dict[str, Any],
+        model_name: str,
+        tags: dict[str, str],
+    ) -> str:
+        """Log the global model (signature, input example) and register a new version.
+
+        The version is created with its tags in one registry call, so the registry never
+        holds an untagged version. Returns the new version number.
+        """
+        run_id = self._run()
+        example = example_input(encoder)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            artifacts = save_package_files(Path(tmp), model, encoder, kind, hparams)
+            package = RiskModelPackage()
+            package.load_context(type("Ctx", (), {"artifacts": artifacts})())  # type: ignore[arg-type]
+            output = package.predict(None, example)  # type: ignore[arg-type]
+            with mlflow.start_run(run_id=run_id):
+                info = self._call(
+                    "log model",
+                    mlflow.pyfunc.log_model,
+                    name="model",
+                    python_model=RiskModelPackage(),
+                    artifacts=artifacts,
+                    signature=infer_signature(example, output),
+                    input_example=example,
+                    pip_requirements=_requirements(),
+                )
+        version = self._call("register model", mlflow.register_model, info.model_uri, model_name, tags=tags)
+        return str(version.version)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run as FINISHED or FAILED."""
+        if self.run_id is not None:
+            self._call("end run", self.client.set_terminated, self.run_id, status)
+
+    def _run(self) -> str:
+        if self.run_id is None:
+            raise TrackingError("no MLflow run started")
+        return self.run_id

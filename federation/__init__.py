@@ -1,0 +1,1 @@
+"""The Flower apps: coordinator (ServerApp), hospital (ClientApp), ledger and launcher."""

@@ -1,0 +1,105 @@
+"""The hospital's Flower ClientApp: statistics, DP training and evaluation on local data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from experiments.errors import ExperimentError
+from federation.errors import BudgetExceededError, FederationError
+from federation.hospital import encoder_from_config, evaluate_global, site_statistics, train_round
+from federation.site import Site, resolve_site, spec_from_run_config
+from training.errors import TrainingError
+
+__all__ = ["app"]
+
+log = logging.getLogger(__name__)
+torch.set_num_threads(int(os.environ.get("BIOVERSE_CLIENT_THREADS", "1")))
+
+app = ClientApp()
+
+#: Failures that are the hospital's business: reported to the coordinator as a status
+#: with a reason, not as a crash, so the round goes on with the others.
+_SITE_ERRORS = (TrainingError, FederationError, ExperimentError, OSError)
+
+
+def _site(context: Context) -> tuple[Site, object]:
+    spec = spec_from_run_config(dict(context.run_config))
+    site = resolve_site(dict(context.node_config), spec, str(context.run_config.get("ledger-dir", "")))
+    return site, spec
+
+
+def _status(message: Message, hospital_id: str, status: str, reason: str = "") -> Message:
+    site = ConfigRecord({"hospital-id": hospital_id, "status": status, "reason": reason[:1000]})
+    return Message(RecordDict({"site": site}), reply_to=message)
+
+
+def _hospital_id(context: Context) -> str:
+    return str(context.node_config.get("hospital-id", f"partition-{context.node_config.get('partition-id', '?')}"))
+
+
+@app.query()
+def statistics(message: Message, context: Context) -> Message:
+    """Send sufficient statistics of local training rows for federated preprocessing."""
+    try:
+        site, spec = _site(context)
+        found = site_statistics(site, spec)  # type: ignore[arg-type]
+    except _SITE_ERRORS as err:
+        log.warning("statistics failed: %s", err)
+        return _status(message, _hospital_id(context), "error", str(err))
+    reply = _status(message, site.hospital_id, "ok")
+    reply.content["statistics"] = ConfigRecord(
+        {"stats": json.dumps(found["stats"]), "fingerprint": found["fingerprint"], "n-train": found["n-train"], "n-test": found["n-test"]}
+    )
+    return reply
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Train the global model on local data with DP-SGD, if the privacy ledger allows."""
+    config = message.content["config"]
+    try:
+        site, spec = _site(context)
+        outcome = train_round(
+            site=site,
+            spec=spec,  # type: ignore[arg-type]
+            encoder=encoder_from_config(dict(config)),
+            state=message.content["arrays"].to_torch_state_dict(),
+            run_key=str(config["run-key"]),
+            server_round=int(config["server-round"]),
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+        )
+    except BudgetExceededError as err:
+        log.warning("%s refuses to train: %s", err.hospital_id, err)
+        return _status(message, err.hospital_id, "refused", str(err))
+    except _SITE_ERRORS as err:
+        log.warning("training failed: %s", err)
+        return _status(message, _hospital_id(context), "error", str(err))
+    reply = _status(message, site.hospital_id, "ok")
+    reply.content["arrays"] = ArrayRecord(outcome.state)
+    reply.content["metrics"] = MetricRecord(outcome.metrics)
+    return reply
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Evaluate the global model on the hospital's held-out rows."""
+    try:
+        site, spec = _site(context)
+        metrics = evaluate_global(
+            site=site,
+            spec=spec,  # type: ignore[arg-type]
+            encoder=encoder_from_config(dict(message.content["config"])),
+            state=message.content["arrays"].to_torch_state_dict(),
+        )
+    except _SITE_ERRORS as err:
+        log.warning("evaluation failed: %s", err)
+        return _status(message, _hospital_id(context), "error", str(err))
+    reply = _status(message, site.hospital_id, "ok")
+    reply.content["metrics"] = MetricRecord(metrics)
+    return reply

@@ -1,0 +1,213 @@
+"""The coordinator's run: federated statistics, strategy rounds, tracking and registration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from experiments.spec import ExperimentSpec
+from experiments.tracking import RunTracker
+from federation.errors import TooFewHospitalsError
+from federation.hospital import model_hparams
+from federation.progress import ProgressLog
+from federation.strategy import HospitalReply, build_strategy
+from training.models import build_model
+from training.preprocessing import FeatureEncoder, merge_statistics
+
+__all__ = ["Coordinator"]
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    """Runs one experiment over a Flower grid and records it in MLflow.
+
+    Args:
+        spec: The validated experiment.
+        tracker: MLflow tracking for this run.
+        progress: Where live progress events go.
+    """
+
+    def __init__(self, spec: ExperimentSpec, tracker: RunTracker, progress: ProgressLog) -> None:
+        self.spec = spec
+        self.tracker = tracker
+        self.progress = progress
+        self.participation: dict[str, dict[str, Any]] = {}
+        self.epsilon: dict[str, float] = {}
+        self.final_eval: dict[str, dict[str, float]] = {}
+        self.fingerprints: dict[str, str] = {}
+        self.timings: list[dict[str, float]] = []
+        self._round_started = time.perf_counter()
+
+    # ---- RoundObserver ----
+    def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, float]) -> None:
+        """Log a round's aggregate and per-hospital metrics, participation and progress."""
+        metrics = {f"{stage}_{k.replace('-', '_')}": v for k, v in aggregated.items()}
+        for reply in replies:
+            for key, value in reply.metrics.items():
+                metrics[f"{reply.hospital_id}/{stage}_{key.replace('-', '_')}"] = value
+            if stage == "train" and "epsilon" in reply.metrics:
+                self.epsilon[reply.hospital_id] = reply.metrics["epsilon"]
+            if stage == "evaluate" and reply.status == "ok":
+                self.final_eval[reply.hospital_id] = reply.metrics
+        round_record = self.participation.setdefault(str(server_round), {})
+        round_record[stage] = {r.hospital_id: {"status": r.status, "reason": r.reason} for r in replies}
+        ok = [r.hospital_id for r in replies if r.status == "ok"]
+        metrics[f"{stage}_hospitals"] = float(len(ok))
+        if stage == "evaluate":
+            now = time.perf_counter()
+            compute = sum(r.metrics.get("train-seconds", 0.0) for r in self._last_train)
+            self.timings.append({"round": server_round, "wall": now - self._round_started, "client_train_seconds": compute})
+            metrics["round_seconds"] = now - self._round_started
+            self._round_started = now
+            if self.epsilon:
+                metrics["epsilon_max"] = max(self.epsilon.values())
+        else:
+            self._last_train = [r for r in replies if r.status == "ok"]
+        self.tracker.log_metrics(metrics, step=server_round)
+        self.progress.emit(
+            stage,
+            round=server_round,
+            rounds=self.spec.training.rounds,
+            hospitals={r.hospital_id: r.status for r in replies},
+            reasons={r.hospital_id: r.reason for r in replies if r.reason},
+            metrics=aggregated,
+            epsilon=dict(self.epsilon),
+        )
+
+    _last_train: list[HospitalReply] = []
+
+    # ---- the run ----
+    def _wait_for_hospitals(self, grid: Grid) -> list[int]:
+        expected = len(self.spec.data.hospitals)
+        deadline = time.monotonic() + self.spec.strategy.join_timeout
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if len(nodes) < self.spec.strategy.min_hospitals:
+            raise TooFewHospitalsError(
+                f"{len(nodes)} hospitals connected within {self.spec.strategy.join_timeout:.0f} s, "
+                f"the minimum is {self.spec.strategy.min_hospitals}"
+            )
+        return nodes
+
+    def _federated_encoder(self, grid: Grid, nodes: list[int], run_key: str) -> tuple[FeatureEncoder, dict[int, str]]:
+        messages = [
+            Message(RecordDict({"config": ConfigRecord({"run-key": run_key})}), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in nodes
+        ]
+        replies = grid.send_and_receive(messages, timeout=self.spec.strategy.round_timeout)
+        stats, names, outcome = [], {}, {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                outcome[f"node-{node}"] = {"status": "failed", "reason": msg.error.reason}
+                continue
+            site = msg.content["site"]
+            hospital = str(site["hospital-id"])
+            names[node] = hospital
+            outcome[hospital] = {"status": str(site["status"]), "reason": str(site["reason"])}
+            if site["status"] == "ok":
+                record = msg.content["statistics"]
+                stats.append(json.loads(str(record["stats"])))
+                self.fingerprints[hospital] = str(record["fingerprint"])
+        self.participation["0"] = {"statistics": outcome}
+        self.progress.emit("statistics", hospitals={h: o["status"] for h, o in outcome.items()},
+                           reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
+        if len(stats) < self.spec.strategy.min_hospitals:
+            detail = "; ".join(f"{h}: {o['reason']}" for h, o in outcome.items() if o["status"] != "ok")
+            raise TooFewHospitalsError(
+                f"{len(stats)} hospitals sent statistics, the minimum is {self.spec.strategy.min_hospitals}"
+                + (f" ({detail})" if detail else "")
+            )
+        return FeatureEncoder.from_statistics(merge_statistics(stats), self.spec.data.contract), names
+
+    def run(self, grid: Grid) -> dict[str, Any]:
+        """Run the experiment end to end; returns the summary (run id, version...).
+
+        The MLflow run ends FAILED and nothing is registered if anything goes wrong.
+        """
+        spec = self.spec
+        started = time.perf_counter()
+        run_id = self.tracker.start(spec)
+        self.progress.emit("start", run_id=run_id, experiment=spec.name, rounds=spec.training.rounds,
+                           hospitals=[h.id for h in spec.data.hospitals])
+        try:
+            nodes = self._wait_for_hospitals(grid)
+            encoder, names = self._federated_encoder(grid, nodes, run_id)
+            setup_seconds = time.perf_counter() - started
+            model = build_model(spec.model.kind, encoder.input_dim, **model_hparams(spec))
+            strategy = build_strategy(spec.strategy, observer=self, min_available=spec.strategy.min_hospitals,
+                                      learning_rate=spec.training.learning_rate)
+            strategy.node_names.update(names)  # type: ignore[attr-defined]
+            config = ConfigRecord({"encoder": encoder.to_json(), "run-key": run_id})
+            self._round_started = time.perf_counter()
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(model.state_dict()),
+                num_rounds=spec.training.rounds,
+                timeout=spec.strategy.round_timeout,
+                train_config=config,
+                evaluate_config=ConfigRecord(dict(config)),
+            )
+            model.load_state_dict(result.arrays.to_torch_state_dict())
+            summary = self._summary(run_id, started, setup_seconds)
+            self.tracker.log_dict(self.participation, "participation.json")
+            self.tracker.log_dict(summary, "summary.json")
+            summary["model_version"] = self.tracker.register(
+                model=model,
+                encoder=encoder,
+                kind=spec.model.kind,
+                hparams=model_hparams(spec),
+                model_name=spec.model_name,
+                tags=self._version_tags(run_id),
+            )
+            self.tracker.log_metrics({"wall_seconds": time.perf_counter() - started}, step=spec.training.rounds)
+            self.tracker.end("FINISHED")
+        except BaseException as err:
+            log.exception("run %s failed", run_id)
+            self.tracker.end("FAILED")
+            self.progress.emit("error", run_id=run_id, message=str(err) or type(err).__name__)
+            raise
+        self.progress.emit("done", **summary)
+        return summary
+
+    def _summary(self, run_id: str, started: float, setup_seconds: float) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "run_id": run_id,
+            "experiment": spec.name,
+            "registered_model": spec.model_name,
+            "rounds": spec.training.rounds,
+            "strategy": spec.strategy.name,
+            "epsilon": dict(sorted(self.epsilon.items())),
+            "delta": spec.privacy.target_delta if spec.privacy.enabled else 0.0,
+            "hospital_metrics": dict(sorted(self.final_eval.items())),
+            "participation": self.participation,
+            "seconds": {"total": time.perf_counter() - started, "setup": setup_seconds, "rounds": self.timings},
+            "tracking_uri": self.tracker.tracking_uri,
+        }
+
+    def _version_tags(self, run_id: str) -> dict[str, str]:
+        spec = self.spec
+        tags = {
+            "experiment": spec.name,
+            "run_id": run_id,
+            "rounds": str(spec.training.rounds),
+            "strategy": spec.strategy.name,
+            "model_kind": spec.model.kind,
+            "dp": str(spec.privacy.enabled).lower(),
+            "epsilon": f"{max(self.epsilon.values()):.4f}" if self.epsilon else "inf",
+            "delta": str(spec.privacy.target_delta) if spec.privacy.enabled else "0",
+            "hospitals": ",".join(sorted(self.fingerprints)),
+            "review_status": "pending",
+        }
+        tags.update({f"schema.{h}": fp for h, fp in sorted(self.fingerprints.items())})
+        return tags

@@ -1,0 +1,42 @@
+"""Errors raised by the federation layer.
+
+Hierarchy::
+
+    FederationError
+    ├── BudgetExceededError    a hospital's privacy ledger refuses to train
+    ├── SiteConfigError        a hospital's node config is incomplete or wrong
+    ├── TooFewHospitalsError   fewer hospitals answered than the spec's minimum
+    └── LaunchError            the Flower engine could not start or run the app
+"""
+
+from __future__ import annotations
+
+__all__ = ["BudgetExceededError", "FederationError", "LaunchError", "SiteConfigError", "TooFewHospitalsError"]
+
+
+class FederationError(Exception):
+    """Base class of every error raised by :mod:`federation`."""
+
+
+class BudgetExceededError(FederationError):
+    """Training would take a hospital past its privacy budget; it refuses."""
+
+    def __init__(self, hospital_id: str, spent: float, requested: float, budget: float) -> None:
+        self.hospital_id = hospital_id
+        self.spent, self.requested, self.budget = spent, requested, budget
+        super().__init__(
+            f"privacy budget exhausted: {spent:.3f} spent in earlier runs + {requested:.3f} "
+            f"for this run > budget {budget:.3f}"
+        )
+
+
+class SiteConfigError(FederationError):
+    """A hospital's node config (or the simulation's hospital list) is unusable."""
+
+
+class TooFewHospitalsError(FederationError):
+    """Fewer hospitals answered a round than the experiment's minimum."""
+
+
+class LaunchError(FederationError):
+    """The Flower engine failed to start or the run failed."""

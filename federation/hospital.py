@@ -1,0 +1,135 @@
+"""What a hospital does for the coordinator: statistics, DP training rounds, evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from experiments.spec import ExperimentSpec
+from federation.ledger import PrivacyLedger
+from federation.site import Site
+from training.contract import schema_fingerprint
+from training.data import HospitalDataModule
+from training.local import evaluate_model, sample_rate, steps_per_epoch, train_locally
+from training.models import RiskModel, build_model
+from training.preprocessing import FeatureEncoder
+from training.privacy import epsilon_after
+
+__all__ = ["RoundOutcome", "evaluate_global", "model_hparams", "site_statistics", "train_round"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """A finished local round: new weights and what it cost."""
+
+    state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+
+
+def model_hparams(spec: ExperimentSpec) -> dict[str, Any]:
+    """Hyperparameters of the spec's model, as :func:`training.models.build_model` takes them."""
+    hparams: dict[str, Any] = {"lr": spec.training.learning_rate, "optimizer": spec.training.optimizer}
+    if spec.model.kind == "mlp":
+        hparams.update(hidden=tuple(spec.model.hidden), dropout=spec.model.dropout)
+    return hparams
+
+
+def _data(site: Site, spec: ExperimentSpec, encoder: FeatureEncoder | None = None) -> HospitalDataModule:
+    dm = HospitalDataModule(
+        site.data_path, spec.data.contract, spec.training.batch_size, spec.data.test_fraction, spec.seed
+    )
+    dm.encoder = encoder
+    return dm
+
+
+def site_statistics(site: Site, spec: ExperimentSpec) -> dict[str, Any]:
+    """Sufficient statistics and schema fingerprint of the hospital's training rows."""
+    dm = _data(site, spec)
+    return {
+        "stats": dm.statistics(),
+        "fingerprint": schema_fingerprint(dm.split.train, spec.data.contract),
+        "n-train": len(dm.split.train),
+        "n-test": len(dm.split.test),
+    }
+
+
+def _model(spec: ExperimentSpec, encoder: FeatureEncoder, state: dict[str, torch.Tensor]) -> RiskModel:
+    model = build_model(spec.model.kind, encoder.input_dim, **model_hparams(spec))
+    model.load_state_dict(state)
+    return model
+
+
+def train_round(
+    *,
+    site: Site,
+    spec: ExperimentSpec,
+    encoder: FeatureEncoder,
+    state: dict[str, torch.Tensor],
+    run_key: str,
+    server_round: int,
+    proximal_mu: float,
+) -> RoundOutcome:
+    """Charge the privacy ledger for this round, then train locally with DP-SGD.
+
+    The noise is calibrated once per run, so that ``rounds`` rounds spend the spec's
+    target epsilon; the ledger keeps this run's running total (steps and epsilon), so a
+    restarted hospital resumes its accounting where it was.
+
+    Raises:
+        BudgetExceededError: the round would exceed the hospital's budget; nothing trained.
+    """
+    dm = _data(site, spec, encoder)
+    train_data = dm.dataset("train")
+    n, batch = len(train_data), spec.training.batch_size
+    dp = spec.privacy.dp_config
+    metrics: dict[str, float] = {"num-examples": float(n)}
+    noise = None
+    if dp.enabled:
+        q = sample_rate(n, batch)
+        round_steps = spec.training.local_epochs * steps_per_epoch(n, batch)
+        noise = dp.noise_multiplier_for(sample_rate=q, total_steps=round_steps * spec.training.rounds)
+        ledger = PrivacyLedger(site.ledger_path, site.hospital_id)
+        previous = ledger.entry(run_key)
+        steps = (previous.steps if previous else 0) + round_steps
+        epsilon = epsilon_after(noise_multiplier=noise, sample_rate=q, steps=steps, delta=dp.target_delta, accountant=dp.accountant)
+        ledger.charge(run=run_key, experiment=spec.name, epsilon=epsilon, delta=dp.target_delta, steps=steps, budget=site.budget)
+        metrics.update({"epsilon": epsilon, "noise-multiplier": noise, "budget-left": site.budget - ledger.spent()})
+    model = _model(spec, encoder, state)
+    result = train_locally(
+        model,
+        train_data,
+        epochs=spec.training.local_epochs,
+        batch_size=batch,
+        dp=dp,
+        noise_multiplier=noise,
+        proximal_mu=proximal_mu,
+        seed=spec.seed * 100_003 + server_round,
+    )
+    metrics.update({"train-loss": result.loss, "train-seconds": result.seconds, "steps": float(result.steps)})
+    log.info("%s round %d: loss %.4f eps %s", site.hospital_id, server_round, result.loss, metrics.get("epsilon"))
+    return RoundOutcome(model.state_dict(), metrics)
+
+
+def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: FeatureEncoder, state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Metrics of the global model on the hospital's held-out rows."""
+    dm = _data(site, spec, encoder)
+    test = dm.dataset("test")
+    model = _model(spec, encoder, state)
+    metrics = evaluate_model(model, test)
+    return {"num-examples": float(len(test)), **metrics}
+
+
+def encoder_from_config(config: dict[str, Any]) -> FeatureEncoder:
+    """The federation's encoder, as the coordinator sent it."""
+    return FeatureEncoder.from_json(str(config["encoder"]))
+
+
+def statistics_json(stats: dict[str, Any]) -> str:
+    """Statistics as the JSON string a ConfigRecord carries."""
+    return json.dumps(stats)

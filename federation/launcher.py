@@ -1,0 +1,238 @@
+"""Launch an experiment on a Flower engine (local simulation or a deployed SuperLink) and follow it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from experiments.spec import ExperimentSpec
+from federation.errors import LaunchError
+from federation.progress import read_events
+
+__all__ = ["LaunchOptions", "free_port", "run_experiment", "start_superlink", "wait_for_port"]
+
+Engine = Literal["simulation", "deployment"]
+_CONNECTION = "bioverse"
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How and where to run an experiment.
+
+    Attributes:
+        engine: ``simulation`` (a private local SuperLink in simulation mode, started and
+            stopped here) or ``deployment`` (an existing SuperLink with SuperNodes).
+        run_dir: Folder for this run's app bundle, Flower home, logs and progress.
+        tracking_uri: MLflow tracking URI the coordinator logs to.
+        superlink: ``host:port`` of a deployed SuperLink (deployment only).
+        ledger_dir: Where simulated hospitals keep their privacy ledgers.
+        client_cpus: CPUs reserved per simulated hospital (fractions allowed).
+        timeout: Seconds after which the run is stopped.
+    """
+
+    engine: Engine
+    run_dir: Path
+    tracking_uri: str
+    superlink: str | None = None
+    ledger_dir: Path | None = None
+    client_cpus: float = 1.0
+    timeout: float = 3600.0
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Block until something accepts connections on ``127.0.0.1:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise LaunchError(f"process exited with code {process.returncode} before listening on port {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise LaunchError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def _bin(name: str) -> str:
+    """A Flower executable from this interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def start_superlink(*, port: int, log_file: Path, simulation: bool, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a ``flower-superlink`` on loopback; all its APIs share ``port`` (HTTP).
+
+    Runtime dependency installation is off: the apps run in this environment, where
+    BioVerse is installed.
+    """
+    command = [
+        _bin("flower-superlink"),
+        "--insecure",
+        "--isolation", "subprocess",
+        "--disable-runtime-dependency-installation",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+    ]
+    if simulation:
+        command.append("--simulation")
+    env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", **(extra_env or {})}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def stop(process: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """Stop a child process and its group: SIGTERM, then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+def _write_app(app_dir: Path) -> None:
+    """A minimal Flower app bundle naming BioVerse's installed apps."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    pyproject = {
+        "project": {"name": "bioverse-federation", "version": "0.1.0", "dependencies": []},
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "bioverse",
+                    "components": {"serverapp": "federation.server_app:app", "clientapp": "federation.client_app:app"},
+                    "config": {"spec": "", "tracking-uri": "", "progress-file": "", "ledger-dir": ""},
+                }
+            }
+        },
+    }
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
+
+
+def _write_flower_home(home: Path, address: str) -> None:
+    connection: dict[str, Any] = {"address": address, "insecure": True}
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": _CONNECTION, _CONNECTION: connection}}))
+
+
+@contextlib.contextmanager
+def _simulation_superlink(options: LaunchOptions, env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    process = start_superlink(port=port, log_file=options.run_dir / "superlink.log", simulation=True, extra_env=env)
+    try:
+        wait_for_port(port, 60, process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    options: LaunchOptions,
+    on_event: Callable[[dict[str, Any]], None] = lambda event: None,
+) -> dict[str, Any]:
+    """Run ``spec`` to the end and return the coordinator's summary.
+
+    Progress events (``start``, ``statistics``, ``train``, ``evaluate``, ``done``,
+    ``error``) are passed to ``on_event`` as the coordinator writes them.
+
+    Raises:
+        LaunchError: the engine failed, the run failed (with the coordinator's reason),
+            or it timed out.
+    """
+    run_dir = options.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    app_dir, home, progress = run_dir / "app", run_dir / "flwr-home", run_dir / "progress.jsonl"
+    _write_app(app_dir)
+    overrides = {
+        "spec": json.dumps(spec.model_dump(mode="json")),
+        "tracking-uri": options.tracking_uri,
+        "progress-file": str(progress),
+        "ledger-dir": str(options.ledger_dir or ""),
+    }
+    (run_dir / "run-config.toml").write_text(tomli_w.dumps(overrides))
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_DEDUP_LOGS": "0",
+        "PYTHONWARNINGS": "ignore",
+    }
+    if options.engine == "simulation":
+        link: contextlib.AbstractContextManager[str] = _simulation_superlink(options, env)
+    else:
+        if not options.superlink:
+            raise LaunchError("deployment needs the SuperLink's address (--superlink host:port)")
+        link = contextlib.nullcontext(options.superlink)
+    with link as address:
+        _write_flower_home(home, address)
+        federation: list[str] = []
+        if options.engine == "simulation":
+            cpus = int(options.client_cpus) if float(options.client_cpus).is_integer() else options.client_cpus
+            federation = [f"num-supernodes={len(spec.data.hospitals)} client-resources-num-cpus={cpus}"]
+        return _run_and_follow(app_dir, run_dir, progress, env, options.timeout, on_event, federation)
+
+
+def _run_and_follow(
+    app_dir: Path,
+    run_dir: Path,
+    progress: Path,
+    env: dict[str, str],
+    timeout: float,
+    on_event: Callable[[dict[str, Any]], None],
+    federation_config: list[str],
+) -> dict[str, Any]:
+    command = [_bin("flwr"), "run", str(app_dir), _CONNECTION, "--run-config", str(run_dir / "run-config.toml"), "--stream"]
+    for item in federation_config:
+        command += ["--federation-config", item]
+    log_path = run_dir / "flwr-run.log"
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=run_dir, start_new_session=True)
+        offset, deadline, summary, exited_at = 0, time.monotonic() + timeout, None, None
+        try:
+            while True:
+                events, offset = read_events(progress, offset)
+                for event in events:
+                    on_event(event)
+                    if event["event"] == "done":
+                        summary = event
+                    elif event["event"] == "error":
+                        raise LaunchError(event.get("message", "the run failed"))
+                if summary is not None:
+                    return summary
+                if process.poll() is not None:
+                    exited_at = exited_at or time.monotonic()
+                    if time.monotonic() - exited_at > 2:  # let the last events land
+                        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                        raise LaunchError(
+                            f"flwr run exited with code {process.returncode} before the run finished: "
+                            + (" | ".join(tail) if tail else f"see {log_path}")
+                        )
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"the run did not finish within {timeout:.0f} s; logs in {run_dir}")
+                time.sleep(0.1)
+        finally:
+            stop(process, grace=5)

@@ -1,0 +1,34 @@
+"""The coordinator's Flower ServerApp: runs an experiment spec over the grid."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from experiments.settings import get_settings
+from experiments.tracking import RunTracker, embedded_artifact_location
+from federation.coordinator import Coordinator
+from federation.progress import ProgressLog
+from federation.site import spec_from_run_config
+
+__all__ = ["app"]
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Read the run config and hand a typed spec, tracker and progress log inward."""
+    logging.basicConfig(level=logging.INFO)
+    config = dict(context.run_config)
+    progress = ProgressLog(str(config.get("progress-file", "") or "") or None)
+    try:
+        spec = spec_from_run_config(config)
+    except Exception as err:
+        progress.emit("error", message=str(err))
+        raise
+    settings = get_settings()
+    uri = str(config.get("tracking-uri", "") or "") or settings.resolved_tracking_uri()
+    Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri)), progress).run(grid)

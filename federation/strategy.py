@@ -1,0 +1,144 @@
+"""Strategies that tolerate absent hospitals, report who took part, and aggregate privacy."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
+
+from experiments.spec import StrategySpec
+from federation.errors import TooFewHospitalsError
+
+__all__ = ["HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy"]
+
+log = logging.getLogger(__name__)
+
+#: Metrics aggregated by their worst case rather than a weighted mean.
+_MAX_KEYS = {"epsilon", "noise-multiplier", "train-seconds"}
+_MIN_KEYS = {"budget-left"}
+
+
+@dataclass(frozen=True)
+class HospitalReply:
+    """One hospital's answer in one round."""
+
+    hospital_id: str
+    status: str  # ok | refused | error | failed
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RoundObserver(Protocol):
+    """Receives each round's outcome (the coordinator logs it to MLflow and progress)."""
+
+    def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, float]) -> None:
+        """Called after aggregation of a train or evaluate round."""
+
+
+def aggregate_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Weighted mean of each metric over hospitals, skipping NaN; epsilon takes the max."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    keys = {k for m in metrics for k in m.keys()}
+    out: dict[str, float] = {}
+    for key in sorted(keys):
+        pairs = [(float(m[key]), float(m.get(weighted_by_key, 1.0))) for m in metrics if key in m]
+        pairs = [(v, w) for v, w in pairs if not math.isnan(v)]
+        if not pairs:
+            continue
+        if key in _MAX_KEYS:
+            out[key] = max(v for v, _ in pairs)
+        elif key in _MIN_KEYS:
+            out[key] = min(v for v, _ in pairs)
+        elif key == weighted_by_key:
+            out[key] = sum(v for v, _ in pairs)
+        else:
+            total = sum(w for _, w in pairs) or 1.0
+            out[key] = sum(v * w for v, w in pairs) / total
+    return MetricRecord(out)
+
+
+def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, str]) -> tuple[list[Message], list[HospitalReply]]:
+    usable: list[Message] = []
+    outcomes: list[HospitalReply] = []
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            hospital = names.get(node, f"node-{node}")
+            outcomes.append(HospitalReply(hospital, "failed", msg.error.reason or "no reply"))
+            continue
+        site = msg.content.config_records.get("site")
+        hospital = str(site["hospital-id"]) if site else names.get(node, f"node-{node}")
+        names[node] = hospital
+        status = str(site["status"]) if site else "ok"
+        has_payload = bool(msg.content.metric_records) and (not need_arrays or bool(msg.content.array_records))
+        if status != "ok" or not has_payload:
+            outcomes.append(HospitalReply(hospital, status if status != "ok" else "error", str(site.get("reason", "")) if site else ""))
+            continue
+        metrics = {k: float(v) for k, v in next(iter(msg.content.metric_records.values())).items()}
+        outcomes.append(HospitalReply(hospital, "ok", "", metrics))
+        usable.append(msg)
+    return usable, sorted(outcomes, key=lambda o: o.hospital_id)
+
+
+class _Observed:
+    """Mixin placed before a Flower strategy: filters, checks and reports replies."""
+
+    observer: RoundObserver
+    min_hospitals: int
+    node_names: dict[int, str]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        usable, outcomes = _classify(replies, True, self.node_names)
+        if len(usable) < self.min_hospitals:
+            self.observer.on_round("train", server_round, outcomes, {})
+            detail = "; ".join(f"{o.hospital_id} {o.status}: {o.reason}" for o in outcomes if o.status != "ok")
+            raise TooFewHospitalsError(
+                f"round {server_round}: {len(usable)} hospitals trained, the minimum is {self.min_hospitals}"
+                + (f" ({detail})" if detail else "")
+            )
+        arrays, metrics = super().aggregate_train(server_round, usable)  # type: ignore[misc]
+        self.observer.on_round("train", server_round, outcomes, dict(metrics or {}))
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        usable, outcomes = _classify(replies, False, self.node_names)
+        metrics = super().aggregate_evaluate(server_round, usable) if usable else None  # type: ignore[misc]
+        self.observer.on_round("evaluate", server_round, outcomes, dict(metrics or {}))
+        return metrics
+
+
+_BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
+
+
+def build_strategy(spec: StrategySpec, *, observer: RoundObserver, min_available: int, learning_rate: float) -> Strategy:
+    """The spec's Flower strategy, wrapped to tolerate and report absent hospitals.
+
+    Args:
+        spec: Strategy section of the experiment spec.
+        observer: Told the outcome of every round.
+        min_available: Hospitals to wait for before a round starts.
+        learning_rate: The hospitals' learning rate (FedAdam/FedYogi's ``eta_l``).
+    """
+    base = _BASES[spec.name]
+    kwargs: dict[str, Any] = {
+        "min_train_nodes": spec.min_hospitals,
+        "min_evaluate_nodes": spec.min_hospitals,
+        "min_available_nodes": min_available,
+        "train_metrics_aggr_fn": aggregate_metrics,
+        "evaluate_metrics_aggr_fn": aggregate_metrics,
+    }
+    if spec.name == "fedprox":
+        kwargs["proximal_mu"] = spec.proximal_mu
+    if spec.name in ("fedadam", "fedyogi"):
+        kwargs.update(eta=spec.server_learning_rate, eta_l=learning_rate, tau=spec.tau, beta_1=0.9, beta_2=0.99)
+    cls = type(f"Tolerant{base.__name__}", (_Observed, base), {})
+    strategy = cls(**kwargs)
+    strategy.observer = observer
+    strategy.min_hospitals = spec.min_hospitals
+    strategy.node_names = {}
+    return strategy

@@ -1,0 +1,1 @@
+"""Tabular clinical risk models, hospital data contracts and DP-SGD training."""

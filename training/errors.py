@@ -1,0 +1,49 @@
+"""Errors raised by the training layer.
+
+Hierarchy::
+
+    TrainingError
+    ├── DataContractError      a hospital file breaks the data contract
+    └── PrivacyConfigError     DP settings that cannot be met
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DataContractError", "PrivacyConfigError", "TrainingError"]
+
+
+class TrainingError(Exception):
+    """Base class of every error raised by :mod:`training`."""
+
+
+class DataContractError(TrainingError):
+    """A hospital's data file does not satisfy the experiment's data contract.
+
+    Carries the file and, where known, the column and the 1-based data row at fault,
+    so the message points a data manager straight at the problem.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        problem: str,
+        *,
+        column: str | None = None,
+        row: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.column = column
+        self.row = row
+        where = [str(self.path)]
+        if column is not None:
+            where.append(f"column '{column}'")
+        if row is not None:
+            where.append(f"row {row}")
+        super().__init__(f"{', '.join(where)}: {problem}")
+
+
+class PrivacyConfigError(TrainingError):
+    """Differential-privacy settings that are invalid or cannot be reached."""

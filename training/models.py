@@ -1,0 +1,108 @@
+"""LightningModules for tabular clinical risk: logistic regression and an MLP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+__all__ = ["LogisticRiskModel", "MLPRiskModel", "RiskModel", "build_model", "MODEL_KINDS"]
+
+
+class RiskModel(pl.LightningModule):
+    """Binary risk model: ``forward`` gives one logit per patient.
+
+    Subclasses build ``self.net``; the shared step, metrics logging and optimiser live here.
+    Only layers Opacus supports (Linear, activations, dropout) are used, so every model
+    trains with DP-SGD as it is.
+    """
+
+    def __init__(self, input_dim: int, lr: float = 0.01, optimizer: str = "adam") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.criterion = nn.BCEWithLogitsLoss()
+        self.net: nn.Module = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (batch,)."""
+        return self.net(x).squeeze(-1)
+
+    def _common_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        loss = self.criterion(self(x), y)
+        if self._trainer is not None:
+            self.log(f"{stage}_loss", loss, prog_bar=stage != "train", batch_size=len(y))
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimisation step's loss."""
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Validation loss."""
+        return self._common_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Test loss."""
+        return self._common_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam or SGD with momentum, as configured."""
+        if self.hparams["optimizer"] == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=0.9)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Risk probabilities for a batch of encoded patients."""
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.sigmoid(self(x))
+        finally:
+            self.train(was_training)
+
+
+class LogisticRiskModel(RiskModel):
+    """Logistic regression: one linear layer, the clinical baseline."""
+
+    def __init__(self, input_dim: int, lr: float = 0.05, optimizer: str = "adam") -> None:
+        super().__init__(input_dim, lr, optimizer)
+        self.net = nn.Linear(input_dim, 1)
+
+
+class MLPRiskModel(RiskModel):
+    """A small multi-layer perceptron with ReLU and dropout."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        lr: float = 0.01,
+        optimizer: str = "adam",
+        hidden: tuple[int, ...] = (64, 32),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(input_dim, lr, optimizer)
+        layers: list[nn.Module] = []
+        width = input_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+
+MODEL_KINDS: dict[str, type[RiskModel]] = {"logistic": LogisticRiskModel, "mlp": MLPRiskModel}
+
+
+def build_model(kind: str, input_dim: int, **hparams: Any) -> RiskModel:
+    """Instantiate a risk model by kind (``logistic`` or ``mlp``)."""
+    try:
+        cls = MODEL_KINDS[kind]
+    except KeyError as err:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}") from err
+    if "hidden" in hparams:
+        hparams["hidden"] = tuple(hparams["hidden"])
+    return cls(input_dim, **hparams)

@@ -1,0 +1,155 @@
+"""Federated preprocessing: sites share sufficient statistics, never rows, to build one encoder."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.contract import DataContract
+
+__all__ = ["FeatureEncoder", "local_statistics", "merge_statistics", "MIN_CATEGORY_COUNT"]
+
+#: A category seen in fewer patients than this, over the whole federation, is folded
+#: into "other": rare values identify people and carry little signal.
+MIN_CATEGORY_COUNT = 5
+
+
+def local_statistics(frame: pd.DataFrame, contract: DataContract) -> dict[str, Any]:
+    """Sufficient statistics of one hospital's features (counts, sums, category counts).
+
+    Args:
+        frame: A table returned by :func:`training.contract.load_hospital_table`.
+        contract: The experiment's data contract.
+
+    Returns:
+        A JSON-serialisable dict that :func:`merge_statistics` combines across sites.
+    """
+    numeric = {}
+    for column in contract.numeric:
+        values = frame[column].dropna().to_numpy(dtype=float)
+        numeric[column] = {
+            "count": int(values.size),
+            "sum": float(values.sum()),
+            "sumsq": float(np.square(values).sum()),
+        }
+    categorical = {
+        column: {str(k): int(v) for k, v in frame[column].dropna().value_counts().items()}
+        for column in contract.categorical
+    }
+    return {"n": int(len(frame)), "numeric": numeric, "categorical": categorical}
+
+
+def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up the statistics of several hospitals."""
+    merged: dict[str, Any] = {"n": 0, "numeric": {}, "categorical": {}}
+    for part in parts:
+        merged["n"] += part["n"]
+        for column, stats in part["numeric"].items():
+            acc = merged["numeric"].setdefault(column, {"count": 0, "sum": 0.0, "sumsq": 0.0})
+            for key in acc:
+                acc[key] += stats[key]
+        for column, counts in part["categorical"].items():
+            acc = merged["categorical"].setdefault(column, {})
+            for value, count in counts.items():
+                acc[value] = acc.get(value, 0) + count
+    return merged
+
+
+@dataclass(frozen=True)
+class FeatureEncoder:
+    """Turns a contract's raw columns into the model's float matrix.
+
+    Numeric columns are standardised with federation-wide mean and standard deviation;
+    a missing value becomes 0 (the mean) plus a 1 in the column's ``__missing`` indicator.
+    Categorical columns are one-hot over the federation's vocabulary, with ``__missing``
+    and ``__other`` slots for absent and unseen or rare values.
+    """
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    means: tuple[float, ...]
+    stds: tuple[float, ...]
+    vocabulary: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def from_statistics(cls, stats: dict[str, Any], contract: DataContract) -> FeatureEncoder:
+        """Build the encoder from merged statistics."""
+        means, stds = [], []
+        for column in contract.numeric:
+            s = stats["numeric"].get(column, {"count": 0, "sum": 0.0, "sumsq": 0.0})
+            count = max(s["count"], 1)
+            mean = s["sum"] / count
+            var = max(s["sumsq"] / count - mean * mean, 0.0)
+            means.append(mean)
+            stds.append(math.sqrt(var) if var > 1e-12 else 1.0)
+        vocabulary = tuple(
+            tuple(
+                sorted(
+                    v
+                    for v, n in stats["categorical"].get(column, {}).items()
+                    if n >= MIN_CATEGORY_COUNT
+                )
+            )
+            for column in contract.categorical
+        )
+        return cls(contract.numeric, contract.categorical, tuple(means), tuple(stds), vocabulary)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the encoded columns, in order."""
+        names = list(self.numeric) + [f"{c}__missing" for c in self.numeric]
+        for column, values in zip(self.categorical, self.vocabulary, strict=True):
+            names += [f"{column}={v}" for v in values] + [f"{column}__missing", f"{column}__other"]
+        return names
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the encoded matrix."""
+        return 2 * len(self.numeric) + sum(len(v) + 2 for v in self.vocabulary)
+
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Encode raw feature columns into a float32 matrix of shape (rows, input_dim)."""
+        blocks = []
+        if self.numeric:
+            raw = frame[list(self.numeric)].to_numpy(dtype=np.float64, na_value=np.nan)
+            missing = np.isnan(raw)
+            z = (raw - np.asarray(self.means)) / np.asarray(self.stds)
+            blocks += [np.clip(np.where(missing, 0.0, z), -10.0, 10.0), missing.astype(np.float64)]
+        for column, values in zip(self.categorical, self.vocabulary, strict=True):
+            col = frame[column]
+            absent = col.isna().to_numpy()
+            text = col.astype(str).to_numpy()
+            one_hot = np.stack([text == v for v in values], axis=1) if values else np.zeros((len(frame), 0))
+            one_hot = one_hot & ~absent[:, None]
+            other = ~absent & ~one_hot.any(axis=1)
+            blocks += [one_hot.astype(np.float64), absent[:, None].astype(np.float64), other[:, None].astype(np.float64)]
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def to_json(self) -> str:
+        """Serialise for messages and model artifacts."""
+        return json.dumps(
+            {
+                "numeric": self.numeric,
+                "categorical": self.categorical,
+                "means": self.means,
+                "stds": self.stds,
+                "vocabulary": self.vocabulary,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureEncoder:
+        """Inverse of :meth:`to_json`."""
+        d = json.loads(text)
+        return cls(
+            tuple(d["numeric"]),
+            tuple(d["categorical"]),
+            tuple(d["means"]),
+            tuple(d["stds"]),
+            tuple(tuple(v) for v in d["vocabulary"]),
+        )
