@@ -1,0 +1,38 @@
+# BioVerse: `make demo` installs everything and runs the main job; `make test` runs the tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo install test test-unit test-integration bench lint clean
+
+demo: install
+	$(BIN)/bioverse demo
+
+install: $(VENV)/.installed
+
+# torch first, pinned: the CPU wheel on this kind of machine; an unpinned torch pulls CUDA.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest tests/unit tests/integration
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration
+
+bench: install
+	$(BIN)/python benchmarks/dp_overhead.py
+	$(BIN)/python benchmarks/federation_wall.py
+
+lint: install
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

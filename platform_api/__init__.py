@@ -1,0 +1,1 @@
+"""The platform's edge: the ``bioverse`` CLI (and, later, the FastAPI app)."""

@@ -1,0 +1,171 @@
+"""The ``bioverse`` command line: synthetic data, experiments, ledgers and the demo."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from experiments.errors import ExperimentError
+from experiments.settings import get_settings
+from experiments.spec import ExperimentSpec, load_spec
+from federation.errors import FederationError
+from federation.launcher import LaunchOptions, run_experiment
+from federation.ledger import PrivacyLedger
+from platform_api.reporting import RunReporter, render_summary
+from training.errors import TrainingError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="BioVerse: federated, differentially private learning for hospitals.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Hospital data: synthesise and check.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Run and validate experiment specs.", no_args_is_help=True)
+ledger_app = typer.Typer(help="A hospital's privacy ledger.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(ledger_app, name="ledger")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+_USER_ERRORS = (TrainingError, ExperimentError, FederationError, ValueError, OSError)
+
+
+def _one_line_errors(fn: F) -> F:
+    """Turn domain errors into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _USER_ERRORS as e:
+            message = " ".join(str(e).split()) or type(e).__name__
+            err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@data_app.command("synth")
+@_one_line_errors
+def data_synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the hospital files into.")],
+    hospitals: Annotated[int, typer.Option(help="Number of hospitals.")] = 3,
+    patients: Annotated[int, typer.Option(help="Patients in total, split unevenly across hospitals.")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
+    file_format: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+) -> None:
+    """Write realistic, non-IID synthetic hospitals with a known ground-truth risk."""
+    from training.synth import synthesize_hospitals
+
+    written = synthesize_hospitals(n_hospitals=hospitals, n_patients=patients, seed=seed, out_dir=out_dir, file_format=file_format)
+    for h in written:
+        out.print(f"{h.hospital_id}  {h.n_patients:>7} patients  prevalence {h.prevalence:6.1%}  {h.path}")
+
+
+@data_app.command("check")
+@_one_line_errors
+def data_check(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (YAML).")]) -> None:
+    """Check every hospital file named in a spec against its data contract."""
+    from training.contract import load_hospital_table
+
+    spec = load_spec(spec_path)
+    for hospital in spec.data.hospitals:
+        if hospital.path is None:
+            out.print(f"{hospital.id}: no path (deployment site, checked at the hospital)")
+            continue
+        frame = load_hospital_table(hospital.path, spec.data.contract)
+        out.print(f"{hospital.id}: ok, {len(frame)} patients, prevalence {frame[spec.data.label].mean():.1%}")
+
+
+@experiment_app.command("validate")
+@_one_line_errors
+def experiment_validate(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (YAML).")]) -> None:
+    """Validate a spec without running it."""
+    spec = load_spec(spec_path)
+    out.print(f"{spec_path}: valid ({len(spec.data.hospitals)} hospitals, {spec.training.rounds} rounds, "
+              f"{spec.strategy.name}, {'DP' if spec.privacy.enabled else 'no DP'})")
+
+
+def _launch(spec: ExperimentSpec, *, tracking_uri: str | None, engine: str, superlink: str | None,
+            client_cpus: float, timeout: float, ledger_dir: Path | None, quiet: bool) -> dict[str, Any]:
+    settings = get_settings()
+    uri = tracking_uri or settings.resolved_tracking_uri()
+    run_dir = settings.data_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
+    options = LaunchOptions(engine=engine,  # type: ignore[arg-type]
+                            run_dir=run_dir, tracking_uri=uri, superlink=superlink,
+                            ledger_dir=ledger_dir or settings.data_dir / "ledgers", client_cpus=client_cpus, timeout=timeout)
+    reporter = RunReporter(out, spec, quiet=quiet)
+    with reporter:
+        return run_experiment(spec, options, reporter.on_event)
+
+
+@experiment_app.command("run")
+@_one_line_errors
+def experiment_run(
+    spec_path: Annotated[Path, typer.Argument(help="Experiment spec (YAML).")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: SQLite in the data dir).")] = None,
+    engine: Annotated[str, typer.Option(help="simulation (one box) or deployment (a running SuperLink).")] = "simulation",
+    superlink: Annotated[str | None, typer.Option(help="host:port of the SuperLink, for --engine deployment.")] = None,
+    client_cpus: Annotated[float, typer.Option(help="CPUs per simulated hospital.")] = 1.0,
+    timeout: Annotated[float, typer.Option(help="Seconds before the run is stopped.")] = 3600.0,
+    quiet: Annotated[bool, typer.Option(help="Print only the summary.")] = False,
+) -> None:
+    """Run a federated experiment, track it in MLflow and register the model."""
+    if engine not in ("simulation", "deployment"):
+        raise ValueError(f"--engine must be simulation or deployment, not {engine!r}")
+    spec = load_spec(spec_path)
+    summary = _launch(spec, tracking_uri=tracking_uri, engine=engine, superlink=superlink,
+                      client_cpus=client_cpus, timeout=timeout, ledger_dir=None, quiet=quiet)
+    render_summary(out, summary)
+
+
+@ledger_app.command("show")
+@_one_line_errors
+def ledger_show(
+    path: Annotated[Path, typer.Argument(help="The ledger file (JSON).")],
+    hospital_id: Annotated[str, typer.Option(help="The hospital the ledger belongs to.")],
+    budget: Annotated[float | None, typer.Option(help="The hospital's budget, to show what is left.")] = None,
+) -> None:
+    """Show the epsilon each run has spent at a hospital."""
+    if not path.exists():
+        raise FederationError(f"{path}: no ledger (nothing spent yet)")
+    ledger = PrivacyLedger(path, hospital_id)
+    for entry in ledger.entries():
+        out.print(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(entry.updated))}  {entry.experiment:<30} "
+                  f"run {entry.run[:12]}  epsilon {entry.epsilon:.3f}  delta {entry.delta:g}  steps {entry.steps}")
+    total = ledger.spent()
+    left = f", {budget - total:.3f} left of {budget:g}" if budget is not None else ""
+    out.print(f"total epsilon spent: {total:.3f}{left}")
+
+
+@app.command("demo")
+@_one_line_errors
+def demo(
+    hospitals: Annotated[int, typer.Option(help="Synthetic hospitals.")] = 5,
+    patients: Annotated[int, typer.Option(help="Patients in total.")] = 12000,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 2026,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: SQLite in the data dir).")] = None,
+) -> None:
+    """The main job on embedded defaults: synthesise hospitals, run federated DP training, register the model."""
+    from platform_api.demo import prepare_demo
+
+    spec, ledger_dir = prepare_demo(get_settings().data_dir / "demo", hospitals=hospitals, patients=patients,
+                                    rounds=rounds, seed=seed, console=out)
+    summary = _launch(spec, tracking_uri=tracking_uri, engine="simulation", superlink=None, client_cpus=1.0,
+                      timeout=3600.0, ledger_dir=ledger_dir, quiet=False)
+    render_summary(out, summary, demo=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING)
+    app()

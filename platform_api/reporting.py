@@ -1,0 +1,104 @@
+"""Live progress and the final summary of a federated run, for the terminal (rich)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from experiments.spec import ExperimentSpec
+
+__all__ = ["RunReporter", "render_summary"]
+
+
+def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
+    return "-" if value is None or value != value else pattern.format(value)
+
+
+class RunReporter:
+    """Prints round n of N, who answered, loss, AUROC and epsilon as events arrive."""
+
+    def __init__(self, console: Console, spec: ExperimentSpec, quiet: bool = False) -> None:
+        self.console = console
+        self.spec = spec
+        self.quiet = quiet
+        self.status: Status | None = None
+        self._train: dict[str, Any] = {}
+
+    def __enter__(self) -> RunReporter:
+        if not self.quiet:
+            self.status = self.console.status("Starting Flower (SuperLink, simulation runtime)...")
+            self.status.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.status:
+            self.status.stop()
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, highlight=False)
+
+    def _absent(self, event: dict[str, Any]) -> None:
+        for hospital, status in sorted(event.get("hospitals", {}).items()):
+            if status != "ok":
+                reason = event.get("reasons", {}).get(hospital, "")
+                self._say(f"    [yellow]{hospital} {status}[/]: {reason}")
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Handle one progress event from the coordinator."""
+        kind = event["event"]
+        if kind == "start":
+            self._say(f"Run [bold]{event['run_id']}[/] of {event['experiment']}: "
+                      f"{len(event['hospitals'])} hospitals, {event['rounds']} rounds")
+            if self.status:
+                self.status.update("Waiting for hospitals' federated statistics...")
+        elif kind == "statistics":
+            ok = sum(1 for s in event["hospitals"].values() if s == "ok")
+            self._say(f"  federated preprocessing: statistics from {ok}/{len(event['hospitals'])} hospitals")
+            self._absent(event)
+            if self.status:
+                self.status.update("Round 1: training...")
+        elif kind == "train":
+            self._train = event
+        elif kind == "evaluate":
+            train = self._train.get("metrics", {})
+            trained = sum(1 for s in self._train.get("hospitals", {}).values() if s == "ok")
+            total = len(self._train.get("hospitals", {})) or len(event["hospitals"])
+            eps = max(event.get("epsilon", {}).values(), default=None)
+            self._say(
+                f"  round {event['round']}/{event['rounds']}  hospitals {trained}/{total}  "
+                f"loss {_fmt(train.get('train-loss'))}  AUROC {_fmt(event['metrics'].get('auroc'))}  "
+                f"epsilon max {_fmt(eps, '{:.2f}')}"
+            )
+            self._absent(self._train)
+            if self.status and event["round"] < event["rounds"]:
+                self.status.update(f"Round {event['round'] + 1}: training...")
+            elif self.status:
+                self.status.update("Registering the global model...")
+
+
+def render_summary(console: Console, summary: dict[str, Any], demo: bool = False) -> None:
+    """Per-hospital held-out metrics and privacy spent, then where to find the model."""
+    table = Table(title=f"{summary['experiment']}: {summary['rounds']} rounds, {summary['strategy']}")
+    for column in ("hospital", "held-out AUROC", "AUPRC", "Brier", "epsilon spent"):
+        table.add_column(column, justify="left" if column == "hospital" else "right")
+    hospitals = sorted(set(summary["hospital_metrics"]) | set(summary["epsilon"]))
+    for hospital in hospitals:
+        m = summary["hospital_metrics"].get(hospital, {})
+        table.add_row(hospital, _fmt(m.get("auroc")), _fmt(m.get("auprc")), _fmt(m.get("brier")),
+                      _fmt(summary["epsilon"].get(hospital), "{:.3f}"))
+    console.print(table)
+    eps = max(summary["epsilon"].values(), default=None)
+    privacy = f"epsilon {eps:.3f}, delta {summary['delta']:g}" if eps is not None else "no differential privacy"
+    console.print(f"Registered [bold]{summary['registered_model']}[/] version [bold]{summary['model_version']}[/] "
+                  f"(run {summary['run_id']}); privacy: {privacy}; {summary['seconds']['total']:.1f} s", highlight=False)
+    uri = summary["tracking_uri"]
+    if uri.startswith("http"):
+        console.print(f"See it in the MLflow UI: {uri}", highlight=False)
+    else:
+        console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)",
+                      highlight=False, soft_wrap=True)

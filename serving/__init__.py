@@ -1,0 +1,1 @@
+"""Ray Serve deployments for risk and vision models (issue 3 builds them)."""

@@ -1,0 +1,58 @@
+"""The bioverse CLI: useful output, and one clear line with a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from platform_api.cli import app
+from tests.conftest import spec_dict
+
+runner = CliRunner()
+
+
+def test_synth_writes_hospitals_and_check_accepts_them(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["data", "synth", "--hospitals", "2", "--patients", "400", "--seed", "3", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "hospital-01" in result.output and (tmp_path / "hospital-02.csv").exists()
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_dict([Path("hospital-01.csv"), Path("hospital-02.csv")])))
+    checked = runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
+    assert checked.exit_code == 0 and checked.output.count(": ok,") == 2
+    valid = runner.invoke(app, ["experiment", "validate", str(tmp_path / "spec.yaml")])
+    assert valid.exit_code == 0 and "valid (2 hospitals, 2 rounds, fedavg, DP)" in valid.output
+
+
+def _one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_bad_inputs_print_one_line_and_exit_1(tmp_path: Path) -> None:
+    line = _one_error_line(runner.invoke(app, ["data", "synth", "--hospitals", "0", "--out", str(tmp_path)]))
+    assert "hospital" in line
+    line = _one_error_line(runner.invoke(app, ["experiment", "run", str(tmp_path / "nope.yaml")]))
+    assert "nope.yaml: cannot read spec" in line
+    bad = spec_dict([Path("a.csv"), Path("b.csv")], training={"rounds": -1})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    line = _one_error_line(runner.invoke(app, ["experiment", "validate", str(tmp_path / "bad.yaml")]))
+    assert "training.rounds: Input should be greater than or equal to 1" in line
+    (tmp_path / "a.csv").write_text("patient_id,age\n1,2\n")
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(spec_dict([Path("a.csv"), Path("b.csv")])))
+    line = _one_error_line(runner.invoke(app, ["data", "check", str(tmp_path / "good.yaml")]))
+    assert "a.csv, column 'systolic_bp': missing required column" in line
+    line = _one_error_line(runner.invoke(app, ["experiment", "run", str(tmp_path / "good.yaml"), "--engine", "cloud"]))
+    assert "--engine must be simulation or deployment" in line
+
+
+def test_ledger_show(tmp_path: Path) -> None:
+    from federation.ledger import PrivacyLedger
+
+    PrivacyLedger(tmp_path / "l.json", "h1").charge(run="abc", experiment="exp", epsilon=1.25, delta=1e-5, steps=3, budget=5)
+    result = runner.invoke(app, ["ledger", "show", str(tmp_path / "l.json"), "--hospital-id", "h1", "--budget", "5"])
+    assert result.exit_code == 0 and "total epsilon spent: 1.250, 3.750 left of 5" in result.output
+    _one_error_line(runner.invoke(app, ["ledger", "show", str(tmp_path / "l.json"), "--hospital-id", "h2"]))

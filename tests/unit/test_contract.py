@@ -1,0 +1,76 @@
+"""The hospital data contract refuses bad files with the file, column and row at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from training.contract import DataContract, load_hospital_table, schema_fingerprint
+from training.errors import DataContractError
+
+CONTRACT = DataContract("pid", "event", ("age", "sbp"), ("sex",))
+
+
+def write(tmp_path: Path, text: str, name: str = "h.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_good_file_loads_with_types_and_missing_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "pid,age,sbp,sex,event,extra\np1,50,,F,1,x\np2,61,140,,0,y\np3,70,150,M,yes,z\n")
+    frame = load_hospital_table(path, CONTRACT)
+    assert list(frame.columns) == ["pid", "age", "sbp", "sex", "event"]
+    assert frame["age"].tolist() == [50.0, 61.0, 70.0]
+    assert pd.isna(frame.loc[0, "sbp"]) and frame.loc[1, "sex"] is None
+    assert frame["event"].tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pid,age,sex,event\np1,50,F,1\np2,40,M,0\n", ", column 'sbp': missing required column"),
+        ("pid,age,sbp,sex,event\np1,50,120,F,1\np2,abc,120,M,0\n", ", column 'age', row 2: expected a number, got 'abc'"),
+        ("pid,age,sbp,sex,event\np1,50,120,F,1\np2,40,120,M,2\n", ", column 'event', row 2: label must be binary"),
+        ("pid,age,sbp,sex,event\np1,50,120,F,1\np2,40,120,M,\n", ", column 'event', row 2: label is missing"),
+        ("pid,age,sbp,sex,event\np1,50,120,F,1\np2,40,120,M,1\n", ", column 'event': label has a single class"),
+        ("pid,age,sbp,sex,event\np1,50,120,F,1\np1,40,120,M,0\n", ", column 'pid', row 2: duplicate patient id 'p1'"),
+        ("pid,age,sbp,sex,event\n", ": file has no rows"),
+        ("", ": file is empty"),
+        ("pid,age,sbp,sex,event\np1,inf,120,F,1\np2,40,120,M,0\n", ", column 'age', row 1: infinite value"),
+    ],
+)
+def test_contract_violations_name_file_column_and_row(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(DataContractError) as info:
+        load_hospital_table(path, CONTRACT)
+    assert str(info.value).startswith(f"{path}{expected}")
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_missing_and_unsupported_files(tmp_path: Path) -> None:
+    with pytest.raises(DataContractError, match="file not found"):
+        load_hospital_table(tmp_path / "nope.csv", CONTRACT)
+    with pytest.raises(DataContractError, match="unsupported file type"):
+        load_hospital_table(write(tmp_path, "x", "h.xlsx"), CONTRACT)
+    garbage = tmp_path / "bad.parquet"
+    garbage.write_bytes(b"\x00\x01not parquet")
+    with pytest.raises(DataContractError, match="unreadable"):
+        load_hospital_table(garbage, CONTRACT)
+
+
+def test_parquet_loads_like_csv(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"pid": ["a", "b"], "age": [50, 60], "sbp": [120.0, None], "sex": ["F", "M"], "event": [True, False]})
+    frame.to_parquet(tmp_path / "h.parquet")
+    loaded = load_hospital_table(tmp_path / "h.parquet", CONTRACT)
+    assert loaded["event"].tolist() == [1, 0] and pd.isna(loaded.loc[1, "sbp"])
+
+
+def test_schema_fingerprint_tracks_schema_not_values(tmp_path: Path) -> None:
+    a = load_hospital_table(write(tmp_path, "pid,age,sbp,sex,event\np1,50,120,F,1\np2,40,110,M,0\n", "a.csv"), CONTRACT)
+    b = load_hospital_table(write(tmp_path, "pid,age,sbp,sex,event\nq1,80,160,M,0\nq2,30,100,F,1\n", "b.csv"), CONTRACT)
+    c = load_hospital_table(write(tmp_path, "pid,age,sbp,sex,event\np1,50,120,F,1\np2,40,110,X,0\n", "c.csv"), CONTRACT)
+    assert schema_fingerprint(a, CONTRACT) == schema_fingerprint(b, CONTRACT)
+    assert schema_fingerprint(a, CONTRACT) != schema_fingerprint(c, CONTRACT)
