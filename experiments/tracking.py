@@ -13,7 +13,8 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, DataType, Schema
 from mlflow.tracking import MlflowClient
 
 from experiments.errors import TrackingError
@@ -22,7 +23,7 @@ from experiments.spec import ExperimentSpec
 from training.models import RiskModel
 from training.preprocessing import FeatureEncoder
 
-__all__ = ["RunTracker", "embedded_artifact_location", "example_input", "flatten"]
+__all__ = ["RunTracker", "embedded_artifact_location", "example_input", "flatten", "model_signature"]
 
 log = logging.getLogger(__name__)
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
@@ -57,6 +58,14 @@ def example_input(encoder: FeatureEncoder, rows: int = 2) -> pd.DataFrame:
     for column, values in zip(encoder.categorical, encoder.vocabulary, strict=True):
         data[column] = [values[k % len(values)] if values else None for k in range(rows)]
     return pd.DataFrame(data)
+
+
+def model_signature(encoder: FeatureEncoder) -> ModelSignature:
+    """Raw features in (numeric as double, categorical as string, all optional: missing
+    values are part of the data contract), one ``risk`` probability out."""
+    inputs = [ColSpec(DataType.double, c, required=False) for c in encoder.numeric]
+    inputs += [ColSpec(DataType.string, c, required=False) for c in encoder.categorical]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec(DataType.double, "risk")]))
 
 
 def _requirements() -> list[str]:
@@ -147,9 +156,6 @@ class RunTracker:
         mlflow.set_registry_uri(self.tracking_uri)
         with tempfile.TemporaryDirectory() as tmp:
             artifacts = save_package_files(Path(tmp), model, encoder, kind, hparams)
-            package = RiskModelPackage()
-            package.load_context(type("Ctx", (), {"artifacts": artifacts})())  # type: ignore[arg-type]
-            output = package.predict(None, example)  # type: ignore[arg-type]
             with mlflow.start_run(run_id=run_id):
                 info = self._call(
                     "log model",
@@ -157,7 +163,7 @@ class RunTracker:
                     name="model",
                     python_model=RiskModelPackage(),
                     artifacts=artifacts,
-                    signature=infer_signature(example, output),
+                    signature=model_signature(encoder),
                     input_example=example,
                     pip_requirements=_requirements(),
                 )

@@ -22,7 +22,7 @@ from experiments.spec import ExperimentSpec
 from federation.errors import LaunchError
 from federation.progress import read_events
 
-__all__ = ["LaunchOptions", "free_port", "run_experiment", "start_superlink", "wait_for_port"]
+__all__ = ["LaunchOptions", "free_port", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "wait_for_port"]
 
 Engine = Literal["simulation", "deployment"]
 _CONNECTION = "bioverse"
@@ -96,6 +96,40 @@ def start_superlink(*, port: int, log_file: Path, simulation: bool, extra_env: d
     env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", **(extra_env or {})}
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def node_config_arg(values: dict[str, str | float | int]) -> str:
+    """Format a SuperNode's ``--node-config`` (TOML values: strings quoted)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, str):
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'{key}="{escaped}"')
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def supernode_command(*, superlink: str, port: int, node_config: dict[str, str | float | int]) -> list[str]:
+    """The ``flower-supernode`` command line of one hospital (insecure, on loopback)."""
+    return [
+        _bin("flower-supernode"),
+        "--insecure",
+        "--superlink", superlink,
+        "--isolation", "subprocess",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--node-config", node_config_arg(node_config),
+    ]
+
+
+def start_supernode(*, superlink: str, port: int, node_config: dict[str, str | float | int], log_file: Path) -> subprocess.Popen:
+    """Start one hospital's ``flower-supernode`` as a separate process."""
+    env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONWARNINGS": "ignore"}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+    command = supernode_command(superlink=superlink, port=port, node_config=node_config)
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 

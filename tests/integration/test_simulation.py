@@ -1,0 +1,85 @@
+"""A real 3-hospital, 2-round DP federation on Flower's simulation engine, tracked in MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import roc_auc_score
+
+from tests.conftest import spec_dict
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory, hospitals_dir: Path) -> dict:
+    """`bioverse experiment run` from a fresh process, as a data scientist runs it."""
+    root = tmp_path_factory.mktemp("cli-run")
+    spec = spec_dict(sorted(hospitals_dir.glob("hospital-*.csv")), name="it-cardiac", registered_model="it-cardiac-risk")
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    env = {**os.environ, "BIOVERSE_DATA_DIR": str(root / "home"), "FLWR_HOME": str(root / "home" / "flwr")}
+    bioverse = Path(sys.executable).parent / "bioverse"
+    result = subprocess.run([str(bioverse), "experiment", "run", str(root / "spec.yaml"), "--tracking-uri", uri],
+                            capture_output=True, text=True, env=env, timeout=600)
+    return {"result": result, "uri": uri, "root": root, "spec": spec, "hospitals": hospitals_dir}
+
+
+def test_cli_reports_progress_and_the_registered_version(cli_run: dict) -> None:
+    result = cli_run["result"]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "federated preprocessing: statistics from 3/3 hospitals" in out
+    assert "round 1/2  hospitals 3/3" in out and "round 2/2  hospitals 3/3" in out
+    assert "Registered it-cardiac-risk version 1" in out
+    assert "Traceback" not in out + result.stderr
+
+
+def test_epsilon_within_budget_and_metrics_logged_per_round(cli_run: dict) -> None:
+    client = MlflowClient(cli_run["uri"])
+    experiment = client.get_experiment_by_name("it-cardiac")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["training.rounds"] == "2" and run.data.params["strategy.name"] == "fedavg"
+    for metric in ("train_train_loss", "evaluate_auroc", "evaluate_brier", "train_epsilon", "round_seconds"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert [m.step for m in history] == [1, 2], metric
+    for hospital in ("hospital-01", "hospital-02", "hospital-03"):
+        eps = client.get_metric_history(run.info.run_id, f"{hospital}/train_epsilon")
+        assert [m.step for m in eps] == [1, 2]
+        assert 0 < eps[0].value < eps[1].value <= 2.0 + 1e-6  # grows per round, within the target
+        assert len(client.get_metric_history(run.info.run_id, f"{hospital}/evaluate_auroc")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"spec.json", "participation.json", "summary.json"} <= artifacts
+
+
+def test_registered_version_carries_tags_and_predicts_well(cli_run: dict) -> None:
+    client = MlflowClient(cli_run["uri"], registry_uri=cli_run["uri"])
+    version = client.get_model_version("it-cardiac-risk", "1")
+    tags = version.tags
+    assert tags["experiment"] == "it-cardiac" and tags["rounds"] == "2" and tags["strategy"] == "fedavg"
+    assert 0 < float(tags["epsilon"]) <= 2.0 and float(tags["delta"]) == 1e-5
+    assert tags["hospitals"] == "hospital-01,hospital-02,hospital-03"
+    assert {f"schema.hospital-0{i}" for i in (1, 2, 3)} <= set(tags)
+    assert len({tags[f"schema.hospital-0{i}"] for i in (1, 2, 3)}) == 1  # same schema everywhere
+    mlflow.set_tracking_uri(cli_run["uri"])
+    model = mlflow.pyfunc.load_model("models:/it-cardiac-risk/1")
+    assert model.metadata.signature is not None
+    pooled = pd.concat([pd.read_csv(p) for p in sorted(cli_run["hospitals"].glob("hospital-*.csv"))])
+    features = pooled.drop(columns=["patient_id", "true_risk", "cardiac_event"])
+    numeric = features.select_dtypes("number").columns
+    features[numeric] = features[numeric].astype(float)  # the signature takes numbers as double
+    risk = model.predict(features)["risk"].to_numpy()
+    assert np.all((risk > 0) & (risk < 1))
+    model_auc = roc_auc_score(pooled["cardiac_event"], risk)
+    oracle_auc = roc_auc_score(pooled["cardiac_event"], pooled["true_risk"])
+    assert model_auc > 0.85 * oracle_auc, (model_auc, oracle_auc)
