@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from experiments.errors import ExperimentError
+from experiments.spec import ExperimentSpec
 from federation.errors import BudgetExceededError, FederationError
 from federation.hospital import encoder_from_config, evaluate_global, site_statistics, train_round
 from federation.site import Site, resolve_site, spec_from_run_config
@@ -28,7 +29,7 @@ app = ClientApp()
 _SITE_ERRORS = (TrainingError, FederationError, ExperimentError, OSError)
 
 
-def _site(context: Context) -> tuple[Site, object]:
+def _site(context: Context) -> tuple[Site, ExperimentSpec]:
     spec = spec_from_run_config(dict(context.run_config))
     site = resolve_site(dict(context.node_config), spec, str(context.run_config.get("ledger-dir", "")))
     return site, spec
@@ -39,19 +40,22 @@ def _status(message: Message, hospital_id: str, status: str, reason: str = "") -
     return Message(RecordDict({"site": site}), reply_to=message)
 
 
-def _hospital_id(context: Context) -> str:
+def _hospital_id(context: Context, site: Site | None) -> str:
+    if site is not None:
+        return site.hospital_id
     return str(context.node_config.get("hospital-id", f"partition-{context.node_config.get('partition-id', '?')}"))
 
 
 @app.query()
 def statistics(message: Message, context: Context) -> Message:
     """Send sufficient statistics of local training rows for federated preprocessing."""
+    site: Site | None = None
     try:
         site, spec = _site(context)
-        found = site_statistics(site, spec)  # type: ignore[arg-type]
+        found = site_statistics(site, spec)
     except _SITE_ERRORS as err:
         log.warning("statistics failed: %s", err)
-        return _status(message, _hospital_id(context), "error", str(err))
+        return _status(message, _hospital_id(context, site), "error", str(err))
     reply = _status(message, site.hospital_id, "ok")
     reply.content["statistics"] = ConfigRecord(
         {"stats": json.dumps(found["stats"]), "fingerprint": found["fingerprint"], "n-train": found["n-train"], "n-test": found["n-test"]}
@@ -63,11 +67,12 @@ def statistics(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     """Train the global model on local data with DP-SGD, if the privacy ledger allows."""
     config = message.content["config"]
+    site: Site | None = None
     try:
         site, spec = _site(context)
         outcome = train_round(
             site=site,
-            spec=spec,  # type: ignore[arg-type]
+            spec=spec,
             encoder=encoder_from_config(dict(config)),
             state=message.content["arrays"].to_torch_state_dict(),
             run_key=str(config["run-key"]),
@@ -79,7 +84,7 @@ def train(message: Message, context: Context) -> Message:
         return _status(message, err.hospital_id, "refused", str(err))
     except _SITE_ERRORS as err:
         log.warning("training failed: %s", err)
-        return _status(message, _hospital_id(context), "error", str(err))
+        return _status(message, _hospital_id(context, site), "error", str(err))
     reply = _status(message, site.hospital_id, "ok")
     reply.content["arrays"] = ArrayRecord(outcome.state)
     reply.content["metrics"] = MetricRecord(outcome.metrics)
@@ -89,17 +94,18 @@ def train(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the global model on the hospital's held-out rows."""
+    site: Site | None = None
     try:
         site, spec = _site(context)
         metrics = evaluate_global(
             site=site,
-            spec=spec,  # type: ignore[arg-type]
+            spec=spec,
             encoder=encoder_from_config(dict(message.content["config"])),
             state=message.content["arrays"].to_torch_state_dict(),
         )
     except _SITE_ERRORS as err:
         log.warning("evaluation failed: %s", err)
-        return _status(message, _hospital_id(context), "error", str(err))
+        return _status(message, _hospital_id(context, site), "error", str(err))
     reply = _status(message, site.hospital_id, "ok")
     reply.content["metrics"] = MetricRecord(metrics)
     return reply

@@ -22,7 +22,7 @@ from experiments.spec import ExperimentSpec
 from federation.errors import LaunchError
 from federation.progress import read_events
 
-__all__ = ["LaunchOptions", "free_port", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "wait_for_port"]
+__all__ = ["LaunchOptions", "free_port", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "superlink_command", "supernode_command", "wait_for_port"]
 
 Engine = Literal["simulation", "deployment"]
 _CONNECTION = "bioverse"
@@ -77,8 +77,8 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
-def start_superlink(*, port: int, log_file: Path, simulation: bool, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a ``flower-superlink`` on loopback; all its APIs share ``port`` (HTTP).
+def superlink_command(*, host: str = "127.0.0.1", port: int, simulation: bool) -> list[str]:
+    """The ``flower-superlink`` command line; all its APIs share ``port`` (HTTP).
 
     Runtime dependency installation is off: the apps run in this environment, where
     BioVerse is installed.
@@ -88,11 +88,15 @@ def start_superlink(*, port: int, log_file: Path, simulation: bool, extra_env: d
         "--insecure",
         "--isolation", "subprocess",
         "--disable-runtime-dependency-installation",
-        "--host", "127.0.0.1",
+        "--host", host,
         "--port", str(port),
     ]
-    if simulation:
-        command.append("--simulation")
+    return command + (["--simulation"] if simulation else [])
+
+
+def start_superlink(*, port: int, log_file: Path, simulation: bool, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a ``flower-superlink`` on loopback as a child process."""
+    command = superlink_command(port=port, simulation=simulation)
     env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", **(extra_env or {})}
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab")  # noqa: SIM115 - handed to the child

@@ -16,7 +16,7 @@ from experiments.errors import ExperimentError
 from experiments.settings import get_settings
 from experiments.spec import ExperimentSpec, load_spec
 from federation.errors import FederationError
-from federation.launcher import LaunchOptions, run_experiment
+from federation.launcher import LaunchOptions, run_experiment, superlink_command, supernode_command
 from federation.ledger import PrivacyLedger
 from platform_api.reporting import RunReporter, render_summary
 from training.errors import TrainingError
@@ -28,9 +28,11 @@ app = typer.Typer(help="BioVerse: federated, differentially private learning for
 data_app = typer.Typer(help="Hospital data: synthesise and check.", no_args_is_help=True)
 experiment_app = typer.Typer(help="Run and validate experiment specs.", no_args_is_help=True)
 ledger_app = typer.Typer(help="A hospital's privacy ledger.", no_args_is_help=True)
+federation_app = typer.Typer(help="Deployment engine: the coordinator's SuperLink, a hospital's SuperNode.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(federation_app, name="federation")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -144,6 +146,47 @@ def ledger_show(
     total = ledger.spent()
     left = f", {budget - total:.3f} left of {budget:g}" if budget is not None else ""
     out.print(f"total epsilon spent: {total:.3f}{left}")
+
+
+def _exec(command: list[str]) -> None:
+    """Replace this process with a Flower server process (it keeps the terminal and signals)."""
+    import os
+
+    out.print(" ".join(command), highlight=False)
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.execv(command[0], command)
+
+
+@federation_app.command("superlink")
+@_one_line_errors
+def federation_superlink(
+    port: Annotated[int, typer.Option(help="Port of the SuperLink's APIs (Fleet, Control, ServerAppIo share it).")] = 9093,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the coordinator's SuperLink (insecure mode: loopback or a private network only)."""
+    _exec(superlink_command(host=host, port=port, simulation=False))
+
+
+@federation_app.command("supernode")
+@_one_line_errors
+def federation_supernode(
+    superlink: Annotated[str, typer.Option(help="host:port of the coordinator's SuperLink.")],
+    hospital_id: Annotated[str, typer.Option(help="This hospital's id, as the experiment spec lists it.")],
+    data_path: Annotated[Path, typer.Option(help="This hospital's CSV or Parquet file.")],
+    privacy_budget: Annotated[float, typer.Option(help="Total epsilon this hospital allows across all runs.")],
+    ledger_path: Annotated[Path | None, typer.Option(help="Privacy ledger file (default: beside the data).")] = None,
+    port: Annotated[int, typer.Option(help="Port of this SuperNode's local runtime API.")] = 9094,
+) -> None:
+    """Join a federation as one hospital: train on local data with DP, keep the privacy ledger."""
+    if not data_path.is_file():
+        raise FederationError(f"{data_path}: no such data file")
+    if privacy_budget <= 0:
+        raise ValueError("--privacy-budget must be positive")
+    node: dict[str, str | float | int] = {"hospital-id": hospital_id, "data-path": str(data_path.resolve()),
+                                          "privacy-budget": privacy_budget}
+    if ledger_path is not None:
+        node["ledger-path"] = str(ledger_path.resolve())
+    _exec(supernode_command(superlink=superlink, port=port, node_config=node))
 
 
 @app.command("demo")
