@@ -108,7 +108,7 @@ class PrivacySpec(_Strict):
     target_delta: float = Field(default=1e-5, gt=0, lt=1)
     noise_multiplier: float | None = Field(default=None, gt=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
-    grad_sample_mode: Literal["hooks", "ghost", "functorch"] = "ghost"
+    grad_sample_mode: Literal["fused", "hooks", "ghost", "functorch"] = "fused"
     accountant: Literal["rdp", "prv"] = "rdp"
     hospital_budget: float = Field(default=10.0, gt=0, description="default total epsilon per hospital")
 

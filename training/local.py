@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import math
+import secrets
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from training.data import TabularDataset, _keep_batch
+from training.fused_dp import FusedDPSGD
 from training.metrics import risk_metrics
 from training.models import RiskModel
 from training.privacy import DPConfig
 
-__all__ = ["LocalTrainingResult", "evaluate_model", "sample_rate", "steps_per_epoch", "train_locally"]
+__all__ = ["LocalTrainingResult", "evaluate_model", "poisson_batches", "sample_rate", "steps_per_epoch", "train_locally"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,6 @@ def sample_rate(num_examples: int, batch_size: int) -> float:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Steps in one epoch, as Opacus's Poisson loader takes them."""
     return int(1 / sample_rate(num_examples, batch_size))
-
-
-def _plain_loader(data: TabularDataset, batch_size: int, seed: int) -> DataLoader:
-    sampler = BatchSampler(RandomSampler(data, generator=torch.Generator().manual_seed(seed)), batch_size, drop_last=False)
-    return DataLoader(data, batch_sampler=sampler, collate_fn=_keep_batch)
 
 
 def train_locally(
@@ -67,60 +65,146 @@ def train_locally(
         noise_multiplier: Gaussian noise scale for DP-SGD (from the run's plan).
         proximal_mu: FedProx coefficient; the proximal pull towards the global weights is
             applied after each step as a data-independent update, so it spends no privacy.
-        seed: Seed for sampling and noise.
+        seed: Seed of plain training's shuffling. DP-SGD's Poisson sampling and noise come
+            from an unpredictable seed instead: an attacker who can replay them learns more.
 
     Returns:
         Mean loss, steps taken, rows and seconds.
     """
-    torch.manual_seed(seed)
     started = time.perf_counter()
-    optimizer = model.configure_optimizers()
-    criterion: nn.Module = nn.BCEWithLogitsLoss()
-    loader = _plain_loader(data, batch_size, seed)
-    trained: nn.Module = model
     private = dp is not None and dp.enabled
     if private:
-        assert dp is not None and noise_multiplier is not None
-        engine = PrivacyEngine(accountant=dp.accountant)
-        dp_loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=_keep_batch, generator=torch.Generator().manual_seed(seed))
-        wrapped = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            criterion=criterion,
-            data_loader=dp_loader,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            grad_sample_mode=dp.grad_sample_mode,
-            poisson_sampling=True,
-        )
-        if dp.grad_sample_mode == "ghost":
-            trained, optimizer, criterion, loader = wrapped
+        assert dp is not None
+        if noise_multiplier is None:
+            raise ValueError("DP-SGD needs the run's noise multiplier")
+        if dp.grad_sample_mode == "fused":
+            losses, steps = _train_fused(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu)
         else:
-            trained, optimizer, loader = wrapped
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    lr = float(model.hparams["lr"])
-    trained.train()
-    losses, steps = [], 0
-    try:
-        for _ in range(epochs):
-            for x, y in loader:
-                steps += 1
-                if len(y) == 0:
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(trained(x).view(-1), y)
-                loss.backward()
-                optimizer.step()
-                if anchor is not None:
-                    with torch.no_grad():
-                        for p, p0 in zip(model.parameters(), anchor, strict=True):
-                            p.sub_(lr * proximal_mu * (p - p0))
-                losses.append(float(loss.detach()))
-    finally:
-        if trained is not model and hasattr(trained, "_close"):
-            trained._close()  # remove Opacus hooks: the plain module goes back to the caller
+            losses, steps = _train_opacus(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu)
+    else:
+        losses, steps = _train_plain(model, data, epochs, batch_size, proximal_mu, seed)
     mean_loss = float(np.mean(losses)) if losses else math.nan
     return LocalTrainingResult(mean_loss, steps, len(data), time.perf_counter() - started)
+
+
+class _ProximalPull:
+    """FedProx as a data-independent step towards the weights the round started from."""
+
+    def __init__(self, model: RiskModel, mu: float) -> None:
+        self.params = list(model.parameters())
+        self.anchor = [p.detach().clone() for p in self.params] if mu > 0 else None
+        self.rate = float(model.hparams["lr"]) * mu
+
+    def __call__(self) -> None:
+        if self.anchor is not None:
+            with torch.no_grad():
+                for p, p0 in zip(self.params, self.anchor, strict=True):
+                    p.sub_(self.rate * (p - p0))
+
+
+def _train_plain(model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, mu: float, seed: int) -> tuple[list[float], int]:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer, pull, losses = model.configure_optimizers(), _ProximalPull(model, mu), []
+    criterion = nn.BCEWithLogitsLoss()
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(data), generator=generator).split(batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(data.x[idx]), data.y[idx])
+            loss.backward()
+            optimizer.step()
+            pull()
+            losses.append(float(loss.detach()))
+    return losses, len(losses)
+
+
+def _secret_generator() -> torch.Generator:
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+def poisson_batches(n: int, q: float, steps: int, rng: np.random.Generator) -> list[torch.Tensor]:
+    """Row indices of ``steps`` Poisson-sampled batches: each row is in each batch
+    independently with probability ``q``.
+
+    The gaps between included rows are i.i.d. Geometric(q), so drawing gaps costs
+    O(batch) per step instead of one uniform draw per row.
+    """
+    if q >= 1.0:
+        return [torch.arange(n) for _ in range(steps)]
+    expected = n * q
+    width = int(expected + 8 * math.sqrt(expected) + 16)
+    positions = np.cumsum(rng.geometric(q, size=(steps, width)), axis=1) - 1
+    batches = []
+    for row in positions:
+        while row[-1] < n:  # ran out of gaps before the end of the data (rare): draw more
+            row = np.concatenate([row, row[-1] + np.cumsum(rng.geometric(q, size=width))])
+        batches.append(torch.from_numpy(row[: np.searchsorted(row, n)]))
+    return batches
+
+
+def _train_fused(
+    model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float
+) -> tuple[list[float], int]:
+    n = len(data)
+    q = sample_rate(n, batch_size)
+    sampler, noise_gen = np.random.default_rng(secrets.randbits(128)), _secret_generator()
+    engine = FusedDPSGD(model, noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, expected_batch_size=q * n, generator=noise_gen)
+    optimizer, pull, losses, steps = model.configure_optimizers(), _ProximalPull(model, mu), [], 0
+    criterion = nn.BCEWithLogitsLoss(reduction="none")
+    model.train()
+    try:
+        for _ in range(epochs):
+            for idx in poisson_batches(n, q, steps_per_epoch(n, batch_size), sampler):
+                steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                per_sample = criterion(model(data.x[idx]), data.y[idx]) if len(idx) else None
+                engine.privatise(per_sample)
+                optimizer.step()
+                pull()
+                if per_sample is not None:
+                    losses.append(float(per_sample.detach().mean()))
+    finally:
+        engine.close()
+    return losses, steps
+
+
+def _train_opacus(
+    model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float
+) -> tuple[list[float], int]:
+    optimizer = model.configure_optimizers()
+    criterion: nn.Module = nn.BCEWithLogitsLoss()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=_keep_batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus warns about its non-secure default RNG
+        engine = PrivacyEngine(accountant=dp.accountant)
+        wrapped = engine.make_private(
+            module=model, optimizer=optimizer, criterion=criterion, data_loader=loader, noise_multiplier=noise,
+            max_grad_norm=dp.max_grad_norm, grad_sample_mode=dp.grad_sample_mode, poisson_sampling=True,
+        )
+    if dp.grad_sample_mode == "ghost":
+        trained, optimizer, criterion, loader = wrapped
+    else:
+        trained, optimizer, loader = wrapped
+    pull, losses, steps = _ProximalPull(model, mu), [], 0
+    trained.train()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # full backward hooks on inputs without grad
+            for _ in range(epochs):
+                for x, y in loader:
+                    steps += 1
+                    if len(y) == 0:
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = criterion(trained(x).view(-1), y)
+                    loss.backward()
+                    optimizer.step()
+                    pull()
+                    losses.append(float(loss.detach()))
+    finally:
+        if hasattr(trained, "_close"):
+            trained._close()  # remove Opacus hooks: the plain module goes back to the caller
+    return losses, steps
 
 
 def evaluate_model(model: RiskModel, data: TabularDataset) -> dict[str, float]:

@@ -12,10 +12,10 @@ from training.errors import PrivacyConfigError
 
 __all__ = ["DPConfig", "GRAD_SAMPLE_MODES", "epsilon_after", "noise_for_budget"]
 
-#: Opacus per-sample-gradient modes we allow: ``hooks`` materialises per-sample
-#: gradients, ``ghost`` clips with per-sample norms only (fast clipping), ``functorch``
-#: uses vmap.
-GRAD_SAMPLE_MODES = ("hooks", "ghost", "functorch")
+#: Per-sample clipping implementations: ``fused`` (ours, Linear-only models, one
+#: backward pass; see :mod:`training.fused_dp`) and Opacus's ``hooks`` (materialised
+#: per-sample gradients), ``ghost`` (fast gradient clipping) and ``functorch`` (vmap).
+GRAD_SAMPLE_MODES = ("fused", "hooks", "ghost", "functorch")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class DPConfig:
     target_delta: float = 1e-5
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
-    grad_sample_mode: str = "ghost"
+    grad_sample_mode: str = "fused"
     accountant: str = "rdp"
 
     def __post_init__(self) -> None:

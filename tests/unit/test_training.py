@@ -88,7 +88,7 @@ def test_dp_config_rejects_impossible_settings() -> None:
     assert DPConfig(enabled=False, target_epsilon=None).enabled is False
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost", "functorch"])
+@pytest.mark.parametrize("mode", ["fused", "hooks", "ghost", "functorch"])
 def test_dp_training_learns_and_takes_poisson_steps(mode: str) -> None:
     torch.manual_seed(0)
     data = _separable()
@@ -145,3 +145,21 @@ def test_risk_metrics_match_definitions() -> None:
     assert m["brier"] == pytest.approx(np.mean((np.array([0.1, 0.4, 0.35, 0.8]) - y) ** 2))
     assert math.isnan(risk_metrics(np.array([1, 1]), np.array([0.2, 0.9]))["auroc"])
     assert sample_rate(1000, 64) == 0.064 and steps_per_epoch(1000, 64) == 15
+
+
+def test_poisson_batches_include_each_row_independently_with_probability_q() -> None:
+    from training.local import poisson_batches
+
+    rng = np.random.default_rng(0)
+    n, q, steps = 500, 0.04, 4000
+    batches = poisson_batches(n, q, steps, rng)
+    counts = np.zeros(n)
+    sizes = []
+    for idx in batches:
+        assert torch.all(idx[1:] > idx[:-1]) and (len(idx) == 0 or (idx[0] >= 0 and idx[-1] < n))
+        counts[idx.numpy()] += 1
+        sizes.append(len(idx))
+    assert counts.mean() / steps == pytest.approx(q, rel=0.02)  # each row's inclusion rate
+    assert np.std(counts / steps) < 0.01  # ... the same for every row, first and last included
+    assert np.var(sizes) == pytest.approx(n * q * (1 - q), rel=0.1)  # binomial batch sizes
+    assert all(len(b) == 10 for b in poisson_batches(10, 1.0, 3, rng))
