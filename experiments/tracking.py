@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ class RunTracker:
         self.artifact_location = artifact_location
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.run_id: str | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
+        self._pending: list[Future[Any]] = []
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -121,11 +124,25 @@ class RunTracker:
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log many metrics at one step (round) in as few calls as possible."""
+        """Queue many metrics at one step (round) for a background writer.
+
+        A round's metrics are written off the coordinator's critical path, in order;
+        :meth:`flush` waits for them and raises the first failure.
+        """
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v == v]  # drop NaN
+        run_id = self._run()
         for i in range(0, len(batch), _BATCH):
-            self._call("log metrics", self.client.log_batch, self._run(), metrics=batch[i : i + _BATCH])
+            chunk = batch[i : i + _BATCH]
+            self._pending.append(self._writer.submit(self._call, "log metrics", self.client.log_batch, run_id, metrics=chunk))
+
+    def flush(self) -> None:
+        """Wait for queued metrics; raises :class:`TrackingError` if any write failed."""
+        pending, self._pending = self._pending, []
+        errors = [f.exception() for f in pending]
+        failed = next((e for e in errors if e is not None), None)
+        if failed is not None:
+            raise failed
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tag the run."""
@@ -151,6 +168,7 @@ class RunTracker:
         holds an untagged version. Returns the new version number.
         """
         run_id = self._run()
+        self.flush()
         example = example_input(encoder)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
@@ -171,7 +189,16 @@ class RunTracker:
         return str(version.version)
 
     def end(self, status: str = "FINISHED") -> None:
-        """Close the run as FINISHED or FAILED."""
+        """Close the run as FINISHED or FAILED (after the queued metrics are written)."""
+        try:
+            if status == "FINISHED":
+                self.flush()
+            else:
+                for future in self._pending:
+                    future.exception()  # wait, but a failing run keeps its original error
+                self._pending = []
+        finally:
+            self._writer.shutdown(wait=True)
         if self.run_id is not None:
             self._call("end run", self.client.set_terminated, self.run_id, status)
 

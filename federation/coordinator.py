@@ -43,6 +43,7 @@ class Coordinator:
         self.fingerprints: dict[str, str] = {}
         self.timings: list[dict[str, float]] = []
         self._round_started = time.perf_counter()
+        self._last_train: list[HospitalReply] = []
 
     # ---- RoundObserver ----
     def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, float]) -> None:
@@ -61,8 +62,12 @@ class Coordinator:
         metrics[f"{stage}_hospitals"] = float(len(ok))
         if stage == "evaluate":
             now = time.perf_counter()
-            compute = sum(r.metrics.get("train-seconds", 0.0) for r in self._last_train)
-            self.timings.append({"round": server_round, "wall": now - self._round_started, "client_train_seconds": compute})
+            self.timings.append({
+                "round": server_round,
+                "wall": now - self._round_started,
+                "train_seconds": sum(r.metrics.get("train-seconds", 0.0) for r in self._last_train),
+                "handler_seconds": sum(r.metrics.get("handler-seconds", 0.0) for r in self._last_train + replies),
+            })
             metrics["round_seconds"] = now - self._round_started
             self._round_started = now
             if self.epsilon:
@@ -79,8 +84,6 @@ class Coordinator:
             metrics=aggregated,
             epsilon=dict(self.epsilon),
         )
-
-    _last_train: list[HospitalReply] = []
 
     # ---- the run ----
     def _wait_for_hospitals(self, grid: Grid) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,7 @@ def train_round(
     Raises:
         BudgetExceededError: the round would exceed the hospital's budget; nothing trained.
     """
+    started = time.perf_counter()
     dm = _data(site, spec, encoder)
     train_data = dm.dataset("train")
     n, batch = len(train_data), spec.training.batch_size
@@ -111,18 +113,20 @@ def train_round(
         proximal_mu=proximal_mu,
         seed=spec.seed * 100_003 + server_round,
     )
-    metrics.update({"train-loss": result.loss, "train-seconds": result.seconds, "steps": float(result.steps)})
+    metrics.update({"train-loss": result.loss, "train-seconds": result.seconds, "steps": float(result.steps),
+                    "handler-seconds": time.perf_counter() - started})
     log.info("%s round %d: loss %.4f eps %s", site.hospital_id, server_round, result.loss, metrics.get("epsilon"))
     return RoundOutcome(model.state_dict(), metrics)
 
 
 def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: FeatureEncoder, state: dict[str, torch.Tensor]) -> dict[str, float]:
     """Metrics of the global model on the hospital's held-out rows."""
+    started = time.perf_counter()
     dm = _data(site, spec, encoder)
     test = dm.dataset("test")
     model = _model(spec, encoder, state)
     metrics = evaluate_model(model, test)
-    return {"num-examples": float(len(test)), **metrics}
+    return {"num-examples": float(len(test)), **metrics, "handler-seconds": time.perf_counter() - started}
 
 
 def encoder_from_config(config: dict[str, Any]) -> FeatureEncoder:

@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 from experiments.settings import get_settings
 from experiments.tracking import RunTracker, embedded_artifact_location
 from federation.coordinator import Coordinator
+from federation.grid import ResponsiveGrid
 from federation.progress import ProgressLog
 from federation.site import spec_from_run_config
 
@@ -31,4 +32,4 @@ def main(grid: Grid, context: Context) -> None:
         raise
     settings = get_settings()
     uri = str(config.get("tracking-uri", "") or "") or settings.resolved_tracking_uri()
-    Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri)), progress).run(grid)
+    Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri)), progress).run(ResponsiveGrid(grid))

@@ -19,7 +19,7 @@ __all__ = ["HospitalReply", "RoundObserver", "aggregate_metrics", "build_strateg
 log = logging.getLogger(__name__)
 
 #: Metrics aggregated by their worst case rather than a weighted mean.
-_MAX_KEYS = {"epsilon", "noise-multiplier", "train-seconds"}
+_MAX_KEYS = {"epsilon", "noise-multiplier", "train-seconds", "handler-seconds"}
 _MIN_KEYS = {"budget-left"}
 
 

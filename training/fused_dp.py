@@ -77,12 +77,12 @@ class FusedDPSGD:
         inputs, outputs = self._inputs, self._outputs
         self._inputs, self._outputs = [], []
         grads = torch.autograd.grad(per_sample_loss.sum(), outputs)
-        norms_sq = torch.zeros(per_sample_loss.shape[0], dtype=per_sample_loss.dtype)
+        norms_sq = None
         for layer, a, g in zip(self.linears, inputs, grads, strict=True):
-            g_sq = g.square().sum(1)
-            norms_sq += g_sq * a.square().sum(1)
-            if layer.bias is not None:
-                norms_sq += g_sq
+            a_sq = a.square().sum(1)
+            term = g.square().sum(1) * (a_sq + 1.0 if layer.bias is not None else a_sq)
+            norms_sq = term if norms_sq is None else norms_sq + term
+        assert norms_sq is not None
         scale = (self.max_grad_norm / (norms_sq.sqrt() + 1e-6)).clamp(max=1.0)
         weights, biases = [], []
         for layer, a, g in zip(self.linears, inputs, grads, strict=True):
@@ -109,8 +109,9 @@ class FusedDPSGD:
                 layer.bias.grad = self._noisy(b)
 
     def _noisy(self, summed: torch.Tensor) -> torch.Tensor:
-        noise = torch.normal(0.0, self.noise_std, summed.shape, generator=self.generator) if self.noise_std > 0 else 0.0
-        return (summed + noise) / self.expected_batch_size
+        if self.noise_std > 0:
+            summed = summed.add_(torch.randn(summed.shape, generator=self.generator), alpha=self.noise_std)
+        return summed.div_(self.expected_batch_size)
 
     def close(self) -> None:
         """Remove the forward hooks."""

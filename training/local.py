@@ -156,9 +156,8 @@ def _train_fused(
         for _ in range(epochs):
             for idx in poisson_batches(n, q, steps_per_epoch(n, batch_size), sampler):
                 steps += 1
-                optimizer.zero_grad(set_to_none=True)
                 per_sample = criterion(model(data.x[idx]), data.y[idx]) if len(idx) else None
-                engine.privatise(per_sample)
+                engine.privatise(per_sample)  # sets every .grad: no zero_grad needed
                 optimizer.step()
                 pull()
                 if per_sample is not None:

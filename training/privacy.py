@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from opacus.accountants import create_accountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 
 from training.errors import PrivacyConfigError
@@ -16,6 +18,11 @@ __all__ = ["DPConfig", "GRAD_SAMPLE_MODES", "epsilon_after", "noise_for_budget"]
 #: backward pass; see :mod:`training.fused_dp`) and Opacus's ``hooks`` (materialised
 #: per-sample gradients), ``ghost`` (fast gradient clipping) and ``functorch`` (vmap).
 GRAD_SAMPLE_MODES = ("fused", "hooks", "ghost", "functorch")
+
+#: RDP orders for the ``rdp`` accountant: integers have a closed form (Mironov et al.,
+#: 2019) that is several times faster than Opacus's default fractional orders; any set
+#: of orders gives a valid bound, and the best order is an integer in practice.
+RDP_ORDERS = (*range(2, 65), 80, 96, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -73,31 +80,50 @@ class DPConfig:
         )
 
 
+@functools.lru_cache(maxsize=256)
 def noise_for_budget(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
-    """Smallest noise multiplier whose ``steps`` DP-SGD steps spend at most ``target_epsilon``.
+    """Smallest noise multiplier (to 1%) whose ``steps`` DP-SGD steps spend at most ``target_epsilon``.
+
+    Cached: a hospital calibrates once per run, not once per round.
 
     Raises:
         PrivacyConfigError: if no noise scale reaches the target.
     """
-    try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=max(steps, 1),
-                accountant=accountant,
-            )
-        )
-    except ValueError as err:
-        raise PrivacyConfigError(f"cannot reach epsilon {target_epsilon}: {err}") from err
+    steps = max(steps, 1)
+    if accountant != "rdp":
+        try:
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                              sample_rate=sample_rate, steps=steps, accountant=accountant))
+        except ValueError as err:
+            raise PrivacyConfigError(f"cannot reach epsilon {target_epsilon}: {err}") from err
+
+    def spent(sigma: float) -> float:
+        return epsilon_after(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta)
+
+    low, high = 0.0, 10.0
+    while spent(high) > target_epsilon:
+        high *= 2
+        if high > 1e4:
+            raise PrivacyConfigError(f"cannot reach epsilon {target_epsilon} with delta {delta} in {steps} steps")
+    while high - low > 0.01 * high:
+        mid = (low + high) / 2
+        if spent(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
 
 
 def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
     """Epsilon spent by ``steps`` Poisson-sampled DP-SGD steps (0 for no steps)."""
     if steps <= 0:
         return 0.0
-    acc = create_accountant(accountant)
-    acc.history = [(noise_multiplier, sample_rate, steps)]
-    eps = float(acc.get_epsilon(delta=delta))
+    if accountant == "rdp":
+        rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=RDP_ORDERS)
+        eps, _ = get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
+    else:
+        acc = create_accountant(accountant)
+        acc.history = [(noise_multiplier, sample_rate, steps)]
+        eps = acc.get_epsilon(delta=delta)
+    eps = float(eps)
     return eps if math.isfinite(eps) else float("inf")

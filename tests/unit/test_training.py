@@ -163,3 +163,14 @@ def test_poisson_batches_include_each_row_independently_with_probability_q() -> 
     assert np.std(counts / steps) < 0.01  # ... the same for every row, first and last included
     assert np.var(sizes) == pytest.approx(n * q * (1 - q), rel=0.1)  # binomial batch sizes
     assert all(len(b) == 10 for b in poisson_batches(10, 1.0, 3, rng))
+
+
+def test_integer_order_accounting_agrees_with_opacus_default_accountant() -> None:
+    from opacus.accountants import RDPAccountant
+
+    for noise, q, steps in [(0.8, 0.01, 1000), (1.2, 0.04, 250), (3.0, 0.2, 50)]:
+        reference = RDPAccountant()
+        reference.history = [(noise, q, steps)]
+        ours = epsilon_after(noise_multiplier=noise, sample_rate=q, steps=steps, delta=1e-5)
+        assert ours >= reference.get_epsilon(1e-5) - 1e-9  # never optimistic
+        assert ours == pytest.approx(reference.get_epsilon(1e-5), rel=0.02)
