@@ -22,7 +22,7 @@ from experiments.spec import ExperimentSpec
 from federation.errors import LaunchError
 from federation.progress import read_events
 
-__all__ = ["LaunchOptions", "free_port", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "superlink_command", "supernode_command", "wait_for_port"]
+__all__ = ["LaunchOptions", "child_env", "free_port", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "superlink_command", "supernode_command", "wait_for_port"]
 
 Engine = Literal["simulation", "deployment"]
 _CONNECTION = "bioverse"
@@ -71,6 +71,16 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
     raise LaunchError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: this interpreter's bin folder first on PATH (the
+    SuperLink and SuperNode spawn ``flower-superexec`` and app processes by name, and the
+    virtual environment need not be activated), update checks off."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir,
+            "FLWR_DISABLE_UPDATE_CHECK": "1", **(extra or {})}
+
+
 def _bin(name: str) -> str:
     """A Flower executable from this interpreter's environment."""
     candidate = Path(sys.executable).parent / name
@@ -97,7 +107,7 @@ def superlink_command(*, host: str = "127.0.0.1", port: int, simulation: bool) -
 def start_superlink(*, port: int, log_file: Path, simulation: bool, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a ``flower-superlink`` on loopback as a child process."""
     command = superlink_command(port=port, simulation=simulation)
-    env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", **(extra_env or {})}
+    env = child_env(extra_env)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -130,7 +140,7 @@ def supernode_command(*, superlink: str, port: int, node_config: dict[str, str |
 
 def start_supernode(*, superlink: str, port: int, node_config: dict[str, str | float | int], log_file: Path) -> subprocess.Popen:
     """Start one hospital's ``flower-supernode`` as a separate process."""
-    env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONWARNINGS": "ignore"}
+    env = child_env({"PYTHONWARNINGS": "ignore"})
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
     command = supernode_command(superlink=superlink, port=port, node_config=node_config)
@@ -211,14 +221,12 @@ def run_experiment(
         "ledger-dir": str(options.ledger_dir or ""),
     }
     (run_dir / "run-config.toml").write_text(tomli_w.dumps(overrides))
-    env = {
-        **os.environ,
+    env = child_env({
         "FLWR_HOME": str(home),
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "RAY_DEDUP_LOGS": "0",
         "PYTHONWARNINGS": "ignore",
-    }
+    })
     if options.engine == "simulation":
         link: contextlib.AbstractContextManager[str] = _simulation_superlink(options, env)
     else:

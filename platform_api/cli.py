@@ -16,7 +16,7 @@ from experiments.errors import ExperimentError
 from experiments.settings import get_settings
 from experiments.spec import ExperimentSpec, load_spec
 from federation.errors import FederationError
-from federation.launcher import LaunchOptions, run_experiment, superlink_command, supernode_command
+from federation.launcher import LaunchOptions, child_env, run_experiment, superlink_command, supernode_command
 from federation.ledger import PrivacyLedger
 from platform_api.reporting import RunReporter, render_summary
 from training.errors import TrainingError
@@ -153,8 +153,7 @@ def _exec(command: list[str]) -> None:
     import os
 
     out.print(" ".join(command), highlight=False)
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    os.execv(command[0], command)
+    os.execve(command[0], command, child_env())
 
 
 @federation_app.command("superlink")
