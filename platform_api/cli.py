@@ -105,8 +105,11 @@ def _launch(spec: ExperimentSpec, *, tracking_uri: str | None, engine: str, supe
                             run_dir=run_dir, tracking_uri=uri, superlink=superlink,
                             ledger_dir=ledger_dir or settings.data_dir / "ledgers", client_cpus=client_cpus, timeout=timeout)
     reporter = RunReporter(out, spec, quiet=quiet)
+    started = time.perf_counter()
     with reporter:
-        return run_experiment(spec, options, reporter.on_event)
+        summary = run_experiment(spec, options, reporter.on_event)
+    summary["seconds"]["wall"] = time.perf_counter() - started
+    return summary
 
 
 @experiment_app.command("run")

@@ -42,7 +42,7 @@ def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int,
         },
         "model": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.0},
         "strategy": {"name": "fedavg", "min_hospitals": max(1, hospitals // 2)},
-        "training": {"rounds": rounds, "local_epochs": 1, "batch_size": 128, "learning_rate": 0.01},
+        "training": {"rounds": rounds, "local_epochs": 2, "batch_size": 64, "learning_rate": 0.02},
         "privacy": {"enabled": True, "target_epsilon": 3.0, "target_delta": 1e-5, "max_grad_norm": 1.0,
                     "grad_sample_mode": "fused", "hospital_budget": 10.0},
     }

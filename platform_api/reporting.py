@@ -95,7 +95,11 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
     eps = max(summary["epsilon"].values(), default=None)
     privacy = f"epsilon {eps:.3f}, delta {summary['delta']:g}" if eps is not None else "no differential privacy"
     console.print(f"Registered [bold]{summary['registered_model']}[/] version [bold]{summary['model_version']}[/] "
-                  f"(run {summary['run_id']}); privacy: {privacy}; {summary['seconds']['total']:.1f} s", highlight=False)
+                  f"(run {summary['run_id']}); privacy: {privacy}", highlight=False)
+    seconds = summary["seconds"]
+    wall = f"{seconds['wall']:.1f} s wall, " if "wall" in seconds else ""
+    console.print(f"Time: {wall}{seconds['total']:.1f} s in the coordinator ({seconds['setup']:.1f} s to the first round)",
+                  highlight=False)
     uri = summary["tracking_uri"]
     if uri.startswith("http"):
         console.print(f"See it in the MLflow UI: {uri}", highlight=False)
