@@ -24,7 +24,7 @@ from experiments.spec import ExperimentSpec
 from training.models import RiskModel
 from training.preprocessing import FeatureEncoder
 
-__all__ = ["RunTracker", "embedded_artifact_location", "example_input", "flatten", "model_signature"]
+__all__ = ["RunTracker", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature"]
 
 log = logging.getLogger(__name__)
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
@@ -35,6 +35,22 @@ def embedded_artifact_location(tracking_uri: str) -> str | None:
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     return None
+
+
+def mark_run_ended(tracking_uri: str, run_id: str, status: str = "KILLED") -> bool:
+    """End a run the coordinator could not end itself (interrupted, timed out).
+
+    Leaves a run that already ended alone; returns True if it changed the status.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_terminated(run_id, status)
+    except MlflowException as err:
+        log.warning("could not mark run %s %s: %s", run_id, status, err.message)
+        return False
+    return True
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

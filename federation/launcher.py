@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +19,9 @@ from typing import Any, Literal
 
 import tomli_w
 
+from experiments.errors import SpecError
 from experiments.spec import ExperimentSpec
+from experiments.tracking import mark_run_ended
 from federation.errors import LaunchError
 from federation.progress import read_events
 
@@ -165,7 +168,13 @@ def _write_app(app_dir: Path) -> None:
     """A minimal Flower app bundle naming BioVerse's installed apps."""
     app_dir.mkdir(parents=True, exist_ok=True)
     pyproject = {
-        "project": {"name": "bioverse-federation", "version": "0.1.0", "dependencies": []},
+        "project": {
+            "name": "bioverse-federation",
+            "version": "0.1.0",
+            "description": "BioVerse's federated DP training apps (installed package)",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
         "tool": {
             "flwr": {
                 "app": {
@@ -210,6 +219,12 @@ def run_experiment(
         LaunchError: the engine failed, the run failed (with the coordinator's reason),
             or it timed out.
     """
+    if options.engine == "simulation":
+        missing = [h.id for h in spec.data.hospitals if h.path is None or not h.path.is_file()]
+        if missing:
+            first = spec.hospital(missing[0])
+            where = f"no file at {first.path}" if first and first.path else "no data path"
+            raise SpecError(f"hospital {missing[0]}: {where} (simulation reads every hospital's file)")
     run_dir = options.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     app_dir, home, progress = run_dir / "app", run_dir / "flwr-home", run_dir / "progress.jsonl"
@@ -239,7 +254,15 @@ def run_experiment(
         if options.engine == "simulation":
             cpus = int(options.client_cpus) if float(options.client_cpus).is_integer() else options.client_cpus
             federation = [f"num-supernodes={len(spec.data.hospitals)} client-resources-num-cpus={cpus}"]
-        return _run_and_follow(app_dir, run_dir, progress, env, options.timeout, on_event, federation)
+        return _run_and_follow(app_dir, run_dir, progress, env, options.timeout, on_event, federation, options.tracking_uri)
+
+
+def _stop_flower_run(log_path: Path, env: dict[str, str]) -> None:
+    """Ask the SuperLink to stop the run ``flwr run`` started (its id is in the log)."""
+    found = re.search(r"Successfully started run (\d+)", log_path.read_text(errors="replace")) if log_path.exists() else None
+    if found:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([_bin("flwr"), "stop", found.group(1), _CONNECTION], env=env, capture_output=True, timeout=30)
 
 
 def _run_and_follow(
@@ -250,6 +273,7 @@ def _run_and_follow(
     timeout: float,
     on_event: Callable[[dict[str, Any]], None],
     federation_config: list[str],
+    tracking_uri: str,
 ) -> dict[str, Any]:
     command = [_bin("flwr"), "run", str(app_dir), _CONNECTION, "--run-config", str(run_dir / "run-config.toml"), "--stream"]
     for item in federation_config:
@@ -257,12 +281,13 @@ def _run_and_follow(
     log_path = run_dir / "flwr-run.log"
     with open(log_path, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=run_dir, start_new_session=True)
-        offset, deadline, summary, exited_at = 0, time.monotonic() + timeout, None, None
+        offset, deadline, summary, exited_at, run_id = 0, time.monotonic() + timeout, None, None, None
         try:
             while True:
                 events, offset = read_events(progress, offset)
                 for event in events:
                     on_event(event)
+                    run_id = event.get("run_id", run_id)
                     if event["event"] == "done":
                         summary = event
                     elif event["event"] == "error":
@@ -280,5 +305,11 @@ def _run_and_follow(
                 if time.monotonic() > deadline:
                     raise LaunchError(f"the run did not finish within {timeout:.0f} s; logs in {run_dir}")
                 time.sleep(0.1)
+        except (KeyboardInterrupt, LaunchError):
+            if summary is None:
+                _stop_flower_run(log_path, env)  # a deployed SuperLink would carry on without us
+                if run_id is not None:
+                    mark_run_ended(tracking_uri, run_id, "KILLED")
+            raise
         finally:
             stop(process, grace=5)

@@ -47,6 +47,9 @@ def _one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted:[/] stopped; an unfinished run is marked KILLED in MLflow", highlight=False)
+            raise typer.Exit(130) from None
         except _USER_ERRORS as e:
             message = " ".join(str(e).split()) or type(e).__name__
             err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -56,3 +56,10 @@ def test_ledger_show(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ledger", "show", str(tmp_path / "l.json"), "--hospital-id", "h1", "--budget", "5"])
     assert result.exit_code == 0 and "total epsilon spent: 1.250, 3.750 left of 5" in result.output
     _one_error_line(runner.invoke(app, ["ledger", "show", str(tmp_path / "l.json"), "--hospital-id", "h2"]))
+
+
+def test_run_with_a_missing_hospital_file_fails_before_starting_flower(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("x\n")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_dict([Path("a.csv"), Path("gone.csv")])))
+    line = _one_error_line(runner.invoke(app, ["experiment", "run", str(tmp_path / "spec.yaml")]))
+    assert f"hospital gone: no file at {tmp_path / 'gone.csv'}" in line
