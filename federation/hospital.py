@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -132,8 +131,3 @@ def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: FeatureEncoder
 def encoder_from_config(config: dict[str, Any]) -> FeatureEncoder:
     """The federation's encoder, as the coordinator sent it."""
     return FeatureEncoder.from_json(str(config["encoder"]))
-
-
-def statistics_json(stats: dict[str, Any]) -> str:
-    """Statistics as the JSON string a ConfigRecord carries."""
-    return json.dumps(stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,12 @@ def spec_from_run_config(run_config: dict[str, Any]) -> ExperimentSpec:
         from experiments.examples import quickstart_spec
 
         return quickstart_spec(get_settings().data_dir / "quickstart")
+    return _parse_cached(text)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_cached(text: str) -> ExperimentSpec:
+    """Validated once per process: a ClientApp sees the same run config every round."""
     return parse_spec(json.loads(text), "run-config spec")
 
 
