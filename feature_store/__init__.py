@@ -1,1 +1,1 @@
-"""The Feast feature repository and its typed client (issue 3 builds them)."""
+"""The Feast feature repository (patients' demographics, vitals, labs) and a typed client."""

@@ -15,6 +15,7 @@ from rich.console import Console
 from experiments.errors import ExperimentError
 from experiments.settings import get_settings
 from experiments.spec import ExperimentSpec, load_spec
+from feature_store.errors import FeatureStoreError
 from federation.errors import FederationError
 from federation.launcher import LaunchOptions, child_env, run_experiment, superlink_command, supernode_command
 from federation.ledger import PrivacyLedger
@@ -28,16 +29,18 @@ app = typer.Typer(help="BioVerse: federated, differentially private learning for
 data_app = typer.Typer(help="Hospital data: synthesise and check.", no_args_is_help=True)
 experiment_app = typer.Typer(help="Run and validate experiment specs.", no_args_is_help=True)
 ledger_app = typer.Typer(help="A hospital's privacy ledger.", no_args_is_help=True)
+features_app = typer.Typer(help="The Feast feature store: patients' current features.", no_args_is_help=True)
 federation_app = typer.Typer(help="Deployment engine: the coordinator's SuperLink, a hospital's SuperNode.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(federation_app, name="federation")
+app.add_typer(features_app, name="features")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
-_USER_ERRORS = (TrainingError, ExperimentError, FederationError, ValueError, OSError)
+_USER_ERRORS = (TrainingError, ExperimentError, FederationError, FeatureStoreError, ValueError, OSError)
 
 
 def _one_line_errors(fn: F) -> F:
@@ -152,6 +155,71 @@ def ledger_show(
     total = ledger.spent()
     left = f", {budget - total:.3f} left of {budget:g}" if budget is not None else ""
     out.print(f"total epsilon spent: {total:.3f}{left}")
+
+
+def _feature_repo(init: bool = False) -> Any:
+    from feature_store.repo import FeatureRepo
+    from feature_store.settings import get_settings as feature_settings
+
+    settings = feature_settings()
+    repo = FeatureRepo(settings.repo_dir)
+    if init or not (repo.repo_dir / "feature_store.yaml").exists():
+        repo.init(online_store=settings.online_store, redis_url=settings.redis_url, project=settings.feast_project)
+    return repo
+
+
+@features_app.command("init")
+@_one_line_errors
+def features_init() -> None:
+    """Create (or update) the Feast repo and apply its definitions.
+
+    The online store comes from BIOVERSE_ONLINE_STORE (sqlite or redis) and BIOVERSE_REDIS_URL.
+    """
+    repo = _feature_repo(init=True)
+    out.print(f"Feast repo ready in {repo.repo_dir} (run `feast` commands there)", highlight=False)
+
+
+@features_app.command("ingest")
+@_one_line_errors
+def features_ingest(
+    directory: Annotated[Path, typer.Argument(help="Folder of hospital files (CSV or Parquet), one per tenant.")],
+    tenant: Annotated[str | None, typer.Option(help="Tenant of a single file (default: each file's name).")] = None,
+) -> None:
+    """Load hospital files (the training data contract) into the offline store, one tenant per file."""
+    from feature_store.definitions import VIEWS
+    from training.contract import DataContract, load_hospital_table
+
+    files = sorted(p for p in directory.glob("*") if p.suffix.lower() in (".csv", ".parquet")) if directory.is_dir() else []
+    if not files:
+        raise FeatureStoreError(f"{directory}: no .csv or .parquet hospital files")
+    if tenant and len(files) > 1:
+        raise ValueError("--tenant names the tenant of a single file; this folder holds several")
+    contract = DataContract("patient_id", None, VIEWS["vitals"] + VIEWS["labs"] + ("age",), ("sex", "smoking"))
+    repo = _feature_repo()
+    for path in files:
+        frame = load_hospital_table(path, contract)
+        count = repo.ingest(frame, tenant_id=tenant or path.stem)
+        out.print(f"{tenant or path.stem}: {count} patients from {path}", highlight=False)
+
+
+@features_app.command("materialize")
+@_one_line_errors
+def features_materialize() -> None:
+    """Load the latest offline features into the online store."""
+    _feature_repo().materialize()
+
+
+@features_app.command("get")
+@_one_line_errors
+def features_get(
+    tenant: Annotated[str, typer.Argument(help="The tenant.")],
+    patient_ids: Annotated[list[str], typer.Argument(help="Patient ids within the tenant.")],
+) -> None:
+    """Print patients' current online features as JSON lines."""
+    import json
+
+    for row in _feature_repo().online_features(tenant, patient_ids):
+        out.print(json.dumps(row), highlight=False, soft_wrap=True)
 
 
 def _exec(command: list[str]) -> None:

@@ -25,13 +25,14 @@ class DataContract:
 
     Attributes:
         patient_id: Column with a unique, non-empty patient identifier.
-        label: Binary outcome column (0/1, true/false, yes/no).
+        label: Binary outcome column (0/1, true/false, yes/no); None for files that only
+            feed features (the feature store needs no outcomes).
         numeric: Numeric feature columns; missing values allowed.
         categorical: Categorical feature columns; missing values allowed.
     """
 
     patient_id: str
-    label: str
+    label: str | None
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = field(default=())
 
@@ -43,7 +44,7 @@ class DataContract:
     @property
     def required(self) -> tuple[str, ...]:
         """Every column the file must hold."""
-        return (self.patient_id, *self.features, self.label)
+        return (self.patient_id, *self.features) + ((self.label,) if self.label else ())
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -145,6 +146,8 @@ def load_hospital_table(path: Path | str, contract: DataContract) -> pd.DataFram
         values = frame[column]
         out[column] = values.where(values.isna(), values.astype(str)).astype(object)
         out.loc[values.isna(), column] = None
+    if contract.label is None:
+        return out.reset_index(drop=True)
     out[contract.label] = _label(path, frame, contract.label)
     if out[contract.label].nunique() < 2:
         raise DataContractError(

@@ -74,3 +74,10 @@ def test_schema_fingerprint_tracks_schema_not_values(tmp_path: Path) -> None:
     c = load_hospital_table(write(tmp_path, "pid,age,sbp,sex,event\np1,50,120,F,1\np2,40,110,X,0\n", "c.csv"), CONTRACT)
     assert schema_fingerprint(a, CONTRACT) == schema_fingerprint(b, CONTRACT)
     assert schema_fingerprint(a, CONTRACT) != schema_fingerprint(c, CONTRACT)
+
+
+def test_feature_only_contract_needs_no_label(tmp_path: Path) -> None:
+    contract = DataContract("pid", None, ("age",), ("sex",))
+    frame = load_hospital_table(write(tmp_path, "pid,age,sex\np1,50,F\np2,,M\n"), contract)
+    assert list(frame.columns) == ["pid", "age", "sex"] and len(frame) == 2
+    assert contract.required == ("pid", "age", "sex")

@@ -1,0 +1,76 @@
+"""Feast objects: tenant and patient entities, demographics/vitals/labs views, push sources,
+and on-demand derived features."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float32, Float64, String
+
+__all__ = ["FEATURE_COLUMNS", "VIEWS", "build_definitions", "offline_path"]
+
+#: Feature view -> its raw columns, as the hospital data contract names them.
+VIEWS: dict[str, tuple[str, ...]] = {
+    "demographics": ("age", "sex", "smoking"),
+    "vitals": ("systolic_bp", "heart_rate", "bmi"),
+    "labs": ("cholesterol", "glucose"),
+}
+FEATURE_COLUMNS: tuple[str, ...] = tuple(c for cols in VIEWS.values() for c in cols)
+_TYPES = {"age": Float32, "sex": String, "smoking": String, "systolic_bp": Float32, "heart_rate": Float32,
+          "bmi": Float32, "cholesterol": Float32, "glucose": Float32}
+_TTL = {"demographics": timedelta(days=3650), "vitals": timedelta(days=365), "labs": timedelta(days=365)}
+
+
+def offline_path(data_dir: Path, view: str) -> Path:
+    """The Parquet file holding a view's offline rows."""
+    return data_dir / f"{view}.parquet"
+
+
+def build_definitions(data_dir: Path) -> dict[str, Any]:
+    """Every Feast object of the repo, with offline sources under ``data_dir``.
+
+    Returns a name -> object mapping, so the repo's ``definitions.py`` can put the objects
+    in its module namespace, where ``feast apply`` finds them.
+    """
+    tenant = Entity(name="tenant", join_keys=["tenant_id"], value_type=ValueType.STRING,
+                    description="A hospital or organisation; patient data never crosses tenants.")
+    patient = Entity(name="patient", join_keys=["patient_id"], value_type=ValueType.STRING,
+                     description="A patient within a tenant: (tenant_id, patient_id) is the key.")
+    objects: dict[str, Any] = {"tenant": tenant, "patient": patient}
+    views = {}
+    for view, columns in VIEWS.items():
+        batch = FileSource(name=f"{view}_source", path=str(offline_path(data_dir, view)),
+                           timestamp_field="event_timestamp", created_timestamp_column="created")
+        source: Any = batch
+        if view != "demographics":
+            source = PushSource(name=f"{view}_push", batch_source=batch,
+                                description=f"New {view} observations, pushed to the online and offline stores.")
+            objects[f"{view}_push"] = source
+        views[view] = FeatureView(
+            name=view, entities=[tenant, patient], ttl=_TTL[view], online=True, source=source,
+            schema=[Field(name=c, dtype=_TYPES[c]) for c in columns],
+        )
+        objects[f"{view}_source"] = batch
+        objects[view] = views[view]
+
+    @on_demand_feature_view(
+        sources=[views["vitals"], views["labs"]],
+        schema=[Field(name="glucose_mmol_l", dtype=Float64), Field(name="hypertensive", dtype=Float64),
+                Field(name="obese", dtype=Float64)],
+        description="Derived: glucose in mmol/L, systolic >= 140 mmHg, BMI >= 30.",
+    )
+    def derived(inputs: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame(index=inputs.index)
+        glucose, sbp, bmi = (pd.to_numeric(inputs[c], errors="coerce") for c in ("glucose", "systolic_bp", "bmi"))
+        out["glucose_mmol_l"] = glucose / 18.016
+        out["hypertensive"] = (sbp >= 140).astype(float).mask(sbp.isna())  # 1.0/0.0; unknown stays NaN
+        out["obese"] = (bmi >= 30).astype(float).mask(bmi.isna())
+        return out
+
+    objects["derived"] = derived
+    return objects
