@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from experiments.errors import ExperimentError
 from experiments.settings import get_settings
 from experiments.spec import ExperimentSpec, load_spec
 from feature_store.errors import FeatureStoreError
+from serving.errors import ServingError
 from federation.errors import FederationError
 from federation.launcher import LaunchOptions, child_env, run_experiment, superlink_command, supernode_command
 from federation.ledger import PrivacyLedger
@@ -29,6 +31,7 @@ app = typer.Typer(help="BioVerse: federated, differentially private learning for
 data_app = typer.Typer(help="Hospital data: synthesise and check.", no_args_is_help=True)
 experiment_app = typer.Typer(help="Run and validate experiment specs.", no_args_is_help=True)
 ledger_app = typer.Typer(help="A hospital's privacy ledger.", no_args_is_help=True)
+serve_app = typer.Typer(help="Ray Serve: the model deployments.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store: patients' current features.", no_args_is_help=True)
 federation_app = typer.Typer(help="Deployment engine: the coordinator's SuperLink, a hospital's SuperNode.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -36,11 +39,12 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(federation_app, name="federation")
 app.add_typer(features_app, name="features")
+app.add_typer(serve_app, name="serve")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
-_USER_ERRORS = (TrainingError, ExperimentError, FederationError, FeatureStoreError, ValueError, OSError)
+_USER_ERRORS = (TrainingError, ExperimentError, FederationError, FeatureStoreError, ServingError, ValueError, OSError)
 
 
 def _one_line_errors(fn: F) -> F:
@@ -220,6 +224,35 @@ def features_get(
 
     for row in _feature_repo().online_features(tenant, patient_ids):
         out.print(json.dumps(row), highlight=False, soft_wrap=True)
+
+
+@serve_app.command("up")
+@_one_line_errors
+def serve_up(
+    model: Annotated[str, typer.Option(help="Registered model to serve.")] = "cardiac-risk",
+    alias: Annotated[str, typer.Option(help="Registry alias to follow.")] = "production",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: the embedded store).")] = None,
+    port: Annotated[int, typer.Option(help="HTTP port of the Serve proxy.")] = 8000,
+    config: Annotated[Path | None, typer.Option(help="A Serve config file (default: serving/serve_config.yaml).")] = None,
+) -> None:
+    """Start Ray Serve locally with the risk application (POST /risk {"instances": [...]})."""
+    import yaml
+
+    from serving.model_source import RegistryModel
+
+    uri = tracking_uri or get_settings().resolved_tracking_uri()
+    version = RegistryModel(uri, model, alias).current_version()  # fail here, in one line, not in a replica
+    source = config or Path(__file__).resolve().parent.parent / "serving" / "serve_config.yaml"
+    settings = yaml.safe_load(source.read_text())
+    settings.setdefault("http_options", {})["port"] = port
+    for application in settings["applications"]:
+        if application["name"] == "risk":
+            application.setdefault("args", {}).update(model_name=model, alias=alias, tracking_uri=uri)
+    run_dir = get_settings().data_dir / "serve"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "serve_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    out.print(f"Serving {model}@{alias} (version {version}) on http://127.0.0.1:{port}/risk", highlight=False)
+    _exec([str(Path(sys.executable).parent / "serve"), "run", str(run_dir / "serve_config.yaml")])
 
 
 def _exec(command: list[str]) -> None:

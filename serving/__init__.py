@@ -1,1 +1,1 @@
-"""Ray Serve deployments for risk and vision models (issue 3 builds them)."""
+"""Ray Serve deployments for BioVerse's models (risk now; vision plugs in the same way)."""

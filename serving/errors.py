@@ -1,0 +1,24 @@
+"""Errors raised by the serving layer.
+
+Hierarchy::
+
+    ServingError
+    ├── ModelNotReadyError     no model version carries the alias being served
+    └── PredictionInputError   a request's features are unusable
+"""
+
+from __future__ import annotations
+
+__all__ = ["ModelNotReadyError", "PredictionInputError", "ServingError"]
+
+
+class ServingError(Exception):
+    """Base class of every error raised by :mod:`serving`."""
+
+
+class ModelNotReadyError(ServingError):
+    """The registry has no version under the served alias (nothing approved yet)."""
+
+
+class PredictionInputError(ServingError):
+    """Features that the model cannot score (unknown column, wrong type)."""

@@ -1,0 +1,86 @@
+"""The RiskPredictor deployment: batched risk predictions from the production model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from serving.errors import ServingError
+from serving.model_source import LoadedModel, RegistryModel
+
+__all__ = ["RiskPredictor"]
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(name="RiskPredictor", max_ongoing_requests=64)
+class RiskPredictor:
+    """Scores raw patient features with ``models:/<name>@<alias>``.
+
+    Concurrent requests are batched (``@serve.batch``). A background thread follows the
+    alias: a new version is loaded beside the old one and swapped in with one reference
+    assignment, so requests in flight finish on the version they started with and none is
+    dropped. Every prediction names the model version that made it.
+    """
+
+    def __init__(self, tracking_uri: str, model_name: str, alias: str = "production", poll_seconds: float = 5.0) -> None:
+        self.source = RegistryModel(tracking_uri, model_name, alias)
+        self.model: LoadedModel = self.source.load(self.source.current_version())
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow_alias, name="follow-alias", daemon=True).start()
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve ``user_config``: ``poll_seconds``."""
+        self.poll_seconds = float(config.get("poll_seconds", self.poll_seconds))
+
+    def _follow_alias(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                version = self.source.current_version()
+                if version != self.model.version:
+                    self.model = self.source.load(version)  # the swap: one reference assignment
+            except Exception:  # noqa: BLE001 - keep serving the current version
+                log.exception("could not follow %s@%s", self.source.name, self.source.alias)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _predict_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        model = self.model  # one version for the whole batch
+        try:
+            risks = model.predict(rows)
+        except ServingError:
+            # one bad row must not fail its neighbours: score them one by one
+            return [self._one(model, row) for row in rows]
+        return [{"risk": float(r), "model_name": model.name, "model_version": model.version} for r in risks]
+
+    @staticmethod
+    def _one(model: LoadedModel, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"risk": float(model.predict([row])[0]), "model_name": model.name, "model_version": model.version}
+        except ServingError as err:
+            return {"error": str(err)}
+
+    async def predict(self, features: dict[str, Any]) -> dict[str, Any]:
+        """One patient's risk (from a DeploymentHandle)."""
+        return await self._predict_batch(features)
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        """HTTP: ``{"instances": [{feature: value, ...}, ...]}`` -> ``{"predictions": [...]}``."""
+        try:
+            body = await request.json()
+            instances = body["instances"]
+            if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
+                raise TypeError
+        except Exception:  # noqa: BLE001 - any malformed body is the caller's error
+            return JSONResponse({"detail": "body must be {\"instances\": [{feature: value}, ...]}"}, status_code=422)
+        results = await asyncio.gather(*(self._predict_batch(i) for i in instances))
+        errors = [(n, r["error"]) for n, r in enumerate(results) if "error" in r]
+        if errors:
+            return JSONResponse({"detail": f"instances[{errors[0][0]}]: {errors[0][1]}"}, status_code=422)
+        return JSONResponse({"predictions": results})
