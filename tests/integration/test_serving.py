@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -85,7 +84,6 @@ def test_serves_the_production_version_batched_over_http(registry: dict[str, Any
     response = httpx.post(f"http://127.0.0.1:{serve_port}/risk", json={"instances": registry["rows"]}, timeout=30)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    mlflow.set_tracking_uri(registry["uri"])
     reference = RegistryModel(registry["uri"], MODEL).load("1").predict(registry["rows"])
     assert [p["risk"] for p in predictions] == pytest.approx(list(reference))
 

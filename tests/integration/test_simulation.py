@@ -72,6 +72,7 @@ def test_registered_version_carries_tags_and_predicts_well(cli_run: dict) -> Non
     assert {f"schema.hospital-0{i}" for i in (1, 2, 3)} <= set(tags)
     assert len({tags[f"schema.hospital-0{i}"] for i in (1, 2, 3)}) == 1  # same schema everywhere
     mlflow.set_tracking_uri(cli_run["uri"])
+    mlflow.set_registry_uri(cli_run["uri"])  # other tests in this process may have set another registry
     model = mlflow.pyfunc.load_model("models:/it-cardiac-risk/1")
     assert model.metadata.signature is not None
     pooled = pd.concat([pd.read_csv(p) for p in sorted(cli_run["hospitals"].glob("hospital-*.csv"))])
