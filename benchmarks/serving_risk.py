@@ -1,0 +1,142 @@
+"""RiskPredictor on Ray Serve against a vanilla one-replica Serve deployment of the same model.
+
+Both serve the same registered model over Serve's HTTP proxy in the same Ray instance;
+a closed-loop load of 16 concurrent connections hits each in turn.
+
+Usage: python benchmarks/serving_risk.py [--seconds 15] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from _results import machine, table, write_section
+
+MODEL = "bench-risk"
+
+
+def register_model(work: Path) -> tuple[str, list[dict[str, Any]]]:
+    """Train a small MLP on a synthetic hospital and register it as production."""
+    from experiments.spec import parse_spec
+    from experiments.tracking import RunTracker, embedded_artifact_location
+    from federation.hospital import model_hparams
+    from training.data import HospitalDataModule
+    from training.local import train_locally
+    from training.models import build_model
+    from training.preprocessing import FeatureEncoder
+    from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, synthesize_hospitals
+
+    written = synthesize_hospitals(n_hospitals=2, n_patients=4000, seed=3, out_dir=work / "data")
+    spec = parse_spec({"name": "bench-serving", "registered_model": MODEL,
+                       "data": {"label": LABEL, "numeric": list(FEATURES_NUMERIC), "categorical": list(FEATURES_CATEGORICAL),
+                                "hospitals": [{"id": h.hospital_id, "path": str(h.path)} for h in written]},
+                       "model": {"kind": "mlp", "hidden": [64, 32]}, "privacy": {"enabled": False}})
+    dm = HospitalDataModule(written[0].path, spec.data.contract)
+    dm.encoder = FeatureEncoder.from_statistics(dm.statistics(), spec.data.contract)
+    model = build_model("mlp", dm.encoder.input_dim, **model_hparams(spec))
+    train_locally(model, dm.dataset("train"), epochs=2, batch_size=64, dp=None)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    tracker = RunTracker(uri, embedded_artifact_location(uri))
+    tracker.start(spec)
+    tracker.register(model=model, encoder=dm.encoder, kind="mlp", hparams=model_hparams(spec), model_name=MODEL, tags={})
+    tracker.end()
+    MlflowClient(uri, registry_uri=uri).set_registered_model_alias(MODEL, "production", "1")
+    rows = pd.read_csv(written[1].path).head(200)
+    features = [{k: (None if pd.isna(v) else (float(v) if not isinstance(v, str) else v)) for k, v in r.items()
+                 if k in spec.data.contract.features} for r in rows.to_dict("records")]
+    return uri, features
+
+
+async def load(url: str, rows: list[dict[str, Any]], connections: int, seconds: float) -> dict[str, float]:
+    """Closed-loop load: each connection sends one single-patient request after another."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(k: int, client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        i = k
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            response = await client.post(url, json={"instances": [rows[i % len(rows)]]})
+            latencies.append(time.perf_counter() - started)
+            errors += response.status_code != 200
+            i += connections
+
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        await asyncio.gather(*(worker(k, client) for k in range(connections)))
+    latencies.sort()
+    return {"rps": len(latencies) / seconds, "p50": latencies[len(latencies) // 2] * 1e3,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1e3, "errors": float(errors)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    work = Path(tempfile.mkdtemp(prefix="bioverse-serving-"))
+    os.environ["BIOVERSE_DATA_DIR"] = str(work)
+    uri, rows = register_model(work)
+
+    import ray
+    from ray import serve
+    from starlette.requests import Request
+
+    from serving.app import build_risk_app
+    from serving.model_source import RegistryModel
+
+    @serve.deployment(num_replicas=1)
+    class Vanilla:
+        """The textbook deployment: load the model, score each request on its own."""
+
+        def __init__(self, tracking_uri: str) -> None:
+            self.model = RegistryModel(tracking_uri, MODEL).load("1")
+
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            rows = (await request.json())["instances"]
+            return {"predictions": [{"risk": float(r)} for r in self.model.predict(rows)]}
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    port = 18000 + os.getpid() % 1000
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(Vanilla.bind(uri), name="vanilla", route_prefix="/vanilla")
+    serve.run(build_risk_app({"tracking_uri": uri, "model_name": MODEL}), name="risk", route_prefix="/risk")
+    results = {}
+    for name in ("vanilla", "risk", "vanilla", "risk"):  # alternate, keep the second (warm) pass
+        results[name] = asyncio.run(load(f"http://127.0.0.1:{port}/{name}", rows, args.connections, args.seconds))
+        print(name, results[name], file=sys.stderr)
+    serve.shutdown()
+    ray.shutdown()
+    base = results["vanilla"]
+    rows_out = [
+        [name, f"{r['rps']:.0f}", f"{r['rps'] / base['rps']:.2f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['errors']:.0f}"]
+        for name, r in (("vanilla one-replica Serve deployment (baseline)", base), ("BioVerse RiskPredictor (batched)", results["risk"]))
+    ]
+    body = (
+        "## Ray Serve risk path (`benchmarks/serving_risk.py`)\n\n"
+        f"{machine()}; MLP 64-32 via the MLflow pyfunc, one patient per request, {args.connections} connections, "
+        f"{args.seconds:g} s per pass (second pass reported), Serve HTTP proxy on loopback, load generator in the same box.\n\n"
+        + table(["deployment", "req/s", "vs baseline", "p50 ms", "p99 ms", "errors"], rows_out)
+    )
+    print(body)
+    write_section("serving-risk", body)
+
+
+if __name__ == "__main__":
+    main()
