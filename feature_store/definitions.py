@@ -7,7 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float32, Float64, String
@@ -62,15 +61,19 @@ def build_definitions(data_dir: Path) -> dict[str, Any]:
         sources=[views["vitals"], views["labs"]],
         schema=[Field(name="glucose_mmol_l", dtype=Float64), Field(name="hypertensive", dtype=Float64),
                 Field(name="obese", dtype=Float64)],
-        description="Derived: glucose in mmol/L, systolic >= 140 mmHg, BMI >= 30.",
+        mode="python",  # plain lists, no DataFrame per lookup: about 10x cheaper online than pandas mode
+        description="Derived: glucose in mmol/L, systolic >= 140 mmHg, BMI >= 30 (unknown when the input is).",
     )
-    def derived(inputs: pd.DataFrame) -> pd.DataFrame:
-        out = pd.DataFrame(index=inputs.index)
-        glucose, sbp, bmi = (pd.to_numeric(inputs[c], errors="coerce") for c in ("glucose", "systolic_bp", "bmi"))
-        out["glucose_mmol_l"] = glucose / 18.016
-        out["hypertensive"] = (sbp >= 140).astype(float).mask(sbp.isna())  # 1.0/0.0; unknown stays NaN
-        out["obese"] = (bmi >= 30).astype(float).mask(bmi.isna())
-        return out
+    def derived(inputs: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        # self-contained: Feast stores this function's source and runs it on its own
+        def known(v: Any) -> bool:
+            return v is not None and v == v  # not missing, not NaN
+
+        return {
+            "glucose_mmol_l": [float(v) / 18.016 if known(v) else None for v in inputs["glucose"]],
+            "hypertensive": [float(float(v) >= 140) if known(v) else None for v in inputs["systolic_bp"]],
+            "obese": [float(float(v) >= 30) if known(v) else None for v in inputs["bmi"]],
+        }
 
     objects["derived"] = derived
     return objects
