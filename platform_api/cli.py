@@ -31,6 +31,10 @@ app = typer.Typer(help="BioVerse: federated, differentially private learning for
 data_app = typer.Typer(help="Hospital data: synthesise and check.", no_args_is_help=True)
 experiment_app = typer.Typer(help="Run and validate experiment specs.", no_args_is_help=True)
 ledger_app = typer.Typer(help="A hospital's privacy ledger.", no_args_is_help=True)
+api_app = typer.Typer(help="The platform API: `bioverse api` serves it; keys manage access.", invoke_without_command=True)
+key_app = typer.Typer(help="API keys (the token is shown once; only its hash is stored).", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail of access to patient data.", no_args_is_help=True)
+api_app.add_typer(key_app, name="key")
 serve_app = typer.Typer(help="Ray Serve: the model deployments.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store: patients' current features.", no_args_is_help=True)
 federation_app = typer.Typer(help="Deployment engine: the coordinator's SuperLink, a hospital's SuperNode.", no_args_is_help=True)
@@ -40,6 +44,8 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(federation_app, name="federation")
 app.add_typer(features_app, name="features")
 app.add_typer(serve_app, name="serve")
+app.add_typer(api_app, name="api")
+app.add_typer(audit_app, name="audit")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -253,6 +259,72 @@ def serve_up(
     (run_dir / "serve_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     out.print(f"Serving {model}@{alias} (version {version}) on http://127.0.0.1:{port}/risk", highlight=False)
     _exec([str(Path(sys.executable).parent / "serve"), "run", str(run_dir / "serve_config.yaml")])
+
+
+@api_app.callback()
+@_one_line_errors
+def api(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+) -> None:
+    """Start the platform API (migrating its database first)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from platform_api.main import create_app
+
+    out.print(f"BioVerse platform API on http://{host}:{port} (docs at /docs)", highlight=False)
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+
+
+def _api_session() -> Any:
+    from platform_api.db import migrate, session_factory
+    from platform_api.settings import get_settings as api_settings
+
+    migrate(api_settings().resolved_database_url())
+    return session_factory()()
+
+
+@key_app.command("create")
+@_one_line_errors
+def key_create(
+    role: Annotated[str, typer.Option(help="admin, data_scientist, hospital, app or clinical_validator.")],
+    tenant: Annotated[str | None, typer.Option(help="The tenant (required for every role but a platform admin).")] = None,
+    name: Annotated[str, typer.Option(help="A label: who or what uses the key.")] = "",
+) -> None:
+    """Create an API key and print its token (once)."""
+    from platform_api.auth import create_key
+
+    with _api_session() as session:
+        out.print(create_key(session, role=role, tenant_id=tenant, name=name), highlight=False)
+
+
+@key_app.command("revoke")
+@_one_line_errors
+def key_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after bv_).")]) -> None:
+    """Revoke an API key."""
+    from platform_api.auth import revoke
+
+    with _api_session() as session:
+        if not revoke(session, key_id):
+            raise ValueError(f"no active key {key_id}")
+    out.print(f"revoked {key_id}", highlight=False)
+
+
+@audit_app.command("verify")
+@_one_line_errors
+def audit_verify() -> None:
+    """Recompute the audit hash chain; exit 1 if any event was altered, removed or reordered."""
+    from platform_api.audit import verify
+
+    with _api_session() as session:
+        check = verify(session)
+    if not check.ok:
+        err.print(f"[bold red]error:[/] audit chain broken at event {check.first_bad_id}: {check.reason}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"audit chain intact: {check.events} events", highlight=False)
 
 
 def _exec(command: list[str]) -> None:

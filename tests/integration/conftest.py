@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,34 @@ def participation(summary: dict[str, Any], round_: int, stage: str = "train") ->
 def read_json(path: Path) -> Any:
     """Parse a JSON file."""
     return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A fresh database on the machine's PostgreSQL: its libpq DSN and SQLAlchemy URL."""
+
+    name: str
+    dsn: str
+    sqlalchemy_url: str
+
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+
+
+@pytest.fixture()
+def postgres_database() -> Iterator[PostgresDatabase]:
+    """A new, empty PostgreSQL database, dropped (with its connections) afterwards."""
+    import psycopg2
+
+    name = f"bioverse_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(**PG)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    where = f"{PG['user']}@{PG['host']}:{PG['port']}/{name}"
+    try:
+        yield PostgresDatabase(name, f"postgresql://{where}", f"postgresql+psycopg2://{where}")
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

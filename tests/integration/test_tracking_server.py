@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,27 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from federation.launcher import free_port, stop, wait_for_port
 from tests.conftest import make_spec
+from tests.integration.conftest import PostgresDatabase
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture()
-def postgres_db() -> Iterator[str]:
-    """A fresh PostgreSQL database on the machine's server, dropped afterwards."""
-    name = f"bioverse_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(**PG)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 @pytest.fixture()
@@ -55,13 +38,13 @@ def s3_endpoint(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture()
-def mlflow_server(postgres_db: str, s3_endpoint: str, tmp_path: Path) -> Iterator[str]:
+def mlflow_server(postgres_database: PostgresDatabase, s3_endpoint: str, tmp_path: Path) -> Iterator[str]:
     """``mlflow server`` with a PostgreSQL backend store, proxying artifacts to S3."""
     boto3.client("s3", endpoint_url=s3_endpoint, **_boto_keys()).create_bucket(Bucket="mlflow")
     port = free_port()
     env = {**os.environ, **S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
     process = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_db.replace("postgresql://", "postgresql+psycopg2://"), "--artifacts-destination", "s3://mlflow/artifacts",
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_database.sqlalchemy_url, "--artifacts-destination", "s3://mlflow/artifacts",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=open(tmp_path / "mlflow.log", "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True,  # noqa: SIM115
     )
@@ -78,7 +61,7 @@ def _boto_keys() -> dict[str, str]:
 
 
 def test_run_tracked_on_postgres_with_artifacts_in_s3(
-    mlflow_server: str, postgres_db: str, s3_endpoint: str, hospital_files: list[Path], launch: Callable[..., dict[str, Any]]
+    mlflow_server: str, postgres_database: PostgresDatabase, s3_endpoint: str, hospital_files: list[Path], launch: Callable[..., dict[str, Any]]
 ) -> None:
     summary = launch(make_spec(hospital_files, name="at-scale"), tracking_uri=mlflow_server)
     assert summary["model_version"] == "1"
@@ -86,7 +69,7 @@ def test_run_tracked_on_postgres_with_artifacts_in_s3(
     version = client.get_model_version("test-cardiac-risk", "1")
     assert version.tags["experiment"] == "at-scale" and float(version.tags["epsilon"]) <= 2.0
     assert [m.step for m in client.get_metric_history(summary["run_id"], "evaluate_auroc")] == [1, 2]
-    with psycopg2.connect(postgres_db) as conn, conn.cursor() as cur:
+    with psycopg2.connect(postgres_database.dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (summary["run_id"],))
         assert cur.fetchone() == ("FINISHED",)
         cur.execute("SELECT count(*) FROM model_versions WHERE name = 'test-cardiac-risk'")

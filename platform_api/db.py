@@ -1,0 +1,55 @@
+"""Database engine, sessions and migrations (Alembic) for the platform API."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from platform_api.settings import get_settings
+
+__all__ = ["get_engine", "get_session", "migrate", "session_factory"]
+
+ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+
+
+def migrate(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema (``alembic upgrade head``)."""
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("sqlalchemy.url", url)
+    command.upgrade(config, "head")
+
+
+@functools.cache
+def get_engine(url: str | None = None) -> Engine:
+    """One engine per URL; SQLite in WAL mode with foreign keys on."""
+    url = url or get_settings().resolved_database_url()
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection, _record):  # type: ignore[no-untyped-def]
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10)
+
+
+@functools.cache
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    """Sessions bound to :func:`get_engine`."""
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def get_session() -> Iterator[Session]:
+    """FastAPI dependency: one session per request."""
+    with session_factory()() as session:
+        yield session

@@ -1,0 +1,39 @@
+"""Typed FastAPI dependencies: the database session and the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from platform_api.auth import Principal, authenticate
+from platform_api.db import get_session
+from platform_api.errors import Forbidden
+
+__all__ = ["CallerDep", "SessionDep", "require_roles"]
+
+SessionDep = Annotated[Session, Depends(get_session)]
+_bearer = HTTPBearer(auto_error=False, description="An API key: `bv_<id>_<secret>`")
+
+
+def _caller(session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    return authenticate(session, credentials.credentials if credentials else None)
+
+
+CallerDep = Annotated[Principal, Depends(_caller)]
+
+
+def require_roles(*roles: str, tenant: bool = True) -> Callable[[Principal], Principal]:
+    """A dependency admitting only ``roles`` (and, if ``tenant``, only tenant-bound keys)."""
+
+    def check(caller: CallerDep) -> Principal:
+        if caller.role not in roles:
+            raise Forbidden(f"role {caller.role} may not do this (allowed: {', '.join(roles)})")
+        if tenant and caller.tenant_id is None:
+            raise Forbidden("this key belongs to no tenant; patient data is reached through a tenant's key")
+        return caller
+
+    return check

@@ -1,0 +1,52 @@
+"""Errors of the platform API, and the one table that maps domain errors to HTTP answers.
+
+Hierarchy::
+
+    PlatformError
+    ├── NotAuthenticated   401: no or unknown credentials
+    ├── Forbidden          403: the caller's role may not do this
+    ├── NotFound           404: unknown, or another tenant's (the same answer)
+    └── Conflict           409: it exists already
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+__all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PlatformError", "install_error_handlers"]
+
+
+class PlatformError(Exception):
+    """Base class of the platform API's domain errors."""
+
+
+class NotAuthenticated(PlatformError):
+    """No credentials, or credentials that match no active key."""
+
+
+class Forbidden(PlatformError):
+    """The caller is known but its role (or lack of tenant) does not allow the action."""
+
+
+class NotFound(PlatformError):
+    """No such object for this caller; another tenant's object is reported the same way."""
+
+
+class Conflict(PlatformError):
+    """The object exists already."""
+
+
+_STATUS: dict[type[PlatformError], int] = {NotAuthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer domain errors with their status and ``{"detail": message}``."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        status = next(code for cls, code in _STATUS.items() if isinstance(exc, cls))
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    for cls in _STATUS:
+        app.add_exception_handler(cls, handle)

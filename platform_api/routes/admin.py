@@ -1,0 +1,34 @@
+"""Administration: the audit trail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import func, select
+
+from platform_api.auth import Principal
+from platform_api.deps import SessionDep, require_roles
+from platform_api.models import AuditEvent
+from platform_api.schemas import AuditEventPublic, AuditPage
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+Admin = Annotated[Principal, Depends(require_roles("admin", tenant=False))]
+
+
+@router.get("/audit", response_model=AuditPage)
+def list_audit(
+    session: SessionDep,
+    caller: Admin,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
+) -> AuditPage:
+    """Audit events, newest first: a tenant's admin sees its tenant's, the platform admin all."""
+    query = select(AuditEvent)
+    if caller.tenant_id is not None:
+        query = query.where(AuditEvent.tenant_id == caller.tenant_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    items = session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)).all()
+    return AuditPage(items=[AuditEventPublic.model_validate(e) for e in items], total=total, limit=limit, offset=offset)

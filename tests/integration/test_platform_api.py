@@ -1,0 +1,129 @@
+"""The platform API on SQLite and on the real PostgreSQL: auth, roles, tenant isolation, audit chain."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh database on the machine's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'platform.db'}"
+        return
+    database = request.getfixturevalue("postgres_database")
+    yield database.sqlalchemy_url
+    from platform_api.db import get_engine
+
+    get_engine(database.sqlalchemy_url).dispose()
+
+
+@pytest.fixture()
+def api(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict]:
+    """The app on that database, and keys for several tenants and roles."""
+    monkeypatch.setenv("BIOVERSE_API_DATABASE_URL", database_url)
+    monkeypatch.setenv("BIOVERSE_DATA_DIR", str(tmp_path))
+    from platform_api import db, settings
+    from platform_api.auth import create_key
+    from platform_api.main import create_app
+
+    settings.get_settings.cache_clear()
+    db.get_engine.cache_clear()
+    db.session_factory.cache_clear()
+    with TestClient(create_app()) as client:  # start-up runs the Alembic migration
+        with db.session_factory()() as session:
+            keys = {
+                "app1": create_key(session, role="app", tenant_id="t1"),
+                "hosp2": create_key(session, role="hospital", tenant_id="t2"),
+                "ds1": create_key(session, role="data_scientist", tenant_id="t1"),
+                "admin1": create_key(session, role="admin", tenant_id="t1"),
+                "root": create_key(session, role="admin", tenant_id=None),
+            }
+        yield {"client": client, "keys": keys, "session": db.session_factory()}
+    db.get_engine.cache_clear()
+    db.session_factory.cache_clear()
+    settings.get_settings.cache_clear()
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_credentials_roles_and_validation(api: dict) -> None:
+    client, keys = api["client"], api["keys"]
+    assert client.get("/v1/twins").status_code == 401
+    assert client.get("/v1/twins", headers=_auth("bv_nope_nope")).status_code == 401
+    assert client.get("/v1/twins", headers=_auth("garbage")).json()["detail"] == "malformed API key"
+    assert client.get("/v1/twins", headers=_auth(keys["ds1"])).status_code == 403  # data scientists see no patients
+    assert client.get("/v1/twins", headers=_auth(keys["root"])).status_code == 403  # no tenant, no patients
+    bad = client.post("/v1/twins", json={"patient_id": "has space"}, headers=_auth(keys["app1"]))
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "patient_id"]
+    extra = client.post("/v1/twins", json={"patient_id": "p1", "ssn": "x"}, headers=_auth(keys["app1"]))
+    assert extra.status_code == 422 and extra.json()["detail"][0]["loc"] == ["body", "ssn"]
+    big = client.post("/v1/twins", content=b"{" + b" " * 2_000_000 + b"}", headers={**_auth(keys["app1"]), "content-type": "application/json"})
+    assert big.status_code == 413
+    assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_twins_are_tenant_scoped(api: dict) -> None:
+    client, keys = api["client"], api["keys"]
+    created = client.post("/v1/twins", json={"patient_id": "p-001", "display_name": "A"}, headers=_auth(keys["app1"]))
+    assert created.status_code == 201, created.text
+    twin = created.json()
+    assert twin["tenant_id"] == "t1"
+    assert client.post("/v1/twins", json={"patient_id": "p-001"}, headers=_auth(keys["app1"])).status_code == 409
+    # the same patient id in another tenant is another twin
+    assert client.post("/v1/twins", json={"patient_id": "p-001"}, headers=_auth(keys["hosp2"])).status_code == 201
+    own = client.get(f"/v1/twins/{twin['id']}", headers=_auth(keys["app1"]))
+    assert own.status_code == 200 and own.json()["display_name"] == "A"
+    for method in ("get", "patch"):
+        foreign = getattr(client, method)(f"/v1/twins/{twin['id']}", headers=_auth(keys["hosp2"]),
+                                          **({"json": {"display_name": "x"}} if method == "patch" else {}))
+        missing = getattr(client, method)(f"/v1/twins/{uuid.uuid4()}", headers=_auth(keys["hosp2"]),
+                                          **({"json": {"display_name": "x"}} if method == "patch" else {}))
+        assert foreign.status_code == missing.status_code == 404  # foreign looks exactly like missing
+        assert foreign.json()["detail"].startswith("no twin")
+    patched = client.patch(f"/v1/twins/{twin['id']}", json={"display_name": "B"}, headers=_auth(keys["app1"]))
+    assert patched.json()["display_name"] == "B"
+    for i in range(2, 7):
+        client.post("/v1/twins", json={"patient_id": f"p-00{i}"}, headers=_auth(keys["app1"]))
+    page = client.get("/v1/twins", params={"limit": 2, "offset": 2}, headers=_auth(keys["app1"])).json()
+    assert page["total"] == 6 and len(page["items"]) == 2 and page["items"][0]["patient_id"] == "p-003"
+    assert {t["tenant_id"] for t in client.get("/v1/twins", headers=_auth(keys["hosp2"])).json()["items"]} == {"t2"}
+    assert client.get("/v1/twins", params={"limit": 0}, headers=_auth(keys["app1"])).status_code == 422
+
+
+def test_every_access_is_audited_in_a_verifiable_append_only_chain(api: dict) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from platform_api.audit import verify
+
+    client, keys = api["client"], api["keys"]
+    twin = client.post("/v1/twins", json={"patient_id": "p-9"}, headers=_auth(keys["app1"])).json()
+    client.get(f"/v1/twins/{twin['id']}", headers=_auth(keys["app1"]))
+    client.get(f"/v1/twins/{twin['id']}", headers=_auth(keys["hosp2"]))  # foreign: recorded as not found
+    events = client.get("/v1/admin/audit", headers=_auth(keys["root"])).json()
+    assert events["total"] == 3
+    newest = events["items"][0]
+    assert newest["tenant_id"] == "t2" and newest["outcome"] == "notfound" and newest["role"] == "hospital"
+    read = events["items"][1]
+    assert read["patient_id"] == "p-9" and read["action"].startswith("twin.read") and read["outcome"] == "ok"
+    tenant_view = client.get("/v1/admin/audit", headers=_auth(keys["admin1"])).json()
+    assert {e["tenant_id"] for e in tenant_view["items"]} == {"t1"} and tenant_view["total"] == 2
+    assert client.get("/v1/admin/audit", headers=_auth(keys["app1"])).status_code == 403
+    with api["session"]() as session:
+        assert verify(session).ok and verify(session).events == 3
+        with pytest.raises(DBAPIError, match="append-only"):
+            session.execute(text("UPDATE audit_events SET outcome = 'ok' WHERE outcome = 'notfound'"))
+        session.rollback()
+        with pytest.raises(DBAPIError, match="append-only"):
+            session.execute(text("DELETE FROM audit_events"))
+        session.rollback()
