@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from platform_api.auth import Principal
 from platform_api.models import AuditEvent
 
-__all__ = ["GENESIS", "AuditCheck", "record", "verify"]
+__all__ = ["GENESIS", "AuditCheck", "audited", "record", "verify"]
 
 GENESIS = "0" * 64
 _CHAIN_LOCK = 7_262_026  # PostgreSQL advisory lock serialising appends to the chain
@@ -68,3 +71,25 @@ def verify(session: Session, batch: int = 10_000) -> AuditCheck:
             if _digest(prev, event) != event.hash:
                 return AuditCheck(count, event.id, "its content does not match its hash (the event was altered)")
             prev, count, last_id = event.hash, count + 1, event.id
+
+
+@contextlib.contextmanager
+def audited(session: Session, caller: Principal, action: str, patient_id: str | None = None) -> Iterator[dict[str, str | None]]:
+    """Record an access with its outcome.
+
+    The audit event commits with the work, or alone after a rollback when the work failed
+    (its outcome is then the error's name: ``notfound``, ``modelnotreadyerror``...). Set
+    ``target["patient_id"]`` inside the block once the patient is known.
+    """
+    target: dict[str, str | None] = {"patient_id": patient_id}
+    try:
+        yield target
+    except Exception as err:
+        session.rollback()
+        record(session, actor=caller.key_id, role=caller.role, tenant_id=caller.tenant_id,
+               patient_id=target["patient_id"], action=action, outcome=type(err).__name__.lower())
+        session.commit()
+        raise
+    record(session, actor=caller.key_id, role=caller.role, tenant_id=caller.tenant_id,
+           patient_id=target["patient_id"], action=action, outcome="ok")
+    session.commit()

@@ -7,10 +7,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from platform_api.errors import Conflict, NotFound
-from platform_api.models import Twin
+from datetime import datetime, timezone
+from typing import Any
+
+from platform_api.models import Alert, Prediction, Twin
 from platform_api.schemas import TwinCreate, TwinUpdate
 
-__all__ = ["create_twin", "get_twin", "list_twins", "update_twin"]
+__all__ = [
+    "acknowledge_alert", "create_prediction", "create_twin", "get_twin", "latest_prediction", "list_alerts",
+    "list_predictions", "list_twins", "update_twin",
+]
 
 
 def create_twin(*, session: Session, tenant_id: str, twin_in: TwinCreate) -> Twin:
@@ -47,3 +53,63 @@ def update_twin(*, session: Session, twin: Twin, twin_in: TwinUpdate) -> Twin:
         setattr(twin, key, value)
     session.flush()
     return twin
+
+
+def alert_priority(risk: float, threshold: float) -> str | None:
+    """``critical`` (>= 0.7), ``high`` (>= 0.5) or ``medium`` at or above the threshold."""
+    if risk < threshold:
+        return None
+    return "critical" if risk >= 0.7 else "high" if risk >= 0.5 else "medium"
+
+
+def create_prediction(*, session: Session, twin: Twin, risk: float, model_name: str, model_version: str,
+                      inputs: dict[str, Any], alert_threshold: float) -> tuple[Prediction, Alert | None]:
+    """Store a prediction and, above the threshold, its alert (not committed)."""
+    prediction = Prediction(twin_id=twin.id, tenant_id=twin.tenant_id, risk=risk, model_name=model_name,
+                            model_version=model_version, inputs=inputs)
+    session.add(prediction)
+    session.flush()
+    priority = alert_priority(risk, alert_threshold)
+    alert = None
+    if priority is not None:
+        alert = Alert(prediction_id=prediction.id, twin_id=twin.id, tenant_id=twin.tenant_id, priority=priority)
+        session.add(alert)
+        session.flush()
+    return prediction, alert
+
+
+def latest_prediction(*, session: Session, twin_id: str) -> Prediction | None:
+    """A twin's most recent prediction."""
+    return session.scalar(select(Prediction).where(Prediction.twin_id == twin_id)
+                          .order_by(Prediction.created_at.desc(), Prediction.id).limit(1))
+
+
+def list_predictions(*, session: Session, twin_id: str, limit: int, offset: int) -> tuple[list[Prediction], int]:
+    """A page of a twin's predictions, newest first."""
+    query = select(Prediction).where(Prediction.twin_id == twin_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    items = session.scalars(query.order_by(Prediction.created_at.desc(), Prediction.id).limit(limit).offset(offset)).all()
+    return list(items), total
+
+
+def list_alerts(*, session: Session, tenant_id: str, status: str | None, limit: int, offset: int) -> tuple[list[Alert], int]:
+    """A page of a tenant's alerts, newest first."""
+    query = select(Alert).where(Alert.tenant_id == tenant_id)
+    if status:
+        query = query.where(Alert.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    items = session.scalars(query.order_by(Alert.created_at.desc(), Alert.id).limit(limit).offset(offset)).all()
+    return list(items), total
+
+
+def acknowledge_alert(*, session: Session, tenant_id: str, alert_id: str, by: str) -> Alert:
+    """Acknowledge a tenant's alert (idempotent; not committed)."""
+    alert = session.scalar(select(Alert).where(Alert.id == alert_id, Alert.tenant_id == tenant_id))
+    if alert is None:
+        raise NotFound(f"no alert {alert_id}")
+    if alert.status != "acknowledged":
+        alert.status = "acknowledged"
+        alert.acknowledged_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        alert.acknowledged_by = by
+        session.flush()
+    return alert

@@ -13,7 +13,7 @@ from platform_api.auth import Principal, authenticate
 from platform_api.db import get_session
 from platform_api.errors import Forbidden
 
-__all__ = ["CallerDep", "SessionDep", "require_roles"]
+__all__ = ["CallerDep", "PatientReader", "PatientWriter", "SessionDep", "require_roles"]
 
 SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `bv_<id>_<secret>`")
@@ -37,3 +37,8 @@ def require_roles(*roles: str, tenant: bool = True) -> Callable[[Principal], Pri
         return caller
 
     return check
+
+
+#: Callers who may read a tenant's patient data, and those who may change it.
+PatientReader = Annotated[Principal, Depends(require_roles("app", "hospital", "clinical_validator", "admin"))]
+PatientWriter = Annotated[Principal, Depends(require_roles("app", "hospital", "admin"))]

@@ -7,12 +7,18 @@ Hierarchy::
     ├── Forbidden          403: the caller's role may not do this
     ├── NotFound           404: unknown, or another tenant's (the same answer)
     └── Conflict           409: it exists already
+
+Errors of the lower layers are answered through the same table: a model or feature store
+that is not ready is 503, features a model or the feature store cannot take are 422.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from feature_store.errors import FeatureDataError, FeatureRepoError
+from serving.errors import ModelNotReadyError, PredictionInputError
 
 __all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PlatformError", "install_error_handlers"]
 
@@ -37,7 +43,16 @@ class Conflict(PlatformError):
     """The object exists already."""
 
 
-_STATUS: dict[type[PlatformError], int] = {NotAuthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409}
+_STATUS: dict[type[Exception], int] = {
+    NotAuthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PredictionInputError: 422,
+    FeatureDataError: 422,
+    ModelNotReadyError: 503,
+    FeatureRepoError: 503,
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from platform_api.db import get_engine, migrate
 from platform_api.errors import install_error_handlers
-from platform_api.routes import admin, twins
+from platform_api.routes import admin, alerts, predictions, twins
 from platform_api.settings import get_settings
 
 __all__ = ["create_app"]
@@ -53,5 +53,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     app.include_router(twins.router)
+    app.include_router(predictions.router)
+    app.include_router(alerts.router)
     app.include_router(admin.router)
     return app

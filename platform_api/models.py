@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiKey", "AuditEvent", "Base", "ROLES", "Tenant", "Twin"]
+__all__ = ["Alert", "ApiKey", "AuditEvent", "Base", "Prediction", "ROLES", "Tenant", "Twin"]
 
 #: Roles a key can carry.
 ROLES = ("admin", "data_scientist", "hospital", "app", "clinical_validator")
@@ -73,3 +73,32 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Prediction(Base):
+    """A risk prediction for a twin: the model version that made it and the inputs it used."""
+
+    __tablename__ = "predictions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    twin_id: Mapped[str] = mapped_column(ForeignKey("twins.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(32))
+    risk: Mapped[float] = mapped_column()
+    inputs: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class Alert(Base):
+    """A prediction above the alert threshold, to be acknowledged by a clinician or app."""
+
+    __tablename__ = "alerts"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    prediction_id: Mapped[str] = mapped_column(ForeignKey("predictions.id"), unique=True)
+    twin_id: Mapped[str] = mapped_column(ForeignKey("twins.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    priority: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(32), default=None)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AuditEventPublic", "AuditPage", "TwinCreate", "TwinPage", "TwinPublic", "TwinUpdate"]
+__all__ = [
+    "AlertPage", "AlertPublic", "AuditEventPublic", "AuditPage", "BatchPredictionCreate", "ObservationCreate",
+    "ObservationResult", "PredictionPage", "PredictionPublic", "TwinCreate", "TwinDetail", "TwinPage", "TwinPublic",
+    "TwinUpdate",
+]
 
 PatientId = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
@@ -68,6 +73,85 @@ class AuditPage(BaseModel):
     """One page of the audit trail, newest first."""
 
     items: list[AuditEventPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class PredictionPublic(BaseModel):
+    """A stored prediction: the risk, the model version that made it and the inputs used."""
+
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+    id: str
+    twin_id: str
+    risk: float
+    model_name: str
+    model_version: str
+    inputs: dict[str, Any]
+    created_at: datetime
+    alert_priority: str | None = None
+
+
+class PredictionPage(BaseModel):
+    """One page of a twin's prediction history, newest first."""
+
+    items: list[PredictionPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class TwinDetail(TwinPublic):
+    """A twin with its current features (online store) and latest prediction.
+
+    ``features`` is None, with the reason in ``features_unavailable``, when the feature
+    store cannot be reached: the twin's identity does not depend on it.
+    """
+
+    features: dict[str, Any] | None
+    features_unavailable: str | None = None
+    latest_prediction: PredictionPublic | None
+
+
+class BatchPredictionCreate(BaseModel):
+    """Twins to score at once."""
+
+    model_config = ConfigDict(extra="forbid")
+    twin_ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+class ObservationCreate(BaseModel):
+    """New vitals or labs of a patient."""
+
+    model_config = ConfigDict(extra="forbid")
+    values: dict[str, float] = Field(min_length=1, max_length=20)
+    observed_at: datetime | None = None
+
+
+class ObservationResult(BaseModel):
+    """Which feature views the observation updated."""
+
+    updated_views: list[str]
+
+
+class AlertPublic(BaseModel):
+    """An alert raised by a high-risk prediction."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    prediction_id: str
+    twin_id: str
+    priority: str
+    status: str
+    created_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+
+
+class AlertPage(BaseModel):
+    """One page of alerts, newest first."""
+
+    items: list[AlertPublic]
     total: int
     limit: int
     offset: int

@@ -19,6 +19,12 @@ class ApiSettings(BaseSettings):
         database_url: SQLAlchemy URL; empty means SQLite ``platform.db`` in the data dir.
             PostgreSQL: ``postgresql+psycopg2://user@host/db``.
         max_body_bytes: Larger request bodies answer 413.
+        tracking_uri: MLflow registry the API scores from (default: the embedded store).
+        model_name, model_alias: The model predictions use (``models:/name@alias``),
+            re-resolved every ``model_poll_seconds``.
+        twin_cache_seconds, prediction_cache_seconds: TTLs of the twin-state and
+            prediction caches (the deployment guide's 60 s and 300 s).
+        alert_threshold: A prediction at or above this risk raises an alert.
     """
 
     model_config = SettingsConfigDict(env_prefix="BIOVERSE_API_")
@@ -26,6 +32,20 @@ class ApiSettings(BaseSettings):
     data_dir: Path = Field(default=Path.home() / ".bioverse", validation_alias=AliasChoices("BIOVERSE_DATA_DIR"))
     database_url: str = ""
     max_body_bytes: int = 1_000_000
+    tracking_uri: str = Field(default="", validation_alias=AliasChoices("BIOVERSE_API_TRACKING_URI", "BIOVERSE_TRACKING_URI"))
+    model_name: str = "cardiac-risk"
+    model_alias: str = "production"
+    model_poll_seconds: float = 5.0
+    twin_cache_seconds: float = 60.0
+    prediction_cache_seconds: float = 300.0
+    alert_threshold: float = 0.3
+
+    def resolved_tracking_uri(self) -> str:
+        """The configured MLflow URI, or the embedded SQLite store."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the embedded SQLite database."""

@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Query, status
 
+from feature_store.errors import FeatureStoreError
 from platform_api import crud
-from platform_api.audit import record
-from platform_api.auth import Principal
-from platform_api.deps import SessionDep, require_roles
-from platform_api.errors import PlatformError
-from platform_api.schemas import TwinCreate, TwinPage, TwinPublic, TwinUpdate
+from platform_api.audit import audited
+from platform_api.deps import PatientReader, PatientWriter, SessionDep
+from platform_api.schemas import PredictionPublic, TwinCreate, TwinDetail, TwinPage, TwinPublic, TwinUpdate
+from platform_api.services import get_features
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/twins", tags=["twins"])
-Reader = Annotated[Principal, Depends(require_roles("app", "hospital", "clinical_validator", "admin"))]
-Writer = Annotated[Principal, Depends(require_roles("app", "hospital", "admin"))]
-
-
-@contextlib.contextmanager
-def audited(session: Session, caller: Principal, action: str, patient_id: str | None = None) -> Iterator[dict[str, str | None]]:
-    """Record the access with its outcome; the audit event commits with the work, or alone
-    (after a rollback) when the work failed."""
-    target: dict[str, str | None] = {"patient_id": patient_id}
-    try:
-        yield target
-    except PlatformError as err:
-        session.rollback()
-        outcome = type(err).__name__.lower()
-        record(session, actor=caller.key_id, role=caller.role, tenant_id=caller.tenant_id,
-               patient_id=target["patient_id"], action=action, outcome=outcome)
-        session.commit()
-        raise
-    record(session, actor=caller.key_id, role=caller.role, tenant_id=caller.tenant_id,
-           patient_id=target["patient_id"], action=action, outcome="ok")
-    session.commit()
+Reader = PatientReader
+Writer = PatientWriter
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TwinPublic)
@@ -67,15 +45,23 @@ def list_twins(
     return page
 
 
-@router.get("/{twin_id}", response_model=TwinPublic)
-def read_twin(twin_id: str, session: SessionDep, caller: Reader) -> TwinPublic:
-    """One twin of the caller's tenant; any other answers 404."""
+@router.get("/{twin_id}", response_model=TwinDetail)
+def read_twin(twin_id: str, session: SessionDep, caller: Reader) -> TwinDetail:
+    """One twin of the caller's tenant (any other answers 404): identity, current features
+    from the online store (cached 60 s) and the latest prediction."""
     assert caller.tenant_id is not None
     with audited(session, caller, f"twin.read:{twin_id[:40]}") as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id
-        public = TwinPublic.model_validate(twin)
-    return public
+        features, unavailable = None, None
+        try:
+            features = get_features().current(caller.tenant_id, [twin.patient_id])[twin.patient_id]
+        except FeatureStoreError as err:
+            unavailable = str(err)
+        latest = crud.latest_prediction(session=session, twin_id=twin.id)
+        detail = TwinDetail(**TwinPublic.model_validate(twin).model_dump(), features=features, features_unavailable=unavailable,
+                            latest_prediction=PredictionPublic.model_validate(latest) if latest else None)
+    return detail
 
 
 @router.patch("/{twin_id}", response_model=TwinPublic)

@@ -76,3 +76,46 @@ def postgres_database() -> Iterator[PostgresDatabase]:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versions: int = 2) -> list[dict[str, Any]]:
+    """Register ``versions`` logistic risk models (trained on the first hospital, as the
+    federation would register them) and point ``production`` at version 1.
+
+    Returns raw feature rows of the second hospital, to score.
+    """
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from experiments.tracking import RunTracker, embedded_artifact_location
+    from federation.hospital import model_hparams
+    from tests.conftest import make_spec
+    from training.data import HospitalDataModule
+    from training.local import train_locally
+    from training.models import build_model
+    from training.preprocessing import FeatureEncoder
+
+    spec = make_spec(hospital_paths, registered_model=name)
+    dm = HospitalDataModule(hospital_paths[0], spec.data.contract, seed=1)
+    dm.encoder = FeatureEncoder.from_statistics(dm.statistics(), spec.data.contract)
+    for seed in range(1, versions + 1):
+        tracker = RunTracker(uri, embedded_artifact_location(uri))
+        tracker.start(spec)
+        model = build_model("logistic", dm.encoder.input_dim, **model_hparams(spec))
+        train_locally(model, dm.dataset("train"), epochs=seed * 2, batch_size=64, dp=None, seed=seed)
+        tracker.register(model=model, encoder=dm.encoder, kind="logistic", hparams=model_hparams(spec), model_name=name, tags={})
+        tracker.end()
+    MlflowClient(uri, registry_uri=uri).set_registered_model_alias(name, "production", "1")
+    rows = pd.read_csv(hospital_paths[1]).head(20)
+    return [{k: (None if pd.isna(v) else v) for k, v in r.items() if k in spec.data.contract.features}
+            for r in rows.to_dict("records")]
+
+
+def clear_platform_caches() -> None:
+    """Forget every process-wide cached setting, engine and service of the API."""
+    from feature_store import settings as feature_settings
+    from platform_api import db, services, settings
+
+    for cached in (settings.get_settings, feature_settings.get_settings, db.get_engine, db.session_factory,
+                   services.get_features, services.get_models):
+        cached.cache_clear()

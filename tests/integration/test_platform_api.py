@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from tests.integration.conftest import clear_platform_caches
+
 pytestmark = pytest.mark.integration
 
 
@@ -31,13 +33,11 @@ def api(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
     """The app on that database, and keys for several tenants and roles."""
     monkeypatch.setenv("BIOVERSE_API_DATABASE_URL", database_url)
     monkeypatch.setenv("BIOVERSE_DATA_DIR", str(tmp_path))
-    from platform_api import db, settings
+    from platform_api import db
     from platform_api.auth import create_key
     from platform_api.main import create_app
 
-    settings.get_settings.cache_clear()
-    db.get_engine.cache_clear()
-    db.session_factory.cache_clear()
+    clear_platform_caches()
     with TestClient(create_app()) as client:  # start-up runs the Alembic migration
         with db.session_factory()() as session:
             keys = {
@@ -48,9 +48,7 @@ def api(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
                 "root": create_key(session, role="admin", tenant_id=None),
             }
         yield {"client": client, "keys": keys, "session": db.session_factory()}
-    db.get_engine.cache_clear()
-    db.session_factory.cache_clear()
-    settings.get_settings.cache_clear()
+    clear_platform_caches()
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -127,3 +125,12 @@ def test_every_access_is_audited_in_a_verifiable_append_only_chain(api: dict) ->
         with pytest.raises(DBAPIError, match="append-only"):
             session.execute(text("DELETE FROM audit_events"))
         session.rollback()
+
+
+def test_twin_reads_without_a_feature_store_but_cannot_be_scored(api: dict) -> None:
+    client, keys = api["client"], api["keys"]
+    twin = client.post("/v1/twins", json={"patient_id": "p-1"}, headers=_auth(keys["app1"])).json()
+    state = client.get(f"/v1/twins/{twin['id']}", headers=_auth(keys["app1"])).json()
+    assert state["features"] is None and "bioverse features init" in state["features_unavailable"]
+    scored = client.post(f"/v1/twins/{twin['id']}/predictions", headers=_auth(keys["app1"]))
+    assert scored.status_code == 503 and "feature store is not set up" in scored.json()["detail"]

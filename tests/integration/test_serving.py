@@ -9,20 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from experiments.tracking import RunTracker, embedded_artifact_location
-from federation.hospital import model_hparams
 from federation.launcher import free_port
 from serving.errors import ModelNotReadyError
 from serving.model_source import RegistryModel
-from tests.conftest import make_spec
-from training.data import HospitalDataModule
-from training.local import train_locally
-from training.models import build_model
-from training.preprocessing import FeatureEncoder
+from tests.integration.conftest import register_risk_models
 
 pytestmark = pytest.mark.integration
 MODEL = "serving-risk"
@@ -30,26 +23,10 @@ MODEL = "serving-risk"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, hospitals_dir: Path) -> dict[str, Any]:
-    """Two registered versions of a risk model (trained here, as the federation would)."""
-    root = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    paths = sorted(hospitals_dir.glob("hospital-*.csv"))
-    spec = make_spec(paths, registered_model=MODEL)
-    dm = HospitalDataModule(paths[0], spec.data.contract, seed=1)
-    encoder = FeatureEncoder.from_statistics(dm.statistics(), spec.data.contract)
-    dm.encoder = encoder
-    for seed in (1, 2):
-        tracker = RunTracker(uri, embedded_artifact_location(uri))
-        tracker.start(spec)
-        model = build_model("logistic", encoder.input_dim, **model_hparams(spec))
-        train_locally(model, dm.dataset("train"), epochs=seed * 2, batch_size=64, dp=None, seed=seed)
-        tracker.register(model=model, encoder=encoder, kind="logistic", hparams=model_hparams(spec), model_name=MODEL, tags={})
-        tracker.end()
-    MlflowClient(uri, registry_uri=uri).set_registered_model_alias(MODEL, "production", "1")
-    rows = pd.read_csv(paths[1]).head(20)
-    features = [{k: (None if pd.isna(v) else v) for k, v in r.items() if k in spec.data.contract.features}
-                for r in rows.to_dict("records")]
-    return {"uri": uri, "rows": features}
+    """Two registered versions of a risk model, production on version 1."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('serving') / 'mlflow.db'}"
+    rows = register_risk_models(uri, MODEL, sorted(hospitals_dir.glob("hospital-*.csv")))
+    return {"uri": uri, "rows": rows}
 
 
 @pytest.fixture(scope="module")
