@@ -21,6 +21,7 @@ import httpx
 import pandas as pd
 import psutil
 
+from _model import register_production_model
 from _results import machine, table, write_section
 
 HELLO = '''
@@ -35,37 +36,14 @@ async def hello() -> dict[str, str]:
 
 def prepare(work: Path, twins: int) -> tuple[dict[str, str], str, list[str]]:
     """A registered production model, a Feast repo with one tenant, an API key and twins."""
-    from mlflow.tracking import MlflowClient
-
-    from experiments.spec import parse_spec
-    from experiments.tracking import RunTracker, embedded_artifact_location
     from feature_store.repo import FeatureRepo
-    from federation.hospital import model_hparams
     from platform_api.auth import create_key
     from platform_api.db import migrate, session_factory
     from platform_api.models import Twin
-    from training.data import HospitalDataModule
-    from training.local import train_locally
-    from training.models import build_model
-    from training.preprocessing import FeatureEncoder
-    from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, synthesize_hospitals
+    from training.synth import synthesize_hospitals
 
     (hospital,) = synthesize_hospitals(n_hospitals=1, n_patients=max(twins, 200), seed=4, out_dir=work / "data")
-    spec = parse_spec({"name": "bench-api", "registered_model": "bench-api-risk",
-                       "data": {"label": LABEL, "numeric": list(FEATURES_NUMERIC), "categorical": list(FEATURES_CATEGORICAL),
-                                "hospitals": [{"id": "h", "path": str(hospital.path)}]},
-                       "model": {"kind": "mlp", "hidden": [64, 32]}, "strategy": {"min_hospitals": 1},
-                       "privacy": {"enabled": False}})
-    dm = HospitalDataModule(hospital.path, spec.data.contract)
-    dm.encoder = FeatureEncoder.from_statistics(dm.statistics(), spec.data.contract)
-    model = build_model("mlp", dm.encoder.input_dim, **model_hparams(spec))
-    train_locally(model, dm.dataset("train"), epochs=1, batch_size=64, dp=None)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    tracker = RunTracker(uri, embedded_artifact_location(uri))
-    tracker.start(spec)
-    tracker.register(model=model, encoder=dm.encoder, kind="mlp", hparams=model_hparams(spec), model_name="bench-api-risk", tags={})
-    tracker.end()
-    MlflowClient(uri, registry_uri=uri).set_registered_model_alias("bench-api-risk", "production", "1")
+    uri = register_production_model(work=work, name="bench-api-risk", train_path=hospital.path)
     frame = pd.read_csv(hospital.path)
     repo = FeatureRepo(work / "feature_repo").init()
     repo.ingest(frame, tenant_id="t1")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -21,42 +20,22 @@ from typing import Any
 
 import httpx
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
+from _model import FEATURES, register_production_model
 from _results import machine, table, write_section
 
 MODEL = "bench-risk"
 
 
 def register_model(work: Path) -> tuple[str, list[dict[str, Any]]]:
-    """Train a small MLP on a synthetic hospital and register it as production."""
-    from experiments.spec import parse_spec
-    from experiments.tracking import RunTracker, embedded_artifact_location
-    from federation.hospital import model_hparams
-    from training.data import HospitalDataModule
-    from training.local import train_locally
-    from training.models import build_model
-    from training.preprocessing import FeatureEncoder
-    from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, synthesize_hospitals
+    """The production model (trained on one synthetic hospital) and rows of another to score."""
+    from training.synth import synthesize_hospitals
 
     written = synthesize_hospitals(n_hospitals=2, n_patients=4000, seed=3, out_dir=work / "data")
-    spec = parse_spec({"name": "bench-serving", "registered_model": MODEL,
-                       "data": {"label": LABEL, "numeric": list(FEATURES_NUMERIC), "categorical": list(FEATURES_CATEGORICAL),
-                                "hospitals": [{"id": h.hospital_id, "path": str(h.path)} for h in written]},
-                       "model": {"kind": "mlp", "hidden": [64, 32]}, "privacy": {"enabled": False}})
-    dm = HospitalDataModule(written[0].path, spec.data.contract)
-    dm.encoder = FeatureEncoder.from_statistics(dm.statistics(), spec.data.contract)
-    model = build_model("mlp", dm.encoder.input_dim, **model_hparams(spec))
-    train_locally(model, dm.dataset("train"), epochs=2, batch_size=64, dp=None)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    tracker = RunTracker(uri, embedded_artifact_location(uri))
-    tracker.start(spec)
-    tracker.register(model=model, encoder=dm.encoder, kind="mlp", hparams=model_hparams(spec), model_name=MODEL, tags={})
-    tracker.end()
-    MlflowClient(uri, registry_uri=uri).set_registered_model_alias(MODEL, "production", "1")
+    uri = register_production_model(work=work, name=MODEL, train_path=written[0].path, epochs=2)
     rows = pd.read_csv(written[1].path).head(200)
     features = [{k: (None if pd.isna(v) else (float(v) if not isinstance(v, str) else v)) for k, v in r.items()
-                 if k in spec.data.contract.features} for r in rows.to_dict("records")]
+                 if k in FEATURES} for r in rows.to_dict("records")]
     return uri, features
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,9 +14,16 @@ from platform_api.models import Alert, Prediction, Twin
 from platform_api.schemas import TwinCreate, TwinUpdate
 
 __all__ = [
+    "paginate",
     "acknowledge_alert", "create_prediction", "create_twin", "get_twin", "latest_prediction", "list_alerts",
     "list_predictions", "list_twins", "update_twin",
 ]
+
+
+def paginate(session: Session, query: Select[Any], order_by: tuple[Any, ...], *, limit: int, offset: int) -> tuple[list[Any], int]:
+    """One page of ``query`` in ``order_by`` order, and the total number of rows it matches."""
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    return list(session.scalars(query.order_by(*order_by).limit(limit).offset(offset)).all()), total
 
 
 def create_twin(*, session: Session, tenant_id: str, twin_in: TwinCreate) -> Twin:
@@ -41,10 +48,7 @@ def get_twin(*, session: Session, tenant_id: str, twin_id: str) -> Twin:
 
 def list_twins(*, session: Session, tenant_id: str, limit: int, offset: int) -> tuple[list[Twin], int]:
     """A page of a tenant's twins, oldest first, and the tenant's total."""
-    query = select(Twin).where(Twin.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Twin.created_at, Twin.id).limit(limit).offset(offset)).all()
-    return list(items), total
+    return paginate(session, select(Twin).where(Twin.tenant_id == tenant_id), (Twin.created_at, Twin.id), limit=limit, offset=offset)
 
 
 def update_twin(*, session: Session, twin: Twin, twin_in: TwinUpdate) -> Twin:
@@ -87,9 +91,7 @@ def latest_prediction(*, session: Session, twin_id: str) -> Prediction | None:
 def list_predictions(*, session: Session, twin_id: str, limit: int, offset: int) -> tuple[list[Prediction], int]:
     """A page of a twin's predictions, newest first."""
     query = select(Prediction).where(Prediction.twin_id == twin_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Prediction.created_at.desc(), Prediction.id).limit(limit).offset(offset)).all()
-    return list(items), total
+    return paginate(session, query, (Prediction.created_at.desc(), Prediction.id), limit=limit, offset=offset)
 
 
 def list_alerts(*, session: Session, tenant_id: str, status: str | None, limit: int, offset: int) -> tuple[list[Alert], int]:
@@ -97,9 +99,7 @@ def list_alerts(*, session: Session, tenant_id: str, status: str | None, limit: 
     query = select(Alert).where(Alert.tenant_id == tenant_id)
     if status:
         query = query.where(Alert.status == status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Alert.created_at.desc(), Alert.id).limit(limit).offset(offset)).all()
-    return list(items), total
+    return paginate(session, query, (Alert.created_at.desc(), Alert.id), limit=limit, offset=offset)
 
 
 def acknowledge_alert(*, session: Session, tenant_id: str, alert_id: str, by: str) -> Alert:

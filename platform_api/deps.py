@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -13,7 +13,7 @@ from platform_api.auth import Principal, authenticate
 from platform_api.db import get_session
 from platform_api.errors import Forbidden
 
-__all__ = ["CallerDep", "PatientReader", "PatientWriter", "SessionDep", "require_roles"]
+__all__ = ["CallerDep", "LimitQuery", "OffsetQuery", "PatientReader", "PatientWriter", "SessionDep", "require_roles"]
 
 SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `bv_<id>_<secret>`")
@@ -42,3 +42,7 @@ def require_roles(*roles: str, tenant: bool = True) -> Callable[[Principal], Pri
 #: Callers who may read a tenant's patient data, and those who may change it.
 PatientReader = Annotated[Principal, Depends(require_roles("app", "hospital", "clinical_validator", "admin"))]
 PatientWriter = Annotated[Principal, Depends(require_roles("app", "hospital", "admin"))]
+
+#: Paging parameters shared by the list routes.
+LimitQuery = Annotated[int, Query(ge=1, le=200)]
+OffsetQuery = Annotated[int, Query(ge=0, le=10_000_000)]

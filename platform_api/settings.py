@@ -41,11 +41,10 @@ class ApiSettings(BaseSettings):
     alert_threshold: float = 0.3
 
     def resolved_tracking_uri(self) -> str:
-        """The configured MLflow URI, or the embedded SQLite store."""
-        if self.tracking_uri:
-            return self.tracking_uri
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+        """The configured MLflow URI, or the embedded store the experiments write to."""
+        from experiments.settings import get_settings as experiment_settings
+
+        return self.tracking_uri or experiment_settings().resolved_tracking_uri()
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the embedded SQLite database."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from platform_api.auth import Principal
+from platform_api.crud import paginate
 from platform_api.deps import SessionDep, require_roles
 from platform_api.models import AuditEvent
 from platform_api.schemas import AuditEventPublic, AuditPage
@@ -29,6 +30,5 @@ def list_audit(
     query = select(AuditEvent)
     if caller.tenant_id is not None:
         query = query.where(AuditEvent.tenant_id == caller.tenant_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)).all()
+    items, total = paginate(session, query, (AuditEvent.id.desc(),), limit=limit, offset=offset)
     return AuditPage(items=[AuditEventPublic.model_validate(e) for e in items], total=total, limit=limit, offset=offset)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from platform_api import crud
 from platform_api.audit import audited
-from platform_api.deps import PatientReader, SessionDep
+from platform_api.deps import LimitQuery, OffsetQuery, PatientReader, SessionDep
 from platform_api.schemas import AlertPage, AlertPublic
 
 __all__ = ["router"]
@@ -21,8 +21,8 @@ def list_alerts(
     session: SessionDep,
     caller: PatientReader,
     status: Literal["open", "acknowledged"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
 ) -> AlertPage:
     """The caller's tenant's alerts, newest first."""
     assert caller.tenant_id is not None

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from platform_api import crud
 from platform_api.audit import audited
 from platform_api.auth import Principal
-from platform_api.deps import PatientReader, PatientWriter, SessionDep
+from platform_api.deps import LimitQuery, OffsetQuery, PatientReader, PatientWriter, SessionDep
 from platform_api.errors import NotFound
 from platform_api.models import Twin
 from platform_api.schemas import (
@@ -76,8 +76,8 @@ def prediction_history(
     twin_id: str,
     session: SessionDep,
     caller: PatientReader,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
 ) -> PredictionPage:
     """A twin's predictions, newest first."""
     assert caller.tenant_id is not None

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from feature_store.errors import FeatureStoreError
 from platform_api import crud
 from platform_api.audit import audited
-from platform_api.deps import PatientReader, PatientWriter, SessionDep
+from platform_api.deps import LimitQuery, OffsetQuery, PatientReader, PatientWriter, SessionDep
 from platform_api.schemas import PredictionPublic, TwinCreate, TwinDetail, TwinPage, TwinPublic, TwinUpdate
 from platform_api.services import get_features
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/twins", tags=["twins"])
-Reader = PatientReader
-Writer = PatientWriter
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TwinPublic)
-def create_twin(twin_in: TwinCreate, session: SessionDep, caller: Writer) -> TwinPublic:
+def create_twin(twin_in: TwinCreate, session: SessionDep, caller: PatientWriter) -> TwinPublic:
     """Create a twin for a patient of the caller's tenant."""
     assert caller.tenant_id is not None
     with audited(session, caller, "twin.create", twin_in.patient_id):
@@ -33,9 +29,9 @@ def create_twin(twin_in: TwinCreate, session: SessionDep, caller: Writer) -> Twi
 @router.get("", response_model=TwinPage)
 def list_twins(
     session: SessionDep,
-    caller: Reader,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    caller: PatientReader,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
 ) -> TwinPage:
     """The caller's tenant's twins, a page at a time."""
     assert caller.tenant_id is not None
@@ -46,7 +42,7 @@ def list_twins(
 
 
 @router.get("/{twin_id}", response_model=TwinDetail)
-def read_twin(twin_id: str, session: SessionDep, caller: Reader) -> TwinDetail:
+def read_twin(twin_id: str, session: SessionDep, caller: PatientReader) -> TwinDetail:
     """One twin of the caller's tenant (any other answers 404): identity, current features
     from the online store (cached 60 s) and the latest prediction."""
     assert caller.tenant_id is not None
@@ -65,7 +61,7 @@ def read_twin(twin_id: str, session: SessionDep, caller: Reader) -> TwinDetail:
 
 
 @router.patch("/{twin_id}", response_model=TwinPublic)
-def update_twin(twin_id: str, twin_in: TwinUpdate, session: SessionDep, caller: Writer) -> TwinPublic:
+def update_twin(twin_id: str, twin_in: TwinUpdate, session: SessionDep, caller: PatientWriter) -> TwinPublic:
     """Change a twin of the caller's tenant."""
     assert caller.tenant_id is not None
     with audited(session, caller, f"twin.update:{twin_id[:40]}") as target:
