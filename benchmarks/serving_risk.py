@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+import psutil
 
 from _model import FEATURES, register_production_model
 from _results import machine, table, write_section
@@ -63,6 +64,17 @@ async def load(url: str, rows: list[dict[str, Any]], connections: int, seconds: 
             "p99": latencies[int(len(latencies) * 0.99)] * 1e3, "errors": float(errors)}
 
 
+def replica_rss() -> dict[str, float]:
+    """Application name -> the largest resident memory (MB) among its replicas' processes."""
+    found: dict[str, float] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith("ray::ServeReplica:"):
+            app = title.split(":")[3] if title.count(":") >= 3 else title
+            found[app] = max(found.get(app, 0.0), process.memory_info().rss / 2**20)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=15)
@@ -78,18 +90,23 @@ def main() -> None:
     from starlette.requests import Request
 
     from serving.app import build_risk_app
-    from serving.model_source import RegistryModel
 
     @serve.deployment(num_replicas=1)
     class Vanilla:
         """The textbook deployment: load the model, score each request on its own."""
 
         def __init__(self, tracking_uri: str) -> None:
-            self.model = RegistryModel(tracking_uri, MODEL).load("1")
+            import mlflow.pyfunc
+
+            mlflow.set_registry_uri(tracking_uri)
+            self.model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
 
         async def __call__(self, request: Request) -> dict[str, Any]:
             rows = (await request.json())["instances"]
-            return {"predictions": [{"risk": float(r)} for r in self.model.predict(rows)]}
+            frame = pd.DataFrame(rows)
+            numeric = frame.select_dtypes("number").columns
+            risks = self.model.predict(frame.astype(dict.fromkeys(numeric, float)))["risk"]
+            return {"predictions": [{"risk": float(r)} for r in risks]}
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     port = 18000 + os.getpid() % 1000
@@ -100,18 +117,24 @@ def main() -> None:
     for name in ("vanilla", "risk", "vanilla", "risk"):  # alternate, keep the second (warm) pass
         results[name] = asyncio.run(load(f"http://127.0.0.1:{port}/{name}", rows, args.connections, args.seconds))
         print(name, results[name], file=sys.stderr)
+    rss = replica_rss()
     serve.shutdown()
     ray.shutdown()
     base = results["vanilla"]
     rows_out = [
-        [name, f"{r['rps']:.0f}", f"{r['rps'] / base['rps']:.2f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['errors']:.0f}"]
-        for name, r in (("vanilla one-replica Serve deployment (baseline)", base), ("BioVerse RiskPredictor (batched)", results["risk"]))
+        [name, f"{r['rps']:.0f}", f"{r['rps'] / base['rps']:.2f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['errors']:.0f}",
+         f"{rss.get(app, float('nan')):.0f}"]
+        for name, app, r in (("vanilla one-replica Serve deployment (baseline)", "vanilla", base),
+                             ("BioVerse RiskPredictor (batched)", "risk", results["risk"]))
     ]
     body = (
         "## Ray Serve risk path (`benchmarks/serving_risk.py`)\n\n"
-        f"{machine()}; MLP 64-32 via the MLflow pyfunc, one patient per request, {args.connections} connections, "
-        f"{args.seconds:g} s per pass (second pass reported), Serve HTTP proxy on loopback, load generator in the same box.\n\n"
-        + table(["deployment", "req/s", "vs baseline", "p50 ms", "p99 ms", "errors"], rows_out)
+        f"{machine()}; MLP 64-32, one patient per request, {args.connections} connections, "
+        f"{args.seconds:g} s per pass (second pass reported), Serve HTTP proxy on loopback, load generator in the same box. "
+        "The baseline scores through the MLflow pyfunc (`predict(DataFrame)`); the RiskPredictor batches requests and "
+        "scores with the NumPy scorer. Replica RSS: resident memory of the replica's worker process after the load "
+        "(aim: under 2 GB, the small-clinic container limit).\n\n"
+        + table(["deployment", "req/s", "vs baseline", "p50 ms", "p99 ms", "errors", "replica RSS MB"], rows_out)
     )
     print(body)
     write_section("serving-risk", body)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 import torch
 
@@ -17,6 +18,7 @@ __all__ = ["RiskModelPackage", "save_package_files"]
 
 ENCODER_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.pt"
+ARRAYS_FILE = "weights.npz"  # the same weights as NumPy arrays: scoring needs no PyTorch
 MODEL_FILE = "model.json"
 
 
@@ -25,8 +27,10 @@ def save_package_files(directory: Path, model: RiskModel, encoder: FeatureEncode
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ENCODER_FILE).write_text(encoder.to_json())
     (directory / MODEL_FILE).write_text(json.dumps({"kind": kind, "input_dim": encoder.input_dim, "hparams": hparams}))
-    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
-    return {name: str(directory / name) for name in (ENCODER_FILE, WEIGHTS_FILE, MODEL_FILE)}
+    state = model.state_dict()
+    torch.save(state, directory / WEIGHTS_FILE)
+    np.savez(directory / ARRAYS_FILE, **{k: v.detach().cpu().numpy() for k, v in state.items()})
+    return {name: str(directory / name) for name in (ENCODER_FILE, WEIGHTS_FILE, ARRAYS_FILE, MODEL_FILE)}
 
 
 class RiskModelPackage(mlflow.pyfunc.PythonModel):

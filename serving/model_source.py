@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
 import numpy as np
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from serving.errors import ModelNotReadyError, PredictionInputError
+from training.scoring import RiskScorer, ScoringInputError
 
 __all__ = ["LoadedModel", "RegistryModel"]
 
@@ -23,41 +25,32 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """One registered model version, ready to score raw feature rows."""
+    """One registered model version, ready to score raw feature rows.
+
+    Scoring goes through :class:`RiskScorer` (the encoder and weights as NumPy arrays),
+    not the MLflow pyfunc wrapper: the same numbers (tested), at a few microseconds per
+    row and without importing the training stack into serving processes.
+    """
 
     name: str
     version: str
-    model: Any  # mlflow.pyfunc.PyFuncModel
-    numeric: tuple[str, ...]
-    categorical: tuple[str, ...]
+    scorer: RiskScorer
 
     @property
     def features(self) -> tuple[str, ...]:
-        """The input columns the model's signature names."""
-        return self.numeric + self.categorical
+        """The input columns the model takes (numeric first)."""
+        return self.scorer.features
 
-    def frame(self, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-        """Rows of raw features as the signature's typed frame (missing -> NaN / None)."""
-        for row in rows:
-            unknown = set(row) - set(self.features)
-            if unknown:
-                raise PredictionInputError(f"{sorted(unknown)[0]}: not a feature of {self.name} (expects {', '.join(self.features)})")
-        data: dict[str, Any] = {}
-        for column in self.numeric:
-            values = []
-            for row in rows:
-                value = row.get(column)
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                    raise PredictionInputError(f"{column}: expected a number, got {value!r}")
-                values.append(math.nan if value is None else float(value))
-            data[column] = np.asarray(values, dtype=np.float64)
-        for column in self.categorical:
-            data[column] = pd.Series([None if row.get(column) is None else str(row[column]) for row in rows], dtype=object)
-        return pd.DataFrame(data)
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Risk for each row of raw features (a missing or None value is missing).
 
-    def predict(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Risk for each row."""
-        return self.model.predict(self.frame(rows))["risk"].to_numpy(dtype=float)
+        Raises:
+            PredictionInputError: an unknown feature or a value of the wrong type.
+        """
+        try:
+            return self.scorer.score_rows(rows)
+        except ScoringInputError as err:
+            raise PredictionInputError(f"{err} (model {self.name})") from err
 
 
 class RegistryModel:
@@ -87,12 +80,18 @@ class RegistryModel:
             raise ModelNotReadyError(f"no version of model {self.name!r} has the alias {self.alias!r}") from err
 
     def load(self, version: str) -> LoadedModel:
-        """Load one version (its pyfunc and its input signature)."""
+        """Download one version's artifacts and build its scorer.
+
+        Raises:
+            ModelNotReadyError: the version is missing or is not a BioVerse risk model package.
+        """
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        model = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}")
-        schema = model.metadata.get_input_schema()
-        numeric = tuple(c.name for c in schema.inputs if c.type.name in ("double", "float", "long", "integer"))
-        categorical = tuple(c.name for c in schema.inputs if c.name not in numeric)
+        with tempfile.TemporaryDirectory(prefix="bioverse-model-") as tmp:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp))
+                scorer = RiskScorer.from_files(local / "artifacts")
+            except (MlflowException, OSError, KeyError, ValueError) as err:
+                raise ModelNotReadyError(f"{self.name} version {version} cannot be served: {err}") from err
         log.info("loaded %s version %s", self.name, version)
-        return LoadedModel(self.name, version, model, numeric, categorical)
+        return LoadedModel(self.name, version, scorer)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import mlflow.pyfunc
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -61,8 +63,13 @@ def test_serves_the_production_version_batched_over_http(registry: dict[str, Any
     response = httpx.post(f"http://127.0.0.1:{serve_port}/risk", json={"instances": registry["rows"]}, timeout=30)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    reference = RegistryModel(registry["uri"], MODEL).load("1").predict(registry["rows"])
+    loaded = RegistryModel(registry["uri"], MODEL).load("1")
+    reference = loaded.predict(registry["rows"])
     assert [p["risk"] for p in predictions] == pytest.approx(list(reference))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")  # the registered MLflow package agrees
+    frame = pd.DataFrame([{c: row.get(c) for c in loaded.features} for row in registry["rows"]])
+    frame = frame.astype({c: float for c in loaded.scorer.encoder.numeric})
+    assert list(pyfunc.predict(frame)["risk"]) == pytest.approx(list(reference), abs=1e-6)
 
     bad = [({"rows": []}, "body must be"), ({"instances": [{"age": "old"}]}, "instances[0]: age: expected a number"),
            ({"instances": [registry["rows"][0], {"shoe_size": 43}]}, "instances[1]: shoe_size: not a feature")]
