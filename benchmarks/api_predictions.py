@@ -108,7 +108,7 @@ def main() -> None:
     )
     uvicorn = [str(Path(sys.executable).parent / "uvicorn"), "--log-level", "warning", "--no-access-log"]
     hello = serve([*uvicorn, "--app-dir", str(work), "hello:app", "--port", "18901"], env, 18901, "/")
-    api = serve([*uvicorn, "--factory", "platform_api.main:create_app", "--port", "18902"], env, 18902, "/healthz")
+    api = serve([*uvicorn, "platform_api.asgi:app", "--port", "18902"], env, 18902, "/healthz")
     auth = {"Authorization": f"Bearer {token}"}
     assert httpx.post(f"http://127.0.0.1:18902/v1/twins/{ids[0]}/predictions", headers=auth, timeout=30).status_code == 201
     try:

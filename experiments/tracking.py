@@ -24,9 +24,11 @@ from experiments.spec import ExperimentSpec
 from training.models import RiskModel
 from training.preprocessing import FeatureEncoder
 
-__all__ = ["RunTracker", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature"]
+__all__ = ["CANDIDATE_ALIAS", "RunTracker", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature"]
 
 log = logging.getLogger(__name__)
+#: Registry alias of the newest registered version (awaiting clinical review).
+CANDIDATE_ALIAS = "candidate"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -181,7 +183,8 @@ class RunTracker:
         """Log the global model (signature, input example) and register a new version.
 
         The version is created with its tags in one registry call, so the registry never
-        holds an untagged version. Returns the new version number.
+        holds an untagged version; the ``candidate`` alias then moves to it. Returns the
+        new version number.
         """
         run_id = self._run()
         self.flush()
@@ -202,6 +205,8 @@ class RunTracker:
                     pip_requirements=_requirements(),
                 )
         version = self._call("register model", mlflow.register_model, info.model_uri, model_name, tags=tags)
+        # the newest version awaiting review; `production` is only ever set by a validator's approval
+        self._call("set alias", self.client.set_registered_model_alias, model_name, CANDIDATE_ALIAS, str(version.version))
         return str(version.version)
 
     def end(self, status: str = "FINISHED") -> None:

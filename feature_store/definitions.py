@@ -3,13 +3,38 @@ and on-demand derived features."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float32, Float64, String
+
+@contextlib.contextmanager
+def _metrics_stay_in_process() -> Iterator[None]:
+    """Importing Feast sets PROMETHEUS_MULTIPROC(ESS)_DIR (for its Gunicorn feature server),
+    which would switch every prometheus_client metric imported afterwards in this process,
+    and in every child process, to shared mmap files. Fix prometheus_client's value class
+    first and restore the environment after."""
+    import prometheus_client.values  # noqa: F401 - chooses in-process values now
+
+    keys = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+with _metrics_stay_in_process():
+    from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+    from feast.on_demand_feature_view import on_demand_feature_view
+    from feast.types import Float32, Float64, String
 
 __all__ = ["FEATURE_COLUMNS", "VIEWS", "build_definitions", "offline_path"]
 

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from typing import Any
+
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from platform_api.errors import Conflict, NotFound
-from datetime import datetime, timezone
-from typing import Any
-
 from platform_api.models import Alert, Prediction, Twin
 from platform_api.schemas import TwinCreate, TwinUpdate
 
 __all__ = [
     "paginate",
-    "acknowledge_alert", "create_prediction", "create_twin", "get_twin", "latest_prediction", "list_alerts",
+    "acknowledge_alert", "alert_priority", "create_twin", "get_prediction", "get_twin", "latest_prediction", "list_alerts",
     "list_predictions", "list_twins", "update_twin",
 ]
 
@@ -46,9 +46,12 @@ def get_twin(*, session: Session, tenant_id: str, twin_id: str) -> Twin:
     return twin
 
 
-def list_twins(*, session: Session, tenant_id: str, limit: int, offset: int) -> tuple[list[Twin], int]:
-    """A page of a tenant's twins, oldest first, and the tenant's total."""
-    return paginate(session, select(Twin).where(Twin.tenant_id == tenant_id), (Twin.created_at, Twin.id), limit=limit, offset=offset)
+def list_twins(*, session: Session, tenant_id: str, limit: int, offset: int, patient_id: str | None = None) -> tuple[list[Twin], int]:
+    """A page of a tenant's twins (or the twin of one patient), oldest first, and the total."""
+    query = select(Twin).where(Twin.tenant_id == tenant_id)
+    if patient_id is not None:
+        query = query.where(Twin.patient_id == patient_id)
+    return paginate(session, query, (Twin.created_at, Twin.id), limit=limit, offset=offset)
 
 
 def update_twin(*, session: Session, twin: Twin, twin_in: TwinUpdate) -> Twin:
@@ -66,26 +69,23 @@ def alert_priority(risk: float, threshold: float) -> str | None:
     return "critical" if risk >= 0.7 else "high" if risk >= 0.5 else "medium"
 
 
-def create_prediction(*, session: Session, twin: Twin, risk: float, model_name: str, model_version: str,
-                      inputs: dict[str, Any], alert_threshold: float) -> tuple[Prediction, Alert | None]:
-    """Store a prediction and, above the threshold, its alert (not committed)."""
-    prediction = Prediction(twin_id=twin.id, tenant_id=twin.tenant_id, risk=risk, model_name=model_name,
-                            model_version=model_version, inputs=inputs)
-    session.add(prediction)
-    session.flush()
-    priority = alert_priority(risk, alert_threshold)
-    alert = None
-    if priority is not None:
-        alert = Alert(prediction_id=prediction.id, twin_id=twin.id, tenant_id=twin.tenant_id, priority=priority)
-        session.add(alert)
-        session.flush()
-    return prediction, alert
-
-
 def latest_prediction(*, session: Session, twin_id: str) -> Prediction | None:
     """A twin's most recent prediction."""
     return session.scalar(select(Prediction).where(Prediction.twin_id == twin_id)
                           .order_by(Prediction.created_at.desc(), Prediction.id).limit(1))
+
+
+def get_prediction(*, session: Session, tenant_id: str, prediction_id: str) -> tuple[Prediction, Twin, str | None]:
+    """A tenant's prediction, its twin and its alert priority (None without an alert)."""
+    row = session.execute(
+        select(Prediction, Twin, Alert.priority)
+        .join(Twin, Twin.id == Prediction.twin_id)
+        .outerjoin(Alert, Alert.prediction_id == Prediction.id)
+        .where(Prediction.id == prediction_id, Prediction.tenant_id == tenant_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no prediction {prediction_id}")
+    return row[0], row[1], row[2]
 
 
 def list_predictions(*, session: Session, twin_id: str, limit: int, offset: int) -> tuple[list[Prediction], int]:

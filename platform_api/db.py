@@ -6,14 +6,17 @@ import functools
 from collections.abc import Iterator
 from pathlib import Path
 
+from typing import Annotated
+
 from alembic import command
+from fastapi import Depends
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from platform_api.settings import get_settings
 
-__all__ = ["get_engine", "get_session", "migrate", "session_factory"]
+__all__ = ["DatabaseUrl", "database_url", "get_engine", "get_session", "migrate", "session_factory"]
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
@@ -30,7 +33,9 @@ def get_engine(url: str | None = None) -> Engine:
     """One engine per URL; SQLite in WAL mode with foreign keys on."""
     url = url or get_settings().resolved_database_url()
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # enough pooled connections for the thread pool: an overflow connection is opened and
+        # closed per use, and each open runs the pragmas below
+        engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=20, max_overflow=20)
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record):  # type: ignore[no-untyped-def]
@@ -49,7 +54,15 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 
-def get_session() -> Iterator[Session]:
+async def database_url() -> str:
+    """FastAPI dependency: the URL of the platform database (the one place to override it)."""
+    return get_settings().resolved_database_url()
+
+
+DatabaseUrl = Annotated[str, Depends(database_url)]
+
+
+def get_session(url: DatabaseUrl) -> Iterator[Session]:
     """FastAPI dependency: one session per request."""
-    with session_factory()() as session:
+    with session_factory(url)() as session:
         yield session

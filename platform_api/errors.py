@@ -9,13 +9,14 @@ Hierarchy::
     └── Conflict           409: it exists already
 
 Errors of the lower layers are answered through the same table: a model or feature store
-that is not ready is 503, features a model or the feature store cannot take are 422.
+that is not ready, or a database that does not answer, is 503; features a model or the feature store cannot take are 422.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from feature_store.errors import FeatureDataError, FeatureRepoError
 from serving.errors import ModelNotReadyError, PredictionInputError
@@ -52,6 +53,7 @@ _STATUS: dict[type[Exception], int] = {
     FeatureDataError: 422,
     ModelNotReadyError: 503,
     FeatureRepoError: 503,
+    OperationalError: 503,
 }
 
 
@@ -61,7 +63,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         status = next(code for cls, code in _STATUS.items() if isinstance(exc, cls))
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+        detail = "the database is not available; try again" if isinstance(exc, OperationalError) else str(exc)
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     for cls in _STATUS:
         app.add_exception_handler(cls, handle)

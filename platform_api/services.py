@@ -1,55 +1,69 @@
-"""What the API scores with: patients' current features (Feast, TTL-cached) and the model
-(``models:/<name>@<alias>``, scored in-process and re-resolved every few seconds)."""
+"""What the API scores with: patients' current features (Feast, TTL-cached), the model
+(``models:/<name>@<alias>``, scored in-process and re-resolved every few seconds), the
+prediction cache and the recorder that group-commits predictions."""
 
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from cachetools import TTLCache
-
 from feature_store.errors import FeatureRepoError
 from feature_store.repo import FeatureRepo
 from feature_store.settings import get_settings as feature_settings
+from platform_api.auth import principal_cache, signing_key
+from platform_api.cache import LocalCache, TTLStore, make_cache
+from platform_api.db import get_engine
+from platform_api.recorder import Recorder
 from platform_api.settings import get_settings
 from serving.model_source import LoadedModel, RegistryModel
 
-__all__ = ["FeatureService", "ModelService", "get_features", "get_models"]
+__all__ = ["FeatureService", "ModelService", "get_features", "get_models", "get_prediction_cache", "get_recorder",
+           "get_twin_index", "close_recorders", "reset"]
 
 
 class FeatureService:
-    """Current features of a tenant's patients, cached for ``ttl`` seconds (twin state)."""
+    """Current features of a tenant's patients, cached for the twin-state TTL."""
 
-    def __init__(self, repo: FeatureRepo, ttl: float) -> None:
+    def __init__(self, repo: FeatureRepo, cache: TTLStore) -> None:
         self.repo = repo
-        self._cache: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(maxsize=100_000, ttl=ttl)
-        self._lock = threading.Lock()
+        self.cache = cache
+
+    @staticmethod
+    def _key(tenant_id: str, patient_id: str) -> str:
+        return f"{tenant_id}|{patient_id}"
+
+    def cached(self, tenant_id: str, patient_ids: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The patients' cached features, and the patients not in the cache."""
+        keys = {self._key(tenant_id, p): p for p in dict.fromkeys(patient_ids)}
+        hits = self.cache.get_many(keys)
+        found = {keys[k]: v for k, v in hits.items()}
+        return found, [p for k, p in keys.items() if k not in hits]
+
+    def fetch(self, tenant_id: str, patient_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Read the patients from the online store (blocking) and cache them."""
+        if not (self.repo.repo_dir / "feature_store.yaml").exists():
+            raise FeatureRepoError("the feature store is not set up: run `bioverse features init` and ingest data")
+        rows = self.repo.online_features(tenant_id, list(patient_ids))
+        fresh = {r["patient_id"]: {k: v for k, v in r.items() if k not in ("tenant_id", "patient_id")} for r in rows}
+        self.cache.set_many({self._key(tenant_id, p): v for p, v in fresh.items()})
+        return fresh
 
     def current(self, tenant_id: str, patient_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """patient id -> features (None where unknown), from the cache or the online store."""
-        with self._lock:
-            found = {p: self._cache[(tenant_id, p)] for p in patient_ids if (tenant_id, p) in self._cache}
-        missing = [p for p in dict.fromkeys(patient_ids) if p not in found]
+        found, missing = self.cached(tenant_id, patient_ids)
         if missing:
-            if not (self.repo.repo_dir / "feature_store.yaml").exists():
-                raise FeatureRepoError("the feature store is not set up: run `bioverse features init` and ingest data")
-            rows = self.repo.online_features(tenant_id, missing)
-            fresh = {r["patient_id"]: {k: v for k, v in r.items() if k not in ("tenant_id", "patient_id")} for r in rows}
-            with self._lock:
-                for patient, values in fresh.items():
-                    self._cache[(tenant_id, patient)] = values
-            found.update(fresh)
+            found.update(self.fetch(tenant_id, missing))
         return found
 
     def observe(self, tenant_id: str, patient_id: str, values: dict[str, float], observed_at: datetime | None) -> list[str]:
         """Push new observations to Feast and drop the patient's cached state."""
         updated = self.repo.push(tenant_id=tenant_id, patient_id=patient_id, values=values, observed_at=observed_at)
-        with self._lock:
-            self._cache.pop((tenant_id, patient_id), None)
+        self.cache.delete(self._key(tenant_id, patient_id))
         return updated
 
 
@@ -67,16 +81,24 @@ class ModelService:
         self._checked = 0.0
         self._lock = threading.Lock()
 
-    def current(self) -> LoadedModel:
-        """The model the alias points at (raises ModelNotReadyError if none)."""
+    def fresh(self) -> LoadedModel | None:
+        """The model if it was checked against the registry within ``poll`` seconds (no I/O)."""
         model = self._model
         if model is not None and time.monotonic() - self._checked < self.poll:
+            return model
+        return None
+
+    def current(self) -> LoadedModel:
+        """The model the alias points at (raises ModelNotReadyError if none); may block on the registry."""
+        model = self.fresh()
+        if model is not None:
             return model
         with self._lock:
             if self._model is None or time.monotonic() - self._checked >= self.poll:
                 version = self.source.current_version()
                 if self._model is None or self._model.version != version:
                     self._model = self.source.load(version)
+                    gc.freeze()  # the model and the registry client live as long as the process
                 self._checked = time.monotonic()
             return self._model
 
@@ -84,7 +106,9 @@ class ModelService:
 @functools.cache
 def get_features() -> FeatureService:
     """The process's feature service."""
-    return FeatureService(FeatureRepo(feature_settings().repo_dir), get_settings().twin_cache_seconds)
+    settings = get_settings()
+    return FeatureService(FeatureRepo(feature_settings().repo_dir),
+                          make_cache(settings.cache_url, "twin-state", settings.twin_cache_seconds))
 
 
 @functools.cache
@@ -93,3 +117,46 @@ def get_models() -> ModelService:
     settings = get_settings()
     source = RegistryModel(settings.resolved_tracking_uri(), settings.model_name, settings.model_alias)
     return ModelService(source, settings.model_poll_seconds)
+
+
+@functools.cache
+def get_prediction_cache() -> TTLStore:
+    """Twin id -> its latest prediction (the deployment guide's 300 s prediction cache)."""
+    settings = get_settings()
+    return make_cache(settings.cache_url, "prediction", settings.prediction_cache_seconds)
+
+
+@functools.cache
+def get_twin_index() -> LocalCache:
+    """(tenant, twin id) -> patient id: a twin's identity never changes, so the hot path
+    skips the twin lookup for twin-state TTL seconds (in-process)."""
+    return LocalCache(get_settings().twin_cache_seconds)
+
+
+_recorders: dict[str, Recorder] = {}
+_recorders_lock = threading.Lock()
+
+
+def get_recorder(url: str) -> Recorder:
+    """The process's group-committing writer of predictions and audit events for a database."""
+    recorder = _recorders.get(url)
+    if recorder is None:
+        with _recorders_lock:
+            recorder = _recorders.setdefault(url, Recorder(get_engine(url)))
+    return recorder
+
+
+def close_recorders() -> None:
+    """Commit what the recorders hold and stop them (the app's shutdown)."""
+    with _recorders_lock:
+        recorders = list(_recorders.values())
+        _recorders.clear()
+    for recorder in recorders:
+        recorder.close()
+
+
+def reset() -> None:
+    """Forget the process's services (tests; a settings change): stops the recorders first."""
+    close_recorders()
+    for cached in (get_features, get_models, get_prediction_cache, get_twin_index, principal_cache, signing_key):
+        cached.cache_clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ApiSettings", "get_settings"]
@@ -25,6 +25,13 @@ class ApiSettings(BaseSettings):
         twin_cache_seconds, prediction_cache_seconds: TTLs of the twin-state and
             prediction caches (the deployment guide's 60 s and 300 s).
         alert_threshold: A prediction at or above this risk raises an alert.
+        auth_cache_seconds: How long an authenticated key is remembered in-process (a
+            revocation elsewhere takes effect within this time; 0 disables).
+        token_secret: HS256 key signing OAuth2 access tokens; empty means a random key
+            kept in ``<data dir>/oauth-signing.key`` (set it when several API hosts share tokens).
+        token_lifetime_seconds: Lifetime of an access token (default 15 minutes).
+        cache_url: Empty for in-process caches, or ``redis://host:port/db`` to share the
+            twin-state and prediction caches between API processes.
     """
 
     model_config = SettingsConfigDict(env_prefix="BIOVERSE_API_")
@@ -39,6 +46,17 @@ class ApiSettings(BaseSettings):
     twin_cache_seconds: float = 60.0
     prediction_cache_seconds: float = 300.0
     alert_threshold: float = 0.3
+    auth_cache_seconds: float = 10.0
+    token_secret: str = ""
+    token_lifetime_seconds: int = Field(default=900, ge=60, le=86_400)
+    cache_url: str = ""
+
+    @field_validator("cache_url")
+    @classmethod
+    def _redis_or_empty(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty (in-process caches) or a redis:// URL")
+        return value
 
     def resolved_tracking_uri(self) -> str:
         """The configured MLflow URI, or the embedded store the experiments write to."""

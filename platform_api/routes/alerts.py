@@ -36,7 +36,7 @@ def list_alerts(
 def acknowledge(alert_id: str, session: SessionDep, caller: PatientReader) -> AlertPublic:
     """Acknowledge an alert of the caller's tenant."""
     assert caller.tenant_id is not None
-    with audited(session, caller, f"alert.ack:{alert_id[:40]}"):
+    with audited(session, caller, f"alert.ack:{alert_id[:40]}", writes=True):
         alert = AlertPublic.model_validate(crud.acknowledge_alert(session=session, tenant_id=caller.tenant_id,
                                                                    alert_id=alert_id, by=caller.key_id))
     return alert

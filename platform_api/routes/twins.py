@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy.orm import Session
 
 from feature_store.errors import FeatureStoreError
 from platform_api import crud
 from platform_api.audit import audited
 from platform_api.deps import LimitQuery, OffsetQuery, PatientReader, PatientWriter, SessionDep
 from platform_api.schemas import PredictionPublic, TwinCreate, TwinDetail, TwinPage, TwinPublic, TwinUpdate
-from platform_api.services import get_features
+from platform_api.services import get_features, get_prediction_cache
 
 __all__ = ["router"]
 
@@ -20,7 +23,7 @@ router = APIRouter(prefix="/v1/twins", tags=["twins"])
 def create_twin(twin_in: TwinCreate, session: SessionDep, caller: PatientWriter) -> TwinPublic:
     """Create a twin for a patient of the caller's tenant."""
     assert caller.tenant_id is not None
-    with audited(session, caller, "twin.create", twin_in.patient_id):
+    with audited(session, caller, "twin.create", twin_in.patient_id, writes=True):
         twin = crud.create_twin(session=session, tenant_id=caller.tenant_id, twin_in=twin_in)
         public = TwinPublic.model_validate(twin)
     return public
@@ -32,11 +35,12 @@ def list_twins(
     caller: PatientReader,
     limit: LimitQuery = 50,
     offset: OffsetQuery = 0,
+    patient_id: Annotated[str | None, Query(min_length=1, max_length=128, description="Only the twin of this patient.")] = None,
 ) -> TwinPage:
-    """The caller's tenant's twins, a page at a time."""
+    """The caller's tenant's twins, a page at a time (or the twin of one patient)."""
     assert caller.tenant_id is not None
-    with audited(session, caller, "twin.list"):
-        items, total = crud.list_twins(session=session, tenant_id=caller.tenant_id, limit=limit, offset=offset)
+    with audited(session, caller, "twin.list", patient_id):
+        items, total = crud.list_twins(session=session, tenant_id=caller.tenant_id, limit=limit, offset=offset, patient_id=patient_id)
         page = TwinPage(items=[TwinPublic.model_validate(t) for t in items], total=total, limit=limit, offset=offset)
     return page
 
@@ -54,17 +58,30 @@ def read_twin(twin_id: str, session: SessionDep, caller: PatientReader) -> TwinD
             features = get_features().current(caller.tenant_id, [twin.patient_id])[twin.patient_id]
         except FeatureStoreError as err:
             unavailable = str(err)
-        latest = crud.latest_prediction(session=session, twin_id=twin.id)
         detail = TwinDetail(**TwinPublic.model_validate(twin).model_dump(), features=features, features_unavailable=unavailable,
-                            latest_prediction=PredictionPublic.model_validate(latest) if latest else None)
+                            latest_prediction=_latest_prediction(session, twin.id))
     return detail
+
+
+def _latest_prediction(session: Session, twin_id: str) -> PredictionPublic | None:
+    """The twin's latest prediction: from the prediction cache (300 s), else the database."""
+    cache = get_prediction_cache()
+    cached = cache.get_many([twin_id]).get(twin_id)
+    if cached is not None:
+        return PredictionPublic.model_validate(cached)
+    latest = crud.latest_prediction(session=session, twin_id=twin_id)
+    if latest is None:
+        return None
+    public = PredictionPublic.model_validate(latest)
+    cache.set_many({twin_id: public.model_dump(mode="json")})
+    return public
 
 
 @router.patch("/{twin_id}", response_model=TwinPublic)
 def update_twin(twin_id: str, twin_in: TwinUpdate, session: SessionDep, caller: PatientWriter) -> TwinPublic:
     """Change a twin of the caller's tenant."""
     assert caller.tenant_id is not None
-    with audited(session, caller, f"twin.update:{twin_id[:40]}") as target:
+    with audited(session, caller, f"twin.update:{twin_id[:40]}", writes=True) as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id
         public = TwinPublic.model_validate(crud.update_twin(session=session, twin=twin, twin_in=twin_in))

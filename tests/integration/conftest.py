@@ -116,6 +116,6 @@ def clear_platform_caches() -> None:
     from feature_store import settings as feature_settings
     from platform_api import db, services, settings
 
-    for cached in (settings.get_settings, feature_settings.get_settings, db.get_engine, db.session_factory,
-                   services.get_features, services.get_models):
+    services.reset()
+    for cached in (settings.get_settings, feature_settings.get_settings, db.get_engine, db.session_factory):
         cached.cache_clear()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from sqlalchemy.orm import Session
 
 from platform_api.auth import create_key
-from platform_api.db import get_session, migrate, session_factory
+from platform_api.db import database_url, migrate, session_factory
 from platform_api.main import create_app
 
 pytestmark = pytest.mark.integration
@@ -25,13 +23,12 @@ with session_factory(URL)() as _session:
     TOKEN = create_key(_session, role="admin", tenant_id="fuzz")
 
 
-def _fuzz_session() -> Iterator[Session]:
-    with session_factory(URL)() as session:
-        yield session
+async def _fuzz_database() -> str:
+    return URL
 
 
 APP = create_app(migrate_on_start=False)
-APP.dependency_overrides[get_session] = _fuzz_session
+APP.dependency_overrides[database_url] = _fuzz_database
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 

@@ -59,7 +59,8 @@ def test_credentials_roles_and_validation(api: dict) -> None:
     client, keys = api["client"], api["keys"]
     assert client.get("/v1/twins").status_code == 401
     assert client.get("/v1/twins", headers=_auth("bv_nope_nope")).status_code == 401
-    assert client.get("/v1/twins", headers=_auth("garbage")).json()["detail"] == "malformed API key"
+    assert client.get("/v1/twins", headers=_auth("garbage")).json()["detail"].startswith("malformed credentials")
+    assert client.get("/v1/twins", headers=_auth("bv_x")).json()["detail"] == "malformed API key"
     assert client.get("/v1/twins", headers=_auth(keys["ds1"])).status_code == 403  # data scientists see no patients
     assert client.get("/v1/twins", headers=_auth(keys["root"])).status_code == 403  # no tenant, no patients
     bad = client.post("/v1/twins", json={"patient_id": "has space"}, headers=_auth(keys["app1"]))
@@ -69,6 +70,32 @@ def test_credentials_roles_and_validation(api: dict) -> None:
     big = client.post("/v1/twins", content=b"{" + b" " * 2_000_000 + b"}", headers={**_auth(keys["app1"]), "content-type": "application/json"})
     assert big.status_code == 413
     assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_oauth2_client_credentials_tokens_act_as_their_key(api: dict) -> None:
+    client, keys = api["client"], api["keys"]
+    _, key_id, secret = keys["app1"].split("_", 2)
+    form = {"grant_type": "client_credentials", "client_id": key_id, "client_secret": secret}
+    issued = client.post("/v1/oauth/token", data=form)
+    assert issued.status_code == 200 and issued.json()["token_type"] == "bearer" and issued.json()["expires_in"] == 900
+    token = issued.json()["access_token"]
+    created = client.post("/v1/twins", json={"patient_id": "oauth-p1"}, headers=_auth(token))
+    assert created.status_code == 201
+    assert client.get(f"/v1/twins/{created.json()['id']}", headers=_auth(keys["app1"])).status_code == 200  # same tenant
+    basic = client.post("/v1/oauth/token", data={"grant_type": "client_credentials"}, auth=(key_id, secret))
+    assert basic.status_code == 200
+
+    assert client.post("/v1/oauth/token", data={**form, "client_secret": "wrong"}).json()["error"] == "invalid_client"
+    assert client.post("/v1/oauth/token", data={**form, "grant_type": "password"}).json()["error"] == "unsupported_grant_type"
+    assert client.post("/v1/oauth/token", data={"client_id": key_id}).status_code == 422  # grant_type missing
+    tampered = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    assert client.get("/v1/twins", headers=_auth(tampered)).json()["detail"] == "invalid access token"
+
+    from platform_api import auth, db
+    with db.session_factory()() as session:
+        assert auth.revoke(session, key_id)
+    assert client.get("/v1/twins", headers=_auth(token)).status_code == 401  # revoking the key ends its tokens
+    assert client.post("/v1/oauth/token", data=form).status_code == 401
 
 
 def test_twins_are_tenant_scoped(api: dict) -> None:
@@ -82,6 +109,8 @@ def test_twins_are_tenant_scoped(api: dict) -> None:
     assert client.post("/v1/twins", json={"patient_id": "p-001"}, headers=_auth(keys["hosp2"])).status_code == 201
     own = client.get(f"/v1/twins/{twin['id']}", headers=_auth(keys["app1"]))
     assert own.status_code == 200 and own.json()["display_name"] == "A"
+    found = client.get("/v1/twins", params={"patient_id": "p-001"}, headers=_auth(keys["app1"])).json()
+    assert found["total"] == 1 and found["items"][0]["id"] == twin["id"]  # by patient id, own tenant only
     for method in ("get", "patch"):
         foreign = getattr(client, method)(f"/v1/twins/{twin['id']}", headers=_auth(keys["hosp2"]),
                                           **({"json": {"display_name": "x"}} if method == "patch" else {}))

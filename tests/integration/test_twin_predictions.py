@@ -61,6 +61,23 @@ def test_twin_features_prediction_observation_and_alerts(platform: dict) -> None
     assert prediction["inputs"]["age"] == patient["age"] and set(prediction["inputs"]) >= {"systolic_bp", "smoking"}
     assert prediction["alert_priority"] in ("medium", "high", "critical")  # threshold 0 in this test
     assert client.get(f"/v1/twins/{twin['id']}", headers=_h(keys["t1"])).json()["latest_prediction"]["id"] == prediction["id"]
+    stored = client.get(f"/v1/predictions/{prediction['id']}", headers=_h(keys["t1"])).json()
+    assert stored["risk"] == prediction["risk"] and stored["inputs"] == prediction["inputs"]
+    assert stored["alert_priority"] == prediction["alert_priority"]
+
+    fhir = client.get(f"/v1/predictions/{prediction['id']}/fhir", headers=_h(keys["t1"]))
+    assert fhir.status_code == 200 and fhir.headers["content-type"].startswith("application/fhir+json")
+    resource = fhir.json()
+    assert resource["resourceType"] == "RiskAssessment" and resource["id"] == prediction["id"]
+    assert resource["prediction"][0]["probabilityDecimal"] == pytest.approx(prediction["risk"])
+    assert resource["subject"]["identifier"]["value"] == patient["patient_id"]
+    assert resource["method"]["coding"][0]["code"] == f"{MODEL}/1"
+    for path in (f"/v1/predictions/{prediction['id']}", f"/v1/predictions/{prediction['id']}/fhir"):
+        assert client.get(path, headers=_h(keys["t2"])).status_code == 404  # another tenant's
+
+    metrics = client.get("/metrics").text
+    assert f'bioverse_predictions_total{{model_name="{MODEL}",model_version="1"}} 1.0' in metrics
+    assert 'route="/v1/twins/{twin_id}/predictions"' in metrics and twin["id"] not in metrics
 
     observed = client.post(f"/v1/twins/{twin['id']}/observations", json={"values": {"systolic_bp": 191.0}}, headers=_h(keys["t1"]))
     assert observed.status_code == 202 and observed.json() == {"updated_views": ["vitals"]}

@@ -1,0 +1,184 @@
+"""Prometheus metrics of the platform API: request latency, predictions, alerts.
+
+Each app gets its own :class:`ApiMetrics` (its own ``CollectorRegistry``, not the
+process-global default one), so tests and several apps in one process never collide.
+
+Wiring (in ``create_app``)::
+
+    metrics = ApiMetrics()
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(request: Request) -> Response:
+        return metrics_response(metrics, accept=request.headers.get("accept"))
+
+:class:`MetricsMiddleware` is a pure ASGI middleware (no ``BaseHTTPMiddleware``). The
+``route`` label is the route *template* (``/v1/twins/{twin_id}/predictions``), never
+the raw path; requests that match no route are labelled ``<unmatched>`` and unusual
+HTTP methods ``OTHER``, so the label sets stay bounded whatever clients send.
+
+The registry is per process: with several uvicorn workers each worker reports its
+own numbers (prometheus_client's multiprocess mode is not used).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import choose_encoder
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "UNMATCHED",
+    "ApiMetrics",
+    "MetricsMiddleware",
+    "metrics_response",
+    "route_template",
+]
+
+#: Seconds; suited to a fast JSON API.
+LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: The ``route`` label of a request that matched no route (404s, redirects of slashes).
+UNMATCHED = "<unmatched>"
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class ApiMetrics:
+    """A registry and the API's instruments."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        if process_metrics:  # process_resident_memory_bytes etc. (Linux /proc; read on scrape only)
+            ProcessCollector(registry=self.registry)
+        self.request_duration = Histogram(
+            "bioverse_http_request_duration_seconds",
+            "HTTP request latency, from the request reaching the app to the response being sent.",
+            ("method", "route", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "bioverse_predictions_total",
+            "Risk predictions stored, by the model version that made them.",
+            ("model_name", "model_version"),
+            registry=self.registry,
+        )
+        self.alerts = Counter(
+            "bioverse_alerts_total",
+            "Alerts raised, by priority.",
+            ("priority",),
+            registry=self.registry,
+        )
+        # (method, route, status) -> histogram child: skips labels()'s validation and lock
+        # on the hot path. Bounded: methods are normalised, routes are templates.
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one HTTP request."""
+        key = (method, route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.request_duration.labels(method, route, str(status))
+            self._request_children[key] = child
+        child.observe(seconds)
+
+    def observe_prediction(self, model_name: str, model_version: str, n: int = 1) -> None:
+        """Count ``n`` predictions made by one model version."""
+        self.predictions.labels(str(model_name), str(model_version)).inc(n)
+
+    def observe_predictions(self, versions: Iterable[tuple[str, str]]) -> None:
+        """Count predictions given as ``(model_name, model_version)`` pairs (a batch)."""
+        counts: dict[tuple[str, str], int] = {}
+        for key in versions:
+            counts[key] = counts.get(key, 0) + 1
+        for (name, version), n in counts.items():
+            self.observe_prediction(name, version, n)
+
+    def observe_alert(self, priority: str) -> None:
+        """Count one alert of the given priority."""
+        self.alerts.labels(str(priority)).inc()
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route a request matched, or :data:`UNMATCHED`.
+
+    Read after the app ran: FastAPI puts the matched ``APIRoute`` in ``scope["route"]``.
+    For routers included into other routers FastAPI (>= 0.13x) keeps the full template
+    in its effective route context (``APIRoute.path`` there lacks the outer prefixes),
+    which is preferred when present. Plain Starlette routes (``/docs``,
+    ``/openapi.json``) set only ``scope["endpoint"]``; they are found among the app's
+    top-level routes (rare requests, so the scan is acceptable). Routes of a mounted sub-app are labelled without the mount prefix.
+    """
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    path = getattr(context, "path", None)
+    if path:
+        return path
+    path = getattr(scope.get("route"), "path", None)
+    if path:
+        return path
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is not None and app is not None:
+        for route in getattr(app, "routes", ()):
+            if getattr(route, "endpoint", None) is endpoint and route.matches(scope)[0] != Match.NONE:
+                path = getattr(route, "path", None)
+                if path:
+                    return path
+    return UNMATCHED
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware timing every HTTP request into ``metrics.request_duration``.
+
+    The status is the one the app sent; 500 if the app raised before sending one.
+    Other scope types (lifespan, websocket) pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            elapsed = time.perf_counter() - start
+            method = scope["method"]
+            self.metrics.observe_request(
+                method if method in _METHODS else "OTHER", route_template(scope), status, elapsed
+            )
+
+
+def metrics_response(metrics: ApiMetrics, *, accept: str | None = None) -> Response:
+    """The registry in the Prometheus text format (OpenMetrics if ``accept`` asks for it)."""
+    if accept:
+        encoder, content_type = choose_encoder(accept)
+        return Response(encoder(metrics.registry), media_type=content_type)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,128 @@
+"""Group commit of predictions, alerts and their audit events.
+
+Scoring a twin takes microseconds; committing a transaction takes a disk sync. The
+prediction routes therefore hand their rows to one recorder thread per process, which
+writes everything that arrived while the previous commit was running in ONE transaction:
+the predictions, their alerts and one audit event per request, chained in order under the
+chain lock. A request is answered only after its transaction committed (its future
+resolves), so nothing acknowledged can be lost; under load, one disk sync serves many
+requests. If a batch fails, its units are retried one by one so that one bad unit fails
+alone, with its error.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, insert
+
+from platform_api.audit import CHAIN_LOCK, digest, lock_chain
+from platform_api.models import Alert, AuditEvent, Prediction
+
+__all__ = ["Recorder", "Unit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Unit:
+    """One request's rows and its audit event (actor, role, tenant_id, patient_id, action, outcome)."""
+
+    audit: dict[str, Any]
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    future: Future[None] = field(default_factory=Future)
+
+
+class Recorder:
+    """The process's writer of prediction rows (see module doc).
+
+    Args:
+        engine: The platform database.
+        max_batch: Most units per transaction.
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = 1024) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[Unit | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batches = 0
+        self.units = 0
+
+    def submit(self, unit: Unit) -> Future[None]:
+        """Queue a unit; its future resolves once committed (or carries the error)."""
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="bioverse-recorder", daemon=True)
+                    self._thread.start()
+        unit.audit.setdefault("at", datetime.now(timezone.utc).replace(tzinfo=None))
+        self._queue.put(unit)
+        return unit.future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued and stop the thread."""
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = [first], False
+            while len(batch) < self.max_batch:
+                try:
+                    unit = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if unit is None:
+                    stop = True
+                    break
+                batch.append(unit)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[Unit]) -> None:
+        try:
+            self._commit(batch)
+        except Exception as err:  # noqa: BLE001 - isolate the failing unit
+            if len(batch) == 1:
+                batch[0].future.set_exception(err)
+                return
+            log.warning("batch of %d failed (%s); writing its units one by one", len(batch), err)
+            for unit in batch:
+                self._write([unit])
+            return
+        self.batches += 1
+        self.units += len(batch)
+        for unit in batch:
+            unit.future.set_result(None)
+
+    def _commit(self, batch: list[Unit]) -> None:
+        predictions = [row for unit in batch for row in unit.predictions]
+        alerts = [row for unit in batch for row in unit.alerts]
+        with CHAIN_LOCK, self.engine.begin() as connection:
+            if predictions:
+                connection.execute(insert(Prediction.__table__), predictions)
+            if alerts:
+                connection.execute(insert(Alert.__table__), alerts)
+            prev = lock_chain(connection)
+            events = []
+            for unit in batch:
+                event = dict(unit.audit, prev_hash=prev)
+                event["hash"] = prev = digest(prev, event)
+                events.append(event)
+            connection.execute(insert(AuditEvent.__table__), events)
