@@ -49,3 +49,157 @@ def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int,
     path = directory / "demo.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return load_spec(path), ledgers
+
+
+def showcase(*, spec: ExperimentSpec, tracking_uri: str, console: Console,
+             twins: int = 5) -> None:
+    """After training: ingest the hospitals into Feast, serve the new version with Ray Serve
+    and the platform API, and print a few twins of the first hospital with their predictions.
+
+    The new version is unreviewed, so the demo serves the ``candidate`` alias; apps in
+    production follow ``production``, which only a clinical validator's approval sets.
+    """
+    import contextlib
+    import io
+    import os
+    import threading
+    import time
+    import warnings
+
+    import httpx
+    import pandas as pd
+    import uvicorn
+    from rich.table import Table
+
+    from experiments.tracking import CANDIDATE_ALIAS
+    from feature_store.repo import FeatureRepo
+    from feature_store.settings import get_settings as feature_settings
+    from federation.launcher import free_port
+    from platform_api import services
+    from platform_api.auth import create_key
+    from platform_api.db import migrate, session_factory
+    from platform_api.main import create_app
+    from platform_api.settings import get_settings
+
+    warnings.filterwarnings("ignore")  # libraries' deprecation notices are not the demo's business
+    started = time.perf_counter()
+    repo = FeatureRepo(feature_settings().repo_dir).init()
+    frames = {h.id: pd.read_csv(h.path) for h in spec.data.hospitals}
+    for tenant, frame in frames.items():
+        repo.ingest(frame, tenant_id=tenant)
+    with contextlib.redirect_stdout(io.StringIO()):  # Feast's own progress lines
+        repo.materialize()
+    console.print(f"Features: {sum(len(f) for f in frames.values())} patients of {len(frames)} hospitals ingested into "
+                  f"Feast and materialized in {time.perf_counter() - started:.1f} s ({repo.repo_dir})", highlight=False)
+
+    # the API scores in-process from the registry; point it at this run's unreviewed version
+    os.environ["BIOVERSE_API_MODEL_ALIAS"] = CANDIDATE_ALIAS
+    os.environ["BIOVERSE_API_MODEL_NAME"] = spec.registered_model
+    os.environ.setdefault("BIOVERSE_TRACKING_URI", tracking_uri)
+    get_settings.cache_clear()
+    services.reset()
+    settings = get_settings()
+    migrate(settings.resolved_database_url())
+    tenant = spec.data.hospitals[0].id
+    with session_factory()() as session:
+        token = create_key(session, role="app", tenant_id=tenant, name="bioverse demo")
+
+    handle = _start_serving(tracking_uri, spec.registered_model, console)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="bioverse-demo-api", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+            _wait_ready(api)
+            rows = []
+            for patient in frames[tenant]["patient_id"].head(twins):
+                twin = _twin_of(api, str(patient))
+                made = api.post(f"/v1/twins/{twin['id']}/predictions")
+                made.raise_for_status()
+                prediction = made.json()
+                served = handle.predict.remote(prediction["inputs"]).result() if handle is not None else None
+                rows.append((twin, prediction, served))
+        version = rows[0][1]["model_version"] if rows else "?"
+        table = Table(title=f"Twins of {tenant}: features from Feast, risk from {spec.registered_model} version {version} "
+                            f"({CANDIDATE_ALIAS}) via the API and via Ray Serve", title_justify="left")
+        for column in ("patient", "age", "sys bp", "smoking", "API risk", "Serve risk", "alert"):
+            table.add_column(column, justify="right" if column.startswith(("age", "sys", "API", "Serve")) else "left", no_wrap=True)
+        for twin, prediction, served in rows:
+            inputs = prediction["inputs"]
+            table.add_row(twin["patient_id"], _fmt(inputs.get("age"), "{:.0f}"), _fmt(inputs.get("systolic_bp"), "{:.0f}"),
+                          str(inputs.get("smoking") or "-"), f"{prediction['risk']:.3f}",
+                          f"{served['risk']:.3f}" if served else "-", prediction["alert_priority"] or "-")
+        console.print(table)
+        console.print(f"API key for {tenant} (app role, shown once): {token}\n"
+                      f"Keep the API up with `BIOVERSE_API_MODEL_ALIAS={CANDIDATE_ALIAS} bioverse api`, then e.g.\n"
+                      f"  curl -H 'Authorization: Bearer {token}' http://127.0.0.1:8080/v1/twins", highlight=False, soft_wrap=True)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        _stop_serving(handle)
+
+
+def _fmt(value: object, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def _wait_ready(api: object) -> None:
+    import time
+
+    import httpx
+
+    for _ in range(200):
+        try:
+            if api.get("/readyz").status_code == 200:  # type: ignore[attr-defined]
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("the platform API did not start")
+
+
+def _twin_of(api: object, patient_id: str) -> dict:
+    """The patient's twin, created on first use (the demo can run again on the same data)."""
+    made = api.post("/v1/twins", json={"patient_id": patient_id})  # type: ignore[attr-defined]
+    if made.status_code == 409:
+        return api.get("/v1/twins", params={"patient_id": patient_id}).json()["items"][0]  # type: ignore[attr-defined]
+    made.raise_for_status()
+    return made.json()
+
+
+def _start_serving(tracking_uri: str, model_name: str, console: Console) -> object | None:
+    """The RiskPredictor on a local Ray (in-process), following the candidate alias."""
+    import os
+    import time
+
+    started = time.perf_counter()
+    import ray
+    from ray import serve
+
+    from experiments.tracking import CANDIDATE_ALIAS
+    from serving.app import build_risk_app
+
+    from federation.launcher import free_port
+
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    logging.getLogger("ray.serve").setLevel(logging.ERROR)  # serve.run's notice that the port is already chosen
+    handle = serve.run(build_risk_app({"tracking_uri": tracking_uri, "model_name": model_name, "alias": CANDIDATE_ALIAS}),
+                       name="risk", route_prefix="/risk")
+    console.print(f"Serving: Ray Serve RiskPredictor for {model_name}@{CANDIDATE_ALIAS} up in "
+                  f"{time.perf_counter() - started:.1f} s", highlight=False)
+    return handle
+
+
+def _stop_serving(handle: object | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # takes Serve's actors with it
