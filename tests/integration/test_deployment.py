@@ -57,7 +57,7 @@ def test_two_hospitals_as_separate_supernode_processes(hospital_files: list[Path
     client = MlflowClient(uri, registry_uri=uri)
     tags = client.get_model_version("test-cardiac-risk", "1").tags
     assert tags["hospitals"] == "hospital-01,hospital-02"
-    assert client.get_model_version_by_alias("test-cardiac-risk", "candidate").version == "1"  # awaiting review
+    assert str(client.get_model_version_by_alias("test-cardiac-risk", "candidate").version) == "1"  # awaiting review
     run_id = tags["run_id"]
     for hospital in ("hospital-01", "hospital-02"):
         entry = PrivacyLedger(tmp_path / "site-ledgers" / f"{hospital}.json", hospital).entry(run_id)
