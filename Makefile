@@ -30,6 +30,10 @@ test-integration: install
 bench: install
 	$(BIN)/python benchmarks/dp_overhead.py
 	$(BIN)/python benchmarks/federation_wall.py
+	$(BIN)/python benchmarks/serving_risk.py
+	$(BIN)/python benchmarks/api_predictions.py
+	$(BIN)/python benchmarks/bulk_scoring.py
+	$(BIN)/python benchmarks/feature_lookup.py
 
 lint: install
 	$(BIN)/lint-imports
