@@ -21,6 +21,7 @@ __all__ = [
     "PrivacySpec",
     "StrategySpec",
     "TrainingSpec",
+    "ValidationSpec",
     "load_spec",
     "parse_spec",
 ]
@@ -136,6 +137,30 @@ class PrivacySpec(_Strict):
         )
 
 
+class ValidationSpec(_Strict):
+    """The clinical validation report computed when a version is registered.
+
+    Attributes:
+        thresholds: Risk thresholds at which sensitivity, specificity, PPV, NPV and net
+            benefit are reported (the decision thresholds the clinic considers).
+        subgroups: Feature columns to break the report down by (besides hospital): a
+            categorical column gives one cell per value, a numeric one (age) age bands.
+            Default: ``sex`` and ``age`` where the data declares them.
+        min_cell: A hospital reports no subgroup cell with fewer patients (small-cell
+            protection); its overall cell is always reported.
+    """
+
+    thresholds: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default=[0.1, 0.2, 0.3], min_length=1, max_length=20)
+    subgroups: list[str] | None = None
+    min_cell: int = Field(default=10, ge=1, le=1000)
+
+    def subgroup_columns(self, data: DataSpec) -> list[str]:
+        """The columns the report is broken down by."""
+        if self.subgroups is None:
+            return [c for c in ("sex", "age") if c in data.numeric or c in data.categorical]
+        return list(self.subgroups)
+
+
 class ExperimentSpec(_Strict):
     """One federated experiment, as a data scientist writes it in YAML."""
 
@@ -148,11 +173,19 @@ class ExperimentSpec(_Strict):
     strategy: StrategySpec = StrategySpec()
     training: TrainingSpec = TrainingSpec()
     privacy: PrivacySpec = PrivacySpec()
+    validation: ValidationSpec = ValidationSpec()
 
     @property
     def model_name(self) -> str:
         """Registered model name in the MLflow registry."""
         return self.registered_model or self.name
+
+    @model_validator(mode="after")
+    def _subgroups_are_features(self) -> ExperimentSpec:
+        for column in self.validation.subgroups or []:
+            if column not in self.data.numeric and column not in self.data.categorical:
+                raise ValueError(f"validation.subgroups: {column} is not a declared feature column")
+        return self
 
     @model_validator(mode="after")
     def _enough_hospitals(self) -> ExperimentSpec:

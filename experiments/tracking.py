@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import getpass
 import logging
+import subprocess
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,11 +27,31 @@ from experiments.spec import ExperimentSpec
 from training.models import RiskModel
 from training.preprocessing import FeatureEncoder
 
-__all__ = ["CANDIDATE_ALIAS", "RunTracker", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature"]
+__all__ = ["CANDIDATE_ALIAS", "VALIDATION_DIR", "RunTracker", "code_version", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature"]
 
 log = logging.getLogger(__name__)
 #: Registry alias of the newest registered version (awaiting clinical review).
 CANDIDATE_ALIAS = "candidate"
+#: Where a run keeps its version's validation report (report.json, plots, model card, HTML).
+VALIDATION_DIR = "validation"
+
+
+@functools.cache
+def code_version() -> str:
+    """The code that trained a model: the git commit of this checkout (``+dirty`` with
+    uncommitted changes), else the installed package's version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        return f"git:{sha}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return f"bioverse {metadata.version('bioverse')}"
+        except metadata.PackageNotFoundError:
+            return "unknown"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -92,6 +115,13 @@ def _requirements() -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in wanted]
 
 
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment nor the password database
+        return "unknown"
+
+
 class RunTracker:
     """One MLflow run per experiment: params, per-round metrics, and the registered model.
 
@@ -100,11 +130,14 @@ class RunTracker:
             ``postgresql://...``).
         artifact_location: Where a new experiment keeps artifacts (for embedded
             stores); None lets the tracking server decide.
+        launched_by: Who launched the experiment, tagged ``launched_by`` on the registered
+            version (a validator may not approve their own model); default: the OS user.
     """
 
-    def __init__(self, tracking_uri: str, artifact_location: str | None = None) -> None:
+    def __init__(self, tracking_uri: str, artifact_location: str | None = None, launched_by: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
+        self.launched_by = (launched_by or "").strip() or _whoami()
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.run_id: str | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
@@ -170,6 +203,10 @@ class RunTracker:
         """Store a JSON artifact in the run."""
         self._call("log artifact", self.client.log_dict, self._run(), obj, name)
 
+    def log_artifacts(self, directory: Path, artifact_path: str) -> None:
+        """Store a folder's files in the run under ``artifact_path``."""
+        self._call("log artifacts", self.client.log_artifacts, self._run(), str(directory), artifact_path)
+
     def register(
         self,
         *,
@@ -204,7 +241,8 @@ class RunTracker:
                     input_example=example,
                     pip_requirements=_requirements(),
                 )
-        version = self._call("register model", mlflow.register_model, info.model_uri, model_name, tags=tags)
+        version = self._call("register model", mlflow.register_model, info.model_uri, model_name,
+                             tags={**tags, "launched_by": self.launched_by})
         # the newest version awaiting review; `production` is only ever set by a validator's approval
         self._call("set alias", self.client.set_registered_model_alias, model_name, CANDIDATE_ALIAS, str(version.version))
         return str(version.version)

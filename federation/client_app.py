@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 from experiments.errors import ExperimentError
 from experiments.spec import ExperimentSpec
 from federation.errors import BudgetExceededError, FederationError
-from federation.hospital import encoder_from_config, evaluate_global, site_statistics, train_round
+from federation.hospital import encoder_from_config, evaluate_global, site_statistics, train_round, validation_aggregates
 from federation.site import Site, resolve_site, spec_from_run_config
 from training.errors import TrainingError
 
@@ -108,4 +108,24 @@ def evaluate(message: Message, context: Context) -> Message:
         return _status(message, _hospital_id(context, site), "error", str(err))
     reply = _status(message, site.hospital_id, "ok")
     reply.content["metrics"] = MetricRecord(metrics)
+    return reply
+
+
+@app.query("validate")
+def validate(message: Message, context: Context) -> Message:
+    """Validation aggregates of the final model on the hospital's held-out rows (counts only)."""
+    site: Site | None = None
+    try:
+        site, spec = _site(context)
+        aggregates = validation_aggregates(
+            site=site,
+            spec=spec,
+            encoder=encoder_from_config(dict(message.content["config"])),
+            state=message.content["arrays"].to_torch_state_dict(),
+        )
+    except _SITE_ERRORS as err:
+        log.warning("validation failed: %s", err)
+        return _status(message, _hospital_id(context, site), "error", str(err))
+    reply = _status(message, site.hospital_id, "ok")
+    reply.content["validation"] = ConfigRecord({"aggregates": json.dumps(aggregates, allow_nan=False)})
     return reply

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from experiments.report import report_sha256, write_report_artifacts
 from experiments.spec import ExperimentSpec
-from experiments.tracking import RunTracker
+from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
 from federation.errors import TooFewHospitalsError
 from federation.hospital import model_hparams
 from federation.progress import ProgressLog
 from federation.strategy import HospitalReply, build_strategy
 from training.models import build_model
 from training.preprocessing import FeatureEncoder, merge_statistics
+from training.validation import build_report, merge_aggregates
 
 __all__ = ["Coordinator"]
 
@@ -161,7 +166,9 @@ class Coordinator:
                 evaluate_config=ConfigRecord(dict(config)),
             )
             model.load_state_dict(result.arrays.to_torch_state_dict())
+            report_tags = self._validate(grid, nodes, encoder, model, run_id)
             summary = self._summary(run_id, started, setup_seconds)
+            summary["validation"] = report_tags
             self.tracker.log_dict(self.participation, "participation.json")
             self.tracker.log_dict(summary, "summary.json")
             summary["model_version"] = self.tracker.register(
@@ -170,7 +177,7 @@ class Coordinator:
                 kind=spec.model.kind,
                 hparams=model_hparams(spec),
                 model_name=spec.model_name,
-                tags=self._version_tags(run_id),
+                tags={**self._version_tags(run_id), **report_tags},
             )
             self.tracker.log_metrics({"wall_seconds": time.perf_counter() - started}, step=spec.training.rounds)
             self.tracker.end("FINISHED")
@@ -181,6 +188,61 @@ class Coordinator:
             raise
         self.progress.emit("done", **summary)
         return summary
+
+    def _validate(self, grid: Grid, nodes: list[int], encoder: FeatureEncoder, model: Any, run_id: str) -> dict[str, str]:
+        """The clinical validation report of the final model, from the hospitals' aggregates.
+
+        Each hospital scores its held-out rows and returns counts only; the report and its
+        artifacts (report.json, plots, model card, HTML) go to the run under
+        ``validation/``. Returns the version tags that pin the report (its SHA-256).
+        """
+        spec = self.spec
+        started = time.perf_counter()
+        messages = [
+            Message(RecordDict({"config": ConfigRecord({"encoder": encoder.to_json(), "run-key": run_id}),
+                                "arrays": ArrayRecord(model.state_dict())}),
+                    dst_node_id=n, message_type=f"{MessageType.QUERY}.validate")
+            for n in nodes
+        ]
+        parts, outcome = {}, {}
+        for msg in grid.send_and_receive(messages, timeout=spec.strategy.round_timeout):
+            if msg.has_error():
+                outcome[f"node-{msg.metadata.src_node_id}"] = {"status": "failed", "reason": msg.error.reason}
+                continue
+            site = msg.content["site"]
+            hospital = str(site["hospital-id"])
+            outcome[hospital] = {"status": str(site["status"]), "reason": str(site["reason"])}
+            if site["status"] == "ok":
+                parts[hospital] = json.loads(str(msg.content["validation"]["aggregates"]))
+        self.participation["validation"] = outcome
+        self.progress.emit("validation", hospitals={h: o["status"] for h, o in outcome.items()},
+                           reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
+        if not parts:
+            return {"validation.status": "missing"}
+        report = build_report(merge_aggregates(parts), thresholds=spec.validation.thresholds)
+        meta = {
+            "model_name": spec.model_name, "version": "(assigned at registration)", "experiment": spec.name,
+            "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "privacy": {"epsilon": max(self.epsilon.values()) if self.epsilon else None,
+                        "delta": spec.privacy.target_delta if spec.privacy.enabled else 0.0,
+                        "accountant": spec.privacy.accountant if spec.privacy.enabled else "none"},
+            "strategy": spec.strategy.name, "rounds": spec.training.rounds, "hospitals": sorted(parts),
+            "schema_fingerprints": dict(sorted(self.fingerprints.items())), "code_version": code_version(),
+            "model_kind": spec.model.kind,
+            "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in model_hparams(spec).items()},
+            "features": [*spec.data.numeric, *spec.data.categorical], "label": spec.data.label,
+        }
+        with tempfile.TemporaryDirectory(prefix="bioverse-report-") as tmp:
+            write_report_artifacts(report, meta, Path(tmp))
+            self.tracker.log_artifacts(Path(tmp), VALIDATION_DIR)
+        overall = report["overall"]
+        tags = {"validation.status": "complete", "validation.report_sha256": report_sha256(report),
+                "validation.hospitals": ",".join(sorted(parts)), "validation.n": str(overall["n"])}
+        for key in ("auroc", "calibration_slope", "calibration_intercept", "brier", "ece"):
+            if overall.get(key) is not None:
+                tags[f"validation.{key}"] = f"{overall[key]:.4f}"
+        log.info("validation report from %d hospitals in %.2f s", len(parts), time.perf_counter() - started)
+        return tags
 
     def _summary(self, run_id: str, started: float, setup_seconds: float) -> dict[str, Any]:
         spec = self.spec

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 
 from experiments.spec import ExperimentSpec
@@ -18,8 +19,9 @@ from training.local import evaluate_model, sample_rate, steps_per_epoch, train_l
 from training.models import RiskModel, build_model
 from training.preprocessing import FeatureEncoder
 from training.privacy import epsilon_after
+from training.validation import age_band, local_aggregates
 
-__all__ = ["RoundOutcome", "evaluate_global", "model_hparams", "site_statistics", "train_round"]
+__all__ = ["RoundOutcome", "evaluate_global", "model_hparams", "site_statistics", "train_round", "validation_aggregates"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,25 @@ def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: FeatureEncoder
     model = _model(spec, encoder, state)
     metrics = evaluate_model(model, test)
     return {"num-examples": float(len(test)), **metrics, "handler-seconds": time.perf_counter() - started}
+
+
+def validation_aggregates(*, site: Site, spec: ExperimentSpec, encoder: FeatureEncoder,
+                          state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The final model's validation aggregates on the hospital's held-out rows: binned
+    score counts, exact sums and confusion counts, overall and per subgroup (small cells
+    suppressed). Counts only: no patient row leaves the hospital."""
+    test = _data(site, spec, encoder).split.test
+    model = _model(spec, encoder, state)
+    risk = model.predict_proba(torch.from_numpy(encoder.encode(test))).numpy().astype(float)
+    label = test[spec.data.label].to_numpy().astype(int)
+    subgroups: dict[str, list[str | None]] = {}
+    for column in spec.validation.subgroup_columns(spec.data):
+        values = test[column]
+        if column in spec.data.numeric:
+            subgroups[f"{column}_band" if column != "age" else "age_band"] = [age_band(v) for v in values]
+        else:
+            subgroups[column] = [None if pd.isna(v) else str(v) for v in values]
+    return local_aggregates(risk, label, subgroups, spec.validation.thresholds, min_cell=spec.validation.min_cell)
 
 
 def encoder_from_config(config: dict[str, Any]) -> FeatureEncoder:

@@ -32,4 +32,5 @@ def main(grid: Grid, context: Context) -> None:
         raise
     settings = get_settings()
     uri = str(config.get("tracking-uri", "") or "") or settings.resolved_tracking_uri()
-    Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri)), progress).run(ResponsiveGrid(grid))
+    launched_by = str(config.get("launched-by", "") or "") or None  # else the OS user running the ServerApp
+    Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri), launched_by=launched_by), progress).run(ResponsiveGrid(grid))

@@ -78,6 +78,12 @@ class RunReporter:
             if self.status and event["round"] < event["rounds"]:
                 self.status.update(f"Round {event['round'] + 1}: training...")
             elif self.status:
+                self.status.update("Validation report: hospitals score their held-out patients...")
+        elif kind == "validation":
+            ok = sum(1 for s in event["hospitals"].values() if s == "ok")
+            self._say(f"  validation report: aggregates from {ok}/{len(event['hospitals'])} hospitals")
+            self._absent(event)
+            if self.status:
                 self.status.update("Registering the global model...")
 
 
@@ -96,6 +102,15 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
     privacy = f"epsilon {eps:.3f}, delta {summary['delta']:g}" if eps is not None else "no differential privacy"
     console.print(f"Registered [bold]{summary['registered_model']}[/] version [bold]{summary['model_version']}[/] "
                   f"(run {summary['run_id']}); privacy: {privacy}", highlight=False)
+    validation = summary.get("validation", {})
+    if validation.get("validation.status") == "complete":
+        console.print(f"Validation report (pending clinical review): AUROC {validation.get('validation.auroc', 'n/a')}, "
+                      f"calibration slope {validation.get('validation.calibration_slope', 'n/a')}, "
+                      f"Brier {validation.get('validation.brier', 'n/a')} on {validation['validation.n']} held-out patients; "
+                      f"report sha256 {validation['validation.report_sha256'][:12]}", highlight=False)
+    elif validation:
+        console.print("Validation report: missing (no hospital returned aggregates); the version cannot be approved",
+                      highlight=False)
     seconds = summary["seconds"]
     wall = f"{seconds['wall']:.1f} s wall, " if "wall" in seconds else ""
     console.print(f"Time: {wall}{seconds['total']:.1f} s in the coordinator ({seconds['setup']:.1f} s to the first round)",

@@ -84,3 +84,48 @@ def test_registered_version_carries_tags_and_predicts_well(cli_run: dict) -> Non
     model_auc = roc_auc_score(pooled["cardiac_event"], risk)
     oracle_auc = roc_auc_score(pooled["cardiac_event"], pooled["true_risk"])
     assert model_auc > 0.85 * oracle_auc, (model_auc, oracle_auc)
+
+
+def test_validation_report_from_hospital_aggregates_matches_pooled_data(cli_run: dict) -> None:
+    """The report the coordinator built from counts equals a direct computation on the
+    pooled held-out rows (which never left the hospitals in the run)."""
+    import hashlib
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+
+    from experiments.spec import parse_spec
+    from serving.model_source import RegistryModel
+    from training.data import load_split
+
+    assert "validation report: aggregates from 3/3 hospitals" in cli_run["result"].stdout
+    uri = cli_run["uri"]
+    client = MlflowClient(uri, registry_uri=uri)
+    tags = client.get_model_version("it-cardiac-risk", "1").tags
+    assert tags["validation.status"] == "complete" and tags["validation.hospitals"] == "hospital-01,hospital-02,hospital-03"
+    run_id = tags["run_id"]
+    stored = {a.path for a in client.list_artifacts(run_id, "validation")}
+    assert {f"validation/{n}" for n in ("report.json", "report.html", "model_card.md", "roc.png", "calibration.png",
+                                        "decision_curve.png")} <= stored
+    raw = Path(client.download_artifacts(run_id, "validation/report.json", str(cli_run["root"]))).read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == tags["validation.report_sha256"]
+    report = json.loads(raw)
+
+    spec = parse_spec(cli_run["spec"], "spec")
+    scorer = RegistryModel(uri, "it-cardiac-risk").load("1").scorer
+    risks, labels, sizes = [], [], {}
+    for hospital in spec.data.hospitals:
+        test = load_split(hospital.path, spec.data.contract, spec.data.test_fraction, spec.seed).test
+        risks.append(scorer.score_columns(test))
+        labels.append(test[spec.data.label].to_numpy().astype(int))
+        sizes[hospital.id] = len(test)
+    risk, label = np.concatenate(risks), np.concatenate(labels)
+    overall = report["overall"]
+    assert overall["n"] == len(label) and overall["positives"] == int(label.sum())
+    assert overall["auroc"] == pytest.approx(roc_auc_score(label, risk), abs=0.002)
+    logit = np.log(risk / (1 - risk)).reshape(-1, 1)
+    slope = LogisticRegression(C=1e9, max_iter=1000).fit(logit, label).coef_[0, 0]
+    assert overall["calibration_slope"] == pytest.approx(slope, abs=0.02)
+    assert overall["brier"] == pytest.approx(float(np.mean((risk - label) ** 2)), abs=1e-6)
+    assert {h: c["n"] for h, c in report["subgroups"]["hospital"].items()} == sizes
+    assert set(report["subgroups"]["sex"]) >= {"F", "M"}
