@@ -31,7 +31,8 @@ def test_hospital_past_its_budget_refuses_and_the_round_goes_on(
     assert summary["model_version"] == "1"
     assert set(summary["epsilon"]) == {"hospital-01", "hospital-03"}
     assert ledger_path.read_bytes() == before  # the refusing hospital spent nothing
-    tags = MlflowClient(tracking_uri(tmp_path)).get_model_version("test-cardiac-risk", "1").tags
+    uri = tracking_uri(tmp_path)
+    tags = MlflowClient(uri, registry_uri=uri).get_model_version("test-cardiac-risk", "1").tags
     assert float(tags["epsilon"]) <= 2.0
     for hospital in ("hospital-01", "hospital-03"):
         spent = PrivacyLedger(tmp_path / "ledgers" / f"{hospital}.json", hospital).entry(summary["run_id"])
