@@ -25,7 +25,7 @@ from experiments.tracking import mark_run_ended
 from federation.errors import LaunchError
 from federation.progress import read_events
 
-__all__ = ["LaunchOptions", "child_env", "free_port", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "superlink_command", "supernode_command", "wait_for_port"]
+__all__ = ["launcher_identity", "LaunchOptions", "child_env", "free_port", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "superlink_command", "supernode_command", "wait_for_port"]
 
 Engine = Literal["simulation", "deployment"]
 _CONNECTION = "bioverse"
@@ -44,6 +44,8 @@ class LaunchOptions:
         ledger_dir: Where simulated hospitals keep their privacy ledgers.
         client_cpus: CPUs reserved per simulated hospital (fractions allowed).
         timeout: Seconds after which the run is stopped.
+        launched_by: Who launches the experiment (tagged on the registered version, so that
+            they cannot approve it); default: the OS user running the launcher.
     """
 
     engine: Engine
@@ -53,6 +55,17 @@ class LaunchOptions:
     ledger_dir: Path | None = None
     client_cpus: float = 1.0
     timeout: float = 3600.0
+    launched_by: str | None = None
+
+
+def launcher_identity() -> str:
+    """The OS user launching the experiment (``unknown`` where there is none)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def free_port() -> int:
@@ -180,7 +193,7 @@ def _write_app(app_dir: Path) -> None:
                 "app": {
                     "publisher": "bioverse",
                     "components": {"serverapp": "federation.server_app:app", "clientapp": "federation.client_app:app"},
-                    "config": {"spec": "", "tracking-uri": "", "progress-file": "", "ledger-dir": ""},
+                    "config": {"spec": "", "tracking-uri": "", "progress-file": "", "ledger-dir": "", "launched-by": ""},
                 }
             }
         },
@@ -234,6 +247,7 @@ def run_experiment(
         "tracking-uri": options.tracking_uri,
         "progress-file": str(progress),
         "ledger-dir": str(options.ledger_dir or ""),
+        "launched-by": options.launched_by or launcher_identity(),
     }
     (run_dir / "run-config.toml").write_text(tomli_w.dumps(overrides))
     env = child_env({

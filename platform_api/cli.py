@@ -46,6 +46,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(serve_app, name="serve")
 app.add_typer(api_app, name="api")
 app.add_typer(audit_app, name="audit")
+registry_app = typer.Typer(help="Registered model versions: review (approve, reject), promote, roll back.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -426,6 +428,162 @@ def score(
               f"in {result.data_seconds:.2f} s: {result.predictions_per_second:,.0f} predictions/s", highlight=False)
     out.print(f"  {phases}; model load {result.seconds['model']:.2f} s", highlight=False, style="dim")
     out.print(f"  -> {result.output}", highlight=False)
+
+
+# ---- `bioverse registry`: clinical review of registered versions (experiments.registry) ----
+_ModelOpt = Annotated[str | None, typer.Option("--model", help="Registered model (default: BIOVERSE_API_MODEL_NAME, cardiac-risk).")]
+_UriOpt = Annotated[str | None, typer.Option(help="MLflow URI (default: the API's, else the embedded store).")]
+
+
+def _registry(model: str | None, tracking_uri: str | None) -> tuple[Any, str]:
+    import os
+
+    from experiments.registry import ModelRegistry
+    from platform_api.settings import get_settings as api_settings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings = api_settings()
+    return ModelRegistry(tracking_uri or settings.resolved_tracking_uri()), model or settings.model_name
+
+
+def _whoami() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _audited_decision(actor: str, action: str, name: str, version: str, decide: Callable[[], Any]) -> Any:
+    """Run ``decide`` and append it, or its refusal, to the platform's audit log (actor asserted, role ``cli``)."""
+    from experiments.registry import audit_action
+    from platform_api.audit import audited
+    from platform_api.auth import Principal
+
+    with _api_session() as session, audited(session, Principal(actor[:32], "cli", None), audit_action(action, name, version)):
+        return decide()
+
+
+def _print_decision(decision: Any) -> None:
+    before = f" (was {decision.previous})" if decision.previous and decision.action in ("promote", "rollback") else ""
+    from rich.markup import escape
+
+    out.print(f"[bold green]{decision.outcome}[/] {escape(f'{decision.name} version {decision.version}{before} by {decision.actor}')} "
+              f"at {decision.at}", highlight=False)
+
+
+@registry_app.command("list")
+@_one_line_errors
+def registry_list(model: _ModelOpt = None, tracking_uri: _UriOpt = None) -> None:
+    """List a model's versions, newest first: review status, validation, aliases."""
+    from rich import box
+    from rich.table import Table
+
+    registry, name = _registry(model, tracking_uri)
+    table = Table(title=name, title_justify="left", box=None, pad_edge=False, padding=(0, 1))
+    for column in ("v", "created", "review", "report", "AUROC", "slope", "eps", "aliases", "launcher", "reviewer"):
+        folds = column in ("aliases", "launcher", "reviewer")
+        table.add_column(column, justify="right" if column in ("v", "AUROC", "slope", "eps") else "left",
+                         no_wrap=not folds, overflow="fold", min_width=10 if column == "aliases" else None)
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    for v in registry.versions(name):
+        table.add_row(v.version, v.created.strftime("%Y-%m-%d"), v.review_status, v.validation_status, fmt(v.auroc),
+                      fmt(v.calibration_slope), fmt(v.epsilon), ",".join(v.aliases) or "-", v.launched_by or "?",
+                      v.decided_by or "-")
+    out.print(table)
+
+
+@registry_app.command("show")
+@_one_line_errors
+def registry_show(version: Annotated[str, typer.Argument(help="The version number.")], model: _ModelOpt = None,
+                  tracking_uri: _UriOpt = None) -> None:
+    """Show a version: its tags, validation summary and where its HTML report is."""
+    registry, name = _registry(model, tracking_uri)
+    v = registry.show(name, version)
+    out.print(f"{name} version {v.version} ({v.review_status}; aliases: {', '.join(v.aliases) or 'none'})",
+              highlight=False, markup=False, style="bold")
+    out.print(f"  experiment {v.experiment or '?'}, run {v.run_id or '?'}, launched by {v.launched_by or '?'}, "
+              f"created {v.created.isoformat(timespec='seconds')}", highlight=False, markup=False)
+    sha = registry.report_sha256(name, version)
+    out.print(f"  validation {v.validation_status}: AUROC {v.auroc if v.auroc is not None else 'n/a'}, calibration slope "
+              f"{v.calibration_slope if v.calibration_slope is not None else 'n/a'}, epsilon "
+              f"{v.epsilon if v.epsilon is not None else 'n/a'}", highlight=False)
+    if sha is not None:
+        out.print(f"  report sha256 {sha}" + ("" if sha == v.report_sha256 else
+                                               f" [bold red](registered {v.report_sha256 or 'none'}: STALE)[/]"),
+                  highlight=False)
+        out.print(f"  HTML report: {registry.report_html_uri(name, version)}", highlight=False, markup=False)
+    else:
+        out.print("  no validation report (validation/report.json) in the version's run: it cannot be approved",
+                  highlight=False)
+    if v.decided_by:
+        out.print(f"  {v.review_status} by {v.decided_by} at {v.decided_at}: {v.rationale}", highlight=False, markup=False)
+    out.print("  tags:", highlight=False)
+    for key, value in sorted(v.tags.items()):
+        out.print(f"    {key} = {value}", highlight=False, markup=False)
+
+
+@registry_app.command("approve")
+@_one_line_errors
+def registry_approve(
+    version: Annotated[str, typer.Argument(help="The version number.")],
+    rationale: Annotated[str, typer.Option(help="Why (at least 20 characters); stored with the version.")],
+    report_sha256: Annotated[str, typer.Option("--report-sha256", help="SHA-256 of the report you read (`registry show`).")],
+    validator: Annotated[str | None, typer.Option("--validator", "--actor", help="Who decides (default: your login).")] = None,
+    model: _ModelOpt = None,
+    tracking_uri: _UriOpt = None,
+) -> None:
+    """Approve a pending version (it may then be promoted); the audit log records it."""
+    registry, name = _registry(model, tracking_uri)
+    actor = validator or _whoami()
+    decision = _audited_decision(actor, "approve", name, version, lambda: registry.approve(
+        name, version, validator=actor, rationale=rationale, report_sha256=report_sha256))
+    _print_decision(decision)
+
+
+@registry_app.command("reject")
+@_one_line_errors
+def registry_reject(
+    version: Annotated[str, typer.Argument(help="The version number.")],
+    rationale: Annotated[str, typer.Option(help="Why (at least 20 characters); stored with the version.")],
+    report_sha256: Annotated[str | None, typer.Option("--report-sha256", help="SHA-256 of the report you read, if any.")] = None,
+    validator: Annotated[str | None, typer.Option("--validator", "--actor", help="Who decides (default: your login).")] = None,
+    model: _ModelOpt = None,
+    tracking_uri: _UriOpt = None,
+) -> None:
+    """Reject a pending version (it can never be promoted); the audit log records it."""
+    registry, name = _registry(model, tracking_uri)
+    actor = validator or _whoami()
+    decision = _audited_decision(actor, "reject", name, version, lambda: registry.reject(
+        name, version, validator=actor, rationale=rationale, report_sha256=report_sha256))
+    _print_decision(decision)
+
+
+@registry_app.command("promote")
+@_one_line_errors
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="An approved version.")],
+    actor: Annotated[str | None, typer.Option("--actor", help="Who promotes (default: your login).")] = None,
+    model: _ModelOpt = None,
+    tracking_uri: _UriOpt = None,
+) -> None:
+    """Give an approved version the production alias (serving follows it)."""
+    registry, name = _registry(model, tracking_uri)
+    who = actor or _whoami()
+    _print_decision(_audited_decision(who, "promote", name, version, lambda: registry.promote(name, version, actor=who)))
+
+
+@registry_app.command("rollback")
+@_one_line_errors
+def registry_rollback(
+    to: Annotated[str | None, typer.Option("--to", help="An approved version (default: the previous production one).")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Who rolls back (default: your login).")] = None,
+    model: _ModelOpt = None,
+    tracking_uri: _UriOpt = None,
+) -> None:
+    """Move production back to the previous approved version (or to --to)."""
+    registry, name = _registry(model, tracking_uri)
+    who = actor or _whoami()
+    _print_decision(_audited_decision(who, "rollback", name, to or "previous",
+                                      lambda: registry.rollback(name, actor=who, to_version=to)))
 
 
 def main() -> None:

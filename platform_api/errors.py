@@ -9,7 +9,8 @@ Hierarchy::
     └── Conflict           409: it exists already
 
 Errors of the lower layers are answered through the same table: a model or feature store
-that is not ready, or a database that does not answer, is 503; features a model or the feature store cannot take are 422.
+that is not ready, or a database that does not answer, is 503; a review the registry's
+gate refuses is 409 (403 for approving one's own model, 404 for an unknown version); features a model or the feature store cannot take are 422.
 """
 
 from __future__ import annotations
@@ -18,6 +19,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
+from experiments.registry import (
+    LauncherUnknown,
+    NothingToRollBack,
+    NotApproved,
+    NotPending,
+    RationaleRequired,
+    RationaleTooLong,
+    ReportMissing,
+    ReportStale,
+    SelfApproval,
+    VersionNotFound,
+)
 from feature_store.errors import FeatureDataError, FeatureRepoError
 from serving.errors import ModelNotReadyError, PredictionInputError
 
@@ -54,6 +67,16 @@ _STATUS: dict[type[Exception], int] = {
     ModelNotReadyError: 503,
     FeatureRepoError: 503,
     OperationalError: 503,
+    VersionNotFound: 404,
+    SelfApproval: 403,
+    LauncherUnknown: 409,
+    RationaleRequired: 422,
+    RationaleTooLong: 422,
+    NotPending: 409,
+    ReportMissing: 409,
+    ReportStale: 409,
+    NotApproved: 409,
+    NothingToRollBack: 409,
 }
 
 

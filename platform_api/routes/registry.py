@@ -1,0 +1,182 @@
+"""The model registry review workflow over HTTP: versions, their validation reports, and
+the decisions (approve, reject, promote, rollback), each one audited.
+
+Reading is open to data scientists, clinical validators and admins; deciding and
+promoting to clinical validators; rollback to admins. The gate itself (self-approval,
+missing or stale reports, unapproved promotion) lives in :mod:`experiments.registry`, the
+same code the CLI uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from datetime import datetime
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlflow.exceptions import MlflowException
+
+from experiments.registry import HTML_PATH, Decision, ModelRegistry, VersionInfo, audit_action
+from platform_api.audit import audited
+from platform_api.auth import Principal
+from platform_api.deps import SessionDep, require_roles
+from platform_api.errors import NotFound
+from platform_api.settings import get_settings
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/registry/models/{name}", tags=["registry"])
+
+Reader = Annotated[Principal, Depends(require_roles("data_scientist", "clinical_validator", "admin", tenant=False))]
+Validator = Annotated[Principal, Depends(require_roles("clinical_validator", tenant=False))]
+Admin = Annotated[Principal, Depends(require_roles("admin", tenant=False))]
+ModelName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+VersionId = Annotated[str, Path(min_length=1, max_length=10, pattern=r"^[0-9]+$")]
+
+
+class VersionPublic(BaseModel):
+    """A registered version as reviewers see it."""
+
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    version: str
+    created: datetime
+    review_status: str
+    validation_status: str
+    auroc: float | None
+    calibration_slope: float | None
+    epsilon: float | None
+    aliases: list[str]
+    launched_by: str | None
+    run_id: str | None
+    experiment: str | None
+    decided_by: str | None
+    decided_at: str | None
+    rationale: str | None
+    report_sha256: str | None
+
+
+class ReviewCreate(BaseModel):
+    """A validator's decision: the rationale, and the hash of the report they read."""
+
+    model_config = ConfigDict(extra="forbid")
+    rationale: str = Field(min_length=1, max_length=5000)
+    report_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class RejectCreate(BaseModel):
+    """A rejection: the rationale (the report hash if there is a report)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rationale: str = Field(min_length=1, max_length=5000)
+    report_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class RollbackCreate(BaseModel):
+    """Where production goes back to (default: the previous approved production version)."""
+
+    model_config = ConfigDict(extra="forbid")
+    to_version: str | None = Field(default=None, pattern=r"^[0-9]+$", max_length=10)
+
+
+@functools.cache
+def _registry(uri: str) -> ModelRegistry:
+    return ModelRegistry(uri)
+
+
+def registry() -> ModelRegistry:
+    """The registry the API reviews (the tracking URI the API scores from)."""
+    return _registry(get_settings().resolved_tracking_uri())
+
+
+def _report_html(name: str, version: str) -> str | None:
+    reg = registry()
+    run_id = reg.show(name, version).run_id
+    if run_id is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bioverse-report-") as tmp:
+        try:
+            path = reg.client.download_artifacts(run_id, HTML_PATH, tmp)
+        except (MlflowException, OSError):
+            return None
+        return FilePath(path).read_text(encoding="utf-8")
+
+
+def _public(info: VersionInfo) -> VersionPublic:
+    return VersionPublic.model_validate({**info.__dict__, "aliases": list(info.aliases)})
+
+
+@router.get("/versions", response_model=list[VersionPublic])
+async def list_versions(name: ModelName, caller: Reader) -> list[VersionPublic]:
+    """Every version of the model, newest first, with review status, validation summary and aliases."""
+    versions = await run_in_threadpool(registry().versions, name)
+    if not versions:
+        raise NotFound(f"no registered model {name}")
+    return [_public(v) for v in versions]
+
+
+@router.get("/versions/{version}", response_model=VersionPublic)
+async def show_version(name: ModelName, version: VersionId, caller: Reader) -> VersionPublic:
+    """One version."""
+    return _public(await run_in_threadpool(registry().show, name, version))
+
+
+@router.get("/versions/{version}/report", response_model=dict[str, Any])
+async def version_report(name: ModelName, version: VersionId, caller: Reader) -> dict[str, Any]:
+    """The version's validation report (report.json: metrics overall and by subgroup)."""
+    report = await run_in_threadpool(registry().report, name, version)
+    if report is None:
+        raise NotFound(f"{name} version {version} has no validation report")
+    return report
+
+
+@router.get("/versions/{version}/report.html", response_class=HTMLResponse)
+async def version_report_html(name: ModelName, version: VersionId, caller: Reader) -> HTMLResponse:
+    """The version's validation report as the rendered page (plots embedded)."""
+    html = await run_in_threadpool(_report_html, name, version)
+    if html is None:
+        raise NotFound(f"{name} version {version} has no validation report")
+    return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
+
+
+def _decide(session: Any, caller: Principal, action: str, target: tuple[str, str], fn: Any, **kwargs: Any) -> Decision:
+    """Run one decision and audit it (refusals too, with the error as outcome)."""
+    with audited(session, caller, audit_action(action, *target)):
+        decision: Decision = fn(**kwargs)
+    return decision
+
+
+@router.post("/versions/{version}/approve", response_model=Decision)
+def approve(name: ModelName, version: VersionId, body: ReviewCreate, session: SessionDep, caller: Validator) -> Decision:
+    """Approve a pending version: refused for its launcher, without a current report, or
+    if the report changed since the validator read it (``report_sha256``)."""
+    return _decide(session, caller, "approve", (name, version), registry().approve, name=name, version=version,
+                   validator=caller.key_id, rationale=body.rationale, report_sha256=body.report_sha256)
+
+
+@router.post("/versions/{version}/reject", response_model=Decision)
+def reject(name: ModelName, version: VersionId, body: RejectCreate, session: SessionDep, caller: Validator) -> Decision:
+    """Reject a pending version, with the rationale."""
+    return _decide(session, caller, "reject", (name, version), registry().reject, name=name, version=version,
+                   validator=caller.key_id, rationale=body.rationale, report_sha256=body.report_sha256)
+
+
+@router.post("/versions/{version}/promote", response_model=Decision)
+def promote(name: ModelName, version: VersionId, session: SessionDep, caller: Validator) -> Decision:
+    """Give an approved version the ``production`` alias (serving and the API follow it)."""
+    return _decide(session, caller, "promote", (name, version), registry().promote, name=name, version=version,
+                   actor=caller.key_id)
+
+
+@router.post("/rollback", response_model=Decision)
+def rollback(name: ModelName, body: RollbackCreate, session: SessionDep, caller: Admin) -> Decision:
+    """Move ``production`` back to the previous approved version (or ``to_version``)."""
+    return _decide(session, caller, "rollback", (name, body.to_version or "previous"), registry().rollback, name=name,
+                   actor=caller.key_id, to_version=body.to_version)
+
