@@ -21,7 +21,7 @@ from platform_api.settings import get_settings
 
 __all__ = [
     "Principal", "PrincipalCache", "authenticate", "authenticate_cached", "create_key", "decode_access_token",
-    "issue_access_token", "principal_cache", "revoke", "signing_key",
+    "issue_access_token", "issue_token_for", "principal_cache", "revoke", "signing_key",
 ]
 
 
@@ -173,7 +173,13 @@ def issue_access_token(session: Session, client_id: str, client_secret: str) -> 
     """
     import jwt
 
-    principal = _check_key(session, client_id, client_secret)
+    return issue_token_for(_check_key(session, client_id, client_secret))
+
+
+def issue_token_for(principal: Principal) -> tuple[str, int]:
+    """A signed access token for an authenticated caller, and its lifetime in seconds."""
+    import jwt
+
     lifetime = get_settings().token_lifetime_seconds
     now = int(datetime.now(timezone.utc).timestamp())
     claims = {"iss": ISSUER, "sub": principal.key_id, "role": principal.role, "tenant": principal.tenant_id,

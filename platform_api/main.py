@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from platform_api.db import get_engine, migrate
 from platform_api.errors import install_error_handlers
 from platform_api.metrics import ApiMetrics, MetricsMiddleware, metrics_response
+from platform_api import review_ui
 from platform_api.routes import admin, alerts, oauth, predictions, registry, twins
 from platform_api.services import close_recorders
 from platform_api.settings import get_settings
@@ -110,4 +111,5 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(admin.router)
     app.include_router(registry.router)
+    app.include_router(review_ui.router)
     return app

@@ -30,6 +30,7 @@ class ApiSettings(BaseSettings):
         token_secret: HS256 key signing OAuth2 access tokens; empty means a random key
             kept in ``<data dir>/oauth-signing.key`` (set it when several API hosts share tokens).
         token_lifetime_seconds: Lifetime of an access token (default 15 minutes).
+        cookie_secure: Mark the review page's session cookie Secure (set it behind HTTPS).
         cache_url: Empty for in-process caches, or ``redis://host:port/db`` to share the
             twin-state and prediction caches between API processes.
     """
@@ -48,6 +49,7 @@ class ApiSettings(BaseSettings):
     alert_threshold: float = 0.3
     auth_cache_seconds: float = 10.0
     token_secret: str = ""
+    cookie_secure: bool = False
     token_lifetime_seconds: int = Field(default=900, ge=60, le=86_400)
     cache_url: str = ""
 

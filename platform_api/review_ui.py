@@ -1,0 +1,322 @@
+"""The validators' review page: pending versions, each version's report beside the
+production version's, and the approve / reject / promote forms.
+
+Server-rendered (Jinja2, autoescaped), no JavaScript. Sign-in takes an API key once and
+keeps a short-lived signed access token in an HttpOnly, SameSite=Strict cookie; every
+form carries a CSRF token bound to that cookie. The decisions go through the same gate
+(:mod:`experiments.registry`) and the same audit log as the CLI and the JSON API, so the
+page can do nothing they cannot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Cookie, Depends, Form
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from experiments.registry import ModelRegistry, ReviewError, VersionInfo, audit_action
+from platform_api.audit import audited
+from platform_api.auth import Principal, authenticate, issue_token_for, signing_key
+from platform_api.db import DatabaseUrl, session_factory
+from platform_api.errors import NotAuthenticated
+from platform_api.routes.registry import registry
+from platform_api.settings import get_settings
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/review", include_in_schema=False)
+COOKIE = "bioverse_review"
+READERS = ("clinical_validator", "admin", "data_scientist")
+
+_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1f2933;background:#f5f7fa}
+header{background:#243b53;color:#fff;padding:.7rem 1.5rem;display:flex;justify-content:space-between;align-items:center}
+header a{color:#d9e2ec;text-decoration:none;margin-left:1rem}
+main{max-width:1200px;margin:1.2rem auto;padding:0 1.5rem}
+h1{font-size:1.35rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
+table{border-collapse:collapse;background:#fff;width:100%;margin:.4rem 0}
+th,td{padding:.45rem .6rem;border-bottom:1px solid #e4e7eb;text-align:left}th{background:#eef2f7;font-weight:600}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:.1rem .5rem;border-radius:.7rem;font-size:.8rem;font-weight:600}
+.pending{background:#fff3c4;color:#8d6e00}.approved{background:#d6f5e3;color:#0b6b3a}.rejected{background:#fde2e1;color:#a61b1b}
+.alias{background:#dceefb;color:#0b4f8a}
+.flash{padding:.7rem 1rem;border-radius:.4rem;margin:.6rem 0}.ok{background:#d6f5e3}.err{background:#fde2e1}
+form.decide{background:#fff;padding:1rem;border:1px solid #d9e2ec;border-radius:.5rem}
+textarea{width:100%;min-height:6rem;font:inherit;padding:.5rem;box-sizing:border-box}
+button{font:inherit;padding:.45rem 1rem;border-radius:.35rem;border:1px solid #829ab1;background:#fff;cursor:pointer;margin-right:.5rem}
+button.primary{background:#0b6b3a;color:#fff;border-color:#0b6b3a}button.danger{background:#a61b1b;color:#fff;border-color:#a61b1b}
+iframe{width:100%;height:1400px;border:1px solid #d9e2ec;background:#fff}
+.muted{color:#627d98;font-size:.85rem}code{font-size:.85rem}
+"""
+
+_BASE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }} · BioVerse review</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><style>{{ css }}</style></head><body>
+<header><strong>BioVerse · model review</strong><span>{% if who %}{{ who.role }} {{ who.key_id }}
+<a href="/review">versions</a><form method="post" action="/review/logout" style="display:inline">
+<input type="hidden" name="csrf" value="{{ csrf }}"><button>Sign out</button></form>{% endif %}</span></header>
+<main>{% if flash %}<div class="flash {{ flash_kind }}" role="status">{{ flash }}</div>{% endif %}{{ body }}</main></body></html>"""
+
+_LOGIN = """<h1>Sign in</h1><form method="post" action="/review/login" class="decide" style="max-width:32rem">
+<p><label for="key">API key (<code>bv_…</code>) of a clinical validator, admin or data scientist</label></p>
+<input id="key" name="api_key" type="password" autocomplete="off" style="width:100%;padding:.5rem" required>
+<p><button class="primary" type="submit">Sign in</button></p></form>"""
+
+_LIST = """<h1>{{ name }}: versions</h1>
+{% if not versions %}<p>No registered versions yet.</p>{% else %}
+<table><tr><th>version</th><th>review</th><th>aliases</th><th>AUROC</th><th>calibration slope</th><th>epsilon</th>
+<th>validation</th><th>launched by</th><th>registered</th></tr>
+{% for v in versions %}<tr><td><a href="/review/{{ v.name|urlencode }}/{{ v.version }}">version {{ v.version }}</a></td>
+<td><span class="badge {{ v.review_status }}">{{ v.review_status }}</span></td>
+<td>{% for a in v.aliases %}<span class="badge alias">{{ a }}</span> {% endfor %}</td>
+<td class="n">{{ fmt(v.auroc) }}</td><td class="n">{{ fmt(v.calibration_slope) }}</td><td class="n">{{ fmt(v.epsilon) }}</td>
+<td>{{ v.validation_status }}</td><td>{{ v.launched_by or "n/a" }}</td><td>{{ v.created.strftime("%Y-%m-%d %H:%M") }}</td></tr>{% endfor %}
+</table>{% endif %}"""
+
+_VERSION = """<h1>{{ v.name }} version {{ v.version }} <span class="badge {{ v.review_status }}">{{ v.review_status }}</span>
+{% for a in v.aliases %}<span class="badge alias">{{ a }}</span> {% endfor %}</h1>
+<p class="muted">experiment {{ v.experiment or "n/a" }} · run {{ v.run_id or "n/a" }} · launched by {{ v.launched_by or "n/a" }}
+{% if v.decided_by %} · decided by {{ v.decided_by }} at {{ v.decided_at }}: “{{ v.rationale }}”{% endif %}</p>
+<h2>Compared with production</h2>
+<table><tr><th>metric</th><th>version {{ v.version }}</th><th>{% if prod %}production: version {{ prod.version }}{% else %}production{% endif %}</th></tr>
+{% for label, key in rows %}<tr><td>{{ label }}</td><td class="n">{{ cell(report, key) }}</td>
+<td class="n">{% if prod_report %}{{ cell(prod_report, key) }}{% else %}none{% endif %}</td></tr>{% endfor %}</table>
+{% if can_decide %}<h2>Decision</h2>
+<form method="post" action="/review/{{ v.name|urlencode }}/{{ v.version }}/decision" class="decide">
+<input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="report_sha256" value="{{ sha or '' }}">
+<p><label for="rationale">Rationale (at least 20 characters; stored with the version and in the audit log)</label></p>
+<textarea id="rationale" name="rationale" required minlength="20" maxlength="5000"></textarea>
+<p class="muted">You are deciding on the report with SHA-256 <code>{{ sha or "none" }}</code>.</p>
+<button class="primary" name="action" value="approve" type="submit">Approve</button>
+<button class="danger" name="action" value="reject" type="submit">Reject</button></form>{% endif %}
+{% if can_promote %}<form method="post" action="/review/{{ v.name|urlencode }}/{{ v.version }}/promote" class="decide" style="margin-top:1rem">
+<input type="hidden" name="csrf" value="{{ csrf }}"><p>Approved. Give it the <code>production</code> alias: serving and the API switch to it.</p>
+<button class="primary" type="submit">Promote to production</button></form>{% endif %}
+<h2>Validation report</h2>{% if sha %}<iframe title="validation report" src="/review/{{ v.name|urlencode }}/{{ v.version }}/report.html"></iframe>
+{% else %}<p>This version has no validation report: it cannot be approved.</p>{% endif %}"""
+
+_ROWS = (("patients (held-out)", "n"), ("events", "positives"), ("AUROC", "auroc"), ("AUROC 95% CI", "auroc_ci95"),
+         ("AUPRC", "auprc"), ("calibration slope", "calibration_slope"), ("calibration intercept", "calibration_intercept"),
+         ("Brier score", "brier"), ("ECE", "ece"))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (list, tuple)):
+        return "–".join(_fmt(v) for v in value)
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _cell(report: dict[str, Any] | None, key: str) -> str:
+    return _fmt(((report or {}).get("overall") or {}).get(key)) if report else "n/a"
+
+
+_env: Any = None
+
+
+def _render(title: str, body: str, *, who: Principal | None = None, csrf: str = "", flash: str | None = None,
+            flash_kind: str = "ok", status: int = 200, **context: Any) -> HTMLResponse:
+    global _env
+    if _env is None:
+        import jinja2
+
+        _env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+        _env.globals.update(fmt=_fmt, cell=_cell)
+    inner = _env.from_string(body).render(who=who, csrf=csrf, **context)
+    page = _env.from_string(_BASE).render(title=title, css=_CSS, who=who, csrf=csrf, flash=flash, flash_kind=flash_kind,
+                                          body=_Markup(inner))
+    return HTMLResponse(page, status_code=status, headers={
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'; "
+                                   "form-action 'self'; frame-ancestors 'self'",
+        "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+
+def _Markup(text: str) -> Any:  # noqa: N802 - jinja's name
+    from markupsafe import Markup
+
+    return Markup(text)
+
+
+def _csrf(token: str) -> str:
+    """The form token bound to the session cookie (HMAC with the server's signing key)."""
+    return hmac.new(signing_key().encode(), f"csrf:{token}".encode(), hashlib.sha256).hexdigest()
+
+
+def _who_sync(url: str, token: str) -> Principal:
+    with session_factory(url)() as session:
+        return authenticate(session, token)
+
+
+async def _session(url: DatabaseUrl, bioverse_review: Annotated[str | None, Cookie()] = None) -> tuple[Principal, str] | None:
+    """The signed-in reader and the CSRF token, or None (signed out, expired, revoked)."""
+    if not bioverse_review:
+        return None
+    try:
+        who = await run_in_threadpool(_who_sync, url, bioverse_review)
+    except NotAuthenticated:
+        return None
+    if who.role not in READERS:
+        return None
+    return who, _csrf(bioverse_review)
+
+
+SessionCookie = Annotated[tuple[Principal, str] | None, Depends(_session)]
+
+
+def _to_login(message: str | None = None) -> RedirectResponse:
+    target = "/review/login" + (f"?m={quote(message)}" if message else "")
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(m: str | None = None) -> HTMLResponse:
+    """The sign-in form."""
+    return _render("Sign in", _LOGIN, flash=m, flash_kind="err")
+
+
+@router.post("/login")
+def login(url: DatabaseUrl, api_key: Annotated[str, Form(max_length=300)]) -> Response:
+    """Check the key once; keep a short-lived access token in an HttpOnly cookie."""
+    try:
+        with session_factory(url)() as session:
+            who = authenticate(session, api_key.strip())
+    except NotAuthenticated as err:
+        return _render("Sign in", _LOGIN, flash=str(err), flash_kind="err", status=401)
+    if who.role not in READERS:
+        return _render("Sign in", _LOGIN, flash=f"role {who.role} has no access to model review", flash_kind="err", status=403)
+    token, lifetime = issue_token_for(who)
+    response = RedirectResponse("/review", status_code=303)
+    response.set_cookie(COOKIE, token, max_age=lifetime, httponly=True, samesite="strict", path="/review",
+                        secure=get_settings().cookie_secure)
+    return response
+
+
+@router.post("/logout")
+def logout(session: SessionCookie, csrf: Annotated[str, Form()] = "") -> Response:
+    """Forget the cookie."""
+    response = _to_login("signed out")
+    response.delete_cookie(COOKIE, path="/review")
+    return response
+
+
+def _versions(name: str) -> list[VersionInfo]:
+    try:
+        return registry().versions(name)
+    except ReviewError:  # no such model yet
+        return []
+
+
+@router.get("", response_class=HTMLResponse)
+async def versions_page(session: SessionCookie, m: str | None = None, e: str | None = None) -> Response:
+    """Every version of the served model, pending first to the eye (badges), newest first."""
+    if session is None:
+        return _to_login()
+    who, csrf = session
+    name = get_settings().model_name
+    versions = await run_in_threadpool(_versions, name)
+    return _render(f"{name} versions", _LIST, who=who, csrf=csrf, name=name, versions=versions,
+                   flash=m or e, flash_kind="err" if e else "ok")
+
+
+def _version_context(name: str, version: str) -> dict[str, Any]:
+    reg = registry()
+    info = reg.show(name, version)
+    report = reg.report(name, version)
+    sha = reg.report_sha256(name, version) if report is not None else None
+    prod = next((v for v in reg.versions(name) if "production" in v.aliases), None)
+    prod_report = reg.report(name, prod.version) if prod is not None and prod.version != version else (report if prod else None)
+    return {"v": info, "report": report, "sha": sha, "prod": prod, "prod_report": prod_report}
+
+
+@router.get("/{name}/{version}", response_class=HTMLResponse)
+async def version_page(name: str, version: str, session: SessionCookie, m: str | None = None, e: str | None = None) -> Response:
+    """One version: comparison with production, the decision forms, the full report."""
+    if session is None:
+        return _to_login()
+    who, csrf = session
+    try:
+        context = await run_in_threadpool(_version_context, name, version)
+    except ReviewError as err:
+        return _render("Not found", "<h1>{{ message }}</h1>", who=who, csrf=csrf, message=str(err), status=404)
+    info: VersionInfo = context["v"]
+    validator = who.role == "clinical_validator"
+    return _render(f"{name} v{version}", _VERSION, who=who, csrf=csrf, rows=_ROWS,
+                   can_decide=validator and info.review_status == "pending",
+                   can_promote=validator and info.review_status == "approved" and "production" not in info.aliases,
+                   flash=m or e, flash_kind="err" if e else "ok", **context)
+
+
+@router.get("/{name}/{version}/report.html", response_class=HTMLResponse)
+async def version_report(name: str, version: str, session: SessionCookie) -> Response:
+    """The version's stored HTML report (for the page's frame)."""
+    if session is None:
+        return _to_login()
+    from platform_api.routes.registry import _report_html
+
+    html = await run_in_threadpool(_report_html, name, version)
+    if html is None:
+        return HTMLResponse("<p>No validation report.</p>", status_code=404)
+    return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+                                       "Cache-Control": "no-store"})
+
+
+def _back(name: str, version: str, *, ok: str | None = None, error: str | None = None) -> RedirectResponse:
+    query = f"?m={quote(ok)}" if ok else f"?e={quote(error or '')}"
+    return RedirectResponse(f"/review/{quote(name)}/{quote(version)}{query}", status_code=303)
+
+
+def _act(url: str, who: Principal, action: str, target: tuple[str, str], fn: Any, **kwargs: Any) -> str:
+    """Run one gate action, audited like the API's; returns the outcome."""
+    with session_factory(url)() as session, audited(session, who, audit_action(action, *target)):
+        return str(fn(**kwargs).outcome)
+
+
+def _check_form(session: tuple[Principal, str] | None, csrf: str) -> Principal | None:
+    if session is None or not hmac.compare_digest(session[1], csrf):
+        return None
+    return session[0]
+
+
+@router.post("/{name}/{version}/decision")
+async def decide(name: str, version: str, url: DatabaseUrl, session: SessionCookie,
+                 action: Annotated[str, Form(pattern="^(approve|reject)$")],
+                 rationale: Annotated[str, Form(max_length=5000)],
+                 report_sha256: Annotated[str, Form(max_length=64)] = "",
+                 csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
+    """Approve or reject, through the registry's gate."""
+    who = _check_form(session, csrf)
+    if who is None:
+        return _to_login("please sign in again")
+    if who.role != "clinical_validator":
+        return HTMLResponse("only clinical validators decide on versions", status_code=403)
+    reg = registry()
+    fn = reg.approve if action == "approve" else reg.reject
+    try:
+        outcome = await run_in_threadpool(_act, url, who, action, (name, version), fn, name=name, version=version,
+                                          validator=who.key_id, rationale=rationale, report_sha256=report_sha256 or None)
+    except ReviewError as err:
+        return _back(name, version, error=str(err))
+    return _back(name, version, ok=f"version {version} {outcome}")
+
+
+@router.post("/{name}/{version}/promote")
+async def promote(name: str, version: str, url: DatabaseUrl, session: SessionCookie,
+                  csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
+    """Give an approved version the production alias."""
+    who = _check_form(session, csrf)
+    if who is None:
+        return _to_login("please sign in again")
+    if who.role != "clinical_validator":
+        return HTMLResponse("only clinical validators promote versions", status_code=403)
+    try:
+        await run_in_threadpool(_act, url, who, "promote", (name, version), registry().promote, name=name, version=version,
+                                actor=who.key_id)
+    except ReviewError as err:
+        return _back(name, version, error=str(err))
+    return _back(name, version, ok=f"version {version} is now production")
+
