@@ -21,7 +21,7 @@ from training.preprocessing import FeatureEncoder
 from training.privacy import epsilon_after
 from training.validation import age_band, local_aggregates
 
-__all__ = ["RoundOutcome", "evaluate_global", "model_hparams", "site_statistics", "train_round", "validation_aggregates"]
+__all__ = ["RoundOutcome", "evaluate_global", "model_hparams", "site_statistics", "report_subgroups", "train_round", "validation_aggregates"]
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,21 @@ def validation_aggregates(*, site: Site, spec: ExperimentSpec, encoder: FeatureE
     model = _model(spec, encoder, state)
     risk = model.predict_proba(torch.from_numpy(encoder.encode(test))).numpy().astype(float)
     label = test[spec.data.label].to_numpy().astype(int)
+    return local_aggregates(risk, label, report_subgroups(test, spec), spec.validation.thresholds,
+                            min_cell=spec.validation.min_cell)
+
+
+def report_subgroups(frame: pd.DataFrame, spec: ExperimentSpec) -> dict[str, list[str | None]]:
+    """Each patient's subgroup per the spec's ``validation.subgroups``: a categorical
+    column's value, or the age band of a numeric one (None where missing)."""
     subgroups: dict[str, list[str | None]] = {}
     for column in spec.validation.subgroup_columns(spec.data):
-        values = test[column]
+        values = frame[column]
         if column in spec.data.numeric:
             subgroups[f"{column}_band" if column != "age" else "age_band"] = [age_band(v) for v in values]
         else:
             subgroups[column] = [None if pd.isna(v) else str(v) for v in values]
-    return local_aggregates(risk, label, subgroups, spec.validation.thresholds, min_cell=spec.validation.min_cell)
+    return subgroups
 
 
 def encoder_from_config(config: dict[str, Any]) -> FeatureEncoder:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -555,6 +557,48 @@ def registry_reject(
     decision = _audited_decision(actor, "reject", name, version, lambda: registry.reject(
         name, version, validator=actor, rationale=rationale, report_sha256=report_sha256))
     _print_decision(decision)
+
+
+@registry_app.command("validate")
+@_one_line_errors
+def registry_validate(
+    version: Annotated[str, typer.Argument(help="The version number.")],
+    data: Annotated[Path, typer.Option(help="Your own validation file (CSV or Parquet, the experiment's data contract).")],
+    output: Annotated[Path | None, typer.Option(help="Folder for the report (default: <data dir>/validation/<model>-v<version>).")] = None,
+    model: _ModelOpt = None,
+    tracking_uri: _UriOpt = None,
+) -> None:
+    """Run the validation report on a local validation file of your own; nothing leaves this machine."""
+    from experiments.report import write_report_artifacts
+    from experiments.spec import parse_spec
+    from federation.hospital import report_subgroups
+    from serving.model_source import RegistryModel
+    from training.contract import load_hospital_table
+    from training.validation import local_report
+
+    registry, name = _registry(model, tracking_uri)
+    info = registry.show(name, version)
+    if info.run_id is None:
+        raise ValueError(f"{name} version {version} has no training run, so no data contract to check {data} against")
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = registry.client.download_artifacts(info.run_id, "spec.json", tmp)
+        spec = parse_spec(json.loads(Path(spec_path).read_text()), f"{name} v{version}")
+    frame = load_hospital_table(data, spec.data.contract)
+    scorer = RegistryModel(registry.tracking_uri, name).load(version).scorer
+    report = local_report(scorer.score_columns(frame), frame[spec.data.label].to_numpy().astype(int),
+                          report_subgroups(frame, spec), spec.validation.thresholds, min_cell=spec.validation.min_cell)
+    folder = output or get_settings().data_dir / "validation" / f"{name}-v{version}"
+    written = write_report_artifacts(report, {"model_name": name, "version": version, "experiment": info.experiment,
+                                              "run_id": info.run_id, "hospitals": [f"local: {data.name}"]}, folder)
+    overall = report["overall"]
+
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    out.print(f"{name} version {version} on {data} ({overall['n']} patients, {overall['positives']} events): "
+              f"AUROC {fmt(overall['auroc'])}, calibration slope {fmt(overall['calibration_slope'])}, "
+              f"Brier {fmt(overall['brier'])}, ECE {fmt(overall['ece'])}", highlight=False)
+    out.print(f"Report: {written['report.html']}", highlight=False)
 
 
 @registry_app.command("promote")

@@ -132,3 +132,24 @@ def test_validation_report_from_hospital_aggregates_matches_pooled_data(cli_run:
     assert overall["brier"] == pytest.approx(float(np.mean((risk - label) ** 2)), abs=1e-6)
     assert {h: c["n"] for h, c in report["subgroups"]["hospital"].items()} == sizes
     assert set(report["subgroups"]["sex"]) >= {"F", "M"}
+
+
+def test_a_validator_runs_the_report_on_their_own_file(cli_run: dict, tmp_path: Path) -> None:
+    """`bioverse registry validate`: the same report on a local validation file, locally."""
+    import json
+
+    data = sorted(cli_run["hospitals"].glob("hospital-*.csv"))[0]
+    bioverse = Path(sys.executable).parent / "bioverse"
+    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home")}
+    done = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(data), "--output", str(tmp_path / "mine"),
+                           "--model", "it-cardiac-risk", "--tracking-uri", cli_run["uri"]],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = len(pd.read_csv(data))
+    assert f"({rows} patients" in done.stdout and "AUROC 0." in done.stdout
+    report = json.loads((tmp_path / "mine" / "report.json").read_text())
+    assert report["overall"]["n"] == rows and (tmp_path / "mine" / "report.html").stat().st_size > 10_000
+    bad = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(tmp_path / "missing.csv"),
+                          "--model", "it-cardiac-risk", "--tracking-uri", cli_run["uri"]],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
