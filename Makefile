@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/api_predictions.py
 	$(BIN)/python benchmarks/bulk_scoring.py
 	$(BIN)/python benchmarks/feature_lookup.py
+	$(BIN)/python benchmarks/validation_report.py
 
 lint: install
 	$(BIN)/lint-imports
