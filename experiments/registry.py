@@ -261,6 +261,11 @@ class ModelRegistry:
         data = self._report_bytes(self._version(name, version))
         return None if data is None else hashlib.sha256(data).hexdigest()
 
+    def report_html(self, name: str, version: str) -> str | None:
+        """The version's rendered report page (``validation/report.html``), or None."""
+        data = self._report_bytes(self._version(name, version), HTML_PATH)
+        return None if data is None else data.decode("utf-8")
+
     def report_html_uri(self, name: str, version: str) -> str | None:
         """Where the version's HTML report is (its run's artifact URI), or None without a run."""
         run_id = self._run_id(self._version(name, version))
@@ -460,15 +465,16 @@ class ModelRegistry:
     def _run_id(mv: ModelVersion) -> str | None:
         return mv.run_id or dict(mv.tags).get("run_id") or None
 
-    def _report_bytes(self, mv: ModelVersion) -> bytes | None:
+    def _report_bytes(self, mv: ModelVersion, path: str = REPORT_PATH) -> bytes | None:
+        """One file of the version's ``validation/`` artifacts, or None without it."""
         run_id = self._run_id(mv)
         if run_id is None:
             return None
         listed = self._call("list artifacts", self.client.list_artifacts, run_id, VALIDATION_DIR)
-        if not any(f.path == REPORT_PATH and not f.is_dir for f in listed):
+        if not any(f.path == path and not f.is_dir for f in listed):
             return None
         with tempfile.TemporaryDirectory(prefix="bioverse-review-") as tmp:
-            local = self._call("download report", self.client.download_artifacts, run_id, REPORT_PATH, tmp)
+            local = self._call("download report", self.client.download_artifacts, run_id, path, tmp)
             return Path(local).read_bytes()
 
     def _info(self, mv: ModelVersion, aliases: dict[str, str]) -> VersionInfo:

@@ -10,14 +10,17 @@ page can do nothing they cannot.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Cookie, Depends, Form
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 
 from experiments.registry import ModelRegistry, ReviewError, VersionInfo, audit_action
 from platform_api.audit import audited
@@ -116,30 +119,25 @@ def _cell(report: dict[str, Any] | None, key: str) -> str:
     return _fmt(((report or {}).get("overall") or {}).get(key)) if report else "n/a"
 
 
-_env: Any = None
+@functools.cache
+def _jinja() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.globals.update(fmt=_fmt, cell=_cell)
+    return env
 
 
 def _render(title: str, body: str, *, who: Principal | None = None, csrf: str = "", flash: str | None = None,
             flash_kind: str = "ok", status: int = 200, **context: Any) -> HTMLResponse:
-    global _env
-    if _env is None:
-        import jinja2
-
-        _env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-        _env.globals.update(fmt=_fmt, cell=_cell)
-    inner = _env.from_string(body).render(who=who, csrf=csrf, **context)
-    page = _env.from_string(_BASE).render(title=title, css=_CSS, who=who, csrf=csrf, flash=flash, flash_kind=flash_kind,
-                                          body=_Markup(inner))
+    env = _jinja()
+    inner = env.from_string(body).render(who=who, csrf=csrf, **context)
+    page = env.from_string(_BASE).render(title=title, css=_CSS, who=who, csrf=csrf, flash=flash, flash_kind=flash_kind,
+                                         body=Markup(inner))
     return HTMLResponse(page, status_code=status, headers={
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'; "
                                    "form-action 'self'; frame-ancestors 'self'",
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
-
-
-def _Markup(text: str) -> Any:  # noqa: N802 - jinja's name
-    from markupsafe import Markup
-
-    return Markup(text)
 
 
 def _csrf(token: str) -> str:
@@ -256,9 +254,7 @@ async def version_report(name: str, version: str, session: SessionCookie) -> Res
     """The version's stored HTML report (for the page's frame)."""
     if session is None:
         return _to_login()
-    from platform_api.routes.registry import _report_html
-
-    html = await run_in_threadpool(_report_html, name, version)
+    html = await run_in_threadpool(registry().report_html, name, version)
     if html is None:
         return HTMLResponse("<p>No validation report.</p>", status_code=404)
     return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
@@ -270,16 +266,25 @@ def _back(name: str, version: str, *, ok: str | None = None, error: str | None =
     return RedirectResponse(f"/review/{quote(name)}/{quote(version)}{query}", status_code=303)
 
 
-def _act(url: str, who: Principal, action: str, target: tuple[str, str], fn: Any, **kwargs: Any) -> str:
-    """Run one gate action, audited like the API's; returns the outcome."""
-    with session_factory(url)() as session, audited(session, who, audit_action(action, *target)):
-        return str(fn(**kwargs).outcome)
-
-
-def _check_form(session: tuple[Principal, str] | None, csrf: str) -> Principal | None:
+async def _validator_action(session: tuple[Principal, str] | None, csrf: str, url: str, action: str,
+                            target: tuple[str, str], decide: Callable[[Principal], Any], done: str) -> Response:
+    """A form's gate action: the session and its CSRF token checked, validators only,
+    audited like the API's; back to the version page with the outcome or the refusal."""
     if session is None or not hmac.compare_digest(session[1], csrf):
-        return None
-    return session[0]
+        return _to_login("please sign in again")
+    who = session[0]
+    if who.role != "clinical_validator":
+        return HTMLResponse(f"only clinical validators {action} versions", status_code=403)
+
+    def run() -> str:
+        with session_factory(url)() as db, audited(db, who, audit_action(action, *target)):
+            return str(decide(who).outcome)
+
+    try:
+        outcome = await run_in_threadpool(run)
+    except ReviewError as err:
+        return _back(*target, error=str(err))
+    return _back(*target, ok=done.format(outcome=outcome))
 
 
 @router.post("/{name}/{version}/decision")
@@ -289,34 +294,16 @@ async def decide(name: str, version: str, url: DatabaseUrl, session: SessionCook
                  report_sha256: Annotated[str, Form(max_length=64)] = "",
                  csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
     """Approve or reject, through the registry's gate."""
-    who = _check_form(session, csrf)
-    if who is None:
-        return _to_login("please sign in again")
-    if who.role != "clinical_validator":
-        return HTMLResponse("only clinical validators decide on versions", status_code=403)
-    reg = registry()
-    fn = reg.approve if action == "approve" else reg.reject
-    try:
-        outcome = await run_in_threadpool(_act, url, who, action, (name, version), fn, name=name, version=version,
-                                          validator=who.key_id, rationale=rationale, report_sha256=report_sha256 or None)
-    except ReviewError as err:
-        return _back(name, version, error=str(err))
-    return _back(name, version, ok=f"version {version} {outcome}")
+    gate = registry().approve if action == "approve" else registry().reject
+    return await _validator_action(session, csrf, url, action, (name, version), lambda who: gate(
+        name, version, validator=who.key_id, rationale=rationale, report_sha256=report_sha256 or None),
+        f"version {version} {{outcome}}")
 
 
 @router.post("/{name}/{version}/promote")
 async def promote(name: str, version: str, url: DatabaseUrl, session: SessionCookie,
                   csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
     """Give an approved version the production alias."""
-    who = _check_form(session, csrf)
-    if who is None:
-        return _to_login("please sign in again")
-    if who.role != "clinical_validator":
-        return HTMLResponse("only clinical validators promote versions", status_code=403)
-    try:
-        await run_in_threadpool(_act, url, who, "promote", (name, version), registry().promote, name=name, version=version,
-                                actor=who.key_id)
-    except ReviewError as err:
-        return _back(name, version, error=str(err))
-    return _back(name, version, ok=f"version {version} is now production")
-
+    return await _validator_action(session, csrf, url, "promote", (name, version),
+                                   lambda who: registry().promote(name, version, actor=who.key_id),
+                                   f"version {version} is now production")

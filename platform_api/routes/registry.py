@@ -10,9 +10,7 @@ same code the CLI uses.
 from __future__ import annotations
 
 import functools
-import tempfile
 from datetime import datetime
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
@@ -20,9 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlflow.exceptions import MlflowException
-
-from experiments.registry import HTML_PATH, Decision, ModelRegistry, VersionInfo, audit_action
+from experiments.registry import Decision, ModelRegistry, VersionInfo, audit_action
 from platform_api.audit import audited
 from platform_api.auth import Principal
 from platform_api.deps import SessionDep, require_roles
@@ -95,19 +91,6 @@ def registry() -> ModelRegistry:
     return _registry(get_settings().resolved_tracking_uri())
 
 
-def _report_html(name: str, version: str) -> str | None:
-    reg = registry()
-    run_id = reg.show(name, version).run_id
-    if run_id is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="bioverse-report-") as tmp:
-        try:
-            path = reg.client.download_artifacts(run_id, HTML_PATH, tmp)
-        except (MlflowException, OSError):
-            return None
-        return FilePath(path).read_text(encoding="utf-8")
-
-
 def _public(info: VersionInfo) -> VersionPublic:
     return VersionPublic.model_validate({**info.__dict__, "aliases": list(info.aliases)})
 
@@ -139,7 +122,7 @@ async def version_report(name: ModelName, version: VersionId, caller: Reader) ->
 @router.get("/versions/{version}/report.html", response_class=HTMLResponse)
 async def version_report_html(name: ModelName, version: VersionId, caller: Reader) -> HTMLResponse:
     """The version's validation report as the rendered page (plots embedded)."""
-    html = await run_in_threadpool(_report_html, name, version)
+    html = await run_in_threadpool(registry().report_html, name, version)
     if html is None:
         raise NotFound(f"{name} version {version} has no validation report")
     return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
