@@ -1,0 +1,506 @@
+"""Hospital images: the image contract, checked loading, decoding and federated normalisation."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+from sklearn.model_selection import train_test_split
+
+from training.errors import DataContractError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "MAX_PIXELS",
+    "ImageContract",
+    "ImageDataError",
+    "ImageDecodeError",
+    "ImagePreprocessor",
+    "ImageSplit",
+    "class_counts",
+    "decode_image",
+    "image_fingerprint",
+    "load_image_split",
+    "pixel_statistics",
+]
+
+#: Largest image (width x height) :func:`decode_image` will decode; larger ones are refused
+#: from their header, before any pixel is inflated (a decompression bomb).
+MAX_PIXELS = 40_000_000
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
+_MAX_NAMED = 5
+_CHUNK = 64
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ImageDataError(DataContractError):
+    """A hospital's image collection breaks the image contract (names the files at fault)."""
+
+
+class ImageDecodeError(DataContractError):
+    """Bytes that are not a readable PNG or JPEG image (``path`` is the image's name)."""
+
+
+@dataclass(frozen=True)
+class ImageContract:
+    """What an imaging experiment expects of every hospital's images.
+
+    Attributes:
+        classes: Class names; a label is a name or an index into this tuple.
+        size: Images are resized to ``size`` x ``size`` pixels.
+        channels: 1 (grayscale) or 3 (RGB).
+        image_column: Column of ``labels.csv`` holding the image file, relative to the CSV.
+        patient_id: Column holding the patient identifier (several images per patient).
+        label: Column holding the class.
+    """
+
+    classes: tuple[str, ...]
+    size: int
+    channels: int
+    image_column: str = "image"
+    patient_id: str = "patient_id"
+    label: str = "label"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be at least two distinct names, got {list(self.classes)}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if not 1 <= self.size <= 4096:
+            raise ValueError(f"size must be between 1 and 4096 pixels, got {self.size}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """A hospital's images as uint8 (N, C, H, W) arrays with int64 class indices, split in two.
+
+    ``train_patients`` / ``test_patients`` hold the patient id of each image (aligned with
+    the images); None for a ``.npz`` file, which has no patient ids.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    train_patients: tuple[str, ...] | None
+    test_patients: tuple[str, ...] | None
+
+
+def _name_some(items: Sequence[str], limit: int = _MAX_NAMED) -> str:
+    """``"a, b, c"`` or ``"a, b, c, d, e and 7 more"``."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
+def _fit(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Convert to L/RGB, resize (antialiased) and return uint8 (C, size, size)."""
+    mode = "L" if channels == 1 or image.mode == "L" else "RGB"  # gray to RGB: resize once, then repeat
+    if image.mode != mode:
+        image = image.convert(mode)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    pixels = np.asarray(image, dtype=np.uint8)
+    if pixels.ndim == 2:
+        return np.repeat(pixels[None], channels, axis=0)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """High-bit-depth grayscale (16-bit PNG) scaled to 8 bits over its full range."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return image
+
+
+def decode_image(data: bytes, *, size: int, channels: int, name: str = "upload") -> np.ndarray:
+    """Decode one PNG or JPEG into a uint8 ``(channels, size, size)`` array.
+
+    The format is read from the bytes, never the name. Images over :data:`MAX_PIXELS` are
+    refused from their header; 16-bit PNGs are scaled to 8 bits (65535 -> 255); the EXIF
+    orientation is applied; the image is then converted to grayscale or RGB and resized
+    (antialiased, aspect ratio not kept) to ``size`` x ``size``.
+
+    Args:
+        data: The file's bytes.
+        size: Output height and width.
+        channels: 1 (grayscale) or 3 (RGB).
+        name: How the image is named in errors (a file name, an upload's name).
+
+    Raises:
+        ImageDecodeError: One line naming the image and the problem.
+    """
+    if not data:
+        raise ImageDecodeError(name, "empty file")
+    if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
+        raise ImageDecodeError(name, "not a PNG or JPEG image")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageDecodeError(name, f"image too large ({width}x{height} pixels, at most {MAX_PIXELS:,})")
+        if image.format == "JPEG":
+            image.draft("L" if channels == 1 else "RGB", (size, size))
+        image.load()
+        return _fit(_to_8bit(ImageOps.exif_transpose(image)), size, channels)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(name, "image too large (decompression bomb)") from err
+    except Exception as err:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError, zlib) is a bad image
+        problem = " ".join(str(err).split()) or type(err).__name__
+        raise ImageDecodeError(name, f"corrupt or truncated image ({problem})") from err
+
+
+def _in_threads(work: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]:
+    """``work`` over chunks of ``items`` in a thread pool (Pillow decodes without the GIL), in order."""
+    chunks = [list(items[i : i + _CHUNK]) for i in range(0, len(items), _CHUNK)]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return [item for part in pool.map(work, chunks) for item in part]
+
+
+def _decode_chunk(chunk: list[tuple[str, str]], size: int, channels: int) -> list[np.ndarray | str]:
+    out: list[np.ndarray | str] = []
+    for name, path in chunk:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            out.append(decode_image(data, size=size, channels=channels, name=name))
+        except ImageDecodeError as err:
+            out.append(f"{name} ({err.problem})")
+        except OSError as err:
+            out.append(f"{name} (unreadable: {err.strerror or type(err).__name__})")
+    return out
+
+
+def _decode_files(csv_path: Path, files: list[tuple[str, str]], contract: ImageContract) -> np.ndarray:
+    """Decode many image files in a thread pool; one error names every bad file (up to 5)."""
+    results = _in_threads(functools.partial(_decode_chunk, size=contract.size, channels=contract.channels), files)
+    bad = [r for r in results if isinstance(r, str)]
+    if bad:
+        raise ImageDataError(csv_path, f"{len(bad)} image(s) cannot be read: {_name_some(bad)}",
+                             column=contract.image_column)
+    return np.stack(results) if results else np.zeros((0, contract.channels, contract.size, contract.size), np.uint8)
+
+
+def _label_index(raw: str, classes: tuple[str, ...]) -> int | None:
+    if raw in classes:
+        return classes.index(raw)
+    if raw.lstrip("-").isdigit() and 0 <= int(raw) < len(classes):
+        return int(raw)
+    return None
+
+
+def _leaves(root: str, image: str, key: str, real_dirs: dict[str, str]) -> bool:
+    """Whether ``image`` (normalised: ``key``) points outside ``root``: absolute, ``..`` or a symlink out."""
+    if os.path.isabs(image) or key == os.pardir or key.startswith(os.pardir + os.sep):
+        return True
+    full = os.path.join(root, key)
+    folder = os.path.dirname(full)
+    if folder not in real_dirs:
+        real_dirs[folder] = os.path.realpath(folder)
+    real = os.path.realpath(full) if os.path.islink(full) else os.path.join(real_dirs[folder], os.path.basename(full))
+    return os.path.commonpath([root, real]) != root
+
+
+def _read_labels(csv_path: Path, contract: ImageContract) -> pd.DataFrame:
+    """The labels CSV, checked: columns, blanks, labels, escaping paths, conflicting duplicates."""
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as err:
+        raise ImageDataError(csv_path, "file is empty") from err
+    except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable file
+        raise ImageDataError(csv_path, f"unreadable: {type(err).__name__}: {err}") from err
+    columns = (contract.image_column, contract.patient_id, contract.label)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ImageDataError(csv_path, f"missing required column(s) {', '.join(map(repr, missing))}")
+    frame = frame.loc[:, list(columns)].apply(lambda col: col.str.strip())
+    frame.columns = ["image", "patient", "label"]
+    if frame.empty:
+        raise ImageDataError(csv_path, "file has no rows")
+    for column, name in zip(frame.columns, columns, strict=True):
+        blank = frame[column] == ""
+        if blank.any():
+            raise ImageDataError(csv_path, "empty cell", column=name, row=int(np.flatnonzero(blank)[0]) + 1)
+
+    frame["key"] = [os.path.normpath(v) for v in frame["image"]]
+    root, real_dirs = str(csv_path.parent.resolve()), dict[str, str]()
+    escaping = [img for img, key in zip(frame["image"], frame["key"]) if _leaves(root, img, key, real_dirs)]
+    if escaping:
+        raise ImageDataError(csv_path, f"{len(escaping)} image path(s) leave the folder: {_name_some(escaping)}",
+                             column=contract.image_column)
+
+    index = [_label_index(v, contract.classes) for v in frame["label"]]
+    bad = [f"{img} (label {lab!r})" for img, lab, i in zip(frame["image"], frame["label"], index) if i is None]
+    if bad:
+        raise ImageDataError(csv_path, f"{len(bad)} mislabelled image(s), labels must be one of "
+                             f"{list(contract.classes)}: {_name_some(bad)}", column=contract.label)
+    frame["label"] = np.asarray(index, dtype=np.int64)
+    groups = frame.groupby("key", sort=False)
+    for column, what in (("label", "different labels"), ("patient", "different patients")):
+        conflicting = [k for k, n in groups[column].nunique().items() if n > 1]
+        if conflicting:
+            raise ImageDataError(csv_path, f"{len(conflicting)} image(s) listed twice with {what}: "
+                                 f"{_name_some(conflicting)}", column=contract.image_column)
+    return frame.drop_duplicates("key").reset_index(drop=True)
+
+
+def _patient_split(frame: pd.DataFrame, csv_path: Path, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean test mask over rows: whole patients held out, stratified by their usual label."""
+    usual = pd.crosstab(frame["patient"], frame["label"]).idxmax(axis=1)  # ties: the lowest class
+    if len(usual) < 2:
+        raise ImageDataError(csv_path, f"{len(usual)} patient(s); a split needs at least two")
+    patients, strata = usual.index.to_numpy(), usual.to_numpy()
+    try:
+        _, test = train_test_split(patients, test_size=test_fraction, random_state=seed, stratify=strata)
+    except ValueError:  # a class with a single patient, or fewer test patients than classes
+        _, test = train_test_split(patients, test_size=test_fraction, random_state=seed)
+    return frame["patient"].isin(set(test)).to_numpy()
+
+
+def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, seed: int) -> ImageSplit:
+    frame = _read_labels(csv_path, contract)
+    files = [os.path.join(csv_path.parent, key) for key in frame["key"]]
+    absent = [img for img, file in zip(frame["image"], files) if not os.path.isfile(file)]
+    if absent:
+        raise ImageDataError(csv_path, f"{len(absent)} image file(s) not found: {_name_some(absent)}",
+                             column=contract.image_column)
+    images = _decode_files(csv_path, list(zip(frame["image"], files)), contract)
+    test = _patient_split(frame, csv_path, test_fraction, seed)
+    labels, patients = frame["label"].to_numpy(np.int64), frame["patient"].to_numpy(str)
+    return ImageSplit(images[~test], labels[~test], images[test], labels[test],
+                      tuple(patients[~test].tolist()), tuple(patients[test].tolist()))
+
+
+def _npz_images(path: Path, key: str, array: np.ndarray, contract: ImageContract) -> np.ndarray:
+    """MedMNIST (N, H, W) or (N, H, W, C) uint8/uint16 images -> uint8 (N, C, size, size)."""
+    if array.ndim == 4 and array.shape[-1] in (1, 3, 4):
+        pass
+    elif array.ndim != 3:
+        raise ImageDataError(path, f"'{key}' must have shape (N, H, W) or (N, H, W, C), got {array.shape}")
+    if array.dtype == np.uint16:
+        array = np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageDataError(path, f"'{key}' must hold uint8 (or uint16) pixels, got {array.dtype}")
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.shape[1:3] == (contract.size, contract.size):
+        if array.ndim == 3 and contract.channels == 1:
+            return np.ascontiguousarray(array[:, None])
+        if array.ndim == 4 and array.shape[-1] == 3 and contract.channels == 3:
+            return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+    def fit(chunk: list[np.ndarray]) -> list[np.ndarray]:
+        return [_fit(Image.fromarray(a), contract.size, contract.channels) for a in chunk]
+
+    out = _in_threads(fit, list(array))
+    return np.stack(out) if out else np.zeros((0, contract.channels, contract.size, contract.size), np.uint8)
+
+
+def _npz_labels(path: Path, key: str, array: np.ndarray, n: int, contract: ImageContract) -> np.ndarray:
+    if array.ndim == 2 and array.shape[1] > 1:
+        raise ImageDataError(path, f"'{key}' has shape {array.shape}: multi-label data is not supported; "
+                             "give one class index per image")
+    flat = array.reshape(-1) if array.ndim in (1, 2) else array
+    if flat.ndim != 1 or len(flat) != n:
+        raise ImageDataError(path, f"'{key}' must hold one label per image ({n}), got shape {array.shape}")
+    if flat.dtype.kind == "f" and np.all(np.isfinite(flat)) and np.all(flat == np.round(flat)):
+        flat = flat.astype(np.int64)
+    if flat.dtype.kind not in "iu":
+        raise ImageDataError(path, f"'{key}' must hold integer class indices, got {flat.dtype}")
+    flat = flat.astype(np.int64)
+    bad = np.flatnonzero((flat < 0) | (flat >= contract.num_classes))
+    if bad.size:
+        shown = [f"index {i} (label {flat[i]})" for i in bad[:_MAX_NAMED]]
+        more = f" and {bad.size - _MAX_NAMED} more" if bad.size > _MAX_NAMED else ""
+        raise ImageDataError(path, f"'{key}': {bad.size} mislabelled image(s), labels must be class indices "
+                             f"0..{contract.num_classes - 1}: {', '.join(shown)}{more}")
+    return flat
+
+
+def _load_npz(path: Path, contract: ImageContract) -> ImageSplit:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in _NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise ImageDataError(path, f"not in the MedMNIST layout, missing {', '.join(missing)}")
+            arrays = {k: npz[k] for k in _NPZ_KEYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ImageDataError(path, f"unreadable .npz: {' '.join(str(err).split()) or type(err).__name__}") from err
+    parts = {}
+    for part in ("train", "val", "test"):
+        images = _npz_images(path, f"{part}_images", arrays[f"{part}_images"], contract)
+        labels = _npz_labels(path, f"{part}_labels", arrays[f"{part}_labels"], len(images), contract)
+        parts[part] = (images, labels)
+    train_images = np.concatenate([parts["train"][0], parts["val"][0]])
+    train_labels = np.concatenate([parts["train"][1], parts["val"][1]])
+    if len(train_images) == 0 or len(parts["test"][0]) == 0:
+        empty = "train_images and val_images" if len(train_images) == 0 else "test_images"
+        raise ImageDataError(path, f"no images in {empty}; both the training and the test part need images")
+    return ImageSplit(train_images, train_labels, parts["test"][0], parts["test"][1], None, None)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, stamp: tuple[int, ...], contract: ImageContract, test_fraction: float,
+                 seed: int) -> ImageSplit:
+    source = Path(path)
+    if source.suffix.lower() == ".npz":
+        return _load_npz(source, contract)
+    return _load_folder(source, contract, test_fraction, seed)
+
+
+def load_image_split(path: Path | str, contract: ImageContract, test_fraction: float = 0.2,
+                     seed: int = 0) -> ImageSplit:
+    """Load a hospital's images (checked against the contract) and split them by patient.
+
+    Args:
+        path: A folder holding ``labels.csv``, that CSV itself (image paths are relative to
+            its folder), or a ``.npz`` in the MedMNIST layout (train+val train, test is held out).
+        contract: Classes, size and channels the experiment expects.
+        test_fraction: Share of patients held out (folder layout only), stratified by class
+            where every class has enough patients; deterministic in ``seed``.
+        seed: Seed of the split.
+
+    Returns:
+        The split; cached per process by path and modification time, so the arrays are
+        shared between callers and must not be modified in place.
+
+    Raises:
+        ImageDataError: naming the file(s) at fault (at most five, then how many more).
+        ValueError: If ``test_fraction`` is not strictly between 0 and 1.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    source = Path(path).resolve()
+    if source.is_dir():
+        source = source / "labels.csv"
+        if not source.is_file():
+            raise ImageDataError(source.parent, "no labels.csv in the folder")
+    elif source.suffix.lower() not in (".csv", ".npz"):
+        raise ImageDataError(source, "unsupported; give a folder with labels.csv, a labels CSV or a MedMNIST .npz")
+    elif not source.is_file():
+        raise ImageDataError(source, "file not found")
+    stamp = (source.stat().st_mtime_ns, source.parent.stat().st_mtime_ns)
+    return _load_cached(str(source), stamp, contract, float(test_fraction), seed)
+
+
+def pixel_statistics(images: np.ndarray) -> dict[str, Any]:
+    """Per-channel sums of a hospital's pixels (scaled to [0, 1]), for a federated mean/std.
+
+    Args:
+        images: uint8 array (N, C, H, W).
+
+    Returns:
+        JSON-able ``{"pixels": N*H*W, "sum": [C floats], "sumsq": [C floats]}``.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
+    wide = images.astype(np.int64)
+    sums = wide.sum(axis=(0, 2, 3))
+    sumsq = np.square(wide).sum(axis=(0, 2, 3))
+    n, _, h, w = images.shape
+    return {"pixels": int(n * h * w), "sum": [float(s) / 255.0 for s in sums],
+            "sumsq": [float(s) / 65025.0 for s in sumsq]}
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    """Images per class index ``0..num_classes-1``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+    return [int(c) for c in np.bincount(labels, minlength=num_classes)]
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """The federation's image normalisation: size, channels, per-channel mean/std, classes."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @classmethod
+    def from_statistics(cls, stats: list[dict[str, Any]], *, size: int, channels: int, classes: Sequence[str],
+                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ImagePreprocessor:
+        """Pool the hospitals' :func:`pixel_statistics` into per-channel mean and std.
+
+        A ``mean`` or ``std`` given explicitly (e.g. ImageNet's) is used instead of the pooled one.
+
+        Raises:
+            ValueError: If the statistics or the given values do not have ``channels`` entries.
+        """
+        pooled_mean, pooled_std = [0.0] * channels, [1.0] * channels
+        if mean is None or std is None:
+            if not stats:
+                raise ValueError("no pixel statistics to pool; give mean and std")
+            if any(len(s["sum"]) != channels or len(s["sumsq"]) != channels for s in stats):
+                raise ValueError(f"pixel statistics must have {channels} channel(s)")
+            pixels = sum(int(s["pixels"]) for s in stats)
+            if pixels <= 0:
+                raise ValueError("pixel statistics hold no pixels")
+            for c in range(channels):
+                m = sum(s["sum"][c] for s in stats) / pixels
+                var = max(sum(s["sumsq"][c] for s in stats) / pixels - m * m, 0.0)
+                pooled_mean[c], pooled_std[c] = m, (math.sqrt(var) if var > 1e-12 else 1.0)
+        mean_t = tuple(float(v) for v in (pooled_mean if mean is None else mean))
+        std_t = tuple(float(v) for v in (pooled_std if std is None else std))
+        if len(mean_t) != channels or len(std_t) != channels or min(std_t) <= 0:
+            raise ValueError(f"mean and std need {channels} value(s), std > 0; got {mean_t}, {std_t}")
+        return cls(size, channels, mean_t, std_t, tuple(str(c) for c in classes))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) or (C, H, W) on any device -> float32 ``(x/255 - mean) / std``."""
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+    def to_json(self) -> str:
+        """Serialise for messages and model artifacts."""
+        return json.dumps({"size": self.size, "channels": self.channels, "mean": self.mean, "std": self.std,
+                           "classes": self.classes})
+
+    @classmethod
+    def from_json(cls, text: str) -> ImagePreprocessor:
+        """Inverse of :meth:`to_json`."""
+        d = json.loads(text)
+        return cls(int(d["size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]), tuple(d["classes"]))
+
+
+def image_fingerprint(contract: ImageContract) -> str:
+    """A short, stable fingerprint of an image schema: size, channels and classes (in order)."""
+    description = {"size": contract.size, "channels": contract.channels, "classes": list(contract.classes)}
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
