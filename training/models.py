@@ -8,26 +8,18 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-__all__ = ["LogisticRiskModel", "MLPRiskModel", "RiskModel", "build_model", "MODEL_KINDS"]
+__all__ = ["ClassifierModule", "LogisticRiskModel", "MLPRiskModel", "RiskModel", "build_model", "MODEL_KINDS"]
 
 
-class RiskModel(pl.LightningModule):
-    """Binary risk model: ``forward`` gives one logit per patient.
+class ClassifierModule(pl.LightningModule):
+    """What every BioVerse model shares: the loss step logged per stage, the optimiser
+    (Adam, or SGD with momentum, from ``hparams``) and class probabilities.
 
-    Subclasses build ``self.net``; the shared step, metrics logging and optimiser live here.
-    Only layers Opacus supports (Linear, activations, dropout) are used, so every model
-    trains with DP-SGD as it is.
+    Subclasses set ``self.criterion`` and ``self.net`` and say how logits become
+    probabilities (:meth:`probabilities`).
     """
 
-    def __init__(self, input_dim: int, lr: float = 0.01, optimizer: str = "adam") -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.criterion = nn.BCEWithLogitsLoss()
-        self.net: nn.Module = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (batch,)."""
-        return self.net(x).squeeze(-1)
+    criterion: nn.Module
 
     def _common_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
@@ -54,15 +46,41 @@ class RiskModel(pl.LightningModule):
             return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=0.9)
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities from this model's logits."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Risk probabilities for a batch of encoded patients."""
+        """Probabilities for a batch of model inputs (eval mode, then the mode it was in)."""
         was_training = self.training
         self.eval()
         try:
-            return torch.sigmoid(self(x))
+            return self.probabilities(self(x))
         finally:
             self.train(was_training)
+
+
+class RiskModel(ClassifierModule):
+    """Binary risk model: ``forward`` gives one logit per patient.
+
+    Subclasses build ``self.net``. Only layers Opacus supports (Linear, activations,
+    dropout) are used, so every model trains with DP-SGD as it is.
+    """
+
+    def __init__(self, input_dim: int, lr: float = 0.01, optimizer: str = "adam") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.criterion = nn.BCEWithLogitsLoss()
+        self.net: nn.Module = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (batch,)."""
+        return self.net(x).squeeze(-1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Risk: the sigmoid of each patient's logit."""
+        return torch.sigmoid(logits)
 
 
 class LogisticRiskModel(RiskModel):
