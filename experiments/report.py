@@ -2,7 +2,9 @@
 
 Input is the report dict of ``training.validation`` (overall, per-subgroup cells, suppressed
 cells, hospitals) plus a provenance ``meta`` dict; output is what a clinical validator reads
-next to the model version in MLflow:
+next to the model version in MLflow (a multi-class report of ``training.validation_multiclass``,
+``report["task"] == "multiclass"``, is rendered by :mod:`experiments.report_multiclass` through
+the same four functions):
 
 * ``roc.png``, ``calibration.png``, ``decision_curve.png`` (:func:`render_plots`),
 * ``model_card.md`` (:func:`model_card`),
@@ -28,11 +30,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+import string
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ __all__ = [
     "DEFAULT_OUT_OF_SCOPE",
     "SLOPE_BAND",
     "canonical_json",
+    "is_multiclass",
     "model_card",
     "render_html",
     "render_plots",
@@ -89,6 +94,11 @@ _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 
 
 # ---------------------------------------------------------------- canonical JSON and hash
+
+
+def is_multiclass(report: Mapping[str, Any]) -> bool:
+    """Whether ``report`` is a multi-class report (``training.validation_multiclass``)."""
+    return report.get("task") == "multiclass"
 
 
 def _json_default(obj: Any) -> Any:
@@ -190,25 +200,73 @@ def _privacy_text(meta: Mapping[str, Any]) -> str:
     return text
 
 
+def _model_details(meta: Mapping[str, Any], hospitals: Sequence[Any], training: str) -> list[tuple[str, str]]:
+    """The first rows of the card's "Model details" (shared with the multi-class card)."""
+    kind = meta.get("model_kind") or meta.get("kind")
+    hparams = meta.get("hparams") or {}
+    return [
+        ("Name", _text(meta.get("model_name"))),
+        ("Version", _text(meta.get("version"))),
+        ("Created", _text(meta.get("created"))),
+        ("Model", _text(kind) + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(hparams.items())) + ")" if hparams else "")),
+        ("Training", training),
+        ("Strategy", _text(meta.get("strategy"))),
+        ("Rounds", _text(meta.get("rounds"))),
+        ("Hospitals", f"{len(hospitals)}: {', '.join(map(str, hospitals))}" if hospitals else NA),
+        ("Privacy", _privacy_text(meta)),
+    ]
+
+
+def _card_provenance(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's ``title``, ``provenance`` rows, ``fingerprints`` and ``sha256`` (shared with the multi-class card)."""
+    fingerprints = meta.get("schema_fingerprints") or {}
+    provenance = [
+        ("Experiment", _text(meta.get("experiment"))),
+        ("Run id", _text(meta.get("run_id"))),
+        ("Code version", _text(meta.get("code_version"))),
+        ("Report SHA-256", report_sha256(report)),
+    ]
+    return {
+        "title": f"{_text(meta.get('model_name'))} v{_text(meta.get('version'))}",
+        "provenance": provenance,
+        "fingerprints": [(str(h), _text(f)) for h, f in sorted(fingerprints.items())],
+        "sha256": provenance[-1][1],
+    }
+
+
+def _subgroup_tables(
+    subgroups: Mapping[str, Mapping[str, Any]],
+    overall: Mapping[str, Any],
+    cell_flags: Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]],
+    row: Callable[[str, Mapping[str, Any]], dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The card's subgroup tables ``[{"title", "key", "rows"}]`` and the flagged cells ("group=value: flags").
+
+    ``cell_flags(cell, overall)`` gives a cell's flags; ``row(label, cell)`` its table row, less ``name``
+    and ``flags`` (added here), and may note the cell in the caller's lists (shared with the multi-class card).
+    """
+    groups = []
+    flagged: list[str] = []
+    for group, cells in subgroups.items():
+        rows = []
+        for name, cell in cells.items():
+            label = f"{group}={name}"
+            flags = cell_flags(cell, overall)
+            if flags:
+                flagged.append(f"{label}: {'; '.join(flags)}")
+            rows.append({"name": str(name), **row(label, cell), "flags": flags})
+        groups.append({"title": _group_title(group), "key": group, "rows": rows})
+    return groups, flagged
+
+
 def _card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the model card and the HTML page show, as plain strings and rows."""
     overall: Mapping[str, Any] = report.get("overall") or {}
     subgroups: Mapping[str, Mapping[str, Any]] = report.get("subgroups") or {}
     hospitals = list(meta.get("hospitals") or report.get("hospitals") or [])
-    kind = meta.get("model_kind") or meta.get("kind")
-    hparams = meta.get("hparams") or {}
     n_total = _finite(overall.get("n"))
 
-    details = [
-        ("Name", _text(meta.get("model_name"))),
-        ("Version", _text(meta.get("version"))),
-        ("Created", _text(meta.get("created"))),
-        ("Model", _text(kind) + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(hparams.items())) + ")" if hparams else "")),
-        ("Training", "Federated learning with DP-SGD (differentially private SGD at each hospital)"),
-        ("Strategy", _text(meta.get("strategy"))),
-        ("Rounds", _text(meta.get("rounds"))),
-        ("Hospitals", f"{len(hospitals)}: {', '.join(map(str, hospitals))}" if hospitals else NA),
-        ("Privacy", _privacy_text(meta)),
+    details = _model_details(meta, hospitals, "Federated learning with DP-SGD (differentially private SGD at each hospital)") + [
         ("Outcome", _text(meta.get("label"))),
         ("Features", ", ".join(map(str, meta.get("features") or [])) or NA),
     ]
@@ -249,28 +307,22 @@ def _card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
         for t in overall.get("at_thresholds") or []
     ]
 
-    groups = []
-    flagged: list[str] = []
     small: list[str] = []
     undefined: list[str] = []
-    for group, cells in subgroups.items():
-        rows = []
-        for name, cell in cells.items():
-            label = f"{group}={name}"
-            flags = _cell_flags(cell, overall)
-            if flags:
-                flagged.append(f"{label}: {'; '.join(flags)}")
-            if _is_small(cell):
-                small.append(f"{label} (n={_int(cell.get('n'))}, events={_int(cell.get('positives'))})")
-            if _finite(cell.get("auroc")) is None:
-                undefined.append(label)
-            rows.append({
-                "name": str(name), "n": _int(cell.get("n")), "positives": _int(cell.get("positives")),
-                "prevalence": _pct(cell.get("prevalence")), "auroc": _auroc_text(cell),
-                "slope": _num(cell.get("calibration_slope"), 2), "intercept": _num(cell.get("calibration_intercept"), 2),
-                "brier": _num(cell.get("brier"), 4), "flags": flags,
-            })
-        groups.append({"title": _group_title(group), "key": group, "rows": rows})
+
+    def row(label: str, cell: Mapping[str, Any]) -> dict[str, Any]:
+        if _is_small(cell):
+            small.append(f"{label} (n={_int(cell.get('n'))}, events={_int(cell.get('positives'))})")
+        if _finite(cell.get("auroc")) is None:
+            undefined.append(label)
+        return {
+            "n": _int(cell.get("n")), "positives": _int(cell.get("positives")),
+            "prevalence": _pct(cell.get("prevalence")), "auroc": _auroc_text(cell),
+            "slope": _num(cell.get("calibration_slope"), 2), "intercept": _num(cell.get("calibration_intercept"), 2),
+            "brier": _num(cell.get("brier"), 4),
+        }
+
+    groups, flagged = _subgroup_tables(subgroups, overall, _cell_flags, row)
 
     caveats = [str(c) for c in meta.get("caveats") or []]
     suppressed = [str(s) for s in report.get("suppressed") or []]
@@ -288,15 +340,8 @@ def _card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     if undefined:
         caveats.append(f"AUROC not computable (only one outcome class) for: {', '.join(undefined)}.")
 
-    fingerprints = meta.get("schema_fingerprints") or {}
-    provenance = [
-        ("Experiment", _text(meta.get("experiment"))),
-        ("Run id", _text(meta.get("run_id"))),
-        ("Code version", _text(meta.get("code_version"))),
-        ("Report SHA-256", report_sha256(report)),
-    ]
     return {
-        "title": f"{_text(meta.get('model_name'))} v{_text(meta.get('version'))}",
+        **_card_provenance(report, meta),
         "details": details,
         "intended_use": _text(meta.get("intended_use") or DEFAULT_INTENDED_USE),
         "out_of_scope": _text(meta.get("out_of_scope") or DEFAULT_OUT_OF_SCOPE),
@@ -305,9 +350,6 @@ def _card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
         "thresholds": threshold_rows,
         "groups": groups,
         "caveats": caveats,
-        "provenance": provenance,
-        "fingerprints": [(str(h), _text(f)) for h, f in sorted(fingerprints.items())],
-        "sha256": provenance[-1][1],
         "flag_rule": f"AUROC is more than {AUROC_DROP_FLAG} below the overall AUROC, or whose calibration slope is outside {SLOPE_BAND[0]}–{SLOPE_BAND[1]}.",
     }
 
@@ -326,9 +368,21 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]
     return lines + [""]
 
 
-def model_card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
-    """The model card as Markdown (plots linked as the PNG files written beside it)."""
-    c = _card(report, meta)
+def _markdown_card(
+    c: Mapping[str, Any],
+    *,
+    mix_columns: Sequence[str],
+    mix_row: Callable[[Mapping[str, Any]], Sequence[Any]],
+    results: Sequence[str],
+    subgroup_columns: Sequence[str],
+    subgroup_row: Callable[[Mapping[str, Any]], Sequence[Any]],
+) -> str:
+    """The model card's Markdown from :func:`_card`'s content (shared with the multi-class card).
+
+    What differs between cards is passed in: the population mix columns after "n" and "share"
+    (``mix_row`` gives their cells), the ``results`` lines after the metrics table (plots included)
+    and the subgroup table's columns between the group's name and the flag.
+    """
     out = [f"# Model card: {_md(c['title'])}", ""]
     out += ["## Model details", ""] + _md_table(["Field", "Value"], c["details"])
     out += ["## Intended use", "", _md(c["intended_use"]), ""]
@@ -336,21 +390,15 @@ def model_card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     out += ["## Population", "", _md(c["population"]["summary"]), ""]
     for mix in c["population"]["mixes"]:
         out += [f"**{_md(mix['title'])}**", ""]
-        out += _md_table([mix["title"], "n", "share", "events", "prevalence"], [[r["name"], r["n"], r["share"], r["positives"], r["prevalence"]] for r in mix["rows"]])
+        out += _md_table([mix["title"], "n", "share", *mix_columns], [[r["name"], r["n"], r["share"], *mix_row(r)] for r in mix["rows"]])
     out += ["## Metrics", ""] + _md_table(["Metric", "Value", "Note"], c["metrics"])
-    if c["thresholds"]:
-        out += ["**At decision thresholds**", ""]
-        out += _md_table(
-            ["Threshold", "TP", "FP", "TN", "FN", "Sensitivity", "Specificity", "PPV", "NPV", "Net benefit", "Treat all"],
-            [[t["threshold"], t["tp"], t["fp"], t["tn"], t["fn"], t["sensitivity"], t["specificity"], t["ppv"], t["npv"], t["net_benefit"], t["net_benefit_treat_all"]] for t in c["thresholds"]],
-        )
-    out += ["![ROC curves](roc.png)", "![Calibration](calibration.png)", "![Decision curve](decision_curve.png)", ""]
+    out += results
     out += ["## Subgroups", "", _md(f"{WARN} flags a subgroup whose {c['flag_rule']}"), ""]
     for group in c["groups"]:
         out += [f"### {_md(group['title'])}", ""]
         out += _md_table(
-            [group["title"], "n", "Events", "Prevalence", "AUROC (95% CI)", "Cal. slope", "Cal. intercept", "Brier", "Flag"],
-            [[r["name"], r["n"], r["positives"], r["prevalence"], r["auroc"], r["slope"], r["intercept"], r["brier"], (WARN + " " + "; ".join(r["flags"])) if r["flags"] else ""] for r in group["rows"]],
+            [group["title"], *subgroup_columns, "Flag"],
+            [[r["name"], *subgroup_row(r), (WARN + " " + "; ".join(r["flags"])) if r["flags"] else ""] for r in group["rows"]],
         )
     out += ["## Caveats", ""] + ([f"- {_md(x)}" for x in c["caveats"]] or ["- None recorded."]) + [""]
     out += ["## Provenance", ""] + _md_table(["Field", "Value"], c["provenance"])
@@ -359,17 +407,35 @@ def model_card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+def model_card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """The model card as Markdown (plots linked as the PNG files written beside it)."""
+    if is_multiclass(report):
+        from experiments.report_multiclass import multiclass_model_card
+
+        return multiclass_model_card(report, meta)
+    c = _card(report, meta)
+    results: list[str] = []
+    if c["thresholds"]:
+        results += ["**At decision thresholds**", ""]
+        results += _md_table(
+            ["Threshold", "TP", "FP", "TN", "FN", "Sensitivity", "Specificity", "PPV", "NPV", "Net benefit", "Treat all"],
+            [[t["threshold"], t["tp"], t["fp"], t["tn"], t["fn"], t["sensitivity"], t["specificity"], t["ppv"], t["npv"], t["net_benefit"], t["net_benefit_treat_all"]] for t in c["thresholds"]],
+        )
+    results += ["![ROC curves](roc.png)", "![Calibration](calibration.png)", "![Decision curve](decision_curve.png)", ""]
+    return _markdown_card(
+        c,
+        mix_columns=["events", "prevalence"],
+        mix_row=lambda r: [r["positives"], r["prevalence"]],
+        results=results,
+        subgroup_columns=["n", "Events", "Prevalence", "AUROC (95% CI)", "Cal. slope", "Cal. intercept", "Brier"],
+        subgroup_row=lambda r: [r["n"], r["positives"], r["prevalence"], r["auroc"], r["slope"], r["intercept"], r["brier"]],
+    )
+
+
 # ---------------------------------------------------------------- HTML page
 
-_HTML = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>Validation report: {{ c.title }}</title>
-<style>
-:root { --fg:#1f2328; --muted:#57606a; --line:#d0d7de; --bg:#ffffff; --soft:#f6f8fa; --warn-bg:#fff8c5; --warn-fg:#7d4e00; }
+#: The page style of both pages (the multi-class page, :mod:`experiments.report_multiclass`, adds to it).
+_CSS = """:root { --fg:#1f2328; --muted:#57606a; --line:#d0d7de; --bg:#ffffff; --soft:#f6f8fa; --warn-bg:#fff8c5; --warn-fg:#7d4e00; }
 * { box-sizing: border-box; }
 body { margin:0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color:var(--fg); background:var(--bg); line-height:1.5; font-size:15px; }
 main { max-width: 1080px; margin: 0 auto; padding: 24px 28px 48px; }
@@ -392,12 +458,26 @@ figcaption { font-size: 0.82rem; color: var(--muted); text-align: center; }
 ul.caveats li { margin-bottom: 4px; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.85rem; word-break: break-all; }
 footer { margin-top: 40px; padding-top: 10px; border-top: 1px solid var(--line); color: var(--muted); font-size: 0.8rem; }
-</style>
+"""
+
+#: The Jinja source of a report page with ``string.Template`` slots for what differs between the
+#: binary and the multi-class page: ``css`` (style added to _CSS), ``subtitle``, ``population``
+#: (the subgroup mix tables), ``results`` (after the metrics table, before the plots) and
+#: ``subgroup_table`` (the table of one group, inside the loop over ``c.groups``). Filled by :func:`_page`.
+_PAGE = string.Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<title>Validation report: {{ c.title }}</title>
+<style>
+""" + _CSS + """${css}</style>
 </head>
 <body>
 <main>
 <h1>Validation report: {{ c.title }}</h1>
-<p class="sub">Model card and clinical validation of a registered model version.</p>
+<p class="sub">${subtitle}</p>
 
 <h2 id="details">Model details</h2>
 <table class="kv">
@@ -412,25 +492,13 @@ footer { margin-top: 40px; padding-top: 10px; border-top: 1px solid var(--line);
 
 <h2 id="population">Population</h2>
 <p>{{ c.population.summary }}</p>
-<div class="figs">
-{% for mix in c.population.mixes %}<table>
-<tr><th>{{ mix.title }}</th><th class="num">n</th><th class="num">share</th><th class="num">events</th><th class="num">prevalence</th></tr>
-{% for r in mix.rows %}<tr><td>{{ r.name }}</td><td class="num">{{ r.n }}</td><td class="num">{{ r.share }}</td><td class="num">{{ r.positives }}</td><td class="num">{{ r.prevalence }}</td></tr>
-{% endfor %}</table>
-{% endfor %}</div>
-
+${population}
 <h2 id="metrics">Metrics</h2>
 <table>
 <tr><th>Metric</th><th class="num">Value</th><th>Note</th></tr>
 {% for k, v, note in c.metrics %}<tr><td>{{ k }}</td><td class="num">{{ v }}</td><td>{% if "⚠" in note %}<span class="badge warn">{{ note }}</span>{% else %}{{ note }}{% endif %}</td></tr>
 {% endfor %}</table>
-{% if c.thresholds %}<h3>At decision thresholds</h3>
-<table>
-<tr><th class="num">Threshold</th><th class="num">TP</th><th class="num">FP</th><th class="num">TN</th><th class="num">FN</th><th class="num">Sensitivity</th><th class="num">Specificity</th><th class="num">PPV</th><th class="num">NPV</th><th class="num">Net benefit</th><th class="num">Treat all</th></tr>
-{% for t in c.thresholds %}<tr><td class="num">{{ t.threshold }}</td><td class="num">{{ t.tp }}</td><td class="num">{{ t.fp }}</td><td class="num">{{ t.tn }}</td><td class="num">{{ t.fn }}</td><td class="num">{{ t.sensitivity }}</td><td class="num">{{ t.specificity }}</td><td class="num">{{ t.ppv }}</td><td class="num">{{ t.npv }}</td><td class="num">{{ t.net_benefit }}</td><td class="num">{{ t.net_benefit_treat_all }}</td></tr>
-{% endfor %}</table>
-{% endif %}
-{% if images %}<div class="figs">
+${results}{% if images %}<div class="figs">
 {% for name, title, data in images %}<figure><img src="data:image/png;base64,{{ data }}" alt="{{ title }}"><figcaption>{{ title }}</figcaption></figure>
 {% endfor %}</div>
 {% endif %}
@@ -438,11 +506,7 @@ footer { margin-top: 40px; padding-top: 10px; border-top: 1px solid var(--line);
 <h2 id="subgroups">Subgroups</h2>
 <p class="sub"><span class="badge warn">⚠</span> flags a subgroup whose {{ c.flag_rule }}</p>
 {% for g in c.groups %}<h3>{{ g.title }}</h3>
-<table>
-<tr><th>{{ g.title }}</th><th class="num">n</th><th class="num">Events</th><th class="num">Prevalence</th><th class="num">AUROC (95% CI)</th><th class="num">Cal. slope</th><th class="num">Cal. intercept</th><th class="num">Brier</th><th>Flag</th></tr>
-{% for r in g.rows %}<tr class="{{ 'flagged' if r.flags else '' }}"><td>{{ r.name }}</td><td class="num">{{ r.n }}</td><td class="num">{{ r.positives }}</td><td class="num">{{ r.prevalence }}</td><td class="num">{{ r.auroc }}</td><td class="num">{{ r.slope }}</td><td class="num">{{ r.intercept }}</td><td class="num">{{ r.brier }}</td><td>{% for f in r.flags %}<span class="badge warn">⚠ {{ f }}</span> {% endfor %}</td></tr>
-{% endfor %}</table>
-{% endfor %}
+${subgroup_table}{% endfor %}
 
 <h2 id="caveats">Caveats</h2>
 <ul class="caveats">
@@ -465,19 +529,45 @@ footer { margin-top: 40px; padding-top: 10px; border-top: 1px solid var(--line);
 </main>
 </body>
 </html>
-"""
-
-_template: Any = None
+""")
 
 
-def _html_template() -> Any:
-    global _template
-    if _template is None:
-        import jinja2
+def _page(*, subtitle: str, population: str, results: str, subgroup_table: str, css: str = "") -> str:
+    """The Jinja source of a report page: :data:`_PAGE` with its slots filled."""
+    return _PAGE.substitute(css=css, subtitle=subtitle, population=population, results=results, subgroup_table=subgroup_table)
 
-        env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False)
-        _template = env.from_string(_HTML)
-    return _template
+
+_HTML = _page(
+    subtitle="Model card and clinical validation of a registered model version.",
+    population="""<div class="figs">
+{% for mix in c.population.mixes %}<table>
+<tr><th>{{ mix.title }}</th><th class="num">n</th><th class="num">share</th><th class="num">events</th><th class="num">prevalence</th></tr>
+{% for r in mix.rows %}<tr><td>{{ r.name }}</td><td class="num">{{ r.n }}</td><td class="num">{{ r.share }}</td><td class="num">{{ r.positives }}</td><td class="num">{{ r.prevalence }}</td></tr>
+{% endfor %}</table>
+{% endfor %}</div>
+""",
+    results="""{% if c.thresholds %}<h3>At decision thresholds</h3>
+<table>
+<tr><th class="num">Threshold</th><th class="num">TP</th><th class="num">FP</th><th class="num">TN</th><th class="num">FN</th><th class="num">Sensitivity</th><th class="num">Specificity</th><th class="num">PPV</th><th class="num">NPV</th><th class="num">Net benefit</th><th class="num">Treat all</th></tr>
+{% for t in c.thresholds %}<tr><td class="num">{{ t.threshold }}</td><td class="num">{{ t.tp }}</td><td class="num">{{ t.fp }}</td><td class="num">{{ t.tn }}</td><td class="num">{{ t.fn }}</td><td class="num">{{ t.sensitivity }}</td><td class="num">{{ t.specificity }}</td><td class="num">{{ t.ppv }}</td><td class="num">{{ t.npv }}</td><td class="num">{{ t.net_benefit }}</td><td class="num">{{ t.net_benefit_treat_all }}</td></tr>
+{% endfor %}</table>
+{% endif %}
+""",
+    subgroup_table="""<table>
+<tr><th>{{ g.title }}</th><th class="num">n</th><th class="num">Events</th><th class="num">Prevalence</th><th class="num">AUROC (95% CI)</th><th class="num">Cal. slope</th><th class="num">Cal. intercept</th><th class="num">Brier</th><th>Flag</th></tr>
+{% for r in g.rows %}<tr class="{{ 'flagged' if r.flags else '' }}"><td>{{ r.name }}</td><td class="num">{{ r.n }}</td><td class="num">{{ r.positives }}</td><td class="num">{{ r.prevalence }}</td><td class="num">{{ r.auroc }}</td><td class="num">{{ r.slope }}</td><td class="num">{{ r.intercept }}</td><td class="num">{{ r.brier }}</td><td>{% for f in r.flags %}<span class="badge warn">⚠ {{ f }}</span> {% endfor %}</td></tr>
+{% endfor %}</table>
+""",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _jinja_template(source: str) -> Any:
+    """``source`` compiled as an autoescaping Jinja2 template, once per source (Jinja2 imported on first use)."""
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False)
+    return env.from_string(source)
 
 
 def _image_base64(name: str, value: str | bytes | Path) -> str:
@@ -495,6 +585,21 @@ def _image_base64(name: str, value: str | bytes | Path) -> str:
     return data
 
 
+def _render_page(source: str, card: Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]],
+                 titles: Mapping[str, str], report: Mapping[str, Any], meta: Mapping[str, Any],
+                 images: Mapping[str, str | bytes | Path] | None) -> str:
+    """Render the page ``source`` with ``card(report, meta)`` and ``images`` (shared with the multi-class page).
+
+    Plots named in ``titles`` come first, in its order, captioned with its titles; other names follow,
+    captioned with their name.
+    """
+    images = images or {}
+    order = {name: i for i, name in enumerate(titles)}
+    keys = sorted(images, key=lambda k: (order.get(k.removesuffix(".png"), len(order)), k))
+    shown = [(k, titles.get(k.removesuffix(".png"), k), _image_base64(k, images[k])) for k in keys]
+    return str(_jinja_template(source).render(c=card(report, meta), images=shown, created=meta.get("created")))
+
+
 def render_html(report: Mapping[str, Any], meta: Mapping[str, Any], images: Mapping[str, str | bytes | Path] | None = None) -> str:
     """One self-contained HTML page: model card, metrics, subgroups and the plots inline.
 
@@ -502,13 +607,14 @@ def render_html(report: Mapping[str, Any], meta: Mapping[str, Any], images: Mapp
     ``decision_curve``) to a base64 PNG string, raw PNG ``bytes``, or a ``Path`` to read
     (so :func:`render_plots`' result can be passed as is). Known plots come first, in the
     order ROC, calibration, decision curve; other names follow, captioned with their name.
-    All text from ``report`` and ``meta`` is HTML-escaped (Jinja2 autoescape).
+    All text from ``report`` and ``meta`` is HTML-escaped (Jinja2 autoescape). A multi-class
+    report gets the multi-class page (plots ROC, confusion matrix, calibration).
     """
-    images = images or {}
-    order = {name: i for i, name in enumerate(PLOT_TITLES)}
-    keys = sorted(images, key=lambda k: (order.get(k.removesuffix(".png"), len(order)), k))
-    shown = [(k, PLOT_TITLES.get(k.removesuffix(".png"), k), _image_base64(k, images[k])) for k in keys]
-    return str(_html_template().render(c=_card(report, meta), images=shown, created=meta.get("created")))
+    if is_multiclass(report):
+        from experiments.report_multiclass import render_multiclass_html
+
+        return render_multiclass_html(report, meta, images)
+    return _render_page(_HTML, _card, PLOT_TITLES, report, meta, images)
 
 
 # ---------------------------------------------------------------- plots
@@ -555,28 +661,38 @@ def _no_data(ax: Any) -> None:
     ax.text(0.5, 0.5, "not enough data", ha="center", va="center", transform=ax.transAxes, color="#57606a")
 
 
-def _plot_roc(report: Mapping[str, Any], path: Path) -> Path:
-    fig, ax = _new_axes("ROC curve")
+def _plot_roc_curves(title: str, curves: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]], path: Path,
+                     legend: Mapping[str, Any] | None = None) -> Path:
+    """ROC plot of ``(label, roc, line style)`` curves beside the chance line (shared with the multi-class plot).
+
+    A curve with fewer than two points is left out; ``legend`` adds to the legend's arguments (e.g. a title).
+    """
+    fig, ax = _new_axes(title)
     ax.plot([0, 1], [0, 1], color="#9a9a9a", linestyle="--", linewidth=0.9, label="Chance (AUROC 0.5)")
     drawn = 0
-    curves = [(f"Overall (n={_int((report.get('overall') or {}).get('n'))})", report.get("overall") or {}, {"color": OVERALL_COLOUR, "linewidth": 2.2, "zorder": 5})]
-    curves += [(h, cell, {**_style(i), "linewidth": 1.2, "alpha": 0.9}) for i, (h, cell) in enumerate(_hospital_cells(report))]
-    for name, cell, style in curves:
-        roc = cell.get("roc") or {}
+    for label, roc, style in curves:
         fpr, tpr = _arr(roc.get("fpr")), _arr(roc.get("tpr"))
         if len(fpr) < 2 or len(fpr) != len(tpr):
             continue
-        auroc = _num(cell.get("auroc"))
-        ci = _ci(cell.get("auroc_ci95"), 2)
-        label = f"{name}: AUROC {auroc}" + (f" ({ci})" if ci != NA else "")
         ax.plot(fpr, tpr, label=label, **style)
         drawn += 1
     if not drawn:
         _no_data(ax)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 − specificity (false positive rate)", ylabel="Sensitivity (true positive rate)")
     ax.set_aspect("equal", adjustable="box")
-    ax.legend(loc="lower right", fontsize=7, frameon=True, framealpha=0.9)
+    ax.legend(loc="lower right", fontsize=7, frameon=True, framealpha=0.9, **(legend or {}))
     return _save(fig, path)
+
+
+def _plot_roc(report: Mapping[str, Any], path: Path) -> Path:
+    curves = [(f"Overall (n={_int((report.get('overall') or {}).get('n'))})", report.get("overall") or {}, {"color": OVERALL_COLOUR, "linewidth": 2.2, "zorder": 5})]
+    curves += [(h, cell, {**_style(i), "linewidth": 1.2, "alpha": 0.9}) for i, (h, cell) in enumerate(_hospital_cells(report))]
+
+    def label(name: str, cell: Mapping[str, Any]) -> str:
+        ci = _ci(cell.get("auroc_ci95"), 2)
+        return f"{name}: AUROC {_num(cell.get('auroc'))}" + (f" ({ci})" if ci != NA else "")
+
+    return _plot_roc_curves("ROC curve", [(label(name, cell), cell.get("roc") or {}, style) for name, cell, style in curves], path)
 
 
 def _plot_calibration(report: Mapping[str, Any], path: Path) -> Path:
@@ -650,8 +766,13 @@ def _plot_decision_curve(report: Mapping[str, Any], path: Path) -> Path:
 def render_plots(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write ``roc.png``, ``calibration.png`` and ``decision_curve.png`` into ``out_dir``.
 
-    6 x 4.5 in at 110 dpi, Okabe-Ito colours. Returns file name -> path.
+    6 x 4.5 in at 110 dpi, Okabe-Ito colours. Returns file name -> path. A multi-class report
+    gets ``roc.png`` (one-vs-rest per class), ``confusion.png`` and ``calibration.png`` (top-label).
     """
+    if is_multiclass(report):
+        from experiments.report_multiclass import render_multiclass_plots
+
+        return render_multiclass_plots(report, out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return {
@@ -666,6 +787,8 @@ def render_plots(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
 
 def write_report_artifacts(report: Mapping[str, Any], meta: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write report.json, the three plots, model_card.md and report.html; returns file name -> path.
+
+    The plots are those of :func:`render_plots` (for a multi-class report: roc, confusion, calibration).
 
     ``report.json`` holds exactly the bytes hashed by :func:`report_sha256`. A report holding
     NaN or infinity raises ``ValueError`` before anything is written.

@@ -105,6 +105,15 @@ _VERSION = """<h1>{{ v.name }} version {{ v.version }} <span class="badge {{ v.r
 _ROWS = (("patients (held-out)", "n"), ("events", "positives"), ("AUROC", "auroc"), ("AUROC 95% CI", "auroc_ci95"),
          ("AUPRC", "auprc"), ("calibration slope", "calibration_slope"), ("calibration intercept", "calibration_intercept"),
          ("Brier score", "brier"), ("ECE", "ece"))
+#: Rows for a multi-class report (``training.validation_multiclass``; ``report["task"] == "multiclass"``).
+_MULTICLASS_ROWS = (("images (held-out)", "n"), ("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
+                    ("macro AUROC (one-vs-rest)", "auroc"), ("macro AUROC 95% CI (conservative)", "auroc_ci95"),
+                    ("ECE (top-label)", "ece"), ("Brier score (multi-class)", "brier"), ("log loss", "log_loss"))
+
+
+def _rows(report: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """The comparison rows for the version's report: multi-class metrics or the binary ones."""
+    return _MULTICLASS_ROWS if (report or {}).get("task") == "multiclass" else _ROWS
 
 
 def _fmt(value: Any) -> str:
@@ -243,7 +252,7 @@ async def version_page(name: str, version: str, session: SessionCookie, m: str |
         return _render("Not found", "<h1>{{ message }}</h1>", who=who, csrf=csrf, message=str(err), status=404)
     info: VersionInfo = context["v"]
     validator = who.role == "clinical_validator"
-    return _render(f"{name} v{version}", _VERSION, who=who, csrf=csrf, rows=_ROWS,
+    return _render(f"{name} v{version}", _VERSION, who=who, csrf=csrf, rows=_rows(context["report"]),
                    can_decide=validator and info.review_status == "pending",
                    can_promote=validator and info.review_status == "approved" and "production" not in info.aliases,
                    flash=m or e, flash_kind="err" if e else "ok", **context)

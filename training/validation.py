@@ -57,7 +57,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,7 +151,70 @@ def _subgroup_value(value: Any) -> str | None:
     return text if text else None
 
 
+def _require_schema(agg: Mapping[str, Any], schema: str, *, name_expected: bool = False) -> None:
+    if agg.get("schema") != schema:
+        expected = f" (expected {schema!r})" if name_expected else ""
+        raise ValueError(f"unsupported aggregate schema {agg.get('schema')!r}{expected}")
+
+
 # --------------------------------------------------------------------------- hospital side
+# (the helpers up to local_aggregates are shared with training.validation_multiclass)
+
+
+def _histogram_spec(hist_bins: int, logit_range: tuple[float, float], min_cell: int) -> tuple[int, float, float]:
+    """Checked ``(bins, logit_min, logit_max)`` of the logit histograms; also checks ``min_cell``."""
+    lo, hi = float(logit_range[0]), float(logit_range[1])
+    bins = int(hist_bins)
+    if not hi > lo or bins < 2:
+        raise ValueError("need logit_range[1] > logit_range[0] and hist_bins >= 2")
+    if int(min_cell) < 1:
+        raise ValueError("min_cell must be >= 1")
+    return bins, lo, hi
+
+
+def _logit_bins(p: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
+    """Histogram bin of each probability on the logit scale; values outside go to the edge bins."""
+    with np.errstate(divide="ignore"):
+        z = np.log(p) - np.log1p(-p)
+    return np.clip(np.floor((z - lo) / ((hi - lo) / bins)), 0, bins - 1).astype(np.int64)
+
+
+def _reported_values(sizes: Mapping[str, int], n: int, min_cell: int) -> set[str]:
+    """Values of one group whose cells may be reported (small cells and complementary suppression)."""
+    reported = {v for v, size in sizes.items() if size >= min_cell}
+    # Complementary suppression: the uncovered remainder must not be a small cell either.
+    while reported and 0 < n - sum(sizes[v] for v in reported) < min_cell:
+        reported.remove(min(reported, key=lambda v: (sizes[v], v)))
+    return reported
+
+
+def _subgroup_cells(
+    subgroups: Mapping[str, Sequence[str | None]] | None,
+    n: int,
+    min_cell: int,
+    cell: Callable[[np.ndarray], dict[str, Any]],
+) -> tuple[dict[str, Any], list[str]]:
+    """The reported subgroup cells ``{"group=value": cell(mask)}`` and the suppressed cell names.
+
+    ``n`` is the number of patients and ``cell`` computes a cell's aggregates from a patient mask.
+    """
+    cells: dict[str, Any] = {}
+    suppressed: list[str] = []
+    for group, values in (subgroups or {}).items():
+        if not isinstance(group, str) or not group or "=" in group or group in (ALL, HOSPITAL):
+            raise ValueError(f"invalid subgroup name {group!r}")
+        vals = np.array([_subgroup_value(v) for v in values], dtype=object)
+        if vals.size != n:
+            raise ValueError(f"subgroup {group!r} has {vals.size} values for {n} patients")
+        sizes = {v: int(np.sum(vals == v)) for v in sorted({v for v in vals.tolist() if v is not None})}
+        reported = _reported_values(sizes, n, min_cell)
+        for v in sizes:
+            name = f"{group}={v}"
+            if v in reported:
+                cells[name] = cell(vals == v)
+            else:
+                suppressed.append(name)
+    return cells, suppressed
 
 
 def local_aggregates(
@@ -190,16 +253,9 @@ def local_aggregates(
         raise ValueError("label must be 0/1")
     y = y.astype(np.int64)
     ths = _check_thresholds(thresholds)
-    lo, hi = float(logit_range[0]), float(logit_range[1])
-    if not hi > lo or int(hist_bins) < 2:
-        raise ValueError("need logit_range[1] > logit_range[0] and hist_bins >= 2")
-    bins = int(hist_bins)
-    if int(min_cell) < 1:
-        raise ValueError("min_cell must be >= 1")
+    bins, lo, hi = _histogram_spec(hist_bins, logit_range, min_cell)
 
-    with np.errstate(divide="ignore"):
-        z = np.log(p) - np.log1p(-p)
-    hbin = np.clip(np.floor((z - lo) / ((hi - lo) / bins)), 0, bins - 1).astype(np.int64)
+    hbin = _logit_bins(p, bins, lo, hi)
     cbin = np.minimum((p * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
     above = p[:, None] >= np.asarray(ths, dtype=float)[None, :] if ths else np.zeros((p.size, 0), bool)
 
@@ -231,24 +287,8 @@ def local_aggregates(
         }
 
     cells: dict[str, Any] = {ALL: cell(np.ones(p.size, dtype=bool))}
-    suppressed: list[str] = []
-    for group, values in (subgroups or {}).items():
-        if not isinstance(group, str) or not group or "=" in group or group in (ALL, HOSPITAL):
-            raise ValueError(f"invalid subgroup name {group!r}")
-        vals = np.array([_subgroup_value(v) for v in values], dtype=object)
-        if vals.size != p.size:
-            raise ValueError(f"subgroup {group!r} has {vals.size} values for {p.size} patients")
-        sizes = {v: int(np.sum(vals == v)) for v in sorted({v for v in vals.tolist() if v is not None})}
-        reported = {v for v, size in sizes.items() if size >= min_cell}
-        # Complementary suppression: the uncovered remainder must not be a small cell either.
-        while reported and 0 < p.size - sum(sizes[v] for v in reported) < min_cell:
-            reported.remove(min(reported, key=lambda v: (sizes[v], v)))
-        for v in sizes:
-            name = f"{group}={v}"
-            if v in reported:
-                cells[name] = cell(vals == v)
-            else:
-                suppressed.append(name)
+    reported, suppressed = _subgroup_cells(subgroups, p.size, min_cell, cell)
+    cells.update(reported)
 
     return {
         "schema": SCHEMA,
@@ -265,29 +305,44 @@ def local_aggregates(
 # --------------------------------------------------------------------------- coordinator side
 
 
+# Sums over cells of ``cells[i][key]`` (or ``cells[i][key][sub]``), shared with
+# training.validation_multiclass: exact integers, ``math.fsum`` for floats.
+
+
+def _count(cells: Sequence[Mapping[str, Any]], key: str) -> int:
+    return sum(int(c[key]) for c in cells)
+
+
+def _counts(cells: Sequence[Mapping[str, Any]], key: str, sub: str | None = None) -> list[Any]:
+    """Element-wise sum of integer lists (or nested lists, e.g. per class)."""
+    rows = [c[key] if sub is None else c[key][sub] for c in cells]
+    return np.sum(np.asarray(rows, dtype=np.int64), axis=0).tolist()
+
+
+def _fsum(cells: Sequence[Mapping[str, Any]], key: str) -> float:
+    return math.fsum(float(c[key]) for c in cells)
+
+
+def _fsums(cells: Sequence[Mapping[str, Any]], key: str, sub: str) -> list[float]:
+    """Element-wise ``math.fsum`` of float lists."""
+    return [math.fsum(float(c[key][sub][k]) for c in cells) for k in range(len(cells[0][key][sub]))]
+
+
 def _sum_cells(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    def ints(key: str, sub: str | None = None) -> list[int]:
-        rows = [c[key] if sub is None else c[key][sub] for c in cells]
-        return [int(v) for v in np.sum(np.asarray(rows, dtype=np.int64), axis=0).tolist()]
-
-    def floats(key: str) -> float:
-        return math.fsum(float(c[key]) for c in cells)
-
     return {
-        "n": sum(int(c["n"]) for c in cells),
-        "positives": sum(int(c["positives"]) for c in cells),
-        "hist_pos": ints("hist_pos"),
-        "hist_neg": ints("hist_neg"),
-        "sum_p": floats("sum_p"),
-        "sum_p2": floats("sum_p2"),
-        "sum_py": floats("sum_py"),
-        "sum_y": sum(int(c["sum_y"]) for c in cells),
-        "confusion": {k: ints("confusion", k) for k in ("tp", "fp", "tn", "fn")},
+        "n": _count(cells, "n"),
+        "positives": _count(cells, "positives"),
+        "hist_pos": _counts(cells, "hist_pos"),
+        "hist_neg": _counts(cells, "hist_neg"),
+        "sum_p": _fsum(cells, "sum_p"),
+        "sum_p2": _fsum(cells, "sum_p2"),
+        "sum_py": _fsum(cells, "sum_py"),
+        "sum_y": _count(cells, "sum_y"),
+        "confusion": {k: _counts(cells, "confusion", k) for k in ("tp", "fp", "tn", "fn")},
         "calibration_bins": {
-            "n": ints("calibration_bins", "n"),
-            "sum_p": [math.fsum(float(c["calibration_bins"]["sum_p"][k]) for c in cells)
-                      for k in range(len(cells[0]["calibration_bins"]["sum_p"]))],
-            "sum_y": ints("calibration_bins", "sum_y"),
+            "n": _counts(cells, "calibration_bins", "n"),
+            "sum_p": _fsums(cells, "calibration_bins", "sum_p"),
+            "sum_y": _counts(cells, "calibration_bins", "sum_y"),
         },
     }
 
@@ -302,6 +357,51 @@ def _labelled(agg: Mapping[str, Any], hospital_id: str) -> dict[str, Any]:
     out["suppressed"] = [f"{hospital_id}:{name}" for name in agg.get("suppressed", [])]
     out["hospitals"] = [hospital_id]
     return out
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def _merge(
+    parts: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]],
+    *,
+    schema: str,
+    same: Sequence[str],
+    sum_cells: Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]],
+    name_expected: bool = False,
+) -> dict[str, Any]:
+    """The merge of :func:`merge_aggregates` for aggregates of ``schema``, shared with the multi-class one.
+
+    ``same`` names the fields every part must agree on (copied into the result, in this order, after
+    ``"schema"``); ``sum_cells`` sums one cell over the parts that reported it.
+    """
+    if isinstance(parts, Mapping):
+        items = [_labelled(agg, hid) for hid, agg in sorted(parts.items())]
+    else:
+        items = [dict(agg) for agg in parts]
+    if not items:
+        raise ValueError("nothing to merge")
+    first = items[0]
+    for agg in items:
+        _require_schema(agg, schema, name_expected=name_expected)
+        for key in same:
+            if agg[key] != first[key]:
+                raise ValueError(f"aggregates disagree on {key}: {agg[key]!r} vs {first[key]!r}")
+    hospitals = [h for agg in items for h in agg.get("hospitals", [])]
+    if len(set(hospitals)) != len(hospitals):
+        raise ValueError(f"hospital contributes twice: {sorted(hospitals)}")
+    names = sorted({name for agg in items for name in agg["cells"]})
+    return {
+        "schema": schema,
+        **{key: _copy(first[key]) for key in same},
+        "min_cell": min(int(agg["min_cell"]) for agg in items),
+        "cells": {name: sum_cells([agg["cells"][name] for agg in items if name in agg["cells"]]) for name in names},
+        "suppressed": sorted({s for agg in items for s in agg.get("suppressed", [])}),
+        "hospitals": sorted(hospitals),
+    }
 
 
 def merge_aggregates(parts: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -321,40 +421,14 @@ def merge_aggregates(parts: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[s
     Raises:
         ValueError: On incompatible aggregates (schema, histogram, thresholds) or repeated hospitals.
     """
-    if isinstance(parts, Mapping):
-        items = [_labelled(agg, hid) for hid, agg in sorted(parts.items())]
-    else:
-        items = [dict(agg) for agg in parts]
-    if not items:
-        raise ValueError("nothing to merge")
-    first = items[0]
-    for agg in items:
-        if agg.get("schema") != SCHEMA:
-            raise ValueError(f"unsupported aggregate schema {agg.get('schema')!r}")
-        for key in ("histogram", "calibration_bins", "thresholds"):
-            if agg[key] != first[key]:
-                raise ValueError(f"aggregates disagree on {key}: {agg[key]!r} vs {first[key]!r}")
-    hospitals = [h for agg in items for h in agg.get("hospitals", [])]
-    if len(set(hospitals)) != len(hospitals):
-        raise ValueError(f"hospital contributes twice: {sorted(hospitals)}")
-    names = sorted({name for agg in items for name in agg["cells"]})
-    cells = {name: _sum_cells([agg["cells"][name] for agg in items if name in agg["cells"]]) for name in names}
-    return {
-        "schema": SCHEMA,
-        "histogram": dict(first["histogram"]),
-        "calibration_bins": first["calibration_bins"],
-        "thresholds": list(first["thresholds"]),
-        "min_cell": min(int(agg["min_cell"]) for agg in items),
-        "cells": cells,
-        "suppressed": sorted({s for agg in items for s in agg.get("suppressed", [])}),
-        "hospitals": sorted(hospitals),
-    }
+    return _merge(parts, schema=SCHEMA, same=("histogram", "calibration_bins", "thresholds"), sum_cells=_sum_cells)
 
 
 # --------------------------------------------------------------------------- metrics from a cell
 
 
-def _auroc_delong(hp: np.ndarray, hn: np.ndarray) -> tuple[float | None, list[float] | None]:
+def _auroc_se(hp: np.ndarray, hn: np.ndarray) -> tuple[float | None, float | None]:
+    """Binned AUROC and its DeLong standard error; ``None`` when undefined."""
     n_pos, n_neg = hp.sum(), hn.sum()
     if n_pos == 0 or n_neg == 0:
         return None, None
@@ -365,8 +439,25 @@ def _auroc_delong(hp: np.ndarray, hn: np.ndarray) -> tuple[float | None, list[fl
         return auc, None
     s10 = (hp * (v10 - auc) ** 2).sum() / (n_pos - 1)
     s01 = (hn * (v01 - auc) ** 2).sum() / (n_neg - 1)
-    se = math.sqrt(max(s10 / n_pos + s01 / n_neg, 0.0))
-    return auc, [max(0.0, auc - _Z975 * se), min(1.0, auc + _Z975 * se)]
+    return auc, math.sqrt(max(s10 / n_pos + s01 / n_neg, 0.0))
+
+
+def _interval(auc: float | None, se: float | None) -> list[float] | None:
+    """95% Wald interval on the AUROC scale, clipped to [0, 1]; ``None`` without a standard error."""
+    if auc is None or se is None:
+        return None
+    return [max(0.0, auc - _Z975 * se), min(1.0, auc + _Z975 * se)]
+
+
+def _roc_curve(hp: np.ndarray, hn: np.ndarray, n_pos: float, n_neg: float, curve_points: int) -> dict[str, list[float]]:
+    """The binned ROC curve (at most ``curve_points`` points); empty without positives or negatives."""
+    if n_pos == 0 or n_neg == 0:
+        return {"fpr": [], "tpr": []}
+    tp_c, fp_c = _descending(hp, hn)
+    fpr = np.concatenate([[0.0], fp_c / n_neg])
+    tpr = np.concatenate([[0.0], tp_c / n_pos])
+    keep = _downsample(fpr.size, curve_points)
+    return {"fpr": [float(v) for v in fpr[keep]], "tpr": [float(v) for v in tpr[keep]]}
 
 
 def _descending(hp: np.ndarray, hn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -442,7 +533,7 @@ def _cell_metrics(cell: Mapping[str, Any], columns: list[int], thresholds: list[
     hp = np.asarray(cell["hist_pos"], dtype=float)
     hn = np.asarray(cell["hist_neg"], dtype=float)
     prevalence = _ratio(n_pos, n)
-    auroc, ci = _auroc_delong(hp, hn)
+    auroc, se = _auroc_se(hp, hn)
     intercept, slope = _calibration_fit(hp, hn, centres)
 
     cb = cell["calibration_bins"]
@@ -480,14 +571,9 @@ def _cell_metrics(cell: Mapping[str, Any], columns: list[int], thresholds: list[
         "treat_none": [0.0 for _ in dts],
     }
 
-    roc: dict[str, list[float]] = {"fpr": [], "tpr": []}
     pr: dict[str, list[float]] = {"recall": [], "precision": []}
     if n_pos > 0 and n_neg > 0:
         tp_c, fp_c = _descending(hp, hn)
-        fpr = np.concatenate([[0.0], fp_c / n_neg])
-        tpr = np.concatenate([[0.0], tp_c / n_pos])
-        keep = _downsample(fpr.size, curve_points)
-        roc = {"fpr": [float(v) for v in fpr[keep]], "tpr": [float(v) for v in tpr[keep]]}
         recall = np.concatenate([[0.0], tp_c / n_pos])
         precision = np.concatenate([[1.0], tp_c / (tp_c + fp_c)])
         keep = _downsample(recall.size, curve_points)
@@ -498,7 +584,7 @@ def _cell_metrics(cell: Mapping[str, Any], columns: list[int], thresholds: list[
         "positives": n_pos,
         "prevalence": prevalence,
         "auroc": _num(auroc),
-        "auroc_ci95": [float(v) for v in ci] if ci is not None else None,
+        "auroc_ci95": _interval(auroc, se),
         "auprc": _num(_average_precision(hp, hn)),
         "brier": _num(brier),
         "ece": _num(ece),
@@ -507,7 +593,7 @@ def _cell_metrics(cell: Mapping[str, Any], columns: list[int], thresholds: list[
         "calibration_curve": curve,
         "at_thresholds": rows,
         "decision_curve": decision,
-        "roc": roc,
+        "roc": _roc_curve(hp, hn, n_pos, n_neg, curve_points),
         "pr": pr,
     }
 
@@ -516,6 +602,26 @@ def _value_order(group: str, value: str) -> tuple[int, str]:
     if group == "age_band" and value in AGE_BANDS:
         return AGE_BANDS.index(value), value
     return len(AGE_BANDS), value
+
+
+def _report_cells(agg: Mapping[str, Any], metrics: Callable[[Mapping[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """``{"overall", "subgroups": {"hospital": {...}, "<group>": {"<value>": cell}}, "suppressed", "hospitals"}``.
+
+    The part of a report shared with ``training.validation_multiclass``: ``metrics`` of each cell,
+    groups and values in report order.
+    """
+    cells = agg["cells"]
+    subgroups: dict[str, dict[str, Any]] = {HOSPITAL: {}}
+    names = [name for name in cells if name != ALL]
+    for name in sorted(names, key=lambda s: (s.split("=", 1)[0], _value_order(*s.split("=", 1)))):
+        group, value = name.split("=", 1)
+        subgroups.setdefault(group, {})[value] = metrics(cells[name])
+    return {
+        "overall": metrics(cells[ALL]),
+        "subgroups": subgroups,
+        "suppressed": list(agg.get("suppressed", [])),
+        "hospitals": list(agg.get("hospitals", [])),
+    }
 
 
 def build_report(agg: Mapping[str, Any], *, thresholds: Sequence[float] | None = None,
@@ -535,8 +641,7 @@ def build_report(agg: Mapping[str, Any], *, thresholds: Sequence[float] | None =
     Raises:
         ValueError: On an unknown schema, an undeclared threshold or ``curve_points < 2``.
     """
-    if agg.get("schema") != SCHEMA:
-        raise ValueError(f"unsupported aggregate schema {agg.get('schema')!r}")
+    _require_schema(agg, SCHEMA)
     if curve_points < 2:
         raise ValueError("curve_points must be >= 2")
     declared = [float(t) for t in agg["thresholds"]]
@@ -552,18 +657,7 @@ def build_report(agg: Mapping[str, Any], *, thresholds: Sequence[float] | None =
     def metrics(cell: Mapping[str, Any]) -> dict[str, Any]:
         return _cell_metrics(cell, columns, wanted, centres, int(curve_points))
 
-    subgroups: dict[str, dict[str, Any]] = {HOSPITAL: {}}
-    names = [name for name in agg["cells"] if name != ALL]
-    for name in sorted(names, key=lambda s: (s.split("=", 1)[0], _value_order(*s.split("=", 1)))):
-        group, value = name.split("=", 1)
-        subgroups.setdefault(group, {})[value] = metrics(agg["cells"][name])
-    return {
-        "thresholds": wanted,
-        "overall": metrics(agg["cells"][ALL]),
-        "subgroups": subgroups,
-        "suppressed": list(agg.get("suppressed", [])),
-        "hospitals": list(agg.get("hospitals", [])),
-    }
+    return {"thresholds": wanted, **_report_cells(agg, metrics)}
 
 
 def local_report(
