@@ -1,4 +1,5 @@
-"""The registered model: a risk model and its feature encoder as one MLflow pyfunc."""
+"""The registered model as one MLflow pyfunc: a risk model with its feature encoder, or an
+image classifier with its preprocessor (size, channels, normalisation, classes)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from training.imaging import ImagePreprocessor
 from training.models import RiskModel, build_model
 from training.preprocessing import FeatureEncoder
+from training.vision import VisionModel
 
-__all__ = ["RiskModelPackage", "save_package_files"]
+__all__ = ["RiskModelPackage", "VisionModelPackage", "save_package_files", "save_vision_package_files"]
 
 ENCODER_FILE = "encoder.json"
+PREPROCESSOR_FILE = "preprocessor.json"
 WEIGHTS_FILE = "weights.pt"
 ARRAYS_FILE = "weights.npz"  # the same weights as NumPy arrays: scoring needs no PyTorch
 MODEL_FILE = "model.json"
@@ -53,3 +57,40 @@ class RiskModelPackage(mlflow.pyfunc.PythonModel):
         """Risk of the outcome for each row."""
         x = torch.from_numpy(self.encoder.encode(model_input))
         return pd.DataFrame({"risk": self.model.predict_proba(x).numpy().astype(float)})
+
+
+def save_vision_package_files(directory: Path, model: VisionModel, preprocessor: ImagePreprocessor, kind: str,
+                              hparams: dict[str, Any]) -> dict[str, str]:
+    """Write the artifacts a :class:`VisionModelPackage` loads; returns name -> path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / PREPROCESSOR_FILE).write_text(preprocessor.to_json())
+    meta = {"modality": "images", "kind": kind, "in_channels": preprocessor.channels,
+            "num_classes": preprocessor.num_classes, "hparams": hparams}
+    (directory / MODEL_FILE).write_text(json.dumps(meta))
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / WEIGHTS_FILE)
+    return {name: str(directory / name) for name in (PREPROCESSOR_FILE, WEIGHTS_FILE, MODEL_FILE)}
+
+
+class VisionModelPackage(mlflow.pyfunc.PythonModel):
+    """Images in (a DataFrame with an ``image`` column of PNG or JPEG bytes), one column
+    of probability per class and the predicted ``label`` out.
+
+    The preprocessor the federation agreed on (size, channels, normalisation, class
+    names) travels with the weights, as the encoder does for risk models.
+    """
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load the preprocessor and the network from the model's artifacts."""
+        from training.vision_scoring import VisionScorer
+
+        self.scorer = VisionScorer.from_files(Path(context.artifacts[MODEL_FILE]).parent)
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Class probabilities and the most probable class for each image."""
+        images = [bytes(b) for b in model_input["image"]]
+        probs = self.scorer.predict_bytes(images)
+        classes = self.scorer.classes
+        frame = pd.DataFrame({f"p_{c}": probs[:, k].astype(float) for k, c in enumerate(classes)})
+        frame.insert(0, "label", [classes[int(k)] for k in probs.argmax(axis=1)])
+        return frame

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from experiments.errors import SpecError
 from training.contract import DataContract
 from training.errors import PrivacyConfigError
+from training.imaging import ImageContract
 from training.privacy import DPConfig
 
 __all__ = [
+    "AugmentSpec",
     "DataSpec",
+    "IMAGE_MODEL_KINDS",
+    "ImageDataSpec",
     "ExperimentSpec",
     "HospitalSpec",
     "ModelSpec",
@@ -42,8 +46,9 @@ class HospitalSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    """The data contract every hospital's file must meet, and the hospitals."""
+    """The data contract every hospital's file must meet, and the hospitals (tabular data)."""
 
+    modality: Literal["tabular"] = "tabular"
     patient_id: str = "patient_id"
     label: str
     numeric: list[str] = []
@@ -59,10 +64,7 @@ class DataSpec(_Strict):
         seen = {c for c in columns if columns.count(c) > 1}
         if seen:
             raise ValueError(f"column declared twice: {sorted(seen)[0]}")
-        ids = [h.id for h in self.hospitals]
-        dup = {i for i in ids if ids.count(i) > 1}
-        if dup:
-            raise ValueError(f"hospital id listed twice: {sorted(dup)[0]}")
+        _unique_hospitals(self.hospitals)
         return self
 
     @property
@@ -71,12 +73,107 @@ class DataSpec(_Strict):
         return DataContract(self.patient_id, self.label, tuple(self.numeric), tuple(self.categorical))
 
 
-class ModelSpec(_Strict):
-    """Which risk model to train."""
+def _unique_hospitals(hospitals: list[HospitalSpec]) -> None:
+    ids = [h.id for h in hospitals]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ValueError(f"hospital id listed twice: {sorted(dup)[0]}")
 
-    kind: Literal["logistic", "mlp"] = "mlp"
+
+class AugmentSpec(_Strict):
+    """Random augmentation of training images (per image, on the training device).
+
+    Flips are off by default: in radiology left and right are not interchangeable.
+    """
+
+    hflip: bool = False
+    vflip: bool = False
+    rotate: float = Field(default=10.0, ge=0, le=180, description="max rotation, degrees")
+    translate: float = Field(default=0.1, ge=0, le=0.5, description="max shift, fraction of the side")
+    brightness: float = Field(default=0.1, ge=0, le=1)
+    contrast: float = Field(default=0.1, ge=0, le=1)
+
+
+ClassName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,\s][^,]*$")]
+
+
+class ImageDataSpec(_Strict):
+    """The imaging contract: every hospital holds a folder of PNG/JPEG images with a labels
+    CSV (image file, patient id, label), or a MedMNIST-layout ``.npz``.
+
+    Attributes:
+        classes: The class names, in the order of the model's outputs; CSV labels are these
+            names (or their indices), ``.npz`` labels their indices.
+        image_size: Every image is resized to this many pixels square.
+        channels: 1 (grayscale) or 3 (RGB); images are converted.
+        mean, std: Per-channel normalisation of pixel values in [0, 1]; when not given the
+            federation computes the pooled mean and standard deviation from the hospitals'
+            pixel sums (the statistics round).
+        augment: Training augmentation, or null for none.
+    """
+
+    modality: Literal["images"]
+    classes: list[ClassName] = Field(min_length=2, max_length=1000)
+    image_size: int = Field(default=28, ge=8, le=512)
+    channels: Literal[1, 3] = 1
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+    image_column: str = "image"
+    patient_id: str = "patient_id"
+    label: str = "label"
+    test_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    augment: AugmentSpec | None = AugmentSpec()
+    hospitals: list[HospitalSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageDataSpec:
+        dup = {c for c in self.classes if self.classes.count(c) > 1}
+        if dup:
+            raise ValueError(f"class listed twice: {sorted(dup)[0]}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (then the federation computes them)")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(f"{name} needs {self.channels} value(s), one per channel")
+        columns = [self.image_column, self.patient_id, self.label]
+        if len(set(columns)) != 3:
+            raise ValueError("image_column, patient_id and label must be different columns")
+        _unique_hospitals(self.hospitals)
+        return self
+
+    @property
+    def contract(self) -> ImageContract:
+        """The training layer's view of the images."""
+        return ImageContract(
+            classes=tuple(self.classes), size=self.image_size, channels=self.channels,
+            image_column=self.image_column, patient_id=self.patient_id, label=self.label,
+        )
+
+
+def _modality(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("modality", "tabular"))
+    return str(getattr(value, "modality", "tabular"))
+
+
+AnyDataSpec = Annotated[
+    Annotated[DataSpec, Tag("tabular")] | Annotated[ImageDataSpec, Tag("images")],
+    Discriminator(_modality, custom_error_type="modality",
+                  custom_error_message="modality must be tabular or images"),
+]
+
+#: Model kinds for image data; the others (logistic, mlp) are for tabular data.
+IMAGE_MODEL_KINDS = ("cnn", "resnet18")
+
+
+class ModelSpec(_Strict):
+    """Which model to train: ``logistic``/``mlp`` on tabular data, ``cnn``/``resnet18`` on images."""
+
+    kind: Literal["logistic", "mlp", "cnn", "resnet18"] = "mlp"
     hidden: list[Annotated[int, Field(gt=0, le=4096)]] = [64, 32]
     dropout: float = Field(default=0.1, ge=0, lt=1)
+    width: int | None = Field(default=None, ge=4, le=256, description="cnn/resnet18: channels of the first stage")
 
 
 class StrategySpec(_Strict):
@@ -154,8 +251,10 @@ class ValidationSpec(_Strict):
     subgroups: list[str] | None = None
     min_cell: int = Field(default=10, ge=1, le=1000)
 
-    def subgroup_columns(self, data: DataSpec) -> list[str]:
-        """The columns the report is broken down by."""
+    def subgroup_columns(self, data: DataSpec | ImageDataSpec) -> list[str]:
+        """The columns the report is broken down by (image data: by hospital only)."""
+        if isinstance(data, ImageDataSpec):
+            return []
         if self.subgroups is None:
             return [c for c in ("sex", "age") if c in data.numeric or c in data.categorical]
         return list(self.subgroups)
@@ -168,7 +267,7 @@ class ExperimentSpec(_Strict):
     registered_model: Name | None = None
     description: str = ""
     seed: int = 0
-    data: DataSpec
+    data: AnyDataSpec
     model: ModelSpec = ModelSpec()
     strategy: StrategySpec = StrategySpec()
     training: TrainingSpec = TrainingSpec()
@@ -180,8 +279,34 @@ class ExperimentSpec(_Strict):
         """Registered model name in the MLflow registry."""
         return self.registered_model or self.name
 
+    @property
+    def is_imaging(self) -> bool:
+        """True for an image classifier (``data.modality: images``)."""
+        return isinstance(self.data, ImageDataSpec)
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> ExperimentSpec:
+        kind_set = "kind" in self.model.model_fields_set
+        if self.is_imaging:
+            if not kind_set:
+                object.__setattr__(self, "model", self.model.model_copy(update={"kind": "cnn"}))
+            elif self.model.kind not in IMAGE_MODEL_KINDS:
+                raise ValueError(f"model.kind: {self.model.kind} is for tabular data; images take cnn or resnet18")
+            privacy = self.privacy
+            if privacy.enabled and privacy.grad_sample_mode == "fused":
+                if "grad_sample_mode" in privacy.model_fields_set:
+                    raise ValueError("privacy.grad_sample_mode: fused is for Linear-only models; images take hooks, ghost or functorch")
+                object.__setattr__(self, "privacy", privacy.model_copy(update={"grad_sample_mode": "hooks"}))
+            if self.validation.subgroups:
+                raise ValueError("validation.subgroups: image data has no feature columns; the report is broken down by hospital")
+        elif kind_set and self.model.kind in IMAGE_MODEL_KINDS:
+            raise ValueError(f"model.kind: {self.model.kind} is for images; set data.modality: images or use logistic or mlp")
+        return self
+
     @model_validator(mode="after")
     def _subgroups_are_features(self) -> ExperimentSpec:
+        if self.is_imaging:
+            return self
         for column in self.validation.subgroups or []:
             if column not in self.data.numeric and column not in self.data.categorical:
                 raise ValueError(f"validation.subgroups: {column} is not a declared feature column")
@@ -212,7 +337,9 @@ class ExperimentSpec(_Strict):
 def _describe(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "spec"
+        # the data section's union tags (tabular, images) are not fields the user wrote
+        path = [p for i, p in enumerate(e["loc"]) if not (i == 1 and e["loc"][0] == "data" and p in ("tabular", "images"))]
+        loc = ".".join(str(p) for p in path) or "spec"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"

@@ -22,10 +22,12 @@ from mlflow.types.schema import ColSpec, DataType, Schema
 from mlflow.tracking import MlflowClient
 
 from experiments.errors import TrackingError
-from experiments.model_package import RiskModelPackage, save_package_files
+from experiments.model_package import RiskModelPackage, VisionModelPackage, save_package_files, save_vision_package_files
 from experiments.spec import ExperimentSpec
+from training.imaging import ImagePreprocessor
 from training.models import RiskModel
 from training.preprocessing import FeatureEncoder
+from training.vision import VisionModel
 
 __all__ = ["CANDIDATE_ALIAS", "VALIDATION_DIR", "RunTracker", "code_version", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature"]
 
@@ -110,8 +112,26 @@ def model_signature(encoder: FeatureEncoder) -> ModelSignature:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec(DataType.double, "risk")]))
 
 
+def vision_signature(preprocessor: ImagePreprocessor) -> ModelSignature:
+    """PNG or JPEG bytes in (column ``image``); the predicted label and one probability per class out."""
+    outputs = [ColSpec(DataType.string, "label")] + [ColSpec(DataType.double, f"p_{c}") for c in preprocessor.classes]
+    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, "image")]), outputs=Schema(outputs))
+
+
+def vision_example(preprocessor: ImagePreprocessor) -> pd.DataFrame:
+    """A made-up input example: a mid-grey PNG of the model's size, never a patient's image."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    mode = "L" if preprocessor.channels == 1 else "RGB"
+    Image.new(mode, (preprocessor.size, preprocessor.size), color=128 if mode == "L" else (128, 128, 128)).save(buffer, "PNG")
+    return pd.DataFrame({"image": [buffer.getvalue()]})
+
+
 def _requirements() -> list[str]:
-    wanted = ("torch", "pandas", "numpy", "scikit-learn", "pytorch-lightning", "opacus", "mlflow")
+    wanted = ("torch", "pandas", "numpy", "scikit-learn", "pytorch-lightning", "opacus", "mlflow", "pillow")
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in wanted]
 
 
@@ -210,8 +230,8 @@ class RunTracker:
     def register(
         self,
         *,
-        model: RiskModel,
-        encoder: FeatureEncoder,
+        model: RiskModel | VisionModel,
+        encoder: FeatureEncoder | ImagePreprocessor,
         kind: str,
         hparams: dict[str, Any],
         model_name: str,
@@ -225,19 +245,26 @@ class RunTracker:
         """
         run_id = self._run()
         self.flush()
-        example = example_input(encoder)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         with tempfile.TemporaryDirectory() as tmp:
-            artifacts = save_package_files(Path(tmp), model, encoder, kind, hparams)
+            if isinstance(encoder, ImagePreprocessor):
+                assert isinstance(model, VisionModel)
+                artifacts = save_vision_package_files(Path(tmp), model, encoder, kind, hparams)
+                package: mlflow.pyfunc.PythonModel = VisionModelPackage()
+                signature, example = vision_signature(encoder), vision_example(encoder)
+            else:
+                assert isinstance(model, RiskModel)
+                artifacts = save_package_files(Path(tmp), model, encoder, kind, hparams)
+                package, signature, example = RiskModelPackage(), model_signature(encoder), example_input(encoder)
             with mlflow.start_run(run_id=run_id):
                 info = self._call(
                     "log model",
                     mlflow.pyfunc.log_model,
                     name="model",
-                    python_model=RiskModelPackage(),
+                    python_model=package,
                     artifacts=artifacts,
-                    signature=model_signature(encoder),
+                    signature=signature,
                     input_example=example,
                     pip_requirements=_requirements(),
                 )

@@ -73,7 +73,7 @@ def train(message: Message, context: Context) -> Message:
         outcome = train_round(
             site=site,
             spec=spec,
-            encoder=encoder_from_config(dict(config)),
+            encoder=encoder_from_config(dict(config), spec),
             state=message.content["arrays"].to_torch_state_dict(),
             run_key=str(config["run-key"]),
             server_round=int(config["server-round"]),
@@ -100,7 +100,7 @@ def evaluate(message: Message, context: Context) -> Message:
         metrics = evaluate_global(
             site=site,
             spec=spec,
-            encoder=encoder_from_config(dict(message.content["config"])),
+            encoder=encoder_from_config(dict(message.content["config"]), spec),
             state=message.content["arrays"].to_torch_state_dict(),
         )
     except _SITE_ERRORS as err:
@@ -120,7 +120,7 @@ def validate(message: Message, context: Context) -> Message:
         aggregates = validation_aggregates(
             site=site,
             spec=spec,
-            encoder=encoder_from_config(dict(message.content["config"])),
+            encoder=encoder_from_config(dict(message.content["config"]), spec),
             state=message.content["arrays"].to_torch_state_dict(),
         )
     except _SITE_ERRORS as err:

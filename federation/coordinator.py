@@ -14,15 +14,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from experiments.report import report_sha256, write_report_artifacts
-from experiments.spec import ExperimentSpec
+from experiments.spec import ExperimentSpec, ImageDataSpec
 from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
 from federation.errors import TooFewHospitalsError
-from federation.hospital import model_hparams
+from federation.hospital import Preprocessor, build_spec_model, model_hparams
 from federation.progress import ProgressLog
 from federation.strategy import HospitalReply, build_strategy
-from training.models import build_model
+from training.imaging import ImagePreprocessor
 from training.preprocessing import FeatureEncoder, merge_statistics
 from training.validation import build_report, merge_aggregates
+from training.validation_multiclass import build_multiclass_report, merge_multiclass_aggregates
 
 __all__ = ["Coordinator"]
 
@@ -46,6 +47,7 @@ class Coordinator:
         self.epsilon: dict[str, float] = {}
         self.final_eval: dict[str, dict[str, float]] = {}
         self.fingerprints: dict[str, str] = {}
+        self.class_counts: dict[str, list[int]] = {}
         self.timings: list[dict[str, float]] = []
         self._round_started = time.perf_counter()
         self._last_train: list[HospitalReply] = []
@@ -106,7 +108,7 @@ class Coordinator:
             )
         return nodes
 
-    def _federated_encoder(self, grid: Grid, nodes: list[int], run_key: str) -> tuple[FeatureEncoder, dict[int, str]]:
+    def _federated_encoder(self, grid: Grid, nodes: list[int], run_key: str) -> tuple[Preprocessor, dict[int, str]]:
         messages = [
             Message(RecordDict({"config": ConfigRecord({"run-key": run_key})}), dst_node_id=n, message_type=MessageType.QUERY)
             for n in nodes
@@ -126,6 +128,8 @@ class Coordinator:
                 record = msg.content["statistics"]
                 stats.append(json.loads(str(record["stats"])))
                 self.fingerprints[hospital] = str(record["fingerprint"])
+                if self.spec.is_imaging:
+                    self.class_counts[hospital] = [int(c) for c in stats[-1]["classes"]]
         self.participation["0"] = {"statistics": outcome}
         self.progress.emit("statistics", hospitals={h: o["status"] for h, o in outcome.items()},
                            reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
@@ -135,7 +139,14 @@ class Coordinator:
                 f"{len(stats)} hospitals sent statistics, the minimum is {self.spec.strategy.min_hospitals}"
                 + (f" ({detail})" if detail else "")
             )
-        return FeatureEncoder.from_statistics(merge_statistics(stats), self.spec.data.contract), names
+        data = self.spec.data
+        if isinstance(data, ImageDataSpec):
+            preprocessor = ImagePreprocessor.from_statistics(
+                [s["pixels"] for s in stats], size=data.image_size, channels=data.channels, classes=tuple(data.classes),
+                mean=None if data.mean is None else tuple(data.mean), std=None if data.std is None else tuple(data.std),
+            )
+            return preprocessor, names
+        return FeatureEncoder.from_statistics(merge_statistics(stats), data.contract), names
 
     def run(self, grid: Grid) -> dict[str, Any]:
         """Run the experiment end to end; returns the summary (run id, version...).
@@ -151,7 +162,7 @@ class Coordinator:
             nodes = self._wait_for_hospitals(grid)
             encoder, names = self._federated_encoder(grid, nodes, run_id)
             setup_seconds = time.perf_counter() - started
-            model = build_model(spec.model.kind, encoder.input_dim, **model_hparams(spec))
+            model = build_spec_model(spec, encoder)
             strategy = build_strategy(spec.strategy, observer=self, min_available=spec.strategy.min_hospitals,
                                       learning_rate=spec.training.learning_rate)
             strategy.node_names.update(names)  # type: ignore[attr-defined]
@@ -189,7 +200,7 @@ class Coordinator:
         self.progress.emit("done", **summary)
         return summary
 
-    def _validate(self, grid: Grid, nodes: list[int], encoder: FeatureEncoder, model: Any, run_id: str) -> dict[str, str]:
+    def _validate(self, grid: Grid, nodes: list[int], encoder: Preprocessor, model: Any, run_id: str) -> dict[str, str]:
         """The clinical validation report of the final model, from the hospitals' aggregates.
 
         Each hospital scores its held-out rows and returns counts only; the report and its
@@ -219,7 +230,10 @@ class Coordinator:
                            reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
         if not parts:
             return {"validation.status": "missing"}
-        report = build_report(merge_aggregates(parts), thresholds=spec.validation.thresholds)
+        if spec.is_imaging:
+            report = build_multiclass_report(merge_multiclass_aggregates(parts))
+        else:
+            report = build_report(merge_aggregates(parts), thresholds=spec.validation.thresholds)
         meta = {
             "model_name": spec.model_name, "version": "(assigned at registration)", "experiment": spec.name,
             "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -230,15 +244,21 @@ class Coordinator:
             "schema_fingerprints": dict(sorted(self.fingerprints.items())), "code_version": code_version(),
             "model_kind": spec.model.kind,
             "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in model_hparams(spec).items()},
-            "features": [*spec.data.numeric, *spec.data.categorical], "label": spec.data.label,
+            "label": spec.data.label,
         }
+        if isinstance(spec.data, ImageDataSpec):
+            meta.update(task="multiclass", classes=list(spec.data.classes), modality="images",
+                        image={"size": spec.data.image_size, "channels": spec.data.channels},
+                        class_counts=dict(sorted(self.class_counts.items())))
+        else:
+            meta["features"] = [*spec.data.numeric, *spec.data.categorical]
         with tempfile.TemporaryDirectory(prefix="bioverse-report-") as tmp:
             write_report_artifacts(report, meta, Path(tmp))
             self.tracker.log_artifacts(Path(tmp), VALIDATION_DIR)
         overall = report["overall"]
         tags = {"validation.status": "complete", "validation.report_sha256": report_sha256(report),
                 "validation.hospitals": ",".join(sorted(parts)), "validation.n": str(overall["n"])}
-        for key in ("auroc", "calibration_slope", "calibration_intercept", "brier", "ece"):
+        for key in ("auroc", "calibration_slope", "calibration_intercept", "brier", "ece", "accuracy", "balanced_accuracy"):
             if overall.get(key) is not None:
                 tags[f"validation.{key}"] = f"{overall[key]:.4f}"
         log.info("validation report from %d hospitals in %.2f s", len(parts), time.perf_counter() - started)
@@ -255,6 +275,7 @@ class Coordinator:
             "epsilon": dict(sorted(self.epsilon.items())),
             "delta": spec.privacy.target_delta if spec.privacy.enabled else 0.0,
             "hospital_metrics": dict(sorted(self.final_eval.items())),
+            **({"class_counts": dict(sorted(self.class_counts.items()))} if spec.is_imaging else {}),
             "participation": self.participation,
             "seconds": {"total": time.perf_counter() - started, "setup": setup_seconds, "rounds": self.timings},
             "tracking_uri": self.tracker.tracking_uri,
@@ -268,6 +289,7 @@ class Coordinator:
             "rounds": str(spec.training.rounds),
             "strategy": spec.strategy.name,
             "model_kind": spec.model.kind,
+            "modality": "images" if spec.is_imaging else "tabular",
             "dp": str(spec.privacy.enabled).lower(),
             "epsilon": f"{max(self.epsilon.values()):.4f}" if self.epsilon else "inf",
             "delta": str(spec.privacy.target_delta) if spec.privacy.enabled else "0",

@@ -1,4 +1,8 @@
-"""What a hospital does for the coordinator: statistics, DP training rounds, evaluation."""
+"""What a hospital does for the coordinator: statistics, DP training rounds, evaluation.
+
+Each entry point serves both modalities: tabular risk models here, image classifiers in
+:mod:`federation.hospital_images` (the spec's ``data.modality`` decides).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,22 @@ from federation.ledger import PrivacyLedger
 from federation.site import Site
 from training.contract import schema_fingerprint
 from training.data import HospitalDataModule
+from training.imaging import ImagePreprocessor
 from training.local import evaluate_model, sample_rate, steps_per_epoch, train_locally
 from training.models import RiskModel, build_model
 from training.preprocessing import FeatureEncoder
 from training.privacy import epsilon_after
 from training.validation import age_band, local_aggregates
+from training.vision import VisionModel, build_vision_model
 
-__all__ = ["RoundOutcome", "evaluate_global", "model_hparams", "site_statistics", "report_subgroups", "train_round", "validation_aggregates"]
+__all__ = [
+    "Preprocessor", "RoundOutcome", "build_spec_model", "charge_round", "encoder_from_config", "evaluate_global",
+    "model_hparams", "report_subgroups", "site_statistics", "train_round", "validation_aggregates",
+]
+
+#: What the federation's statistics round builds and every round carries: the tabular
+#: feature encoder, or the image preprocessor (size, channels, normalisation, classes).
+Preprocessor = FeatureEncoder | ImagePreprocessor
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +52,16 @@ def model_hparams(spec: ExperimentSpec) -> dict[str, Any]:
     hparams: dict[str, Any] = {"lr": spec.training.learning_rate, "optimizer": spec.training.optimizer}
     if spec.model.kind == "mlp":
         hparams.update(hidden=tuple(spec.model.hidden), dropout=spec.model.dropout)
+    if spec.is_imaging and spec.model.width is not None:
+        hparams["width"] = spec.model.width
     return hparams
+
+
+def build_spec_model(spec: ExperimentSpec, encoder: Preprocessor) -> RiskModel | VisionModel:
+    """A fresh model of the spec's kind, shaped by the federation's encoder/preprocessor."""
+    if isinstance(encoder, ImagePreprocessor):
+        return build_vision_model(spec.model.kind, encoder.channels, encoder.num_classes, **model_hparams(spec))
+    return build_model(spec.model.kind, encoder.input_dim, **model_hparams(spec))
 
 
 def _data(site: Site, spec: ExperimentSpec, encoder: FeatureEncoder | None = None) -> HospitalDataModule:
@@ -52,6 +74,10 @@ def _data(site: Site, spec: ExperimentSpec, encoder: FeatureEncoder | None = Non
 
 def site_statistics(site: Site, spec: ExperimentSpec) -> dict[str, Any]:
     """Sufficient statistics and schema fingerprint of the hospital's training rows."""
+    if spec.is_imaging:
+        from federation import hospital_images
+
+        return hospital_images.site_statistics(site, spec)
     dm = _data(site, spec)
     return {
         "stats": dm.statistics(),
@@ -67,11 +93,34 @@ def _model(spec: ExperimentSpec, encoder: FeatureEncoder, state: dict[str, torch
     return model
 
 
+def charge_round(site: Site, spec: ExperimentSpec, n: int, run_key: str) -> tuple[float | None, dict[str, float]]:
+    """Charge the hospital's privacy ledger for one round over ``n`` training examples.
+
+    Returns the run's noise multiplier (None without DP) and the round's privacy metrics.
+
+    Raises:
+        BudgetExceededError: the round would exceed the hospital's budget; nothing charged.
+    """
+    dp = spec.privacy.dp_config
+    if not dp.enabled:
+        return None, {}
+    batch = spec.training.batch_size
+    q = sample_rate(n, batch)
+    round_steps = spec.training.local_epochs * steps_per_epoch(n, batch)
+    noise = dp.noise_multiplier_for(sample_rate=q, total_steps=round_steps * spec.training.rounds)
+    ledger = PrivacyLedger(site.ledger_path, site.hospital_id)
+    previous = ledger.entry(run_key)
+    steps = (previous.steps if previous else 0) + round_steps
+    epsilon = epsilon_after(noise_multiplier=noise, sample_rate=q, steps=steps, delta=dp.target_delta, accountant=dp.accountant)
+    ledger.charge(run=run_key, experiment=spec.name, epsilon=epsilon, delta=dp.target_delta, steps=steps, budget=site.budget)
+    return noise, {"epsilon": epsilon, "noise-multiplier": noise, "budget-left": site.budget - ledger.spent()}
+
+
 def train_round(
     *,
     site: Site,
     spec: ExperimentSpec,
-    encoder: FeatureEncoder,
+    encoder: Preprocessor,
     state: dict[str, torch.Tensor],
     run_key: str,
     server_round: int,
@@ -86,23 +135,18 @@ def train_round(
     Raises:
         BudgetExceededError: the round would exceed the hospital's budget; nothing trained.
     """
+    if isinstance(encoder, ImagePreprocessor):
+        from federation import hospital_images
+
+        return hospital_images.train_round(site=site, spec=spec, preprocessor=encoder, state=state, run_key=run_key,
+                                           server_round=server_round, proximal_mu=proximal_mu)
     started = time.perf_counter()
     dm = _data(site, spec, encoder)
     train_data = dm.dataset("train")
     n, batch = len(train_data), spec.training.batch_size
     dp = spec.privacy.dp_config
-    metrics: dict[str, float] = {"num-examples": float(n)}
-    noise = None
-    if dp.enabled:
-        q = sample_rate(n, batch)
-        round_steps = spec.training.local_epochs * steps_per_epoch(n, batch)
-        noise = dp.noise_multiplier_for(sample_rate=q, total_steps=round_steps * spec.training.rounds)
-        ledger = PrivacyLedger(site.ledger_path, site.hospital_id)
-        previous = ledger.entry(run_key)
-        steps = (previous.steps if previous else 0) + round_steps
-        epsilon = epsilon_after(noise_multiplier=noise, sample_rate=q, steps=steps, delta=dp.target_delta, accountant=dp.accountant)
-        ledger.charge(run=run_key, experiment=spec.name, epsilon=epsilon, delta=dp.target_delta, steps=steps, budget=site.budget)
-        metrics.update({"epsilon": epsilon, "noise-multiplier": noise, "budget-left": site.budget - ledger.spent()})
+    noise, privacy = charge_round(site, spec, n, run_key)
+    metrics: dict[str, float] = {"num-examples": float(n), **privacy}
     model = _model(spec, encoder, state)
     result = train_locally(
         model,
@@ -120,8 +164,12 @@ def train_round(
     return RoundOutcome(model.state_dict(), metrics)
 
 
-def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: FeatureEncoder, state: dict[str, torch.Tensor]) -> dict[str, float]:
+def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, state: dict[str, torch.Tensor]) -> dict[str, float]:
     """Metrics of the global model on the hospital's held-out rows."""
+    if isinstance(encoder, ImagePreprocessor):
+        from federation import hospital_images
+
+        return hospital_images.evaluate_global(site=site, spec=spec, preprocessor=encoder, state=state)
     started = time.perf_counter()
     dm = _data(site, spec, encoder)
     test = dm.dataset("test")
@@ -130,11 +178,15 @@ def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: FeatureEncoder
     return {"num-examples": float(len(test)), **metrics, "handler-seconds": time.perf_counter() - started}
 
 
-def validation_aggregates(*, site: Site, spec: ExperimentSpec, encoder: FeatureEncoder,
+def validation_aggregates(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor,
                           state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The final model's validation aggregates on the hospital's held-out rows: binned
     score counts, exact sums and confusion counts, overall and per subgroup (small cells
     suppressed). Counts only: no patient row leaves the hospital."""
+    if isinstance(encoder, ImagePreprocessor):
+        from federation import hospital_images
+
+        return hospital_images.validation_aggregates(site=site, spec=spec, preprocessor=encoder, state=state)
     test = _data(site, spec, encoder).split.test
     model = _model(spec, encoder, state)
     risk = model.predict_proba(torch.from_numpy(encoder.encode(test))).numpy().astype(float)
@@ -156,6 +208,8 @@ def report_subgroups(frame: pd.DataFrame, spec: ExperimentSpec) -> dict[str, lis
     return subgroups
 
 
-def encoder_from_config(config: dict[str, Any]) -> FeatureEncoder:
-    """The federation's encoder, as the coordinator sent it."""
+def encoder_from_config(config: dict[str, Any], spec: ExperimentSpec) -> Preprocessor:
+    """The federation's encoder (tabular) or image preprocessor, as the coordinator sent it."""
+    if spec.is_imaging:
+        return ImagePreprocessor.from_json(str(config["encoder"]))
     return FeatureEncoder.from_json(str(config["encoder"]))

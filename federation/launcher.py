@@ -43,6 +43,9 @@ class LaunchOptions:
         superlink: ``host:port`` of a deployed SuperLink (deployment only).
         ledger_dir: Where simulated hospitals keep their privacy ledgers.
         client_cpus: CPUs reserved per simulated hospital (fractions allowed).
+        client_gpus: GPUs per simulated hospital (fractions share one); None: for image
+            models, the GPUs this machine has, shared by the hospitals (at most one each);
+            0 elsewhere. Ray hides GPUs from a ClientApp that reserved none.
         timeout: Seconds after which the run is stopped.
         launched_by: Who launches the experiment (tagged on the registered version, so that
             they cannot approve it); default: the OS user running the launcher.
@@ -54,6 +57,7 @@ class LaunchOptions:
     superlink: str | None = None
     ledger_dir: Path | None = None
     client_cpus: float = 1.0
+    client_gpus: float | None = None
     timeout: float = 3600.0
     launched_by: str | None = None
 
@@ -233,7 +237,7 @@ def run_experiment(
             or it timed out.
     """
     if options.engine == "simulation":
-        missing = [h.id for h in spec.data.hospitals if h.path is None or not h.path.is_file()]
+        missing = [h.id for h in spec.data.hospitals if h.path is None or not h.path.exists()]
         if missing:
             first = spec.hospital(missing[0])
             where = f"no file at {first.path}" if first and first.path else "no data path"
@@ -267,8 +271,21 @@ def run_experiment(
         federation: list[str] = []
         if options.engine == "simulation":
             cpus = int(options.client_cpus) if float(options.client_cpus).is_integer() else options.client_cpus
-            federation = [f"num-supernodes={len(spec.data.hospitals)} client-resources-num-cpus={cpus}"]
+            gpus = options.client_gpus if options.client_gpus is not None else simulation_gpus(spec)
+            resources = f"client-resources-num-cpus={cpus}" + (f" client-resources-num-gpus={gpus:g}" if gpus > 0 else "")
+            federation = [f"num-supernodes={len(spec.data.hospitals)} {resources}"]
         return _run_and_follow(app_dir, run_dir, progress, env, options.timeout, on_event, federation, options.tracking_uri)
+
+
+def simulation_gpus(spec: ExperimentSpec) -> float:
+    """GPUs per simulated hospital by default: image models share the machine's GPUs
+    (at most one each); tabular models take none (they are faster on the CPU)."""
+    if not spec.is_imaging:
+        return 0.0
+    import torch
+
+    count = torch.cuda.device_count()
+    return 0.0 if count == 0 else round(min(1.0, count / len(spec.data.hospitals)), 3)
 
 
 def _stop_flower_run(log_path: Path, env: dict[str, str]) -> None:

@@ -69,10 +69,12 @@ class RunReporter:
             trained = sum(1 for s in self._train.get("hospitals", {}).values() if s == "ok")
             total = len(self._train.get("hospitals", {})) or len(event["hospitals"])
             eps = max(event.get("epsilon", {}).values(), default=None)
+            accuracy = event["metrics"].get("accuracy")  # image classifiers report it; risk models do not
             self._say(
                 f"  round {event['round']}/{event['rounds']}  hospitals {trained}/{total}  "
-                f"loss {_fmt(train.get('train-loss'))}  AUROC {_fmt(event['metrics'].get('auroc'))}  "
-                f"epsilon max {_fmt(eps, '{:.2f}')}"
+                f"loss {_fmt(train.get('train-loss'))}  "
+                + (f"accuracy {_fmt(accuracy)}  " if accuracy is not None else "")
+                + f"AUROC {_fmt(event['metrics'].get('auroc'))}  epsilon max {_fmt(eps, '{:.2f}')}"
             )
             self._absent(self._train)
             if self.status and event["round"] < event["rounds"]:
@@ -90,20 +92,29 @@ class RunReporter:
 def render_summary(console: Console, summary: dict[str, Any], demo: bool = False) -> None:
     """Per-hospital held-out metrics and privacy spent, then where to find the model."""
     table = Table(title=f"{summary['experiment']}: {summary['rounds']} rounds, {summary['strategy']}")
-    for column in ("hospital", "held-out AUROC", "AUPRC", "Brier", "epsilon spent"):
+    images = "class_counts" in summary  # an image classifier: accuracy and macro AUROC, no AUPRC/Brier
+    columns = ("hospital", "held-out accuracy", "macro AUROC", "loss", "epsilon spent") if images else \
+        ("hospital", "held-out AUROC", "AUPRC", "Brier", "epsilon spent")
+    for column in columns:
         table.add_column(column, justify="left" if column == "hospital" else "right")
     hospitals = sorted(set(summary["hospital_metrics"]) | set(summary["epsilon"]))
     for hospital in hospitals:
         m = summary["hospital_metrics"].get(hospital, {})
-        table.add_row(hospital, _fmt(m.get("auroc")), _fmt(m.get("auprc")), _fmt(m.get("brier")),
-                      _fmt(summary["epsilon"].get(hospital), "{:.3f}"))
+        keys = ("accuracy", "auroc", "loss") if images else ("auroc", "auprc", "brier")
+        table.add_row(hospital, *(_fmt(m.get(k)) for k in keys), _fmt(summary["epsilon"].get(hospital), "{:.3f}"))
     console.print(table)
     eps = max(summary["epsilon"].values(), default=None)
     privacy = f"epsilon {eps:.3f}, delta {summary['delta']:g}" if eps is not None else "no differential privacy"
     console.print(f"Registered [bold]{summary['registered_model']}[/] version [bold]{summary['model_version']}[/] "
                   f"(run {summary['run_id']}); privacy: {privacy}", highlight=False)
     validation = summary.get("validation", {})
-    if validation.get("validation.status") == "complete":
+    if validation.get("validation.status") == "complete" and images:
+        console.print(f"Validation report (pending clinical review): accuracy {validation.get('validation.accuracy', 'n/a')}, "
+                      f"balanced accuracy {validation.get('validation.balanced_accuracy', 'n/a')}, "
+                      f"macro AUROC {validation.get('validation.auroc', 'n/a')}, ECE {validation.get('validation.ece', 'n/a')} "
+                      f"on {validation['validation.n']} held-out images; "
+                      f"report sha256 {validation['validation.report_sha256'][:12]}", highlight=False)
+    elif validation.get("validation.status") == "complete":
         console.print(f"Validation report (pending clinical review): AUROC {validation.get('validation.auroc', 'n/a')}, "
                       f"calibration slope {validation.get('validation.calibration_slope', 'n/a')}, "
                       f"Brier {validation.get('validation.brier', 'n/a')} on {validation['validation.n']} held-out patients; "

@@ -37,7 +37,7 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:
         ({"privacy": {"target_epsilon": 2.0, "noise_multiplier": 1.0}}, "set exactly one of target_epsilon and noise_multiplier"),
         ({"privacy": {"target_delta": 2}}, "privacy.target_delta: Input should be less than 1"),
         ({"name": "bad name!"}, "name: String should match pattern"),
-        ({"model": {"kind": "transformer"}}, "model.kind: Input should be 'logistic' or 'mlp'"),
+        ({"model": {"kind": "transformer"}}, "model.kind: Input should be 'logistic', 'mlp', 'cnn' or 'resnet18'"),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict, message: str) -> None:

@@ -1,0 +1,104 @@
+"""What a hospital does for an image classifier: pixel statistics, DP training rounds,
+evaluation and validation aggregates on its own images (which never leave it).
+
+Called through :mod:`federation.hospital`, which dispatches on the spec's modality.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from experiments.spec import ExperimentSpec, ImageDataSpec
+from federation.hospital import RoundOutcome, build_spec_model, charge_round
+from federation.site import Site
+from training.imaging import ImagePreprocessor, ImageSplit, class_counts, image_fingerprint, load_image_split, pixel_statistics
+from training.validation_multiclass import local_multiclass_aggregates
+from training.vision import Augment, VisionModel, evaluate_vision, predict_vision, train_vision_locally
+
+__all__ = ["evaluate_global", "site_statistics", "train_round", "validation_aggregates"]
+
+log = logging.getLogger(__name__)
+
+
+def _data(spec: ExperimentSpec) -> ImageDataSpec:
+    assert isinstance(spec.data, ImageDataSpec)
+    return spec.data
+
+
+def _split(site: Site, spec: ExperimentSpec) -> ImageSplit:
+    data = _data(spec)
+    return load_image_split(site.data_path, data.contract, data.test_fraction, spec.seed)
+
+
+def _model(spec: ExperimentSpec, preprocessor: ImagePreprocessor, state: dict[str, torch.Tensor]) -> VisionModel:
+    model = build_spec_model(spec, preprocessor)
+    model.load_state_dict(state)
+    assert isinstance(model, VisionModel)
+    return model
+
+
+def site_statistics(site: Site, spec: ExperimentSpec) -> dict[str, Any]:
+    """Pixel sums (for the pooled normalisation) and class counts of the training images."""
+    split = _split(site, spec)
+    data = _data(spec)
+    return {
+        "stats": {"pixels": pixel_statistics(split.train_images),
+                  "classes": class_counts(split.train_labels, len(data.classes))},
+        "fingerprint": image_fingerprint(data.contract),
+        "n-train": len(split.train_labels),
+        "n-test": len(split.test_labels),
+    }
+
+
+def train_round(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreprocessor, state: dict[str, torch.Tensor],
+                run_key: str, server_round: int, proximal_mu: float) -> RoundOutcome:
+    """Charge the privacy ledger, then train on the local images (GPU when present)."""
+    started = time.perf_counter()
+    split = _split(site, spec)
+    n = len(split.train_labels)
+    noise, privacy = charge_round(site, spec, n, run_key)
+    model = _model(spec, preprocessor, state)
+    augment = _data(spec).augment
+    result = train_vision_locally(
+        model,
+        split.train_images,
+        split.train_labels,
+        mean=preprocessor.mean,
+        std=preprocessor.std,
+        epochs=spec.training.local_epochs,
+        batch_size=spec.training.batch_size,
+        dp=spec.privacy.dp_config,
+        noise_multiplier=noise,
+        proximal_mu=proximal_mu,
+        augment=Augment(**augment.model_dump()) if augment is not None else None,
+        seed=spec.seed * 100_003 + server_round,
+    )
+    metrics = {"num-examples": float(n), **privacy, "train-loss": result.loss, "train-seconds": result.seconds,
+               "steps": float(result.steps), "images-per-second": n * spec.training.local_epochs / max(result.seconds, 1e-9),
+               "handler-seconds": time.perf_counter() - started}
+    log.info("%s round %d: loss %.4f eps %s", site.hospital_id, server_round, result.loss, privacy.get("epsilon"))
+    return RoundOutcome(model.state_dict(), metrics)
+
+
+def evaluate_global(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreprocessor,
+                    state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss, accuracy and macro AUROC of the global model on the held-out images."""
+    started = time.perf_counter()
+    split = _split(site, spec)
+    model = _model(spec, preprocessor, state)
+    metrics = evaluate_vision(model, split.test_images, split.test_labels, mean=preprocessor.mean, std=preprocessor.std)
+    return {"num-examples": float(len(split.test_labels)), **metrics, "handler-seconds": time.perf_counter() - started}
+
+
+def validation_aggregates(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreprocessor,
+                          state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Multi-class validation aggregates on the held-out images (counts only)."""
+    split = _split(site, spec)
+    model = _model(spec, preprocessor, state)
+    probs = predict_vision(model, split.test_images, mean=preprocessor.mean, std=preprocessor.std)
+    return local_multiclass_aggregates(probs, split.test_labels, list(preprocessor.classes), None,
+                                       min_cell=spec.validation.min_cell)
