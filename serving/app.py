@@ -9,8 +9,9 @@ from ray.serve import Application
 
 from experiments.settings import get_settings
 from serving.risk import RiskPredictor
+from serving.vision import VisionClassifier
 
-__all__ = ["RiskServingArgs", "build_risk_app", "gpus_available"]
+__all__ = ["RiskServingArgs", "VisionServingArgs", "actor_options", "build_risk_app", "build_vision_app", "gpus_available"]
 
 
 class RiskServingArgs(BaseModel):
@@ -23,6 +24,22 @@ class RiskServingArgs(BaseModel):
     alias: str = "production"
     poll_seconds: float = Field(default=5.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica where GPUs exist (fractions allowed)")
+    num_cpus: float = Field(default=0.5, gt=0, description="CPUs reserved per replica")
+
+
+class VisionServingArgs(BaseModel):
+    """Arguments of the vision application (``args`` in the Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str = Field(default="", description="MLflow URI; empty: BIOVERSE_TRACKING_URI or the embedded store")
+    model_name: str = "chest-xray"
+    alias: str = "production"
+    poll_seconds: float = Field(default=5.0, gt=0)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="larger uploads get 413")
+    num_gpus: float = Field(default=0.25, ge=0, le=8,
+                            description="GPUs per replica where the cluster has GPUs; fractions share one GPU between models")
+    num_cpus: float = Field(default=0.5, gt=0, description="CPUs reserved per replica")
 
 
 def gpus_available() -> float:
@@ -32,15 +49,39 @@ def gpus_available() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
 
 
+def actor_options(num_cpus: float, num_gpus: float) -> dict[str, Any]:
+    """A replica's resources: ``num_gpus`` only where the cluster has GPUs.
+
+    Resources are set here, from the application's ``args``, and not under the Serve
+    config's ``deployments[].ray_actor_options``: that key would replace these options
+    whole, GPUs included.
+    """
+    options: dict[str, Any] = {"num_cpus": num_cpus}
+    if num_gpus > 0 and gpus_available() > 0:
+        options["num_gpus"] = num_gpus
+    return {"ray_actor_options": options}
+
+
 def build_risk_app(args: dict[str, Any]) -> Application:
     """The risk application: one autoscaled RiskPredictor deployment.
 
-    More model applications (vision next) are built the same way, each its own entry in
-    the Serve config with its own route and ``num_gpus``.
+    Each model application is its own entry in the Serve config with its own route and
+    ``num_gpus`` (see :func:`build_vision_app`).
     """
     parsed = RiskServingArgs(**args)
     uri = parsed.tracking_uri or get_settings().resolved_tracking_uri()
-    options: dict[str, Any] = {}
-    if parsed.num_gpus > 0 and gpus_available() > 0:
-        options["ray_actor_options"] = {"num_gpus": parsed.num_gpus}
+    options = actor_options(parsed.num_cpus, parsed.num_gpus)
     return RiskPredictor.options(**options).bind(uri, parsed.model_name, parsed.alias, parsed.poll_seconds)
+
+
+def build_vision_app(args: dict[str, Any]) -> Application:
+    """The vision application: one autoscaled VisionClassifier deployment.
+
+    ``num_gpus`` is requested only where the Ray cluster has GPUs (a fraction lets several
+    models share one); elsewhere the replicas run on the CPU with the same config file.
+    """
+    parsed = VisionServingArgs(**args)
+    uri = parsed.tracking_uri or get_settings().resolved_tracking_uri()
+    options = actor_options(parsed.num_cpus, parsed.num_gpus)
+    return VisionClassifier.options(**options).bind(uri, parsed.model_name, parsed.alias, parsed.poll_seconds,
+                                                    parsed.max_image_bytes)

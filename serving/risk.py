@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from typing import Any
 
 from ray import serve
@@ -12,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serving.errors import ServingError
-from serving.model_source import LoadedModel, RegistryModel
+from serving.model_source import AliasFollower, LoadedModel, RegistryModel
 
 __all__ = ["RiskPredictor"]
 
@@ -30,24 +29,17 @@ class RiskPredictor:
     """
 
     def __init__(self, tracking_uri: str, model_name: str, alias: str = "production", poll_seconds: float = 5.0) -> None:
-        self.source = RegistryModel(tracking_uri, model_name, alias)
-        self.model: LoadedModel = self.source.load(self.source.current_version())
-        self.poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        threading.Thread(target=self._follow_alias, name="follow-alias", daemon=True).start()
+        self.follower: AliasFollower[LoadedModel] = AliasFollower(
+            RegistryModel(tracking_uri, model_name, alias), vision=False, poll_seconds=poll_seconds)
+
+    @property
+    def model(self) -> LoadedModel:
+        """The version being served now."""
+        return self.follower.model
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve ``user_config``: ``poll_seconds``."""
-        self.poll_seconds = float(config.get("poll_seconds", self.poll_seconds))
-
-    def _follow_alias(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                version = self.source.current_version()
-                if version != self.model.version:
-                    self.model = self.source.load(version)  # the swap: one reference assignment
-            except Exception:  # noqa: BLE001 - keep serving the current version
-                log.exception("could not follow %s@%s", self.source.name, self.source.alias)
+        self.follower.poll_seconds = float(config.get("poll_seconds", self.follower.poll_seconds))
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _predict_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
