@@ -92,19 +92,53 @@ def data_synth(
         out.print(f"{h.hospital_id}  {h.n_patients:>7} patients  prevalence {h.prevalence:6.1%}  {h.path}")
 
 
+@data_app.command("synth-images")
+@_one_line_errors
+def data_synth_images(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the imaging hospitals into.")],
+    hospitals: Annotated[int, typer.Option(help="Number of hospitals.")] = 3,
+    images: Annotated[int, typer.Option(help="Images per hospital.")] = 240,
+    size: Annotated[int, typer.Option(help="Image height and width in pixels.")] = 28,
+    channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB).")] = 1,
+    classes: Annotated[str, typer.Option(help="Comma-separated class names; the first has no lesion.")] = "normal,nodule,opacity",
+    layout: Annotated[str, typer.Option(help="folder (labels.csv + PNG/JPEG files) or npz (MedMNIST).")] = "folder",
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
+) -> None:
+    """Write synthetic imaging hospitals (learnable lesion classes, per-site scanner shifts)."""
+    from training.synth_images import synthesize_image_hospitals
+
+    names = tuple(c.strip() for c in classes.split(","))
+    written = synthesize_image_hospitals(out_dir, n_hospitals=hospitals, images_per_hospital=images, size=size,
+                                         channels=channels, classes=names, layout=layout, seed=seed)
+    for path in written:
+        out.print(f"{path.stem}  {images:>6} images  {size}x{size}x{channels}  {path}", highlight=False)
+
+
 @data_app.command("check")
 @_one_line_errors
 def data_check(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (YAML).")]) -> None:
     """Check every hospital file named in a spec against its data contract."""
     from training.contract import load_hospital_table
 
+    from experiments.spec import ImageDataSpec
+
     spec = load_spec(spec_path)
-    for hospital in spec.data.hospitals:
+    data = spec.data
+    for hospital in data.hospitals:
         if hospital.path is None:
             out.print(f"{hospital.id}: no path (deployment site, checked at the hospital)")
             continue
-        frame = load_hospital_table(hospital.path, spec.data.contract)
-        out.print(f"{hospital.id}: ok, {len(frame)} patients, prevalence {frame[spec.data.label].mean():.1%}")
+        if isinstance(data, ImageDataSpec):
+            from training.imaging import class_counts, load_image_split
+
+            split = load_image_split(hospital.path, data.contract, data.test_fraction, spec.seed)
+            counts = class_counts(split.train_labels, len(data.classes))
+            mix = ", ".join(f"{c} {k}" for c, k in zip(data.classes, counts, strict=True))
+            out.print(f"{hospital.id}: ok, {len(split.train_labels)} training and {len(split.test_labels)} held-out "
+                      f"images ({mix})", highlight=False)
+            continue
+        frame = load_hospital_table(hospital.path, data.contract)
+        out.print(f"{hospital.id}: ok, {len(frame)} patients, prevalence {frame[data.label].mean():.1%}")
 
 
 @experiment_app.command("validate")
@@ -244,24 +278,40 @@ def serve_up(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: the embedded store).")] = None,
     port: Annotated[int, typer.Option(help="HTTP port of the Serve proxy.")] = 8000,
     config: Annotated[Path | None, typer.Option(help="A Serve config file (default: serving/serve_config.yaml).")] = None,
+    vision_model: Annotated[str, typer.Option(help="Registered image classifier to serve at /vision ('none': no vision; "
+                                                   "left out when it has no version under the alias).")] = "chest-xray",
 ) -> None:
-    """Start Ray Serve locally with the risk application (POST /risk {"instances": [...]})."""
+    """Start Ray Serve locally: the risk application (POST /risk {"instances": [...]}) and the
+    vision application (POST /vision with a PNG/JPEG body), each following the alias."""
     import yaml
 
+    from serving.errors import ModelNotReadyError
     from serving.model_source import RegistryModel
 
     uri = tracking_uri or get_settings().resolved_tracking_uri()
     version = RegistryModel(uri, model, alias).current_version()  # fail here, in one line, not in a replica
+    vision_version = None
+    if vision_model.lower() != "none":
+        try:
+            vision_version = RegistryModel(uri, vision_model, alias).current_version()
+        except ModelNotReadyError:
+            out.print(f"No {vision_model}@{alias}: serving without the vision application", highlight=False)
     source = config or Path(__file__).resolve().parent.parent / "serving" / "serve_config.yaml"
     settings = yaml.safe_load(source.read_text())
     settings.setdefault("http_options", {})["port"] = port
+    if vision_version is None:
+        settings["applications"] = [a for a in settings["applications"] if a["name"] != "vision"]
     for application in settings["applications"]:
         if application["name"] == "risk":
             application.setdefault("args", {}).update(model_name=model, alias=alias, tracking_uri=uri)
+        if application["name"] == "vision":
+            application.setdefault("args", {}).update(model_name=vision_model, alias=alias, tracking_uri=uri)
     run_dir = get_settings().data_dir / "serve"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "serve_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     out.print(f"Serving {model}@{alias} (version {version}) on http://127.0.0.1:{port}/risk", highlight=False)
+    if vision_version is not None:
+        out.print(f"Serving {vision_model}@{alias} (version {vision_version}) on http://127.0.0.1:{port}/vision", highlight=False)
     _exec([str(Path(sys.executable).parent / "serve"), "run", str(run_dir / "serve_config.yaml")])
 
 
@@ -381,21 +431,31 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 2026,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: SQLite in the data dir).")] = None,
     twins: Annotated[int, typer.Option(help="Twins to show through Feast, Ray Serve and the API after training (0: stop after training).")] = 5,
+    images: Annotated[bool, typer.Option(help="Also train the federated DP image classifier and classify an image per twin.")] = True,
 ) -> None:
     """The main job on embedded defaults: synthesise hospitals, run federated DP training, register the
-    model, then ingest the hospitals into Feast, serve the new version and show a few twins' predictions."""
-    from platform_api.demo import prepare_demo
+    model, then ingest the hospitals into Feast, serve the new version and show a few twins' predictions.
+    With --images (the default) a federated DP image classifier is trained, registered and served too."""
+    from platform_api.demo import prepare_demo, prepare_vision_demo
 
     spec, ledger_dir = prepare_demo(get_settings().data_dir / "demo", hospitals=hospitals, patients=patients,
                                     rounds=rounds, seed=seed, console=out)
     summary = _launch(spec, tracking_uri=tracking_uri, engine="simulation", superlink=None, client_cpus=1.0,
                       timeout=3600.0, ledger_dir=ledger_dir, quiet=False)
     render_summary(out, summary, demo=True)
+    vision_spec = None
+    if images:
+        vision_spec, vision_ledgers = prepare_vision_demo(get_settings().data_dir / "demo-imaging", rounds=3, seed=seed,
+                                                          console=out)
+        vision_summary = _launch(vision_spec, tracking_uri=tracking_uri, engine="simulation", superlink=None,
+                                 client_cpus=1.0, timeout=3600.0, ledger_dir=vision_ledgers, quiet=False)
+        render_summary(out, vision_summary, demo=True)
     if twins > 0:
         from experiments.settings import get_settings as experiment_settings
         from platform_api.demo import showcase
 
-        showcase(spec=spec, tracking_uri=tracking_uri or experiment_settings().resolved_tracking_uri(), console=out, twins=twins)
+        showcase(spec=spec, tracking_uri=tracking_uri or experiment_settings().resolved_tracking_uri(), console=out,
+                 twins=twins, vision_spec=vision_spec)
 
 
 @app.command("score")
@@ -563,14 +623,17 @@ def registry_reject(
 @_one_line_errors
 def registry_validate(
     version: Annotated[str, typer.Argument(help="The version number.")],
-    data: Annotated[Path, typer.Option(help="Your own validation file (CSV or Parquet, the experiment's data contract).")],
+    data: Annotated[Path, typer.Option(help="Your own validation file (CSV or Parquet; for an image model a folder with "
+                                            "labels.csv or a .npz), under the experiment's data contract.")],
     output: Annotated[Path | None, typer.Option(help="Folder for the report (default: <data dir>/validation/<model>-v<version>).")] = None,
     model: _ModelOpt = None,
     tracking_uri: _UriOpt = None,
 ) -> None:
     """Run the validation report on a local validation file of your own; nothing leaves this machine."""
+    import numpy as np
+
     from experiments.report import write_report_artifacts
-    from experiments.spec import parse_spec
+    from experiments.spec import ImageDataSpec, parse_spec
     from federation.hospital import report_subgroups
     from serving.model_source import RegistryModel
     from training.contract import load_hospital_table
@@ -583,17 +646,35 @@ def registry_validate(
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = registry.client.download_artifacts(info.run_id, "spec.json", tmp)
         spec = parse_spec(json.loads(Path(spec_path).read_text()), f"{name} v{version}")
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    folder = output or get_settings().data_dir / "validation" / f"{name}-v{version}"
+    meta: dict[str, Any] = {"model_name": name, "version": version, "experiment": info.experiment,
+                            "run_id": info.run_id, "hospitals": [f"local: {data.name}"]}
+    if isinstance(spec.data, ImageDataSpec):
+        from training.imaging import load_image_split
+        from training.validation_multiclass import local_multiclass_report
+
+        split = load_image_split(data, spec.data.contract, spec.data.test_fraction, spec.seed)
+        images = np.concatenate([split.train_images, split.test_images])  # a validator's file: every image counts
+        labels = np.concatenate([split.train_labels, split.test_labels])
+        vision = RegistryModel(registry.tracking_uri, name).load_vision(version).scorer
+        report = local_multiclass_report(vision.predict(images), labels, list(spec.data.classes), None,
+                                         min_cell=spec.validation.min_cell)
+        written = write_report_artifacts(report, {**meta, "task": "multiclass", "classes": list(spec.data.classes)}, folder)
+        overall = report["overall"]
+        out.print(f"{name} version {version} on {data} ({overall['n']} images): accuracy {fmt(overall['accuracy'])}, "
+                  f"balanced accuracy {fmt(overall['balanced_accuracy'])}, macro AUROC {fmt(overall['auroc'])}, "
+                  f"ECE {fmt(overall['ece'])}", highlight=False)
+        out.print(f"Report: {written['report.html']}", highlight=False)
+        return
     frame = load_hospital_table(data, spec.data.contract)
     scorer = RegistryModel(registry.tracking_uri, name).load(version).scorer
     report = local_report(scorer.score_columns(frame), frame[spec.data.label].to_numpy().astype(int),
                           report_subgroups(frame, spec), spec.validation.thresholds, min_cell=spec.validation.min_cell)
-    folder = output or get_settings().data_dir / "validation" / f"{name}-v{version}"
-    written = write_report_artifacts(report, {"model_name": name, "version": version, "experiment": info.experiment,
-                                              "run_id": info.run_id, "hospitals": [f"local: {data.name}"]}, folder)
+    written = write_report_artifacts(report, meta, folder)
     overall = report["overall"]
-
-    def fmt(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
 
     out.print(f"{name} version {version} on {data} ({overall['n']} patients, {overall['positives']} events): "
               f"AUROC {fmt(overall['auroc'])}, calibration slope {fmt(overall['calibration_slope'])}, "

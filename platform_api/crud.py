@@ -10,13 +10,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from platform_api.errors import Conflict, NotFound
-from platform_api.models import Alert, Prediction, Twin
+from platform_api.models import Alert, ImagePrediction, Prediction, Twin
 from platform_api.schemas import TwinCreate, TwinUpdate
 
 __all__ = [
     "paginate",
     "acknowledge_alert", "alert_priority", "create_twin", "get_prediction", "get_twin", "latest_prediction", "list_alerts",
-    "list_predictions", "list_twins", "update_twin",
+    "list_image_predictions", "list_predictions", "list_twins", "update_twin",
 ]
 
 
@@ -92,6 +92,12 @@ def list_predictions(*, session: Session, twin_id: str, limit: int, offset: int)
     """A page of a twin's predictions, newest first."""
     query = select(Prediction).where(Prediction.twin_id == twin_id)
     return paginate(session, query, (Prediction.created_at.desc(), Prediction.id), limit=limit, offset=offset)
+
+
+def list_image_predictions(*, session: Session, twin_id: str, limit: int, offset: int) -> tuple[list[ImagePrediction], int]:
+    """A page of a twin's image predictions, newest first."""
+    query = select(ImagePrediction).where(ImagePrediction.twin_id == twin_id)
+    return paginate(session, query, (ImagePrediction.created_at.desc(), ImagePrediction.id), limit=limit, offset=offset)
 
 
 def list_alerts(*, session: Session, tenant_id: str, status: str | None, limit: int, offset: int) -> tuple[list[Alert], int]:

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from experiments.spec import ExperimentSpec, load_spec
 
-__all__ = ["prepare_demo"]
+__all__ = ["prepare_demo", "prepare_vision_demo", "showcase"]
 
 
 def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int, seed: int, console: Console) -> tuple[ExperimentSpec, Path]:
@@ -51,10 +51,41 @@ def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int,
     return load_spec(path), ledgers
 
 
+def prepare_vision_demo(directory: Path, *, rounds: int, seed: int, console: Console) -> tuple[ExperimentSpec, Path]:
+    """Synthesise three imaging hospitals (chest images of three classes) into ``directory``
+    and write a DP image-classifier spec beside them; returns the spec and its ledger folder."""
+    from training.synth_images import synthesize_image_hospitals
+
+    data_dir, ledgers = directory / "hospitals", directory / "ledgers"
+    shutil.rmtree(ledgers, ignore_errors=True)
+    classes = ("normal", "nodule", "opacity")
+    folders = synthesize_image_hospitals(data_dir, n_hospitals=3, images_per_hospital=300, size=28, channels=1,
+                                         classes=classes, layout="folder", seed=seed)
+    console.print(f"Synthesised 3 imaging hospitals (900 chest images, {', '.join(classes)}) in {data_dir}", highlight=False)
+    spec = {
+        "name": "demo-chest-xray",
+        "registered_model": "chest-xray",
+        "description": "BioVerse demo: chest image triage across synthetic hospitals with DP-SGD.",
+        "seed": seed,
+        "data": {"modality": "images", "classes": list(classes), "image_size": 28, "channels": 1,
+                 "hospitals": [{"id": f.name, "path": str(f.relative_to(directory))} for f in folders]},
+        "model": {"kind": "cnn", "width": 16},
+        "strategy": {"name": "fedavg", "min_hospitals": 2},
+        "training": {"rounds": rounds, "local_epochs": 2, "batch_size": 32, "learning_rate": 0.01},
+        "privacy": {"enabled": True, "target_epsilon": 8.0, "target_delta": 1e-5, "max_grad_norm": 1.0,
+                    "grad_sample_mode": "hooks", "hospital_budget": 20.0},
+    }
+    path = directory / "demo-imaging.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_spec(path), ledgers
+
+
 def showcase(*, spec: ExperimentSpec, tracking_uri: str, console: Console,
-             twins: int = 5) -> None:
+             twins: int = 5, vision_spec: ExperimentSpec | None = None) -> None:
     """After training: ingest the hospitals into Feast, serve the new version with Ray Serve
-    and the platform API, and print a few twins of the first hospital with their predictions.
+    and the platform API, and print a few twins of the first hospital with their predictions;
+    with ``vision_spec``, serve its image classifier too and classify an image per twin
+    through the API.
 
     The new version is unreviewed, so the demo serves the ``candidate`` alias; apps in
     production follow ``production``, which only a clinical validator's approval sets.
@@ -96,6 +127,8 @@ def showcase(*, spec: ExperimentSpec, tracking_uri: str, console: Console,
     os.environ["BIOVERSE_API_MODEL_ALIAS"] = CANDIDATE_ALIAS
     os.environ["BIOVERSE_API_MODEL_NAME"] = spec.registered_model
     os.environ.setdefault("BIOVERSE_TRACKING_URI", tracking_uri)
+    serve_port = free_port()
+    os.environ["BIOVERSE_API_VISION_URL"] = f"http://127.0.0.1:{serve_port}/vision"
     get_settings.cache_clear()
     services.reset()
     settings = get_settings()
@@ -104,7 +137,8 @@ def showcase(*, spec: ExperimentSpec, tracking_uri: str, console: Console,
     with session_factory()() as session:
         token = create_key(session, role="app", tenant_id=tenant, name="bioverse demo")
 
-    handle = _start_serving(tracking_uri, spec.registered_model, console)
+    handle = _start_serving(tracking_uri, spec.model_name, console, serve_port,
+                            vision_model=vision_spec.model_name if vision_spec is not None else None)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="bioverse-demo-api", daemon=True)
@@ -132,6 +166,9 @@ def showcase(*, spec: ExperimentSpec, tracking_uri: str, console: Console,
                           str(inputs.get("smoking") or "-"), f"{prediction['risk']:.3f}",
                           f"{served['risk']:.3f}" if served else "-", prediction["alert_priority"] or "-")
         console.print(table)
+        if vision_spec is not None and rows:
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as api:
+                _show_images(api, [twin for twin, _, _ in rows], vision_spec, console)
         console.print(f"API key for {tenant} (app role, shown once): {token}\n"
                       f"Keep the API up with `BIOVERSE_API_MODEL_ALIAS={CANDIDATE_ALIAS} bioverse api`, then e.g.\n"
                       f"  curl -H 'Authorization: Bearer {token}' http://127.0.0.1:8080/v1/twins", highlight=False, soft_wrap=True)
@@ -169,8 +206,33 @@ def _twin_of(api: object, patient_id: str) -> dict:
     return made.json()
 
 
-def _start_serving(tracking_uri: str, model_name: str, console: Console) -> object | None:
-    """The RiskPredictor on a local Ray (in-process), following the candidate alias."""
+def _show_images(api: object, twins: list[dict], vision_spec: ExperimentSpec, console: Console) -> None:
+    """Upload one image of the imaging hospitals per twin to ``POST /v1/twins/{id}/images``."""
+    import pandas as pd
+    from rich.table import Table
+
+    folder = vision_spec.data.hospitals[0].path
+    assert folder is not None
+    labels = pd.read_csv(folder / "labels.csv").sample(n=len(twins), random_state=0)
+    table = Table(title=f"Images classified through the API by the Ray Serve VisionClassifier ({vision_spec.model_name})",
+                  title_justify="left")
+    for column in ("patient", "image", "true class", "predicted", "probability", "version"):
+        table.add_column(column, justify="right" if column == "probability" else "left", no_wrap=True)
+    for twin, row in zip(twins, labels.itertuples(), strict=False):
+        image = folder / str(row.image)
+        made = api.post(f"/v1/twins/{twin['id']}/images",  # type: ignore[attr-defined]
+                        files={"image": (image.name, image.read_bytes(), "image/jpeg" if image.suffix == ".jpg" else "image/png")})
+        made.raise_for_status()
+        result = made.json()
+        table.add_row(twin["patient_id"], image.name, str(row.label), result["label"], f"{result['probability']:.2f}",
+                      result["model_version"])
+    console.print(table)
+
+
+def _start_serving(tracking_uri: str, model_name: str, console: Console, port: int,
+                   vision_model: str | None = None) -> object | None:
+    """The RiskPredictor (and the VisionClassifier) on a local Ray (in-process), following
+    the candidate alias, HTTP on ``port``."""
     import os
     import time
 
@@ -179,9 +241,7 @@ def _start_serving(tracking_uri: str, model_name: str, console: Console) -> obje
     from ray import serve
 
     from experiments.tracking import CANDIDATE_ALIAS
-    from serving.app import build_risk_app
-
-    from federation.launcher import free_port
+    from serving.app import build_risk_app, build_vision_app
 
     import logging
 
@@ -189,12 +249,17 @@ def _start_serving(tracking_uri: str, model_name: str, console: Console) -> obje
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
     ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     logging.getLogger("ray.serve").setLevel(logging.ERROR)  # serve.run's notice that the port is already chosen
     handle = serve.run(build_risk_app({"tracking_uri": tracking_uri, "model_name": model_name, "alias": CANDIDATE_ALIAS}),
                        name="risk", route_prefix="/risk")
-    console.print(f"Serving: Ray Serve RiskPredictor for {model_name}@{CANDIDATE_ALIAS} up in "
-                  f"{time.perf_counter() - started:.1f} s", highlight=False)
+    served = f"RiskPredictor for {model_name}@{CANDIDATE_ALIAS}"
+    if vision_model is not None:
+        serve.run(build_vision_app({"tracking_uri": tracking_uri, "model_name": vision_model, "alias": CANDIDATE_ALIAS}),
+                  name="vision", route_prefix="/vision")
+        served += f" and VisionClassifier for {vision_model}@{CANDIDATE_ALIAS}"
+    console.print(f"Serving: Ray Serve {served} up in {time.perf_counter() - started:.1f} s "
+                  f"(http://127.0.0.1:{port}/risk, /vision)", highlight=False)
     return handle
 
 

@@ -6,7 +6,10 @@ Hierarchy::
     ├── NotAuthenticated   401: no or unknown credentials
     ├── Forbidden          403: the caller's role may not do this
     ├── NotFound           404: unknown, or another tenant's (the same answer)
-    └── Conflict           409: it exists already
+    ├── Conflict           409: it exists already
+    ├── PayloadTooLarge    413: an upload over its limit
+    ├── UnsupportedMedia   415: an upload that is not a PNG or JPEG image
+    └── Unavailable        503: a service the request needs does not answer (vision)
 
 Errors of the lower layers are answered through the same table: a model or feature store
 that is not ready, or a database that does not answer, is 503; a review the registry's
@@ -34,7 +37,8 @@ from experiments.registry import (
 from feature_store.errors import FeatureDataError, FeatureRepoError
 from serving.errors import ModelNotReadyError, PredictionInputError
 
-__all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PlatformError", "install_error_handlers"]
+__all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PayloadTooLarge", "PlatformError", "Unavailable",
+           "UnsupportedMedia", "install_error_handlers"]
 
 
 class PlatformError(Exception):
@@ -57,11 +61,26 @@ class Conflict(PlatformError):
     """The object exists already."""
 
 
+class PayloadTooLarge(PlatformError):
+    """An uploaded file over its size limit."""
+
+
+class UnsupportedMedia(PlatformError):
+    """An uploaded file of a type the endpoint does not take."""
+
+
+class Unavailable(PlatformError):
+    """A service the request needs (the vision deployment) does not answer."""
+
+
 _STATUS: dict[type[Exception], int] = {
     NotAuthenticated: 401,
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMedia: 415,
+    Unavailable: 503,
     PredictionInputError: 422,
     FeatureDataError: 422,
     ModelNotReadyError: 503,

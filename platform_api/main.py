@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,28 +16,41 @@ from platform_api.db import get_engine, migrate
 from platform_api.errors import install_error_handlers
 from platform_api.metrics import ApiMetrics, MetricsMiddleware, metrics_response
 from platform_api import review_ui
-from platform_api.routes import admin, alerts, oauth, predictions, registry, twins
+from platform_api.routes import admin, alerts, images, oauth, predictions, registry, twins
 from platform_api.services import close_recorders
 from platform_api.settings import get_settings
 
 __all__ = ["BodyLimitMiddleware", "create_app"]
 
 
-class BodyLimitMiddleware:
-    """413 for a declared body over ``max_bytes``, and for a streamed one once it passes
-    the limit (pure ASGI: no per-request task or body copy, unlike ``@app.middleware``)."""
+#: Image uploads (``POST /v1/twins/{id}/images``) have their own, larger limit.
+_UPLOAD_PATH = re.compile(r"^/v1/twins/[^/]+/images$")
+_MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimitMiddleware:
+    """413 for a declared body over the limit, and for a streamed one once it passes it
+    (pure ASGI: no per-request task or body copy, unlike ``@app.middleware``). The limit is
+    ``max_bytes``, or ``max_image_bytes`` (plus the form's overhead) for image uploads."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_image_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_image_bytes = max_image_bytes
+
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        if self.max_image_bytes is not None and _UPLOAD_PATH.match(scope.get("path", "")):
+            return self.max_image_bytes + _MULTIPART_OVERHEAD, f"image upload over {self.max_image_bytes} bytes"
+        return self.max_bytes, f"request body over {self.max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, detail = self._limit(scope)
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await self._refuse(scope, receive, send)
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                await self._refuse(scope, receive, send, detail)
                 return
         received = 0
 
@@ -45,17 +59,18 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge(413, f"request body over {self.max_bytes} bytes")
+                if received > limit:
+                    raise _TooLarge(413, detail)
             return message
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, detail)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+        response = JSONResponse({"detail": detail}, status_code=413)
         await response(scope, receive, send)
 
 
@@ -82,7 +97,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     install_error_handlers(app)
 
     app.state.metrics = ApiMetrics()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times every answer, 413s too
 
     @app.get("/healthz", tags=["ops"])
@@ -108,6 +123,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     app.include_router(oauth.router)
     app.include_router(twins.router)
     app.include_router(predictions.router)
+    app.include_router(images.router)
     app.include_router(alerts.router)
     app.include_router(admin.router)
     app.include_router(registry.router)

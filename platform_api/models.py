@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Alert", "ApiKey", "AuditEvent", "Base", "Prediction", "ROLES", "Tenant", "Twin"]
+__all__ = ["Alert", "ApiKey", "AuditEvent", "Base", "ImagePrediction", "Prediction", "ROLES", "Tenant", "Twin"]
 
 #: Roles a key can carry.
 ROLES = ("admin", "data_scientist", "hospital", "app", "clinical_validator")
@@ -102,3 +102,22 @@ class Alert(Base):
     created_at: Mapped[datetime] = mapped_column(default=_now)
     acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
     acknowledged_by: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class ImagePrediction(Base):
+    """An image classified for a twin: the label, every class's probability and the model
+    version. The image itself is not kept, only its SHA-256 (which image was read)."""
+
+    __tablename__ = "image_predictions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    twin_id: Mapped[str] = mapped_column(ForeignKey("twins.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column()
+    probabilities: Mapped[dict] = mapped_column(JSON)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_bytes: Mapped[int] = mapped_column()
+    content_type: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, insert
 
 from platform_api.audit import CHAIN_LOCK, digest, lock_chain
-from platform_api.models import Alert, AuditEvent, Prediction
+from platform_api.models import Alert, AuditEvent, ImagePrediction, Prediction
 
 __all__ = ["Recorder", "Unit"]
 
@@ -37,6 +37,7 @@ class Unit:
     audit: dict[str, Any]
     predictions: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    image_predictions: list[dict[str, Any]] = field(default_factory=list)
     future: Future[None] = field(default_factory=Future)
 
 
@@ -114,9 +115,12 @@ class Recorder:
     def _commit(self, batch: list[Unit]) -> None:
         predictions = [row for unit in batch for row in unit.predictions]
         alerts = [row for unit in batch for row in unit.alerts]
+        images = [row for unit in batch for row in unit.image_predictions]
         with CHAIN_LOCK, self.engine.begin() as connection:
             if predictions:
                 connection.execute(insert(Prediction.__table__), predictions)
+            if images:
+                connection.execute(insert(ImagePrediction.__table__), images)
             if alerts:
                 connection.execute(insert(Alert.__table__), alerts)
             prev = lock_chain(connection)

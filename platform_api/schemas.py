@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "AlertPage", "AlertPublic", "AuditEventPublic", "AuditPage", "BatchPredictionCreate", "ObservationCreate",
+    "AlertPage", "AlertPublic", "AuditEventPublic", "AuditPage", "BatchPredictionCreate", "ImagePredictionPage",
+    "ImagePredictionPublic", "ObservationCreate",
     "ObservationResult", "PredictionPage", "PredictionPublic", "TwinCreate", "TwinDetail", "TwinPage", "TwinPublic",
     "TwinUpdate",
 ]
@@ -90,6 +91,32 @@ class PredictionPublic(BaseModel):
     inputs: dict[str, Any]
     created_at: datetime
     alert_priority: str | None = None
+
+
+class ImagePredictionPublic(BaseModel):
+    """An image classified for a twin: the label, each class's probability, the model version."""
+
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+    id: str
+    twin_id: str
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+    image_sha256: str
+    image_bytes: int
+    content_type: str
+    created_at: datetime
+
+
+class ImagePredictionPage(BaseModel):
+    """One page of a twin's image predictions, newest first."""
+
+    items: list[ImagePredictionPublic]
+    total: int
+    limit: int
+    offset: int
 
 
 class PredictionPage(BaseModel):

@@ -158,5 +158,7 @@ def close_recorders() -> None:
 def reset() -> None:
     """Forget the process's services (tests; a settings change): stops the recorders first."""
     close_recorders()
-    for cached in (get_features, get_models, get_prediction_cache, get_twin_index, principal_cache, signing_key):
+    from platform_api.vision import get_vision
+
+    for cached in (get_features, get_models, get_prediction_cache, get_twin_index, principal_cache, signing_key, get_vision):
         cached.cache_clear()

@@ -33,6 +33,9 @@ class ApiSettings(BaseSettings):
         cookie_secure: Mark the review page's session cookie Secure (set it behind HTTPS).
         cache_url: Empty for in-process caches, or ``redis://host:port/db`` to share the
             twin-state and prediction caches between API processes.
+        vision_url: The Ray Serve ``VisionClassifier`` route image uploads are classified by.
+        max_image_bytes: Larger image uploads answer 413.
+        vision_timeout_seconds: How long an upload waits for its classification.
     """
 
     model_config = SettingsConfigDict(env_prefix="BIOVERSE_API_")
@@ -52,6 +55,9 @@ class ApiSettings(BaseSettings):
     cookie_secure: bool = False
     token_lifetime_seconds: int = Field(default=900, ge=60, le=86_400)
     cache_url: str = ""
+    vision_url: str = "http://127.0.0.1:8000/vision"
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    vision_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("cache_url")
     @classmethod

@@ -32,7 +32,7 @@ from platform_api.schemas import (
 from platform_api.services import get_features, get_models, get_prediction_cache, get_recorder, get_twin_index
 from platform_api.settings import get_settings
 
-__all__ = ["router"]
+__all__ = ["patients_of", "router"]
 
 router = APIRouter(tags=["predictions"])
 
@@ -43,7 +43,7 @@ def _lookup_twins(url: str, tenant_id: str, twin_ids: list[str]) -> dict[str, st
         return {twin_id: patient_id for twin_id, patient_id in rows}
 
 
-async def _patients_of(url: str, tenant_id: str, twin_ids: list[str]) -> dict[str, str]:
+async def patients_of(url: str, tenant_id: str, twin_ids: list[str]) -> dict[str, str]:
     """twin id -> patient id for the tenant's twins (another tenant's twin is not found)."""
     index = get_twin_index()
     keys = {f"{tenant_id}|{t}": t for t in twin_ids}
@@ -68,7 +68,7 @@ async def _score(request: Request, url: str, caller: Principal, action: str, twi
                              "action": action, "outcome": "ok"}
     recorder = get_recorder(url)
     try:
-        patients = await _patients_of(url, tenant, twin_ids)
+        patients = await patients_of(url, tenant, twin_ids)
         if len(twin_ids) == 1:
             audit["patient_id"] = patients[twin_ids[0]]
         features_service = get_features()

@@ -1,0 +1,101 @@
+"""Images of twins: an upload is classified by the VisionClassifier deployment and the
+result (label, probabilities, model version, the image's hash) stored on the twin."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Request, Response, UploadFile, status
+
+from platform_api import crud
+from platform_api.audit import audited
+from platform_api.db import DatabaseUrl
+from platform_api.deps import LimitQuery, OffsetQuery, PatientReader, PatientWriter, SessionDep
+from platform_api.errors import PayloadTooLarge, UnsupportedMedia
+from platform_api.recorder import Unit
+from platform_api.routes.predictions import patients_of
+from platform_api.schemas import ImagePredictionPage, ImagePredictionPublic
+from platform_api.services import get_recorder
+from platform_api.settings import get_settings
+from platform_api.vision import IMAGE_SIGNATURES, get_vision, sniff_image_type
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/twins", tags=["images"])
+
+ImageUpload = Annotated[UploadFile, File(description="A PNG or JPEG image (grayscale or colour).")]
+
+
+async def _read_image(image: UploadFile) -> tuple[bytes, str]:
+    """The upload's bytes and its real type; 413 over the limit, 415 unless PNG or JPEG."""
+    limit = get_settings().max_image_bytes
+    declared = (image.content_type or "").split(";")[0].strip().lower()
+    if declared not in IMAGE_SIGNATURES:
+        raise UnsupportedMedia(f"image: send a PNG or JPEG file (image/png or image/jpeg), not {declared or 'an untyped file'}")
+    data = await image.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"image: the file is over {limit} bytes")
+    kind = sniff_image_type(data)
+    if kind is None:
+        raise UnsupportedMedia(f"image: {image.filename or 'the file'} is not a PNG or JPEG image" if data
+                               else "image: the file is empty")
+    return data, kind
+
+
+@router.post("/{twin_id}/images", status_code=status.HTTP_201_CREATED, response_model=ImagePredictionPublic,
+             responses={413: {"description": "The image is over the size limit"},
+                        415: {"description": "Not a readable PNG or JPEG image"},
+                        503: {"description": "The vision service does not answer"}})
+async def classify_image(twin_id: str, image: ImageUpload, request: Request, url: DatabaseUrl,
+                         caller: PatientWriter) -> Response:
+    """Classify an image of the twin's patient with the production image classifier.
+
+    The result is stored on the twin with the model version that made it and the image's
+    SHA-256; the image itself is not kept. Multipart form, field ``image``.
+    """
+    assert caller.tenant_id is not None
+    tenant = caller.tenant_id
+    audit: dict[str, Any] = {"actor": caller.key_id, "role": caller.role, "tenant_id": tenant, "patient_id": None,
+                             "action": f"image_prediction.create:{twin_id[:40]}", "outcome": "ok"}
+    recorder = get_recorder(url)
+    try:
+        patients = await patients_of(url, tenant, [twin_id])
+        audit["patient_id"] = patients[twin_id]
+        data, kind = await _read_image(image)
+        result = await get_vision().classify(data, kind)
+    except Exception as err:
+        audit["outcome"] = type(err).__name__.lower()
+        await asyncio.wrap_future(recorder.submit(Unit(audit)))
+        raise
+    row = {
+        "id": str(uuid.uuid4()), "twin_id": twin_id, "tenant_id": tenant,
+        "model_name": str(result["model_name"]), "model_version": str(result["model_version"]),
+        "label": str(result["label"]), "probability": float(result["probability"]),
+        "probabilities": {str(k): float(v) for k, v in result["probabilities"].items()},
+        "image_sha256": hashlib.sha256(data).hexdigest(), "image_bytes": len(data), "content_type": kind,
+        "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
+    }
+    await asyncio.wrap_future(recorder.submit(Unit(audit, image_predictions=[row])))
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.observe_prediction(row["model_name"], row["model_version"], 1)
+    public = ImagePredictionPublic(**{k: v for k, v in row.items() if k != "tenant_id"})
+    return Response(content=public.model_dump_json(), status_code=status.HTTP_201_CREATED, media_type="application/json")
+
+
+@router.get("/{twin_id}/images", response_model=ImagePredictionPage)
+def image_history(twin_id: str, session: SessionDep, caller: PatientReader, limit: LimitQuery = 50,
+                  offset: OffsetQuery = 0) -> ImagePredictionPage:
+    """A twin's image classifications, newest first."""
+    assert caller.tenant_id is not None
+    with audited(session, caller, f"image_prediction.list:{twin_id[:40]}") as target:
+        twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
+        target["patient_id"] = twin.patient_id
+        items, total = crud.list_image_predictions(session=session, twin_id=twin.id, limit=limit, offset=offset)
+        page = ImagePredictionPage(items=[ImagePredictionPublic.model_validate(p) for p in items], total=total,
+                                   limit=limit, offset=offset)
+    return page

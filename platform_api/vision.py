@@ -1,0 +1,82 @@
+"""The API's client of the Ray Serve ``VisionClassifier``: image uploads are classified
+there (on a GPU where the cluster has one), not in the API process."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from typing import Any
+
+import httpx
+
+from platform_api.errors import PayloadTooLarge, Unavailable, UnsupportedMedia
+from platform_api.settings import get_settings
+
+__all__ = ["IMAGE_SIGNATURES", "VisionClient", "get_vision", "sniff_image_type"]
+
+#: Content type -> the signature its bytes must start with.
+IMAGE_SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """``image/png`` or ``image/jpeg`` from the bytes themselves, else None."""
+    return next((kind for kind, magic in IMAGE_SIGNATURES.items() if data.startswith(magic)), None)
+
+
+class VisionClient:
+    """Sends one image to the VisionClassifier route and returns its classification.
+
+    One pooled HTTP client per event loop (an ``httpx.AsyncClient`` belongs to the loop
+    that first used it).
+
+    Args:
+        url: The deployment's route, e.g. ``http://127.0.0.1:8000/vision``.
+        timeout: Seconds to wait for an answer.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = httpx.AsyncClient(timeout=self.timeout)
+        return client
+
+    async def classify(self, image: bytes, content_type: str) -> dict[str, Any]:
+        """``{"label", "probability", "probabilities", "model_name", "model_version"}``.
+
+        Raises:
+            Unavailable: the deployment does not answer, or has no model to serve.
+            UnsupportedMedia: the deployment could not read the image.
+            PayloadTooLarge: the deployment's own size limit refused it.
+        """
+        try:
+            response = await self._client().post(self.url, content=image, headers={"content-type": content_type})
+        except httpx.HTTPError as err:
+            raise Unavailable(f"the vision service at {self.url} does not answer ({type(err).__name__}); "
+                              "start it with `bioverse serve up`") from err
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
+        if response.status_code == 415:
+            raise UnsupportedMedia(f"image: {detail or 'not a readable PNG or JPEG image'}")
+        if response.status_code == 413:
+            raise PayloadTooLarge(f"image: {detail or 'too large for the vision service'}")
+        if response.status_code != 200 or not isinstance(body, dict) or "label" not in body:
+            raise Unavailable(f"the vision service answered {response.status_code}"
+                              + (f": {detail}" if detail else "") + "; is an image classifier approved for production?")
+        return body
+
+
+@functools.cache
+def get_vision() -> VisionClient:
+    """The process's vision client (``BIOVERSE_API_VISION_URL``)."""
+    settings = get_settings()
+    return VisionClient(settings.vision_url, settings.vision_timeout_seconds)
