@@ -35,6 +35,8 @@ bench: install
 	$(BIN)/python benchmarks/bulk_scoring.py
 	$(BIN)/python benchmarks/feature_lookup.py
 	$(BIN)/python benchmarks/validation_report.py
+	$(BIN)/python benchmarks/vision_training.py
+	$(BIN)/python benchmarks/vision_serving.py
 
 lint: install
 	$(BIN)/lint-imports

@@ -154,7 +154,7 @@ def _card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     training = "Federated learning with DP-SGD (differentially private SGD at each hospital)" if private else "Federated learning"
     details = _model_details(meta, hospitals, training) + [
         ("Task", f"Multi-class classification into {len(classes)} classes: {', '.join(classes)}" if classes else NA),
-        ("Classes", _text(meta.get("label"))) if meta.get("label") else None,
+        ("Label column", _text(meta.get("label"))) if meta.get("label") else None,
         ("Input", _text(meta.get("input")) if meta.get("input") else ", ".join(map(str, meta.get("features") or [])) or NA),
     ]
 

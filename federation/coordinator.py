@@ -247,8 +247,13 @@ class Coordinator:
             "label": spec.data.label,
         }
         if isinstance(spec.data, ImageDataSpec):
+            pre = encoder
+            assert isinstance(pre, ImagePreprocessor)
+            colour = "grayscale" if pre.channels == 1 else "RGB"
+            norm = ", ".join(f"{m:.3f}/{s:.3f}" for m, s in zip(pre.mean, pre.std, strict=True))
             meta.update(task="multiclass", classes=list(spec.data.classes), modality="images",
-                        image={"size": spec.data.image_size, "channels": spec.data.channels},
+                        input=f"{pre.size}x{pre.size} {colour} images, normalised per channel (mean/std {norm})"
+                              + ("; augmented in training" if spec.data.augment is not None else ""),
                         class_counts=dict(sorted(self.class_counts.items())))
         else:
             meta["features"] = [*spec.data.numeric, *spec.data.categorical]

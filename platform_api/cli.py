@@ -445,7 +445,7 @@ def demo(
     render_summary(out, summary, demo=True)
     vision_spec = None
     if images:
-        vision_spec, vision_ledgers = prepare_vision_demo(get_settings().data_dir / "demo-imaging", rounds=3, seed=seed,
+        vision_spec, vision_ledgers = prepare_vision_demo(get_settings().data_dir / "demo-imaging", rounds=rounds, seed=seed,
                                                           console=out)
         vision_summary = _launch(vision_spec, tracking_uri=tracking_uri, engine="simulation", superlink=None,
                                  client_cpus=1.0, timeout=3600.0, ledger_dir=vision_ledgers, quiet=False)

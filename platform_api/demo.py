@@ -51,7 +51,8 @@ def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int,
     return load_spec(path), ledgers
 
 
-def prepare_vision_demo(directory: Path, *, rounds: int, seed: int, console: Console) -> tuple[ExperimentSpec, Path]:
+def prepare_vision_demo(directory: Path, *, rounds: int, seed: int, console: Console,
+                        images: int = 800) -> tuple[ExperimentSpec, Path]:
     """Synthesise three imaging hospitals (chest images of three classes) into ``directory``
     and write a DP image-classifier spec beside them; returns the spec and its ledger folder."""
     from training.synth_images import synthesize_image_hospitals
@@ -59,9 +60,10 @@ def prepare_vision_demo(directory: Path, *, rounds: int, seed: int, console: Con
     data_dir, ledgers = directory / "hospitals", directory / "ledgers"
     shutil.rmtree(ledgers, ignore_errors=True)
     classes = ("normal", "nodule", "opacity")
-    folders = synthesize_image_hospitals(data_dir, n_hospitals=3, images_per_hospital=300, size=28, channels=1,
+    folders = synthesize_image_hospitals(data_dir, n_hospitals=3, images_per_hospital=images, size=28, channels=1,
                                          classes=classes, layout="folder", seed=seed)
-    console.print(f"Synthesised 3 imaging hospitals (900 chest images, {', '.join(classes)}) in {data_dir}", highlight=False)
+    console.print(f"Synthesised 3 imaging hospitals ({3 * images} chest images, {', '.join(classes)}) in {data_dir}",
+                  highlight=False)
     spec = {
         "name": "demo-chest-xray",
         "registered_model": "chest-xray",
@@ -71,7 +73,7 @@ def prepare_vision_demo(directory: Path, *, rounds: int, seed: int, console: Con
                  "hospitals": [{"id": f.name, "path": str(f.relative_to(directory))} for f in folders]},
         "model": {"kind": "cnn", "width": 16},
         "strategy": {"name": "fedavg", "min_hospitals": 2},
-        "training": {"rounds": rounds, "local_epochs": 2, "batch_size": 32, "learning_rate": 0.01},
+        "training": {"rounds": rounds, "local_epochs": 2, "batch_size": 32, "learning_rate": 0.005},
         "privacy": {"enabled": True, "target_epsilon": 8.0, "target_delta": 1e-5, "max_grad_norm": 1.0,
                     "grad_sample_mode": "hooks", "hospital_budget": 20.0},
     }
@@ -211,13 +213,15 @@ def _show_images(api: object, twins: list[dict], vision_spec: ExperimentSpec, co
     import pandas as pd
     from rich.table import Table
 
+    from experiments.tracking import CANDIDATE_ALIAS
+
     folder = vision_spec.data.hospitals[0].path
     assert folder is not None
     labels = pd.read_csv(folder / "labels.csv").sample(n=len(twins), random_state=0)
-    table = Table(title=f"Images classified through the API by the Ray Serve VisionClassifier ({vision_spec.model_name})",
-                  title_justify="left")
-    for column in ("patient", "image", "true class", "predicted", "probability", "version"):
-        table.add_column(column, justify="right" if column == "probability" else "left", no_wrap=True)
+    table = Table(title=f"Images classified via the API by the Ray Serve VisionClassifier ({vision_spec.model_name}, "
+                        f"{CANDIDATE_ALIAS})", title_justify="left")
+    for column in ("patient", "image", "truth", "predicted", "prob.", "version"):
+        table.add_column(column, justify="right" if column == "prob." else "left", no_wrap=True)
     for twin, row in zip(twins, labels.itertuples(), strict=False):
         image = folder / str(row.image)
         made = api.post(f"/v1/twins/{twin['id']}/images",  # type: ignore[attr-defined]

@@ -69,7 +69,8 @@ class RunReporter:
             trained = sum(1 for s in self._train.get("hospitals", {}).values() if s == "ok")
             total = len(self._train.get("hospitals", {})) or len(event["hospitals"])
             eps = max(event.get("epsilon", {}).values(), default=None)
-            accuracy = event["metrics"].get("accuracy")  # image classifiers report it; risk models do not
+            # image classifiers: accuracy (a risk model's Brier and AUROC say more than accuracy at 0.5)
+            accuracy = event["metrics"].get("accuracy") if "brier" not in event["metrics"] else None
             self._say(
                 f"  round {event['round']}/{event['rounds']}  hospitals {trained}/{total}  "
                 f"loss {_fmt(train.get('train-loss'))}  "

@@ -79,7 +79,8 @@ def test_federated_dp_training_registers_a_validated_image_classifier(vision_run
     assert tags["modality"] == "images" and tags["model_kind"] == "cnn" and tags["dp"] == "true"
     assert 0 < float(tags["epsilon"]) <= 8.0 + 1e-6
     assert tags["validation.status"] == "complete" and tags["validation.hospitals"] == "hospital-01,hospital-02,hospital-03"
-    assert float(tags["validation.accuracy"]) > 1 / 3 + 0.15  # clearly better than chance on 3 classes
+    # clearly better than chance on 3 classes (DP noise is unseeded on purpose, so leave a margin)
+    assert float(tags["validation.auroc"]) > 0.75 and float(tags["validation.accuracy"]) > 0.45
     run = client.get_run(version.run_id)
     history = client.get_metric_history(run.info.run_id, "evaluate_accuracy")
     assert [m.step for m in history] == [1, 2, 3]
