@@ -397,6 +397,8 @@ def load_image_split(path: Path | str, contract: ImageContract, test_fraction: f
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     source = Path(path).resolve()
+    if not source.exists():
+        raise ImageDataError(source, "no such folder or file")
     if source.is_dir():
         source = source / "labels.csv"
         if not source.is_file():

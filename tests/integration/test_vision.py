@@ -107,6 +107,25 @@ def test_registered_package_scores_png_bytes_like_the_scorer(vision_run: dict[st
     assert np.allclose(loaded.scorer.predict_bytes([b for b, _ in images]), probs, atol=1e-5)
 
 
+def test_a_validator_runs_the_report_on_their_own_images(vision_run: dict[str, Any], tmp_path: Path) -> None:
+    bioverse = Path(sys.executable).parent / "bioverse"
+    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home")}
+    mine = vision_run["folders"][1]
+    done = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(mine), "--output", str(tmp_path / "mine"),
+                           "--model", MODEL, "--tracking-uri", vision_run["uri"]], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{MODEL} version 1 on {mine} (300 images): accuracy" in done.stdout.replace("\n", " ")
+    report = json.loads((tmp_path / "mine" / "report.json").read_text())
+    assert report["task"] == "multiclass" and report["overall"]["n"] == 300
+    assert (tmp_path / "mine" / "confusion.png").stat().st_size > 0
+    bad = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(tmp_path / "nowhere"), "--model", MODEL,
+                          "--tracking-uri", vision_run["uri"]], capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in (bad.stdout + bad.stderr).splitlines() if line.strip()]
+    assert bad.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), bad.stdout + bad.stderr
+    assert "nowhere: no such folder or file" in lines[0]
+
+
 @pytest.fixture(scope="module")
 def serve_vision(vision_run: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Ray + Serve in this process with the vision application on `production` (version 1)."""

@@ -63,3 +63,19 @@ def test_run_with_a_missing_hospital_file_fails_before_starting_flower(tmp_path:
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_dict([Path("a.csv"), Path("gone.csv")])))
     line = _one_error_line(runner.invoke(app, ["experiment", "run", str(tmp_path / "spec.yaml")]))
     assert f"hospital gone: no file at {tmp_path / 'gone.csv'}" in line
+
+
+def test_image_hospitals_are_checked_with_their_class_mix(tmp_path: Path) -> None:
+    made = runner.invoke(app, ["data", "synth-images", "--hospitals", "2", "--images", "60", "--out", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    spec = {"name": "imgs", "data": {"modality": "images", "classes": ["normal", "nodule", "opacity"],
+                                     "hospitals": [{"id": "a", "path": "hospital-01"}, {"id": "b", "path": "hospital-02"}]}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    checked = runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
+    assert checked.exit_code == 0 and checked.output.count("held-out images (normal ") == 2, checked.output
+    labels = tmp_path / "hospital-01" / "labels.csv"
+    rows = labels.read_text().splitlines()
+    rows[1] = ",".join(rows[1].split(",")[:-1] + ["pneumonia"])  # a label outside the spec's classes
+    labels.write_text("\n".join(rows) + "\n")
+    line = _one_error_line(runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")]))
+    assert "hospital-01/labels.csv" in line and "mislabelled" in line and "pneumonia" in line

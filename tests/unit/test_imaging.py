@@ -254,8 +254,11 @@ def test_a_split_needs_two_patients_and_a_known_source(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageDataError, match="no labels.csv in the folder"):
         load_image_split(tmp_path / "empty", CONTRACT)
+    (tmp_path / "x.zip").write_bytes(b"PK")
     with pytest.raises(ImageDataError, match="unsupported"):
         load_image_split(tmp_path / "x.zip", CONTRACT)
+    with pytest.raises(ImageDataError, match="missing.npz: no such folder or file"):
+        load_image_split(tmp_path / "missing.npz", CONTRACT)
     with pytest.raises(ValueError, match="test_fraction"):
         load_image_split(root, CONTRACT, test_fraction=1.0)
 
