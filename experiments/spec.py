@@ -110,6 +110,8 @@ class ImageDataSpec(_Strict):
             federation computes the pooled mean and standard deviation from the hospitals'
             pixel sums (the statistics round).
         augment: Training augmentation, or null for none.
+        metadata: Further ``labels.csv`` columns (e.g. ``sex``, ``age``) carried with each
+            image for the validation report's subgroups; folders only (a ``.npz`` has none).
     """
 
     modality: Literal["images"]
@@ -123,6 +125,7 @@ class ImageDataSpec(_Strict):
     label: str = "label"
     test_fraction: float = Field(default=0.2, gt=0, lt=0.9)
     augment: AugmentSpec | None = AugmentSpec()
+    metadata: list[str] = []
     hospitals: list[HospitalSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -139,6 +142,9 @@ class ImageDataSpec(_Strict):
         columns = [self.image_column, self.patient_id, self.label]
         if len(set(columns)) != 3:
             raise ValueError("image_column, patient_id and label must be different columns")
+        seen = {c for c in [*columns, *self.metadata] if [*columns, *self.metadata].count(c) > 1}
+        if seen:
+            raise ValueError(f"column declared twice: {sorted(seen)[0]}")
         _unique_hospitals(self.hospitals)
         return self
 
@@ -148,6 +154,7 @@ class ImageDataSpec(_Strict):
         return ImageContract(
             classes=tuple(self.classes), size=self.image_size, channels=self.channels,
             image_column=self.image_column, patient_id=self.patient_id, label=self.label,
+            metadata=tuple(self.metadata),
         )
 
 
@@ -252,9 +259,12 @@ class ValidationSpec(_Strict):
     min_cell: int = Field(default=10, ge=1, le=1000)
 
     def subgroup_columns(self, data: DataSpec | ImageDataSpec) -> list[str]:
-        """The columns the report is broken down by (image data: by hospital only)."""
+        """The columns the report is broken down by (besides hospital); for images, among
+        the declared ``data.metadata`` columns."""
         if isinstance(data, ImageDataSpec):
-            return []
+            if self.subgroups is None:
+                return [c for c in ("sex", "age") if c in data.metadata]
+            return list(self.subgroups)
         if self.subgroups is None:
             return [c for c in ("sex", "age") if c in data.numeric or c in data.categorical]
         return list(self.subgroups)
@@ -297,8 +307,10 @@ class ExperimentSpec(_Strict):
                 if "grad_sample_mode" in privacy.model_fields_set:
                     raise ValueError("privacy.grad_sample_mode: fused is for Linear-only models; images take hooks, ghost or functorch")
                 object.__setattr__(self, "privacy", privacy.model_copy(update={"grad_sample_mode": "hooks"}))
-            if self.validation.subgroups:
-                raise ValueError("validation.subgroups: image data has no feature columns; the report is broken down by hospital")
+            assert isinstance(self.data, ImageDataSpec)
+            for column in self.validation.subgroups or []:
+                if column not in self.data.metadata:
+                    raise ValueError(f"validation.subgroups: {column} is not a declared data.metadata column")
         elif kind_set and self.model.kind in IMAGE_MODEL_KINDS:
             raise ValueError(f"model.kind: {self.model.kind} is for images; set data.modality: images or use logistic or mlp")
         return self

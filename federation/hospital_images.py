@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,11 +16,20 @@ import torch
 from experiments.spec import ExperimentSpec, ImageDataSpec
 from federation.hospital import RoundOutcome, build_spec_model, charge_round
 from federation.site import Site
-from training.imaging import ImagePreprocessor, ImageSplit, class_counts, image_fingerprint, load_image_split, pixel_statistics
+from training.imaging import (
+    ImageDataError,
+    ImagePreprocessor,
+    ImageSplit,
+    class_counts,
+    image_fingerprint,
+    load_image_split,
+    pixel_statistics,
+)
+from training.validation import age_band
 from training.validation_multiclass import local_multiclass_aggregates
 from training.vision import Augment, VisionModel, evaluate_vision, predict_vision, train_vision_locally
 
-__all__ = ["evaluate_global", "site_statistics", "train_round", "validation_aggregates"]
+__all__ = ["evaluate_global", "image_subgroups", "site_statistics", "train_round", "validation_aggregates"]
 
 log = logging.getLogger(__name__)
 
@@ -100,5 +110,25 @@ def validation_aggregates(*, site: Site, spec: ExperimentSpec, preprocessor: Ima
     split = _split(site, spec)
     model = _model(spec, preprocessor, state)
     probs = predict_vision(model, split.test_images, mean=preprocessor.mean, std=preprocessor.std)
-    return local_multiclass_aggregates(probs, split.test_labels, list(preprocessor.classes), None,
+    return local_multiclass_aggregates(probs, split.test_labels, list(preprocessor.classes), image_subgroups(split, spec, site.data_path),
                                        min_cell=spec.validation.min_cell)
+
+
+def image_subgroups(split: ImageSplit, spec: ExperimentSpec, source: Path) -> dict[str, list[str | None]]:
+    """Each held-out image's subgroup per ``validation.subgroups`` (metadata columns): the
+    value, or the age band of ``age`` (None where missing).
+
+    Raises:
+        ImageDataError: an age that is not a number, naming the hospital's data (``source``).
+    """
+    subgroups: dict[str, list[str | None]] = {}
+    for column in spec.validation.subgroup_columns(_data(spec)):
+        values = (split.test_metadata or {}).get(column, ())
+        if column == "age":
+            try:
+                subgroups["age_band"] = [None if v is None else age_band(float(v)) for v in values]
+            except ValueError as err:
+                raise ImageDataError(source, f"column 'age' holds a value that is not a number ({err})") from err
+        else:
+            subgroups[column] = list(values)
+    return subgroups

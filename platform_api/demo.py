@@ -69,7 +69,7 @@ def prepare_vision_demo(directory: Path, *, rounds: int, seed: int, console: Con
         "registered_model": "chest-xray",
         "description": "BioVerse demo: chest image triage across synthetic hospitals with DP-SGD.",
         "seed": seed,
-        "data": {"modality": "images", "classes": list(classes), "image_size": 28, "channels": 1,
+        "data": {"modality": "images", "classes": list(classes), "image_size": 28, "channels": 1, "metadata": ["sex", "age"],
                  "hospitals": [{"id": f.name, "path": str(f.relative_to(directory))} for f in folders]},
         "model": {"kind": "cnn", "width": 16},
         "strategy": {"name": "fedavg", "min_hospitals": 2},

@@ -71,6 +71,8 @@ class ImageContract:
         image_column: Column of ``labels.csv`` holding the image file, relative to the CSV.
         patient_id: Column holding the patient identifier (several images per patient).
         label: Column holding the class.
+        metadata: Further ``labels.csv`` columns carried with each image (e.g. ``sex``,
+            ``age``) for the validation report's subgroups; an empty cell is missing.
     """
 
     classes: tuple[str, ...]
@@ -79,6 +81,7 @@ class ImageContract:
     image_column: str = "image"
     patient_id: str = "patient_id"
     label: str = "label"
+    metadata: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -100,7 +103,8 @@ class ImageSplit:
     """A hospital's images as uint8 (N, C, H, W) arrays with int64 class indices, split in two.
 
     ``train_patients`` / ``test_patients`` hold the patient id of each image (aligned with
-    the images); None for a ``.npz`` file, which has no patient ids.
+    the images); None for a ``.npz`` file, which has no patient ids. ``test_metadata`` holds
+    the contract's metadata columns for the held-out images (None: no metadata).
     """
 
     train_images: np.ndarray
@@ -109,6 +113,7 @@ class ImageSplit:
     test_labels: np.ndarray
     train_patients: tuple[str, ...] | None
     test_patients: tuple[str, ...] | None
+    test_metadata: dict[str, tuple[str | None, ...]] | None = None
 
 
 def _name_some(items: Sequence[str], limit: int = _MAX_NAMED) -> str:
@@ -237,14 +242,17 @@ def _read_labels(csv_path: Path, contract: ImageContract) -> pd.DataFrame:
     except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable file
         raise ImageDataError(csv_path, f"unreadable: {type(err).__name__}: {err}") from err
     columns = (contract.image_column, contract.patient_id, contract.label)
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in (*columns, *contract.metadata) if c not in frame.columns]
     if missing:
         raise ImageDataError(csv_path, f"missing required column(s) {', '.join(map(repr, missing))}")
+    metadata = frame.loc[:, list(contract.metadata)].apply(lambda col: col.str.strip())
     frame = frame.loc[:, list(columns)].apply(lambda col: col.str.strip())
     frame.columns = ["image", "patient", "label"]
+    for column in contract.metadata:
+        frame[f"meta:{column}"] = metadata[column].to_numpy()
     if frame.empty:
         raise ImageDataError(csv_path, "file has no rows")
-    for column, name in zip(frame.columns, columns, strict=True):
+    for column, name in zip(("image", "patient", "label"), columns, strict=True):
         blank = frame[column] == ""
         if blank.any():
             raise ImageDataError(csv_path, "empty cell", column=name, row=int(np.flatnonzero(blank)[0]) + 1)
@@ -294,8 +302,10 @@ def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, 
     images = _decode_files(csv_path, list(zip(frame["image"], files)), contract)
     test = _patient_split(frame, csv_path, test_fraction, seed)
     labels, patients = frame["label"].to_numpy(np.int64), frame["patient"].to_numpy(str)
+    metadata = {c: tuple(v or None for v in frame[f"meta:{c}"].to_numpy(str)[test].tolist()) for c in contract.metadata}
     return ImageSplit(images[~test], labels[~test], images[test], labels[test],
-                      tuple(patients[~test].tolist()), tuple(patients[test].tolist()))
+                      tuple(patients[~test].tolist()), tuple(patients[test].tolist()),
+                      metadata if contract.metadata else None)
 
 
 def _npz_images(path: Path, key: str, array: np.ndarray, contract: ImageContract) -> np.ndarray:
@@ -344,6 +354,9 @@ def _npz_labels(path: Path, key: str, array: np.ndarray, n: int, contract: Image
 
 
 def _load_npz(path: Path, contract: ImageContract) -> ImageSplit:
+    if contract.metadata:
+        raise ImageDataError(path, f"a .npz holds no per-image metadata ({', '.join(contract.metadata)}); "
+                                   "use a folder with labels.csv, or declare no metadata")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in _NPZ_KEYS if k not in npz.files]

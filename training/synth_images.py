@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import logging
 import zipfile
@@ -143,16 +145,24 @@ def _save_image(path: Path, pixels: np.ndarray, fmt: str) -> None:
     _atomic_write(path, lambda p: image.save(p, format=fmt, **options))
 
 
+def patient_demographics(patient: str) -> tuple[str, int]:
+    """A synthetic patient's sex and age, derived from the id alone (stable, and independent
+    of the image stream, so adding them changed no image)."""
+    h = int(hashlib.sha256(patient.encode()).hexdigest()[:8], 16)
+    return ("F" if h % 2 else "M"), 30 + (h >> 1) % 60
+
+
 def _write_folder(folder: Path, images: np.ndarray, labels: np.ndarray, patients: np.ndarray,
                   classes: tuple[str, ...], fmt: str) -> None:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     suffix = ".jpg" if fmt == "JPEG" else ".png"
-    rows, seen = ["image,patient_id,label"], dict[str, int]()
+    rows, seen = ["image,patient_id,label,sex,age"], dict[str, int]()
     for pixels, label, patient in zip(images, labels, patients, strict=True):
         seen[patient] = seen.get(patient, 0) + 1
         name = f"images/{patient}-{seen[patient]}{suffix}"
         _save_image(folder / name, pixels, fmt)
-        rows.append(f"{name},{patient},{classes[label]}")
+        sex, age = patient_demographics(str(patient))
+        rows.append(f"{name},{patient},{classes[label]},{sex},{age}")
     text = "\n".join(rows) + "\n"
     _atomic_write(folder / "labels.csv", lambda p: _write_text(p, text))  # last: marks it complete
 

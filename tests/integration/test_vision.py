@@ -42,7 +42,7 @@ def vision_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                          classes=tuple(CLASSES), layout="folder", seed=5)
     spec = {
         "name": "it-vision", "registered_model": MODEL, "seed": 3,
-        "data": {"modality": "images", "classes": CLASSES, "image_size": 28, "channels": 1,
+        "data": {"modality": "images", "classes": CLASSES, "image_size": 28, "channels": 1, "metadata": ["sex", "age"],
                  "hospitals": [{"id": p.name, "path": str(p)} for p in folders]},
         "model": {"kind": "cnn", "width": 8},
         "strategy": {"name": "fedavg", "min_hospitals": 2},
@@ -90,6 +90,8 @@ def test_federated_dp_training_registers_a_validated_image_classifier(vision_run
     overall = report["overall"]
     assert overall["n"] > 0 and set(overall["per_class"]) == set(CLASSES)
     assert sorted(report["subgroups"]["hospital"]) == ["hospital-01", "hospital-02", "hospital-03"]
+    assert set(report["subgroups"]["sex"]) == {"F", "M"} and report["subgroups"]["age_band"]  # labels.csv metadata
+    assert sum(c["n"] for c in report["subgroups"]["sex"].values()) == overall["n"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
     assert {"validation/report.json", "validation/report.html", "validation/confusion.png"} <= artifacts
 

@@ -75,7 +75,9 @@ def test_image_hospitals_are_checked_with_their_class_mix(tmp_path: Path) -> Non
     assert checked.exit_code == 0 and checked.output.count("held-out images (normal ") == 2, checked.output
     labels = tmp_path / "hospital-01" / "labels.csv"
     rows = labels.read_text().splitlines()
-    rows[1] = ",".join(rows[1].split(",")[:-1] + ["pneumonia"])  # a label outside the spec's classes
+    cells = rows[1].split(",")
+    cells[rows[0].split(",").index("label")] = "pneumonia"  # a label outside the spec's classes
+    rows[1] = ",".join(cells)
     labels.write_text("\n".join(rows) + "\n")
     line = _one_error_line(runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")]))
     assert "hospital-01/labels.csv" in line and "mislabelled" in line and "pneumonia" in line

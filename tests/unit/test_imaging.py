@@ -374,3 +374,26 @@ def test_class_counts_and_fingerprint() -> None:
     assert base not in changed and len(changed) == 3
     with pytest.raises(ValueError, match="channels must be 1 or 3"):
         ImageContract(CLASSES, 16, 2)
+
+
+def test_metadata_columns_travel_with_the_held_out_images(tmp_path: Path) -> None:
+    import dataclasses
+
+    import pandas as pd
+
+    from training.synth_images import synthesize_image_hospitals
+
+    (folder,) = synthesize_image_hospitals(tmp_path / "f", n_hospitals=1, images_per_hospital=60, size=16, layout="folder")
+    contract = dataclasses.replace(ImageContract(("normal", "nodule", "opacity"), size=16, channels=1), metadata=("sex", "age"))
+    split = load_image_split(folder, contract, 0.3, seed=1)
+    assert split.test_metadata is not None and set(split.test_metadata) == {"sex", "age"}
+    frame = pd.read_csv(folder / "labels.csv", dtype=str).set_index("patient_id")
+    expected = [frame.loc[[p], "sex"].iloc[0] for p in split.test_patients or ()]
+    assert list(split.test_metadata["sex"]) == expected and len(expected) == len(split.test_labels)
+    labels = folder / "labels.csv"
+    labels.write_text(labels.read_text().replace(",sex,age\n", ",gender,age\n", 1))
+    with pytest.raises(ImageDataError, match="missing required column\\(s\\) 'sex'"):
+        load_image_split(folder, contract, 0.3, seed=1)
+    (npz,) = synthesize_image_hospitals(tmp_path / "n", n_hospitals=1, images_per_hospital=60, size=16, layout="npz")
+    with pytest.raises(ImageDataError, match="a .npz holds no per-image metadata \\(sex, age\\)"):
+        load_image_split(npz, contract)

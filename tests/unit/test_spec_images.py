@@ -31,7 +31,10 @@ def test_an_image_spec_gets_an_image_model_and_per_sample_hooks() -> None:
     assert spec.privacy.grad_sample_mode == "hooks"  # fused clipping is Linear-only
     contract = spec.data.contract
     assert (contract.classes, contract.size, contract.channels) == (("normal", "nodule", "opacity"), 28, 1)
-    assert spec.validation.subgroup_columns(spec.data) == []
+    assert spec.validation.subgroup_columns(spec.data) == []  # no metadata: by hospital only
+    with_meta = parse_spec(image_spec_dict(data={**image_spec_dict()["data"], "metadata": ["sex", "age", "site"]}))
+    assert with_meta.validation.subgroup_columns(with_meta.data) == ["sex", "age"]
+    assert with_meta.data.contract.metadata == ("sex", "age", "site")
     assert spec.data.augment is not None and spec.data.augment.hflip is False
 
 
@@ -65,7 +68,8 @@ def test_tabular_specs_are_unchanged_by_the_modality() -> None:
         ({"data": {"std": [0.0], "mean": [0.5]}}, "data.std.0: Input should be greater than 0"),
         ({"data": {"modality": "video"}}, "data: modality must be tabular or images"),
         ({"data": {"numeric": ["age"]}}, "data.numeric: unknown field"),
-        ({"validation": {"subgroups": ["sex"]}}, "image data has no feature columns"),
+        ({"validation": {"subgroups": ["sex"]}}, "validation.subgroups: sex is not a declared data.metadata column"),
+        ({"data": {"metadata": ["sex", "label"]}}, "data: column declared twice: label"),
     ],
 )
 def test_invalid_image_specs_name_the_field(change: dict, message: str) -> None:

@@ -33,7 +33,9 @@ def test_folder_layout_writes_labelled_png_and_jpeg_sites(folder_sites: list[Pat
     assert [p.name for p in folder_sites] == ["hospital-01", "hospital-02", "hospital-03"]
     for index, site in enumerate(folder_sites, start=1):
         labels = pd.read_csv(site / "labels.csv")
-        assert list(labels.columns) == ["image", "patient_id", "label"] and len(labels) == 240
+        assert list(labels.columns) == ["image", "patient_id", "label", "sex", "age"] and len(labels) == 240
+        assert set(labels["sex"]) == {"F", "M"} and labels["age"].between(30, 89).all()
+        assert (labels.groupby("patient_id")[["sex", "age"]].nunique() == 1).all().all()  # per patient, not per image
         assert set(labels["label"]) == set(CLASSES)
         assert labels["image"].is_unique and labels.groupby("patient_id")["label"].nunique().max() == 1
         assert labels["patient_id"].value_counts().max() > 1  # several images per patient
