@@ -56,7 +56,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from experiments.errors import ExperimentError, TrackingError
-from experiments.tracking import VALIDATION_DIR
+from experiments.names import VALIDATION_DIR
 
 __all__ = [
     "HISTORY_TAG",

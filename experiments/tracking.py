@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from experiments.errors import TrackingError
 from experiments.model_package import RiskModelPackage, VisionModelPackage, save_package_files, save_vision_package_files
+from experiments.names import CANDIDATE_ALIAS, VALIDATION_DIR
 from experiments.spec import ExperimentSpec
 from training.imaging import ImagePreprocessor
 from training.models import RiskModel
@@ -32,10 +33,6 @@ from training.vision import VisionModel
 __all__ = ["CANDIDATE_ALIAS", "VALIDATION_DIR", "RunTracker", "code_version", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature"]
 
 log = logging.getLogger(__name__)
-#: Registry alias of the newest registered version (awaiting clinical review).
-CANDIDATE_ALIAS = "candidate"
-#: Where a run keeps its version's validation report (report.json, plots, model card, HTML).
-VALIDATION_DIR = "validation"
 
 
 @functools.cache
