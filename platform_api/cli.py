@@ -653,15 +653,21 @@ def registry_validate(
     meta: dict[str, Any] = {"model_name": name, "version": version, "experiment": info.experiment,
                             "run_id": info.run_id, "hospitals": [f"local: {data.name}"]}
     if isinstance(spec.data, ImageDataSpec):
+        import dataclasses
+
+        from federation.hospital_images import image_subgroups
         from training.imaging import load_image_split
         from training.validation_multiclass import local_multiclass_report
 
         split = load_image_split(data, spec.data.contract, spec.data.test_fraction, spec.seed)
-        images = np.concatenate([split.train_images, split.test_images])  # a validator's file: every image counts
-        labels = np.concatenate([split.train_labels, split.test_labels])
+        whole = dataclasses.replace(  # a validator's file: every image counts, as held out
+            split, test_images=np.concatenate([split.train_images, split.test_images]),
+            test_labels=np.concatenate([split.train_labels, split.test_labels]),
+            test_metadata={c: (split.train_metadata or {})[c] + v for c, v in split.test_metadata.items()}
+            if split.test_metadata is not None else None)
         vision = RegistryModel(registry.tracking_uri, name).load_vision(version).scorer
-        report = local_multiclass_report(vision.predict(images), labels, list(spec.data.classes), None,
-                                         min_cell=spec.validation.min_cell)
+        report = local_multiclass_report(vision.predict(whole.test_images), whole.test_labels, list(spec.data.classes),
+                                         image_subgroups(whole, spec, data), min_cell=spec.validation.min_cell)
         written = write_report_artifacts(report, {**meta, "task": "multiclass", "classes": list(spec.data.classes)}, folder)
         overall = report["overall"]
         out.print(f"{name} version {version} on {data} ({overall['n']} images): accuracy {fmt(overall['accuracy'])}, "

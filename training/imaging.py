@@ -104,7 +104,8 @@ class ImageSplit:
 
     ``train_patients`` / ``test_patients`` hold the patient id of each image (aligned with
     the images); None for a ``.npz`` file, which has no patient ids. ``test_metadata`` holds
-    the contract's metadata columns for the held-out images (None: no metadata).
+    the contract's metadata columns for the held-out images, ``train_metadata`` for the
+    training images (None: no metadata).
     """
 
     train_images: np.ndarray
@@ -114,6 +115,7 @@ class ImageSplit:
     train_patients: tuple[str, ...] | None
     test_patients: tuple[str, ...] | None
     test_metadata: dict[str, tuple[str | None, ...]] | None = None
+    train_metadata: dict[str, tuple[str | None, ...]] | None = None
 
 
 def _name_some(items: Sequence[str], limit: int = _MAX_NAMED) -> str:
@@ -302,10 +304,14 @@ def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, 
     images = _decode_files(csv_path, list(zip(frame["image"], files)), contract)
     test = _patient_split(frame, csv_path, test_fraction, seed)
     labels, patients = frame["label"].to_numpy(np.int64), frame["patient"].to_numpy(str)
-    metadata = {c: tuple(v or None for v in frame[f"meta:{c}"].to_numpy(str)[test].tolist()) for c in contract.metadata}
+    def metadata(rows: np.ndarray) -> dict[str, tuple[str | None, ...]] | None:
+        if not contract.metadata:
+            return None
+        return {c: tuple(v or None for v in frame[f"meta:{c}"].to_numpy(str)[rows].tolist()) for c in contract.metadata}
+
     return ImageSplit(images[~test], labels[~test], images[test], labels[test],
                       tuple(patients[~test].tolist()), tuple(patients[test].tolist()),
-                      metadata if contract.metadata else None)
+                      metadata(test), metadata(~test))
 
 
 def _npz_images(path: Path, key: str, array: np.ndarray, contract: ImageContract) -> np.ndarray:

@@ -120,6 +120,7 @@ def test_a_validator_runs_the_report_on_their_own_images(vision_run: dict[str, A
     assert f"{MODEL} version 1 on {mine} (300 images): accuracy" in done.stdout.replace("\n", " ")
     report = json.loads((tmp_path / "mine" / "report.json").read_text())
     assert report["task"] == "multiclass" and report["overall"]["n"] == 300
+    assert sum(c["n"] for c in report["subgroups"]["sex"].values()) == 300  # the spec's metadata subgroups too
     assert (tmp_path / "mine" / "confusion.png").stat().st_size > 0
     bad = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(tmp_path / "nowhere"), "--model", MODEL,
                           "--tracking-uri", vision_run["uri"]], capture_output=True, text=True, env=env, timeout=300)

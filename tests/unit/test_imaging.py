@@ -390,6 +390,7 @@ def test_metadata_columns_travel_with_the_held_out_images(tmp_path: Path) -> Non
     frame = pd.read_csv(folder / "labels.csv", dtype=str).set_index("patient_id")
     expected = [frame.loc[[p], "sex"].iloc[0] for p in split.test_patients or ()]
     assert list(split.test_metadata["sex"]) == expected and len(expected) == len(split.test_labels)
+    assert split.train_metadata is not None and len(split.train_metadata["age"]) == len(split.train_labels)
     labels = folder / "labels.csv"
     labels.write_text(labels.read_text().replace(",sex,age\n", ",gender,age\n", 1))
     with pytest.raises(ImageDataError, match="missing required column\\(s\\) 'sex'"):
