@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -91,21 +93,31 @@ def train(message: Message, context: Context) -> Message:
     return reply
 
 
-@app.evaluate()
-def evaluate(message: Message, context: Context) -> Message:
-    """Evaluate the global model on the hospital's held-out rows."""
+def _with_global_model(message: Message, context: Context, what: str,
+                       handler: Callable[..., Any]) -> tuple[Site, Any] | Message:
+    """Run ``handler(site=, spec=, encoder=, state=)`` on the global model the message
+    carries; a site failure becomes an ``error`` status reply (returned instead)."""
     site: Site | None = None
     try:
         site, spec = _site(context)
-        metrics = evaluate_global(
+        return site, handler(
             site=site,
             spec=spec,
             encoder=encoder_from_config(dict(message.content["config"]), spec),
             state=message.content["arrays"].to_torch_state_dict(),
         )
     except _SITE_ERRORS as err:
-        log.warning("evaluation failed: %s", err)
+        log.warning("%s failed: %s", what, err)
         return _status(message, _hospital_id(context, site), "error", str(err))
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Evaluate the global model on the hospital's held-out rows."""
+    done = _with_global_model(message, context, "evaluation", evaluate_global)
+    if isinstance(done, Message):
+        return done
+    site, metrics = done
     reply = _status(message, site.hospital_id, "ok")
     reply.content["metrics"] = MetricRecord(metrics)
     return reply
@@ -114,18 +126,10 @@ def evaluate(message: Message, context: Context) -> Message:
 @app.query("validate")
 def validate(message: Message, context: Context) -> Message:
     """Validation aggregates of the final model on the hospital's held-out rows (counts only)."""
-    site: Site | None = None
-    try:
-        site, spec = _site(context)
-        aggregates = validation_aggregates(
-            site=site,
-            spec=spec,
-            encoder=encoder_from_config(dict(message.content["config"]), spec),
-            state=message.content["arrays"].to_torch_state_dict(),
-        )
-    except _SITE_ERRORS as err:
-        log.warning("validation failed: %s", err)
-        return _status(message, _hospital_id(context, site), "error", str(err))
+    done = _with_global_model(message, context, "validation", validation_aggregates)
+    if isinstance(done, Message):
+        return done
+    site, aggregates = done
     reply = _status(message, site.hospital_id, "ok")
     reply.content["validation"] = ConfigRecord({"aggregates": json.dumps(aggregates, allow_nan=False)})
     return reply
