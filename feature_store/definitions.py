@@ -36,7 +36,7 @@ with _metrics_stay_in_process():
     from feast.on_demand_feature_view import on_demand_feature_view
     from feast.types import Float32, Float64, String
 
-__all__ = ["FEATURE_COLUMNS", "VIEWS", "build_definitions", "offline_path"]
+__all__ = ["CATEGORIES", "FEATURE_COLUMNS", "RANGES", "UNITS", "VIEWS", "build_definitions", "offline_path"]
 
 #: Feature view -> its raw columns, as the hospital data contract names them.
 VIEWS: dict[str, tuple[str, ...]] = {
@@ -45,9 +45,34 @@ VIEWS: dict[str, tuple[str, ...]] = {
     "labs": ("cholesterol", "glucose"),
 }
 FEATURE_COLUMNS: tuple[str, ...] = tuple(c for cols in VIEWS.values() for c in cols)
-_TYPES = {"age": Float32, "sex": String, "smoking": String, "systolic_bp": Float32, "heart_rate": Float32,
-          "bmi": Float32, "cholesterol": Float32, "glucose": Float32}
+#: Plausible values of each numeric feature (inclusive bounds), in the units of the data
+#: contract. A value outside them is a unit mix-up or a typing error, never a patient: it
+#: is refused on ingest and on observation, and a stored one stops a prediction. The
+#: bounds travel with the feature views (Feast field tags), so a view change carries them.
+RANGES: dict[str, tuple[float, float]] = {
+    "age": (0.0, 130.0),           # years
+    "systolic_bp": (40.0, 300.0),  # mmHg
+    "heart_rate": (20.0, 300.0),   # beats per minute
+    "bmi": (8.0, 150.0),           # kg/m^2
+    "cholesterol": (0.5, 30.0),    # total cholesterol, mmol/L
+    "glucose": (10.0, 2000.0),     # mg/dL
+}
+UNITS: dict[str, str] = {"age": "years", "systolic_bp": "mmHg", "heart_rate": "bpm", "bmi": "kg/m2",
+                         "cholesterol": "mmol/L", "glucose": "mg/dL"}
+#: The values a categorical feature may take (anything else is refused).
+CATEGORIES: dict[str, tuple[str, ...]] = {"sex": ("F", "M"), "smoking": ("never", "former", "current")}
+_TYPES = {c: (String if c in CATEGORIES else Float32) for c in FEATURE_COLUMNS}
 _TTL = {"demographics": timedelta(days=3650), "vitals": timedelta(days=365), "labs": timedelta(days=365)}
+
+
+def _field(column: str) -> Field:
+    """A view's field, its plausible range or allowed values in its tags."""
+    if column in CATEGORIES:
+        tags = {"values": ",".join(CATEGORIES[column])}
+    else:
+        low, high = RANGES[column]
+        tags = {"min": repr(low), "max": repr(high), "unit": UNITS[column]}
+    return Field(name=column, dtype=_TYPES[column], tags=tags)
 
 
 def offline_path(data_dir: Path, view: str) -> Path:
@@ -77,7 +102,7 @@ def build_definitions(data_dir: Path) -> dict[str, Any]:
             objects[f"{view}_push"] = source
         views[view] = FeatureView(
             name=view, entities=[tenant, patient], ttl=_TTL[view], online=True, source=source,
-            schema=[Field(name=c, dtype=_TYPES[c]) for c in columns],
+            schema=[_field(c) for c in columns],
         )
         objects[f"{view}_source"] = batch
         objects[view] = views[view]

@@ -3,13 +3,17 @@
 Hierarchy::
 
     FeatureStoreError
-    ├── FeatureRepoError      the Feast repo is missing or its config is wrong
-    └── FeatureDataError      observations or ingested rows are unusable
+    ├── FeatureRepoError          the Feast repo is missing or its config is wrong
+    │   └── FeatureStoreUnavailable   the online store does not answer (an outage)
+    ├── FeatureDataError          observations or ingested rows are unusable
+    │   └── FeatureValueError         one feature's value breaks its declared contract
+    └── StoredValueError          a value already in the store breaks its feature's contract
 """
 
 from __future__ import annotations
 
-__all__ = ["FeatureDataError", "FeatureRepoError", "FeatureStoreError"]
+__all__ = ["FeatureDataError", "FeatureRepoError", "FeatureStoreError", "FeatureStoreUnavailable", "FeatureValueError",
+           "StoredValueError"]
 
 
 class FeatureStoreError(Exception):
@@ -20,5 +24,36 @@ class FeatureRepoError(FeatureStoreError):
     """The Feast repository cannot be created, read or applied."""
 
 
+class FeatureStoreUnavailable(FeatureRepoError):
+    """The online store (SQLite file, Redis) did not answer a read or a write."""
+
+
 class FeatureDataError(FeatureStoreError):
     """Rows or observations that the feature views cannot take."""
+
+
+class FeatureValueError(FeatureDataError):
+    """A value that is not finite, not plausible or not one of the declared categories.
+
+    Attributes:
+        feature: The feature's name.
+    """
+
+    def __init__(self, feature: str, message: str) -> None:
+        super().__init__(f"{feature}: {message}")
+        self.feature = feature
+
+
+class StoredValueError(FeatureStoreError):
+    """Values read from the store that break their features' contracts (written before the
+    contract existed, or around it); nothing is scored on them.
+
+    Attributes:
+        problems: feature -> what is wrong with its stored value.
+    """
+
+    def __init__(self, subject: str, problems: dict[str, str]) -> None:
+        detail = "; ".join(f"{f}: {why}" for f, why in sorted(problems.items()))
+        super().__init__(f"{subject}: stored features break their contract ({detail}); record a new observation")
+        self.subject = subject
+        self.problems = problems

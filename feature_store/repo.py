@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
+import threading
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,13 +18,21 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from feature_store.definitions import VIEWS, build_definitions, offline_path
-from feature_store.errors import FeatureDataError, FeatureRepoError
+from feature_store.contract import check_category, check_number, check_observation
+from feature_store.definitions import CATEGORIES, RANGES, VIEWS, build_definitions, offline_path
+from feature_store.errors import (
+    FeatureDataError,
+    FeatureRepoError,
+    FeatureStoreError,
+    FeatureStoreUnavailable,
+    FeatureValueError,
+)
 
-__all__ = ["FeatureRepo", "ONLINE_FEATURES"]
+__all__ = ["FeatureRepo", "ONLINE_FEATURES", "PushResult"]
 
 log = logging.getLogger(__name__)
 KEYS = ("tenant_id", "patient_id")
+_TS = "__ts"  # Feast's suffix of a feature's event time in OnlineResponse.to_dict(include_event_timestamps=True)
 #: Feature references an app reads for a twin: every raw feature and the derived ones.
 ONLINE_FEATURES: tuple[str, ...] = tuple(f"{v}:{c}" for v, cols in VIEWS.items() for c in cols) + (
     "derived:glucose_mmol_l", "derived:hypertensive", "derived:obese")
@@ -54,6 +65,7 @@ class FeatureRepo:
         self.repo_dir = Path(repo_dir).resolve()
         self.data_dir = self.repo_dir / "data"
         self._store: Any = None
+        self._push_lock = threading.Lock()  # read-compare-write of event times, one at a time per process
 
     # ---- set-up ----
     def init(self, *, online_store: str = "sqlite", redis_url: str = "127.0.0.1:6379", project: str = "bioverse") -> FeatureRepo:
@@ -131,12 +143,17 @@ class FeatureRepo:
 
         Returns:
             The number of patients ingested.
+
+        Raises:
+            FeatureValueError: a value breaks its feature's contract (not finite, outside its
+                plausible range, not a declared category); nothing is written.
         """
         if "patient_id" not in frame.columns:
             raise FeatureDataError("rows need a patient_id column")
         if not tenant_id:
             raise FeatureDataError("a tenant id is required")
-        when = pd.Timestamp(observed_at or datetime.now(timezone.utc)).tz_convert("UTC")
+        _check_rows(frame)
+        when = _utc(observed_at)
         base = pd.DataFrame({"tenant_id": tenant_id, "patient_id": frame["patient_id"].astype(str)})
         base["event_timestamp"] = when
         base["created"] = pd.Timestamp(datetime.now(timezone.utc))
@@ -158,13 +175,13 @@ class FeatureRepo:
     # ---- online ----
     def materialize(self, end: datetime | None = None) -> None:
         """Load the latest offline values into the online store (``feast materialize-incremental``)."""
-        with _quiet():
+        with _quiet(), _online_store_errors():
             self.store.materialize_incremental(end_date=end or datetime.now(timezone.utc))
 
     def online_features(self, tenant_id: str, patient_ids: Sequence[str], features: Sequence[str] = ONLINE_FEATURES) -> list[dict[str, Any]]:
         """Current features of patients of one tenant, one dict per patient (None where unknown)."""
         rows = [{"tenant_id": tenant_id, "patient_id": str(p)} for p in patient_ids]
-        with _quiet():
+        with _quiet(), _online_store_errors():
             result = self.store.get_online_features(features=list(features), entity_rows=rows).to_dict()
         names = [f.split(":")[1] for f in features]
         out = []
@@ -173,11 +190,18 @@ class FeatureRepo:
             out.append({"tenant_id": tenant_id, "patient_id": str(patient), **values})
         return out
 
-    def push(self, *, tenant_id: str, patient_id: str, values: dict[str, Any], observed_at: datetime | None = None) -> list[str]:
-        """Push new vitals or labs to the online and offline stores; returns the views updated.
+    def push(self, *, tenant_id: str, patient_id: str, values: dict[str, Any], observed_at: datetime | None = None) -> PushResult:
+        """Push new vitals or labs: to the offline history always, and to the online store
+        unless it holds a newer observation of that view (last write by event time).
+
+        Every value is checked against its feature's contract first; nothing is written if
+        one fails. A partial observation keeps the view's other current values online; when
+        it is backdated (older than the online row), its offline row holds only what it observed.
 
         Raises:
             FeatureDataError: a value names no pushable feature.
+            FeatureValueError: a value is not finite, not a number or not plausible.
+            FeatureStoreUnavailable: the online store did not answer.
         """
         from feast.data_source import PushMode
 
@@ -185,21 +209,113 @@ class FeatureRepo:
         unknown = sorted(set(values) - set(pushable))
         if unknown:
             raise FeatureDataError(f"{unknown[0]}: not an observable feature (one of {', '.join(sorted(pushable))})")
-        when = pd.Timestamp(observed_at or datetime.now(timezone.utc)).tz_convert("UTC")
-        updated = []
-        for view in sorted({pushable[c] for c in values}):
-            current = self.online_features(tenant_id, [patient_id], [f"{view}:{c}" for c in VIEWS[view]])[0]
-            row = {"tenant_id": tenant_id, "patient_id": patient_id, "event_timestamp": when, "created": pd.Timestamp.now(tz="UTC")}
-            for c in VIEWS[view]:  # a partial observation keeps the view's other current values
-                value = values.get(c, current.get(c))
-                row[c] = None if value is None else float(value)
-            frame = pd.DataFrame([row])
-            for c in VIEWS[view]:
-                frame[c] = frame[c].astype("float32")
-            with _quiet():
-                self.store.push(f"{view}_push", frame, to=PushMode.ONLINE_AND_OFFLINE)
-            updated.append(view)
-        return updated
+        checked = check_observation(values)
+        when = _utc(observed_at)
+        result = PushResult(observed_at=when.to_pydatetime())
+        with self._push_lock:
+            for view in sorted({pushable[c] for c in checked}):
+                columns = VIEWS[view]
+                current, newest = self._current_row(tenant_id, patient_id, view)
+                online = newest is None or int(when.timestamp()) >= newest
+                row: dict[str, Any] = {"tenant_id": tenant_id, "patient_id": patient_id, "event_timestamp": when,
+                                       "created": pd.Timestamp.now(tz="UTC")}
+                for c in columns:  # online: keep the view's other current values; offline-only: only what was observed
+                    value = checked.get(c, current.get(c) if online else None)
+                    row[c] = None if value is None else float(value)
+                frame = pd.DataFrame([row])
+                for c in columns:
+                    frame[c] = frame[c].astype("float32")
+                with _quiet(), _online_store_errors():
+                    self.store.push(f"{view}_push", frame, to=PushMode.ONLINE_AND_OFFLINE if online else PushMode.OFFLINE)
+                if online:
+                    result.updated_views.append(view)
+                else:
+                    stamp = datetime.fromtimestamp(newest, timezone.utc).isoformat()  # type: ignore[arg-type]
+                    result.offline_only_views.append(view)
+                    for c in columns:
+                        if c in checked:
+                            result.not_applied[c] = f"a newer observation (at {stamp}) is current; kept in the history only"
+        return result
+
+    def _current_row(self, tenant_id: str, patient_id: str, view: str) -> tuple[dict[str, Any], int | None]:
+        """The view's online values of a patient and their event time (Unix seconds; None if none)."""
+        features = [f"{view}:{c}" for c in VIEWS[view]]
+        rows = [{"tenant_id": tenant_id, "patient_id": patient_id}]
+        with _quiet(), _online_store_errors():
+            result = self.store.get_online_features(features=features, entity_rows=rows).to_dict(include_event_timestamps=True)
+        values = {c: _plain(result[c][0]) for c in VIEWS[view]}
+        stamps = [result.get(f"{c}{_TS}", [0])[0] or 0 for c in VIEWS[view]]
+        newest = max(stamps) if any(stamps) else None
+        return values, newest
+
+
+@dataclass
+class PushResult:
+    """What an observation changed.
+
+    Attributes:
+        observed_at: Its event time, in UTC.
+        updated_views: Views whose online row it became.
+        offline_only_views: Views that hold a newer observation online: it is only in the history.
+        not_applied: feature -> why its value is not the current one.
+    """
+
+    observed_at: datetime
+    updated_views: list[str] = field(default_factory=list)
+    offline_only_views: list[str] = field(default_factory=list)
+    not_applied: dict[str, str] = field(default_factory=dict)
+
+
+def _utc(when: datetime | None) -> pd.Timestamp:
+    """An aware time in UTC (now if None); a naive one is refused."""
+    if when is None:
+        return pd.Timestamp(datetime.now(timezone.utc))
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise FeatureDataError("observed_at: a time zone is required (for example 2026-01-31T08:00:00Z)")
+    return pd.Timestamp(when).tz_convert("UTC")
+
+
+@contextlib.contextmanager
+def _online_store_errors() -> Iterator[None]:
+    """A store that does not answer (Redis down, SQLite file unreadable) as FeatureStoreUnavailable."""
+    try:
+        yield
+    except FeatureStoreError:
+        raise
+    except (OSError, sqlite3.Error) as err:
+        raise FeatureStoreUnavailable(f"the online feature store does not answer: {type(err).__name__}") from err
+    except Exception as err:
+        if type(err).__module__.startswith("redis"):
+            raise FeatureStoreUnavailable(f"the online feature store does not answer: {type(err).__name__}") from err
+        raise
+
+
+def _check_rows(frame: pd.DataFrame) -> None:
+    """Refuse the first value (missing ones aside) that breaks its feature's contract."""
+    for column in (c for cols in VIEWS.values() for c in cols if c in frame.columns):
+        values = frame[column]
+        known = values.notna()
+        if column in CATEGORIES:
+            bad = known & ~values.astype(str).isin(CATEGORIES[column])
+        else:
+            numbers = pd.to_numeric(values, errors="coerce").astype(float)
+            bad = known & ~numbers.between(*RANGES[column])
+        if bad.any():
+            first = bad.idxmax()
+            raw = values[first]
+            try:
+                check_category(column, raw) if column in CATEGORIES else check_number(column, _number(raw))
+            except FeatureValueError as err:
+                raise FeatureValueError(column, f"patient {frame['patient_id'][first]}: {str(err).split(': ', 1)[1]}") from None
+            raise FeatureValueError(column, f"patient {frame['patient_id'][first]}: {raw!r} is not acceptable")
+
+
+def _number(raw: Any) -> Any:
+    """A CSV cell as a number where it reads as one (so the error says what is wrong with it)."""
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return raw
 
 
 def _plain(value: Any) -> Any:

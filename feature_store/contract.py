@@ -1,0 +1,73 @@
+"""Input contracts of the features: finite, plausible numbers and declared categories."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from feature_store.definitions import CATEGORIES, RANGES, UNITS
+from feature_store.errors import FeatureValueError
+
+__all__ = ["check_category", "check_number", "check_observation", "violations"]
+
+
+def check_number(feature: str, value: Any) -> float:
+    """``value`` as a float, if it is a finite number within the feature's plausible range.
+
+    Raises:
+        FeatureValueError: not a number (booleans and strings included), not finite, or
+            outside the range declared with the feature.
+    """
+    if feature not in RANGES:
+        raise FeatureValueError(feature, "not a numeric feature")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FeatureValueError(feature, f"must be a number, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise FeatureValueError(feature, f"must be a finite number, not {number}")
+    low, high = RANGES[feature]
+    if not low <= number <= high:
+        raise FeatureValueError(feature, f"{number:g} is outside the plausible range {low:g} to {high:g} {UNITS[feature]}")
+    return number
+
+
+def check_category(feature: str, value: Any) -> str:
+    """``value`` if it is one of the feature's declared values.
+
+    Raises:
+        FeatureValueError: anything else.
+    """
+    allowed = CATEGORIES.get(feature)
+    if allowed is None:
+        raise FeatureValueError(feature, "not a categorical feature")
+    if not isinstance(value, str) or value not in allowed:
+        raise FeatureValueError(feature, f"{str(value)[:40]!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def check_observation(values: Mapping[str, Any]) -> dict[str, float]:
+    """Every value checked (``check_number``); the first bad one raises, naming its feature."""
+    return {feature: check_number(feature, value) for feature, value in values.items()}
+
+
+def violations(values: Mapping[str, Any]) -> dict[str, str]:
+    """Stored values that break their contract: feature -> why (unknown values are fine).
+
+    Only features with a declared contract are looked at (derived ones are not).
+    """
+    problems = {}
+    for feature, value in values.items():
+        if value is None or (feature not in RANGES and feature not in CATEGORIES):
+            continue
+        try:
+            if feature in RANGES:
+                check_number(feature, value)
+            else:
+                check_category(feature, value)
+        except FeatureValueError as err:
+            problems[feature] = str(err).split(": ", 1)[1]
+    return problems
