@@ -1,39 +1,62 @@
-"""The audit trail: every access to patient data, append-only and hash-chained."""
+"""The audit trail: every access to patient data, append-only, MAC-chained and anchored outside the database.
+
+Each event's ``hash`` is ``HMAC-SHA256(audit key, prev_hash + canonical JSON of its fields)``
+(events written before migration 0004 keep plain ``SHA-256`` and are checked as such up to
+``audit_chain.legacy_until``). Appends take the database's write lock before reading the
+head (PostgreSQL: an advisory transaction lock; SQLite: the write lock, taken by a no-op
+write before the read), so the API, the recorder and the CLI in other processes write one
+order; a unique ``prev_hash`` makes a fork impossible even for a writer that skips the lock.
+Signed checkpoints of the head go to a file outside the database
+(:mod:`platform_api.audit_checkpoints`); :func:`verify` checks the chain against them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.orm import Session
 
+from platform_api.audit_checkpoints import Checkpoint, audit_key, database_id, note_appended, read_checkpoints
 from platform_api.auth import Principal
-from platform_api.models import AuditEvent
+from platform_api.models import AuditChain, AuditEvent
 
-__all__ = ["CHAIN_LOCK", "GENESIS", "AuditCheck", "audited", "digest", "lock_chain", "record", "verify"]
+__all__ = ["CHAIN_LOCK", "GENESIS", "AuditBreak", "AuditCheck", "audited", "digest", "event_mac", "lock_chain", "record",
+           "verify"]
 
 GENESIS = "0" * 64
 _CHAIN_LOCK = 7_262_026  # PostgreSQL advisory lock serialising appends to the chain
 
 
 #: Serialises appends to the chain within this process (the recorder's batches and the
-#: audited routes); across processes PostgreSQL's advisory lock does it.
+#: audited routes); across processes the database's write lock does it (:func:`lock_chain`).
 CHAIN_LOCK = threading.Lock()
 FIELDS = ("at", "actor", "role", "tenant_id", "patient_id", "action", "outcome")
 
 
-def digest(prev_hash: str, fields: Mapping[str, Any]) -> str:
-    """``sha256(prev_hash + canonical JSON of the event's fields)``."""
+def _canonical(fields: Mapping[str, Any]) -> str:
     canonical = {k: fields[k] for k in FIELDS}
     canonical["at"] = fields["at"].replace(tzinfo=None).isoformat(timespec="microseconds")
-    return hashlib.sha256((prev_hash + json.dumps(canonical, sort_keys=True)).encode()).hexdigest()
+    return json.dumps(canonical, sort_keys=True)
+
+
+def digest(prev_hash: str, fields: Mapping[str, Any]) -> str:
+    """Legacy (pre-0004) link: ``sha256(prev_hash + canonical JSON of the event's fields)``."""
+    return hashlib.sha256((prev_hash + _canonical(fields)).encode()).hexdigest()
+
+
+def event_mac(key: bytes, prev_hash: str, fields: Mapping[str, Any]) -> str:
+    """The link of every event since 0004: ``HMAC-SHA256(key, prev_hash + canonical JSON)``."""
+    return hmac.new(key, (prev_hash + _canonical(fields)).encode(), hashlib.sha256).hexdigest()
 
 
 def _fields(event: AuditEvent) -> dict[str, Any]:
@@ -41,52 +64,137 @@ def _fields(event: AuditEvent) -> dict[str, Any]:
 
 
 def lock_chain(connection: Connection | Session) -> str:
-    """Take the cross-process chain lock (PostgreSQL) and return the newest hash."""
+    """Take the cross-process chain lock and return the newest hash.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: the database's write lock,
+    taken by a write that changes nothing, so the head read below cannot go stale before
+    this transaction appends (a plain read would not lock, and two processes would chain
+    onto the same parent).
+    """
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     if bind.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK})
+    else:
+        connection.execute(text("DELETE FROM audit_chain WHERE 0"))
     return connection.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)) or GENESIS
 
 
 def record(session: Session, *, actor: str, role: str, tenant_id: str | None, patient_id: str | None,
            action: str, outcome: str) -> AuditEvent:
     """Append one event to the chain (flushed with the caller's transaction; hold CHAIN_LOCK)."""
+    key = audit_key()
     prev = lock_chain(session)
     event = AuditEvent(at=datetime.now(timezone.utc).replace(tzinfo=None), actor=actor, role=role, tenant_id=tenant_id,
                        patient_id=patient_id, action=action, outcome=outcome, prev_hash=prev)
-    event.hash = digest(prev, _fields(event))
+    event.hash = event_mac(key, prev, _fields(event))
     session.add(event)
     session.flush()
     return event
 
 
 @dataclass(frozen=True)
+class AuditBreak:
+    """One thing verify found wrong: the event (or ``None`` for a checkpoint line) and why."""
+
+    event_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class AuditCheck:
-    """Result of :func:`verify`: events checked, and the first broken one if any."""
+    """Result of :func:`verify`: events checked, every break found, and the anchor used."""
 
     events: int
-    first_bad_id: int | None
-    reason: str = ""
+    breaks: list[AuditBreak] = field(default_factory=list)
+    checkpoints: int = 0
+    legacy_until: int = 0
+    last_id: int = 0
 
     @property
     def ok(self) -> bool:
-        """True when the whole chain holds."""
-        return self.first_bad_id is None
+        """True when the whole chain holds and agrees with every checkpoint."""
+        return not self.breaks
+
+    @property
+    def first_bad_id(self) -> int | None:
+        """The first broken event's id (``None`` when intact or only a checkpoint is bad)."""
+        return next((b.event_id for b in self.breaks if b.event_id is not None), None)
+
+    @property
+    def reason(self) -> str:
+        """The first break's reason (empty when intact)."""
+        return self.breaks[0].reason if self.breaks else ""
 
 
-def verify(session: Session, batch: int = 10_000) -> AuditCheck:
-    """Recompute the chain from the first event; report the first link that breaks."""
-    prev, count, last_id = GENESIS, 0, 0
+def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | None = None,
+           batch: int = 20_000) -> AuditCheck:
+    """Recompute the whole chain and check it against the signed checkpoints; report every break.
+
+    After a break the walk goes on from the event's stored hash, so each altered, removed,
+    forked or re-hashed event is named once and later events are still checked.
+
+    Raises:
+        experiments.keys.SecretKeyError: keyed events or checkpoints exist but no audit key does.
+    """
+    bind = session.get_bind()
+    db = database_id(bind.url if isinstance(bind, Engine) else bind.engine.url)
+    anchors = read_checkpoints(db, path=checkpoints, key=key)
+    breaks = [AuditBreak(None, f"checkpoint line {cp.line}: {cp.problem}") for cp in anchors if not cp.valid]
+    valid = [cp for cp in anchors if cp.valid]
+    legacy_until = session.scalar(select(AuditChain.legacy_until).limit(1)) or 0
+    for cp in valid:
+        if cp.legacy_until != legacy_until:
+            breaks.append(AuditBreak(None, f"checkpoint line {cp.line} ({cp.at}) records legacy events up to id "
+                                           f"{cp.legacy_until}, the database says {legacy_until} (cut-over rewritten)"))
+    by_id: dict[int, list[Checkpoint]] = {}
+    for cp in valid:
+        by_id.setdefault(cp.last_id, []).append(cp)
+    table = AuditEvent.__table__
+    columns = [table.c.id, table.c.prev_hash, table.c.hash, *(table.c[k] for k in FIELDS)]
+    prev, prev_parent, count, last_id = GENESIS, None, 0, 0
+    secret: bytes | None = None
+    seen: set[int] = set()
     while True:
-        events = session.scalars(select(AuditEvent).where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(batch)).all()
-        if not events:
-            return AuditCheck(count, None)
-        for event in events:
-            if event.prev_hash != prev:
-                return AuditCheck(count, event.id, "its prev_hash does not match the previous event (an event was removed or reordered)")
-            if digest(prev, _fields(event)) != event.hash:
-                return AuditCheck(count, event.id, "its content does not match its hash (the event was altered)")
-            prev, count, last_id = event.hash, count + 1, event.id
+        rows = session.execute(select(*columns).where(table.c.id > last_id).order_by(table.c.id).limit(batch)).all()
+        if not rows:
+            break
+        for row in rows:
+            event_id, parent, stored = row[0], row[1], row[2]
+            fields = dict(zip(FIELDS, row[3:], strict=True))
+            count += 1
+            if parent != prev:
+                why = (f"shares its parent with event {last_id} (a fork: two writers chained onto one head)"
+                       if parent == prev_parent else
+                       "its prev_hash is not the previous event's hash (an event before it was removed or reordered)")
+                breaks.append(AuditBreak(event_id, why))
+            if event_id <= legacy_until:
+                expected = digest(parent, fields)
+            else:
+                secret = secret or key or audit_key(create=False)
+                expected = event_mac(secret, parent, fields)
+            if not hmac.compare_digest(expected, stored):
+                breaks.append(AuditBreak(event_id, "its content does not match its MAC (altered, or re-hashed without the key)"))
+            for cp in by_id.get(event_id, ()):
+                seen.add(cp.line)
+                if cp.head != stored:
+                    breaks.append(AuditBreak(event_id, f"differs from the checkpoint of {cp.at} (line {cp.line}): "
+                                                       "the event was rewritten"))
+                elif cp.events != count:
+                    breaks.append(AuditBreak(event_id, f"is event number {count}, the checkpoint of {cp.at} (line {cp.line}) "
+                                                       f"counted {cp.events}: events were removed or inserted before it"))
+            prev, prev_parent, last_id = stored, parent, event_id
+    for cp in valid:
+        if cp.line in seen:
+            continue
+        if cp.last_id > last_id:
+            breaks.append(AuditBreak(cp.last_id, f"the chain ends at event {last_id} ({count} events) but the checkpoint of "
+                                                 f"{cp.at} (line {cp.line}) anchors event {cp.last_id} ({cp.events} events): "
+                                                 "the tail was dropped or the table truncated"))
+        else:
+            breaks.append(AuditBreak(cp.last_id, f"is missing, but the checkpoint of {cp.at} (line {cp.line}) anchors it: "
+                                                 "the event was deleted"))
+    breaks.sort(key=lambda b: (b.event_id is not None, b.event_id or 0))
+    return AuditCheck(count, breaks, len(valid), legacy_until, last_id)
 
 
 @contextlib.contextmanager
@@ -110,8 +218,10 @@ def audited(session: Session, caller: Principal, action: str, patient_id: str | 
                 record(session, actor=caller.key_id, role=caller.role, tenant_id=caller.tenant_id,
                        patient_id=target["patient_id"], action=action, outcome=type(err).__name__.lower())
                 session.commit()
+            note_appended(session.get_bind(), 1)
             raise
         with contextlib.nullcontext() if writes else CHAIN_LOCK:
             record(session, actor=caller.key_id, role=caller.role, tenant_id=caller.tenant_id,
                    patient_id=target["patient_id"], action=action, outcome="ok")
             session.commit()
+    note_appended(session.get_bind(), 1)

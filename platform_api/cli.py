@@ -370,16 +370,46 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part 
 
 @audit_app.command("verify")
 @_one_line_errors
-def audit_verify() -> None:
-    """Recompute the audit hash chain; exit 1 if any event was altered, removed or reordered."""
+def audit_verify(
+    checkpoints: Annotated[Path | None, typer.Option(help="Checkpoints file (default: the API's audit_checkpoints).")] = None,
+    max_lines: Annotated[int, typer.Option(help="Print at most this many breaks (0: all).", min=0)] = 200,
+) -> None:
+    """Recompute the MAC chain and check it against the signed checkpoints; print every break, exit 1 if any."""
     from platform_api.audit import verify
 
     with _api_session() as session:
-        check = verify(session)
-    if not check.ok:
-        err.print(f"[bold red]error:[/] audit chain broken at event {check.first_bad_id}: {check.reason}", highlight=False)
-        raise typer.Exit(1)
-    out.print(f"audit chain intact: {check.events} events", highlight=False)
+        check = verify(session, checkpoints=checkpoints)
+    anchor = (f"{check.checkpoints} checkpoints" if check.checkpoints else "no checkpoint yet: the tail is not anchored")
+    legacy = f", {min(check.legacy_until, check.last_id)} legacy (unkeyed)" if check.legacy_until else ""
+    if check.ok:
+        out.print(f"audit log intact: {check.events} events{legacy}, {anchor}", highlight=False)
+        return
+    err.print(f"[bold red]error:[/] audit log BROKEN: {len(check.breaks)} breaks in {check.events} events{legacy}, {anchor}",
+              highlight=False)
+    shown = check.breaks if max_lines == 0 else check.breaks[:max_lines]
+    for item in shown:
+        where = "checkpoints" if item.event_id is None else f"event {item.event_id}"
+        err.print(f"  {where}: {item.reason}", highlight=False, markup=False)
+    if len(shown) < len(check.breaks):
+        err.print(f"  ... {len(check.breaks) - len(shown)} more (--max-lines 0 prints all)", highlight=False)
+    raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+@_one_line_errors
+def audit_checkpoint(
+    checkpoints: Annotated[Path | None, typer.Option(help="Checkpoints file (default: the API's audit_checkpoints).")] = None,
+) -> None:
+    """Append a signed checkpoint of the chain's head to the checkpoints file (run it from cron, too)."""
+    from platform_api.audit_checkpoints import checkpoint_path, write_checkpoint
+
+    with _api_session() as session:
+        cp = write_checkpoint(session.get_bind(), path=checkpoints)
+    if cp is None:
+        out.print("audit log empty: nothing to checkpoint", highlight=False)
+        return
+    out.print(f"checkpoint: {cp.events} events, head {cp.head[:16]}... (event {cp.last_id}) -> "
+              f"{checkpoints or checkpoint_path()}", highlight=False)
 
 
 def _exec(command: list[str]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Alert", "ApiKey", "AuditEvent", "Base", "ImagePrediction", "Prediction", "ROLES", "Tenant", "Twin"]
+__all__ = ["Alert", "ApiKey", "AuditChain", "AuditEvent", "Base", "ImagePrediction", "Prediction", "ROLES", "Tenant", "Twin"]
 
 #: Roles a key can carry.
 ROLES = ("admin", "data_scientist", "hospital", "app", "clinical_validator")
@@ -59,10 +59,14 @@ class Twin(Base):
 
 
 class AuditEvent(Base):
-    """One access to patient data. Append-only (database triggers refuse updates and
-    deletes) and hash-chained: ``hash = sha256(prev_hash + canonical event)``."""
+    """One access to patient data. Append-only (database triggers refuse UPDATE, DELETE,
+    REPLACE and TRUNCATE) and chained: ``hash = HMAC-SHA256(audit key, prev_hash + canonical
+    event)`` (plain SHA-256 for legacy events up to :attr:`AuditChain.legacy_until`). No two
+    events share a parent: ``prev_hash`` is unique (on a database that already held a fork
+    before migration 0004, only among the keyed events)."""
 
     __tablename__ = "audit_events"
+    __table_args__ = (Index("uq_audit_events_prev_hash", "prev_hash", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(default=_now, index=True)
     actor: Mapped[str] = mapped_column(String(32))
@@ -73,6 +77,16 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditChain(Base):
+    """The chain's one metadata row (append-only): events up to ``legacy_until`` were
+    written before keyed MACs (migration 0004) and verify as plain SHA-256."""
+
+    __tablename__ = "audit_chain"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    legacy_until: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
 class Prediction(Base):

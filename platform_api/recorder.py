@@ -7,7 +7,11 @@ the predictions, their alerts and one audit event per request, chained in order 
 chain lock. A request is answered only after its transaction committed (its future
 resolves), so nothing acknowledged can be lost; under load, one disk sync serves many
 requests. If a batch fails, its units are retried one by one so that one bad unit fails
-alone, with its error.
+alone, with its error; that unit's audit event is then written in a transaction of its own,
+its outcome the error's name (a refused row never takes its audit event down with it).
+Each event's link is an HMAC under the audit key (:mod:`platform_api.audit`); a batch that
+loses a race for the chain's head (a unique ``prev_hash``) is retried on the new head; a
+signed checkpoint of the head is written every few thousand events or seconds (never per event).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine, insert
+from sqlalchemy.exc import IntegrityError
 
-from platform_api.audit import CHAIN_LOCK, digest, lock_chain
+from platform_api.audit import CHAIN_LOCK, event_mac, lock_chain
+from platform_api.audit_checkpoints import audit_key, note_appended
 from platform_api.models import Alert, AuditEvent, ImagePrediction, Prediction
 
 __all__ = ["Recorder", "Unit"]
@@ -76,6 +82,7 @@ class Recorder:
             self._queue.put(None)
             thread.join(timeout)
             self._thread = None
+            note_appended(self.engine, 0, force=True)
 
     def _run(self) -> None:
         while True:
@@ -98,10 +105,10 @@ class Recorder:
 
     def _write(self, batch: list[Unit]) -> None:
         try:
-            self._commit(batch)
+            self._commit_retrying(batch)
         except Exception as err:  # noqa: BLE001 - isolate the failing unit
             if len(batch) == 1:
-                batch[0].future.set_exception(err)
+                self._fail(batch[0], err)
                 return
             log.warning("batch of %d failed (%s); writing its units one by one", len(batch), err)
             for unit in batch:
@@ -109,13 +116,36 @@ class Recorder:
             return
         self.batches += 1
         self.units += len(batch)
+        note_appended(self.engine, len(batch))
         for unit in batch:
             unit.future.set_result(None)
+
+    def _fail(self, unit: Unit, err: Exception) -> None:
+        """A unit whose rows the database refused: audit the failure alone, then answer the error."""
+        if unit.predictions or unit.alerts or unit.image_predictions:
+            try:
+                self._commit_retrying([Unit(dict(unit.audit, outcome=type(err).__name__.lower()))])
+                note_appended(self.engine, 1)
+            except Exception as audit_err:  # noqa: BLE001 - the caller gets the first error
+                log.error("audit event of a failed unit not written: %s", audit_err)
+        unit.future.set_exception(err)
+
+    def _commit_retrying(self, batch: list[Unit], attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            try:
+                self._commit(batch)
+                return
+            except IntegrityError as err:
+                # another writer took the head first (it skipped the lock): chain onto the new head
+                if "prev_hash" not in str(err.orig) or attempt == attempts - 1:
+                    raise
+                log.warning("audit head taken by another writer; retrying on the new head")
 
     def _commit(self, batch: list[Unit]) -> None:
         predictions = [row for unit in batch for row in unit.predictions]
         alerts = [row for unit in batch for row in unit.alerts]
         images = [row for unit in batch for row in unit.image_predictions]
+        key = audit_key()
         with CHAIN_LOCK, self.engine.begin() as connection:
             if predictions:
                 connection.execute(insert(Prediction.__table__), predictions)
@@ -127,6 +157,6 @@ class Recorder:
             events = []
             for unit in batch:
                 event = dict(unit.audit, prev_hash=prev)
-                event["hash"] = prev = digest(prev, event)
+                event["hash"] = prev = event_mac(key, prev, event)
                 events.append(event)
             connection.execute(insert(AuditEvent.__table__), events)

@@ -36,6 +36,11 @@ class ApiSettings(BaseSettings):
         vision_url: The Ray Serve ``VisionClassifier`` route image uploads are classified by.
         max_image_bytes: Larger image uploads answer 413.
         vision_timeout_seconds: How long an upload waits for its classification.
+        audit_checkpoints: The file signed checkpoints of the audit chain's head are
+            appended to (empty: ``<data dir>/audit/checkpoints.jsonl``); keep it off the
+            database's volume.
+        audit_checkpoint_events, audit_checkpoint_seconds: A process checkpoints the head
+            after this many appended events, or this many seconds after its last checkpoint.
     """
 
     model_config = SettingsConfigDict(env_prefix="BIOVERSE_API_")
@@ -58,6 +63,9 @@ class ApiSettings(BaseSettings):
     vision_url: str = "http://127.0.0.1:8000/vision"
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     vision_timeout_seconds: float = Field(default=30.0, gt=0)
+    audit_checkpoints: Path | None = None
+    audit_checkpoint_events: int = Field(default=1000, ge=1)
+    audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("cache_url")
     @classmethod

@@ -1,0 +1,199 @@
+"""Signed checkpoints of the audit chain's head, kept in a file outside the database.
+
+A checkpoint says "database D held N events, the newest id L with hash H, at time T",
+MACed with the audit key (``experiments.keys``). Whoever can write the database but not
+read the key can neither forge a checkpoint nor re-hash the chain to match one, so a
+verifier that reads the file notices dropped tails, truncation and rewritten events.
+Lines are appended (one ``write`` each, under ``flock``) by every process that writes the
+chain: every ``audit_checkpoint_events`` events or ``audit_checkpoint_seconds`` seconds of
+activity, when a recorder closes, and by ``bioverse audit checkpoint``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.engine import make_url
+
+from experiments.keys import mac, secret_key, verify_mac
+from platform_api.models import AuditChain, AuditEvent
+from platform_api.settings import get_settings
+
+__all__ = ["Checkpoint", "audit_key", "checkpoint_path", "database_id", "note_appended", "read_checkpoints",
+           "write_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+_keys: dict[tuple[str, str, bool], bytes] = {}
+
+
+def audit_key(*, create: bool = True) -> bytes:
+    """The ``audit`` key (``BIOVERSE_AUDIT_KEY`` or ``<data dir>/keys/audit.key``), read once per process.
+
+    Raises:
+        experiments.keys.SecretKeyError: no usable key (and ``create`` is false, or the file is bad).
+    """
+    data_dir = get_settings().data_dir
+    ident = (os.environ.get("BIOVERSE_AUDIT_KEY", ""), str(data_dir), create)
+    key = _keys.get(ident)
+    if key is None:
+        key = _keys[ident] = secret_key("audit", data_dir=data_dir, create=create)
+    return key
+
+
+def checkpoint_path() -> Path:
+    """The checkpoints file: ``BIOVERSE_API_AUDIT_CHECKPOINTS`` or ``<data dir>/audit/checkpoints.jsonl``."""
+    settings = get_settings()
+    return settings.audit_checkpoints or settings.data_dir / "audit" / "checkpoints.jsonl"
+
+
+def database_id(url: Any) -> str:
+    """Which database a checkpoint is about: backend, host, port and name (no driver, user or password)."""
+    url = make_url(str(url)) if not hasattr(url, "get_backend_name") else url
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return f"sqlite:{Path(url.database or ':memory:').resolve() if url.database else ':memory:'}"
+    return f"{backend}://{url.host or 'localhost'}:{url.port or ''}/{url.database or ''}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One signed line of the checkpoints file."""
+
+    line: int
+    db: str
+    events: int
+    last_id: int
+    head: str
+    legacy_until: int
+    at: str
+    valid: bool
+    problem: str = ""
+
+
+_FIELDS = ("db", "events", "last_id", "head", "legacy_until", "at")
+
+
+def _message(record: dict[str, Any]) -> str:
+    return "checkpoint:" + json.dumps({k: record[k] for k in _FIELDS}, sort_keys=True, separators=(",", ":"))
+
+
+def write_checkpoint(bind: Engine | Connection, *, path: Path | None = None, key: bytes | None = None) -> Checkpoint | None:
+    """Append a signed checkpoint of the chain's current head; ``None`` when the chain is empty.
+
+    The head, the count and the legacy cut-over are read in one statement, so they agree.
+    """
+    events = AuditEvent.__table__
+    head = events.alias("head")
+    counted = select(func.count()).select_from(events).where(events.c.id <= head.c.id).scalar_subquery()
+    legacy = select(AuditChain.legacy_until).limit(1).scalar_subquery()
+    query = select(head.c.id, head.c.hash, counted, legacy).order_by(head.c.id.desc()).limit(1)
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            row = connection.execute(query).first()
+        url = bind.url
+    else:
+        row = bind.execute(query).first()
+        url = bind.engine.url
+    if row is None:
+        return None
+    record = {"db": database_id(url), "events": int(row[2]), "last_id": int(row[0]), "head": row[1],
+              "legacy_until": int(row[3] or 0), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record["mac"] = mac(key or audit_key(), _message(record))
+    target = path or checkpoint_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return Checkpoint(0, record["db"], record["events"], record["last_id"], record["head"], record["legacy_until"],
+                      record["at"], True)
+
+
+def read_checkpoints(db: str, *, path: Path | None = None, key: bytes | None = None) -> list[Checkpoint]:
+    """The checkpoints of database ``db`` (see :func:`database_id`), each with its MAC checked.
+
+    A line that is not JSON, lacks a field, or whose MAC does not verify comes back with
+    ``valid`` false and the problem named; lines about other databases are skipped.
+    """
+    target = path or checkpoint_path()
+    try:
+        text = target.read_text()
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise OSError(f"{target}: cannot read audit checkpoints ({err.strerror})") from err
+    found = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("db") != db:
+            continue
+        try:
+            cp = Checkpoint(number, db, int(record["events"]), int(record["last_id"]), str(record["head"]),
+                            int(record["legacy_until"]), str(record["at"]), True)
+        except (KeyError, TypeError, ValueError):
+            found.append(Checkpoint(number, db, 0, 0, "", 0, "", False, "not a readable checkpoint"))
+            continue
+        if not verify_mac(key or audit_key(create=False), _message(record), str(record.get("mac", ""))):
+            cp = Checkpoint(number, db, cp.events, cp.last_id, cp.head, cp.legacy_until, cp.at, False,
+                            "its MAC does not verify (forged or altered)")
+        found.append(cp)
+    return found
+
+
+class _Pace:
+    """When this process last checkpointed a database, and how many events it appended since."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending = 0
+        self.last = time.monotonic()
+
+
+_paces: dict[str, _Pace] = {}
+_paces_lock = threading.Lock()
+
+
+def note_appended(engine: Engine | Connection, events: int, *, force: bool = False) -> None:
+    """Count ``events`` just committed; write a checkpoint when one is due (or ``force``).
+
+    Cheap on the hot path (a counter and a clock); a failure to checkpoint is logged, never
+    raised: the events are committed, and the next checkpoint covers them.
+    """
+    engine = engine if isinstance(engine, Engine) else engine.engine
+    ident = database_id(engine.url)
+    pace = _paces.get(ident)
+    if pace is None:
+        with _paces_lock:
+            pace = _paces.setdefault(ident, _Pace())
+    settings = get_settings()
+    with pace.lock:
+        pace.pending += events
+        due = force and pace.pending > 0 or pace.pending >= settings.audit_checkpoint_events or (
+            pace.pending > 0 and time.monotonic() - pace.last >= settings.audit_checkpoint_seconds)
+        if not due:
+            return
+        pace.pending, pace.last = 0, time.monotonic()
+    try:
+        write_checkpoint(engine)
+    except Exception as err:  # noqa: BLE001 - the events are safe; the next checkpoint covers them
+        log.warning("audit checkpoint not written: %s", err)
