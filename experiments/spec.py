@@ -23,6 +23,7 @@ __all__ = [
     "HospitalSpec",
     "ModelSpec",
     "PrivacySpec",
+    "RegistrySpec",
     "StrategySpec",
     "TrainingSpec",
     "ValidationSpec",
@@ -34,7 +35,9 @@ Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float field of the spec refuses .inf, -.inf and .nan (a
+    # privacy budget or target of .inf would switch the guarantee off silently)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HospitalSpec(_Strict):
@@ -54,6 +57,8 @@ class DataSpec(_Strict):
     numeric: list[str] = []
     categorical: list[str] = []
     test_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    ranges: dict[str, tuple[float, float]] = Field(
+        default={}, description="[min, max] per numeric column: values are clipped to it before the DP statistics round")
     hospitals: list[HospitalSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -65,6 +70,11 @@ class DataSpec(_Strict):
         if seen:
             raise ValueError(f"column declared twice: {sorted(seen)[0]}")
         _unique_hospitals(self.hospitals)
+        for column, (low, high) in self.ranges.items():
+            if column not in self.numeric:
+                raise ValueError(f"ranges: {column} is not a declared numeric column")
+            if not low < high:
+                raise ValueError(f"ranges: {column} needs min < max, got [{low:g}, {high:g}]")
         return self
 
     @property
@@ -216,6 +226,8 @@ class PrivacySpec(_Strict):
     grad_sample_mode: Literal["fused", "hooks", "ghost", "functorch"] = "fused"
     accountant: Literal["rdp", "prv"] = "rdp"
     hospital_budget: float = Field(default=10.0, gt=0, description="default total epsilon per hospital")
+    statistics_epsilon: float = Field(default=1.0, gt=0, le=10,
+                                      description="epsilon of the federated-statistics round (charged to the ledger)")
 
     @model_validator(mode="after")
     def _one_target(self) -> PrivacySpec:
@@ -270,6 +282,18 @@ class ValidationSpec(_Strict):
         return list(self.subgroups)
 
 
+class RegistrySpec(_Strict):
+    """What registration does with the new version.
+
+    Attributes:
+        candidate_despite_warning: Give the ``candidate`` alias to a version whose federated
+            validation found it no better than the trivial model (the version is registered
+            with its ``validation.quality_warning`` tag either way).
+    """
+
+    candidate_despite_warning: bool = False
+
+
 class ExperimentSpec(_Strict):
     """One federated experiment, as a data scientist writes it in YAML."""
 
@@ -283,6 +307,7 @@ class ExperimentSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     privacy: PrivacySpec = PrivacySpec()
     validation: ValidationSpec = ValidationSpec()
+    registry: RegistrySpec = RegistrySpec()
 
     @property
     def model_name(self) -> str:
@@ -322,6 +347,15 @@ class ExperimentSpec(_Strict):
         for column in self.validation.subgroups or []:
             if column not in self.data.numeric and column not in self.data.categorical:
                 raise ValueError(f"validation.subgroups: {column} is not a declared feature column")
+        return self
+
+    @model_validator(mode="after")
+    def _ranges_for_dp_statistics(self) -> ExperimentSpec:
+        if isinstance(self.data, DataSpec) and self.privacy.enabled:
+            missing = [c for c in self.data.numeric if c not in self.data.ranges]
+            if missing:
+                raise ValueError(f"data.ranges: declare [min, max] for numeric column {missing[0]} "
+                                 "(the DP statistics round clips each value to it)")
         return self
 
     @model_validator(mode="after")

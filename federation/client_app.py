@@ -50,17 +50,22 @@ def _hospital_id(context: Context, site: Site | None) -> str:
 
 @app.query()
 def statistics(message: Message, context: Context) -> Message:
-    """Send sufficient statistics of local training rows for federated preprocessing."""
+    """Send sufficient statistics of local training rows for federated preprocessing: with
+    DP, noised and charged to the privacy ledger (refused when the budget is spent)."""
     site: Site | None = None
     try:
         site, spec = _site(context)
-        found = site_statistics(site, spec)
+        config = message.content.config_records.get("config")
+        found = site_statistics(site, spec, str(config.get("run-key", "")) if config else "")
+    except BudgetExceededError as err:
+        log.warning("%s refuses the statistics round: %s", err.hospital_id, err)
+        return _status(message, err.hospital_id, "refused", str(err))
     except _SITE_ERRORS as err:
         log.warning("statistics failed: %s", err)
         return _status(message, _hospital_id(context, site), "error", str(err))
     reply = _status(message, site.hospital_id, "ok")
     reply.content["statistics"] = ConfigRecord(
-        {"stats": json.dumps(found["stats"]), "fingerprint": found["fingerprint"], "n-train": found["n-train"], "n-test": found["n-test"]}
+        {"stats": json.dumps(found["stats"]), "fingerprint": found["fingerprint"], "dataset": found["dataset"]}
     )
     return reply
 

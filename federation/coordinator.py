@@ -19,7 +19,7 @@ from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
 from federation.errors import TooFewHospitalsError
 from federation.hospital import Preprocessor, build_spec_model, model_hparams
 from federation.progress import ProgressLog
-from federation.strategy import HospitalReply, build_strategy
+from federation.strategy import HospitalReply, build_strategy, remote_reason
 from training.imaging import ImagePreprocessor
 from training.preprocessing import FeatureEncoder, merge_statistics
 from training.validation import build_report, merge_aggregates
@@ -47,6 +47,8 @@ class Coordinator:
         self.epsilon: dict[str, float] = {}
         self.final_eval: dict[str, dict[str, float]] = {}
         self.fingerprints: dict[str, str] = {}
+        self.datasets: dict[str, str] = {}
+        self.statistics_epsilon: dict[str, float] = {}
         self.class_counts: dict[str, list[int]] = {}
         self.timings: list[dict[str, float]] = []
         self._round_started = time.perf_counter()
@@ -118,16 +120,20 @@ class Coordinator:
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
-                outcome[f"node-{node}"] = {"status": "failed", "reason": msg.error.reason}
+                outcome[f"node-{node}"] = {"status": "failed", "reason": remote_reason(msg.error.reason)}
                 continue
             site = msg.content["site"]
             hospital = str(site["hospital-id"])
             names[node] = hospital
-            outcome[hospital] = {"status": str(site["status"]), "reason": str(site["reason"])}
+            outcome[hospital] = {"status": str(site["status"]), "reason": remote_reason(str(site["reason"]))}
             if site["status"] == "ok":
                 record = msg.content["statistics"]
                 stats.append(json.loads(str(record["stats"])))
                 self.fingerprints[hospital] = str(record["fingerprint"])
+                if "dataset" in record:
+                    self.datasets[hospital] = str(record["dataset"])
+                if "dp" in stats[-1]:
+                    self.statistics_epsilon[hospital] = float(stats[-1]["dp"]["spent"])
                 if self.spec.is_imaging:
                     self.class_counts[hospital] = [int(c) for c in stats[-1]["classes"]]
         self.participation["0"] = {"statistics": outcome}
@@ -146,7 +152,8 @@ class Coordinator:
                 mean=None if data.mean is None else tuple(data.mean), std=None if data.std is None else tuple(data.std),
             )
             return preprocessor, names
-        return FeatureEncoder.from_statistics(merge_statistics(stats), data.contract), names
+        ranges = {c: tuple(r) for c, r in data.ranges.items()} if self.spec.privacy.enabled else None
+        return FeatureEncoder.from_statistics(merge_statistics(stats), data.contract, ranges), names
 
     def run(self, grid: Grid) -> dict[str, Any]:
         """Run the experiment end to end; returns the summary (run id, version...).
@@ -218,11 +225,11 @@ class Coordinator:
         parts, outcome = {}, {}
         for msg in grid.send_and_receive(messages, timeout=spec.strategy.round_timeout):
             if msg.has_error():
-                outcome[f"node-{msg.metadata.src_node_id}"] = {"status": "failed", "reason": msg.error.reason}
+                outcome[f"node-{msg.metadata.src_node_id}"] = {"status": "failed", "reason": remote_reason(msg.error.reason)}
                 continue
             site = msg.content["site"]
             hospital = str(site["hospital-id"])
-            outcome[hospital] = {"status": str(site["status"]), "reason": str(site["reason"])}
+            outcome[hospital] = {"status": str(site["status"]), "reason": remote_reason(str(site["reason"]))}
             if site["status"] == "ok":
                 parts[hospital] = json.loads(str(msg.content["validation"]["aggregates"]))
         self.participation["validation"] = outcome

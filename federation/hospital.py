@@ -15,10 +15,13 @@ import pandas as pd
 import torch
 
 from experiments.spec import ExperimentSpec
+from federation.errors import FederationError
 from federation.ledger import PrivacyLedger
 from federation.site import Site
 from training.contract import schema_fingerprint
 from training.data import HospitalDataModule
+from training.dp_statistics import dp_table_statistics
+from training.fingerprint import dataset_fingerprint
 from training.imaging import ImagePreprocessor
 from training.local import evaluate_model, sample_rate, steps_per_epoch, train_locally
 from training.models import RiskModel, build_model
@@ -29,7 +32,8 @@ from training.vision import VisionModel, build_vision_model
 
 __all__ = [
     "Preprocessor", "RoundOutcome", "build_spec_model", "charge_round", "encoder_from_config", "evaluate_global",
-    "model_hparams", "report_subgroups", "site_statistics", "train_round", "validation_aggregates",
+    "charge_statistics", "model_hparams", "report_subgroups", "site_dataset", "site_ledger", "site_statistics",
+    "train_round", "validation_aggregates",
 ]
 
 #: What the federation's statistics round builds and every round carries: the tabular
@@ -72,18 +76,67 @@ def _data(site: Site, spec: ExperimentSpec, encoder: FeatureEncoder | None = Non
     return dm
 
 
-def site_statistics(site: Site, spec: ExperimentSpec) -> dict[str, Any]:
-    """Sufficient statistics and schema fingerprint of the hospital's training rows."""
+def site_dataset(site: Site) -> str:
+    """The dataset the hospital's budget belongs to: the node config's ``dataset-id``, else
+    the fingerprint of its data file or folder."""
+    if site.dataset_id:
+        return site.dataset_id
+    try:
+        return dataset_fingerprint(site.data_path)
+    except (OSError, ValueError) as err:
+        raise FederationError(f"{site.hospital_id}: cannot fingerprint {site.data_path}: {err}") from err
+
+
+def site_ledger(site: Site) -> PrivacyLedger:
+    """The hospital's privacy ledger, for the dataset it protects in this run."""
+    return PrivacyLedger(site.ledger_path, site.hospital_id, site_dataset(site))
+
+
+def charge_statistics(site: Site, spec: ExperimentSpec, run_key: str) -> dict[str, float]:
+    """Charge the ledger for one DP statistics release (``privacy.statistics_epsilon``).
+
+    Every release is charged again (noise drawn afresh each time could be averaged
+    away), under the run's ``<run>/statistics`` entry.
+
+    Raises:
+        BudgetExceededError: the release would exceed the budget; nothing is charged.
+    """
+    ledger = site_ledger(site)
+    key = f"{run_key}/statistics"
+    previous = ledger.entry(key)
+    epsilon = spec.privacy.statistics_epsilon + (previous.epsilon if previous else 0.0)
+    releases = (previous.steps if previous else 0) + 1
+    ledger.charge(run=key, experiment=spec.name, epsilon=epsilon, delta=releases * spec.privacy.target_delta,
+                  steps=releases, budget=site.budget, kind="statistics")
+    return {"epsilon": epsilon, "budget-left": site.budget - ledger.spent()}
+
+
+def site_statistics(site: Site, spec: ExperimentSpec, run_key: str = "") -> dict[str, Any]:
+    """Sufficient statistics and schema fingerprint of the hospital's training rows.
+
+    With DP on (the spec's ``privacy.enabled``) the statistics are noised
+    (:mod:`training.dp_statistics`) and charged to the ledger first; without, exact.
+
+    Raises:
+        BudgetExceededError: the hospital's budget for this dataset cannot pay for them.
+    """
     if spec.is_imaging:
         from federation import hospital_images
 
-        return hospital_images.site_statistics(site, spec)
+        return hospital_images.site_statistics(site, spec, run_key)
     dm = _data(site, spec)
+    if spec.privacy.enabled:
+        charged = charge_statistics(site, spec, run_key or "unnamed-run")
+        assert not spec.is_imaging
+        stats = dp_table_statistics(dm.split.train, spec.data.contract, dict(spec.data.ranges),  # type: ignore[union-attr]
+                                    epsilon=spec.privacy.statistics_epsilon, delta=spec.privacy.target_delta)
+        stats["dp"]["spent"] = charged["epsilon"]
+    else:
+        stats = dm.statistics()
     return {
-        "stats": dm.statistics(),
+        "stats": stats,
         "fingerprint": schema_fingerprint(dm.split.train, spec.data.contract),
-        "n-train": len(dm.split.train),
-        "n-test": len(dm.split.test),
+        "dataset": site_dataset(site),
     }
 
 
@@ -108,11 +161,12 @@ def charge_round(site: Site, spec: ExperimentSpec, n: int, run_key: str) -> tupl
     q = sample_rate(n, batch)
     round_steps = spec.training.local_epochs * steps_per_epoch(n, batch)
     noise = dp.noise_multiplier_for(sample_rate=q, total_steps=round_steps * spec.training.rounds)
-    ledger = PrivacyLedger(site.ledger_path, site.hospital_id)
+    ledger = site_ledger(site)
     previous = ledger.entry(run_key)
     steps = (previous.steps if previous else 0) + round_steps
     epsilon = epsilon_after(noise_multiplier=noise, sample_rate=q, steps=steps, delta=dp.target_delta, accountant=dp.accountant)
-    ledger.charge(run=run_key, experiment=spec.name, epsilon=epsilon, delta=dp.target_delta, steps=steps, budget=site.budget)
+    ledger.charge(run=run_key, experiment=spec.name, epsilon=epsilon, delta=dp.target_delta, steps=steps, budget=site.budget,
+                  rounds=(previous.rounds if previous else 0) + 1)
     return noise, {"epsilon": epsilon, "noise-multiplier": noise, "budget-left": site.budget - ledger.spent()}
 
 

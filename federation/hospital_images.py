@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from experiments.spec import ExperimentSpec, ImageDataSpec
-from federation.hospital import RoundOutcome, build_spec_model, charge_round
+from federation.hospital import RoundOutcome, build_spec_model, charge_round, charge_statistics, site_dataset
 from federation.site import Site
 from training.imaging import (
     ImageDataError,
@@ -25,6 +25,7 @@ from training.imaging import (
     load_image_split,
     pixel_statistics,
 )
+from training.dp_statistics import dp_pixel_statistics
 from training.validation import age_band
 from training.validation_multiclass import local_multiclass_aggregates
 from training.vision import Augment, VisionModel, evaluate_vision, predict_vision, train_vision_locally
@@ -51,17 +52,20 @@ def _model(spec: ExperimentSpec, preprocessor: ImagePreprocessor, state: dict[st
     return model
 
 
-def site_statistics(site: Site, spec: ExperimentSpec) -> dict[str, Any]:
-    """Pixel sums (for the pooled normalisation) and class counts of the training images."""
+def site_statistics(site: Site, spec: ExperimentSpec, run_key: str = "") -> dict[str, Any]:
+    """Pixel sums (for the pooled normalisation) and class counts of the training images:
+    noised and charged to the ledger with DP on, exact without."""
     split = _split(site, spec)
     data = _data(spec)
-    return {
-        "stats": {"pixels": pixel_statistics(split.train_images),
-                  "classes": class_counts(split.train_labels, len(data.classes))},
-        "fingerprint": image_fingerprint(data.contract),
-        "n-train": len(split.train_labels),
-        "n-test": len(split.test_labels),
-    }
+    if spec.privacy.enabled:
+        charged = charge_statistics(site, spec, run_key or "unnamed-run")
+        stats = dp_pixel_statistics(split.train_images, split.train_labels, len(data.classes),
+                                    epsilon=spec.privacy.statistics_epsilon, delta=spec.privacy.target_delta)
+        stats["dp"]["spent"] = charged["epsilon"]
+    else:
+        stats = {"pixels": pixel_statistics(split.train_images),
+                 "classes": class_counts(split.train_labels, len(data.classes))}
+    return {"stats": stats, "fingerprint": image_fingerprint(data.contract), "dataset": site_dataset(site)}
 
 
 def train_round(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreprocessor, state: dict[str, torch.Tensor],

@@ -1,4 +1,4 @@
-"""The privacy ledger a hospital keeps on its own side: epsilon spent per run, persistent."""
+"""The privacy ledger a hospital keeps on its own side: epsilon spent per run and dataset, persistent."""
 
 from __future__ import annotations
 
@@ -15,12 +15,21 @@ from typing import Any
 
 from federation.errors import BudgetExceededError, FederationError
 
-__all__ = ["LedgerEntry", "PrivacyLedger"]
+__all__ = ["ANY_DATASET", "LedgerEntry", "PrivacyLedger"]
+
+#: The dataset of a charge recorded without a fingerprint (ledgers written before budgets
+#: belonged to datasets): nobody knows which data it touched, so it counts against all.
+ANY_DATASET = "*"
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """What one run has spent at this hospital so far."""
+    """What one run has spent at this hospital so far, on one dataset.
+
+    ``kind`` is ``training`` (DP-SGD rounds) or ``statistics`` (the DP statistics round);
+    ``rounds`` counts the training rounds charged (a round is charged before it trains,
+    so a run that died shows the rounds it paid for).
+    """
 
     run: str
     experiment: str
@@ -28,24 +37,35 @@ class LedgerEntry:
     delta: float
     steps: int
     updated: float
+    dataset: str = ANY_DATASET
+    kind: str = "training"
+    rounds: int = 0
 
 
 class PrivacyLedger:
-    """Epsilon spent per run at one hospital, in a JSON file the hospital owns.
+    """Epsilon spent per run at one hospital, per dataset, in a JSON file the hospital owns.
 
-    Runs compose by basic composition: the hospital's total is the sum of the runs'
-    epsilons (and deltas). Every change is made under an exclusive file lock and written
-    to a temporary file that atomically replaces the ledger, so a crash never leaves a
-    half-written ledger and two runs at one hospital cannot both spend the last budget.
+    A budget belongs to (hospital, dataset): the dataset is the fingerprint the hospital
+    computes of the data it protects (:func:`training.fingerprint.dataset_fingerprint`),
+    so runs on other data do not drain it, and every run on the same data does, whatever
+    the experiment. Runs (training and statistics releases) compose by basic composition:
+    a dataset's total is the sum of its runs' epsilons, plus every charge recorded
+    without a dataset (:data:`ANY_DATASET`, e.g. from a ledger written before datasets).
+    Every change is made under an exclusive file lock and written to a temporary file
+    that atomically replaces the ledger, so a crash never leaves a half-written ledger and
+    two runs at one hospital cannot both spend the last budget.
 
     Args:
         path: The ledger file (created on first charge).
         hospital_id: The hospital it belongs to; a ledger of another hospital is refused.
+        dataset: The dataset's fingerprint; None reads and charges across all datasets
+            (the conservative view).
     """
 
-    def __init__(self, path: Path | str, hospital_id: str) -> None:
+    def __init__(self, path: Path | str, hospital_id: str, dataset: str | None = None) -> None:
         self.path = Path(path)
         self.hospital_id = hospital_id
+        self.dataset = dataset
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -83,36 +103,55 @@ class PrivacyLedger:
                 os.unlink(tmp)
             raise
 
-    def entries(self) -> list[LedgerEntry]:
-        """Every run recorded, oldest first."""
+    def _counts(self, record: dict[str, Any]) -> bool:
+        """Whether a record counts against this ledger's dataset."""
+        dataset = record.get("dataset", ANY_DATASET)
+        return self.dataset is None or dataset in (ANY_DATASET, self.dataset)
+
+    @staticmethod
+    def _entry(run: str, record: dict[str, Any]) -> LedgerEntry:
+        fields = {"experiment", "epsilon", "delta", "steps", "updated", "dataset", "kind", "rounds"}
+        return LedgerEntry(run=run, **{k: v for k, v in record.items() if k in fields})
+
+    def entries(self, *, every_dataset: bool = False) -> list[LedgerEntry]:
+        """Every run that counts against this dataset (or every run at all), oldest first."""
         with self._locked():
             runs = self._read()["runs"]
-        return sorted((LedgerEntry(run=k, **v) for k, v in runs.items()), key=lambda e: e.updated)
+        return sorted((self._entry(k, v) for k, v in runs.items() if every_dataset or self._counts(v)),
+                      key=lambda e: e.updated)
 
     def entry(self, run: str) -> LedgerEntry | None:
         """This run's entry, if it has spent anything here."""
-        return next((e for e in self.entries() if e.run == run), None)
+        return next((e for e in self.entries(every_dataset=True) if e.run == run), None)
 
     def spent(self, *, excluding: str | None = None) -> float:
-        """Total epsilon spent, optionally leaving one run out."""
+        """Total epsilon spent on this dataset, optionally leaving one run out."""
         return sum(e.epsilon for e in self.entries() if e.run != excluding)
 
-    def charge(self, *, run: str, experiment: str, epsilon: float, delta: float, steps: int, budget: float) -> LedgerEntry:
-        """Record that ``run`` has now spent ``epsilon`` in total here, if the budget allows.
+    def charge(self, *, run: str, experiment: str, epsilon: float, delta: float, steps: int, budget: float,
+               kind: str = "training", rounds: int = 0) -> LedgerEntry:
+        """Record that ``run`` has now spent ``epsilon`` in total on this dataset, if the budget allows.
 
         Called before training: the hospital pays for a round before it trains, so a
         crash in training can only over-count, never under-count.
 
         Raises:
-            BudgetExceededError: earlier runs plus this run's new total exceed the budget;
-                nothing is written.
+            BudgetExceededError: earlier runs on this dataset plus this run's new total
+                exceed the budget; nothing is written.
+            FederationError: the run was recorded against another dataset.
         """
+        dataset = self.dataset or ANY_DATASET
         with self._locked():
             data = self._read()
-            others = sum(v["epsilon"] for k, v in data["runs"].items() if k != run)
+            previous = data["runs"].get(run)
+            if previous is not None and previous.get("dataset", ANY_DATASET) != dataset:
+                raise FederationError(f"run {run} was charged on another dataset at {self.hospital_id}")
+            others = sum(v["epsilon"] for k, v in data["runs"].items() if k != run and self._counts(v))
             if others + epsilon > budget + 1e-9:
                 raise BudgetExceededError(self.hospital_id, others, epsilon, budget)
-            record = {"experiment": experiment, "epsilon": epsilon, "delta": delta, "steps": steps, "updated": time.time()}
+            record = {"experiment": experiment, "epsilon": epsilon, "delta": delta, "steps": steps,
+                      "updated": time.time(), "dataset": dataset, "kind": kind, "rounds": rounds}
             data["runs"][run] = record
+            data["version"] = 2
             self._write(data)
-        return LedgerEntry(run=run, **record)
+        return self._entry(run, record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,7 +15,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
 from experiments.spec import StrategySpec
 from federation.errors import TooFewHospitalsError
 
-__all__ = ["HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy"]
+__all__ = ["HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy", "remote_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,29 @@ class HospitalReply:
     status: str  # ok | refused | error | failed
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+#: The longest reason relayed from a hospital (its error, as one line).
+MAX_REASON = 200
+
+
+def remote_reason(text: str) -> str:
+    """A hospital's error as one short line.
+
+    Flower relays a ClientApp's exception as ``<class 'X'>:<'message'>``, and in
+    simulation the message of Ray's wrapping error holds the whole remote traceback,
+    whose last line is the exception itself: keep ``X: last line``, bounded.
+    """
+    text = str(text).strip()
+    found = re.fullmatch(r"<class '([^']+)'>:<'(.*)'>", text, flags=re.DOTALL)
+    kind, text = (found.group(1).rsplit(".", 1)[-1], found.group(2)) if found else ("", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return kind
+    last = lines[-1] if any(line.startswith("Traceback") for line in lines) else " ".join(lines)
+    if kind and not last.startswith(kind) and ": " not in last[:60]:
+        last = f"{kind}: {last}"
+    return last if len(last) <= MAX_REASON else last[: MAX_REASON - 3] + "..."
 
 
 class RoundObserver(Protocol):
@@ -69,7 +93,7 @@ def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, st
         node = msg.metadata.src_node_id
         if msg.has_error():
             hospital = names.get(node, f"node-{node}")
-            outcomes.append(HospitalReply(hospital, "failed", msg.error.reason or "no reply"))
+            outcomes.append(HospitalReply(hospital, "failed", remote_reason(msg.error.reason) or "no reply"))
             continue
         site = msg.content.config_records.get("site")
         hospital = str(site["hospital-id"]) if site else names.get(node, f"node-{node}")
@@ -77,7 +101,8 @@ def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, st
         status = str(site["status"]) if site else "ok"
         has_payload = bool(msg.content.metric_records) and (not need_arrays or bool(msg.content.array_records))
         if status != "ok" or not has_payload:
-            outcomes.append(HospitalReply(hospital, status if status != "ok" else "error", str(site.get("reason", "")) if site else ""))
+            outcomes.append(HospitalReply(hospital, status if status != "ok" else "error",
+                                          remote_reason(str(site.get("reason", ""))) if site else ""))
             continue
         metrics = {k: float(v) for k, v in next(iter(msg.content.metric_records.values())).items()}
         outcomes.append(HospitalReply(hospital, "ok", "", metrics))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -14,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from experiments.errors import ExperimentError
 from experiments.settings import get_settings
@@ -57,8 +59,35 @@ F = TypeVar("F", bound=Callable[..., Any])
 _USER_ERRORS = (TrainingError, ExperimentError, FederationError, FeatureStoreError, ServingError, ValueError, OSError)
 
 
+#: The longest error line the CLI prints (a relayed remote error is cut, never a traceback).
+MAX_ERROR_LINE = 300
+
+
+def _without_tracebacks(text: str) -> str:
+    """Drop any traceback a message carries (a remote error relayed whole), keeping the
+    line that names the exception."""
+    kept, inside = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("Traceback (most recent call last)"):
+            inside = True
+            continue
+        if inside and (line.startswith((" ", "\t")) or not line.strip()):
+            continue
+        inside = False
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def _error_line(e: BaseException) -> str:
+    """One bounded line: the error's message without tracebacks, whitespace collapsed."""
+    message = " ".join(_without_tracebacks(str(e)).split()) or type(e).__name__
+    return message if len(message) <= MAX_ERROR_LINE else message[: MAX_ERROR_LINE - 3] + "..."
+
+
 def _one_line_errors(fn: F) -> F:
-    """Turn domain errors into one clear line on stderr and exit code 1."""
+    """Turn domain errors into one clear, bounded line on stderr and exit code 1; any other
+    error into one line naming its type and exit code 2 (``BIOVERSE_DEBUG=1`` re-raises it
+    with its traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,10 +96,18 @@ def _one_line_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("[bold red]interrupted:[/] stopped; an unfinished run is marked KILLED in MLflow", highlight=False)
             raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
         except _USER_ERRORS as e:
-            message = " ".join(str(e).split()) or type(e).__name__
-            err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(_error_line(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except Exception as e:
+            if os.environ.get("BIOVERSE_DEBUG") == "1":
+                raise
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(_error_line(e))} "
+                      "(BIOVERSE_DEBUG=1 shows the traceback)",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -155,9 +192,14 @@ def _launch(spec: ExperimentSpec, *, tracking_uri: str | None, engine: str, supe
     settings = get_settings()
     uri = tracking_uri or settings.resolved_tracking_uri()
     run_dir = settings.data_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
+    import os
+
+    key = os.environ.get("BIOVERSE_API_KEY", "").strip()  # an authenticated launch: the key's person launched it
+    launched_by = _principal(key).identity.tag if key else None
     options = LaunchOptions(engine=engine,  # type: ignore[arg-type]
                             run_dir=run_dir, tracking_uri=uri, superlink=superlink,
-                            ledger_dir=ledger_dir or settings.data_dir / "ledgers", client_cpus=client_cpus, timeout=timeout)
+                            ledger_dir=ledger_dir or settings.data_dir / "ledgers", client_cpus=client_cpus, timeout=timeout,
+                            launched_by=launched_by)
     reporter = RunReporter(out, spec, quiet=quiet)
     started = time.perf_counter()
     with reporter:
@@ -346,11 +388,16 @@ def _api_session() -> Any:
 @_one_line_errors
 def key_create(
     role: Annotated[str, typer.Option(help="admin, data_scientist, hospital, app or clinical_validator.")],
-    tenant: Annotated[str | None, typer.Option(help="The tenant (required for every role but a platform admin).")] = None,
-    name: Annotated[str, typer.Option(help="A label: who or what uses the key.")] = "",
+    tenant: Annotated[str | None, typer.Option(help="The tenant (required for every role but admin and clinical_validator; "
+                                                    "a validator without one reviews platform-wide models).")] = None,
+    name: Annotated[str, typer.Option(help="Who uses the key: the person's name for data scientists and validators "
+                                           "(the review gate compares people by it), else the app or site.")] = "",
 ) -> None:
     """Create an API key and print its token (once)."""
     from platform_api.auth import create_key
+
+    if role in ("clinical_validator", "data_scientist") and not name.strip():
+        raise ValueError(f"a {role} key needs --name: the person it belongs to (reviews are independent of launches by person)")
 
     with _api_session() as session:
         out.print(create_key(session, role=role, tenant_id=tenant, name=name), highlight=False)
@@ -538,19 +585,34 @@ def _registry(model: str | None, tracking_uri: str | None) -> tuple[Any, str]:
     return ModelRegistry(tracking_uri or settings.resolved_tracking_uri()), model or settings.model_name
 
 
-def _whoami() -> str:
-    import getpass
-
-    return getpass.getuser()
+_KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="BIOVERSE_API_KEY", show_default=False,
+                                              help="Your API key (bv_...; default: BIOVERSE_API_KEY): its person decides.")]
 
 
-def _audited_decision(actor: str, action: str, name: str, version: str, decide: Callable[[], Any]) -> Any:
-    """Run ``decide`` and append it, or its refusal, to the platform's audit log (actor asserted, role ``cli``)."""
+def _principal(api_key: str | None, *roles: str) -> Any:
+    """The caller an API key belongs to, checked against the platform database as the API does."""
+    from platform_api.auth import authenticate
+    from platform_api.errors import NotAuthenticated
+
+    if not (api_key or "").strip():
+        raise ValueError("an API key is required: set BIOVERSE_API_KEY or pass --api-key "
+                         "(an admin creates one: bioverse api key create --role clinical_validator --name 'Dr Quinn')")
+    try:
+        with _api_session() as session:
+            who = authenticate(session, (api_key or "").strip())
+    except NotAuthenticated as e:
+        raise ValueError(f"API key refused: {e}") from None
+    if roles and who.role not in roles:
+        raise ValueError(f"role {who.role} may not do this (allowed: {', '.join(roles)})")
+    return who
+
+
+def _audited_decision(who: Any, action: str, name: str, version: str, decide: Callable[[], Any]) -> Any:
+    """Run ``decide`` and append it, or its refusal, to the platform's audit log as ``who``."""
     from experiments.registry import audit_action
     from platform_api.audit import audited
-    from platform_api.auth import Principal
 
-    with _api_session() as session, audited(session, Principal(actor[:32], "cli", None), audit_action(action, name, version)):
+    with _api_session() as session, audited(session, who, audit_action(action, name, version)):
         return decide()
 
 
@@ -571,16 +633,16 @@ def registry_list(model: _ModelOpt = None, tracking_uri: _UriOpt = None) -> None
 
     registry, name = _registry(model, tracking_uri)
     table = Table(title=name, title_justify="left", box=None, pad_edge=False, padding=(0, 1))
-    for column in ("v", "created", "review", "report", "AUROC", "slope", "eps", "aliases", "launcher", "reviewer"):
-        folds = column in ("aliases", "launcher", "reviewer")
+    for column in ("v", "created", "review", "report", "AUROC", "slope", "eps", "aliases", "launcher", "reviewer", "warning"):
+        folds = column in ("aliases", "launcher", "reviewer", "warning")
         table.add_column(column, justify="right" if column in ("v", "AUROC", "slope", "eps") else "left",
                          no_wrap=not folds, overflow="fold", min_width=10 if column == "aliases" else None)
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     for v in registry.versions(name):
         table.add_row(v.version, v.created.strftime("%Y-%m-%d"), v.review_status, v.validation_status, fmt(v.auroc),
                       fmt(v.calibration_slope), fmt(v.epsilon), ",".join(v.aliases) or "-", v.launched_by or "?",
-                      v.decided_by or "-")
-    out.print(table)
+                      v.decided_by or "-", "; ".join(w for w in (v.gate_warning, v.quality_warning) if w) or "-")
+    out.print(table, markup=False)
 
 
 @registry_app.command("show")
@@ -592,6 +654,10 @@ def registry_show(version: Annotated[str, typer.Argument(help="The version numbe
     v = registry.show(name, version)
     out.print(f"{name} version {v.version} ({v.review_status}; aliases: {', '.join(v.aliases) or 'none'})",
               highlight=False, markup=False, style="bold")
+    if v.gate_warning:
+        out.print(f"  WARNING: {v.gate_warning}", highlight=False, markup=False, style="bold red")
+    if v.quality_warning:
+        out.print(f"  QUALITY WARNING: {v.quality_warning}", highlight=False, markup=False, style="bold yellow")
     out.print(f"  experiment {v.experiment or '?'}, run {v.run_id or '?'}, launched by {v.launched_by or '?'}, "
               f"created {v.created.isoformat(timespec='seconds')}", highlight=False, markup=False)
     sha = registry.report_sha256(name, version)
@@ -613,21 +679,52 @@ def registry_show(version: Annotated[str, typer.Argument(help="The version numbe
         out.print(f"    {key} = {value}", highlight=False, markup=False)
 
 
+@registry_app.command("report")
+@_one_line_errors
+def registry_report(
+    version: Annotated[str, typer.Argument(help="The version number.")],
+    output: Annotated[Path | None, typer.Option(help="Folder for report.json and report.html "
+                                                     "(default: <data dir>/review/<model>-v<version>).")] = None,
+    api_key: _KeyOpt = None,
+    model: _ModelOpt = None,
+    tracking_uri: _UriOpt = None,
+) -> None:
+    """Fetch a version's validation report to read, and your read receipt (approval needs it)."""
+    who = _principal(api_key, "clinical_validator", "admin", "data_scientist")
+    registry, name = _registry(model, tracking_uri)
+    read = registry.read_report(name, version, who.identity)
+    if read is None:
+        raise ValueError(f"{name} version {version} has no validation report: it cannot be approved")
+    report, receipt = read
+    folder = output or get_settings().data_dir / "review" / f"{name}-v{version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    html = registry.report_html(name, version)
+    if html is not None:
+        (folder / "report.html").write_text(html)
+    info = registry.show(name, version)
+    if info.quality_warning:
+        out.print(f"QUALITY WARNING: {info.quality_warning}", highlight=False, markup=False, style="bold yellow")
+    out.print(f"Report of {name} version {version}: {folder / ('report.html' if html is not None else 'report.json')}",
+              highlight=False, markup=False)
+    out.print(f"Read receipt (valid 4 h, yours only): {receipt}", highlight=False, markup=False)
+
+
 @registry_app.command("approve")
 @_one_line_errors
 def registry_approve(
     version: Annotated[str, typer.Argument(help="The version number.")],
     rationale: Annotated[str, typer.Option(help="Why (at least 20 characters); stored with the version.")],
-    report_sha256: Annotated[str, typer.Option("--report-sha256", help="SHA-256 of the report you read (`registry show`).")],
-    validator: Annotated[str | None, typer.Option("--validator", "--actor", help="Who decides (default: your login).")] = None,
+    receipt: Annotated[str, typer.Option("--receipt", help="Your read receipt of the report (`bioverse registry report`).")],
+    api_key: _KeyOpt = None,
     model: _ModelOpt = None,
     tracking_uri: _UriOpt = None,
 ) -> None:
     """Approve a pending version (it may then be promoted); the audit log records it."""
+    who = _principal(api_key, "clinical_validator")
     registry, name = _registry(model, tracking_uri)
-    actor = validator or _whoami()
-    decision = _audited_decision(actor, "approve", name, version, lambda: registry.approve(
-        name, version, validator=actor, rationale=rationale, report_sha256=report_sha256))
+    decision = _audited_decision(who, "approve", name, version, lambda: registry.approve(
+        name, version, validator=who.identity, rationale=rationale, receipt=receipt))
     _print_decision(decision)
 
 
@@ -636,16 +733,16 @@ def registry_approve(
 def registry_reject(
     version: Annotated[str, typer.Argument(help="The version number.")],
     rationale: Annotated[str, typer.Option(help="Why (at least 20 characters); stored with the version.")],
-    report_sha256: Annotated[str | None, typer.Option("--report-sha256", help="SHA-256 of the report you read, if any.")] = None,
-    validator: Annotated[str | None, typer.Option("--validator", "--actor", help="Who decides (default: your login).")] = None,
+    receipt: Annotated[str | None, typer.Option("--receipt", help="Your read receipt of the report, if you read one.")] = None,
+    api_key: _KeyOpt = None,
     model: _ModelOpt = None,
     tracking_uri: _UriOpt = None,
 ) -> None:
     """Reject a pending version (it can never be promoted); the audit log records it."""
+    who = _principal(api_key, "clinical_validator")
     registry, name = _registry(model, tracking_uri)
-    actor = validator or _whoami()
-    decision = _audited_decision(actor, "reject", name, version, lambda: registry.reject(
-        name, version, validator=actor, rationale=rationale, report_sha256=report_sha256))
+    decision = _audited_decision(who, "reject", name, version, lambda: registry.reject(
+        name, version, validator=who.identity, rationale=rationale, receipt=receipt))
     _print_decision(decision)
 
 
@@ -695,7 +792,7 @@ def registry_validate(
             test_labels=np.concatenate([split.train_labels, split.test_labels]),
             test_metadata={c: (split.train_metadata or {})[c] + v for c, v in split.test_metadata.items()}
             if split.test_metadata is not None else None)
-        vision = RegistryModel(registry.tracking_uri, name).load_vision(version).scorer
+        vision = RegistryModel(registry.tracking_uri, name, require_approval=False).load_vision(version).scorer
         report = local_multiclass_report(vision.predict(whole.test_images), whole.test_labels, list(spec.data.classes),
                                          image_subgroups(whole, spec, data), min_cell=spec.validation.min_cell)
         written = write_report_artifacts(report, {**meta, "task": "multiclass", "classes": list(spec.data.classes)}, folder)
@@ -706,7 +803,7 @@ def registry_validate(
         out.print(f"Report: {written['report.html']}", highlight=False)
         return
     frame = load_hospital_table(data, spec.data.contract)
-    scorer = RegistryModel(registry.tracking_uri, name).load(version).scorer
+    scorer = RegistryModel(registry.tracking_uri, name, require_approval=False).load(version).scorer
     report = local_report(scorer.score_columns(frame), frame[spec.data.label].to_numpy().astype(int),
                           report_subgroups(frame, spec), spec.validation.thresholds, min_cell=spec.validation.min_cell)
     written = write_report_artifacts(report, meta, folder)
@@ -722,29 +819,30 @@ def registry_validate(
 @_one_line_errors
 def registry_promote(
     version: Annotated[str, typer.Argument(help="An approved version.")],
-    actor: Annotated[str | None, typer.Option("--actor", help="Who promotes (default: your login).")] = None,
+    api_key: _KeyOpt = None,
     model: _ModelOpt = None,
     tracking_uri: _UriOpt = None,
 ) -> None:
     """Give an approved version the production alias (serving follows it)."""
+    who = _principal(api_key, "clinical_validator")
     registry, name = _registry(model, tracking_uri)
-    who = actor or _whoami()
-    _print_decision(_audited_decision(who, "promote", name, version, lambda: registry.promote(name, version, actor=who)))
+    _print_decision(_audited_decision(who, "promote", name, version,
+                                      lambda: registry.promote(name, version, actor=who.identity.display)))
 
 
 @registry_app.command("rollback")
 @_one_line_errors
 def registry_rollback(
     to: Annotated[str | None, typer.Option("--to", help="An approved version (default: the previous production one).")] = None,
-    actor: Annotated[str | None, typer.Option("--actor", help="Who rolls back (default: your login).")] = None,
+    api_key: _KeyOpt = None,
     model: _ModelOpt = None,
     tracking_uri: _UriOpt = None,
 ) -> None:
-    """Move production back to the previous approved version (or to --to)."""
+    """Move production back to the previous approved version (or to --to); admins only."""
+    who = _principal(api_key, "admin")
     registry, name = _registry(model, tracking_uri)
-    who = actor or _whoami()
     _print_decision(_audited_decision(who, "rollback", name, to or "previous",
-                                      lambda: registry.rollback(name, actor=who, to_version=to)))
+                                      lambda: registry.rollback(name, actor=who.identity.display, to_version=to)))
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int,
     Returns:
         The loaded spec and the demo hospitals' ledger folder.
     """
-    from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
+    from training.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
 
     data_dir, ledgers = directory / "hospitals", directory / "ledgers"
     shutil.rmtree(ledgers, ignore_errors=True)
@@ -38,6 +38,7 @@ def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int,
             "label": LABEL,
             "numeric": list(FEATURES_NUMERIC),
             "categorical": list(FEATURES_CATEGORICAL),
+            "ranges": {c: list(r) for c, r in FEATURE_RANGES.items()},
             "hospitals": [{"id": h.hospital_id, "path": str(h.path.relative_to(directory))} for h in written],
         },
         "model": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.0},

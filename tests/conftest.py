@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from experiments.spec import ExperimentSpec, parse_spec
-from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
+from training.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
 
 
 def _has_gpu() -> bool:
@@ -46,6 +46,7 @@ def spec_dict(hospital_paths: list[Path], **overrides: Any) -> dict[str, Any]:
             "label": LABEL,
             "numeric": list(FEATURES_NUMERIC),
             "categorical": list(FEATURES_CATEGORICAL),
+            "ranges": {c: list(r) for c, r in FEATURE_RANGES.items()},
             "hospitals": [{"id": p.stem, "path": str(p)} for p in hospital_paths],
         },
         "model": {"kind": "logistic"},

@@ -45,13 +45,18 @@ def local_statistics(frame: pd.DataFrame, contract: DataContract) -> dict[str, A
 
 
 def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up the statistics of several hospitals."""
+    """Add up the statistics of several hospitals (exact or DP-noised, see
+    :mod:`training.dp_statistics`: sums there are of ``x - centre``, the same centre at
+    every hospital)."""
     merged: dict[str, Any] = {"n": 0, "numeric": {}, "categorical": {}}
     for part in parts:
         merged["n"] += part["n"]
         for column, stats in part["numeric"].items():
-            acc = merged["numeric"].setdefault(column, {"count": 0, "sum": 0.0, "sumsq": 0.0})
-            for key in acc:
+            acc = merged["numeric"].setdefault(column, {"count": 0, "sum": 0.0, "sumsq": 0.0,
+                                                        "centre": float(stats.get("centre", 0.0))})
+            if float(stats.get("centre", 0.0)) != acc["centre"]:
+                raise ValueError(f"statistics of {column} are centred differently at two hospitals")
+            for key in ("count", "sum", "sumsq"):
                 acc[key] += stats[key]
         for column, counts in part["categorical"].items():
             acc = merged["categorical"].setdefault(column, {})
@@ -77,16 +82,27 @@ class FeatureEncoder:
     vocabulary: tuple[tuple[str, ...], ...]
 
     @classmethod
-    def from_statistics(cls, stats: dict[str, Any], contract: DataContract) -> FeatureEncoder:
-        """Build the encoder from merged statistics."""
+    def from_statistics(cls, stats: dict[str, Any], contract: DataContract,
+                        ranges: dict[str, tuple[float, float]] | None = None) -> FeatureEncoder:
+        """Build the encoder from merged statistics.
+
+        With ``ranges`` (the spec's declared ``[min, max]``, for noised statistics) each
+        mean is kept inside its range and each standard deviation between 1/100 and 1/2
+        of its width (a quarter of it when the noise left no variance).
+        """
         means, stds = [], []
         for column in contract.numeric:
             s = stats["numeric"].get(column, {"count": 0, "sum": 0.0, "sumsq": 0.0})
             count = max(s["count"], 1)
-            mean = s["sum"] / count
-            var = max(s["sumsq"] / count - mean * mean, 0.0)
+            offset = s["sum"] / count  # mean of x - centre
+            var = max(s["sumsq"] / count - offset * offset, 0.0)
+            mean, std = s.get("centre", 0.0) + offset, math.sqrt(var) if var > 1e-12 else 1.0
+            if ranges and column in ranges:  # noised statistics: keep them inside the declared range
+                low, high = ranges[column]
+                mean = min(max(mean, low), high)
+                std = min(max(std if var > 1e-12 else (high - low) / 4, (high - low) / 100), (high - low) / 2)
             means.append(mean)
-            stds.append(math.sqrt(var) if var > 1e-12 else 1.0)
+            stds.append(std)
         vocabulary = tuple(
             tuple(
                 sorted(

@@ -15,6 +15,7 @@ import pandas as pd
 
 __all__ = [
     "FEATURES_CATEGORICAL",
+    "FEATURE_RANGES",
     "FEATURES_NUMERIC",
     "LABEL",
     "PATIENT_ID",
@@ -32,6 +33,12 @@ logger = logging.getLogger(__name__)
 FEATURES_NUMERIC: tuple[str, ...] = ("age", "systolic_bp", "cholesterol", "glucose", "heart_rate", "bmi")
 FEATURES_CATEGORICAL: tuple[str, ...] = ("sex", "smoking")
 LABEL = "cardiac_event"
+#: Plausible [min, max] of each numeric feature (the spec's ``data.ranges``): the DP
+#: statistics round clips values to them. Cholesterol in mmol/L.
+FEATURE_RANGES: dict[str, tuple[float, float]] = {
+    "age": (18.0, 100.0), "systolic_bp": (70.0, 220.0), "cholesterol": (2.0, 10.0),
+    "glucose": (50.0, 250.0), "heart_rate": (35.0, 140.0), "bmi": (14.0, 50.0),
+}
 PATIENT_ID = "patient_id"
 TRUE_RISK = "true_risk"
 COLUMNS: tuple[str, ...] = (PATIENT_ID, "age", "sex", "systolic_bp", "cholesterol", "glucose",
