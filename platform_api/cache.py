@@ -6,18 +6,37 @@ API process; with ``BIOVERSE_API_CACHE_URL=redis://...`` every API process share
 and an observation or a new prediction in one process is seen by all.
 
 Values are JSON documents (dicts of plain values), so both backends store the same thing.
+
+Redis is an accelerator, never a source of truth: when it does not answer, a read is a
+miss, a write or a delete is skipped, the error is logged (at most once per
+``RETRY_SECONDS`` per cache) and counted in ``bioverse_cache_errors_total``, and Redis
+is not asked again for ``RETRY_SECONDS`` (so requests do not each wait for a timeout).
+Requests are served from the sources of truth meanwhile; ``/readyz`` says the cache is
+down. A delete skipped during an outage can leave a stale entry for at most the cache's
+TTL after Redis comes back.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol, TypeVar
 
 from cachetools import TTLCache
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["LocalCache", "RedisCache", "TTLStore", "make_cache"]
+__all__ = ["CACHE_ERRORS", "CacheErrorCollector", "LocalCache", "RedisCache", "TTLStore", "make_cache"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: (namespace, operation) -> Redis calls that failed and were answered without the cache.
+CACHE_ERRORS: Counter[tuple[str, str]] = Counter()
+_errors_lock = threading.Lock()
 
 
 class TTLStore(Protocol):
@@ -67,38 +86,88 @@ class LocalCache:
 
 
 class RedisCache:
-    """Redis-backed TTL cache: ``SET key json EX ttl``; keys prefixed by namespace."""
+    """Redis-backed TTL cache: ``SET key json EX ttl``; keys prefixed by namespace.
+
+    A Redis that does not answer degrades it to no cache (see the module's docstring).
+    """
+
+    RETRY_SECONDS = 5.0
 
     def __init__(self, url: str, namespace: str, ttl: float) -> None:
         import redis
 
         self.ttl = ttl
+        self.namespace = namespace
         self.prefix = f"bioverse:{namespace}:"
         self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._down_until = 0.0
+
+    def _call(self, operation: str, call: Callable[[], T], fallback: T) -> T:
+        """``call()``, or ``fallback`` while Redis does not answer (logged and counted)."""
+        if time.monotonic() < self._down_until:
+            self._count(operation)
+            return fallback
+        try:
+            return call()
+        except self._errors as err:
+            self._down_until = time.monotonic() + self.RETRY_SECONDS
+            self._count(operation)
+            log.error("cache %s: Redis does not answer (%s: %s); serving without the cache for %.0f s",
+                      self.namespace, type(err).__name__, err, self.RETRY_SECONDS)
+            return fallback
+
+    def _count(self, operation: str) -> None:
+        with _errors_lock:
+            CACHE_ERRORS[(self.namespace, operation)] += 1
+
+    def ping(self) -> None:
+        """Raise if Redis does not answer now (readiness)."""
+        self._redis.ping()
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         keys = list(keys)
         if not keys:
             return {}
-        values = self._redis.mget([self.prefix + k for k in keys])
+        values = self._call("get", lambda: self._redis.mget([self.prefix + k for k in keys]), [None] * len(keys))
         return {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
     def set_many(self, items: Mapping[str, dict[str, Any]]) -> None:
         if not items or self.ttl <= 0:
             return
         ttl_ms = max(int(self.ttl * 1000), 1)
-        with self._redis.pipeline(transaction=False) as pipe:
-            for key, value in items.items():
-                pipe.set(self.prefix + key, json.dumps(value, default=str), px=ttl_ms)
-            pipe.execute()
+
+        def write() -> None:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key, value in items.items():
+                    pipe.set(self.prefix + key, json.dumps(value, default=str), px=ttl_ms)
+                pipe.execute()
+
+        self._call("set", write, None)
 
     def delete(self, key: str) -> None:
-        self._redis.delete(self.prefix + key)
+        self._call("delete", lambda: self._redis.delete(self.prefix + key), None)
 
     def clear(self) -> None:
-        keys = list(self._redis.scan_iter(match=self.prefix + "*", count=1000))
-        if keys:
-            self._redis.delete(*keys)
+        def clear_all() -> None:
+            keys = list(self._redis.scan_iter(match=self.prefix + "*", count=1000))
+            if keys:
+                self._redis.delete(*keys)
+
+        self._call("clear", clear_all, None)
+
+
+class CacheErrorCollector(Collector):
+    """Exposes :data:`CACHE_ERRORS` as ``bioverse_cache_errors_total{cache, operation}``."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("bioverse_cache_errors", "Cache operations answered without Redis because it did not answer.",
+                                     labels=("cache", "operation"))
+        with _errors_lock:
+            counts = dict(CACHE_ERRORS)
+        for (namespace, operation), count in sorted(counts.items()):
+            family.add_metric([namespace, operation], count)
+        yield family
 
 
 def make_cache(url: str, namespace: str, ttl: float) -> TTLStore:

@@ -13,12 +13,18 @@ Hierarchy::
 
 Errors of the lower layers are answered through the same table: a model or feature store
 that is not ready, or a database that does not answer, is 503; a review the registry's
-gate refuses is 409 (403 for approving one's own model, 404 for an unknown version); features a model or the feature store cannot take are 422.
+gate refuses is 409 (403 for approving one's own model, 404 for an unknown version); features a model or the feature store cannot take are 422;
+a twin whose stored features break their contract cannot be scored (409, naming the twin and the feature).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
@@ -34,7 +40,7 @@ from experiments.registry import (
     SelfApproval,
     VersionNotFound,
 )
-from feature_store.errors import FeatureDataError, FeatureRepoError
+from feature_store.errors import FeatureDataError, FeatureRepoError, StoredValueError
 from serving.errors import ModelNotReadyError, PredictionInputError
 
 __all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PayloadTooLarge", "PlatformError", "Unavailable",
@@ -83,6 +89,7 @@ _STATUS: dict[type[Exception], int] = {
     Unavailable: 503,
     PredictionInputError: 422,
     FeatureDataError: 422,
+    StoredValueError: 409,
     ModelNotReadyError: 503,
     FeatureRepoError: 503,
     OperationalError: 503,
@@ -110,3 +117,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for cls in _STATUS:
         app.add_exception_handler(cls, handle)
+
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, except that the refused input is echoed as valid JSON (a NaN or
+        Infinity sent in the body would otherwise make the error answer itself fail)."""
+        return JSONResponse({"detail": _finite_json(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with non-finite floats spelled as strings ("NaN", "Infinity", "-Infinity")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_json(v) for v in value]
+    return value

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from platform_api.db import get_engine, migrate
+from platform_api.cache import CacheErrorCollector
+from platform_api.db import migrate
 from platform_api.errors import install_error_handlers
 from platform_api.metrics import ApiMetrics, MetricsMiddleware, metrics_response
+from platform_api.readiness import check_readiness
 from platform_api import review_ui
 from platform_api.routes import admin, alerts, images, oauth, predictions, registry, twins
 from platform_api.services import close_recorders
@@ -97,6 +98,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     install_error_handlers(app)
 
     app.state.metrics = ApiMetrics()
+    app.state.metrics.registry.register(CacheErrorCollector())  # bioverse_cache_errors_total
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times every answer, 413s too
 
@@ -107,13 +109,10 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"])
     def readyz() -> JSONResponse:
-        """The database answers."""
-        try:
-            with get_engine().connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception as err:  # noqa: BLE001 - any failure means not ready
-            return JSONResponse({"status": "not ready", "detail": type(err).__name__}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        """Every configured dependency answers: database, cache, feature store, model
+        registry (503 naming those that do not; see docs/api-contracts.md)."""
+        ready, body = check_readiness()
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     def metrics(request: Request) -> Response:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from feature_store.contract import check_number
+from feature_store.definitions import RANGES
+from feature_store.errors import FeatureValueError
 
 __all__ = [
     "AlertPage", "AlertPublic", "AuditEventPublic", "AuditPage", "BatchPredictionCreate", "ImagePredictionPage",
@@ -147,18 +151,51 @@ class BatchPredictionCreate(BaseModel):
     twin_ids: list[str] = Field(min_length=1, max_length=1000)
 
 
+#: An observed value: a JSON number (not a string, not a boolean), finite.
+ObservedValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+#: How far ahead of the server's clock an observation time may be (clock skew).
+OBSERVATION_CLOCK_SKEW = timedelta(minutes=5)
+
+
 class ObservationCreate(BaseModel):
-    """New vitals or labs of a patient."""
+    """New vitals or labs of a patient: finite values within each feature's plausible range
+    (declared with the feature views), observed at a time with a time zone (default: now)."""
 
     model_config = ConfigDict(extra="forbid")
-    values: dict[str, float] = Field(min_length=1, max_length=20)
-    observed_at: datetime | None = None
+    values: dict[str, ObservedValue] = Field(min_length=1, max_length=20)
+    observed_at: AwareDatetime | None = Field(
+        default=None, description="When it was observed; a time zone is required (a naive time answers 422). Stored in UTC.")
+
+    @field_validator("values")
+    @classmethod
+    def _plausible(cls, values: dict[str, float]) -> dict[str, float]:
+        for feature, value in values.items():
+            if feature in RANGES:  # a name no view observes is refused by the feature store, naming it
+                try:
+                    check_number(feature, value)
+                except FeatureValueError as err:
+                    raise ValueError(str(err)) from None
+        return values
+
+    @field_validator("observed_at")
+    @classmethod
+    def _utc_and_not_future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(timezone.utc)
+        if value > datetime.now(timezone.utc) + OBSERVATION_CLOCK_SKEW:
+            raise ValueError("observed_at is in the future")
+        return value
 
 
 class ObservationResult(BaseModel):
-    """Which feature views the observation updated."""
+    """What the observation changed: the views whose current values it became, and the
+    features it did not change because a newer observation is current (it is kept in the
+    offline history)."""
 
     updated_views: list[str]
+    not_applied: dict[str, str] = Field(default_factory=dict)
+    observed_at: datetime
 
 
 class AlertPublic(BaseModel):

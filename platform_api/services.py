@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from feature_store.errors import FeatureRepoError
-from feature_store.repo import FeatureRepo
+from feature_store.repo import FeatureRepo, PushResult
 from feature_store.settings import get_settings as feature_settings
 from platform_api.auth import principal_cache, signing_key
 from platform_api.cache import LocalCache, TTLStore, make_cache
@@ -60,11 +60,13 @@ class FeatureService:
             found.update(self.fetch(tenant_id, missing))
         return found
 
-    def observe(self, tenant_id: str, patient_id: str, values: dict[str, float], observed_at: datetime | None) -> list[str]:
-        """Push new observations to Feast and drop the patient's cached state."""
-        updated = self.repo.push(tenant_id=tenant_id, patient_id=patient_id, values=values, observed_at=observed_at)
+    def observe(self, tenant_id: str, patient_id: str, values: dict[str, float], observed_at: datetime | None) -> PushResult:
+        """Push new observations to Feast (last write by event time) and drop the patient's cached state."""
+        if not (self.repo.repo_dir / "feature_store.yaml").exists():
+            raise FeatureRepoError("the feature store is not set up: run `bioverse features init` and ingest data")
+        result = self.repo.push(tenant_id=tenant_id, patient_id=patient_id, values=values, observed_at=observed_at)
         self.cache.delete(self._key(tenant_id, patient_id))
-        return updated
+        return result
 
 
 class ModelService:

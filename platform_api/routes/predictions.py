@@ -13,6 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter
 from sqlalchemy import select
 
+from feature_store.contract import violations
+from feature_store.errors import StoredValueError
 from platform_api import crud
 from platform_api.audit import audited
 from platform_api.auth import Principal
@@ -78,6 +80,10 @@ async def _score(request: Request, url: str, caller: Principal, action: str, twi
         models = get_models()
         model = models.fresh() or await run_in_threadpool(models.current)
         inputs = [{k: features.get(patients[t], {}).get(k) for k in model.features} for t in twin_ids]
+        for twin_id, used in zip(twin_ids, inputs, strict=True):
+            problems = violations(used)  # values stored before the contracts, or around them
+            if problems:
+                raise StoredValueError(f"twin {twin_id}", problems)
         risks = model.predict(inputs)
     except Exception as err:
         audit["outcome"] = type(err).__name__.lower()
@@ -174,12 +180,14 @@ def prediction_history(
 
 @router.post("/v1/twins/{twin_id}/observations", status_code=status.HTTP_202_ACCEPTED, response_model=ObservationResult)
 def observe(twin_id: str, body: ObservationCreate, session: SessionDep, caller: PatientWriter) -> ObservationResult:
-    """New vitals or labs: pushed to the feature store (online and offline); the twin's
-    cached state is dropped, so the next read and prediction see them."""
+    """New vitals or labs: finite, plausible values (each feature's declared range; else 422
+    naming it) at a time with a time zone (a naive one answers 422). Pushed to the offline
+    history, and online unless a newer observation is current there (last write by event
+    time; such features are listed in ``not_applied``); the twin's cached state is dropped."""
     assert caller.tenant_id is not None
     with audited(session, caller, f"observation.create:{twin_id[:40]}") as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id
         values: dict[str, Any] = dict(body.values)
-        updated = get_features().observe(caller.tenant_id, twin.patient_id, values, body.observed_at)
-    return ObservationResult(updated_views=updated)
+        pushed = get_features().observe(caller.tenant_id, twin.patient_id, values, body.observed_at)
+    return ObservationResult(updated_views=pushed.updated_views, not_applied=pushed.not_applied, observed_at=pushed.observed_at)

@@ -170,7 +170,7 @@ def test_history_matches_a_plain_point_in_time_join(registry: dict[str, Any], tm
     def patients(ids: list[str]) -> pd.DataFrame:
         n = len(ids)
         return pd.DataFrame({"patient_id": ids, "age": rng.integers(20, 90, n).astype(float),
-                             "sex": rng.choice(["F", "M", None], n), "smoking": rng.choice(["never", "former", "current", "vape"], n),
+                             "sex": rng.choice(["F", "M", None], n), "smoking": rng.choice(["never", "former", "current", None], n),
                              "systolic_bp": np.where(rng.random(n) < 0.2, np.nan, rng.normal(130, 15, n).round()),
                              "heart_rate": rng.normal(72, 9, n).round(), "bmi": rng.normal(27, 4, n).round(1),
                              "cholesterol": rng.normal(5, 1, n).round(2), "glucose": rng.normal(100, 20, n).round()})

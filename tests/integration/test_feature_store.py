@@ -39,7 +39,7 @@ def _check_store(repo: FeatureRepo, frames: dict[str, pd.DataFrame]) -> None:
     assert all(v is None for k, v in repo.online_features("hospital-02", patients[:1])[0].items() if k not in ("tenant_id", "patient_id"))
     # a pushed observation is online at once, derived features follow, other values stay
     before = repo.online_features("hospital-01", patients[:1])[0]
-    assert repo.push(tenant_id="hospital-01", patient_id=patients[0], values={"systolic_bp": 182.0, "glucose": 180.2}) == ["labs", "vitals"]
+    assert repo.push(tenant_id="hospital-01", patient_id=patients[0], values={"systolic_bp": 182.0, "glucose": 180.2}).updated_views == ["labs", "vitals"]
     after = repo.online_features("hospital-01", patients[:1])[0]
     assert after["systolic_bp"] == 182.0 and after["hypertensive"] == 1.0
     assert after["glucose_mmol_l"] == pytest.approx(180.2 / 18.016, rel=1e-5)

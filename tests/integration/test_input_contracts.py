@@ -169,3 +169,210 @@ def test_online_store_down_is_feature_store_unavailable(hospital_files: list[Pat
         repo.online_features("t1", [patient])
     with pytest.raises(FeatureStoreUnavailable):
         repo.push(tenant_id="t1", patient_id=patient, values={"bmi": 25.0})
+
+
+# ---- the API: observations, predictions, outages ----
+
+class Api:
+    """The app with its Feast repo (tenant t1 = hospital-01) and, if asked, a production model."""
+
+    def __init__(self, client: TestClient, key: str, repo: FeatureRepo, patients: list[str]) -> None:
+        self.client, self.key, self.repo, self.patients = client, key, repo, patients
+
+    def twin(self, patient: str) -> str:
+        made = self.client.post("/v1/twins", json={"patient_id": patient}, headers=_h(self.key))
+        assert made.status_code == 201, made.text
+        return str(made.json()["id"])
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = getattr(self.client, method)(path, headers={**_h(self.key), **kwargs.pop("headers", {})}, **kwargs)
+        json.loads(answer.text or "null", parse_constant=_no_constant)  # always strict JSON: no NaN/Infinity
+        return answer
+
+
+def _no_constant(token: str) -> None:
+    raise AssertionError(f"invalid JSON: {token}")
+
+
+@pytest.fixture()
+def make_api(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    started: list[TestClient] = []
+
+    def _make(*, database_url: str = "", cache_url: str = "", redis_online: int | None = None, model: bool = True,
+              tracking_uri: str = "") -> Api:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        if model:
+            register_risk_models(uri, MODEL, hospital_files, versions=1)
+        init = {"online_store": "redis", "redis_url": f"127.0.0.1:{redis_online}"} if redis_online else {}
+        repo = FeatureRepo(tmp_path / "feature_repo").init(**init)
+        frame = pd.read_csv(hospital_files[0])
+        repo.ingest(frame, tenant_id="t1", observed_at=T0)
+        repo.materialize(T0 + timedelta(seconds=1))
+        env = {"BIOVERSE_DATA_DIR": str(tmp_path), "BIOVERSE_FEATURE_REPO": str(repo.repo_dir),
+               "BIOVERSE_API_DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'platform.db'}",
+               "BIOVERSE_TRACKING_URI": tracking_uri or uri, "BIOVERSE_API_MODEL_NAME": MODEL,
+               "BIOVERSE_API_CACHE_URL": cache_url, "BIOVERSE_API_ALERT_THRESHOLD": "0.0"}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        clear_platform_caches()
+        from platform_api import db
+        from platform_api.auth import create_key
+        from platform_api.main import create_app
+
+        client = TestClient(create_app())
+        client.__enter__()
+        started.append(client)
+        with db.session_factory()() as session:
+            key = create_key(session, role="app", tenant_id="t1")
+        return Api(client, key, repo, [str(p) for p in frame["patient_id"][:3]])
+
+    yield _make
+    for client in started:
+        client.__exit__(None, None, None)
+    clear_platform_caches()
+
+
+BAD_VALUES = {"NaN": b"NaN", "Infinity": b"Infinity", "-Infinity": b"-Infinity", "-500": b"-500", "1e308": b"1e308",
+              "1e400": b"1e400", "a string": b'"abc"', "a numeric string": b'"120"', "a boolean": b"true", "null": b"null",
+              "an object": b'{"v": 120}'}
+
+
+def test_observations_outside_the_contract_answer_422_naming_the_feature(make_api: Any) -> None:
+    api = make_api(model=False)
+    twin = api.twin(api.patients[0])
+    before = api.call("get", f"/v1/twins/{twin}").json()["features"]
+    for label, raw in BAD_VALUES.items():
+        body = b'{"values": {"heart_rate": 70, "systolic_bp": ' + raw + b"}}"
+        answer = api.call("post", f"/v1/twins/{twin}/observations", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 422, (label, answer.text)
+        assert "systolic_bp" in answer.text, (label, answer.text)
+    assert api.call("get", f"/v1/twins/{twin}").json()["features"] == before  # nothing was written
+    unknown = api.call("post", f"/v1/twins/{twin}/observations", json={"values": {"age": 3.0}})
+    assert unknown.status_code == 422 and "age: not an observable feature" in unknown.json()["detail"]
+
+
+def test_observed_at_naive_refused_aware_normalised_backdated_not_applied(make_api: Any) -> None:
+    api = make_api(model=False)
+    twin = api.twin(api.patients[0])
+    path = f"/v1/twins/{twin}/observations"
+    naive = api.call("post", path, json={"values": {"systolic_bp": 150.0}, "observed_at": "2026-01-10T10:00:00"})
+    assert naive.status_code == 422 and naive.json()["detail"][0]["loc"] == ["body", "observed_at"]
+    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    ahead = api.call("post", path, json={"values": {"systolic_bp": 150.0}, "observed_at": future})
+    assert ahead.status_code == 422 and "future" in ahead.text
+    newer = api.call("post", path, json={"values": {"systolic_bp": 150.0}, "observed_at": "2026-01-10T12:00:00+02:00"})
+    assert newer.status_code == 202, newer.text
+    assert newer.json() == {"updated_views": ["vitals"], "not_applied": {}, "observed_at": "2026-01-10T10:00:00Z"}
+    older = api.call("post", path, json={"values": {"systolic_bp": 99.0, "bmi": 30.5}, "observed_at": "2026-01-10T09:00:00Z"})
+    assert older.status_code == 202, older.text
+    assert older.json()["updated_views"] == [] and set(older.json()["not_applied"]) == {"systolic_bp", "bmi"}
+    features = api.call("get", f"/v1/twins/{twin}").json()["features"]
+    assert features["systolic_bp"] == 150.0 and features["hypertensive"] == 1.0
+
+
+def _store_bad_value(repo: FeatureRepo, patient: str) -> None:
+    """A value written before the contracts existed: straight into Feast, around every check."""
+    from feast.data_source import PushMode
+
+    current = repo.online_features("t1", [patient])[0]
+    row = {"tenant_id": "t1", "patient_id": patient, "event_timestamp": pd.Timestamp.now(tz="UTC"),
+           "created": pd.Timestamp.now(tz="UTC"), "systolic_bp": float("inf"), "heart_rate": current["heart_rate"], "bmi": current["bmi"]}
+    frame = pd.DataFrame([row]).astype({"systolic_bp": "float32", "heart_rate": "float32", "bmi": "float32"})
+    repo.store.push("vitals_push", frame, to=PushMode.ONLINE)
+
+
+def test_stored_non_finite_feature_answers_409_naming_twin_and_feature_on_postgres(make_api: Any, postgres_database: Any) -> None:
+    api = make_api(database_url=postgres_database.sqlalchemy_url)
+    bad_twin, good_twin = api.twin(api.patients[0]), api.twin(api.patients[1])
+    _store_bad_value(api.repo, api.patients[0])
+    for _ in range(2):  # and again: a failed prediction leaves the twin scorable once fixed, nothing stuck
+        one = api.call("post", f"/v1/twins/{bad_twin}/predictions")
+        assert one.status_code == 409, one.text
+        assert bad_twin in one.json()["detail"] and "systolic_bp" in one.json()["detail"]
+    batch = api.call("post", "/v1/predictions/batch", json={"twin_ids": [good_twin, bad_twin]})
+    assert batch.status_code == 409 and bad_twin in batch.json()["detail"] and "systolic_bp" in batch.json()["detail"]
+    read = api.call("get", f"/v1/twins/{bad_twin}")
+    assert read.status_code == 200 and read.json()["features"]["systolic_bp"] is None  # valid JSON, never Infinity
+    assert api.call("post", f"/v1/twins/{good_twin}/predictions").status_code == 201
+    assert api.call("get", f"/v1/twins/{bad_twin}/predictions").json()["total"] == 0  # nothing half-written
+    fixed = api.call("post", f"/v1/twins/{bad_twin}/observations", json={"values": {"systolic_bp": 130.0}})
+    assert fixed.status_code == 202 and fixed.json()["updated_views"] == ["vitals"]
+    assert api.call("post", f"/v1/twins/{bad_twin}/predictions").status_code == 201
+
+
+def test_cache_down_degrades_to_no_cache_and_readyz_names_it(make_api: Any, own_redis: OwnRedis) -> None:
+    from prometheus_client import generate_latest
+
+    api = make_api(cache_url=f"redis://127.0.0.1:{own_redis.port}/0")
+    twin, other = api.twin(api.patients[0]), api.twin(api.patients[1])
+    assert api.call("get", f"/v1/twins/{twin}").status_code == 200
+    assert api.call("post", f"/v1/twins/{twin}/predictions").status_code == 201  # both caches filled
+    ready = api.call("get", "/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["cache"] == "ok"
+    own_redis.stop()  # Redis dies mid-test
+    read = api.call("get", f"/v1/twins/{twin}")
+    assert read.status_code == 200 and read.json()["latest_prediction"] is not None  # from the database
+    observed = api.call("post", f"/v1/twins/{twin}/observations", json={"values": {"systolic_bp": 181.0}})
+    assert observed.status_code == 202, observed.text
+    assert api.call("get", f"/v1/twins/{twin}").json()["features"]["systolic_bp"] == 181.0
+    scored = api.call("post", f"/v1/twins/{twin}/predictions")
+    assert scored.status_code == 201 and scored.json()["inputs"]["systolic_bp"] == 181.0
+    assert api.call("post", "/v1/predictions/batch", json={"twin_ids": [twin, other]}).status_code == 201
+    not_ready = api.call("get", "/readyz")
+    assert not_ready.status_code == 503 and "cache" in not_ready.json()["detail"]
+    assert not_ready.json()["checks"]["database"] == "ok" and not_ready.json()["checks"]["cache"].startswith("down")
+    exposed = generate_latest(api.client.app.state.metrics.registry).decode()
+    assert 'bioverse_cache_errors_total{cache="twin-state",operation="get"}' in exposed
+
+
+def test_feature_store_down_answers_503_and_flips_readyz(make_api: Any, own_redis: OwnRedis) -> None:
+    api = make_api(redis_online=own_redis.port)
+    twin = api.twin(api.patients[0])
+    assert api.call("get", "/readyz").json()["checks"]["feature_store"] == "ok"
+    own_redis.stop()
+    api.client.app  # noqa: B018 - the twin-state cache (in-process) still holds nothing for this twin
+    for method, path, body in (("post", f"/v1/twins/{twin}/observations", {"values": {"bmi": 22.0}}),
+                               ("post", f"/v1/twins/{twin}/predictions", None)):
+        answer = api.call(method, path, **({"json": body} if body else {}))
+        assert answer.status_code == 503, (path, answer.text)
+    read = api.call("get", f"/v1/twins/{twin}")
+    assert read.status_code == 200 and read.json()["features"] is None and read.json()["features_unavailable"]
+    ready = api.call("get", "/readyz")
+    assert ready.status_code == 503 and "feature_store" in ready.json()["detail"]
+
+
+def test_database_down_answers_503_and_flips_readyz(make_api: Any, postgres_database: Any) -> None:
+    import psycopg2
+
+    from tests.integration.conftest import PG
+
+    api = make_api(database_url=postgres_database.sqlalchemy_url, model=False)
+    twin = api.twin(api.patients[0])
+    assert api.call("get", "/readyz").status_code == 200
+    admin = psycopg2.connect(**PG)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE {postgres_database.name} WITH (FORCE)")
+    admin.close()
+    ready = api.call("get", "/readyz")
+    assert ready.status_code == 503 and "database" in ready.json()["detail"]
+    assert api.call("get", f"/v1/twins/{twin}").status_code in (401, 503)  # the key itself lives in that database
+    assert api.call("post", "/v1/twins", json={"patient_id": "p-new"}).status_code in (401, 503)
+
+
+def test_model_registry_down_answers_503_and_flips_readyz(make_api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    api = make_api(model=False, tracking_uri=f"http://127.0.0.1:{_free_port()}")
+    twin = api.twin(api.patients[0])
+    answer = api.call("post", f"/v1/twins/{twin}/predictions")
+    assert answer.status_code == 503, answer.text
+    ready = api.call("get", "/readyz")
+    assert ready.status_code == 503 and "model" in ready.json()["detail"], ready.text
+
+
+def test_no_approved_model_is_reported_but_ready(make_api: Any) -> None:
+    api = make_api(model=False)
+    ready = api.call("get", "/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["model"].startswith("none approved") and ready.json()["checks"]["cache"] == "in-process"

@@ -69,7 +69,7 @@ def test_credentials_roles_and_validation(api: dict) -> None:
     assert extra.status_code == 422 and extra.json()["detail"][0]["loc"] == ["body", "ssn"]
     big = client.post("/v1/twins", content=b"{" + b" " * 2_000_000 + b"}", headers={**_auth(keys["app1"]), "content-type": "application/json"})
     assert big.status_code == 413
-    assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").json()["status"] == "ready"
 
 
 def test_oauth2_client_credentials_tokens_act_as_their_key(api: dict) -> None:
