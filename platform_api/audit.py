@@ -43,10 +43,25 @@ CHAIN_LOCK = threading.Lock()
 FIELDS = ("at", "actor", "role", "tenant_id", "patient_id", "action", "outcome")
 
 
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _quote(value) if isinstance(value, str) else json.dumps(value)
+
+
+def _canonical_of(at: datetime, actor: Any, role: Any, tenant_id: Any, patient_id: Any, action: Any, outcome: Any) -> str:
+    """``json.dumps({field: value}, sort_keys=True)`` of the event, ``at`` as naive ISO with
+    microseconds, written out by hand (verify's hot loop: five times faster than dumps)."""
+    stamp = (at if at.tzinfo is None else at.replace(tzinfo=None)).isoformat(timespec="microseconds")
+    return (f'{{"action": {_value(action)}, "actor": {_value(actor)}, "at": "{stamp}", "outcome": {_value(outcome)}, '
+            f'"patient_id": {_value(patient_id)}, "role": {_value(role)}, "tenant_id": {_value(tenant_id)}}}')
+
+
 def _canonical(fields: Mapping[str, Any]) -> str:
-    canonical = {k: fields[k] for k in FIELDS}
-    canonical["at"] = fields["at"].replace(tzinfo=None).isoformat(timespec="microseconds")
-    return json.dumps(canonical, sort_keys=True)
+    return _canonical_of(*(fields[k] for k in FIELDS))
 
 
 def digest(prev_hash: str, fields: Mapping[str, Any]) -> str:
@@ -56,7 +71,7 @@ def digest(prev_hash: str, fields: Mapping[str, Any]) -> str:
 
 def event_mac(key: bytes, prev_hash: str, fields: Mapping[str, Any]) -> str:
     """The link of every event since 0004: ``HMAC-SHA256(key, prev_hash + canonical JSON)``."""
-    return hmac.new(key, (prev_hash + _canonical(fields)).encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, (prev_hash + _canonical(fields)).encode(), "sha256").hex()
 
 
 def _fields(event: AuditEvent) -> dict[str, Any]:
@@ -160,7 +175,7 @@ def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | No
             break
         for row in rows:
             event_id, parent, stored = row[0], row[1], row[2]
-            fields = dict(zip(FIELDS, row[3:], strict=True))
+            message = (parent + _canonical_of(*row[3:])).encode()
             count += 1
             if parent != prev:
                 why = (f"shares its parent with event {last_id} (a fork: two writers chained onto one head)"
@@ -168,10 +183,10 @@ def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | No
                        "its prev_hash is not the previous event's hash (an event before it was removed or reordered)")
                 breaks.append(AuditBreak(event_id, why))
             if event_id <= legacy_until:
-                expected = digest(parent, fields)
+                expected = hashlib.sha256(message).hexdigest()
             else:
                 secret = secret or key or audit_key(create=False)
-                expected = event_mac(secret, parent, fields)
+                expected = hmac.digest(secret, message, "sha256").hex()
             if not hmac.compare_digest(expected, stored):
                 breaks.append(AuditBreak(event_id, "its content does not match its MAC (altered, or re-hashed without the key)"))
             for cp in by_id.get(event_id, ()):

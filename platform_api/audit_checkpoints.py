@@ -12,6 +12,7 @@ activity, when a recorder closes, and by ``bioverse audit checkpoint``.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ def checkpoint_path() -> Path:
     return settings.audit_checkpoints or settings.data_dir / "audit" / "checkpoints.jsonl"
 
 
+@functools.lru_cache(maxsize=256)
 def database_id(url: Any) -> str:
     """Which database a checkpoint is about: backend, host, port and name (no driver, user or password)."""
     url = make_url(str(url)) if not hasattr(url, "get_backend_name") else url
@@ -88,27 +90,34 @@ def _message(record: dict[str, Any]) -> str:
     return "checkpoint:" + json.dumps({k: record[k] for k in _FIELDS}, sort_keys=True, separators=(",", ":"))
 
 
-def write_checkpoint(bind: Engine | Connection, *, path: Path | None = None, key: bytes | None = None) -> Checkpoint | None:
+def write_checkpoint(bind: Engine | Connection, *, path: Path | None = None, key: bytes | None = None,
+                     after: Checkpoint | None = None) -> Checkpoint | None:
     """Append a signed checkpoint of the chain's current head; ``None`` when the chain is empty.
 
     The head, the count and the legacy cut-over are read in one statement, so they agree.
+    ``after`` is this process's previous checkpoint: when its event is still there with its
+    hash, only the events since are counted (appends commit in id order under the chain
+    lock, so the count up to an id never changes), which keeps the checkpoint of a long
+    chain to milliseconds; otherwise every event is counted.
     """
-    events = AuditEvent.__table__
-    head = events.alias("head")
-    counted = select(func.count()).select_from(events).where(events.c.id <= head.c.id).scalar_subquery()
-    legacy = select(AuditChain.legacy_until).limit(1).scalar_subquery()
-    query = select(head.c.id, head.c.hash, counted, legacy).order_by(head.c.id.desc()).limit(1)
     if isinstance(bind, Engine):
         with bind.connect() as connection:
-            row = connection.execute(query).first()
-        url = bind.url
-    else:
-        row = bind.execute(query).first()
-        url = bind.engine.url
+            return write_checkpoint(connection, path=path, key=key, after=after)
+    events = AuditEvent.__table__
+    head = events.alias("head")
+    since = after.last_id if after is not None else 0
+    counted = (select(func.count()).select_from(events)
+               .where(events.c.id > since, events.c.id <= head.c.id).scalar_subquery())
+    anchored = select(events.c.hash).where(events.c.id == since).scalar_subquery()
+    legacy = select(AuditChain.legacy_until).limit(1).scalar_subquery()
+    query = select(head.c.id, head.c.hash, counted, legacy, anchored).order_by(head.c.id.desc()).limit(1)
+    row = bind.execute(query).first()
+    if row is not None and after is not None and (row[4] != after.head or row[0] < after.last_id):
+        return write_checkpoint(bind, path=path, key=key)  # the chain changed under us: count it all
     if row is None:
         return None
-    record = {"db": database_id(url), "events": int(row[2]), "last_id": int(row[0]), "head": row[1],
-              "legacy_until": int(row[3] or 0), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = {"db": database_id(bind.engine.url), "events": (after.events if after else 0) + int(row[2]),
+              "last_id": int(row[0]), "head": row[1], "legacy_until": int(row[3] or 0), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     record["mac"] = mac(key or audit_key(), _message(record))
     target = path or checkpoint_path()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +176,7 @@ class _Pace:
         self.lock = threading.Lock()
         self.pending = 0
         self.last = time.monotonic()
+        self.anchor: Checkpoint | None = None  # this process's previous checkpoint
 
 
 _paces: dict[str, _Pace] = {}
@@ -193,7 +203,10 @@ def note_appended(engine: Engine | Connection, events: int, *, force: bool = Fal
         if not due:
             return
         pace.pending, pace.last = 0, time.monotonic()
-    try:
-        write_checkpoint(engine)
-    except Exception as err:  # noqa: BLE001 - the events are safe; the next checkpoint covers them
-        log.warning("audit checkpoint not written: %s", err)
+        try:
+            written = write_checkpoint(engine, after=pace.anchor)
+        except Exception as err:  # noqa: BLE001 - the events are safe; the next checkpoint covers them
+            log.warning("audit checkpoint not written: %s", err)
+            return
+        if written is not None:
+            pace.anchor = written

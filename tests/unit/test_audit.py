@@ -163,3 +163,17 @@ def test_an_unreadable_checkpoints_file_is_one_clear_line(home: Path, monkeypatc
     result = runner.invoke(app, ["audit", "verify"])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and "cannot read audit checkpoints" in lines[0], result.output
+
+
+def test_the_canonical_form_is_the_documented_json() -> None:
+    """verify's hand-written canonical JSON equals ``json.dumps(..., sort_keys=True)`` (the
+    documented form legacy events were hashed with), for awkward values too."""
+    from platform_api.audit import FIELDS, _canonical
+
+    values = [None, "x", 'quote " and \\ backslash', "é日本\u2028", "nul\x00", ""]
+    for i in range(300):
+        fields = {k: values[(i + j) % len(values)] for j, k in enumerate(FIELDS)}
+        fields["at"] = datetime(2026, 1, 2, 3, 4, 5, (i * 7919) % 1_000_000, tzinfo=timezone.utc if i % 2 else None)
+        documented = {k: fields[k] for k in FIELDS}
+        documented["at"] = fields["at"].replace(tzinfo=None).isoformat(timespec="microseconds")
+        assert _canonical(fields) == json.dumps(documented, sort_keys=True)
