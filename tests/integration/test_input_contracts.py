@@ -376,3 +376,30 @@ def test_no_approved_model_is_reported_but_ready(make_api: Any) -> None:
     ready = api.call("get", "/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["model"].startswith("none approved") and ready.json()["checks"]["cache"] == "in-process"
+
+
+def test_cli_ingest_of_an_implausible_value_prints_one_line_and_writes_nothing(
+    hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from feature_store import settings
+    from platform_api.cli import app
+
+    monkeypatch.setenv("BIOVERSE_FEATURE_REPO", str(tmp_path / "cli_repo"))
+    settings.get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        assert runner.invoke(app, ["features", "init"]).exit_code == 0
+        folder = tmp_path / "bad"
+        folder.mkdir()
+        frame = pd.read_csv(hospital_files[0]).head(20)
+        frame.loc[7, "glucose"] = 1e308
+        frame.to_csv(folder / "t9.csv", index=False)
+        result = runner.invoke(app, ["features", "ingest", str(folder)])
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "glucose" in lines[0] and str(frame["patient_id"][7]) in lines[0], result.output
+        assert pd.read_parquet(tmp_path / "cli_repo" / "data" / "labs.parquet").empty
+    finally:
+        settings.get_settings.cache_clear()
