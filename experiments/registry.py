@@ -19,15 +19,23 @@ Rules (each refusal is a :class:`ReviewError` with a one-line message):
 
 * a decision needs a pending version and a rationale of at least :data:`MIN_RATIONALE` characters
   (at most :data:`MAX_RATIONALE`);
-* the validator must not be the person who launched the experiment (tag ``launched_by``). This
-  holds for rejections too: a decision is a record of *independent* review, and a launcher who
-  wants a version withdrawn can simply leave it pending, which can never be promoted. A version
-  whose launcher is unknown cannot be decided (fail closed);
+* every decision is made by an authenticated principal (:class:`experiments.gate.Identity`, an
+  API key with its person's name), and that principal must not be the one who launched the
+  experiment (tag ``launched_by``, the same kind of identity): same key or same person name is
+  refused. This holds for rejections too: a decision is a record of *independent* review. A
+  version whose launcher is unknown or only an OS login cannot be decided (fail closed);
+* a platform-wide model (no registered-model tag ``bioverse.tenant``) is decided only by
+  validators whose key belongs to no tenant; a tenant's model by that tenant's validators or
+  platform validators (:class:`WrongScope` otherwise);
 * approval needs the validation report (``validation.status=complete`` and
   ``validation/report.json`` in the version's run), whose bytes must hash to the version's
-  ``validation.report_sha256`` tag (unchanged since registration) and to the hash the validator
-  says they read; a rejection needs no report, but a hash given with it is checked the same way;
-* only an approved version is promoted, and only while its report still hashes to the approved one.
+  ``validation.report_sha256`` tag (unchanged since registration) and to the hash in the
+  validator's read receipt (:func:`experiments.gate.read_receipt`), which only fetching the
+  report yields; a rejection needs no report, but a receipt given with it is checked the same way;
+* an approval is signed (tag ``review.approval``, :func:`experiments.gate.sign_approval`) over
+  the model files' digest; loaders serve ``production`` only with a valid signature;
+* only an approved, validly signed version is promoted, and only while its report still hashes
+  to the approved one.
 
 Concurrency: MLflow has no compare-and-set on tags. Two validators deciding at once are
 separated on a best-effort basis: each writes a ``review.claim`` token, and right before the
@@ -56,6 +64,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from experiments.errors import ExperimentError, TrackingError
+from experiments.gate import (
+    APPROVAL_TAG,
+    TENANT_TAG,
+    Identity,
+    ReceiptInvalid,
+    approval_problem,
+    artifact_digest,
+    download_version,
+    issue_receipt,
+    parse_identity,
+    read_receipt,
+    sign_approval,
+)
 from experiments.names import VALIDATION_DIR
 
 __all__ = [
@@ -64,6 +85,8 @@ __all__ = [
     "MAX_RATIONALE",
     "MIN_RATIONALE",
     "PRODUCTION_ALIAS",
+    "QUALITY_TAG",
+    "UNAPPROVED_PRODUCTION",
     "REPORT_PATH",
     "Decision",
     "LauncherUnknown",
@@ -74,11 +97,13 @@ __all__ = [
     "RationaleRequired",
     "RationaleTooLong",
     "ReportMissing",
+    "ReportNotRead",
     "ReportStale",
     "ReviewError",
     "SelfApproval",
     "VersionInfo",
     "VersionNotFound",
+    "WrongScope",
     "audit_action",
 ]
 
@@ -92,7 +117,8 @@ MIN_RATIONALE = 20
 MAX_RATIONALE = 5000
 _MAX_HISTORY = 5000  # registered-model tag values are VARCHAR(5000)
 PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
-_UNKNOWN_LAUNCHERS = {"", "unknown"}
+QUALITY_TAG = "validation.quality_warning"
+UNAPPROVED_PRODUCTION = "production alias without approval"
 
 
 class ReviewError(ExperimentError):
@@ -131,6 +157,14 @@ class NothingToRollBack(ReviewError):
     """No earlier approved version to move ``production`` back to."""
 
 
+class ReportNotRead(ReviewError):
+    """No valid read receipt: the validator has not been shown to have fetched the report."""
+
+
+class WrongScope(ReviewError):
+    """The validator's key is bound to a tenant, and the model is another tenant's or platform-wide."""
+
+
 class RationaleRequired(ReviewError):
     """The rationale is missing or shorter than :data:`MIN_RATIONALE` characters."""
 
@@ -160,6 +194,8 @@ class VersionInfo:
     rationale: str | None
     report_sha256: str | None = None  # the version's validation.report_sha256 tag
     tags: dict[str, str] = field(default_factory=dict)
+    quality_warning: str | None = None  # tag validation.quality_warning, set at registration
+    gate_warning: str | None = None  # "production alias without approval" when the alias was moved by hand
 
 
 @dataclass(frozen=True)
@@ -207,10 +243,6 @@ def _float(value: str | None) -> float | None:
         return float(value) if value not in (None, "") else None
     except ValueError:
         return None
-
-
-def _same_person(a: str, b: str) -> bool:
-    return a.strip().casefold() == b.strip().casefold()
 
 
 def _escape(name: str) -> str:
@@ -261,6 +293,18 @@ class ModelRegistry:
         data = self._report_bytes(self._version(name, version))
         return None if data is None else hashlib.sha256(data).hexdigest()
 
+    def read_report(self, name: str, version: str, reader: Identity) -> tuple[dict[str, Any], str] | None:
+        """The report and a read receipt for ``reader`` (what approval needs), or None without one."""
+        data = self._report_bytes(self._version(name, version))
+        if data is None:
+            return None
+        return json.loads(data), issue_receipt(reader.key_id, name, str(version), hashlib.sha256(data).hexdigest())
+
+    def receipt(self, name: str, version: str, reader: Identity) -> str | None:
+        """A read receipt for ``reader`` of the version's current report (None without one)."""
+        read = self.read_report(name, version, reader)
+        return None if read is None else read[1]
+
     def report_html(self, name: str, version: str) -> str | None:
         """The version's rendered report page (``validation/report.html``), or None."""
         data = self._report_bytes(self._version(name, version), HTML_PATH)
@@ -276,17 +320,40 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ review
 
-    def approve(self, name: str, version: str, *, validator: str, rationale: str, report_sha256: str) -> Decision:
-        """Approve a pending version: the validator read the report with hash ``report_sha256``."""
-        return self._decide(APPROVED, name, version, validator=validator, rationale=rationale, seen=report_sha256)
+    def approve(self, name: str, version: str, *, validator: Identity, rationale: str, receipt: str) -> Decision:
+        """Approve a pending version: ``receipt`` proves the validator fetched its current report."""
+        return self._decide(APPROVED, name, version, validator=validator, rationale=rationale, receipt=receipt)
 
-    def reject(self, name: str, version: str, *, validator: str, rationale: str,
-               report_sha256: str | None = None) -> Decision:
-        """Reject a pending version (no report needed; a given hash must match the stored report)."""
-        return self._decide(REJECTED, name, version, validator=validator, rationale=rationale, seen=report_sha256)
+    def reject(self, name: str, version: str, *, validator: Identity, rationale: str,
+               receipt: str | None = None) -> Decision:
+        """Reject a pending version (no report needed; a given receipt must match the stored report)."""
+        return self._decide(REJECTED, name, version, validator=validator, rationale=rationale, receipt=receipt)
 
-    def _decide(self, status: str, name: str, version: str, *, validator: str, rationale: str,
-                seen: str | None) -> Decision:
+    def _check_independent(self, mv: ModelVersion, validator: Identity) -> None:
+        """Refuse a decider who launched the version, or whose scope does not cover the model."""
+        where = f"{mv.name} version {mv.version}"
+        if validator.kind != "key" or not validator.key_id:
+            raise ReviewError("decisions are made with an API key (BIOVERSE_API_KEY or --api-key)")
+        if not " ".join(validator.person.split()):
+            raise ReviewError(f"key {validator.key_id} names no person; decisions need a key created with --name")
+        launcher = parse_identity(dict(mv.tags).get("launched_by"))
+        if launcher is None:
+            raise LauncherUnknown(f"{where} does not record who launched it (no launched_by tag): "
+                                  "cannot check the validator is independent")
+        if launcher.kind != "key":
+            raise LauncherUnknown(f"{where} was launched by {launcher.display}, which cannot be compared with an "
+                                  "API key: relaunch it with the launcher's API key (BIOVERSE_API_KEY)")
+        if launcher.same_person(validator):
+            raise SelfApproval(f"{validator.person} launched the experiment behind {where} "
+                               f"(as {launcher.display}); an independent clinical validator must review it")
+        model_tenant = (self._model_tags(mv.name).get(TENANT_TAG) or "").strip() or None
+        if validator.tenant_id is not None and validator.tenant_id != model_tenant:
+            whose = "platform-wide" if model_tenant is None else f"tenant {model_tenant}'s"
+            raise WrongScope(f"{mv.name} is {whose} model; a validator key of tenant {validator.tenant_id} "
+                             "cannot decide on it (platform-wide models need a validator key without a tenant)")
+
+    def _decide(self, status: str, name: str, version: str, *, validator: Identity, rationale: str,
+                receipt: str | None) -> Decision:
         mv = self._version(name, version)
         tags = dict(mv.tags)
         current = tags.get("review_status", PENDING)
@@ -298,31 +365,39 @@ class ModelRegistry:
                                     f"(got {len(text)})")
         if len(text) > MAX_RATIONALE:
             raise RationaleTooLong(f"the rationale is {len(text)} characters; at most {MAX_RATIONALE} are stored")
-        validator = (validator or "").strip()
-        if not validator:
-            raise ReviewError("the validator's identity is required")
-        launcher = tags.get("launched_by", "").strip()
-        if launcher.casefold() in _UNKNOWN_LAUNCHERS:
-            raise LauncherUnknown(f"{name} version {version} does not record who launched it "
-                                  "(no launched_by tag): cannot check the validator is independent")
-        if _same_person(validator, launcher):
-            raise SelfApproval(f"{validator} launched the experiment behind {name} version {version}; "
-                               "an independent clinical validator must review it")
+        self._check_independent(mv, validator)
         action = "approve" if status == APPROVED else "reject"
-        seen = seen.strip().lower() if seen and seen.strip() else None
-        if status == APPROVED or seen is not None:
+        seen: str | None = None
+        if status == APPROVED or (receipt or "").strip():
+            try:
+                seen = read_receipt(receipt, validator.key_id, name, str(version))
+            except ReceiptInvalid as err:
+                raise ReportNotRead(str(err)) from None
             self._check_report(mv, seen, required=status == APPROVED)
+        approval = self._sign(mv, seen or "", validator.scope) if status == APPROVED else None
         token = uuid.uuid4().hex
         at = _now()
         self._tag(name, version, "review.claim", token)
         self._check_still_ours(name, version, token)
-        for key, value in (("review.decided_by", validator), ("review.decided_at", at), ("review.rationale", text),
-                           ("review.report_sha256", seen or "none")):
+        for key, value in (("review.decided_by", validator.display), ("review.decided_by_key", validator.key_id),
+                           ("review.decided_at", at), ("review.rationale", text), ("review.report_sha256", seen or "none")):
             self._tag(name, version, key, value)
         self._check_still_ours(name, version, token)
+        if approval is not None:
+            self._tag(name, version, APPROVAL_TAG, approval)
         self._tag(name, version, "review_status", status)  # last: until here the version stays pending
-        return Decision(action=action, name=name, version=str(version), actor=validator, at=at, rationale=text,
+        return Decision(action=action, name=name, version=str(version), actor=validator.display, at=at, rationale=text,
                         report_sha256=seen, outcome=status)
+
+    def _sign(self, mv: ModelVersion, report_sha256: str, scope: str) -> str:
+        """The gate's approval over the model files as every loader downloads them."""
+        with tempfile.TemporaryDirectory(prefix="bioverse-approve-") as tmp:
+            try:
+                digest = artifact_digest(download_version(self.tracking_uri, mv.name, str(mv.version), Path(tmp)))
+            except (MlflowException, OSError) as err:
+                raise TrackingError(f"MLflow download of {mv.name} version {mv.version} failed: {err}") from err
+        return sign_approval(mv.name, str(mv.version), source=str(mv.source), digest=digest,
+                             report_sha256=report_sha256, scope=scope)
 
     def _check_report(self, mv: ModelVersion, seen: str | None, *, required: bool) -> str | None:
         """The stored report's hash, after checking it against the version's tag and ``seen``."""
@@ -364,6 +439,8 @@ class ModelRegistry:
         status = tags.get("review_status", PENDING)
         if status != APPROVED:
             raise NotApproved(f"{name} version {version} is {status}; only an approved version can be promoted")
+        if (problem := approval_problem(tags, name, str(version), source=str(mv.source), scope=None)) is not None:
+            raise NotApproved(f"{problem}; it cannot be promoted")
         approved_hash = tags.get("review.report_sha256", "")
         self._check_report(mv, approved_hash or None, required=True)
         previous = self._aliases(name).get(PRODUCTION_ALIAS)
@@ -382,9 +459,12 @@ class ModelRegistry:
         history = self._history(name, current)
         if to_version is not None:
             target = str(to_version)
-            status = dict(self._version(name, target).tags).get("review_status", PENDING)
+            mv = self._version(name, target)
+            status = dict(mv.tags).get("review_status", PENDING)
             if status != APPROVED:
                 raise NotApproved(f"{name} version {target} is {status}; production can only move to an approved version")
+            if (problem := approval_problem(dict(mv.tags), name, target, source=str(mv.source), scope=None)) is not None:
+                raise NotApproved(f"{problem}; production cannot move to it")
             if target == current:
                 raise NothingToRollBack(f"{name} version {target} is already in production")
             new_history = history[: len(history) - history[::-1].index(target)] if target in history else [*history, target]
@@ -410,10 +490,15 @@ class ModelRegistry:
         return Decision("rollback", name, target, actor, _now(), None, None, "rolled back", current)
 
     def _status(self, name: str, version: str) -> str | None:
+        """The review status, ``approved`` only with a valid approval signature."""
         try:
-            return dict(self.client.get_model_version(name, version).tags).get("review_status", PENDING)
+            mv = self.client.get_model_version(name, version)
         except MlflowException:
             return None  # a deleted version cannot be rolled back to
+        tags = dict(mv.tags)
+        if approval_problem(tags, name, str(version), source=str(mv.source), scope=None) is not None:
+            return tags.get("review_status", PENDING) if tags.get("review_status") != APPROVED else "unsigned"
+        return APPROVED
 
     def _history(self, name: str, current: str | None) -> list[str]:
         """``production.history``; a production alias set outside this workflow starts it."""
@@ -441,6 +526,9 @@ class ModelRegistry:
 
     def _tag(self, name: str, version: str, key: str, value: str) -> None:
         self._call("tag version", self.client.set_model_version_tag, name, str(version), key, value)
+
+    def _model_tags(self, name: str) -> dict[str, str]:
+        return dict(self._call("get registered model", self.client.get_registered_model, name).tags or {})
 
     def _aliases(self, name: str) -> dict[str, str]:
         try:
@@ -499,4 +587,14 @@ class ModelRegistry:
             rationale=(tags.get("review.rationale") or None) if decided else None,
             report_sha256=tags.get("validation.report_sha256") or None,
             tags=tags,
+            quality_warning=(tags.get(QUALITY_TAG) or "").strip() or None,
+            gate_warning=self._gate_warning(mv, aliases),
         )
+
+    @staticmethod
+    def _gate_warning(mv: ModelVersion, aliases: dict[str, str]) -> str | None:
+        """:data:`UNAPPROVED_PRODUCTION` (and why) when ``production`` points here without a valid approval."""
+        if aliases.get(PRODUCTION_ALIAS) != str(mv.version):
+            return None
+        problem = approval_problem(dict(mv.tags), mv.name, str(mv.version), source=str(mv.source), scope=None)
+        return None if problem is None else f"{UNAPPROVED_PRODUCTION}: {problem}"

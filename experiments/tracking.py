@@ -133,8 +133,9 @@ def _requirements() -> list[str]:
 
 
 def _whoami() -> str:
+    """The OS login, marked ``os:`` (unauthenticated: the review gate cannot compare it with a key)."""
     try:
-        return getpass.getuser()
+        return f"os:{getpass.getuser()}"
     except (OSError, KeyError):  # no login name in the environment nor the password database
         return "unknown"
 
@@ -148,7 +149,8 @@ class RunTracker:
         artifact_location: Where a new experiment keeps artifacts (for embedded
             stores); None lets the tracking server decide.
         launched_by: Who launched the experiment, tagged ``launched_by`` on the registered
-            version (a validator may not approve their own model); default: the OS user.
+            version (a validator may not approve their own model): ``key:<id>/<person>`` for an
+            authenticated launch (:class:`experiments.gate.Identity`); default: ``os:<login>``.
     """
 
     def __init__(self, tracking_uri: str, artifact_location: str | None = None, launched_by: str | None = None) -> None:

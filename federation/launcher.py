@@ -47,8 +47,11 @@ class LaunchOptions:
             models, the GPUs this machine has, shared by the hospitals (at most one each);
             0 elsewhere. Ray hides GPUs from a ClientApp that reserved none.
         timeout: Seconds after which the run is stopped.
-        launched_by: Who launches the experiment (tagged on the registered version, so that
-            they cannot approve it); default: the OS user running the launcher.
+        launched_by: Who launches the experiment, as an identity tag (``key:<id>/<person>``
+            when the launch is authenticated with an API key, see
+            :class:`experiments.gate.Identity`), tagged on the registered version so that they
+            cannot approve it; default: ``os:<login>``, which no validator can be compared
+            with, so such a version cannot be approved (fail closed).
     """
 
     engine: Engine
@@ -63,11 +66,14 @@ class LaunchOptions:
 
 
 def launcher_identity() -> str:
-    """The OS user launching the experiment (``unknown`` where there is none)."""
+    """The OS user launching the experiment, ``os:<login>`` (``unknown`` where there is none):
+    unauthenticated, kept for the record; an authenticated launch passes ``launched_by``."""
     import getpass
 
+    from experiments.gate import os_identity
+
     try:
-        return getpass.getuser()
+        return os_identity(getpass.getuser()).tag
     except (OSError, KeyError):
         return "unknown"
 

@@ -15,6 +15,7 @@ from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from experiments.gate import Identity
 from platform_api.errors import NotAuthenticated
 from platform_api.models import ROLES, ApiKey, Tenant
 from platform_api.settings import get_settings
@@ -27,11 +28,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller."""
+    """An authenticated caller; ``name`` is the key's label: the person (or app) it belongs to."""
 
     key_id: str
     role: str
     tenant_id: str | None
+    name: str = ""
+
+    @property
+    def identity(self) -> Identity:
+        """The caller as the review gate compares people (``launched_by``, ``review.decided_by``)."""
+        return Identity("key", self.name, self.key_id, self.tenant_id)
 
 
 def _sha256(secret: str) -> str:
@@ -46,7 +53,7 @@ def create_key(session: Session, *, role: str, tenant_id: str | None, name: str 
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-    if role != "admin" and not tenant_id:
+    if role not in ("admin", "clinical_validator") and not tenant_id:
         raise ValueError(f"a {role} key needs a tenant")
     if tenant_id and session.get(Tenant, tenant_id) is None:
         session.add(Tenant(id=tenant_id, name=tenant_id))
@@ -98,7 +105,7 @@ def _check_key(session: Session, key_id: str, secret: str | None) -> Principal:
         raise NotAuthenticated("unknown or revoked API key")
     if secret is not None and not hmac.compare_digest(key.secret_sha256, _sha256(secret)):
         raise NotAuthenticated("unknown or revoked API key")
-    return Principal(key.key_id, key.role, key.tenant_id)
+    return Principal(key.key_id, key.role, key.tenant_id, key.name or "")
 
 
 def _credential(token: str) -> tuple[str, str, str | None]:

@@ -50,8 +50,9 @@ def require_roles(*roles: str, tenant: bool = True) -> Callable[[Principal], Awa
     return check
 
 
-#: Callers who may read a tenant's patient data, and those who may change it.
-PatientReader = Annotated[Principal, Depends(require_roles("app", "hospital", "clinical_validator", "admin"))]
+#: Callers who may read a tenant's patient data, and those who may change it. Clinical
+#: validators see models and their reports, never patient twins (least privilege).
+PatientReader = Annotated[Principal, Depends(require_roles("app", "hospital", "admin"))]
 PatientWriter = Annotated[Principal, Depends(require_roles("app", "hospital", "admin"))]
 
 #: Paging parameters shared by the list routes.

@@ -36,9 +36,12 @@ from experiments.registry import (
     RationaleRequired,
     RationaleTooLong,
     ReportMissing,
+    ReportNotRead,
     ReportStale,
+    ReviewError,
     SelfApproval,
     VersionNotFound,
+    WrongScope,
 )
 from feature_store.errors import FeatureDataError, FeatureRepoError, StoredValueError
 from serving.errors import ModelNotReadyError, PredictionInputError
@@ -103,6 +106,9 @@ _STATUS: dict[type[Exception], int] = {
     ReportStale: 409,
     NotApproved: 409,
     NothingToRollBack: 409,
+    ReportNotRead: 403,
+    WrongScope: 403,
+    ReviewError: 409,  # any other refusal of the gate (e.g. a decision with an unnamed key)
 }
 
 

@@ -1,5 +1,10 @@
-"""The validators' review page: pending versions, each version's report beside the
-production version's, and the approve / reject / promote forms.
+"""The validators' review page: every model's pending versions, each version's report
+beside the production version's, and the approve / reject / promote forms.
+
+A version page shows, in this order: its quality warning (tag ``validation.quality_warning``)
+and any "production alias without approval", the comparison with production, the full
+report, and only then the decision buttons. Rendering the page fetches the report for the
+signed-in validator, so its form carries that validator's read receipt (approval needs one).
 
 Server-rendered (Jinja2, autoescaped), no JavaScript. Sign-in takes an API key once and
 keeps a short-lived signed access token in an HttpOnly, SameSite=Strict cookie; every
@@ -55,11 +60,13 @@ button{font:inherit;padding:.45rem 1rem;border-radius:.35rem;border:1px solid #8
 button.primary{background:#0b6b3a;color:#fff;border-color:#0b6b3a}button.danger{background:#a61b1b;color:#fff;border-color:#a61b1b}
 iframe{width:100%;height:1400px;border:1px solid #d9e2ec;background:#fff}
 .muted{color:#627d98;font-size:.85rem}code{font-size:.85rem}
+.warn{background:#fff3c4;border-left:6px solid #b7791f;padding:.7rem 1rem;margin:.6rem 0;font-weight:600}
+.gate{background:#fde2e1;border-left:6px solid #a61b1b;padding:.7rem 1rem;margin:.6rem 0;font-weight:600}
 """
 
 _BASE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }} · BioVerse review</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{{ css }}</style></head><body>
-<header><strong>BioVerse · model review</strong><span>{% if who %}{{ who.role }} {{ who.key_id }}
+<header><strong>BioVerse · model review</strong><span>{% if who %}{{ who.name or "unnamed key" }} · {{ who.role }} {{ who.key_id }}
 <a href="/review">versions</a><form method="post" action="/review/logout" style="display:inline">
 <input type="hidden" name="csrf" value="{{ csrf }}"><button>Sign out</button></form>{% endif %}</span></header>
 <main>{% if flash %}<div class="flash {{ flash_kind }}" role="status">{{ flash }}</div>{% endif %}{{ body }}</main></body></html>"""
@@ -69,7 +76,14 @@ _LOGIN = """<h1>Sign in</h1><form method="post" action="/review/login" class="de
 <input id="key" name="api_key" type="password" autocomplete="off" style="width:100%;padding:.5rem" required>
 <p><button class="primary" type="submit">Sign in</button></p></form>"""
 
-_LIST = """<h1>{{ name }}: versions</h1>
+_LIST = """<h1>Pending review</h1>
+{% if not pending %}<p>No version of any model awaits review.</p>{% else %}
+<table><tr><th>model</th><th>version</th><th>AUROC</th><th>validation</th><th>launched by</th><th>registered</th><th>warning</th></tr>
+{% for v in pending %}<tr><td>{{ v.name }}</td><td><a href="/review/{{ v.name|urlencode }}/{{ v.version }}">{{ v.name }} version {{ v.version }}</a></td>
+<td class="n">{{ fmt(v.auroc) }}</td><td>{{ v.validation_status }}</td><td>{{ v.launched_by or "n/a" }}</td>
+<td>{{ v.created.strftime("%Y-%m-%d %H:%M") }}</td><td>{{ v.quality_warning or "" }}</td></tr>{% endfor %}</table>{% endif %}
+{% for g in gated %}<div class="gate" role="alert">{{ g.name }} version {{ g.version }}: {{ g.gate_warning }}</div>{% endfor %}
+<h1>{{ name }}: versions</h1>
 {% if not versions %}<p>No registered versions yet.</p>{% else %}
 <table><tr><th>version</th><th>review</th><th>aliases</th><th>AUROC</th><th>calibration slope</th><th>epsilon</th>
 <th>validation</th><th>launched by</th><th>registered</th></tr>
@@ -80,7 +94,9 @@ _LIST = """<h1>{{ name }}: versions</h1>
 <td>{{ v.validation_status }}</td><td>{{ v.launched_by or "n/a" }}</td><td>{{ v.created.strftime("%Y-%m-%d %H:%M") }}</td></tr>{% endfor %}
 </table>{% endif %}"""
 
-_VERSION = """<h1>{{ v.name }} version {{ v.version }} <span class="badge {{ v.review_status }}">{{ v.review_status }}</span>
+_VERSION = """{% if v.quality_warning %}<div class="warn" role="alert" id="quality-warning">Quality warning: {{ v.quality_warning }}</div>{% endif %}
+{% if v.gate_warning %}<div class="gate" role="alert" id="gate-warning">{{ v.gate_warning }}</div>{% endif %}
+<h1>{{ v.name }} version {{ v.version }} <span class="badge {{ v.review_status }}">{{ v.review_status }}</span>
 {% for a in v.aliases %}<span class="badge alias">{{ a }}</span> {% endfor %}</h1>
 <p class="muted">experiment {{ v.experiment or "n/a" }} · run {{ v.run_id or "n/a" }} · launched by {{ v.launched_by or "n/a" }}
 {% if v.decided_by %} · decided by {{ v.decided_by }} at {{ v.decided_at }}: “{{ v.rationale }}”{% endif %}</p>
@@ -88,9 +104,11 @@ _VERSION = """<h1>{{ v.name }} version {{ v.version }} <span class="badge {{ v.r
 <table><tr><th>metric</th><th>version {{ v.version }}</th><th>{% if prod %}production: version {{ prod.version }}{% else %}production{% endif %}</th></tr>
 {% for label, key in rows %}<tr><td>{{ label }}</td><td class="n">{{ cell(report, key) }}</td>
 <td class="n">{% if prod_report %}{{ cell(prod_report, key) }}{% else %}none{% endif %}</td></tr>{% endfor %}</table>
+<h2>Validation report</h2>{% if sha %}<iframe title="validation report" src="/review/{{ v.name|urlencode }}/{{ v.version }}/report.html"></iframe>
+{% else %}<p>This version has no validation report: it cannot be approved.</p>{% endif %}
 {% if can_decide %}<h2>Decision</h2>
 <form method="post" action="/review/{{ v.name|urlencode }}/{{ v.version }}/decision" class="decide">
-<input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="report_sha256" value="{{ sha or '' }}">
+<input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="receipt" value="{{ receipt or '' }}">
 <p><label for="rationale">Rationale (at least 20 characters; stored with the version and in the audit log)</label></p>
 <textarea id="rationale" name="rationale" required minlength="20" maxlength="5000"></textarea>
 <p class="muted">You are deciding on the report with SHA-256 <code>{{ sha or "none" }}</code>.</p>
@@ -98,9 +116,7 @@ _VERSION = """<h1>{{ v.name }} version {{ v.version }} <span class="badge {{ v.r
 <button class="danger" name="action" value="reject" type="submit">Reject</button></form>{% endif %}
 {% if can_promote %}<form method="post" action="/review/{{ v.name|urlencode }}/{{ v.version }}/promote" class="decide" style="margin-top:1rem">
 <input type="hidden" name="csrf" value="{{ csrf }}"><p>Approved. Give it the <code>production</code> alias: serving and the API switch to it.</p>
-<button class="primary" type="submit">Promote to production</button></form>{% endif %}
-<h2>Validation report</h2>{% if sha %}<iframe title="validation report" src="/review/{{ v.name|urlencode }}/{{ v.version }}/report.html"></iframe>
-{% else %}<p>This version has no validation report: it cannot be approved.</p>{% endif %}"""
+<button class="primary" type="submit">Promote to production</button></form>{% endif %}"""
 
 _ROWS = (("patients (held-out)", "n"), ("events", "positives"), ("AUROC", "auroc"), ("AUROC 95% CI", "auroc_ci95"),
          ("AUPRC", "auprc"), ("calibration slope", "calibration_slope"), ("calibration intercept", "calibration_intercept"),
@@ -218,26 +234,45 @@ def _versions(name: str) -> list[VersionInfo]:
         return []
 
 
+def _overview(served: str) -> dict[str, Any]:
+    """Every registered model's pending versions and hand-moved production aliases, and the
+    served model's versions."""
+    reg = registry()
+    names: list[str] = []
+    token: str | None = None
+    while True:
+        page = reg.client.search_registered_models(page_token=token)
+        names.extend(m.name for m in page)
+        token = page.token
+        if not token:
+            break
+    every = {name: _versions(name) for name in sorted(set(names))}
+    flat = [v for versions in every.values() for v in versions]
+    return {"pending": [v for v in flat if v.review_status == "pending"], "gated": [v for v in flat if v.gate_warning],
+            "versions": every.get(served) or _versions(served)}
+
+
 @router.get("", response_class=HTMLResponse)
 async def versions_page(session: SessionCookie, m: str | None = None, e: str | None = None) -> Response:
-    """Every version of the served model, pending first to the eye (badges), newest first."""
+    """Every model's pending versions, then every version of the served model, newest first."""
     if session is None:
         return _to_login()
     who, csrf = session
     name = get_settings().model_name
-    versions = await run_in_threadpool(_versions, name)
-    return _render(f"{name} versions", _LIST, who=who, csrf=csrf, name=name, versions=versions,
-                   flash=m or e, flash_kind="err" if e else "ok")
+    overview = await run_in_threadpool(_overview, name)
+    return _render("Pending review", _LIST, who=who, csrf=csrf, name=name, flash=m or e,
+                   flash_kind="err" if e else "ok", **overview)
 
 
-def _version_context(name: str, version: str) -> dict[str, Any]:
+def _version_context(name: str, version: str, who: Principal) -> dict[str, Any]:
     reg = registry()
     info = reg.show(name, version)
-    report = reg.report(name, version)
-    sha = reg.report_sha256(name, version) if report is not None else None
+    read = reg.read_report(name, version, who.identity)  # the page fetches the report for the reader
+    report, receipt = read if read is not None else (None, None)
+    sha = receipt.split(".", 1)[0] if receipt else None
     prod = next((v for v in reg.versions(name) if "production" in v.aliases), None)
     prod_report = reg.report(name, prod.version) if prod is not None and prod.version != version else (report if prod else None)
-    return {"v": info, "report": report, "sha": sha, "prod": prod, "prod_report": prod_report}
+    return {"v": info, "report": report, "sha": sha, "receipt": receipt, "prod": prod, "prod_report": prod_report}
 
 
 @router.get("/{name}/{version}", response_class=HTMLResponse)
@@ -247,12 +282,12 @@ async def version_page(name: str, version: str, session: SessionCookie, m: str |
         return _to_login()
     who, csrf = session
     try:
-        context = await run_in_threadpool(_version_context, name, version)
+        context = await run_in_threadpool(_version_context, name, version, who)
     except ReviewError as err:
         return _render("Not found", "<h1>{{ message }}</h1>", who=who, csrf=csrf, message=str(err), status=404)
     info: VersionInfo = context["v"]
     validator = who.role == "clinical_validator"
-    return _render(f"{name} v{version}", _VERSION, who=who, csrf=csrf, rows=_rows(context["report"]),
+    return _render(f"{name} version {version}", _VERSION, who=who, csrf=csrf, rows=_rows(context["report"]),
                    can_decide=validator and info.review_status == "pending",
                    can_promote=validator and info.review_status == "approved" and "production" not in info.aliases,
                    flash=m or e, flash_kind="err" if e else "ok", **context)
@@ -300,13 +335,16 @@ async def _validator_action(session: tuple[Principal, str] | None, csrf: str, ur
 async def decide(name: str, version: str, url: DatabaseUrl, session: SessionCookie,
                  action: Annotated[str, Form(pattern="^(approve|reject)$")],
                  rationale: Annotated[str, Form(max_length=5000)],
-                 report_sha256: Annotated[str, Form(max_length=64)] = "",
+                 receipt: Annotated[str, Form(max_length=300)] = "",
                  csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
-    """Approve or reject, through the registry's gate."""
-    gate = registry().approve if action == "approve" else registry().reject
-    return await _validator_action(session, csrf, url, action, (name, version), lambda who: gate(
-        name, version, validator=who.key_id, rationale=rationale, report_sha256=report_sha256 or None),
-        f"version {version} {{outcome}}")
+    """Approve or reject, through the registry's gate, with the page's read receipt."""
+    if action == "approve":
+        def gate(who: Principal) -> Any:
+            return registry().approve(name, version, validator=who.identity, rationale=rationale, receipt=receipt)
+    else:
+        def gate(who: Principal) -> Any:
+            return registry().reject(name, version, validator=who.identity, rationale=rationale, receipt=receipt or None)
+    return await _validator_action(session, csrf, url, action, (name, version), gate, f"version {version} {{outcome}}")
 
 
 @router.post("/{name}/{version}/promote")
@@ -314,5 +352,5 @@ async def promote(name: str, version: str, url: DatabaseUrl, session: SessionCoo
                   csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
     """Give an approved version the production alias."""
     return await _validator_action(session, csrf, url, "promote", (name, version),
-                                   lambda who: registry().promote(name, version, actor=who.key_id),
+                                   lambda who: registry().promote(name, version, actor=who.identity.display),
                                    f"version {version} is now production")

@@ -4,11 +4,13 @@ prediction cache and the recorder that group-commits predictions."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +22,9 @@ from platform_api.cache import LocalCache, TTLStore, make_cache
 from platform_api.db import get_engine
 from platform_api.recorder import Recorder
 from platform_api.settings import get_settings
-from serving.model_source import LoadedModel, RegistryModel
+from serving.model_source import LoadedModel, RegistryModel, UnapprovedVersion
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FeatureService", "ModelService", "get_features", "get_models", "get_prediction_cache", "get_recorder",
            "get_twin_index", "close_recorders", "reset"]
@@ -73,12 +77,18 @@ class ModelService:
     """The served model version, re-resolved from the registry at most every ``poll`` seconds.
 
     A new version is loaded beside the old one and swapped in with one assignment, so
-    requests in flight keep the version they started with.
+    requests in flight keep the version they started with. A version the gate did not
+    approve (the alias moved by hand) is refused: the loaded version keeps serving (none
+    loaded: not ready), and ``on_refused(version, reason)`` runs once per refused version
+    (the API audits it).
     """
 
-    def __init__(self, source: RegistryModel, poll: float) -> None:
+    def __init__(self, source: RegistryModel, poll: float,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         self.source = source
         self.poll = poll
+        self.on_refused = on_refused
+        self.refused: dict[str, str] = {}  # version -> why serving refused it
         self._model: LoadedModel | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -99,10 +109,30 @@ class ModelService:
             if self._model is None or time.monotonic() - self._checked >= self.poll:
                 version = self.source.current_version()
                 if self._model is None or self._model.version != version:
-                    self._model = self.source.load(version)
-                    gc.freeze()  # the model and the registry client live as long as the process
+                    if version in self.refused and self._model is not None:
+                        self._checked = time.monotonic()
+                        return self._model
+                    try:
+                        self._model = self.source.load(version)
+                    except UnapprovedVersion as err:
+                        self._refuse(version, str(err))
+                        if self._model is None:
+                            raise
+                    else:
+                        gc.freeze()  # the model and the registry client live as long as the process
                 self._checked = time.monotonic()
             return self._model
+
+    def _refuse(self, version: str, reason: str) -> None:
+        if version in self.refused:
+            return
+        self.refused[version] = reason
+        log.error("serving keeps %s: %s", self._model.version if self._model else "no version", reason)
+        if self.on_refused is not None:
+            try:
+                self.on_refused(version, reason)
+            except Exception:  # noqa: BLE001 - the refusal stands even if auditing it failed
+                log.exception("could not audit the refused version %s", version)
 
 
 @functools.cache
@@ -118,7 +148,21 @@ def get_models() -> ModelService:
     """The process's model service."""
     settings = get_settings()
     source = RegistryModel(settings.resolved_tracking_uri(), settings.model_name, settings.model_alias)
-    return ModelService(source, settings.model_poll_seconds)
+    return ModelService(source, settings.model_poll_seconds, on_refused=_audit_refusal)
+
+
+def _audit_refusal(version: str, reason: str) -> None:
+    """Append the gate's refusal to the audit log (actor ``gate``, role ``system``)."""
+    from experiments.registry import audit_action
+    from platform_api.audit import audited
+    from platform_api.auth import Principal
+    from platform_api.db import session_factory
+
+    settings = get_settings()
+    gate = Principal("gate", "system", None)
+    with session_factory(settings.resolved_database_url())() as session, contextlib.suppress(UnapprovedVersion), \
+            audited(session, gate, audit_action("serve-refused", settings.model_name, version)):
+        raise UnapprovedVersion(reason)
 
 
 @functools.cache

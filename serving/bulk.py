@@ -90,15 +90,16 @@ def load_registered_scorer(tracking_uri: str, name: str, alias: str = "productio
     Raises:
         ModelNotReadyError: no such model, or no version has the alias.
     """
-    import mlflow
-    import mlflow.artifacts
     import yaml
 
-    version = RegistryModel(tracking_uri, name, alias).current_version()
-    mlflow.set_tracking_uri(tracking_uri)  # as RegistryModel.load does: models:/ URIs resolve through these
-    mlflow.set_registry_uri(tracking_uri)
+    from experiments.gate import download_version
+
+    source = RegistryModel(tracking_uri, name, alias)
+    version = source.current_version()
     with tempfile.TemporaryDirectory(prefix="bioverse-score-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
+        local = download_version(tracking_uri, name, version, Path(tmp))
+        if source.require_approval:  # the gate: production only with a valid approval
+            source.check_approval(version, local)
         folder = local / "artifacts"
         meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").exists() else {}
         listed = (meta.get("flavors", {}).get("python_function", {}).get("artifacts") or {}).get("encoder.json")

@@ -1,4 +1,10 @@
-"""The model a registry alias points at, loaded from MLflow and swapped when the alias moves."""
+"""The model a registry alias points at, loaded from MLflow and swapped when the alias moves.
+
+The gate holds here too: a version served under any alias but ``candidate`` is loaded only
+with a valid approval signed by the review gate (:func:`experiments.gate.approval_problem`)
+over the very files downloaded, so an alias moved by hand (plain MLflow client, MLflow UI)
+serves nothing new: :class:`UnapprovedVersion` is raised, logged loudly, and a follower keeps
+the version it serves."""
 
 from __future__ import annotations
 
@@ -10,19 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import mlflow
-import mlflow.artifacts
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from serving.errors import ModelNotReadyError, PredictionInputError
+from experiments.gate import PLATFORM_SCOPE, approval_problem, artifact_digest, download_version
+from experiments.names import CANDIDATE_ALIAS
+from serving.errors import ModelNotReadyError, PredictionInputError, UnapprovedVersion
 from training.scoring import RiskScorer, ScoringInputError
 
 if TYPE_CHECKING:
     from training.vision_scoring import VisionScorer
 
-__all__ = ["AliasFollower", "LoadedModel", "LoadedVisionModel", "RegistryModel"]
+__all__ = ["AliasFollower", "LoadedModel", "LoadedVisionModel", "RegistryModel", "UnapprovedVersion"]
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +79,18 @@ class RegistryModel:
         tracking_uri: MLflow tracking/registry URI.
         name: Registered model name.
         alias: The alias to serve (``production`` once a validator approves a version).
+        require_approval: Load only versions the gate approved (default: for every alias but
+            ``candidate``); False for tools that evaluate a given version (``registry validate``).
+        scope: The approval scope served (``platform``: approved by a validator of no tenant).
     """
 
-    def __init__(self, tracking_uri: str, name: str, alias: str = "production") -> None:
+    def __init__(self, tracking_uri: str, name: str, alias: str = "production", *,
+                 require_approval: bool | None = None, scope: str = PLATFORM_SCOPE) -> None:
         self.tracking_uri = tracking_uri
         self.name = name
         self.alias = alias
+        self.require_approval = alias != CANDIDATE_ALIAS if require_approval is None else require_approval
+        self.scope = scope
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def current_version(self) -> str:
@@ -96,6 +108,7 @@ class RegistryModel:
         """Download one version's artifacts and build its scorer.
 
         Raises:
+            UnapprovedVersion: approval required and the version has no valid one.
             ModelNotReadyError: the version is missing or is not a BioVerse risk model package.
         """
         return self._load(version, vision=False)
@@ -108,12 +121,29 @@ class RegistryModel:
         """
         return self._load(version, vision=True)
 
+    def check_approval(self, version: str, local: Path) -> None:
+        """Raise :class:`UnapprovedVersion` unless the files in ``local`` are the approved version."""
+        try:
+            mv = self.client.get_model_version(self.name, str(version))
+        except MlflowException as err:
+            raise ModelNotReadyError(f"{self.name} version {version} cannot be served: {err.message}") from err
+        problem = approval_problem(dict(mv.tags), self.name, str(version), source=str(mv.source),
+                                   digest=artifact_digest(local), scope=self.scope)
+        if problem is not None:
+            log.error("REFUSED %s@%s -> version %s: %s (production alias without approval; moved outside the "
+                      "review gate?)", self.name, self.alias, version, problem)
+            raise UnapprovedVersion(f"{self.name}@{self.alias} points at version {version}, which serving refuses: "
+                                    f"{problem} (production alias without approval)")
+
     def _load(self, version: str, *, vision: bool) -> Any:
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
         with tempfile.TemporaryDirectory(prefix="bioverse-model-") as tmp:
             try:
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp))
+                local = download_version(self.tracking_uri, self.name, str(version), Path(tmp))
+            except (MlflowException, OSError) as err:
+                raise ModelNotReadyError(f"{self.name} version {version} cannot be served: {err}") from err
+            if self.require_approval:
+                self.check_approval(str(version), local)
+            try:
                 if vision:
                     from training.vision_scoring import VisionScorer
 
@@ -134,7 +164,8 @@ class AliasFollower(Generic[M]):
 
     A background thread polls the alias; a new version is loaded beside the old one and
     swapped in with one reference assignment, so callers holding the old one finish on it.
-    A failed load keeps the current version serving.
+    A failed load keeps the current version serving; so does a version without a valid approval
+    (:class:`UnapprovedVersion`, logged once per version at ERROR).
     """
 
     def __init__(self, source: RegistryModel, *, vision: bool, poll_seconds: float = 5.0) -> None:
@@ -143,6 +174,7 @@ class AliasFollower(Generic[M]):
         self.poll_seconds = poll_seconds
         self.model: M = self._load(source.current_version())
         self._stop = threading.Event()
+        self._refused: str | None = None
         threading.Thread(target=self._follow, name="follow-alias", daemon=True).start()
 
     def _load(self, version: str) -> M:
@@ -152,8 +184,10 @@ class AliasFollower(Generic[M]):
         while not self._stop.wait(self.poll_seconds):
             try:
                 version = self.source.current_version()
-                if version != self.model.version:
+                if version != self.model.version and version != self._refused:
                     self.model = self._load(version)  # the swap: one reference assignment
+            except UnapprovedVersion:
+                self._refused = version  # logged by the source; keep serving, don't download it again
             except Exception:  # noqa: BLE001 - keep serving the current version
                 log.exception("could not follow %s@%s", self.source.name, self.source.alias)
 

@@ -4,7 +4,11 @@ the decisions (approve, reject, promote, rollback), each one audited.
 Reading is open to data scientists, clinical validators and admins; deciding and
 promoting to clinical validators; rollback to admins. The gate itself (self-approval,
 missing or stale reports, unapproved promotion) lives in :mod:`experiments.registry`, the
-same code the CLI uses.
+same code the CLI uses. The caller's key (its id and person name) is the decider.
+
+The version JSON does not carry the report's hash: the report routes answer with a read
+receipt (header ``X-Report-Receipt``) bound to the caller, the version and the report's
+sha256, and approval takes that receipt, so a validator proves they fetched the report.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import functools
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +29,9 @@ from platform_api.deps import SessionDep, require_roles
 from platform_api.errors import NotFound
 from platform_api.settings import get_settings
 
-__all__ = ["router"]
+__all__ = ["RECEIPT_HEADER", "router"]
+
+RECEIPT_HEADER = "X-Report-Receipt"
 
 router = APIRouter(prefix="/v1/registry/models/{name}", tags=["registry"])
 
@@ -55,23 +61,29 @@ class VersionPublic(BaseModel):
     decided_by: str | None
     decided_at: str | None
     rationale: str | None
-    report_sha256: str | None
+    quality_warning: str | None = Field(description="Set at registration when the model does no better than trivial")
+    gate_warning: str | None = Field(description="'production alias without approval' when the alias was moved by hand")
+
+
+_RECEIPT = Field(min_length=1, max_length=300, pattern=r"^[0-9a-f]{64}\.[0-9]{1,12}\.[0-9a-f]{64}$",
+                 description=f"The {RECEIPT_HEADER} header of your GET of the version's report")
 
 
 class ReviewCreate(BaseModel):
-    """A validator's decision: the rationale, and the hash of the report they read."""
+    """A validator's decision: the rationale, and the receipt of the report they fetched."""
 
     model_config = ConfigDict(extra="forbid")
     rationale: str = Field(min_length=1, max_length=5000)
-    report_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    report_receipt: str = _RECEIPT
 
 
 class RejectCreate(BaseModel):
-    """A rejection: the rationale (the report hash if there is a report)."""
+    """A rejection: the rationale (and the report's receipt if they read one)."""
 
     model_config = ConfigDict(extra="forbid")
     rationale: str = Field(min_length=1, max_length=5000)
-    report_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    report_receipt: str | None = Field(default=None, min_length=1, max_length=300,
+                                       pattern=r"^[0-9a-f]{64}\.[0-9]{1,12}\.[0-9a-f]{64}$")
 
 
 class RollbackCreate(BaseModel):
@@ -111,21 +123,27 @@ async def show_version(name: ModelName, version: VersionId, caller: Reader) -> V
 
 
 @router.get("/versions/{version}/report", response_model=dict[str, Any])
-async def version_report(name: ModelName, version: VersionId, caller: Reader) -> dict[str, Any]:
-    """The version's validation report (report.json: metrics overall and by subgroup)."""
-    report = await run_in_threadpool(registry().report, name, version)
-    if report is None:
+async def version_report(name: ModelName, version: VersionId, caller: Reader, response: Response) -> dict[str, Any]:
+    """The version's validation report (report.json: metrics overall and by subgroup), with
+    the caller's read receipt in the ``X-Report-Receipt`` header (approval needs it)."""
+    read = await run_in_threadpool(registry().read_report, name, version, caller.identity)
+    if read is None:
         raise NotFound(f"{name} version {version} has no validation report")
-    return report
+    response.headers[RECEIPT_HEADER] = read[1]
+    return read[0]
 
 
 @router.get("/versions/{version}/report.html", response_class=HTMLResponse)
 async def version_report_html(name: ModelName, version: VersionId, caller: Reader) -> HTMLResponse:
-    """The version's validation report as the rendered page (plots embedded)."""
-    html = await run_in_threadpool(registry().report_html, name, version)
-    if html is None:
+    """The version's validation report as the rendered page (plots embedded), with the
+    caller's read receipt of the report it renders (``X-Report-Receipt``)."""
+    reg = registry()
+    html = await run_in_threadpool(reg.report_html, name, version)
+    receipt = await run_in_threadpool(reg.receipt, name, version, caller.identity) if html is not None else None
+    if html is None or receipt is None:
         raise NotFound(f"{name} version {version} has no validation report")
-    return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
+    return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+                                       RECEIPT_HEADER: receipt, "Cache-Control": "no-store"})
 
 
 def _decide(session: Any, caller: Principal, action: str, target: tuple[str, str], fn: Any, **kwargs: Any) -> Decision:
@@ -137,29 +155,30 @@ def _decide(session: Any, caller: Principal, action: str, target: tuple[str, str
 
 @router.post("/versions/{version}/approve", response_model=Decision)
 def approve(name: ModelName, version: VersionId, body: ReviewCreate, session: SessionDep, caller: Validator) -> Decision:
-    """Approve a pending version: refused for its launcher, without a current report, or
-    if the report changed since the validator read it (``report_sha256``)."""
+    """Approve a pending version: refused for its launcher (same key or person), outside the
+    key's scope (a tenant's validator and a platform-wide model), without a read receipt of
+    the current report, or if the report changed since the validator read it."""
     return _decide(session, caller, "approve", (name, version), registry().approve, name=name, version=version,
-                   validator=caller.key_id, rationale=body.rationale, report_sha256=body.report_sha256)
+                   validator=caller.identity, rationale=body.rationale, receipt=body.report_receipt)
 
 
 @router.post("/versions/{version}/reject", response_model=Decision)
 def reject(name: ModelName, version: VersionId, body: RejectCreate, session: SessionDep, caller: Validator) -> Decision:
     """Reject a pending version, with the rationale."""
     return _decide(session, caller, "reject", (name, version), registry().reject, name=name, version=version,
-                   validator=caller.key_id, rationale=body.rationale, report_sha256=body.report_sha256)
+                   validator=caller.identity, rationale=body.rationale, receipt=body.report_receipt)
 
 
 @router.post("/versions/{version}/promote", response_model=Decision)
 def promote(name: ModelName, version: VersionId, session: SessionDep, caller: Validator) -> Decision:
     """Give an approved version the ``production`` alias (serving and the API follow it)."""
     return _decide(session, caller, "promote", (name, version), registry().promote, name=name, version=version,
-                   actor=caller.key_id)
+                   actor=caller.identity.display)
 
 
 @router.post("/rollback", response_model=Decision)
 def rollback(name: ModelName, body: RollbackCreate, session: SessionDep, caller: Admin) -> Decision:
     """Move ``production`` back to the previous approved version (or ``to_version``)."""
     return _decide(session, caller, "rollback", (name, body.to_version or "previous"), registry().rollback, name=name,
-                   actor=caller.key_id, to_version=body.to_version)
+                   actor=caller.identity.display, to_version=body.to_version)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,6 +15,28 @@ import pytest
 
 from experiments.spec import ExperimentSpec
 from federation.launcher import LaunchOptions, run_experiment
+
+# The review gate's key (experiments.keys): one per test session, in the environment, because
+# fixtures register models under one data dir and serve them under another.
+os.environ.setdefault("BIOVERSE_GATE_KEY", secrets.token_hex(32))
+
+
+def sign_approved(uri: str, name: str, version: str) -> None:
+    """Mark a version approved as the review gate does (fixtures whose subject is serving, not review)."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from experiments.gate import APPROVAL_TAG, PLATFORM_SCOPE, artifact_digest, download_version, sign_approval
+
+    client = MlflowClient(uri, registry_uri=uri)
+    mv = client.get_model_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        digest = artifact_digest(download_version(uri, name, version, Path(tmp)))
+    client.set_model_version_tag(name, version, "review.report_sha256", "none")
+    client.set_model_version_tag(name, version, APPROVAL_TAG, sign_approval(
+        name, version, source=str(mv.source), digest=digest, report_sha256="none", scope=PLATFORM_SCOPE))
+    client.set_model_version_tag(name, version, "review_status", "approved")
 
 
 @pytest.fixture()
@@ -78,9 +102,11 @@ def postgres_database() -> Iterator[PostgresDatabase]:
         admin.close()
 
 
-def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versions: int = 2) -> list[dict[str, Any]]:
+def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versions: int = 2, *,
+                         production: bool = True) -> list[dict[str, Any]]:
     """Register ``versions`` logistic risk models (trained on the first hospital, as the
-    federation would register them) and point ``production`` at version 1.
+    federation would register them) and, with ``production``, approve version 1 (signed as
+    the review gate does) and point ``production`` at it; without, every version is pending.
 
     Returns raw feature rows of the second hospital, to score.
     """
@@ -105,7 +131,9 @@ def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versio
         train_locally(model, dm.dataset("train"), epochs=seed * 2, batch_size=64, dp=None, seed=seed)
         tracker.register(model=model, encoder=dm.encoder, kind="logistic", hparams=model_hparams(spec), model_name=name, tags={})
         tracker.end()
-    MlflowClient(uri, registry_uri=uri).set_registered_model_alias(name, "production", "1")
+    if production:
+        sign_approved(uri, name, "1")  # production only ever points at an approved version
+        MlflowClient(uri, registry_uri=uri).set_registered_model_alias(name, "production", "1")
     rows = pd.read_csv(hospital_paths[1]).head(20)
     return [{k: (None if pd.isna(v) else v) for k, v in r.items() if k in spec.data.contract.features}
             for r in rows.to_dict("records")]
