@@ -58,3 +58,40 @@ def test_cache_url_must_be_redis_or_empty() -> None:
     assert isinstance(make_cache("", "x", 1), LocalCache)
     with pytest.raises(ValueError, match="redis://"):
         make_cache("memcached://x", "x", 1)
+
+
+def test_redis_down_degrades_to_no_cache_counted_and_comes_back() -> None:
+    """Issue 10 item 15: a Redis that dies is a miss, not an error; it is retried later."""
+    from platform_api.cache import CACHE_ERRORS
+    from tests.integration.test_input_contracts import OwnRedis
+
+    own = OwnRedis().start()
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    cache = RedisCache(f"redis://127.0.0.1:{own.port}/0", namespace, 60)
+    cache.RETRY_SECONDS = 0.5
+    try:
+        cache.set_many({"t1|p1": {"age": 50.0}})
+        assert cache.get_many(["t1|p1"]) == {"t1|p1": {"age": 50.0}}
+        own.stop()
+        started = time.monotonic()
+        assert cache.get_many(["t1|p1"]) == {}
+        cache.set_many({"t1|p2": {"age": 60.0}})
+        cache.delete("t1|p1")
+        cache.clear()
+        assert time.monotonic() - started < 2.0  # refused connections, then the breaker: no timeouts piled up
+        assert CACHE_ERRORS[(namespace, "get")] == 1 and CACHE_ERRORS[(namespace, "set")] == 1
+        assert CACHE_ERRORS[(namespace, "delete")] == 1 and CACHE_ERRORS[(namespace, "clear")] == 1
+        with pytest.raises(Exception):  # readiness still sees it down
+            cache.ping()
+        own.process = None
+        revived = OwnRedis()
+        revived.port = own.port
+        revived.start()
+        try:
+            time.sleep(0.6)  # past RETRY_SECONDS: Redis is asked again
+            cache.set_many({"t1|p3": {"age": 70.0}})
+            assert cache.get_many(["t1|p3"]) == {"t1|p3": {"age": 70.0}}
+        finally:
+            revived.stop()
+    finally:
+        own.stop()
