@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import getpass
 import logging
+import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,7 +32,7 @@ from training.models import RiskModel
 from training.preprocessing import FeatureEncoder
 from training.vision import VisionModel
 
-__all__ = ["CANDIDATE_ALIAS", "VALIDATION_DIR", "RunTracker", "code_version", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature"]
+__all__ = ["CANDIDATE_ALIAS", "VALIDATION_DIR", "RunTracker", "code_version", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature", "reconcile_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,94 @@ def mark_run_ended(tracking_uri: str, run_id: str, status: str = "KILLED") -> bo
         log.warning("could not mark run %s %s: %s", run_id, status, err.message)
         return False
     return True
+
+
+#: Tags of a live coordinator: where it runs, and until when it promises to renew its lease.
+HOST_TAG, PID_TAG, PID_STARTED_TAG, LEASE_TAG = "bioverse.host", "bioverse.pid", "bioverse.pid_started", "bioverse.lease_until"
+ENDED_BY_TAG, END_REASON_TAG = "bioverse.ended_by", "bioverse.end_reason"
+
+
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None if there is none."""
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0
+    except Exception:  # psutil.NoSuchProcess, AccessDenied on a zombie  # noqa: BLE001
+        return None
+
+
+def _alive(tags: dict[str, str], now: float) -> tuple[bool, str]:
+    """Whether the coordinator of a RUNNING run still lives, and if not, why not."""
+    host, pid, started = tags.get(HOST_TAG), tags.get(PID_TAG), tags.get(PID_STARTED_TAG)
+    if host == socket.gethostname() and pid and pid.isdigit():
+        actual = _process_started(int(pid))
+        if actual is None:
+            return False, f"its coordinator (process {pid} on {host}) is gone"
+        if started and actual and abs(actual - float(started)) > 2:
+            return False, f"its coordinator (process {pid} on {host}) is gone (the id was reused)"
+        return True, ""
+    lease = tags.get(LEASE_TAG)
+    if lease is None:
+        return True, ""  # a run of an older BioVerse, or another tool's: leave it alone
+    if float(lease) < now:
+        return False, f"its coordinator on {host or 'another host'} stopped renewing its lease at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(float(lease)))} UTC"
+    return True, ""
+
+
+def _progress_note(client: MlflowClient, run_id: str) -> str:
+    started = client.get_metric_history(run_id, "round_started")
+    finished = client.get_metric_history(run_id, "evaluate_hospitals")
+    last_started = int(max((m.value for m in started), default=0))
+    last_done = max((m.step for m in finished), default=0)
+    if last_started > last_done:
+        return (f"; round {last_started} had started ({last_done} completed): hospitals may have charged it "
+                "to their ledgers")
+    return ""
+
+
+def reconcile_runs(tracking_uri: str, *, now: float | None = None) -> list[tuple[str, str]]:
+    """Mark FAILED every federated run still RUNNING whose coordinator is gone.
+
+    A coordinator tags its run with its host, process id and start time, and renews a
+    lease (``bioverse.lease_until``) every round. A run on this host whose process is gone,
+    or on another host whose lease has expired, ended without saying so (kill -9, power
+    loss): it is marked FAILED with ``bioverse.ended_by=reconciliation`` and the reason,
+    including the round it was in (which hospitals may already have charged).
+
+    Returns:
+        (run id, reason) of each run marked.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    now = time.time() if now is None else now
+    marked: list[tuple[str, str]] = []
+    try:
+        experiments = client.search_experiments()
+        if not experiments:
+            return marked
+        runs = client.search_runs([e.experiment_id for e in experiments],
+                                  filter_string="attributes.status = 'RUNNING' and tags.`bioverse.kind` = 'federated-training'",
+                                  max_results=1000)
+        for run in runs:
+            alive, reason = _alive(run.data.tags, now)
+            if alive:
+                continue
+            reason += _progress_note(client, run.info.run_id)
+            client.log_batch(run.info.run_id, tags=[RunTag(ENDED_BY_TAG, "reconciliation"), RunTag(END_REASON_TAG, reason[:5000])])
+            client.set_terminated(run.info.run_id, "FAILED")
+            log.warning("run %s marked FAILED: %s", run.info.run_id, reason)
+            marked.append((run.info.run_id, reason))
+    except MlflowException as err:
+        raise TrackingError(f"MLflow reconciliation failed: {err.message}") from err
+    return marked
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -159,6 +249,7 @@ class RunTracker:
         self.launched_by = (launched_by or "").strip() or _whoami()
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.run_id: str | None = None
+        self.lease_seconds = 900.0  # the coordinator renews it every round with the round's timeout
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
         self._pending: list[Future[Any]] = []
 
@@ -179,11 +270,15 @@ class RunTracker:
             )
         else:
             experiment_id = experiment.experiment_id
+        pid = os.getpid()
+        started = _process_started(pid)
+        liveness = {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_STARTED_TAG: f"{started or 0:.2f}",
+                    LEASE_TAG: f"{time.time() + self.lease_seconds:.0f}"}
         run = self._call(
             "start run",
             self.client.create_run,
             experiment_id,
-            tags={"bioverse.kind": "federated-training", **(tags or {})},
+            tags={"bioverse.kind": "federated-training", **liveness, **(tags or {})},
             run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         )
         self.run_id = run.info.run_id
@@ -214,6 +309,13 @@ class RunTracker:
         if failed is not None:
             raise failed
 
+    def renew_lease(self, seconds: float | None = None) -> None:
+        """Promise to be alive for ``seconds`` more (default: the tracker's lease), so that
+        :func:`reconcile_runs` on another host leaves the run alone until then."""
+        until = time.time() + (self.lease_seconds if seconds is None else seconds)
+        self._pending.append(self._writer.submit(self._call, "renew lease", self.client.set_tag, self._run(),
+                                                 LEASE_TAG, f"{until:.0f}"))
+
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tag the run."""
         self._call("tag run", self.client.log_batch, self._run(), tags=[RunTag(k, v) for k, v in tags.items()])
@@ -235,12 +337,14 @@ class RunTracker:
         hparams: dict[str, Any],
         model_name: str,
         tags: dict[str, str],
+        candidate: bool = True,
     ) -> str:
         """Log the global model (signature, input example) and register a new version.
 
         The version is created with its tags in one registry call, so the registry never
-        holds an untagged version; the ``candidate`` alias then moves to it. Returns the
-        new version number.
+        holds an untagged version; the ``candidate`` alias then moves to it, unless
+        ``candidate`` is False (a version below the quality floor). Returns the new
+        version number.
         """
         run_id = self._run()
         self.flush()
@@ -270,7 +374,8 @@ class RunTracker:
         version = self._call("register model", mlflow.register_model, info.model_uri, model_name,
                              tags={**tags, "launched_by": self.launched_by})
         # the newest version awaiting review; `production` is only ever set by a validator's approval
-        self._call("set alias", self.client.set_registered_model_alias, model_name, CANDIDATE_ALIAS, str(version.version))
+        if candidate:
+            self._call("set alias", self.client.set_registered_model_alias, model_name, CANDIDATE_ALIAS, str(version.version))
         return str(version.version)
 
     def end(self, status: str = "FINISHED") -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from experiments.quality import QUALITY_WARNING_TAG, quality_warning
 from experiments.report import report_sha256, write_report_artifacts
 from experiments.spec import ExperimentSpec, ImageDataSpec
 from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
@@ -49,6 +50,7 @@ class Coordinator:
         self.fingerprints: dict[str, str] = {}
         self.datasets: dict[str, str] = {}
         self.statistics_epsilon: dict[str, float] = {}
+        self.quality_warning: str | None = None
         self.class_counts: dict[str, list[int]] = {}
         self.timings: list[dict[str, float]] = []
         self._round_started = time.perf_counter()
@@ -93,6 +95,17 @@ class Coordinator:
             metrics=aggregated,
             epsilon=dict(self.epsilon),
         )
+
+    def on_round_start(self, server_round: int) -> None:
+        """Record that a round is starting (hospitals charge it as they receive it) and renew
+        the run's lease for the round."""
+        self.tracker.log_metrics({"round_started": float(server_round)}, step=server_round)
+        self.tracker.renew_lease(self._lease())
+
+    def _lease(self) -> float:
+        """How long the coordinator may go without a sign of life: a train and an evaluate
+        round, each up to the round timeout, and a margin."""
+        return 2 * self.spec.strategy.round_timeout + 120
 
     # ---- the run ----
     def _wait_for_hospitals(self, grid: Grid) -> list[int]:
@@ -162,12 +175,14 @@ class Coordinator:
         """
         spec = self.spec
         started = time.perf_counter()
+        self.tracker.lease_seconds = spec.strategy.join_timeout + self._lease()
         run_id = self.tracker.start(spec)
         self.progress.emit("start", run_id=run_id, experiment=spec.name, rounds=spec.training.rounds,
                            hospitals=[h.id for h in spec.data.hospitals])
         try:
             nodes = self._wait_for_hospitals(grid)
             encoder, names = self._federated_encoder(grid, nodes, run_id)
+            self._log_statistics_release()
             setup_seconds = time.perf_counter() - started
             model = build_spec_model(spec, encoder)
             strategy = build_strategy(spec.strategy, observer=self, min_available=spec.strategy.min_hospitals,
@@ -187,6 +202,10 @@ class Coordinator:
             report_tags = self._validate(grid, nodes, encoder, model, run_id)
             summary = self._summary(run_id, started, setup_seconds)
             summary["validation"] = report_tags
+            candidate = self.quality_warning is None or spec.registry.candidate_despite_warning
+            if self.quality_warning is not None:
+                summary["quality_warning"] = self.quality_warning
+                summary["candidate"] = candidate
             self.tracker.log_dict(self.participation, "participation.json")
             self.tracker.log_dict(summary, "summary.json")
             summary["model_version"] = self.tracker.register(
@@ -196,6 +215,7 @@ class Coordinator:
                 hparams=model_hparams(spec),
                 model_name=spec.model_name,
                 tags={**self._version_tags(run_id), **report_tags},
+                candidate=candidate,
             )
             self.tracker.log_metrics({"wall_seconds": time.perf_counter() - started}, step=spec.training.rounds)
             self.tracker.end("FINISHED")
@@ -206,6 +226,15 @@ class Coordinator:
             raise
         self.progress.emit("done", **summary)
         return summary
+
+    def _log_statistics_release(self) -> None:
+        """What each hospital's statistics release cost (its ledger's ``<run>/statistics``
+        entry) and which dataset each hospital's budget belongs to, on the run."""
+        metrics = {f"{h}/statistics_epsilon": e for h, e in self.statistics_epsilon.items()}
+        if metrics:
+            self.tracker.log_metrics(metrics, step=0)
+        if self.datasets:
+            self.tracker.set_tags({f"dataset.{h}": d for h, d in sorted(self.datasets.items())})
 
     def _validate(self, grid: Grid, nodes: list[int], encoder: Preprocessor, model: Any, run_id: str) -> dict[str, str]:
         """The clinical validation report of the final model, from the hospitals' aggregates.
@@ -273,6 +302,10 @@ class Coordinator:
         for key in ("auroc", "calibration_slope", "calibration_intercept", "brier", "ece", "accuracy", "balanced_accuracy"):
             if overall.get(key) is not None:
                 tags[f"validation.{key}"] = f"{overall[key]:.4f}"
+        self.quality_warning = quality_warning(report)
+        if self.quality_warning is not None:
+            tags[QUALITY_WARNING_TAG] = self.quality_warning
+            log.warning("quality floor: %s", self.quality_warning)
         log.info("validation report from %d hospitals in %.2f s", len(parts), time.perf_counter() - started)
         return tags
 
@@ -285,6 +318,7 @@ class Coordinator:
             "rounds": spec.training.rounds,
             "strategy": spec.strategy.name,
             "epsilon": dict(sorted(self.epsilon.items())),
+            "statistics_epsilon": dict(sorted(self.statistics_epsilon.items())),
             "delta": spec.privacy.target_delta if spec.privacy.enabled else 0.0,
             "hospital_metrics": dict(sorted(self.final_eval.items())),
             **({"class_counts": dict(sorted(self.class_counts.items()))} if spec.is_imaging else {}),
@@ -309,4 +343,5 @@ class Coordinator:
             "review_status": "pending",
         }
         tags.update({f"schema.{h}": fp for h, fp in sorted(self.fingerprints.items())})
+        tags.update({f"dataset.{h}": d for h, d in sorted(self.datasets.items())})
         return tags

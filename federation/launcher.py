@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import tomli_w
 
-from experiments.errors import SpecError
+from experiments.errors import SpecError, TrackingError
 from experiments.spec import ExperimentSpec
-from experiments.tracking import mark_run_ended
+from experiments.tracking import mark_run_ended, reconcile_runs
 from federation.errors import LaunchError
 from federation.progress import read_events
 
@@ -248,6 +248,8 @@ def run_experiment(
             first = spec.hospital(missing[0])
             where = f"no file at {first.path}" if first and first.path else "no data path"
             raise SpecError(f"hospital {missing[0]}: {where} (simulation reads every hospital's file)")
+    with contextlib.suppress(TrackingError):  # runs whose coordinator died (kill -9) are marked FAILED first
+        reconcile_runs(options.tracking_uri)
     run_dir = options.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     app_dir, home, progress = run_dir / "app", run_dir / "flwr-home", run_dir / "progress.jsonl"

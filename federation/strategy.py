@@ -63,6 +63,9 @@ class RoundObserver(Protocol):
     def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, float]) -> None:
         """Called after aggregation of a train or evaluate round."""
 
+    def on_round_start(self, server_round: int) -> None:
+        """Called before a training round's messages go out (hospitals charge it on receipt)."""
+
 
 def aggregate_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Weighted mean of each metric over hospitals, skipping NaN; epsilon takes the max."""
@@ -116,6 +119,13 @@ class _Observed:
     observer: RoundObserver
     min_hospitals: int
     node_names: dict[int, str]
+
+    def configure_train(self, server_round: int, *args: Any, **kwargs: Any) -> Iterable[Message]:
+        messages = super().configure_train(server_round, *args, **kwargs)  # type: ignore[misc]
+        start = getattr(self.observer, "on_round_start", None)
+        if start is not None:
+            start(server_round)
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         usable, outcomes = _classify(replies, True, self.node_names)

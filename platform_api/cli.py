@@ -228,23 +228,80 @@ def experiment_run(
     render_summary(out, summary)
 
 
+@experiment_app.command("runs")
+@_one_line_errors
+def experiment_runs(
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: SQLite in the data dir).")] = None,
+    limit: Annotated[int, typer.Option(help="Newest runs to list.")] = 20,
+) -> None:
+    """List federated runs, newest first, after marking FAILED those whose coordinator died."""
+    from mlflow.tracking import MlflowClient
+
+    from experiments.tracking import END_REASON_TAG, reconcile_runs
+
+    uri = tracking_uri or get_settings().resolved_tracking_uri()
+    for run_id, reason in reconcile_runs(uri):
+        out.print(f"marked FAILED: run {run_id}: {reason}", highlight=False, markup=False)
+    client = MlflowClient(tracking_uri=uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    runs = client.search_runs(list(experiments), filter_string="tags.`bioverse.kind` = 'federated-training'",
+                              order_by=["attributes.start_time DESC"], max_results=limit) if experiments else []
+    for run in runs:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
+        reason = run.data.tags.get(END_REASON_TAG, "")
+        out.print(f"{started}  {experiments.get(run.info.experiment_id, '?'):<30} run {run.info.run_id}  "
+                  f"{run.info.status:<8}{'  ' + reason if reason else ''}", highlight=False, markup=False)
+    if not runs:
+        out.print("no federated runs yet")
+
+
 @ledger_app.command("show")
 @_one_line_errors
 def ledger_show(
     path: Annotated[Path, typer.Argument(help="The ledger file (JSON).")],
     hospital_id: Annotated[str, typer.Option(help="The hospital the ledger belongs to.")],
-    budget: Annotated[float | None, typer.Option(help="The hospital's budget, to show what is left.")] = None,
+    budget: Annotated[float | None, typer.Option(help="The hospital's budget, to show what is left per dataset.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI: also show each run's status there.")] = None,
 ) -> None:
-    """Show the epsilon each run has spent at a hospital."""
+    """Show the epsilon each run has spent at a hospital, per dataset (the budget belongs to
+    the hospital and the data it protects)."""
+    from federation.ledger import ANY_DATASET
+
     if not path.exists():
         raise FederationError(f"{path}: no ledger (nothing spent yet)")
-    ledger = PrivacyLedger(path, hospital_id)
-    for entry in ledger.entries():
+    entries = PrivacyLedger(path, hospital_id).entries()
+    status = _run_statuses(tracking_uri, [e.run.split("/")[0] for e in entries]) if tracking_uri else {}
+    for entry in entries:
+        run = entry.run.split("/")[0]
+        state = f"  MLflow {status.get(run, 'unknown')}" if tracking_uri else ""
+        rounds = f"  rounds {entry.rounds}" if entry.kind == "training" and entry.rounds else ""
         out.print(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(entry.updated))}  {entry.experiment:<30} "
-                  f"run {entry.run[:12]}  epsilon {entry.epsilon:.3f}  delta {entry.delta:g}  steps {entry.steps}")
-    total = ledger.spent()
-    left = f", {budget - total:.3f} left of {budget:g}" if budget is not None else ""
-    out.print(f"total epsilon spent: {total:.3f}{left}")
+                  f"run {entry.run[:12]}{'/statistics' if entry.kind == 'statistics' else ''}  dataset {entry.dataset[:12]}  "
+                  f"epsilon {entry.epsilon:.3f}  delta {entry.delta:g}  steps {entry.steps}{rounds}{state}",
+                  highlight=False, markup=False)
+    datasets = sorted({e.dataset for e in entries} - {ANY_DATASET}) or [ANY_DATASET]
+    for dataset in datasets:
+        total = PrivacyLedger(path, hospital_id, None if dataset == ANY_DATASET else dataset).spent()
+        left = f", {budget - total:.3f} left of {budget:g}" if budget is not None else ""
+        label = "" if dataset == ANY_DATASET else f" on dataset {dataset[:12]}"
+        out.print(f"total epsilon spent{label}: {total:.3f}{left}", highlight=False, markup=False)
+
+
+def _run_statuses(tracking_uri: str, run_ids: list[str]) -> dict[str, str]:
+    """MLflow status of each run (after reconciling runs whose coordinator died)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from experiments.tracking import reconcile_runs
+
+    reconcile_runs(tracking_uri)
+    client, found = MlflowClient(tracking_uri=tracking_uri), {}
+    for run_id in set(run_ids):
+        try:
+            found[run_id] = client.get_run(run_id).info.status
+        except MlflowException:
+            found[run_id] = "not found"
+    return found
 
 
 def _feature_repo(init: bool = False) -> Any:

@@ -123,6 +123,11 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
     elif validation:
         console.print("Validation report: missing (no hospital returned aggregates); the version cannot be approved",
                       highlight=False)
+    if summary.get("quality_warning"):
+        alias = ("it was given the candidate alias anyway (registry.candidate_despite_warning)" if summary.get("candidate")
+                 else "it was not given the candidate alias")
+        console.print(f"QUALITY WARNING: {summary['quality_warning']}; {alias}", highlight=False, markup=False,
+                      style="bold yellow")
     seconds = summary["seconds"]
     wall = f"{seconds['wall']:.1f} s wall, " if "wall" in seconds else ""
     console.print(f"Time: {wall}{seconds['total']:.1f} s in the coordinator ({seconds['setup']:.1f} s to the first round)",
