@@ -88,7 +88,7 @@ class ModelService:
         self.source = source
         self.poll = poll
         self.on_refused = on_refused
-        self.refused: dict[str, str] = {}  # version -> why serving refused it
+        self.refused: dict[tuple[str, str], str] = {}  # (version, approval tag) -> why serving refused it
         self._model: LoadedModel | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -107,15 +107,16 @@ class ModelService:
             return model
         with self._lock:
             if self._model is None or time.monotonic() - self._checked >= self.poll:
-                version = self.source.current_version()
+                marker = self.source.current_marker()
+                version = marker[0]
                 if self._model is None or self._model.version != version:
-                    if version in self.refused and self._model is not None:
+                    if marker in self.refused and self._model is not None:
                         self._checked = time.monotonic()
                         return self._model
                     try:
                         self._model = self.source.load(version)
                     except UnapprovedVersion as err:
-                        self._refuse(version, str(err))
+                        self._refuse(marker, str(err))
                         if self._model is None:
                             raise
                     else:
@@ -123,10 +124,11 @@ class ModelService:
                 self._checked = time.monotonic()
             return self._model
 
-    def _refuse(self, version: str, reason: str) -> None:
-        if version in self.refused:
+    def _refuse(self, marker: tuple[str, str], reason: str) -> None:
+        if marker in self.refused:
             return
-        self.refused[version] = reason
+        self.refused[marker] = reason
+        version = marker[0]
         log.error("serving keeps %s: %s", self._model.version if self._model else "no version", reason)
         if self.on_refused is not None:
             try:

@@ -20,7 +20,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from experiments.gate import PLATFORM_SCOPE, approval_problem, artifact_digest, download_version
+from experiments.gate import APPROVAL_TAG, PLATFORM_SCOPE, approval_problem, artifact_digest, download_version
 from experiments.names import CANDIDATE_ALIAS
 from serving.errors import ModelNotReadyError, PredictionInputError, UnapprovedVersion
 from training.scoring import RiskScorer, ScoringInputError
@@ -99,10 +99,20 @@ class RegistryModel:
         Raises:
             ModelNotReadyError: the model or the alias does not exist.
         """
+        return self.current_marker()[0]
+
+    def current_marker(self) -> tuple[str, str]:
+        """The version the alias points at and its approval tag: a refused version is tried
+        again only once its approval changes (a validator approved it after all).
+
+        Raises:
+            ModelNotReadyError: the model or the alias does not exist.
+        """
         try:
-            return str(self.client.get_model_version_by_alias(self.name, self.alias).version)
+            mv = self.client.get_model_version_by_alias(self.name, self.alias)
         except MlflowException as err:
             raise ModelNotReadyError(f"no version of model {self.name!r} has the alias {self.alias!r}") from err
+        return str(mv.version), dict(mv.tags or {}).get(APPROVAL_TAG, "")
 
     def load(self, version: str) -> LoadedModel:
         """Download one version's artifacts and build its scorer.
@@ -174,7 +184,7 @@ class AliasFollower(Generic[M]):
         self.poll_seconds = poll_seconds
         self.model: M = self._load(source.current_version())
         self._stop = threading.Event()
-        self._refused: str | None = None
+        self._refused: tuple[str, str] | None = None  # (version, its approval tag) serving refused
         threading.Thread(target=self._follow, name="follow-alias", daemon=True).start()
 
     def _load(self, version: str) -> M:
@@ -183,11 +193,13 @@ class AliasFollower(Generic[M]):
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             try:
-                version = self.source.current_version()
-                if version != self.model.version and version != self._refused:
-                    self.model = self._load(version)  # the swap: one reference assignment
+                marker = self.source.current_marker()
+                if marker[0] != self.model.version and marker != self._refused:
+                    self._refused = marker  # until the load succeeds: logged once, not downloaded every poll
+                    self.model = self._load(marker[0])  # the swap: one reference assignment
+                    self._refused = None
             except UnapprovedVersion:
-                self._refused = version  # logged by the source; keep serving, don't download it again
+                pass  # logged loudly by the source; keep serving the current version
             except Exception:  # noqa: BLE001 - keep serving the current version
                 log.exception("could not follow %s@%s", self.source.name, self.source.alias)
 

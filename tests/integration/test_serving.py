@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from federation.launcher import free_port
 from serving.errors import ModelNotReadyError
 from serving.model_source import RegistryModel
-from tests.integration.conftest import register_risk_models
+from tests.integration.conftest import register_risk_models, sign_approved
 
 pytestmark = pytest.mark.integration
 MODEL = "serving-risk"
@@ -97,6 +97,7 @@ def test_alias_move_switches_versions_without_dropping_requests(registry: dict[s
     for w in workers:
         w.start()
     time.sleep(1.0)
+    sign_approved(registry["uri"], MODEL, "2")  # serving follows only approved versions (the review gate)
     MlflowClient(registry["uri"], registry_uri=registry["uri"]).set_registered_model_alias(MODEL, "production", "2")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (not seen or seen[-1] != "2"):

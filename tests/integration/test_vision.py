@@ -26,7 +26,7 @@ from PIL import Image
 from experiments.registry import ModelRegistry
 from federation.launcher import free_port
 from serving.model_source import RegistryModel
-from tests.integration.conftest import clear_platform_caches
+from tests.integration.conftest import clear_platform_caches, sign_approved
 from training.synth_images import synthesize_image_hospitals
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_registered_package_scores_png_bytes_like_the_scorer(vision_run: dict[st
     assert list(frame.columns) == ["label", *(f"p_{c}" for c in CLASSES)]
     probs = frame[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    loaded = RegistryModel(vision_run["uri"], MODEL).load_vision("1")
+    loaded = RegistryModel(vision_run["uri"], MODEL, require_approval=False).load_vision("1")  # a given, unreviewed version
     assert np.allclose(loaded.scorer.predict_bytes([b for b, _ in images]), probs, atol=1e-5)
 
 
@@ -137,6 +137,7 @@ def serve_vision(vision_run: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
     from serving.app import build_vision_app
 
+    sign_approved(vision_run["uri"], MODEL, "1")  # serving follows only approved versions (the review gate)
     MlflowClient(vision_run["uri"], registry_uri=vision_run["uri"]).set_registered_model_alias(MODEL, "production", "1")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
