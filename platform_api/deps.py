@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from platform_api.auth import Principal, authenticate, authenticate_cached
 from platform_api.db import DatabaseUrl, get_session, session_factory
-from platform_api.errors import Forbidden
+from platform_api.errors import Forbidden, NotAuthenticated, TooManyRequests
 
-__all__ = ["CallerDep", "LimitQuery", "OffsetQuery", "PatientReader", "PatientWriter", "SessionDep", "require_roles"]
+__all__ = ["CallerDep", "LimitQuery", "OffsetQuery", "PatientReader", "PatientWriter", "SessionDep", "bearer_scheme",
+           "client_address", "identify_caller", "require_roles"]
 
 SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An API key `bv_<id>_<secret>`, or an access token from `POST /v1/oauth/token`")
@@ -25,16 +26,35 @@ def _authenticate(url: str, token: str | None) -> Principal:
         return authenticate(session, token)
 
 
-async def _caller(url: DatabaseUrl, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    """The caller: from the principal cache on the event loop, else from the database in a thread."""
+def client_address(request: Request) -> str:
+    """The address the request came from, as the server sees it (the key of rate limits)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def _caller(request: Request, url: DatabaseUrl,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    """The caller: from the principal cache on the event loop, else from the database in a
+    thread, unless the address is over its limit of failed checks (429)."""
     token = credentials.credentials if credentials else None
-    cached = authenticate_cached(token)
-    if cached is not None:
-        return cached
-    return await run_in_threadpool(_authenticate, url, token)
+    limits = getattr(request.app.state, "rate_limits", None)
+    address = client_address(request)
+    try:
+        cached = authenticate_cached(token)
+        if cached is not None:
+            return cached
+        if limits is not None and (wait := limits.auth_blocked(address)):
+            raise TooManyRequests(f"too many failed credential checks from this address; retry in {wait} s", wait)
+        return await run_in_threadpool(_authenticate, url, token)
+    except NotAuthenticated:
+        if limits is not None and token:  # no credentials at all guess nothing: not counted
+            limits.auth_failed(address)
+        raise
 
 
 CallerDep = Annotated[Principal, Depends(_caller)]
+#: Public names of the bearer scheme and the key check, for routes that admit other credentials too (``/metrics``).
+bearer_scheme = _bearer
+identify_caller = _caller
 
 
 def require_roles(*roles: str, tenant: bool = True) -> Callable[[Principal], Awaitable[Principal]]:

@@ -9,6 +9,7 @@ Hierarchy::
     ├── Conflict           409: it exists already
     ├── PayloadTooLarge    413: an upload over its limit
     ├── UnsupportedMedia   415: an upload that is not a PNG or JPEG image
+    ├── TooManyRequests    429: over a rate limit (with Retry-After)
     └── Unavailable        503: a service the request needs does not answer (vision)
 
 Errors of the lower layers are answered through the same table: a model or feature store
@@ -46,8 +47,8 @@ from experiments.registry import (
 from feature_store.errors import FeatureDataError, FeatureRepoError, StoredValueError
 from serving.errors import ModelNotReadyError, PredictionInputError
 
-__all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PayloadTooLarge", "PlatformError", "Unavailable",
-           "UnsupportedMedia", "install_error_handlers"]
+__all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PayloadTooLarge", "PlatformError", "TooManyRequests",
+           "Unavailable", "UnsupportedMedia", "install_error_handlers"]
 
 
 class PlatformError(Exception):
@@ -78,6 +79,14 @@ class UnsupportedMedia(PlatformError):
     """An uploaded file of a type the endpoint does not take."""
 
 
+class TooManyRequests(PlatformError):
+    """Over a rate limit (see :mod:`platform_api.ratelimit`); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unavailable(PlatformError):
     """A service the request needs (the vision deployment) does not answer."""
 
@@ -89,6 +98,7 @@ _STATUS: dict[type[Exception], int] = {
     Conflict: 409,
     PayloadTooLarge: 413,
     UnsupportedMedia: 415,
+    TooManyRequests: 429,
     Unavailable: 503,
     PredictionInputError: 422,
     FeatureDataError: 422,
@@ -118,6 +128,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         status = next(code for cls, code in _STATUS.items() if isinstance(exc, cls))
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after)}
         detail = "the database is not available; try again" if isinstance(exc, OperationalError) else str(exc)
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 

@@ -7,15 +7,18 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from platform_api.cache import CacheErrorCollector
 from platform_api.db import migrate
+from platform_api.edge import AllowMiddleware, install_docs, metrics_access
 from platform_api.errors import install_error_handlers
 from platform_api.metrics import ApiMetrics, MetricsMiddleware, metrics_response
 from platform_api.readiness import check_readiness
+from platform_api.openapi import install_openapi
+from platform_api.ratelimit import RateLimits
 from platform_api import review_ui
 from platform_api.routes import admin, alerts, images, oauth, predictions, registry, twins
 from platform_api.services import close_recorders
@@ -79,6 +82,12 @@ class _TooLarge(HTTPException):
     """A streamed body passed the limit (an HTTPException, so FastAPI's body parsing lets it through)."""
 
 
+#: The body of /readyz, ready or not (``{"status": ..., "checks": {dependency: state}}``).
+_READINESS = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string"}, "detail": {"type": "string"},
+    "checks": {"type": "object", "additionalProperties": {"type": "string"}}}}
+
+
 def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     """Build the app; migrates the database to the newest schema on start-up."""
     settings = get_settings()
@@ -94,11 +103,15 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
         yield
         close_recorders()  # commit what is queued before the process goes
 
-    app = FastAPI(title="BioVerse platform API", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="BioVerse platform API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    install_openapi(app)  # every status a route can answer, with the body sent
+    install_docs(app)  # /docs and /redoc from local assets
 
     app.state.metrics = ApiMetrics()
     app.state.metrics.registry.register(CacheErrorCollector())  # bioverse_cache_errors_total
+    app.state.rate_limits = RateLimits(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst)
+    app.add_middleware(AllowMiddleware)  # OPTIONS 204 and 405, both with Allow
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times every answer, 413s too
 
@@ -107,16 +120,18 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "A dependency does not answer (named in checks)",
+                                                       "content": {"application/json": {"schema": _READINESS}}}})
     def readyz() -> JSONResponse:
         """Every configured dependency answers: database, cache, feature store, model
         registry (503 naming those that do not; see docs/api-contracts.md)."""
         ready, body = check_readiness()
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    @app.get("/metrics", tags=["ops"], include_in_schema=False, dependencies=[Depends(metrics_access)])
     def metrics(request: Request) -> Response:
-        """Prometheus metrics: request latency by route, predictions by model version, alerts."""
+        """Prometheus metrics: request latency by route, predictions by model version, alerts
+        (for the metrics token or a platform admin's key)."""
         return metrics_response(app.state.metrics, accept=request.headers.get("accept"))
 
     app.include_router(oauth.router)

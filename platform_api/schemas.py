@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from feature_store.contract import check_number
 from feature_store.definitions import RANGES
@@ -15,8 +15,17 @@ __all__ = [
     "AlertPage", "AlertPublic", "AuditEventPublic", "AuditPage", "BatchPredictionCreate", "ImagePredictionPage",
     "ImagePredictionPublic", "ObservationCreate",
     "ObservationResult", "PredictionPage", "PredictionPublic", "TwinCreate", "TwinDetail", "TwinPage", "TwinPublic",
-    "TwinUpdate",
+    "TwinUpdate", "UtcDateTime",
 ]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Naive datetimes are UTC (the database stores UTC; SQLite drops the zone on the way back)."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+#: A timestamp the API answers with: always UTC, written ``2026-01-31T12:00:00Z`` (``date-time``).
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 PatientId = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
@@ -46,8 +55,8 @@ class TwinPublic(BaseModel):
     tenant_id: str
     patient_id: str
     display_name: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class TwinPage(BaseModel):
@@ -64,7 +73,7 @@ class AuditEventPublic(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
     id: int
-    at: datetime
+    at: UtcDateTime
     actor: str
     role: str
     tenant_id: str | None
@@ -93,7 +102,7 @@ class PredictionPublic(BaseModel):
     model_name: str
     model_version: str
     inputs: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDateTime
     alert_priority: str | None = None
 
 
@@ -111,7 +120,7 @@ class ImagePredictionPublic(BaseModel):
     image_sha256: str
     image_bytes: int
     content_type: str
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class ImagePredictionPage(BaseModel):
@@ -207,8 +216,8 @@ class AlertPublic(BaseModel):
     twin_id: str
     priority: str
     status: str
-    created_at: datetime
-    acknowledged_at: datetime | None
+    created_at: UtcDateTime
+    acknowledged_at: UtcDateTime | None
     acknowledged_by: str | None
 
 

@@ -41,6 +41,11 @@ class ApiSettings(BaseSettings):
             database's volume.
         audit_checkpoint_events, audit_checkpoint_seconds: A process checkpoints the head
             after this many appended events, or this many seconds after its last checkpoint.
+        rate_limit_per_minute, rate_limit_burst: Token buckets of the OAuth2 token
+            endpoint (per source address and per client id) and of failed credential
+            checks (per source address); over them answers 429 with Retry-After.
+        metrics_token: A bearer token Prometheus scrapes ``/metrics`` with (admin keys
+            work too); empty means only admin keys.
     """
 
     model_config = SettingsConfigDict(env_prefix="BIOVERSE_API_")
@@ -66,6 +71,9 @@ class ApiSettings(BaseSettings):
     audit_checkpoints: Path | None = None
     audit_checkpoint_events: int = Field(default=1000, ge=1)
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
+    rate_limit_per_minute: float = Field(default=30.0, gt=0)
+    rate_limit_burst: int = Field(default=10, ge=1)
+    metrics_token: str = ""
 
     @field_validator("cache_url")
     @classmethod

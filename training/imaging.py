@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -145,6 +146,10 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
+#: A Python object's repr in a decoder's message (``<_io.BytesIO object at 0x7f...>``): not for users.
+_OBJECT_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
+
+
 def decode_image(data: bytes, *, size: int, channels: int, name: str = "upload") -> np.ndarray:
     """Decode one PNG or JPEG into a uint8 ``(channels, size, size)`` array.
 
@@ -180,7 +185,7 @@ def decode_image(data: bytes, *, size: int, channels: int, name: str = "upload")
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(name, "image too large (decompression bomb)") from err
     except Exception as err:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError, zlib) is a bad image
-        problem = " ".join(str(err).split()) or type(err).__name__
+        problem = " ".join(_OBJECT_REPR.sub("", str(err)).split()) or type(err).__name__
         raise ImageDecodeError(name, f"corrupt or truncated image ({problem})") from err
 
 

@@ -49,7 +49,9 @@ async def _read_image(image: UploadFile) -> tuple[bytes, str]:
 @router.post("/{twin_id}/images", status_code=status.HTTP_201_CREATED, response_model=ImagePredictionPublic,
              responses={413: {"description": "The image is over the size limit"},
                         415: {"description": "Not a readable PNG or JPEG image"},
-                        503: {"description": "The vision service does not answer"}})
+                        503: {"description": "The vision service does not answer"}},
+             openapi_extra={"requestBody": {"content": {"multipart/form-data": {
+                 "encoding": {"image": {"contentType": "image/png, image/jpeg"}}}}}})
 async def classify_image(twin_id: str, image: ImageUpload, request: Request, url: DatabaseUrl,
                          caller: PatientWriter) -> Response:
     """Classify an image of the twin's patient with the production image classifier.

@@ -125,7 +125,8 @@ async def predict_twin(twin_id: str, request: Request, url: DatabaseUrl, caller:
     return _json(result.model_dump_json().encode(), status.HTTP_201_CREATED)
 
 
-@router.post("/v1/predictions/batch", status_code=status.HTTP_201_CREATED, response_model=list[PredictionPublic])
+@router.post("/v1/predictions/batch", status_code=status.HTTP_201_CREATED, response_model=list[PredictionPublic],
+             responses={404: {"description": "One of the twins is not the caller's tenant's (the first is named)"}})
 async def predict_batch(body: BatchPredictionCreate, request: Request, url: DatabaseUrl, caller: PatientWriter) -> Response:
     """Score up to 1,000 twins of the caller's tenant in one call; an unknown id fails the whole batch."""
     ids = list(dict.fromkeys(body.twin_ids))

@@ -19,7 +19,8 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/twins", tags=["twins"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=TwinPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TwinPublic,
+             responses={409: {"description": "The patient already has a twin in this tenant"}})
 def create_twin(twin_in: TwinCreate, session: SessionDep, caller: PatientWriter) -> TwinPublic:
     """Create a twin for a patient of the caller's tenant."""
     assert caller.tenant_id is not None

@@ -1,0 +1,122 @@
+"""The API's edge: offline API docs, ``Allow`` on OPTIONS and 405, and who may scrape ``/metrics``.
+
+* ``/docs`` (Swagger UI) and ``/redoc`` are served with the assets of the installed
+  ``fastapi-offline`` package under ``/docs-assets``: no CDN, so they work on a hospital
+  network without Internet access.
+* A path that exists but not for the method asked: ``OPTIONS`` answers 204 and any
+  other method 405, both with ``Allow`` listing every method of the path (Starlette
+  lists only the methods of the first route it tried).
+* ``/metrics`` answers a configured metrics token (``BIOVERSE_API_METRICS_TOKEN``, what
+  Prometheus sends as its bearer credential) or a platform admin's key; anyone else 401/403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from pathlib import Path
+from typing import Annotated
+
+import fastapi_offline
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from platform_api.db import DatabaseUrl
+from platform_api.deps import bearer_scheme, identify_caller
+from platform_api.errors import Forbidden
+from platform_api.settings import get_settings
+
+__all__ = ["ASSETS_URL", "AllowMiddleware", "install_docs", "metrics_access"]
+
+#: Where the Swagger UI and ReDoc assets are served from.
+ASSETS_URL = "/docs-assets"
+_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"})
+_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+
+def install_docs(app: FastAPI) -> None:
+    """``/docs`` and ``/redoc`` from local assets (create the app with ``docs_url=None, redoc_url=None``)."""
+    app.mount(ASSETS_URL, StaticFiles(directory=_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # the default validator badge calls swagger.io
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png", with_google_fonts=False)
+
+
+class AllowMiddleware:
+    """A 405 gets the full ``Allow`` of its path; OPTIONS on a path answers 204 with it.
+
+    Only requests the router refused with 405 pay for this (the answer is rewritten when
+    its status is seen): the methods are those the OpenAPI document lists for the path
+    (those the refusing route named for routes outside the document), plus HEAD for GET
+    and OPTIONS itself.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._paths: list[tuple[re.Pattern[str], frozenset[str]]] | None = None
+
+    def _documented(self, app: FastAPI, path: str) -> set[str]:
+        if self._paths is None:
+            self._paths = [(re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"),
+                            frozenset(m.upper() for m in item if m.upper() in _HTTP_METHODS))
+                           for template, item in app.openapi().get("paths", {}).items()]
+        # The most specific template wins: /v1/predictions/batch is not /v1/predictions/{prediction_id}.
+        matches = [(pattern.pattern.count("[^/]+"), methods) for pattern, methods in self._paths if pattern.match(path)]
+        fewest = min((n for n, _ in matches), default=0)
+        return {m for n, methods in matches if n == fewest for m in methods}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = False
+
+        async def rewrite(message: Message) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                refused = True
+                named = next((v.decode() for k, v in message.get("headers", []) if k.lower() == b"allow"), "")
+                allowed = (self._documented(scope["app"], scope["path"])  # undocumented routes: what the router named
+                           or {m.strip() for m in named.split(",") if m.strip()})
+                if "GET" in allowed:
+                    allowed.add("HEAD")
+                allow = ", ".join(sorted(allowed | {"OPTIONS"}))
+                if scope["method"] == "OPTIONS":
+                    response: Response = Response(status_code=204, headers={"Allow": allow})
+                else:
+                    response = JSONResponse({"detail": f"method {scope['method']} not allowed here; allowed: {allow}"},
+                                            status_code=405, headers={"Allow": allow})
+                await response(scope, receive, send)
+            elif not refused:
+                await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+
+async def metrics_access(request: Request, url: DatabaseUrl,
+                         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> None:
+    """Admit the configured metrics token, else a platform admin's key (401, 403 or 429 otherwise)."""
+    expected = get_settings().metrics_token
+    if expected and credentials and hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+        return
+    caller = await identify_caller(request, url, credentials)
+    if caller.role != "admin" or caller.tenant_id is not None:
+        raise Forbidden("metrics cover every tenant: scrape with the metrics token or a platform admin's key")
