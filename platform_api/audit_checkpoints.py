@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.engine import make_url
 
-from experiments.keys import mac, secret_key, verify_mac
+from experiments.keys import key_path, mac, secret_key, verify_mac
 from platform_api.models import AuditChain, AuditEvent
 from platform_api.settings import get_settings
 
@@ -44,11 +44,11 @@ def audit_key(*, create: bool = True) -> bytes:
     Raises:
         experiments.keys.SecretKeyError: no usable key (and ``create`` is false, or the file is bad).
     """
-    data_dir = get_settings().data_dir
-    ident = (os.environ.get("BIOVERSE_AUDIT_KEY", ""), str(data_dir), create)
+    path = key_path("audit")  # the data dir of experiments' settings, as every other key
+    ident = (os.environ.get("BIOVERSE_AUDIT_KEY", ""), str(path), create)
     key = _keys.get(ident)
     if key is None:
-        key = _keys[ident] = secret_key("audit", data_dir=data_dir, create=create)
+        key = _keys[ident] = secret_key("audit", create=create)
     return key
 
 
@@ -186,8 +186,11 @@ _paces_lock = threading.Lock()
 def note_appended(engine: Engine | Connection, events: int, *, force: bool = False) -> None:
     """Count ``events`` just committed; write a checkpoint when one is due (or ``force``).
 
-    Cheap on the hot path (a counter and a clock); a failure to checkpoint is logged, never
-    raised: the events are committed, and the next checkpoint covers them.
+    Due: ``audit_checkpoint_events`` events since this process's last checkpoint, or
+    ``audit_checkpoint_seconds`` after it (the recorder's thread also calls this when idle,
+    so an event waits at most that long for its anchor where a recorder runs). Cheap on the
+    hot path (a counter and a clock); a failure to checkpoint is logged, never raised: the
+    events are committed, and the next checkpoint covers them.
     """
     engine = engine if isinstance(engine, Engine) else engine.engine
     ident = database_id(engine.url)
@@ -198,8 +201,9 @@ def note_appended(engine: Engine | Connection, events: int, *, force: bool = Fal
     settings = get_settings()
     with pace.lock:
         pace.pending += events
+        waited = time.monotonic() - pace.last
         due = force and pace.pending > 0 or pace.pending >= settings.audit_checkpoint_events or (
-            pace.pending > 0 and time.monotonic() - pace.last >= settings.audit_checkpoint_seconds)
+            pace.pending > 0 and waited >= settings.audit_checkpoint_seconds)
         if not due:
             return
         pace.pending, pace.last = 0, time.monotonic()

@@ -11,7 +11,8 @@ alone, with its error; that unit's audit event is then written in a transaction 
 its outcome the error's name (a refused row never takes its audit event down with it).
 Each event's link is an HMAC under the audit key (:mod:`platform_api.audit`); a batch that
 loses a race for the chain's head (a unique ``prev_hash``) is retried on the new head; a
-signed checkpoint of the head is written every few thousand events or seconds (never per event).
+signed checkpoint of the head is written every thousand events or ten seconds (never per
+event), also while the thread idles, and when it closes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from platform_api.audit import CHAIN_LOCK, event_mac, lock_chain
 from platform_api.audit_checkpoints import audit_key, note_appended
 from platform_api.models import Alert, AuditEvent, ImagePrediction, Prediction
+from platform_api.settings import get_settings
 
 __all__ = ["Recorder", "Unit"]
 
@@ -86,7 +88,11 @@ class Recorder:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=get_settings().audit_checkpoint_seconds)
+            except queue.Empty:  # idle: anchor what was appended since the last checkpoint
+                note_appended(self.engine, 0)
+                continue
             if first is None:
                 return
             batch, stop = [first], False

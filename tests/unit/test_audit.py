@@ -27,7 +27,9 @@ runner = CliRunner()
 
 
 def _clear() -> None:
-    for cached in (platform_settings.get_settings, platform_db.get_engine, platform_db.session_factory):
+    from experiments.settings import get_settings as experiment_settings
+
+    for cached in (platform_settings.get_settings, experiment_settings, platform_db.get_engine, platform_db.session_factory):
         cached.cache_clear()
 
 
@@ -177,3 +179,25 @@ def test_the_canonical_form_is_the_documented_json() -> None:
         documented = {k: fields[k] for k in FIELDS}
         documented["at"] = fields["at"].replace(tzinfo=None).isoformat(timespec="microseconds")
         assert _canonical(fields) == json.dumps(documented, sort_keys=True)
+
+
+def test_an_idle_recorder_still_checkpoints_the_last_events(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The anchor lags the head by at most ``audit_checkpoint_seconds`` where a recorder runs,
+    also when no append follows (the twin routes' events included)."""
+    import time
+
+    monkeypatch.setenv("BIOVERSE_API_AUDIT_CHECKPOINT_SECONDS", "0.5")
+    _clear()
+    engine = _engine(home)
+    recorder = Recorder(engine)
+    recorder.submit(Unit({"actor": "k1", "role": "app", "tenant_id": "t1", "patient_id": "p1",
+                          "action": "prediction.create", "outcome": "ok"})).result(timeout=30)
+    _append(engine, 2)  # a twin route's events, not due by count (1000) nor yet by time
+    path = home / "audit" / "checkpoints.jsonl"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (not path.exists() or json.loads(path.read_text().splitlines()[-1])["events"] < 3):
+        time.sleep(0.1)
+    assert json.loads(path.read_text().splitlines()[-1])["events"] == 3  # before close
+    recorder.close()
+    with Session(engine) as session:
+        assert verify(session).ok
