@@ -37,9 +37,8 @@ def site(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
     from training.validation import local_report
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    register_risk_models(uri, MODEL, hospital_files, versions=2)
+    register_risk_models(uri, MODEL, hospital_files, versions=2, production=False)
     client = MlflowClient(uri, registry_uri=uri)
-    client.delete_registered_model_alias(MODEL, "production")
     rng = __import__("numpy").random.default_rng(0)
     for version in ("1", "2"):  # what the coordinator stores with a version
         label = rng.integers(0, 2, 600)
@@ -63,8 +62,12 @@ def site(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     registry._registry.cache_clear()
     migrate(f"sqlite:///{tmp_path / 'platform.db'}")
-    with db.session_factory()() as session:
-        keys = {role: create_key(session, role=role, tenant_id="t1") for role in ("clinical_validator", "data_scientist", "app")}
+    with db.session_factory()() as session:  # a platform-wide model: its validators' keys have no tenant
+        keys = {"clinical_validator": create_key(session, role="clinical_validator", tenant_id=None, name="Dr Quinn"),
+                "data_scientist": create_key(session, role="data_scientist", tenant_id="t1", name="Dana Scientist"),
+                "app": create_key(session, role="app", tenant_id="t1", name="ward app")}
+    for version in ("1", "2"):  # launched by Dana, with her key
+        client.set_model_version_tag(MODEL, version, "launched_by", f"key:{keys['data_scientist'].split('_')[1]}/Dana Scientist")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -103,10 +106,12 @@ def _sign_in(browser: Any, base: str, key: str) -> Any:
 
 def test_validator_approves_and_promotes_in_the_browser(site: dict[str, Any], browser: Any) -> None:
     page = _sign_in(browser, site["base"], site["keys"]["clinical_validator"])
-    assert page.locator("h1").inner_text() == f"{MODEL}: versions"
-    rows = page.locator("table tr")
+    assert page.locator("h1").first.inner_text() == "Pending review"
+    assert page.locator("h1").nth(1).inner_text() == f"{MODEL}: versions"
+    rows = page.locator("table").nth(1).locator("tr")
     assert rows.count() == 3 and "pending" in rows.nth(1).inner_text()
-    page.click("text=version 1")
+    page.click(f"text={MODEL} version 1")
+    assert page.title().startswith(f"{MODEL} version 1")
     assert "Compared with production" in page.content()
     assert page.frame_locator("iframe").locator("body").inner_text().count("AUROC") >= 1  # the stored report
     page.screenshot(path=str(site["shots"] / "version.png"), full_page=False)
@@ -127,7 +132,7 @@ def test_validator_approves_and_promotes_in_the_browser(site: dict[str, Any], br
 
 def test_other_roles_cannot_decide(site: dict[str, Any], browser: Any) -> None:
     page = _sign_in(browser, site["base"], site["keys"]["data_scientist"])
-    page.click("text=version 2")
+    page.click(f"text={MODEL} version 2")
     assert page.locator("button:has-text('Approve')").count() == 0  # read-only for data scientists
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
     cookies = {c["name"]: c["value"] for c in page.context.cookies()}
