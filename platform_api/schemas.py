@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator
 
-from feature_store.contract import check_number
-from feature_store.definitions import RANGES
-from feature_store.errors import FeatureValueError
+from feature_store.definitions import RANGES, UNITS, VIEWS
 
 __all__ = [
     "AlertPage", "AlertPublic", "AuditEventPublic", "AuditPage", "BatchPredictionCreate", "ImagePredictionPage",
@@ -160,10 +158,23 @@ class BatchPredictionCreate(BaseModel):
     twin_ids: list[str] = Field(min_length=1, max_length=1000)
 
 
-#: An observed value: a JSON number (not a string, not a boolean), finite.
-ObservedValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 #: How far ahead of the server's clock an observation time may be (clock skew).
 OBSERVATION_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _observed_values() -> type[BaseModel]:
+    """The observable features (vitals and labs): each a finite JSON number (not a string,
+    not a boolean) within the plausible range declared with its feature view."""
+    fields: dict[str, Any] = {}
+    for view, columns in VIEWS.items():
+        for column in columns if view != "demographics" else ():
+            low, high = RANGES[column]
+            fields[column] = (float | None, Field(default=None, ge=low, le=high, strict=True, allow_inf_nan=False,
+                                                  description=f"{UNITS[column]}, {low:g} to {high:g} ({view})"))
+    return create_model("ObservedValues", __config__=ConfigDict(extra="forbid"), __doc__=_observed_values.__doc__, **fields)
+
+
+ObservedValues = _observed_values()
 
 
 class ObservationCreate(BaseModel):
@@ -171,19 +182,15 @@ class ObservationCreate(BaseModel):
     (declared with the feature views), observed at a time with a time zone (default: now)."""
 
     model_config = ConfigDict(extra="forbid")
-    values: dict[str, ObservedValue] = Field(min_length=1, max_length=20)
+    values: ObservedValues  # type: ignore[valid-type]
     observed_at: AwareDatetime | None = Field(
         default=None, description="When it was observed; a time zone is required (a naive time answers 422). Stored in UTC.")
 
     @field_validator("values")
     @classmethod
-    def _plausible(cls, values: dict[str, float]) -> dict[str, float]:
-        for feature, value in values.items():
-            if feature in RANGES:  # a name no view observes is refused by the feature store, naming it
-                try:
-                    check_number(feature, value)
-                except FeatureValueError as err:
-                    raise ValueError(str(err)) from None
+    def _something_observed(cls, values: BaseModel) -> BaseModel:
+        if not values.model_dump(exclude_none=True):
+            raise ValueError(f"at least one value is required (of {', '.join(type(values).model_fields)})")
         return values
 
     @field_validator("observed_at")

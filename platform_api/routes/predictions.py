@@ -189,6 +189,6 @@ def observe(twin_id: str, body: ObservationCreate, session: SessionDep, caller: 
     with audited(session, caller, f"observation.create:{twin_id[:40]}") as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id
-        values: dict[str, Any] = dict(body.values)
+        values: dict[str, Any] = body.values.model_dump(exclude_none=True)
         pushed = get_features().observe(caller.tenant_id, twin.patient_id, values, body.observed_at)
     return ObservationResult(updated_views=pushed.updated_views, not_applied=pushed.not_applied, observed_at=pushed.observed_at)

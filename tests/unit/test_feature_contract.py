@@ -50,11 +50,27 @@ def test_violations_of_stored_values_ignore_unknown_and_derived() -> None:
     assert violations({"age": 50.0, "sex": "F", "bmi": None}) == {}
 
 
-@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "-500", "1e308", "1e400", '"120"', "true", "null"])
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "-500", "1e308", "1e400", '"120"', "true", '{"v": 1}'])
 def test_observation_schema_refuses_bad_values(raw: str) -> None:
     with pytest.raises(ValidationError) as info:
         ObservationCreate.model_validate(json.loads('{"values": {"systolic_bp": ' + raw + "}}"))
     assert "systolic_bp" in str(info.value)
+
+
+def test_observation_schema_is_the_contract() -> None:
+    """The OpenAPI schema states each observable feature's range: what is documented is what is taken."""
+    schema = ObservationCreate.model_json_schema()
+    properties = schema["$defs"]["ObservedValues"]["properties"]
+    assert set(properties) == {"systolic_bp", "heart_rate", "bmi", "cholesterol", "glucose"}
+    for name, spec in properties.items():
+        number = next(s for s in spec["anyOf"] if s["type"] == "number")
+        assert (number["minimum"], number["maximum"]) == RANGES[name]
+    assert schema["$defs"]["ObservedValues"]["additionalProperties"] is False
+    with pytest.raises(ValidationError) as info:
+        ObservationCreate.model_validate({"values": {"age": 50.0}})
+    assert info.value.errors()[0]["loc"] == ("values", "age")
+    with pytest.raises(ValidationError, match="at least one value"):
+        ObservationCreate.model_validate({"values": {"glucose": None}})
 
 
 def test_observation_times_need_a_zone_are_utc_and_not_in_the_future() -> None:
