@@ -192,14 +192,10 @@ def _launch(spec: ExperimentSpec, *, tracking_uri: str | None, engine: str, supe
     settings = get_settings()
     uri = tracking_uri or settings.resolved_tracking_uri()
     run_dir = settings.data_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
-    import os
-
-    key = os.environ.get("BIOVERSE_API_KEY", "").strip()  # an authenticated launch: the key's person launched it
-    launched_by = _principal(key).identity.tag if key else None
     options = LaunchOptions(engine=engine,  # type: ignore[arg-type]
                             run_dir=run_dir, tracking_uri=uri, superlink=superlink,
                             ledger_dir=ledger_dir or settings.data_dir / "ledgers", client_cpus=client_cpus, timeout=timeout,
-                            launched_by=launched_by)
+                            launched_by=_launched_by())
     reporter = RunReporter(out, spec, quiet=quiet)
     started = time.perf_counter()
     with reporter:
@@ -662,6 +658,15 @@ def _principal(api_key: str | None, *roles: str) -> Any:
     if roles and who.role not in roles:
         raise ValueError(f"role {who.role} may not do this (allowed: {', '.join(roles)})")
     return who
+
+
+def _launched_by() -> str | None:
+    """``launched_by`` of a launch: the person of ``BIOVERSE_API_KEY`` (checked against the platform
+    database) as ``key:<id>/<person>``; None without the variable (the launcher records ``os:<login>``)."""
+    import os
+
+    key = os.environ.get("BIOVERSE_API_KEY", "").strip()
+    return _principal(key).identity.tag if key else None
 
 
 def _audited_decision(who: Any, action: str, name: str, version: str, decide: Callable[[], Any]) -> Any:

@@ -504,3 +504,31 @@ def test_cli_decisions_need_an_api_key_and_its_person_decides(store: Callable[..
         assert (quinn_id, "clinical_validator", f"registry.promote {s.name}/1", "ok") in events
     finally:
         clear_platform_caches()
+
+
+def test_cli_keys_name_their_person_and_an_authenticated_launch_records_it(isolated_home: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10 items 1-2: launched_by is the launching key's person, not a free-text or OS name."""
+    from platform_api import cli
+
+    monkeypatch.delenv("BIOVERSE_API_KEY", raising=False)
+    clear_platform_caches()
+    runner = CliRunner()
+    try:
+        unnamed = runner.invoke(cli.app, ["api", "key", "create", "--role", "clinical_validator"])
+        assert unnamed.exit_code == 1 and "needs --name" in unnamed.output and "\n" not in unnamed.output.strip()
+        tenantless_app = runner.invoke(cli.app, ["api", "key", "create", "--role", "app", "--name", "ward app"])
+        assert tenantless_app.exit_code == 1 and "needs a tenant" in tenantless_app.output
+        platform_validator = runner.invoke(cli.app, ["api", "key", "create", "--role", "clinical_validator", "--name", "Dr Quinn"])
+        assert platform_validator.exit_code == 0 and platform_validator.output.startswith("bv_"), platform_validator.output
+        dana = runner.invoke(cli.app, ["api", "key", "create", "--role", "data_scientist", "--tenant", "t1",
+                                       "--name", "Dana Scientist"]).output.strip()
+
+        assert cli._launched_by() is None  # no key: the launcher records os:<login>, which fails closed
+        monkeypatch.setenv("BIOVERSE_API_KEY", dana)
+        assert cli._launched_by() == f"key:{dana.split('_')[1]}/Dana Scientist"
+        monkeypatch.setenv("BIOVERSE_API_KEY", f"bv_{dana.split('_')[1]}_forged")  # a key id alone proves nothing
+        with pytest.raises(ValueError, match="API key refused"):
+            cli._launched_by()
+    finally:
+        clear_platform_caches()
