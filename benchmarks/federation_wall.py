@@ -29,14 +29,15 @@ from training.data import HospitalDataModule
 from training.local import evaluate_model, train_locally
 from training.models import build_model
 from training.preprocessing import FeatureEncoder, local_statistics, merge_statistics
-from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
+from training.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
 
 
 def make_spec(paths: list[Path], rounds: int) -> dict:
     return {
         "name": "bench-federation",
         "data": {"patient_id": PATIENT_ID, "label": LABEL, "numeric": list(FEATURES_NUMERIC),
-                 "categorical": list(FEATURES_CATEGORICAL), "hospitals": [{"id": p.stem, "path": str(p)} for p in paths]},
+                 "categorical": list(FEATURES_CATEGORICAL), "ranges": {c: list(r) for c, r in FEATURE_RANGES.items()},
+                 "hospitals": [{"id": p.stem, "path": str(p)} for p in paths]},
         "model": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.0},
         "strategy": {"name": "fedavg", "min_hospitals": 2},
         "training": {"rounds": rounds, "local_epochs": 1, "batch_size": 64, "learning_rate": 0.01},
