@@ -5,8 +5,9 @@ MACed with the audit key (``experiments.keys``). Whoever can write the database 
 read the key can neither forge a checkpoint nor re-hash the chain to match one, so a
 verifier that reads the file notices dropped tails, truncation and rewritten events.
 Lines are appended (one ``write`` each, under ``flock``) by every process that writes the
-chain: every ``audit_checkpoint_events`` events or ``audit_checkpoint_seconds`` seconds of
-activity, when a recorder closes, and by ``bioverse audit checkpoint``.
+chain: every ``audit_checkpoint_events`` events or ``audit_checkpoint_seconds`` seconds (the
+recorder's idle thread sees to the latter), when a recorder closes, and by
+``bioverse audit checkpoint``.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def database_id(url: Any) -> str:
     url = make_url(str(url)) if not hasattr(url, "get_backend_name") else url
     backend = url.get_backend_name()
     if backend == "sqlite":
-        return f"sqlite:{Path(url.database or ':memory:').resolve() if url.database else ':memory:'}"
-    return f"{backend}://{url.host or 'localhost'}:{url.port or ''}/{url.database or ''}"
+        return f"sqlite:{Path(url.database).resolve() if url.database else ':memory:'}"
+    port = url.port or {"postgresql": 5432, "mysql": 3306}.get(backend, "")
+    return f"{backend}://{url.host or 'localhost'}:{port}/{url.database or ''}"
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,16 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-_SQLITE_TRIGGERS = (
+#: ``{keyed}`` is empty, or `` AND id > N`` where the unique parent is partial (a legacy fork),
+#: so that the lookup uses that index.
+_SQLITE_NO_OVERWRITE = (
     "CREATE TRIGGER audit_no_overwrite BEFORE INSERT ON audit_events "
     "WHEN EXISTS (SELECT 1 FROM audit_events WHERE id = NEW.id) "
     "OR EXISTS (SELECT 1 FROM audit_events WHERE hash = NEW.hash) "
-    "OR EXISTS (SELECT 1 FROM audit_events WHERE prev_hash = NEW.prev_hash) "
-    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+    "OR EXISTS (SELECT 1 FROM audit_events WHERE prev_hash = NEW.prev_hash{keyed}) "
+    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END"
+)
+_SQLITE_TRIGGERS = (
     "CREATE TRIGGER audit_chain_no_update BEFORE UPDATE ON audit_chain "
     "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
     "CREATE TRIGGER audit_chain_no_delete BEFORE DELETE ON audit_chain "
@@ -63,7 +67,12 @@ def upgrade() -> None:
     where = sa.text(f"id > {int(legacy_until)}") if forked is not None else None
     op.create_index("uq_audit_events_prev_hash", "audit_events", ["prev_hash"], unique=True,
                     sqlite_where=where, postgresql_where=where)
-    for statement in _PG_TRIGGERS if bind.dialect.name == "postgresql" else _SQLITE_TRIGGERS:
+    if bind.dialect.name == "postgresql":
+        statements = _PG_TRIGGERS
+    else:
+        keyed = f" AND id > {int(legacy_until)}" if forked is not None else ""
+        statements = (_SQLITE_NO_OVERWRITE.format(keyed=keyed), *_SQLITE_TRIGGERS)
+    for statement in statements:
         op.execute(statement)
 
 
