@@ -169,3 +169,25 @@ def test_old_ledgers_count_against_every_dataset(tmp_path: Path) -> None:
     with pytest.raises(BudgetExceededError):
         PrivacyLedger(path, "h1", "a" * 64).charge(run="newer", experiment="e", epsilon=0.5, delta=1e-5, steps=1, budget=5)
     PrivacyLedger(path, "h1", "b" * 64).charge(run="newer", experiment="e", epsilon=0.5, delta=1e-5, steps=1, budget=5)
+
+
+def test_image_statistics_round_is_noised_charged_and_usable(tmp_path: Path) -> None:
+    from experiments.spec import parse_spec
+    from training.imaging import ImagePreprocessor, load_image_split, pixel_statistics
+    from training.synth_images import synthesize_image_hospitals
+
+    folders = synthesize_image_hospitals(tmp_path / "data", n_hospitals=2, images_per_hospital=500, size=16, channels=1,
+                                         classes=("normal", "nodule"), layout="folder", seed=2)
+    spec = parse_spec({"name": "img", "data": {"modality": "images", "classes": ["normal", "nodule"], "image_size": 16,
+                                               "hospitals": [{"id": p.name, "path": str(p)} for p in folders]},
+                       "privacy": {"hospital_budget": 20.0}})
+    node = {"partition-id": 0, "num-partitions": 2}
+    reply = _statistics(spec, node, tmp_path / "ledgers", "img-run")
+    assert reply.content["site"]["status"] == "ok", reply.content["site"]["reason"]
+    stats = json.loads(reply.content["statistics"]["stats"])
+    pre = ImagePreprocessor.from_statistics([stats["pixels"]], size=16, channels=1, classes=("normal", "nodule"))
+    exact = pixel_statistics(load_image_split(folders[0], spec.data.contract, spec.data.test_fraction, spec.seed).train_images)
+    assert stats["pixels"]["sum"] != exact["sum"]
+    assert abs(pre.mean[0] - exact["sum"][0] / exact["pixels"]) < 0.1
+    entry = PrivacyLedger(tmp_path / "ledgers" / f"{folders[0].name}.json", folders[0].name).entry("img-run/statistics")
+    assert entry is not None and entry.epsilon == pytest.approx(1.0) and entry.dataset == dataset_fingerprint(folders[0])
