@@ -6,6 +6,8 @@
 * A path that exists but not for the method asked: ``OPTIONS`` answers 204 and any
   other method 405, both with ``Allow`` listing every method of the path (Starlette
   lists only the methods of the first route it tried).
+* A query parameter the route does not take answers 422 naming it (``?limt=5`` is a
+  typo, not a request for the default page size).
 * ``/metrics`` answers a configured metrics token (``BIOVERSE_API_METRICS_TOKEN``, what
   Prometheus sends as its bearer credential) or a platform admin's key; anyone else 401/403.
 """
@@ -19,6 +21,8 @@ from typing import Annotated
 
 import fastapi_offline
 from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.utils import get_flat_dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -30,7 +34,7 @@ from platform_api.deps import bearer_scheme, identify_caller
 from platform_api.errors import Forbidden
 from platform_api.settings import get_settings
 
-__all__ = ["ASSETS_URL", "AllowMiddleware", "install_docs", "metrics_access"]
+__all__ = ["ASSETS_URL", "AllowMiddleware", "install_docs", "known_query_only", "metrics_access"]
 
 #: Where the Swagger UI and ReDoc assets are served from.
 ASSETS_URL = "/docs-assets"
@@ -120,3 +124,28 @@ async def metrics_access(request: Request, url: DatabaseUrl,
     caller = await identify_caller(request, url, credentials)
     if caller.role != "admin" or caller.tenant_id is not None:
         raise Forbidden("metrics cover every tenant: scrape with the metrics token or a platform admin's key")
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}  # id(route) -> the query parameters it declares (routes live as long as the app)
+
+
+def _query_names(route: object) -> frozenset[str]:
+    names = _QUERY_NAMES.get(id(route))
+    if names is None:
+        dependant = getattr(route, "dependant", None)
+        names = frozenset(p.alias for p in get_flat_dependant(dependant).query_params) if dependant else frozenset()
+        _QUERY_NAMES[id(route)] = names
+    return names
+
+
+async def known_query_only(request: Request) -> None:
+    """App-wide dependency: 422 for a query parameter the matched route does not declare."""
+    route = request.scope.get("route")
+    if route is None or not request.query_params:
+        return
+    known = _query_names(route)
+    for name, value in request.query_params.multi_items():
+        if name not in known:
+            takes = ", ".join(sorted(known)) or "none"
+            raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "input": value,
+                                           "msg": f"Extra inputs are not permitted (query parameters here: {takes})"}])

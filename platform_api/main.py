@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from platform_api.cache import CacheErrorCollector
 from platform_api.db import migrate
-from platform_api.edge import AllowMiddleware, install_docs, metrics_access
+from platform_api.edge import AllowMiddleware, install_docs, known_query_only, metrics_access
 from platform_api.errors import install_error_handlers
 from platform_api.metrics import ApiMetrics, MetricsMiddleware, metrics_response
 from platform_api.readiness import check_readiness
@@ -103,7 +103,8 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
         yield
         close_recorders()  # commit what is queued before the process goes
 
-    app = FastAPI(title="BioVerse platform API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="BioVerse platform API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  dependencies=[Depends(known_query_only)])  # an unknown query parameter is a 422, not ignored
     install_error_handlers(app)
     install_openapi(app)  # every status a route can answer, with the body sent
     install_docs(app)  # /docs and /redoc from local assets

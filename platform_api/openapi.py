@@ -11,6 +11,7 @@ a bearer credential        401 (with ``WWW-Authenticate``), 403, 429 (``Retry-Af
                            503 (the database, the model or the feature store is down)
 a path parameter           404 (unknown, or another tenant's: the same answer)
 a request body             400 (unparseable), 413 (over the size limit), 422
+any operation              422 (a query parameter it does not take)
 any 400 or 422             FastAPI's own answer, or the route's (validation list, domain detail)
 =========================  =============================================================
 
@@ -67,14 +68,15 @@ def _json_error(status: int, schema: dict[str, Any]) -> dict[str, Any]:
 
 def document_errors(document: dict[str, Any]) -> dict[str, Any]:
     """Add the error answers an operation can give to every operation of ``document``."""
-    document.setdefault("components", {}).setdefault("schemas", {})["ErrorDetail"] = ERROR_SCHEMA
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorDetail"] = ERROR_SCHEMA
     for path, item in document.get("paths", {}).items():
         for method in _METHODS:
             operation = item.get(method)
             if operation is None:
                 continue
             responses: dict[str, Any] = operation.setdefault("responses", {})
-            statuses: set[int] = set()
+            statuses: set[int] = {422}  # an unknown query parameter (edge.known_query_only), on any operation
             if operation.get("security"):
                 statuses |= {401, 403, 429, 503}
             if "{" in path:
@@ -86,6 +88,8 @@ def document_errors(document: dict[str, Any]) -> dict[str, Any]:
                 given = responses.get(str(status))
                 if status in _FRAMEWORK:  # FastAPI's own answer ({"detail": ...}) beside the route's
                     own = (given or {}).get("content", {}).get("application/json", {}).get("schema")
+                    if own is None and status == 422 and "HTTPValidationError" in schemas:
+                        own = {"$ref": "#/components/schemas/HTTPValidationError"}  # the unknown query parameter
                     schema = {"anyOf": [own, _ERROR_REF]} if own else _ERROR_REF
                     responses[str(status)] = {**(given or {}), **_json_error(status, schema),
                                               "description": (given or {}).get("description") or _DESCRIPTIONS[status]}

@@ -117,7 +117,8 @@ def _json(content: bytes, status_code: int) -> Response:
     return Response(content=content, status_code=status_code, media_type="application/json")
 
 
-@router.post("/v1/twins/{twin_id}/predictions", status_code=status.HTTP_201_CREATED, response_model=PredictionPublic)
+@router.post("/v1/twins/{twin_id}/predictions", status_code=status.HTTP_201_CREATED, response_model=PredictionPublic,
+             responses={409: {"description": "A stored feature of the twin breaks its contract (named)"}})
 async def predict_twin(twin_id: str, request: Request, url: DatabaseUrl, caller: PatientWriter) -> Response:
     """Score a twin now: its current features, the production model; stored and returned
     with the model version and the inputs used (an alert is raised above the threshold)."""
@@ -126,7 +127,8 @@ async def predict_twin(twin_id: str, request: Request, url: DatabaseUrl, caller:
 
 
 @router.post("/v1/predictions/batch", status_code=status.HTTP_201_CREATED, response_model=list[PredictionPublic],
-             responses={404: {"description": "One of the twins is not the caller's tenant's (the first is named)"}})
+             responses={404: {"description": "One of the twins is not the caller's tenant's (the first is named)"},
+                        409: {"description": "A stored feature of a twin breaks its contract (named)"}})
 async def predict_batch(body: BatchPredictionCreate, request: Request, url: DatabaseUrl, caller: PatientWriter) -> Response:
     """Score up to 1,000 twins of the caller's tenant in one call; an unknown id fails the whole batch."""
     ids = list(dict.fromkeys(body.twin_ids))

@@ -153,7 +153,11 @@ def _decide(session: Any, caller: Principal, action: str, target: tuple[str, str
     return decision
 
 
-@router.post("/versions/{version}/approve", response_model=Decision)
+#: The gate's refusals (decided already, no or stale report or receipt, not approved, nothing to roll back).
+_REFUSED: dict[int | str, dict[str, Any]] = {409: {"description": "The registry's gate refuses this decision"}}
+
+
+@router.post("/versions/{version}/approve", response_model=Decision, responses=_REFUSED)
 def approve(name: ModelName, version: VersionId, body: ReviewCreate, session: SessionDep, caller: Validator) -> Decision:
     """Approve a pending version: refused for its launcher (same key or person), outside the
     key's scope (a tenant's validator and a platform-wide model), without a read receipt of
@@ -162,21 +166,21 @@ def approve(name: ModelName, version: VersionId, body: ReviewCreate, session: Se
                    validator=caller.identity, rationale=body.rationale, receipt=body.report_receipt)
 
 
-@router.post("/versions/{version}/reject", response_model=Decision)
+@router.post("/versions/{version}/reject", response_model=Decision, responses=_REFUSED)
 def reject(name: ModelName, version: VersionId, body: RejectCreate, session: SessionDep, caller: Validator) -> Decision:
     """Reject a pending version, with the rationale."""
     return _decide(session, caller, "reject", (name, version), registry().reject, name=name, version=version,
                    validator=caller.identity, rationale=body.rationale, receipt=body.report_receipt)
 
 
-@router.post("/versions/{version}/promote", response_model=Decision)
+@router.post("/versions/{version}/promote", response_model=Decision, responses=_REFUSED)
 def promote(name: ModelName, version: VersionId, session: SessionDep, caller: Validator) -> Decision:
     """Give an approved version the ``production`` alias (serving and the API follow it)."""
     return _decide(session, caller, "promote", (name, version), registry().promote, name=name, version=version,
                    actor=caller.identity.display)
 
 
-@router.post("/rollback", response_model=Decision)
+@router.post("/rollback", response_model=Decision, responses=_REFUSED)
 def rollback(name: ModelName, body: RollbackCreate, session: SessionDep, caller: Admin) -> Decision:
     """Move ``production`` back to the previous approved version (or ``to_version``)."""
     return _decide(session, caller, "rollback", (name, body.to_version or "previous"), registry().rollback, name=name,

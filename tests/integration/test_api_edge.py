@@ -79,6 +79,9 @@ def test_openapi_documents_every_error_status_with_the_body_sent(api: dict) -> N
                 assert "404" in responses, (method, path)
             if "requestBody" in operation:
                 assert {"400", "413", "422"} <= set(responses), (method, path)
+    for path in ("/v1/twins", "/v1/twins/{twin_id}/predictions", "/v1/predictions/batch",
+                 "/v1/registry/models/{name}/versions/{version}/approve", "/v1/registry/models/{name}/rollback"):
+        assert "409" in document["paths"][path]["post"]["responses"], path
     twins = document["paths"]["/v1/twins"]["post"]["responses"]
     assert twins["409"]["content"]["application/json"]["schema"] == {"$ref": error}
     upload = document["paths"]["/v1/twins/{twin_id}/images"]["post"]["responses"]
@@ -203,3 +206,14 @@ def test_readme_curl_examples_quote_urls_with_query_strings() -> None:
         for word in line.split():
             if "?" in word or "&" in word:
                 assert word[0] in "\"'", line
+
+
+def test_an_unknown_query_parameter_is_refused_naming_it(api: dict) -> None:
+    """Item 16 (schemathesis: schema-violating request accepted): `?limt=5` was ignored."""
+    client, key = api["client"], api["keys"]["app"]
+    typo = client.get("/v1/twins", params={"limt": 5}, headers=_h(key))
+    assert typo.status_code == 422
+    assert typo.json()["detail"][0]["loc"] == ["query", "limt"] and "limit" in typo.json()["detail"][0]["msg"]
+    assert client.get("/v1/twins", params={"limit": 5}, headers=_h(key)).status_code == 200
+    assert client.get("/healthz", params={"x": 1}).status_code == 422
+    assert "422" in client.get("/openapi.json").json()["paths"]["/healthz"]["get"]["responses"]

@@ -44,7 +44,7 @@ APP.state.rate_limits = RateLimits(per_minute=1_000_000, burst=1_000_000)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 schema.config.checks.update(included_check_names=["all"])
 
-FUZZ = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @schema.parametrize()
