@@ -343,6 +343,9 @@ class ModelRegistry:
         if launcher.kind != "key":
             raise LauncherUnknown(f"{where} was launched by {launcher.display}, which cannot be compared with an "
                                   "API key: relaunch it with the launcher's API key (BIOVERSE_API_KEY)")
+        if not " ".join(launcher.person.split()):
+            raise LauncherUnknown(f"{where} was launched with key {launcher.key_id}, which names no person: "
+                                  "the validator cannot be compared by person")
         if launcher.same_person(validator):
             raise SelfApproval(f"{validator.person} launched the experiment behind {where} "
                                f"(as {launcher.display}); an independent clinical validator must review it")

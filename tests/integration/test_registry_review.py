@@ -235,6 +235,9 @@ def test_the_launcher_cannot_decide_on_their_own_model(store: Callable[..., Stor
     with pytest.raises(ReviewError, match="names no person"):  # an unnamed key cannot be compared by person
         s.registry.approve(s.name, "1", validator=Identity("key", "", "k-anon"), rationale=WHY,
                            receipt=s.receipt("1", Identity("key", "", "k-anon")))
+    s.client.set_model_version_tag(s.name, "1", "launched_by", "key:k-unnamed/")  # an unnamed launching key
+    with pytest.raises(LauncherUnknown, match="names no person"):
+        s.approve("1")
     s.client.set_model_version_tag(s.name, "1", "launched_by", LAUNCHER)  # an OS login: cannot be compared
     with pytest.raises(LauncherUnknown, match="OS login, unauthenticated"):
         s.approve("1")
