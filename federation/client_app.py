@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 
 from experiments.errors import ExperimentError
 from experiments.spec import ExperimentSpec
-from federation.errors import BudgetExceededError, FederationError
+from federation.errors import BudgetExceededError, FederationError, SitePolicyRefusal
 from federation.hospital import encoder_from_config, evaluate_global, site_statistics, train_round, validation_aggregates
 from federation.site import Site, resolve_site, spec_from_run_config
 from training.errors import TrainingError
@@ -57,7 +57,7 @@ def statistics(message: Message, context: Context) -> Message:
         site, spec = _site(context)
         config = message.content.config_records.get("config")
         found = site_statistics(site, spec, str(config.get("run-key", "")) if config else "")
-    except BudgetExceededError as err:
+    except (BudgetExceededError, SitePolicyRefusal) as err:
         log.warning("%s refuses the statistics round: %s", err.hospital_id, err)
         return _status(message, err.hospital_id, "refused", str(err))
     except _SITE_ERRORS as err:

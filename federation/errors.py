@@ -4,6 +4,7 @@ Hierarchy::
 
     FederationError
     ├── BudgetExceededError    a hospital's privacy ledger refuses to train
+    ├── SitePolicyRefusal      a hospital's policy refuses a release (e.g. statistics)
     ├── SiteConfigError        a hospital's node config is incomplete or wrong
     ├── TooFewHospitalsError   fewer hospitals answered than the spec's minimum
     └── LaunchError            the Flower engine could not start or run the app
@@ -11,7 +12,7 @@ Hierarchy::
 
 from __future__ import annotations
 
-__all__ = ["BudgetExceededError", "FederationError", "LaunchError", "SiteConfigError", "TooFewHospitalsError"]
+__all__ = ["BudgetExceededError", "FederationError", "LaunchError", "SiteConfigError", "SitePolicyRefusal", "TooFewHospitalsError"]
 
 
 class FederationError(Exception):
@@ -28,6 +29,14 @@ class BudgetExceededError(FederationError):
             f"privacy budget exhausted: {spent:.3f} spent in earlier runs + {requested:.3f} "
             f"for this run > budget {budget:.3f}"
         )
+
+
+class SitePolicyRefusal(FederationError):
+    """A hospital's own policy refuses a release, whatever its budget."""
+
+    def __init__(self, hospital_id: str, what: str) -> None:
+        self.hospital_id = hospital_id
+        super().__init__(f"{hospital_id}'s policy refuses {what}")
 
 
 class SiteConfigError(FederationError):

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from experiments.spec import ExperimentSpec
-from federation.errors import FederationError
+from federation.errors import FederationError, SitePolicyRefusal
 from federation.ledger import PrivacyLedger
 from federation.site import Site
 from training.contract import schema_fingerprint
@@ -119,7 +119,10 @@ def site_statistics(site: Site, spec: ExperimentSpec, run_key: str = "") -> dict
 
     Raises:
         BudgetExceededError: the hospital's budget for this dataset cannot pay for them.
+        SitePolicyRefusal: the site's policy (node config ``statistics=refuse``) sends none.
     """
+    if site.statistics == "refuse":
+        raise SitePolicyRefusal(site.hospital_id, "the statistics round (node config statistics=refuse)")
     if spec.is_imaging:
         from federation import hospital_images
 

@@ -24,6 +24,7 @@ class Site:
     budget: float
     ledger_path: Path
     dataset_id: str | None = None  # pinned by the node config; else the data's fingerprint
+    statistics: str = "dp"  # the site's policy for the statistics round: dp (noised, charged) or refuse
 
 
 def spec_from_run_config(run_config: dict[str, Any]) -> ExperimentSpec:
@@ -50,9 +51,10 @@ def resolve_site(node_config: dict[str, Any], spec: ExperimentSpec, ledger_dir: 
     """Work out which hospital this node is.
 
     Deployment: the SuperNode's ``--node-config`` names it (``hospital-id``,
-    ``data-path``, and optionally ``privacy-budget``, ``ledger-path`` and ``dataset-id``,
-    which pins the dataset the budget belongs to instead of the data's fingerprint); the
-    ledger lives beside the data unless told otherwise. Simulation: ``partition-id`` picks the
+    ``data-path``, and optionally ``privacy-budget``, ``ledger-path``, ``dataset-id``,
+    which pins the dataset the budget belongs to instead of the data's fingerprint, and
+    ``statistics`` = ``dp`` (default: noised and charged) or ``refuse``); the ledger
+    lives beside the data unless told otherwise. Simulation: ``partition-id`` picks the
     spec's n-th hospital, whose ledger lives in ``ledger_dir``.
 
     Raises:
@@ -68,7 +70,10 @@ def resolve_site(node_config: dict[str, Any], spec: ExperimentSpec, ledger_dir: 
         budget = float(node_config.get("privacy-budget", default_budget))
         ledger = node_config.get("ledger-path") or data_path.parent / ".bioverse-ledger" / f"{hospital_id}.json"
         dataset_id = str(node_config.get("dataset-id", "") or "") or None
-        return Site(hospital_id, data_path, budget, Path(str(ledger)), dataset_id)
+        statistics = str(node_config.get("statistics", "dp"))
+        if statistics not in ("dp", "refuse"):
+            raise SiteConfigError(f"{hospital_id}: node config statistics must be dp or refuse, not {statistics!r}")
+        return Site(hospital_id, data_path, budget, Path(str(ledger)), dataset_id, statistics)
     if "partition-id" not in node_config:
         raise SiteConfigError("node config names no hospital-id (deployment) or partition-id (simulation)")
     index = int(node_config["partition-id"])

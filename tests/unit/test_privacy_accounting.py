@@ -191,3 +191,14 @@ def test_image_statistics_round_is_noised_charged_and_usable(tmp_path: Path) -> 
     assert abs(pre.mean[0] - exact["sum"][0] / exact["pixels"]) < 0.1
     entry = PrivacyLedger(tmp_path / "ledgers" / f"{folders[0].name}.json", folders[0].name).entry("img-run/statistics")
     assert entry is not None and entry.epsilon == pytest.approx(1.0) and entry.dataset == dataset_fingerprint(folders[0])
+
+
+def test_a_site_policy_can_refuse_the_statistics_round(hospital_files: list[Path], tmp_path: Path) -> None:
+    spec = make_spec(hospital_files)
+    ledger = tmp_path / "site.json"
+    node = {"hospital-id": "st-marys", "data-path": str(hospital_files[0]), "ledger-path": str(ledger), "statistics": "refuse"}
+    site = _statistics(spec, node, tmp_path).content["site"]
+    assert site["status"] == "refused" and "policy refuses the statistics round" in site["reason"]
+    assert not ledger.exists()
+    node["statistics"] = "exact"
+    assert _statistics(spec, node, tmp_path).content["site"]["status"] == "error"  # a misconfigured site says so
