@@ -21,7 +21,20 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 @pytest.fixture()
 def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """The app on a SQLite file, a metrics token configured, and keys of several kinds."""
-    monkeypatch.setenv("BIOVERSE_API_DATABASE_URL", f"sqlite:///{tmp_path / 'platform.db'}")
+    yield from _serve(f"sqlite:///{tmp_path / 'platform.db'}", tmp_path, monkeypatch)
+
+
+@pytest.fixture()
+def api_on_postgresql(postgres_database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+    """The same app on a fresh PostgreSQL database."""
+    yield from _serve(postgres_database.sqlalchemy_url, tmp_path, monkeypatch)
+    from platform_api.db import get_engine
+
+    get_engine(postgres_database.sqlalchemy_url).dispose()
+
+
+def _serve(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    monkeypatch.setenv("BIOVERSE_API_DATABASE_URL", url)
     monkeypatch.setenv("BIOVERSE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("BIOVERSE_API_METRICS_TOKEN", METRICS_TOKEN)
     from platform_api import db
@@ -47,8 +60,10 @@ def _h(token: str) -> dict[str, str]:
 UTC_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
-def test_timestamps_carry_a_zone_and_post_and_get_agree(api: dict) -> None:
+@pytest.mark.parametrize("backend", ["api", "api_on_postgresql"])
+def test_timestamps_carry_a_zone_and_post_and_get_agree(backend: str, request: pytest.FixtureRequest) -> None:
     """Item 16/19: SQLite hands back naive datetimes; every answer says UTC, the same way."""
+    api = request.getfixturevalue(backend)
     client, key = api["client"], api["keys"]["app"]
     made = client.post("/v1/twins", json={"patient_id": "zone-1"}, headers=_h(key))
     assert made.status_code == 201
