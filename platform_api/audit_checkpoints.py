@@ -56,7 +56,9 @@ def audit_key(*, create: bool = True) -> bytes:
 def checkpoint_path() -> Path:
     """The checkpoints file: ``BIOVERSE_API_AUDIT_CHECKPOINTS`` or ``<data dir>/audit/checkpoints.jsonl``."""
     settings = get_settings()
-    return settings.audit_checkpoints or settings.data_dir / "audit" / "checkpoints.jsonl"
+    if settings.audit_checkpoints is not None and str(settings.audit_checkpoints) not in ("", "."):  # "" reads as "."
+        return settings.audit_checkpoints
+    return settings.data_dir / "audit" / "checkpoints.jsonl"
 
 
 @functools.lru_cache(maxsize=256)
