@@ -479,7 +479,8 @@ def audit_verify(
 
     with _api_session() as session:
         check = verify(session, checkpoints=checkpoints)
-    anchor = (f"{check.checkpoints} checkpoints" if check.checkpoints else "no checkpoint yet: the tail is not anchored")
+    anchor = (f"{check.checkpoints} checkpoint{'s' if check.checkpoints > 1 else ''}" if check.checkpoints
+              else "no checkpoint yet: the tail is not anchored")
     legacy = f", {min(check.legacy_until, check.last_id)} legacy (unkeyed)" if check.legacy_until else ""
     if check.ok:
         out.print(f"audit log intact: {check.events} events{legacy}, {anchor}", highlight=False)

@@ -134,14 +134,14 @@ def test_bioverse_audit_verify_prints_a_summary_and_every_break(home: Path) -> N
     made = runner.invoke(app, ["audit", "checkpoint"])
     assert made.exit_code == 0 and "checkpoint: 6 events" in made.output, made.output
     intact = runner.invoke(app, ["audit", "verify"])
-    assert intact.exit_code == 0 and intact.output.strip() == "audit log intact: 6 events, 1 checkpoints", intact.output
+    assert intact.exit_code == 0 and intact.output.strip() == "audit log intact: 6 events, 1 checkpoint", intact.output
     with engine.begin() as connection:
         connection.execute(text("DROP TRIGGER audit_no_update"))
         connection.execute(text("UPDATE audit_events SET outcome = 'notfound' WHERE id IN (2, 5)"))
     broken = runner.invoke(app, ["audit", "verify"])
     lines = broken.output.strip().splitlines()
     assert broken.exit_code == 1 and "Traceback" not in broken.output
-    assert lines[0] == "error: audit log BROKEN: 2 breaks in 6 events, 1 checkpoints"
+    assert lines[0] == "error: audit log BROKEN: 2 breaks in 6 events, 1 checkpoint"
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["event 2", "event 5"]
     capped = runner.invoke(app, ["audit", "verify", "--max-lines", "1"])
     assert capped.exit_code == 1 and capped.output.strip().splitlines()[-1].strip().startswith("... 1 more")
