@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from feature_store.definitions import CATEGORIES, RANGES, UNITS
 from feature_store.errors import FeatureValueError
 
-__all__ = ["check_category", "check_number", "check_observation", "violations"]
+__all__ = ["CLOCK_SKEW", "EARLIEST", "check_category", "check_number", "check_observation", "check_observed_at", "violations"]
+
+#: How far ahead of this machine's clock an observation time may be.
+CLOCK_SKEW = timedelta(minutes=5)
+#: No observation is older than this.
+EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
 
 
 def check_number(feature: str, value: Any) -> float:
@@ -52,6 +58,26 @@ def check_category(feature: str, value: Any) -> str:
 def check_observation(values: Mapping[str, Any]) -> dict[str, float]:
     """Every value checked (``check_number``); the first bad one raises, naming its feature."""
     return {feature: check_number(feature, value) for feature, value in values.items()}
+
+
+def check_observed_at(when: datetime | None, *, now: datetime | None = None) -> datetime:
+    """An observation's event time in UTC (``now`` if None).
+
+    Raises:
+        FeatureValueError: a naive time (no zone: refused, not guessed), a time more than
+            ``CLOCK_SKEW`` in the future (it would stay "newest" for ever), or one before 1900.
+    """
+    now = now or datetime.now(timezone.utc)
+    if when is None:
+        return now
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise FeatureValueError("observed_at", "a time zone is required (for example 2026-01-31T08:00:00Z)")
+    utc = when.astimezone(timezone.utc)
+    if utc > now + CLOCK_SKEW:
+        raise FeatureValueError("observed_at", f"{utc.isoformat()} is in the future (this server's clock: {now.isoformat()})")
+    if utc < EARLIEST:
+        raise FeatureValueError("observed_at", f"{utc.isoformat()} is before {EARLIEST.year}")
+    return utc
 
 
 def violations(values: Mapping[str, Any]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from feature_store.contract import check_category, check_number, check_observation
+from feature_store.contract import check_category, check_number, check_observation, check_observed_at
 from feature_store.definitions import CATEGORIES, RANGES, VIEWS, build_definitions, offline_path
 from feature_store.errors import (
     FeatureDataError,
@@ -267,12 +267,8 @@ class PushResult:
 
 
 def _utc(when: datetime | None) -> pd.Timestamp:
-    """An aware time in UTC (now if None); a naive one is refused."""
-    if when is None:
-        return pd.Timestamp(datetime.now(timezone.utc))
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise FeatureDataError("observed_at: a time zone is required (for example 2026-01-31T08:00:00Z)")
-    return pd.Timestamp(when).tz_convert("UTC")
+    """An aware, plausible time in UTC (now if None); see :func:`check_observed_at`."""
+    return pd.Timestamp(check_observed_at(when))
 
 
 @contextlib.contextmanager

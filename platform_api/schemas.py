@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator
@@ -158,10 +158,6 @@ class BatchPredictionCreate(BaseModel):
     twin_ids: list[str] = Field(min_length=1, max_length=1000)
 
 
-#: How far ahead of the server's clock an observation time may be (clock skew).
-OBSERVATION_CLOCK_SKEW = timedelta(minutes=5)
-
-
 def _observed_values() -> type[BaseModel]:
     """The observable features (vitals and labs): each a finite JSON number (not a string,
     not a boolean) within the plausible range declared with its feature view."""
@@ -169,9 +165,16 @@ def _observed_values() -> type[BaseModel]:
     for view, columns in VIEWS.items():
         for column in columns if view != "demographics" else ():
             low, high = RANGES[column]
-            fields[column] = (float | None, Field(default=None, ge=low, le=high, strict=True, allow_inf_nan=False,
-                                                  description=f"{UNITS[column]}, {low:g} to {high:g} ({view})"))
-    return create_model("ObservedValues", __config__=ConfigDict(extra="forbid"), __doc__=_observed_values.__doc__, **fields)
+            fields[column] = (float, Field(default=None, ge=low, le=high, strict=True, allow_inf_nan=False,
+                                           description=f"{UNITS[column]}, {low:g} to {high:g} ({view})",
+                                           json_schema_extra=_no_default))
+    config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    return create_model("ObservedValues", __config__=config, __doc__=_observed_values.__doc__, **fields)
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """An absent feature is not observed; the schema shows no default (null is not a number)."""
+    schema.pop("default", None)
 
 
 ObservedValues = _observed_values()
@@ -189,19 +192,14 @@ class ObservationCreate(BaseModel):
     @field_validator("values")
     @classmethod
     def _something_observed(cls, values: BaseModel) -> BaseModel:
-        if not values.model_dump(exclude_none=True):
+        if not values.model_fields_set:
             raise ValueError(f"at least one value is required (of {', '.join(type(values).model_fields)})")
         return values
 
     @field_validator("observed_at")
     @classmethod
-    def _utc_and_not_future(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(timezone.utc)
-        if value > datetime.now(timezone.utc) + OBSERVATION_CLOCK_SKEW:
-            raise ValueError("observed_at is in the future")
-        return value
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(timezone.utc)  # the feature store refuses future times
 
 
 class ObservationResult(BaseModel):

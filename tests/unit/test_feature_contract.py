@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from feature_store.contract import check_category, check_number, check_observation, violations
+from feature_store.contract import check_category, check_number, check_observation, check_observed_at, violations
 from feature_store.definitions import CATEGORIES, FEATURE_COLUMNS, RANGES
 from feature_store.errors import FeatureValueError
 from platform_api.schemas import ObservationCreate
@@ -63,14 +63,15 @@ def test_observation_schema_is_the_contract() -> None:
     properties = schema["$defs"]["ObservedValues"]["properties"]
     assert set(properties) == {"systolic_bp", "heart_rate", "bmi", "cholesterol", "glucose"}
     for name, spec in properties.items():
-        number = next(s for s in spec["anyOf"] if s["type"] == "number")
-        assert (number["minimum"], number["maximum"]) == RANGES[name]
+        assert spec["type"] == "number" and "default" not in spec
+        assert (spec["minimum"], spec["maximum"]) == RANGES[name]
     assert schema["$defs"]["ObservedValues"]["additionalProperties"] is False
     with pytest.raises(ValidationError) as info:
         ObservationCreate.model_validate({"values": {"age": 50.0}})
     assert info.value.errors()[0]["loc"] == ("values", "age")
+    assert schema["$defs"]["ObservedValues"]["minProperties"] == 1
     with pytest.raises(ValidationError, match="at least one value"):
-        ObservationCreate.model_validate({"values": {"glucose": None}})
+        ObservationCreate.model_validate({"values": {}})
 
 
 def test_observation_times_need_a_zone_are_utc_and_not_in_the_future() -> None:
@@ -79,6 +80,9 @@ def test_observation_times_need_a_zone_are_utc_and_not_in_the_future() -> None:
     assert info.value.errors()[0]["loc"] == ("observed_at",)
     aware = ObservationCreate.model_validate_json('{"values": {"bmi": 22}, "observed_at": "2026-01-10T12:00:00+02:00"}')
     assert aware.observed_at == datetime(2026, 1, 10, 10, 0, tzinfo=timezone.utc) and aware.observed_at.utcoffset() == timedelta(0)
-    ahead = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
-    with pytest.raises(ValidationError, match="future"):
-        ObservationCreate.model_validate({"values": {"bmi": 22}, "observed_at": ahead})
+    now = datetime(2026, 1, 10, 12, 0, tzinfo=timezone.utc)
+    assert check_observed_at(None, now=now) == now
+    assert check_observed_at(now + timedelta(minutes=4), now=now) == now + timedelta(minutes=4)  # clock skew
+    for bad in (now + timedelta(minutes=6), datetime(1, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 10, 11, 0)):
+        with pytest.raises(FeatureValueError, match="^observed_at: "):
+            check_observed_at(bad, now=now)
