@@ -468,6 +468,11 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part 
     out.print(f"revoked {key_id}", highlight=False)
 
 
+def _unreadable_audit_log(e: Exception) -> ValueError:
+    """A database that cannot be read (down, or its audit table dropped): one line, not a traceback."""
+    return ValueError(f"cannot read the audit log: {' '.join(str(getattr(e, 'orig', None) or e).split())}")
+
+
 @audit_app.command("verify")
 @_one_line_errors
 def audit_verify(
@@ -475,10 +480,15 @@ def audit_verify(
     max_lines: Annotated[int, typer.Option(help="Print at most this many breaks (0: all).", min=0)] = 200,
 ) -> None:
     """Recompute the MAC chain and check it against the signed checkpoints; print every break, exit 1 if any."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from platform_api.audit import verify
 
-    with _api_session() as session:
-        check = verify(session, checkpoints=checkpoints)
+    try:
+        with _api_session() as session:
+            check = verify(session, checkpoints=checkpoints)
+    except SQLAlchemyError as e:
+        raise _unreadable_audit_log(e) from None
     anchor = (f"{check.checkpoints} checkpoint{'s' if check.checkpoints > 1 else ''}" if check.checkpoints
               else "no checkpoint yet: the tail is not anchored")
     legacy = f", {min(check.legacy_until, check.last_id)} legacy (unkeyed)" if check.legacy_until else ""
@@ -502,10 +512,15 @@ def audit_checkpoint(
     checkpoints: Annotated[Path | None, typer.Option(help="Checkpoints file (default: the API's audit_checkpoints).")] = None,
 ) -> None:
     """Append a signed checkpoint of the chain's head to the checkpoints file (run it from cron, too)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from platform_api.audit_checkpoints import checkpoint_path, write_checkpoint
 
-    with _api_session() as session:
-        cp = write_checkpoint(session.get_bind(), path=checkpoints)
+    try:
+        with _api_session() as session:
+            cp = write_checkpoint(session.get_bind(), path=checkpoints)
+    except SQLAlchemyError as e:
+        raise _unreadable_audit_log(e) from None
     if cp is None:
         out.print("audit log empty: nothing to checkpoint", highlight=False)
         return

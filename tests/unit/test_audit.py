@@ -201,3 +201,16 @@ def test_an_idle_recorder_still_checkpoints_the_last_events(home: Path, monkeypa
     recorder.close()
     with Session(engine) as session:
         assert verify(session).ok
+
+
+def test_a_dropped_audit_table_is_one_clear_line_and_a_failure(home: Path) -> None:
+    """Dropping the table (DDL rights) is not "intact": verify and checkpoint say so in one line."""
+    engine = _engine(home)
+    _append(engine, 2)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE audit_events"))
+    for command_line in (["audit", "verify"], ["audit", "checkpoint"]):
+        result = runner.invoke(app, command_line)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert lines[0].startswith("error: cannot read the audit log: no such table: audit_events")
