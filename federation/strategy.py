@@ -38,22 +38,33 @@ class HospitalReply:
 MAX_REASON = 200
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
 def remote_reason(text: str) -> str:
     """A hospital's error as one short line.
 
-    Flower relays a ClientApp's exception as ``<class 'X'>:<'message'>``, and in
-    simulation the message of Ray's wrapping error holds the whole remote traceback,
-    whose last line is the exception itself: keep ``X: last line``, bounded.
+    Flower relays a ClientApp's exception as ``<class 'X'>:<'message'>``; in simulation
+    the message of Ray's wrapping error holds the whole remote traceback (colour codes
+    included), chained causes first. Keep the root cause's ``Name: message``, bounded.
     """
-    text = str(text).strip()
+    text = _ANSI.sub("", str(text)).strip()
     found = re.fullmatch(r"<class '([^']+)'>:<'(.*)'>", text, flags=re.DOTALL)
     kind, text = (found.group(1).rsplit(".", 1)[-1], found.group(2)) if found else ("", text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return kind
-    last = lines[-1] if any(line.startswith("Traceback") for line in lines) else " ".join(lines)
-    if kind and not last.startswith(kind) and ": " not in last[:60]:
-        last = f"{kind}: {last}"
+    traceback = any(line.startswith(("Traceback", 'File "')) for line in lines)
+    causes = [m for m in (_EXCEPTION_LINE.match(line) for line in lines) if m] if traceback else []
+    if causes:
+        last = f"{causes[0].group(1).rsplit('.', 1)[-1]}: {causes[0].group(2)}"
+    elif traceback:
+        last = lines[-1]
+    else:
+        last = " ".join(lines)
+        if kind and not last.startswith(kind) and ": " not in last[:60]:
+            last = f"{kind}: {last}"
     return last if len(last) <= MAX_REASON else last[: MAX_REASON - 3] + "..."
 
 

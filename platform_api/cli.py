@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -80,7 +81,7 @@ def _without_tracebacks(text: str) -> str:
 
 def _error_line(e: BaseException) -> str:
     """One bounded line: the error's message without tracebacks, whitespace collapsed."""
-    message = " ".join(_without_tracebacks(str(e)).split()) or type(e).__name__
+    message = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", _without_tracebacks(str(e))).split()) or type(e).__name__
     return message if len(message) <= MAX_ERROR_LINE else message[: MAX_ERROR_LINE - 3] + "..."
 
 

@@ -120,6 +120,10 @@ def test_inf_spec_prints_one_line_from_validate_and_run_and_launches_nothing(tmp
 
 
 def test_a_long_relayed_error_is_one_bounded_line() -> None:
+    # the reason Flower relayed for each hospital in the probed run (spec with .inf, before the fix): 3.8 KB,
+    # colour codes, Ray's chained traceback; three of them made the 10.8 KB "one-line" error
+    real = (Path(__file__).parent / "data" / "ray_client_app_error.txt").read_text()
+    assert remote_reason(real) == "ZeroDivisionError: float division by zero"
     traceback = ("Traceback (most recent call last):\n" + '  File "x.py", line 1, in f\n    g()\n' * 60
                  + "ValueError: cannot reach epsilon inf\n")
     flower = f"<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run()\n{traceback}'>"
@@ -129,7 +133,7 @@ def test_a_long_relayed_error_is_one_bounded_line() -> None:
 
     @cli._one_line_errors
     def fails() -> None:
-        raise LaunchError("run failed: " + "; ".join([flower] * 3))  # the probed 10.8 KB error
+        raise LaunchError("run failed: " + "; ".join([real] * 3))  # the probed 10.8 KB error, unprocessed
 
     local = typer.Typer()
     local.command()(fails)
