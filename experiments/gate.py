@@ -150,11 +150,17 @@ def read_receipt(receipt: str | None, key_id: str, name: str, version: str, *, n
 
 
 def download_version(tracking_uri: str, name: str, version: str, dst: Path) -> Path:
-    """Download ``models:/<name>/<version>`` (what every loader loads) into ``dst``."""
-    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    """Download ``models:/<name>/<version>`` (what every loader loads) into ``dst``.
 
-    repo = ModelsArtifactRepository(f"models:/{name}/{version}", tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return Path(repo.download_artifacts("", dst_path=str(dst)))
+    MLflow resolves ``models:/`` URIs through the process-wide registry URI (whatever is passed
+    to the repository), so this sets the process's tracking and registry URIs, as loaders did.
+    """
+    import mlflow
+    import mlflow.artifacts
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
 
 
 def artifact_digest(directory: Path) -> str:

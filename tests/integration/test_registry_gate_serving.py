@@ -84,3 +84,21 @@ def test_nothing_approved_under_the_alias_is_not_ready(registry: dict[str, Any])
     # `candidate` is for unreviewed versions: no approval needed there
     assert RegistryModel(uri, MODEL, "candidate").load("2").version == "2"
     assert RegistryModel(uri, MODEL, require_approval=False).load("2").version == "2"
+
+
+def test_a_fresh_process_loads_through_the_gate(registry: dict[str, Any]) -> None:
+    """As a Ray Serve replica does: no MLflow URI set in the process beforehand (the demo's case)."""
+    import os
+    import subprocess
+    import sys
+
+    registry["client"].set_registered_model_alias(MODEL, "candidate", "2")
+    code = ("import sys; from serving.model_source import AliasFollower, RegistryModel; "
+            "uri = sys.argv[1]; "
+            "print(AliasFollower(RegistryModel(uri, sys.argv[2]), vision=False).model.version, "
+            "AliasFollower(RegistryModel(uri, sys.argv[2], 'candidate'), vision=False).model.version)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run([sys.executable, "-c", code, registry["uri"], MODEL], capture_output=True, text=True,
+                          env=env, cwd=str(Path(__file__).parents[2]), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "2"]
