@@ -51,6 +51,10 @@ class DPConfig:
     def __post_init__(self) -> None:
         if not self.enabled:
             return
+        for name in ("target_epsilon", "target_delta", "noise_multiplier", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise PrivacyConfigError(f"{name} must be a finite number, not {value}")
         if (self.target_epsilon is None) == (self.noise_multiplier is None):
             raise PrivacyConfigError("set exactly one of target_epsilon and noise_multiplier")
         if self.target_epsilon is not None and self.target_epsilon <= 0:
@@ -90,6 +94,8 @@ def noise_for_budget(*, target_epsilon: float, delta: float, sample_rate: float,
         PrivacyConfigError: if no noise scale reaches the target.
     """
     steps = max(steps, 1)
+    if not math.isfinite(target_epsilon) or target_epsilon <= 0:
+        raise PrivacyConfigError(f"target epsilon must be a positive finite number, not {target_epsilon}")
     if accountant != "rdp":
         try:
             return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,

@@ -139,3 +139,14 @@ def test_a_long_relayed_error_is_one_bounded_line() -> None:
     local.command()(fails)
     line = _one_short_line(runner.invoke(local, []))
     assert line.startswith("error: run failed:")
+
+
+def test_the_training_layer_refuses_non_finite_privacy_too() -> None:
+    """Defence in depth: the calibration that divided by zero in the probe refuses first."""
+    from training.errors import PrivacyConfigError
+    from training.privacy import DPConfig, noise_for_budget
+
+    with pytest.raises(PrivacyConfigError, match="target_epsilon must be a finite number"):
+        DPConfig(target_epsilon=math.inf)
+    with pytest.raises(PrivacyConfigError, match="positive finite"):
+        noise_for_budget(target_epsilon=math.inf, delta=1e-5, sample_rate=0.01, steps=100)
