@@ -129,7 +129,8 @@ class RedisCache:
         keys = list(keys)
         if not keys:
             return {}
-        values = self._call("get", lambda: self._redis.mget([self.prefix + k for k in keys]), [None] * len(keys))
+        missed: list[Any] = [None] * len(keys)
+        values: list[Any] = self._call("get", lambda: list(self._redis.mget([self.prefix + k for k in keys])), missed)
         return {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
     def set_many(self, items: Mapping[str, dict[str, Any]]) -> None:

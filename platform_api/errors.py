@@ -136,9 +136,10 @@ def install_error_handlers(app: FastAPI) -> None:
     for cls in _STATUS:
         app.add_exception_handler(cls, handle)
 
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
         """FastAPI's 422, except that the refused input is echoed as valid JSON (a NaN or
         Infinity sent in the body would otherwise make the error answer itself fail)."""
+        assert isinstance(exc, RequestValidationError)
         return JSONResponse({"detail": _finite_json(jsonable_encoder(exc.errors()))}, status_code=422)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
