@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Cookie, Depends, Form
+from fastapi import APIRouter, Cookie, Depends, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
@@ -31,6 +31,7 @@ from experiments.registry import ModelRegistry, ReviewError, VersionInfo, audit_
 from platform_api.audit import audited
 from platform_api.auth import Principal, authenticate, issue_token_for, signing_key
 from platform_api.db import DatabaseUrl, session_factory
+from platform_api.deps import client_address
 from platform_api.errors import NotAuthenticated
 from platform_api.routes.registry import registry
 from platform_api.settings import get_settings
@@ -203,12 +204,21 @@ def login_page(m: str | None = None) -> HTMLResponse:
 
 
 @router.post("/login")
-def login(url: DatabaseUrl, api_key: Annotated[str, Form(max_length=300)]) -> Response:
-    """Check the key once; keep a short-lived access token in an HttpOnly cookie."""
+def login(request: Request, url: DatabaseUrl, api_key: Annotated[str, Form(max_length=300)]) -> Response:
+    """Check the key once; keep a short-lived access token in an HttpOnly cookie. Failed
+    sign-ins count against the address's limit of failed key checks (platform_api.ratelimit)."""
+    limits, address = getattr(request.app.state, "rate_limits", None), client_address(request)
+    if limits is not None and (wait := limits.auth_blocked(address)):
+        refused = _render("Sign in", _LOGIN, flash=f"too many failed sign-ins from this address; retry in {wait} s",
+                          flash_kind="err", status=429)
+        refused.headers["Retry-After"] = str(wait)
+        return refused
     try:
         with session_factory(url)() as session:
             who = authenticate(session, api_key.strip())
     except NotAuthenticated as err:
+        if limits is not None:
+            limits.auth_failed(address)
         return _render("Sign in", _LOGIN, flash=str(err), flash_kind="err", status=401)
     if who.role not in READERS:
         return _render("Sign in", _LOGIN, flash=f"role {who.role} has no access to model review", flash_kind="err", status=403)

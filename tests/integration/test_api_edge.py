@@ -232,3 +232,13 @@ def test_an_unknown_query_parameter_is_refused_naming_it(api: dict) -> None:
     assert client.get("/v1/twins", params={"limit": 5}, headers=_h(key)).status_code == 200
     assert client.get("/healthz", params={"x": 1}).status_code == 422
     assert "422" in client.get("/openapi.json").json()["paths"]["/healthz"]["get"]["responses"]
+
+
+def test_review_page_sign_in_counts_against_the_same_limit(api: dict) -> None:
+    """Item 17: the review page's sign-in form checked keys without limit."""
+    client, app = api["client"], api["app"]
+    app.state.rate_limits = RateLimits(per_minute=6, burst=2)
+    tries = [client.post("/review/login", data={"api_key": f"bv_nokey_guess{i}"}, follow_redirects=False) for i in range(3)]
+    assert [t.status_code for t in tries] == [401, 401, 429]
+    assert int(tries[-1].headers["retry-after"]) >= 1 and "too many failed sign-ins" in tries[-1].text
+    assert client.get("/v1/twins", headers=_h("bv_nokey_guess9")).status_code == 429  # one bucket for both doors
