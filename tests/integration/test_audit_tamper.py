@@ -177,6 +177,19 @@ def test_altered_and_deleted_rows_are_each_reported_and_verify_goes_on(db: tuple
     assert "counted 10: events were removed" in check.breaks[-1].reason
 
 
+def test_nulled_columns_are_breaks_and_verify_goes_on(db: tuple[str, Engine, Path]) -> None:
+    """A writer with DDL rights who drops NOT NULL and blanks a link gets a break, not a crashed verify."""
+    _, engine, _ = db
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite cannot drop NOT NULL without rebuilding the table")
+    _drop_triggers(engine)
+    _raw(engine, "ALTER TABLE audit_events ALTER COLUMN hash DROP NOT NULL",
+         "ALTER TABLE audit_events ALTER COLUMN at DROP NOT NULL",
+         "UPDATE audit_events SET hash = NULL WHERE id = 4", "UPDATE audit_events SET at = NULL WHERE id = 8")
+    check = _check(engine)
+    assert sorted({b.event_id for b in check.breaks}) == [4, 5, 8], _reasons(check)
+
+
 def test_a_forged_checkpoint_line_is_reported(db: tuple[str, Engine, Path]) -> None:
     """A writer of the file without the key cannot vouch for a shorter (or any other) chain."""
     _, engine, checkpoints = db
