@@ -12,17 +12,30 @@ Two limits, both in process (each API process counts on its own):
 A bucket holds ``burst`` tokens and refills ``per_minute`` tokens a minute; a 429 carries
 ``Retry-After`` (whole seconds until a token is back). Buckets idle long enough to be full
 again are forgotten, so memory stays bounded whatever addresses send.
+
+The buckets live in the process by default. With a Redis URL (the API passes
+``BIOVERSE_API_CACHE_URL`` when it is one) every API process shares them: one Lua script
+per request refills and takes atomically on Redis's clock. Redis is not a source of
+truth here either: when it does not answer, the process's own buckets take over for
+``RETRY_SECONDS`` (a limit per process is better than none, and better than a 500).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+from typing import Any
 
 from cachetools import TTLCache
 
-__all__ = ["RateLimits", "TokenBuckets"]
+__all__ = ["RETRY_SECONDS", "RateLimits", "RedisTokenBuckets", "TokenBuckets"]
+
+log = logging.getLogger(__name__)
+
+#: After a Redis error, how long the process's own buckets stand in before Redis is asked again.
+RETRY_SECONDS = 5.0
 
 
 class TokenBuckets:
@@ -58,12 +71,73 @@ class TokenBuckets:
             return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
 
-class RateLimits:
-    """The API's two limits (``app.state.rate_limits``), each ``burst`` deep and ``per_minute`` fast."""
+# KEYS[1]: the bucket; ARGV: rate per second, burst, take (1) or only look (0). Returns the wait in seconds.
+_TAKE = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local rate, burst, take = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens, stamp = tonumber(state[1]) or burst, tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+if tokens < 1 then return tostring((1 - tokens) / rate) end
+if take == 1 then
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'stamp', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000))
+end
+return '0'
+"""
 
-    def __init__(self, *, per_minute: float, burst: int) -> None:
-        self.token_requests = TokenBuckets(per_minute=per_minute, burst=burst)
-        self.auth_failures = TokenBuckets(per_minute=per_minute, burst=burst)
+
+class RedisTokenBuckets:
+    """:class:`TokenBuckets` kept in Redis (shared by every API process), with the process's
+    own buckets standing in while Redis does not answer."""
+
+    def __init__(self, url: str, name: str, *, per_minute: float, burst: int, prefix: str = "bioverse:ratelimit") -> None:
+        import redis
+
+        self.local = TokenBuckets(per_minute=per_minute, burst=burst)
+        self.rate, self.burst = per_minute / 60.0, burst
+        self.prefix = f"{prefix}:{name}:"
+        self._client: Any = redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        self._script = self._client.register_script(_TAKE)
+        self._down_until = 0.0
+
+    def _ask(self, key: str, take: bool) -> float | None:
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            return float(self._script(keys=[self.prefix + key], args=[self.rate, self.burst, int(take)]))
+        except Exception as err:  # noqa: BLE001 - any Redis failure: the process's buckets stand in
+            self._down_until = time.monotonic() + RETRY_SECONDS
+            log.warning("rate limits: Redis does not answer (%s); in-process buckets for %.0f s",
+                        type(err).__name__, RETRY_SECONDS)
+            return None
+
+    def take(self, key: str) -> float:
+        """As :meth:`TokenBuckets.take`, on the shared bucket."""
+        wait = self._ask(key, take=True)
+        return self.local.take(key) if wait is None else wait
+
+    def wait(self, key: str) -> float:
+        """As :meth:`TokenBuckets.wait`, on the shared bucket."""
+        wait = self._ask(key, take=False)
+        return self.local.wait(key) if wait is None else wait
+
+
+class RateLimits:
+    """The API's two limits (``app.state.rate_limits``), each ``burst`` deep and ``per_minute``
+    fast; shared through Redis when ``redis_url`` is given."""
+
+    def __init__(self, *, per_minute: float, burst: int, redis_url: str | None = None,
+                 prefix: str = "bioverse:ratelimit") -> None:
+        self.token_requests: TokenBuckets | RedisTokenBuckets
+        self.auth_failures: TokenBuckets | RedisTokenBuckets
+        if redis_url:
+            self.token_requests = RedisTokenBuckets(redis_url, "token", per_minute=per_minute, burst=burst, prefix=prefix)
+            self.auth_failures = RedisTokenBuckets(redis_url, "auth", per_minute=per_minute, burst=burst, prefix=prefix)
+        else:
+            self.token_requests = TokenBuckets(per_minute=per_minute, burst=burst)
+            self.auth_failures = TokenBuckets(per_minute=per_minute, burst=burst)
 
     def token_request(self, address: str, client_id: str | None) -> int:
         """Charge a token-endpoint request; 0 if allowed, else Retry-After seconds."""

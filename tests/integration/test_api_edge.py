@@ -242,3 +242,34 @@ def test_review_page_sign_in_counts_against_the_same_limit(api: dict) -> None:
     assert [t.status_code for t in tries] == [401, 401, 429]
     assert int(tries[-1].headers["retry-after"]) >= 1 and "too many failed sign-ins" in tries[-1].text
     assert client.get("/v1/twins", headers=_h("bv_nokey_guess9")).status_code == 429  # one bucket for both doors
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def test_rate_limits_are_shared_by_api_processes_through_redis() -> None:
+    """Item 17: with several API processes, each counting alone multiplies the budget."""
+    import uuid
+
+    import redis
+
+    prefix = f"bioverse-test:{uuid.uuid4().hex}"
+    one, two = (RateLimits(per_minute=6, burst=2, redis_url=REDIS_URL, prefix=prefix) for _ in range(2))
+    try:
+        assert one.token_request("198.51.100.1", "c1") == 0 and two.token_request("198.51.100.1", "c2") == 0
+        assert one.token_request("198.51.100.1", "c3") >= 1  # the other process spent the address's tokens
+        one.auth_failed("198.51.100.2")
+        two.auth_failed("198.51.100.2")
+        assert one.auth_blocked("198.51.100.2") >= 1 and two.auth_blocked("198.51.100.2") >= 1
+        assert two.auth_blocked("198.51.100.3") == 0
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+
+
+def test_rate_limits_fall_back_to_the_process_when_redis_does_not_answer() -> None:
+    """Redis down is no 500 and no open door: the process's own buckets stand in."""
+    limits = RateLimits(per_minute=6, burst=1, redis_url="redis://127.0.0.1:1/0")
+    assert limits.token_request("198.51.100.9", None) == 0
+    assert limits.token_request("198.51.100.9", None) >= 1
