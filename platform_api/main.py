@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -111,8 +112,11 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
 
     app.state.metrics = ApiMetrics()
     app.state.metrics.registry.register(CacheErrorCollector())  # bioverse_cache_errors_total
-    app.state.rate_limits = RateLimits(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst,
-                                       redis_url=settings.cache_url if settings.cache_url.startswith(("redis", "unix")) else None)
+    shared = settings.cache_url if settings.cache_url.startswith(("redis", "unix")) else None
+    app.state.rate_limits = RateLimits(  # shared through Redis by the API processes of one platform database
+        per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst, redis_url=shared,
+        prefix="bioverse:ratelimit:" + hashlib.sha256(settings.resolved_database_url().encode()).hexdigest()[:12]
+        if shared else "bioverse:ratelimit")
     app.add_middleware(AllowMiddleware)  # OPTIONS 204 and 405, both with Allow
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times every answer, 413s too
