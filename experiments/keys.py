@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -46,16 +47,29 @@ def secret_key(purpose: str, *, data_dir: Path | None = None, create: bool = Tru
     if not path.exists():
         if not create:
             raise SecretKeyError(f"no {purpose} key: set {env} or create {path}")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(_MIN_BYTES) + "\n")
+        _create(path)
     try:
         if path.stat().st_mode & 0o077:
             raise SecretKeyError(f"{path}: key file is readable by others (chmod 600 it)")
         return _decode(path.read_text().strip(), str(path))
     except OSError as err:
         raise SecretKeyError(f"{path}: cannot read key ({err.strerror})") from err
+
+
+def _create(path: Path) -> None:
+    """Write a new key whole, then link it into place: a process racing us reads one key or the other's, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(_MIN_BYTES) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won: use its key
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _decode(value: str, where: str) -> bytes:

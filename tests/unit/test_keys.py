@@ -48,3 +48,17 @@ def test_mac_depends_on_key_and_message() -> None:
     assert not verify_mac(other, "cardiac-risk|3", tag)
     assert not verify_mac(key, "cardiac-risk|4", tag)
     assert not verify_mac(key, "cardiac-risk|3", "")
+
+
+def test_processes_creating_the_key_at_once_all_get_the_same_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.delenv("BIOVERSE_AUDIT_KEY", raising=False)
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        keys = pool.map(_audit_key, [tmp_path] * 32, chunksize=1)
+    assert len(set(keys)) == 1
+    assert not [p for p in key_path("audit", tmp_path).parent.iterdir() if p.name.startswith(".")]
+
+
+def _audit_key(data_dir: Path) -> bytes:
+    return secret_key("audit", data_dir=data_dir)
