@@ -69,8 +69,8 @@ class AllowMiddleware:
 
     Only requests the router refused with 405 pay for this (the answer is rewritten when
     its status is seen): the methods are those the OpenAPI document lists for the path
-    (those the refusing route named for routes outside the document), plus HEAD for GET
-    and OPTIONS itself.
+    (those the refusing route named for routes outside the document), plus OPTIONS itself.
+    HEAD is not listed where it is not served (FastAPI's routes answer GET only).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -100,8 +100,6 @@ class AllowMiddleware:
                 named = next((v.decode() for k, v in message.get("headers", []) if k.lower() == b"allow"), "")
                 allowed = (self._documented(scope["app"], scope["path"])  # undocumented routes: what the router named
                            or {m.strip() for m in named.split(",") if m.strip()})
-                if "GET" in allowed:
-                    allowed.add("HEAD")
                 allow = ", ".join(sorted(allowed | {"OPTIONS"}))
                 if scope["method"] == "OPTIONS":
                     response: Response = Response(status_code=204, headers={"Allow": allow})
