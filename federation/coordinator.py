@@ -165,7 +165,7 @@ class Coordinator:
                 mean=None if data.mean is None else tuple(data.mean), std=None if data.std is None else tuple(data.std),
             )
             return preprocessor, names
-        ranges = {c: tuple(r) for c, r in data.ranges.items()} if self.spec.privacy.enabled else None
+        ranges = {c: (float(r[0]), float(r[1])) for c, r in data.ranges.items()} if self.spec.privacy.enabled else None
         return FeatureEncoder.from_statistics(merge_statistics(stats), data.contract, ranges), names
 
     def run(self, grid: Grid) -> dict[str, Any]:

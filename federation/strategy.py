@@ -42,14 +42,14 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
 
 
-def remote_reason(text: str) -> str:
+def remote_reason(text: str | None) -> str:
     """A hospital's error as one short line.
 
     Flower relays a ClientApp's exception as ``<class 'X'>:<'message'>``; in simulation
     the message of Ray's wrapping error holds the whole remote traceback (colour codes
     included), chained causes first. Keep the root cause's ``Name: message``, bounded.
     """
-    text = _ANSI.sub("", str(text)).strip()
+    text = _ANSI.sub("", str(text or "")).strip()
     found = re.fullmatch(r"<class '([^']+)'>:<'(.*)'>", text, flags=re.DOTALL)
     kind, text = (found.group(1).rsplit(".", 1)[-1], found.group(2)) if found else ("", text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -17,11 +17,11 @@ column (Gaussian partition selection), so a rare value never reveals itself.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 from training.contract import DataContract
 from training.privacy import noise_for_budget
@@ -77,7 +77,7 @@ def dp_table_statistics(frame: pd.DataFrame, contract: DataContract, ranges: dic
             "centre": centre,
         }
     per_column_delta = (delta / 2) / max(len(contract.categorical), 1)
-    threshold = 1.0 + scale * float(norm.isf(per_column_delta))
+    threshold = 1.0 + scale * NormalDist().inv_cdf(1.0 - per_column_delta)
     categorical: dict[str, dict[str, float]] = {}
     for column in contract.categorical:
         counts = frame[column].dropna().astype(str).value_counts()

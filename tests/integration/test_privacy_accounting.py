@@ -51,6 +51,9 @@ def useless_run(tmp_path_factory: pytest.TempPathFactory, hospitals_dir: Path) -
     for column in FEATURES_NUMERIC:
         spec["data"]["ranges"][column] = [0.0, 100.0]
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    # hospital-03 has spent its budget on this very data in an earlier run: it must refuse the statistics round
+    spent = PrivacyLedger(root / "home" / "ledgers" / "hospital-03.json", "hospital-03", dataset_fingerprint(paths[2]))
+    spent.charge(run="earlier", experiment="old", epsilon=9.8, delta=1e-5, steps=1, budget=10.0)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     result = subprocess.run([BIOVERSE, "experiment", "run", str(root / "spec.yaml"), "--tracking-uri", uri],
                             capture_output=True, text=True, env=_env(root), timeout=900)
@@ -78,7 +81,12 @@ def test_statistics_round_was_noised_charged_and_recorded(useless_run: dict) -> 
     run_id = client.get_model_version("it-useless-risk", "1").tags["run_id"]
     run = client.get_run(run_id)
     ledgers = useless_run["root"] / "home" / "ledgers"
-    for path in useless_run["paths"]:
+    out = useless_run["result"].stdout
+    assert "statistics from 2/3 hospitals" in out and "hospital-03 refused" in out  # the coordinator says so
+    assert "privacy budget exhausted: 9.800 spent in earlier runs + 0.500" in out
+    refused = PrivacyLedger(ledgers / "hospital-03.json", "hospital-03")
+    assert [e.run for e in refused.entries(every_dataset=True)] == ["earlier"]  # it released and paid nothing
+    for path in useless_run["paths"][:2]:
         hospital = path.stem
         dataset = dataset_fingerprint(path)
         assert run.data.tags[f"dataset.{hospital}"] == dataset
