@@ -106,6 +106,9 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
     console.print(table)
     eps = max(summary["epsilon"].values(), default=None)
     privacy = f"epsilon {eps:.3f}, delta {summary['delta']:g}" if eps is not None else "no differential privacy"
+    statistics = max(summary.get("statistics_epsilon", {}).values(), default=None)
+    if statistics is not None:
+        privacy += f" in training + epsilon {statistics:.3f} for the statistics round (both charged to the ledgers)"
     console.print(f"Registered [bold]{summary['registered_model']}[/] version [bold]{summary['model_version']}[/] "
                   f"(run {summary['run_id']}); privacy: {privacy}", highlight=False)
     validation = summary.get("validation", {})

@@ -47,9 +47,11 @@ def test_multiclass_floor() -> None:
 def test_the_cli_summary_prints_the_warning() -> None:
     console = Console(record=True, width=300)
     summary = {"experiment": "e", "rounds": 1, "strategy": "fedavg", "hospital_metrics": {}, "epsilon": {"h1": 1.0},
+               "statistics_epsilon": {"h1": 0.5},
                "delta": 1e-5, "registered_model": "m", "model_version": "3", "run_id": "r", "validation": {},
                "quality_warning": "no better than the trivial model on the federated validation: x", "candidate": False,
                "seconds": {"total": 1.0, "setup": 0.1}, "tracking_uri": "sqlite:///x.db"}
     render_summary(console, summary)
     text = console.export_text()
     assert "QUALITY WARNING: no better than the trivial model" in text and "not given the candidate alias" in text
+    assert "epsilon 1.000, delta 1e-05 in training + epsilon 0.500 for the statistics round" in text
