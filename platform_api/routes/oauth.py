@@ -64,7 +64,9 @@ _ERRORS = {
     401: {"model": OAuthError, "description": "invalid_client: no client credentials, an unknown client, a revoked "
                                                "key or a wrong secret"},
     429: {"model": OAuthError, "description": "too_many_requests: over the rate limit of the source address or "
-                                               "client id (see Retry-After)"},
+                                               "client id (see Retry-After)",
+          "headers": {"Retry-After": {"description": "Seconds until a request may succeed", "schema": {"type": "integer"}}}},
+    503: {"description": "The database does not answer"},  # the error table's {"detail"} (platform_api.openapi)
 }
 
 

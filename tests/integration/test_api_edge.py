@@ -104,6 +104,7 @@ def test_openapi_documents_every_error_status_with_the_body_sent(api: dict) -> N
     assert {"$ref": error} in twins["422"]["content"]["application/json"]["schema"]["anyOf"]
     token = document["paths"]["/v1/oauth/token"]["post"]["responses"]
     assert token["429"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OAuthError"}
+    assert "Retry-After" in token["429"]["headers"] and token["503"]["content"]["application/json"]["schema"] == {"$ref": error}
     # and the bodies really are {"detail": "..."}: a 409 and a 401
     client.post("/v1/twins", json={"patient_id": "dup"}, headers=_h(keys["app"]))
     again = client.post("/v1/twins", json={"patient_id": "dup"}, headers=_h(keys["app"]))
