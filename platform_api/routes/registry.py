@@ -122,7 +122,13 @@ async def show_version(name: ModelName, version: VersionId, caller: Reader) -> V
     return _public(await run_in_threadpool(registry().show, name, version))
 
 
-@router.get("/versions/{version}/report", response_model=dict[str, Any])
+#: The read receipt a report fetch answers with (approval takes it as ``report_receipt``).
+_WITH_RECEIPT: dict[int | str, dict[str, Any]] = {200: {"headers": {RECEIPT_HEADER: {
+    "description": "Your read receipt of this report (valid 4 h, bound to your key and this version): "
+                   "send it as report_receipt to approve", "schema": {"type": "string"}}}}}
+
+
+@router.get("/versions/{version}/report", response_model=dict[str, Any], responses=_WITH_RECEIPT)
 async def version_report(name: ModelName, version: VersionId, caller: Reader, response: Response) -> dict[str, Any]:
     """The version's validation report (report.json: metrics overall and by subgroup), with
     the caller's read receipt in the ``X-Report-Receipt`` header (approval needs it)."""
@@ -133,7 +139,7 @@ async def version_report(name: ModelName, version: VersionId, caller: Reader, re
     return read[0]
 
 
-@router.get("/versions/{version}/report.html", response_class=HTMLResponse)
+@router.get("/versions/{version}/report.html", response_class=HTMLResponse, responses=_WITH_RECEIPT)
 async def version_report_html(name: ModelName, version: VersionId, caller: Reader) -> HTMLResponse:
     """The version's validation report as the rendered page (plots embedded), with the
     caller's read receipt of the report it renders (``X-Report-Receipt``)."""

@@ -169,6 +169,12 @@ def test_the_version_json_hands_out_no_hash_and_approval_needs_a_receipt(api: di
     assert http.post(approve, json={**RATIONALE, "report_receipt": _receipt(http, keys["other_validator"], "1")},
                      headers=_h(keys["validator"])).json()["detail"].startswith("the report receipt was not issued to you")
     assert api["client"].get_model_version(MODEL, "1").tags.get("review_status", "pending") == "pending"
+    document = http.get("/openapi.json").json()
+    for route in ("report", "report.html"):  # the receipt is part of the documented contract
+        assert "X-Report-Receipt" in document["paths"][f"/v1/registry/models/{{name}}/versions/{{version}}/{route}"]["get"][
+            "responses"]["200"]["headers"]
+    review = document["components"]["schemas"]["ReviewCreate"]
+    assert review["required"] == ["rationale", "report_receipt"] and "report_sha256" not in review["properties"]
 
 
 def test_validators_see_models_not_patient_twins(api: dict[str, Any]) -> None:
