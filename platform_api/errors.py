@@ -15,11 +15,13 @@ Hierarchy::
 Errors of the lower layers are answered through the same table: a model or feature store
 that is not ready, or a database that does not answer, is 503; a review the registry's
 gate refuses is 409 (403 for approving one's own model, 404 for an unknown version); features a model or the feature store cannot take are 422;
-a twin whose stored features break their contract cannot be scored (409, naming the twin and the feature).
+a twin whose stored features break their contract cannot be scored (409, naming the twin and the feature);
+MLflow not answering, or a signing key (gate, audit) that is missing or unusable, is 503.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -29,6 +31,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
+from experiments.errors import TrackingError
+from experiments.keys import SecretKeyError
 from experiments.registry import (
     LauncherUnknown,
     NothingToRollBack,
@@ -49,6 +53,8 @@ from serving.errors import ModelNotReadyError, PredictionInputError
 
 __all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PayloadTooLarge", "PlatformError", "TooManyRequests",
            "Unavailable", "UnsupportedMedia", "install_error_handlers"]
+
+logger = logging.getLogger(__name__)
 
 
 class PlatformError(Exception):
@@ -119,6 +125,8 @@ _STATUS: dict[type[Exception], int] = {
     ReportNotRead: 403,
     WrongScope: 403,
     ReviewError: 409,  # any other refusal of the gate (e.g. a decision with an unnamed key)
+    TrackingError: 503,  # MLflow (tracking server, registry, artifact store) did not answer
+    SecretKeyError: 503,  # the gate or audit key is missing or unusable: the operator's to fix
 }
 
 
@@ -130,7 +138,12 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, TooManyRequests):
             headers = {"Retry-After": str(exc.retry_after)}
-        detail = "the database is not available; try again" if isinstance(exc, OperationalError) else str(exc)
+        detail = str(exc)
+        if isinstance(exc, OperationalError):
+            detail = "the database is not available; try again"
+        elif isinstance(exc, SecretKeyError):  # names a server path: the log gets it, the caller does not
+            logger.error("signing key unusable: %s", exc)
+            detail = "the server's signing key is missing or unusable; the operator has been told in the server log"
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     for cls in _STATUS:

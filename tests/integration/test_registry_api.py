@@ -218,3 +218,21 @@ def test_an_alias_moved_by_hand_serves_nothing_new_and_is_audited(api: dict[str,
         refused = [(e.actor, e.role, e.outcome) for e in session.query(AuditEvent).order_by(AuditEvent.id)
                    if e.action == f"registry.serve-refused {MODEL}/2"]
     assert refused and refused[0] == ("gate", "system", "unapprovedversion")
+
+
+def test_an_unusable_gate_key_or_a_registry_down_is_503_not_500(api: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    http, keys = api["http"], api["keys"]
+    url = f"/v1/registry/models/{MODEL}/versions/1/report"
+    monkeypatch.setenv("BIOVERSE_GATE_KEY", "too-short")  # the receipt is signed with the gate key
+    answer = http.get(url, headers=_h(keys["validator"]))
+    assert answer.status_code == 503, answer.text
+    assert "signing key" in answer.json()["detail"] and "too-short" not in answer.text
+    monkeypatch.delenv("BIOVERSE_GATE_KEY")
+    from platform_api.routes import registry
+
+    monkeypatch.setenv("BIOVERSE_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    clear_platform_caches()
+    registry._registry.cache_clear()
+    answer = http.get(f"/v1/registry/models/{MODEL}/versions", headers=_h(keys["validator"]))
+    assert answer.status_code == 503, answer.text
