@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,13 @@ def resolve_site(node_config: dict[str, Any], spec: ExperimentSpec, ledger_dir: 
         data_path = Path(str(node_config["data-path"])).expanduser().resolve()
         listed = spec.hospital(hospital_id)
         default_budget = (listed.privacy_budget if listed else None) or spec.privacy.hospital_budget
-        budget = float(node_config.get("privacy-budget", default_budget))
+        try:
+            budget = float(node_config.get("privacy-budget", default_budget))
+        except (TypeError, ValueError):
+            budget = math.nan
+        if not (math.isfinite(budget) and budget > 0):
+            raise SiteConfigError(f"{hospital_id}: node config privacy-budget must be a positive, finite epsilon, "
+                                  f"not {node_config.get('privacy-budget')!r}")
         ledger = node_config.get("ledger-path") or data_path.parent / ".bioverse-ledger" / f"{hospital_id}.json"
         dataset_id = str(node_config.get("dataset-id", "") or "") or None
         statistics = str(node_config.get("statistics", "dp"))

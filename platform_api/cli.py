@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -555,17 +556,25 @@ def federation_supernode(
     data_path: Annotated[Path, typer.Option(help="This hospital's CSV or Parquet file.")],
     privacy_budget: Annotated[float, typer.Option(help="Total epsilon this hospital allows across all runs.")],
     ledger_path: Annotated[Path | None, typer.Option(help="Privacy ledger file (default: beside the data).")] = None,
+    dataset_id: Annotated[str | None, typer.Option(
+        help="Name of the dataset the budget protects (default: the data's content fingerprint).")] = None,
+    statistics: Annotated[str, typer.Option(
+        help="Answer the statistics round with noised, charged aggregates ('dp') or never ('refuse').")] = "dp",
     port: Annotated[int, typer.Option(help="Port of this SuperNode's local runtime API.")] = 9094,
 ) -> None:
     """Join a federation as one hospital: train on local data with DP, keep the privacy ledger."""
     if not data_path.is_file():
         raise FederationError(f"{data_path}: no such data file")
-    if privacy_budget <= 0:
-        raise ValueError("--privacy-budget must be positive")
+    if not (math.isfinite(privacy_budget) and privacy_budget > 0):
+        raise ValueError("--privacy-budget must be a positive, finite epsilon")
+    if statistics not in ("dp", "refuse"):
+        raise ValueError(f"--statistics must be dp or refuse, not {statistics!r}")
     node: dict[str, str | float | int] = {"hospital-id": hospital_id, "data-path": str(data_path.resolve()),
-                                          "privacy-budget": privacy_budget}
+                                          "privacy-budget": privacy_budget, "statistics": statistics}
     if ledger_path is not None:
         node["ledger-path"] = str(ledger_path.resolve())
+    if dataset_id:
+        node["dataset-id"] = dataset_id
     _exec(supernode_command(superlink=superlink, port=port, node_config=node))
 
 

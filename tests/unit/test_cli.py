@@ -81,3 +81,14 @@ def test_image_hospitals_are_checked_with_their_class_mix(tmp_path: Path) -> Non
     labels.write_text("\n".join(rows) + "\n")
     line = _one_error_line(runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")]))
     assert "hospital-01/labels.csv" in line and "mislabelled" in line and "pneumonia" in line
+
+
+def test_supernode_refuses_a_budget_that_is_not_finite_and_an_unknown_statistics_policy(tmp_path: Path) -> None:
+    data = tmp_path / "h.csv"
+    data.write_text("patient_id,age\n1,50\n")
+    base = ["federation", "supernode", "--superlink", "127.0.0.1:9", "--hospital-id", "h", "--data-path", str(data)]
+    for budget in ("inf", "nan", "-2"):
+        line = _one_error_line(runner.invoke(app, [*base, "--privacy-budget", budget]))
+        assert "--privacy-budget must be a positive, finite epsilon" in line
+    line = _one_error_line(runner.invoke(app, [*base, "--privacy-budget", "3", "--statistics", "exact"]))
+    assert "--statistics must be dp or refuse" in line

@@ -96,3 +96,17 @@ def test_node_without_identity_is_reported(hospital_files: list[Path], tmp_path:
     ctx = _context(spec_json(spec), {"partition-id": 9, "num-partitions": 10}, tmp_path)
     reply = client_app.statistics(_message(MessageType.QUERY, {"config": ConfigRecord({"run-key": "r"})}), ctx)
     assert reply.content["site"]["status"] == "error" and "simulation node 9 has no hospital" in reply.content["site"]["reason"]
+
+
+@pytest.mark.parametrize("budget", ["inf", "nan", "-1", "0", "lots"])
+def test_a_site_budget_that_is_not_a_positive_finite_epsilon_is_refused(hospital_files: list[Path], tmp_path: Path,
+                                                                        budget: str) -> None:
+    spec = make_spec(hospital_files)
+    ledger = tmp_path / "site-ledger.json"
+    node = {"hospital-id": "hospital-01", "data-path": str(hospital_files[0]), "privacy-budget": budget,
+            "ledger-path": str(ledger)}
+    reply = client_app.statistics(_message(MessageType.QUERY, {"config": ConfigRecord({"run-key": "r"})}),
+                                  _context(spec_json(spec), node, tmp_path))
+    assert reply.content["site"]["status"] == "error"
+    assert "privacy-budget must be a positive, finite epsilon" in reply.content["site"]["reason"]
+    assert not ledger.exists()  # nothing charged
