@@ -45,11 +45,12 @@ def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(session: Session, *, role: str, tenant_id: str | None, name: str = "") -> str:
+def create_key(session: Session, *, role: str, tenant_id: str | None, name: str = "", commit: bool = True) -> str:
     """Create a key (and its tenant if new); returns the token, shown only this once.
 
     Tokens are ``bv_<key id>_<secret>`` with a 256-bit random secret; only its SHA-256 is
-    stored (a fast hash suffices for random secrets, unlike passwords).
+    stored (a fast hash suffices for random secrets, unlike passwords). With ``commit``
+    false the key is only flushed, for a caller that commits it with its audit event.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -60,7 +61,7 @@ def create_key(session: Session, *, role: str, tenant_id: str | None, name: str 
         session.flush()  # the key's foreign key needs the tenant row first
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     session.add(ApiKey(key_id=key_id, secret_sha256=_sha256(secret), role=role, tenant_id=tenant_id, name=name))
-    session.commit()
+    session.commit() if commit else session.flush()
     return f"bv_{key_id}_{secret}"
 
 
@@ -213,12 +214,12 @@ def decode_access_token(token: str) -> dict[str, Any]:
     return claims
 
 
-def revoke(session: Session, key_id: str) -> bool:
-    """Revoke a key; returns False if there is no such active key."""
+def revoke(session: Session, key_id: str, *, commit: bool = True) -> bool:
+    """Revoke a key; returns False if there is no such active key (``commit`` as in :func:`create_key`)."""
     key = session.scalar(select(ApiKey).where(ApiKey.key_id == key_id, ApiKey.revoked_at.is_(None)))
     if key is None:
         return False
     key.revoked_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    session.commit()
+    session.commit() if commit else session.flush()
     principal_cache().forget(key_id)
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -11,7 +12,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -454,8 +455,29 @@ def key_create(
     if role in ("clinical_validator", "data_scientist") and not name.strip():
         raise ValueError(f"a {role} key needs --name: the person it belongs to (reviews are independent of launches by person)")
 
-    with _api_session() as session:
-        out.print(create_key(session, role=role, tenant_id=tenant, name=name), highlight=False)
+    with _api_session() as session, _key_audit(session) as audit:
+        token = create_key(session, role=role, tenant_id=tenant, name=name, commit=False)
+        audit(f"key.create:{token.split('_')[1]}:{role}", tenant)
+    out.print(token, highlight=False)
+
+
+@contextlib.contextmanager
+def _key_audit(session: Any) -> Iterator[Callable[[str, str | None], None]]:
+    """Commit a key change together with its audit event (actor: the OS login that ran the CLI,
+    the only identity a command run with direct database access has)."""
+    import getpass
+
+    from platform_api.audit import CHAIN_LOCK, record
+    from platform_api.audit_checkpoints import note_appended
+
+    def audit(action: str, tenant_id: str | None) -> None:
+        record(session, actor=f"os:{getpass.getuser()}"[:32], role="admin", tenant_id=tenant_id, patient_id=None,
+               action=action[:64], outcome="ok")
+
+    with CHAIN_LOCK:
+        yield audit
+        session.commit()
+    note_appended(session.get_bind(), 1)
 
 
 @key_app.command("revoke")
@@ -464,9 +486,10 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part 
     """Revoke an API key."""
     from platform_api.auth import revoke
 
-    with _api_session() as session:
-        if not revoke(session, key_id):
+    with _api_session() as session, _key_audit(session) as audit:
+        if not revoke(session, key_id, commit=False):
             raise ValueError(f"no active key {key_id}")
+        audit(f"key.revoke:{key_id}", None)
     out.print(f"revoked {key_id}", highlight=False)
 
 

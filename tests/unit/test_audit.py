@@ -214,3 +214,23 @@ def test_a_dropped_audit_table_is_one_clear_line_and_a_failure(home: Path) -> No
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 1 and len(lines) == 1, result.output
         assert lines[0].startswith("error: cannot read the audit log: no such table: audit_events")
+
+
+def test_key_creation_and_revocation_are_audited_with_the_key_and_nothing_half_written(home: Path) -> None:
+    created = runner.invoke(app, ["api", "key", "create", "--role", "clinical_validator", "--name", "Dr Quinn"])
+    assert created.exit_code == 0, created.output
+    key_id = created.output.strip().split("_")[1]
+    assert runner.invoke(app, ["api", "key", "revoke", key_id]).exit_code == 0
+    engine = platform_db.get_engine(_url(home))
+    with Session(engine) as session:
+        events = session.query(AuditEvent).order_by(AuditEvent.id).all()
+        assert [(e.action, e.role, e.actor.startswith("os:")) for e in events] == [
+            (f"key.create:{key_id}:clinical_validator", "admin", True), (f"key.revoke:{key_id}", "admin", True)]
+        assert verify(session).ok
+    with engine.begin() as connection:  # an audit log that refuses writes: the key must not be made either
+        connection.execute(text("CREATE TRIGGER no_more BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'full'); END"))
+    refused = runner.invoke(app, ["api", "key", "create", "--role", "admin", "--name", "Ops"])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output, refused.output
+    assert len(refused.output.strip().splitlines()) == 1, refused.output
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM api_keys")) == 1
