@@ -60,12 +60,17 @@ def check_observation(values: Mapping[str, Any]) -> dict[str, float]:
     return {feature: check_number(feature, value) for feature, value in values.items()}
 
 
-def check_observed_at(when: datetime | None, *, now: datetime | None = None) -> datetime:
+def check_observed_at(when: datetime | None, *, now: datetime | None = None, allow_future: bool = False) -> datetime:
     """An observation's event time in UTC (``now`` if None).
+
+    ``allow_future`` is for offline batches (``ingest``): a row dated ahead is kept in the
+    offline store and becomes current at its time (materialization and bulk scoring never
+    read a row before its time); a push into the online store may not be dated ahead.
 
     Raises:
         FeatureValueError: a naive time (no zone: refused, not guessed), a time more than
-            ``CLOCK_SKEW`` in the future (it would stay "newest" for ever), or one before 1900.
+            ``CLOCK_SKEW`` in the future (it would stay "newest" for ever) unless
+            ``allow_future``, or one before 1900.
     """
     now = now or datetime.now(timezone.utc)
     if when is None:
@@ -73,7 +78,7 @@ def check_observed_at(when: datetime | None, *, now: datetime | None = None) -> 
     if when.tzinfo is None or when.utcoffset() is None:
         raise FeatureValueError("observed_at", "a time zone is required (for example 2026-01-31T08:00:00Z)")
     utc = when.astimezone(timezone.utc)
-    if utc > now + CLOCK_SKEW:
+    if utc > now + CLOCK_SKEW and not allow_future:
         raise FeatureValueError("observed_at", f"{utc.isoformat()} is in the future (this server's clock: {now.isoformat()})")
     if utc < EARLIEST:
         raise FeatureValueError("observed_at", f"{utc.isoformat()} is before {EARLIEST.year}")

@@ -153,7 +153,7 @@ class FeatureRepo:
         if not tenant_id:
             raise FeatureDataError("a tenant id is required")
         _check_rows(frame)
-        when = _utc(observed_at)
+        when = _utc(observed_at, allow_future=True)
         base = pd.DataFrame({"tenant_id": tenant_id, "patient_id": frame["patient_id"].astype(str)})
         base["event_timestamp"] = when
         base["created"] = pd.Timestamp(datetime.now(timezone.utc))
@@ -266,9 +266,9 @@ class PushResult:
     not_applied: dict[str, str] = field(default_factory=dict)
 
 
-def _utc(when: datetime | None) -> pd.Timestamp:
+def _utc(when: datetime | None, *, allow_future: bool = False) -> pd.Timestamp:
     """An aware, plausible time in UTC (now if None); see :func:`check_observed_at`."""
-    return pd.Timestamp(check_observed_at(when))
+    return pd.Timestamp(check_observed_at(when, allow_future=allow_future))
 
 
 @contextlib.contextmanager

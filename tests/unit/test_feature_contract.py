@@ -86,3 +86,8 @@ def test_observation_times_need_a_zone_are_utc_and_not_in_the_future() -> None:
     for bad in (now + timedelta(minutes=6), datetime(1, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 10, 11, 0)):
         with pytest.raises(FeatureValueError, match="^observed_at: "):
             check_observed_at(bad, now=now)
+    # an offline batch may be dated ahead (it becomes current at its time); naive or ancient still not
+    assert check_observed_at(now + timedelta(days=1), now=now, allow_future=True) == now + timedelta(days=1)
+    for bad in (datetime(1, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 10, 11, 0)):
+        with pytest.raises(FeatureValueError, match="^observed_at: "):
+            check_observed_at(bad, now=now, allow_future=True)
