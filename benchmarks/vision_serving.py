@@ -26,6 +26,7 @@ import asyncio
 import copy
 import io
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -79,6 +80,7 @@ def register(uri: str, name: str, model: Any, preprocessor: Any, kind: str, hpar
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from experiments.gate import mark_approved
     from experiments.model_package import VisionModelPackage, save_vision_package_files
     from experiments.tracking import _requirements, vision_example, vision_signature
 
@@ -91,6 +93,8 @@ def register(uri: str, name: str, model: Any, preprocessor: Any, kind: str, hpar
                                        signature=vision_signature(preprocessor), input_example=vision_example(preprocessor),
                                        pip_requirements=_requirements())
     version = str(mlflow.register_model(info.model_uri, name).version)
+    os.environ.setdefault("BIOVERSE_GATE_KEY", secrets.token_hex(32))  # shared with the Serve replicas
+    mark_approved(uri, name, version)  # production serves gate-signed versions only (docs/review.md)
     MlflowClient(uri, registry_uri=uri).set_registered_model_alias(name, "production", version)
     return version
 

@@ -37,6 +37,7 @@ __all__ = [
     "approval_problem",
     "artifact_digest",
     "download_version",
+    "mark_approved",
     "issue_receipt",
     "os_identity",
     "parse_identity",
@@ -183,6 +184,25 @@ def sign_approval(name: str, version: str, *, source: str, digest: str, report_s
     """The ``review.approval`` tag value for an approved version."""
     tag = mac(secret_key(_PURPOSE), _approval_message(name, str(version), source, digest, report_sha256, scope))
     return f"v1 {scope} {digest} {tag}"
+
+
+def mark_approved(tracking_uri: str, name: str, version: str, *, report_sha256: str = "none",
+                  scope: str = PLATFORM_SCOPE) -> None:
+    """Sign and tag a version approved, as the gate does, without a review: for set-ups whose
+    subject is serving, not review (test fixtures, benchmarks). It needs the gate key, which is
+    what any approval needs; the review workflow is :class:`experiments.registry.ModelRegistry`."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    mv = client.get_model_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        digest = artifact_digest(download_version(tracking_uri, name, version, Path(tmp)))
+    client.set_model_version_tag(name, version, "review.report_sha256", report_sha256)
+    client.set_model_version_tag(name, version, APPROVAL_TAG, sign_approval(
+        name, version, source=str(mv.source), digest=digest, report_sha256=report_sha256, scope=scope))
+    client.set_model_version_tag(name, version, "review_status", "approved")
 
 
 def approval_problem(tags: dict[str, str], name: str, version: str, *, source: str, digest: str | None = None,

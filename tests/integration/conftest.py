@@ -23,20 +23,9 @@ os.environ.setdefault("BIOVERSE_GATE_KEY", secrets.token_hex(32))
 
 def sign_approved(uri: str, name: str, version: str) -> None:
     """Mark a version approved as the review gate does (fixtures whose subject is serving, not review)."""
-    import tempfile
+    from experiments.gate import mark_approved
 
-    from mlflow.tracking import MlflowClient
-
-    from experiments.gate import APPROVAL_TAG, PLATFORM_SCOPE, artifact_digest, download_version, sign_approval
-
-    client = MlflowClient(uri, registry_uri=uri)
-    mv = client.get_model_version(name, version)
-    with tempfile.TemporaryDirectory() as tmp:
-        digest = artifact_digest(download_version(uri, name, version, Path(tmp)))
-    client.set_model_version_tag(name, version, "review.report_sha256", "none")
-    client.set_model_version_tag(name, version, APPROVAL_TAG, sign_approval(
-        name, version, source=str(mv.source), digest=digest, report_sha256="none", scope=PLATFORM_SCOPE))
-    client.set_model_version_tag(name, version, "review_status", "approved")
+    mark_approved(uri, name, version)
 
 
 @pytest.fixture()
