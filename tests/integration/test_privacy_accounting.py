@@ -77,7 +77,7 @@ def test_statistics_round_was_noised_charged_and_recorded(useless_run: dict) -> 
     """Items 9 and 12: each hospital charged its statistics release to the ledger of the
     dataset it holds, and the MLflow run records what it cost and which dataset paid."""
     assert useless_run["result"].returncode == 0
-    client = MlflowClient(useless_run["uri"])
+    client = MlflowClient(useless_run["uri"], registry_uri=useless_run["uri"])  # the global registry URI leaks between tests
     run_id = client.get_model_version("it-useless-risk", "1").tags["run_id"]
     run = client.get_run(run_id)
     ledgers = useless_run["root"] / "home" / "ledgers"
@@ -143,7 +143,7 @@ def test_a_run_killed_mid_round_is_marked_failed_and_agrees_with_the_ledger(tmp_
                 process.kill()
         if launcher.poll() is None:
             launcher.kill()
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     assert client.get_run(run_id).info.status == "RUNNING"  # what the probe saw: RUNNING for ever
     listed = subprocess.run([BIOVERSE, "experiment", "runs", "--tracking-uri", uri], capture_output=True, text=True,
                             env=env, timeout=300)
@@ -175,7 +175,7 @@ def test_reconciliation_marks_dead_and_expired_runs_only(tmp_path: Path, hospita
     coordinator = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         dead = coordinator.stdout.readline().strip()  # type: ignore[union-attr]
-        client = MlflowClient(uri)
+        client = MlflowClient(uri, registry_uri=uri)
         assert client.get_run(dead).info.status == "RUNNING"
         assert reconcile_runs(uri) == []  # alive: left alone
     finally:
