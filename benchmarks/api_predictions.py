@@ -132,7 +132,7 @@ def main() -> None:
         f"{machine()}; uvicorn, one process each, wrk -t2 -c{args.connections} for {args.seconds:g} s (second pass kept), "
         f"{len(ids)} twins round-robin. A prediction = auth (API key, 10 s principal cache), tenant-scoped twin lookup (cached), "
         "Feast online features (SQLite, 60 s twin-state cache), MLP scored with the NumPy scorer, then the prediction row and its "
-        "audit hash-chain event group-committed to SQLite (the answer waits for the commit), Prometheus metrics. "
+        "audit event (HMAC-chained under the audit key, the head checkpointed to a file every 1000 events or 10 s) group-committed to SQLite (the answer waits for the commit), Prometheus metrics. "
         "API served from `platform_api.asgi:app` (PyTorch kept out). "
         "Aim: p99 < 25 ms and at least half the hello-world throughput; API process RSS under 512 MB.\n\n"
         + table(["endpoint", "req/s", "vs hello", "p50 ms", "p99 ms", "RSS MB", "non-2xx"], rows)
