@@ -100,6 +100,17 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     get_settings.cache_clear()
 
 
+@pytest.fixture()
+def flower_task_identity() -> Iterator[None]:
+    """The identity Flower's runtime sets before it calls a ClientApp handler (tests call handlers directly)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
 def spec_json(spec: ExperimentSpec) -> str:
     """The spec as the run config carries it."""
     return json.dumps(spec.model_dump(mode="json"))

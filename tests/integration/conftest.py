@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -136,3 +137,45 @@ def clear_platform_caches() -> None:
     services.reset()
     for cached in (settings.get_settings, feature_settings.get_settings, db.get_engine, db.session_factory):
         cached.cache_clear()
+
+
+def attach_report(client: Any, name: str, version: str, report: dict[str, Any], html: str) -> str:
+    """Store a validation report (JSON and HTML) with a version and tag it complete, as the
+    coordinator does at registration; returns the report's sha256."""
+    import hashlib
+
+    body = json.dumps(report, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    run_id = client.get_model_version(name, version).run_id
+    client.log_text(run_id, body, "validation/report.json")
+    client.log_text(run_id, html, "validation/report.html")
+    sha = hashlib.sha256(body.encode()).hexdigest()
+    client.set_model_version_tag(name, version, "validation.status", "complete")
+    client.set_model_version_tag(name, version, "validation.report_sha256", sha)
+    return sha
+
+
+@contextlib.contextmanager
+def review_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str, model: str,
+               people: dict[str, tuple[str, str | None, str]]) -> Iterator[tuple[Any, dict[str, str]]]:
+    """The platform API (in process, SQLite under ``tmp_path``) reviewing ``model`` in the MLflow
+    store at ``uri``, with one key per ``people`` entry: ``{label: (role, tenant, person)}``."""
+    from fastapi.testclient import TestClient
+
+    for key, value in {"BIOVERSE_DATA_DIR": str(tmp_path), "BIOVERSE_TRACKING_URI": uri, "BIOVERSE_API_MODEL_NAME": model,
+                       "BIOVERSE_API_DATABASE_URL": f"sqlite:///{tmp_path / 'platform.db'}"}.items():
+        monkeypatch.setenv(key, value)
+    clear_platform_caches()
+    from platform_api import db
+    from platform_api.auth import create_key
+    from platform_api.main import create_app
+    from platform_api.routes import registry
+
+    registry._registry.cache_clear()
+    try:
+        with TestClient(create_app()) as http:
+            with db.session_factory()() as session:
+                keys = {label: create_key(session, role=role, tenant_id=tenant, name=person)
+                        for label, (role, tenant, person) in people.items()}
+            yield http, keys
+    finally:
+        clear_platform_caches()

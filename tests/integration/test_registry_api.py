@@ -4,7 +4,6 @@ moved outside BioVerse (issue 10 items 1, 3, 4)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import clear_platform_caches, register_risk_models
+from tests.integration.conftest import attach_report, clear_platform_caches, register_risk_models, review_api
 
 pytestmark = pytest.mark.integration
 MODEL = "review-risk"
-
-
-def _canonical(report: dict[str, Any]) -> bytes:
-    return json.dumps(report, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 @pytest.fixture()
@@ -29,39 +24,21 @@ def api(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPa
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     register_risk_models(uri, MODEL, hospital_files, versions=2, production=False)
     client = MlflowClient(uri, registry_uri=uri)
-    hashes = {}
-    for version in ("1", "2"):  # what the coordinator stores with a version
-        run_id = client.get_model_version(MODEL, version).run_id
-        report = {"overall": {"n": 400, "auroc": 0.8 + int(version) / 100}, "thresholds": [0.2]}
-        client.log_text(run_id, _canonical(report).decode(), "validation/report.json")
-        client.log_text(run_id, f"<html><body>report of version {version}</body></html>", "validation/report.html")
-        hashes[version] = hashlib.sha256(_canonical(report)).hexdigest()
-        client.set_model_version_tag(MODEL, version, "validation.status", "complete")
-        client.set_model_version_tag(MODEL, version, "validation.report_sha256", hashes[version])
+    hashes = {version: attach_report(client, MODEL, version, {"overall": {"n": 400, "auroc": 0.8 + int(version) / 100},
+                                                              "thresholds": [0.2]},
+                                     f"<html><body>report of version {version}</body></html>")
+              for version in ("1", "2")}
     client.set_model_version_tag(MODEL, "2", "validation.quality_warning", "calibration slope -1.99: worse than trivial")
-    for key, value in {"BIOVERSE_DATA_DIR": str(tmp_path), "BIOVERSE_TRACKING_URI": uri, "BIOVERSE_API_MODEL_NAME": MODEL,
-                       "BIOVERSE_API_DATABASE_URL": f"sqlite:///{tmp_path / 'platform.db'}"}.items():
-        monkeypatch.setenv(key, value)
-    clear_platform_caches()
-    from platform_api import db
-    from platform_api.auth import create_key
-    from platform_api.main import create_app
-    from platform_api.routes import registry
-
-    registry._registry.cache_clear()
-    with TestClient(create_app()) as http:
-        with db.session_factory()() as session:
-            keys = {"validator": create_key(session, role="clinical_validator", tenant_id=None, name="Dr Quinn"),
-                    "other_validator": create_key(session, role="clinical_validator", tenant_id=None, name="Dr Who"),
-                    "tenant_validator": create_key(session, role="clinical_validator", tenant_id="t1", name="Dr Tenant"),
-                    "dana_validator": create_key(session, role="clinical_validator", tenant_id=None, name="DANA SCIENTIST"),
-                    "ds": create_key(session, role="data_scientist", tenant_id="t1", name="Dana Scientist"),
-                    "app": create_key(session, role="app", tenant_id="t1", name="ward app"),
-                    "admin": create_key(session, role="admin", tenant_id=None, name="Ops")}
+    people = {"validator": ("clinical_validator", None, "Dr Quinn"), "other_validator": ("clinical_validator", None, "Dr Who"),
+              "tenant_validator": ("clinical_validator", "t1", "Dr Tenant"),
+              "dana_validator": ("clinical_validator", None, "DANA SCIENTIST"),
+              "ds": ("data_scientist", "t1", "Dana Scientist"), "app": ("app", "t1", "ward app"), "admin": ("admin", None, "Ops")}
+    with review_api(tmp_path, monkeypatch, uri, MODEL, people) as (http, keys):
         for version in ("1", "2"):  # Dana launched both, authenticated with her key
             client.set_model_version_tag(MODEL, version, "launched_by", f"key:{_id(keys['ds'])}/Dana Scientist")
+        from platform_api import db
+
         yield {"http": http, "keys": keys, "hashes": hashes, "client": client, "db": db, "uri": uri}
-    clear_platform_caches()
 
 
 def _h(token: str) -> dict[str, str]:

@@ -5,8 +5,6 @@ moved by hand marked on it."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import clear_platform_caches, register_risk_models
+from tests.integration.conftest import attach_report, register_risk_models, review_api
 
 MODEL, OTHER = "page-gate-risk", "page-gate-other"
 WARNING = "AUROC 0.45 (95% CI 0.41-0.49 reaches 0.5) and calibration slope -1.99: no better than the trivial model"
 WHY = "Discrimination and calibration acceptable in every subgroup I checked."
-
-
-def _canonical(report: dict[str, Any]) -> bytes:
-    return json.dumps(report, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 @pytest.fixture()
@@ -34,32 +28,15 @@ def page(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
     register_risk_models(uri, OTHER, hospital_files, versions=1, production=False)
     client = MlflowClient(uri, registry_uri=uri)
     for name, version in ((MODEL, "1"), (MODEL, "2"), (OTHER, "1")):
-        run_id = client.get_model_version(name, version).run_id
-        report = {"overall": {"n": 400, "auroc": 0.81}}
-        client.log_text(run_id, _canonical(report).decode(), "validation/report.json")
-        client.log_text(run_id, f"<html><body>report of {name} {version}</body></html>", "validation/report.html")
-        client.set_model_version_tag(name, version, "validation.status", "complete")
-        client.set_model_version_tag(name, version, "validation.report_sha256", hashlib.sha256(_canonical(report)).hexdigest())
+        attach_report(client, name, version, {"overall": {"n": 400, "auroc": 0.81}},
+                      f"<html><body>report of {name} {version}</body></html>")
     client.set_model_version_tag(MODEL, "2", "validation.quality_warning", WARNING)
-    for key, value in {"BIOVERSE_DATA_DIR": str(tmp_path), "BIOVERSE_TRACKING_URI": uri, "BIOVERSE_API_MODEL_NAME": MODEL,
-                       "BIOVERSE_API_DATABASE_URL": f"sqlite:///{tmp_path / 'platform.db'}"}.items():
-        monkeypatch.setenv(key, value)
-    clear_platform_caches()
-    from platform_api import db
-    from platform_api.auth import create_key
-    from platform_api.main import create_app
-    from platform_api.routes import registry
-
-    registry._registry.cache_clear()
-    with TestClient(create_app()) as http:
-        with db.session_factory()() as session:
-            keys = {"quinn": create_key(session, role="clinical_validator", tenant_id=None, name="Dr Quinn"),
-                    "dana": create_key(session, role="clinical_validator", tenant_id=None, name="Dana Scientist"),
-                    "ds": create_key(session, role="data_scientist", tenant_id="t1", name="Dana Scientist")}
+    people = {"quinn": ("clinical_validator", None, "Dr Quinn"), "dana": ("clinical_validator", None, "Dana Scientist"),
+              "ds": ("data_scientist", "t1", "Dana Scientist")}
+    with review_api(tmp_path, monkeypatch, uri, MODEL, people) as (http, keys):
         for name, version in ((MODEL, "1"), (MODEL, "2"), (OTHER, "1")):
             client.set_model_version_tag(name, version, "launched_by", f"key:{keys['ds'].split('_')[1]}/Dana Scientist")
         yield {"http": http, "keys": keys, "client": client}
-    clear_platform_caches()
 
 
 def _sign_in(http: TestClient, key: str) -> None:

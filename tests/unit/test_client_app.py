@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from federation import client_app
 from federation.hospital import model_hparams
@@ -18,13 +16,7 @@ from training.models import build_model
 from training.preprocessing import FeatureEncoder, merge_statistics
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """The identity Flower's runtime sets before it calls a handler."""
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _context(spec_text: str, node_config: dict, ledger_dir: Path) -> Context:

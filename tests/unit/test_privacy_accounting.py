@@ -4,14 +4,12 @@ budget is spent), and a budget belongs to (hospital, dataset), not to a hospital
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from federation import client_app
 from federation.errors import BudgetExceededError
@@ -25,12 +23,7 @@ from training.privacy import epsilon_after, noise_for_budget
 from training.synth import FEATURE_RANGES
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _statistics(spec, node: dict, ledger_dir: Path, run_key: str = "r") -> Message:  # type: ignore[no-untyped-def]
