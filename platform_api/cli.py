@@ -58,6 +58,8 @@ app.add_typer(registry_app, name="registry")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+# Every command prints its outcome, or one error line: MLflow's artifact progress bars are noise there.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 F = TypeVar("F", bound=Callable[..., Any])
 _USER_ERRORS = (TrainingError, ExperimentError, FederationError, FeatureStoreError, ServingError, ValueError, OSError)
 
@@ -383,15 +385,22 @@ def serve_up(
     vision application (POST /vision with a PNG/JPEG body), each following the alias."""
     import yaml
 
-    from serving.errors import ModelNotReadyError
+    from serving.errors import ModelNotReadyError, UnapprovedVersion
     from serving.model_source import RegistryModel
 
     uri = tracking_uri or get_settings().resolved_tracking_uri()
-    version = RegistryModel(uri, model, alias).current_version()  # fail here, in one line, not in a replica
+    risk = RegistryModel(uri, model, alias)
+    version = risk.current_version()  # fail here, in one line, not in a replica
+    risk.check_servable(version)  # an alias moved past the review gate: refused here too
     vision_version = None
     if vision_model.lower() != "none":
         try:
-            vision_version = RegistryModel(uri, vision_model, alias).current_version()
+            vision = RegistryModel(uri, vision_model, alias)
+            vision_version = vision.current_version()
+            vision.check_servable(vision_version)
+        except UnapprovedVersion as refused:
+            vision_version = None
+            out.print(f"Not serving the vision application: {refused}", highlight=False)
         except ModelNotReadyError:
             out.print(f"No {vision_model}@{alias}: serving without the vision application", highlight=False)
     source = config or Path(__file__).resolve().parent.parent / "serving" / "serve_config.yaml"
@@ -657,7 +666,6 @@ def score(
     from platform_api.settings import get_settings as api_settings
     from serving.bulk import score_offline_store
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = api_settings()
     name = model or settings.model_name
     target = output or get_settings().data_dir / "scores" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.parquet"
@@ -682,7 +690,6 @@ def _registry(model: str | None, tracking_uri: str | None) -> tuple[Any, str]:
     from experiments.registry import ModelRegistry
     from platform_api.settings import get_settings as api_settings
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = api_settings()
     return ModelRegistry(tracking_uri or settings.resolved_tracking_uri()), model or settings.model_name
 

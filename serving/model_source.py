@@ -145,12 +145,27 @@ class RegistryModel:
             raise UnapprovedVersion(f"{self.name}@{self.alias} points at version {version}, which serving refuses: "
                                     f"{problem} (production alias without approval)")
 
+    def check_servable(self, version: str) -> None:
+        """Download ``version`` and check its approval (when required) without loading it: a
+        start-up check, so that a refusal is one line there rather than in every replica.
+
+        Raises:
+            UnapprovedVersion: approval required and the version has no valid one.
+            ModelNotReadyError: the version cannot be downloaded.
+        """
+        if self.require_approval:
+            with tempfile.TemporaryDirectory(prefix="bioverse-model-") as tmp:
+                self.check_approval(str(version), self._download(version, Path(tmp)))
+
+    def _download(self, version: str, dst: Path) -> Path:
+        try:
+            return download_version(self.tracking_uri, self.name, str(version), dst)
+        except (MlflowException, OSError) as err:
+            raise ModelNotReadyError(f"{self.name} version {version} cannot be served: {err}") from err
+
     def _load(self, version: str, *, vision: bool) -> Any:
         with tempfile.TemporaryDirectory(prefix="bioverse-model-") as tmp:
-            try:
-                local = download_version(self.tracking_uri, self.name, str(version), Path(tmp))
-            except (MlflowException, OSError) as err:
-                raise ModelNotReadyError(f"{self.name} version {version} cannot be served: {err}") from err
+            local = self._download(version, Path(tmp))
             if self.require_approval:
                 self.check_approval(str(version), local)
             try:

@@ -102,3 +102,19 @@ def test_a_fresh_process_loads_through_the_gate(registry: dict[str, Any]) -> Non
                           env=env, cwd=str(Path(__file__).parents[2]), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["1", "2"]
+
+
+def test_serve_up_refuses_an_alias_moved_by_hand_in_one_line(registry: dict[str, Any], isolated_home: Path) -> None:
+    """`bioverse serve up` checks the approval before it starts Ray: one line, exit 1, and
+    nothing started (it used to start the replicas, each of which then refused the version)."""
+    from typer.testing import CliRunner
+
+    from platform_api.cli import app
+
+    uri, client = registry["uri"], registry["client"]
+    client.set_registered_model_alias(MODEL, "production", "2")  # pending, moved with the plain client
+    result = CliRunner().invoke(app, ["serve", "up", "--model", MODEL, "--tracking-uri", uri, "--vision-model", "none"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "production alias without approval" in " ".join(result.output.split())
+    assert not (isolated_home / "serve" / "serve_config.yaml").exists()  # nothing was started
