@@ -139,7 +139,8 @@ UNAPPROVED_PRODUCTION = "production alias without approval"
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """UTC, ISO 8601 with ``Z``: the spelling of every timestamp the platform API answers."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _float(value: str | None) -> float | None:

@@ -167,7 +167,7 @@ def test_approve_promote_approve_promote_rollback(store: Callable[..., Store]) -
     assert tags["review_status"] == "approved" and tags["review.decided_by"] == "Dr Quinn (key k-quinn)"
     assert tags["review.decided_by_key"] == "k-quinn" and tags[APPROVAL_TAG].startswith("v1 platform ")
     assert tags["review.rationale"] == WHY and tags["review.report_sha256"] == sha1
-    assert tags["review.decided_at"] == d1.at and d1.at.endswith("+00:00")
+    assert tags["review.decided_at"] == d1.at and d1.at.endswith("Z")
     info = r.show(s.name, "1")
     assert (info.review_status, info.decided_by, info.decided_at, info.rationale) == ("approved", d1.actor, d1.at, WHY)
     assert info.auroc == pytest.approx(0.81) and info.calibration_slope == pytest.approx(0.97)
