@@ -10,9 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.categories import canonical, canonical_series
 from training.errors import DataContractError
 
-__all__ = ["DataContract", "load_hospital_table", "schema_fingerprint"]
+__all__ = ["DataContract", "SPLIT_PARTS", "load_hospital_table", "missing_code_counts", "schema_fingerprint"]
+
+#: The values of a split column (after canonicalisation, case-insensitive) and the part each names.
+SPLIT_PARTS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test"}
 
 _READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _TRUE = {"1", "1.0", "true", "yes", "y"}
@@ -29,12 +34,27 @@ class DataContract:
             feed features (the feature store needs no outcomes).
         numeric: Numeric feature columns; missing values allowed.
         categorical: Categorical feature columns; missing values allowed.
+        categories: Declared values per categorical column, as ``(column, values)`` pairs
+            (canonical spellings); other columns take any value.
+        missing_codes: Values that mean missing, as ``(column, codes)`` pairs.
+        split_column: A column naming each row's part (train, val or test), or None.
     """
 
     patient_id: str
     label: str | None
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = field(default=())
+    categories: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    missing_codes: tuple[tuple[str, tuple[str | float, ...]], ...] = ()
+    split_column: str | None = None
+
+    def declared(self, column: str) -> tuple[str, ...] | None:
+        """The declared values of a categorical column, or None when any value is allowed."""
+        return next((values for c, values in self.categories if c == column), None)
+
+    def codes(self, column: str) -> tuple[str | float, ...]:
+        """The values that mean missing in a column (none by default)."""
+        return next((values for c, values in self.missing_codes if c == column), ())
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -44,7 +64,8 @@ class DataContract:
     @property
     def required(self) -> tuple[str, ...]:
         """Every column the file must hold."""
-        return (self.patient_id, *self.features) + ((self.label,) if self.label else ())
+        return ((self.patient_id, *self.features) + ((self.label,) if self.label else ())
+                + ((self.split_column,) if self.split_column else ()))
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -66,6 +87,38 @@ def _read(path: Path) -> pd.DataFrame:
 def _first_bad_row(mask: pd.Series) -> int:
     """1-based data row (header excluded) of the first True in ``mask``."""
     return int(np.flatnonzero(mask.to_numpy())[0]) + 1
+
+
+def _is_code(raw: pd.Series, codes: tuple[str | float, ...], *, numeric: bool) -> pd.Series:
+    """Rows whose value is one of the missing codes: numbers compared as numbers (numeric
+    columns), everything else by canonical spelling (case-insensitive)."""
+    if not codes:
+        return pd.Series(False, index=raw.index)
+    texts = {str(canonical(c)).casefold() for c in codes if canonical(c) is not None}
+    hit = canonical_series(raw).map(lambda v: v is not None and v.casefold() in texts).astype(bool)
+    numbers = [float(c) for c in codes if _as_float(c) is not None]
+    if numeric and numbers:
+        values = pd.to_numeric(raw, errors="coerce")
+        hit |= values.isin(numbers).fillna(False).astype(bool)
+    return hit
+
+
+def _as_float(value: str | float) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def missing_code_counts(path: Path | str, contract: DataContract) -> dict[str, int]:
+    """How many values of each column the contract's missing codes turn into missing (for
+    ``bioverse data check``); columns without codes are left out."""
+    frame = _read(Path(path))
+    counts = {}
+    for column, codes in contract.missing_codes:
+        if column in frame.columns:
+            counts[column] = int(_is_code(frame[column], codes, numeric=column in contract.numeric).sum())
+    return counts
 
 
 def _numeric(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
@@ -102,6 +155,17 @@ def _label(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
     return positive.astype(np.int64)
 
 
+def _split(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
+    values = canonical_series(frame[column])
+    parts = values.map(lambda v: SPLIT_PARTS.get(v.casefold()) if v is not None else None)
+    bad = parts.isna()
+    if bad.any():
+        row = _first_bad_row(bad)
+        raise DataContractError(path, f"split must be train, val or test, got {frame[column].iloc[row - 1]!r}",
+                                column=column, row=row)
+    return parts.astype(object)
+
+
 def load_hospital_table(path: Path | str, contract: DataContract) -> pd.DataFrame:
     """Read one hospital's file and check it against the contract.
 
@@ -111,8 +175,9 @@ def load_hospital_table(path: Path | str, contract: DataContract) -> pd.DataFram
 
     Returns:
         A frame with exactly the contract's columns: the patient id as string, numeric
-        features as float (NaN where missing), categorical features as string (None where
-        missing) and the label as int 0/1.
+        features as float (NaN where missing, missing codes included), categorical
+        features as canonical strings (:mod:`training.categories`; None where missing),
+        the split column as ``train``/``val``/``test`` and the label as int 0/1.
 
     Raises:
         DataContractError: naming the file, and the column and row at fault.
@@ -140,12 +205,17 @@ def load_hospital_table(path: Path | str, contract: DataContract) -> pd.DataFram
             row=_first_bad_row(duplicated),
         )
     out[contract.patient_id] = ids
+    for column, codes in contract.missing_codes:  # before anything else: a code is a missing value
+        if column in frame.columns:
+            hit = _is_code(frame[column], codes, numeric=column in contract.numeric)
+            if hit.any():
+                frame[column] = frame[column].astype(object).where(~hit, None)
     for column in contract.numeric:
         out[column] = _numeric(path, frame, column)
     for column in contract.categorical:
-        values = frame[column]
-        out[column] = values.where(values.isna(), values.astype(str)).astype(object)
-        out.loc[values.isna(), column] = None
+        out[column] = canonical_series(frame[column], contract.declared(column))
+    if contract.split_column:
+        out[contract.split_column] = _split(path, frame, contract.split_column)
     if contract.label is None:
         return out.reset_index(drop=True)
     out[contract.label] = _label(path, frame, contract.label)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from training.categories import canonical_series
 from training.contract import DataContract
 from training.privacy import noise_for_budget
 
@@ -80,7 +81,7 @@ def dp_table_statistics(frame: pd.DataFrame, contract: DataContract, ranges: dic
     threshold = 1.0 + scale * NormalDist().inv_cdf(1.0 - per_column_delta)
     categorical: dict[str, dict[str, float]] = {}
     for column in contract.categorical:
-        counts = frame[column].dropna().astype(str).value_counts()
+        counts = canonical_series(frame[column], contract.declared(column)).dropna().value_counts()
         noisy = {str(v): float(c + rng.normal(0, scale)) for v, c in counts.items()}
         categorical[column] = {v: c for v, c in noisy.items() if c >= threshold}
     return {"n": float(len(frame) + rng.normal(0, scale)), "numeric": numeric, "categorical": categorical,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from training.categories import CategoryLookup, canonical_series
 from training.contract import DataContract
 
 __all__ = ["FeatureEncoder", "local_statistics", "merge_statistics", "MIN_CATEGORY_COUNT"]
@@ -38,7 +40,8 @@ def local_statistics(frame: pd.DataFrame, contract: DataContract) -> dict[str, A
             "sumsq": float(np.square(values).sum()),
         }
     categorical = {
-        column: {str(k): int(v) for k, v in frame[column].dropna().value_counts().items()}
+        column: {str(k): int(v) for k, v in canonical_series(frame[column], contract.declared(column)).dropna()
+                 .value_counts().items()}
         for column in contract.categorical
     }
     return {"n": int(len(frame)), "numeric": numeric, "categorical": categorical}
@@ -65,6 +68,17 @@ def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+_OTHER, _MISSING = -1, -2
+
+
+def _codes(values: pd.Series, lookup: CategoryLookup) -> np.ndarray:
+    """Slot of each row's value, ``_OTHER`` or ``_MISSING``, looked up once per distinct value."""
+    codes, distinct = pd.factorize(values, use_na_sentinel=True)
+    table = np.asarray([_MISSING if lookup.is_missing(v) else _OTHER if (c := lookup.code(v)) is None else c
+                        for v in distinct] + [_MISSING], dtype=np.int64)
+    return table[codes]
+
+
 @dataclass(frozen=True)
 class FeatureEncoder:
     """Turns a contract's raw columns into the model's float matrix.
@@ -72,7 +86,9 @@ class FeatureEncoder:
     Numeric columns are standardised with federation-wide mean and standard deviation;
     a missing value becomes 0 (the mean) plus a 1 in the column's ``__missing`` indicator.
     Categorical columns are one-hot over the federation's vocabulary, with ``__missing``
-    and ``__other`` slots for absent and unseen or rare values.
+    and ``__other`` slots for absent and unseen or rare values; a value finds its slot by
+    its canonical spelling (:class:`training.categories.CategoryLookup`), so ``4.0`` and
+    ``4`` are one category.
     """
 
     numeric: tuple[str, ...]
@@ -88,7 +104,8 @@ class FeatureEncoder:
 
         With ``ranges`` (the spec's declared ``[min, max]``, for noised statistics) each
         mean is kept inside its range and each standard deviation between 1/100 and 1/2
-        of its width (a quarter of it when the noise left no variance).
+        of its width (a quarter of it when the noise left no variance). A column with
+        declared categories (``contract.categories``) keeps only declared values.
         """
         means, stds = [], []
         for column in contract.numeric:
@@ -108,7 +125,7 @@ class FeatureEncoder:
                 sorted(
                     v
                     for v, n in stats["categorical"].get(column, {}).items()
-                    if n >= MIN_CATEGORY_COUNT
+                    if n >= MIN_CATEGORY_COUNT and (contract.declared(column) is None or v in contract.declared(column))
                 )
             )
             for column in contract.categorical
@@ -136,15 +153,32 @@ class FeatureEncoder:
             missing = np.isnan(raw)
             z = (raw - np.asarray(self.means)) / np.asarray(self.stds)
             blocks += [np.clip(np.where(missing, 0.0, z), -10.0, 10.0), missing.astype(np.float64)]
-        for column, values in zip(self.categorical, self.vocabulary, strict=True):
-            col = frame[column]
-            absent = col.isna().to_numpy()
-            text = col.astype(str).to_numpy()
-            one_hot = np.stack([text == v for v in values], axis=1) if values else np.zeros((len(frame), 0))
-            one_hot = one_hot & ~absent[:, None]
-            other = ~absent & ~one_hot.any(axis=1)
-            blocks += [one_hot.astype(np.float64), absent[:, None].astype(np.float64), other[:, None].astype(np.float64)]
+        for column, values, lookup in zip(self.categorical, self.vocabulary, self.lookups, strict=True):
+            codes = _codes(frame[column], lookup)
+            one_hot = (codes[:, None] == np.arange(len(values))[None, :]).astype(np.float64)
+            blocks += [one_hot, (codes == _MISSING)[:, None].astype(np.float64), (codes == _OTHER)[:, None].astype(np.float64)]
         return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    @functools.cached_property
+    def lookups(self) -> tuple[CategoryLookup, ...]:
+        """Per categorical column, how a raw value finds its vocabulary slot."""
+        return tuple(CategoryLookup(v) for v in self.vocabulary)
+
+    def unknown_counts(self, frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+        """Per categorical column, the present values that fall into ``__other`` (unseen in
+        training, or rare there) and how many rows hold each; columns without any are left out."""
+        unknown: dict[str, dict[str, int]] = {}
+        for column, lookup in zip(self.categorical, self.lookups, strict=True):
+            values = frame[column]
+            present = values[values.notna()]
+            counts: dict[str, int] = {}
+            for value, n in present.value_counts().items():
+                if not lookup.is_missing(value) and lookup.code(value) is None:
+                    key = str(value)
+                    counts[key] = counts.get(key, 0) + int(n)
+            if counts:
+                unknown[column] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return unknown
 
     def to_json(self) -> str:
         """Serialise for messages and model artifacts."""

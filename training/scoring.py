@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from training.categories import CategoryLookup
 from training.preprocessing import FeatureEncoder
 
 __all__ = ["RiskScorer", "ScoringInputError"]
@@ -103,7 +104,7 @@ class RiskScorer:
                     raw[i, j] = value
             for j, column in enumerate(enc.categorical):
                 value = row.get(column)
-                codes[i, j] = _MISSING if value is None else lookups[j].get(str(value), _OTHER)
+                codes[i, j] = _slot(lookups[j], value)
         return self._encode(raw, codes)
 
     def encode_columns(self, columns: Mapping[str, Any]) -> np.ndarray:
@@ -137,9 +138,22 @@ class RiskScorer:
             codes[:, j] = _category_codes(columns[column], self._lookups[j])
         return numbers, codes
 
-    @functools.cached_property
-    def _lookups(self) -> tuple[dict[str, int], ...]:
-        return tuple({v: i for i, v in enumerate(vocabulary)} for vocabulary in self.encoder.vocabulary)
+    @property
+    def _lookups(self) -> tuple[CategoryLookup, ...]:
+        return self.encoder.lookups
+
+    def unknown_counts(self, columns: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+        """Per categorical feature, the present values that fall into ``__other`` and how
+        many rows hold each (columns without any are left out); see
+        :meth:`FeatureEncoder.unknown_counts`."""
+        import pandas as pd
+
+        return self.encoder.unknown_counts(pd.DataFrame({c: _series(columns[c]) for c in self.encoder.categorical}))
+
+    def unknown_in_row(self, row: Mapping[str, Any]) -> list[str]:
+        """The categorical features of one raw row whose value falls into ``__other``."""
+        return [column for column, lookup in zip(self.encoder.categorical, self._lookups, strict=True)
+                if row.get(column) is not None and _slot(lookup, row[column]) == _OTHER]
 
     def _encode(self, raw: np.ndarray, codes: np.ndarray, *, ones: bool = False, out: np.ndarray | None = None) -> np.ndarray:
         """Raw numbers and category codes (index in the vocabulary, _OTHER or _MISSING) ->
@@ -247,8 +261,8 @@ class RiskScorer:
         k = 2 * m
         for column, lookup in zip(enc.categorical, self._lookups, strict=True):
             size = len(lookup)
-            value = row.get(column)
-            x[k + (size if value is None else lookup.get(str(value), size + 1))] = 1.0
+            code = _slot(lookup, row.get(column))
+            x[k + (size if code == _MISSING else size + 1 if code == _OTHER else code)] = 1.0
             k += size + 2
         logit = float(self._logits(np.array([x], dtype=np.float32))[0])
         return 1.0 / (1.0 + math.exp(-logit))
@@ -342,19 +356,39 @@ def _numbers(values: Any, column: str) -> np.ndarray:
         raise ScoringInputError(f"{column}: expected numbers ({err})") from err
 
 
-def _code_table(values: Any, lookup: Mapping[str, int]) -> np.ndarray:
-    """Codes of distinct values (str() of each, as the encoder compares them), plus a last
-    entry for missing, so that index -1 (a null) reads as missing."""
+def _slot(lookup: CategoryLookup, value: Any) -> int:
+    """A raw value's index in the vocabulary, _OTHER or _MISSING (as the encoder finds it)."""
+    if value is None:
+        return _MISSING
+    found = lookup.exact.get(value) if isinstance(value, str) else None
+    if found is not None:
+        return found
+    if lookup.is_missing(value):
+        return _MISSING
+    found = lookup.code(value)
+    return _OTHER if found is None else found
+
+
+def _series(values: Any) -> Any:
+    import pandas as pd
+
+    if _is_arrow(values):
+        values = values.to_pandas()
+    return values if isinstance(values, pd.Series) else pd.Series(values)
+
+
+def _code_table(values: Any, lookup: CategoryLookup) -> np.ndarray:
+    """Codes of distinct values (matched as the encoder matches them), plus a last entry
+    for missing, so that index -1 (a null) reads as missing."""
     import pandas as pd
 
     distinct = pd.Series(values, dtype=object) if not isinstance(values, pd.Series) else values
     absent = distinct.isna().to_numpy()
-    text = distinct.astype(str).to_numpy()
-    codes = [_MISSING if a else lookup.get(t, _OTHER) for a, t in zip(absent, text, strict=True)]
+    codes = [_MISSING if a else _slot(lookup, v) for a, v in zip(absent, distinct.to_numpy(), strict=True)]
     return np.asarray(codes + [_MISSING], dtype=np.int64)
 
 
-def _category_codes(values: Any, lookup: Mapping[str, int]) -> np.ndarray:
+def _category_codes(values: Any, lookup: CategoryLookup) -> np.ndarray:
     """One categorical column -> index in the vocabulary, _OTHER or _MISSING, per row."""
     import pandas as pd
 
@@ -377,12 +411,8 @@ def _category_codes(values: Any, lookup: Mapping[str, int]) -> np.ndarray:
     series = values if isinstance(values, pd.Series) else pd.Series(values)
     if isinstance(series.dtype, pd.CategoricalDtype):
         return _code_table(series.cat.categories.to_series(), lookup)[series.cat.codes.to_numpy()]
-    if pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty"):
-        index, distinct = pd.factorize(series, use_na_sentinel=True)  # strings only: equal iff same text
-        return _code_table(pd.Series(distinct, dtype=object), lookup)[index]
-    absent = series.isna().to_numpy()  # mixed types: the encoder's str() of every value
-    found = pd.Categorical(series.astype(str), categories=list(lookup)).codes.astype(np.int64)
-    return np.where(absent, _MISSING, np.where(found < 0, _OTHER, found))
+    index, distinct = pd.factorize(series, use_na_sentinel=True)  # each distinct value matched once
+    return _code_table(pd.Series(distinct, dtype=object), lookup)[index]
 
 
 def _torch() -> Any:

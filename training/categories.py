@@ -1,0 +1,145 @@
+"""Canonical category values: one spelling per category, whichever way a site wrote it.
+
+The rule (documented in ``docs/data.md``):
+
+* ``None``, NaN and text that is empty after stripping are missing (``None``).
+* Text is stripped and runs of whitespace become one space.
+* A number, or text that reads as a decimal number (``4``, ``4.0``, `` 4 ``, ``+4``,
+  ``04``, ``4.00``, ``4e0``), is written in its shortest decimal form: ``4``; ``2.50`` is
+  ``2.5``; ``-0`` is ``0``. ``nan``, ``inf`` and ``1_000`` are text, not numbers.
+* Booleans (Python or NumPy ``bool``) are ``true`` / ``false``.
+* Other text keeps its case. Against a declared list of values (``data.categories``)
+  text is compared case-insensitively and returned in the declared spelling.
+
+At encoding time (:class:`CategoryLookup`) a value matches a vocabulary entry by its
+exact text first (versions trained before this rule keep their slots), then by its
+canonical form, then case-insensitively where exactly one entry has that spelling.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["CategoryLookup", "canonical", "canonical_series", "declared_spelling", "outside_declared"]
+
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_SPACES = re.compile(r"\s+")
+
+
+def _number_text(number: Decimal) -> str:
+    if number.is_zero():
+        return "0"
+    normal = number.normalize()
+    if abs(normal.adjusted()) > 40:  # 1e999999 must not become a million digits
+        return str(normal)
+    if normal == normal.to_integral_value():
+        return str(int(normal))
+    return format(normal, "f")
+
+
+def canonical(value: Any) -> str | None:
+    """The canonical spelling of one category value, or None for missing.
+
+    Examples:
+        ``canonical(" 4.0 ") == "4"``, ``canonical(2.50) == "2.5"``,
+        ``canonical("  chest   pain ") == "chest pain"``, ``canonical("") is None``.
+    """
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return _number_text(Decimal(repr(float(value))))
+    text = _SPACES.sub(" ", str(value)).strip()
+    if not text:
+        return None
+    if _NUMBER.match(text):
+        try:
+            return _number_text(Decimal(text))
+        except InvalidOperation:  # pragma: no cover - the pattern admits only decimals
+            return text
+    return text
+
+
+def declared_spelling(value: str | None, declared: Sequence[str] | None) -> str | None:
+    """``value`` in the declared list's spelling when it matches one case-insensitively
+    (the value as given otherwise, or when nothing is declared)."""
+    if value is None or not declared:
+        return value
+    for item in declared:
+        if item.casefold() == value.casefold():
+            return item
+    return value
+
+
+def canonical_series(values: pd.Series, declared: Sequence[str] | None = None) -> pd.Series:
+    """Canonicalise a column (object dtype, None where missing), once per distinct value."""
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    absent = series.isna().to_numpy()
+    if absent.all():
+        return pd.Series([None] * len(series), index=series.index, dtype=object)
+    present = series[~absent]
+    codes, distinct = pd.factorize(present, use_na_sentinel=True)
+    mapped = np.asarray([declared_spelling(canonical(v), declared) for v in distinct], dtype=object)
+    out = np.full(len(series), None, dtype=object)
+    out[~absent] = mapped[codes]
+    return pd.Series(out, index=series.index, dtype=object)
+
+
+def outside_declared(counts: Mapping[str, float], declared: Iterable[str] | None) -> dict[str, float]:
+    """The values (with their counts) of ``counts`` that are not in the declared list;
+    nothing when no list is declared."""
+    if declared is None:
+        return {}
+    allowed = set(declared)
+    return {v: c for v, c in counts.items() if v not in allowed}
+
+
+class CategoryLookup:
+    """Finds a raw value's slot in a column's vocabulary (see the module docstring).
+
+    Args:
+        vocabulary: The column's values, in slot order.
+    """
+
+    def __init__(self, vocabulary: Sequence[str]) -> None:
+        self.exact: dict[str, int] = {v: i for i, v in enumerate(vocabulary)}
+        self._canonical: dict[str, int] = {}
+        folded: dict[str, list[int]] = {}
+        for i, v in enumerate(vocabulary):
+            c = canonical(v)
+            if c is not None:
+                self._canonical.setdefault(c, i)
+                folded.setdefault(c.casefold(), []).append(i)
+        self._folded = {k: v[0] for k, v in folded.items() if len(set(v)) == 1}
+
+    def __len__(self) -> int:
+        return len(self.exact)
+
+    def code(self, value: Any) -> int | None:
+        """The slot of a present value, or None when it falls into ``__other``."""
+        found = self.exact.get(value) if isinstance(value, str) else None
+        if found is not None:
+            return found
+        c = canonical(value)
+        if c is None:
+            return None
+        found = self._canonical.get(c)
+        return found if found is not None else self._folded.get(c.casefold())
+
+    def is_missing(self, value: Any) -> bool:
+        """True for a value the encoder treats as missing."""
+        return canonical(value) is None
