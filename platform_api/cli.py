@@ -125,11 +125,21 @@ def data_synth(
     patients: Annotated[int, typer.Option(help="Patients in total, split unevenly across hospitals.")] = 3000,
     seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
     file_format: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    respell_site: Annotated[int | None, typer.Option(
+        help="This hospital (1-based) spells categories its own way (' M ', smoking code 3.0 where others write 3).")] = None,
+    split_column: Annotated[str | None, typer.Option(help="Add a column with each patient's fixed part: train, val or test.")] = None,
+    missing_code_site: Annotated[int | None, typer.Option(
+        help="This hospital (1-based) writes a missing cholesterol as --missing-code instead of an empty cell.")] = None,
+    missing_code: Annotated[float, typer.Option(help="The code --missing-code-site writes for 'not measured'.")] = 0.0,
 ) -> None:
     """Write realistic, non-IID synthetic hospitals with a known ground-truth risk."""
-    from training.synth import synthesize_hospitals
+    from training.synth import Messiness, synthesize_hospitals
 
-    written = synthesize_hospitals(n_hospitals=hospitals, n_patients=patients, seed=seed, out_dir=out_dir, file_format=file_format)
+    messy = respell_site is not None or split_column is not None or missing_code_site is not None
+    messiness = Messiness(respell_site=respell_site, split_column=split_column, missing_code_site=missing_code_site,
+                          missing_code=missing_code) if messy else None
+    written = synthesize_hospitals(n_hospitals=hospitals, n_patients=patients, seed=seed, out_dir=out_dir, file_format=file_format,
+                                   messiness=messiness)
     for h in written:
         out.print(f"{h.hospital_id}  {h.n_patients:>7} patients  prevalence {h.prevalence:6.1%}  {h.path}")
 
@@ -145,13 +155,18 @@ def data_synth_images(
     classes: Annotated[str, typer.Option(help="Comma-separated class names; the first has no lesion.")] = "normal,nodule,opacity",
     layout: Annotated[str, typer.Option(help="folder (labels.csv + PNG/JPEG files) or npz (MedMNIST).")] = "folder",
     seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
+    majority: Annotated[float | None, typer.Option(
+        help="The first class's share at every hospital (0.9: 90/10 imbalance); default: drawn per site.")] = None,
+    split_column: Annotated[str | None, typer.Option(
+        help="Folder layout: add a labels.csv column with each image's fixed part (train, val, test by patient).")] = None,
 ) -> None:
     """Write synthetic imaging hospitals (learnable lesion classes, per-site scanner shifts)."""
     from training.synth_images import synthesize_image_hospitals
 
     names = tuple(c.strip() for c in classes.split(","))
     written = synthesize_image_hospitals(out_dir, n_hospitals=hospitals, images_per_hospital=images, size=size,
-                                         channels=channels, classes=names, layout=layout, seed=seed)
+                                         channels=channels, classes=names, layout=layout, seed=seed, majority=majority,
+                                         split_column=split_column)
     for path in written:
         out.print(f"{path.stem}  {images:>6} images  {size}x{size}x{channels}  {path}", highlight=False)
 

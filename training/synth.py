@@ -22,6 +22,9 @@ __all__ = [
     "TRUE_RISK",
     "COLUMNS",
     "HospitalProfile",
+    "Messiness",
+    "SMOKING_CODES",
+    "SPLIT_PARTS",
     "SyntheticHospital",
     "draw_hospital_profile",
     "generate_hospital_frame",
@@ -49,6 +52,9 @@ _MIN_PER_HOSPITAL = 20
 _DIRICHLET_ALPHA = 2.0
 _MISSABLE: tuple[str, ...] = ("systolic_bp", "cholesterol", "glucose", "heart_rate", "bmi", "smoking")
 _SMOKING_LEVELS: tuple[str, ...] = ("never", "former", "current")
+#: How smoking is written when sites code it (``Messiness.respell_site``): never 1, former 2, current 3.
+SMOKING_CODES: dict[str, int] = {"never": 1, "former": 2, "current": 3}
+SPLIT_PARTS: tuple[str, ...] = ("train", "val", "test")
 
 # Ground-truth logistic model on features standardised with fixed population references.
 _REFERENCE: dict[str, tuple[float, float]] = {
@@ -75,6 +81,65 @@ class HospitalProfile:
     glucose_factor: float
     cholesterol_offset: float
     missing_rates: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Messiness:
+    """What real sites do to a file (issue 11), applied after the patients are drawn, so the
+    values of a messy cohort are those of the clean one with the same seed.
+
+    Attributes:
+        respell_site: This hospital (1-based) spells categories its own way: ``sex`` padded
+            (``" M "``) and smoking codes as decimals (``"3.0"``). With it, every site writes
+            smoking as the codes of `SMOKING_CODES` (``1``, ``2``, ``3``), as registries do.
+        split_column: Add this column holding each patient's fixed part, ``train``, ``val``
+            or ``test`` (drawn per patient with ``split_fractions``).
+        split_fractions: Shares of train, val and test (summing to 1).
+        missing_code_site: This hospital (1-based) writes a missing ``missing_code_column``
+            as ``missing_code`` instead of an empty cell (cholesterol ``0``).
+        missing_code: The code standing for "not measured".
+        missing_code_column: The numeric column the code appears in.
+    """
+
+    respell_site: int | None = None
+    split_column: str | None = None
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    missing_code_site: int | None = None
+    missing_code: float = 0.0
+    missing_code_column: str = "cholesterol"
+
+    def check(self, n_hospitals: int) -> None:
+        """Raise ValueError naming the field at fault."""
+        for name in ("respell_site", "missing_code_site"):
+            site = getattr(self, name)
+            if site is not None and not 1 <= site <= n_hospitals:
+                raise ValueError(f"{name} must be between 1 and {n_hospitals}, got {site}")
+        if self.split_column is not None and self.split_column in COLUMNS:
+            raise ValueError(f"split_column {self.split_column!r} is already a column of the file")
+        fractions = self.split_fractions
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9 or fractions[0] == 0:
+            raise ValueError(f"split_fractions must be three shares (train > 0, val, test) summing to 1, got {list(fractions)}")
+        if self.missing_code_column not in _MISSABLE or self.missing_code_column == "smoking":
+            raise ValueError(f"missing_code_column must be one of {[c for c in _MISSABLE if c != 'smoking']}, "
+                             f"got {self.missing_code_column!r}")
+
+    def apply(self, frame: pd.DataFrame, site: int, seed: int) -> pd.DataFrame:
+        """The file hospital ``site`` (1-based) writes: ``frame`` with the quirks applied."""
+        frame = frame.copy()
+        if self.respell_site is not None:
+            decimals = site == self.respell_site
+            frame["smoking"] = [None if pd.isna(v) else (f"{SMOKING_CODES[v]}.0" if decimals else str(SMOKING_CODES[v]))
+                                for v in frame["smoking"]]
+            if decimals:
+                frame["sex"] = [f" {v} " for v in frame["sex"]]
+        if site == self.missing_code_site:
+            column = self.missing_code_column
+            frame[column] = frame[column].fillna(self.missing_code)
+        if self.split_column is not None:  # an own stream: the drawn values stay those of the clean cohort
+            rng = np.random.default_rng([seed, site, 11])
+            frame[self.split_column] = np.asarray(SPLIT_PARTS, dtype=object)[
+                rng.choice(3, size=len(frame), p=np.asarray(self.split_fractions))]
+        return frame
 
 
 @dataclass(frozen=True)
@@ -233,7 +298,8 @@ def _rounded(value: Any) -> Any:
 
 
 def synthesize_hospitals(
-    *, n_hospitals: int, n_patients: int, seed: int, out_dir: Path, file_format: str = "csv"
+    *, n_hospitals: int, n_patients: int, seed: int, out_dir: Path, file_format: str = "csv",
+    messiness: Messiness | None = None,
 ) -> list[SyntheticHospital]:
     """Write one synthetic, non-IID patient file per hospital plus ``ground_truth.json``.
 
@@ -243,6 +309,8 @@ def synthesize_hospitals(
         seed: Seed; identical arguments give byte-identical files.
         out_dir: Output directory, created if missing.
         file_format: ``"csv"`` or ``"parquet"``.
+        messiness: Site quirks to write (differently spelled categories, a split column, a
+            missing-value code); None writes clean files.
 
     Returns:
         One `SyntheticHospital` per written file, ordered by hospital id.
@@ -257,6 +325,8 @@ def synthesize_hospitals(
                          f"({_MIN_PER_HOSPITAL * n_hospitals} for {n_hospitals} hospitals), got {n_patients}")
     if file_format not in _FORMATS:
         raise ValueError(f"file_format must be one of {sorted(_FORMATS)}, got {file_format!r}")
+    if messiness is not None:
+        messiness.check(n_hospitals)
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -272,7 +342,7 @@ def synthesize_hospitals(
         profile = draw_hospital_profile(rng)
         frame = generate_hospital_frame(profile, size, rng, id_prefix=f"h{index:0{width}d}")
         path = out / f"{hospital_id}.{file_format}"
-        _write_frame(frame, path, file_format)
+        _write_frame(frame if messiness is None else messiness.apply(frame, index, seed), path, file_format)
         site = SyntheticHospital(hospital_id=hospital_id, path=path, n_patients=size,
                                  prevalence=float(frame[LABEL].mean()),
                                  mean_true_risk=float(frame[TRUE_RISK].mean()))
@@ -298,6 +368,8 @@ def synthesize_hospitals(
         },
         "hospitals": truth_sites,
     }
+    if messiness is not None:
+        truth["messiness"] = asdict(messiness)
     text = json.dumps(_rounded(truth), indent=2, sort_keys=True) + "\n"
     _atomic_write(out / "ground_truth.json", lambda p: p.write_text(text, encoding="utf-8"))
     logger.info("synthesized %d hospitals (%d patients) into %s", n_hospitals, n_patients, out)

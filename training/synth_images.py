@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,17 +152,24 @@ def patient_demographics(patient: str) -> tuple[str, int]:
     return ("F" if h % 2 else "M"), 30 + (h >> 1) % 60
 
 
+def _patient_parts(patients: np.ndarray, rng: np.random.Generator) -> dict[str, str]:
+    """Each patient's part, ``train``/``val``/``test``, 70/10/20 of the patients."""
+    ids = rng.permutation(np.unique(patients))
+    cut = np.rint(np.array([0.7, 0.8]) * len(ids)).astype(int)
+    return {p: part for part, group in zip(("train", "val", "test"), np.split(ids, cut)) for p in group}
+
+
 def _write_folder(folder: Path, images: np.ndarray, labels: np.ndarray, patients: np.ndarray,
-                  classes: tuple[str, ...], fmt: str) -> None:
+                  classes: tuple[str, ...], fmt: str, parts: tuple[str, dict[str, str]] | None = None) -> None:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     suffix = ".jpg" if fmt == "JPEG" else ".png"
-    rows, seen = ["image,patient_id,label,sex,age"], dict[str, int]()
+    rows, seen = ["image,patient_id,label,sex,age" + (f",{parts[0]}" if parts else "")], dict[str, int]()
     for pixels, label, patient in zip(images, labels, patients, strict=True):
         seen[patient] = seen.get(patient, 0) + 1
         name = f"images/{patient}-{seen[patient]}{suffix}"
         _save_image(folder / name, pixels, fmt)
         sex, age = patient_demographics(str(patient))
-        rows.append(f"{name},{patient},{classes[label]},{sex},{age}")
+        rows.append(f"{name},{patient},{classes[label]},{sex},{age}" + (f",{parts[1][patient]}" if parts else ""))
     text = "\n".join(rows) + "\n"
     _atomic_write(folder / "labels.csv", lambda p: _write_text(p, text))  # last: marks it complete
 
@@ -170,9 +177,7 @@ def _write_folder(folder: Path, images: np.ndarray, labels: np.ndarray, patients
 def _write_npz(path: Path, images: np.ndarray, labels: np.ndarray, patients: np.ndarray,
                rng: np.random.Generator) -> None:
     """MedMNIST layout, split 70/10/20 by patient, byte-identical for the same arrays."""
-    ids = rng.permutation(np.unique(patients))
-    cut = np.rint(np.array([0.7, 0.8]) * len(ids)).astype(int)
-    part_of = {p: part for part, group in zip(("train", "val", "test"), np.split(ids, cut)) for p in group}
+    part_of = _patient_parts(patients, rng)
     hwc = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
     arrays = {}
     for part in ("train", "val", "test"):
@@ -192,7 +197,7 @@ def _write_npz(path: Path, images: np.ndarray, labels: np.ndarray, patients: np.
 
 
 def _check(n_hospitals: int, images_per_hospital: int, size: int, channels: int, classes: tuple[str, ...],
-           layout: str) -> None:
+           layout: str, majority: float | None = None, split_column: str | None = None) -> None:
     if n_hospitals < 1:
         raise ValueError(f"n_hospitals must be >= 1, got {n_hospitals}")
     if images_per_hospital < _MIN_IMAGES:
@@ -207,6 +212,13 @@ def _check(n_hospitals: int, images_per_hospital: int, size: int, channels: int,
         raise ValueError(f"class names cannot hold commas or quotes, got {list(classes)}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    if majority is not None and not 1.0 / len(classes) <= majority < 1.0:
+        raise ValueError(f"majority must be at least 1/{len(classes)} and below 1, got {majority}")
+    if split_column is not None:
+        if layout != "folder":
+            raise ValueError("split_column is for the folder layout (a .npz holds its parts as train_/val_/test_ arrays)")
+        if split_column in ("image", "patient_id", "label", "sex", "age") or not split_column or "," in split_column:
+            raise ValueError(f"split_column must be a new column name, got {split_column!r}")
 
 
 def synthesize_image_hospitals(
@@ -219,6 +231,8 @@ def synthesize_image_hospitals(
     classes: tuple[str, ...] = ("normal", "nodule", "opacity"),
     layout: str = "folder",
     seed: int = 0,
+    majority: float | None = None,
+    split_column: str | None = None,
 ) -> list[Path]:
     """Write one synthetic imaging hospital per site plus ``ground_truth.json``.
 
@@ -236,6 +250,10 @@ def synthesize_image_hospitals(
         layout: ``"folder"`` (``hospital-XX/labels.csv`` + ``images/``; hospital 2 writes
             JPEG, the others PNG) or ``"npz"`` (``hospital-XX.npz`` in the MedMNIST layout).
         seed: Seed; identical arguments give identical files.
+        majority: The first class's share of every hospital's patients (e.g. 0.9 for 90/10
+            imbalance), the rest shared evenly; None: a prevalence drawn per site.
+        split_column: Folder layout: add this ``labels.csv`` column with each image's fixed
+            part, ``train``/``val``/``test`` (70/10/20 of the patients, as the ``.npz`` parts).
 
     Returns:
         Per hospital, its folder (holding ``labels.csv``) or its ``.npz`` file.
@@ -244,7 +262,7 @@ def synthesize_image_hospitals(
         ValueError: If an argument is out of range.
     """
     classes = tuple(str(c).strip() for c in classes)
-    _check(n_hospitals, images_per_hospital, size, channels, classes, layout)
+    _check(n_hospitals, images_per_hospital, size, channels, classes, layout, majority, split_column)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(n_hospitals)))
@@ -254,13 +272,18 @@ def synthesize_image_hospitals(
         rng = np.random.default_rng(child)
         hospital_id = f"hospital-{index:0{width}d}"
         profile = _draw_profile(rng, len(classes))
+        if majority is not None:
+            rest = (1.0 - majority) / (len(classes) - 1)
+            profile = replace(profile, prevalence=(majority, *([rest] * (len(classes) - 1))))
         patients, labels = _patients(images_per_hospital, profile.prevalence, rng, f"h{index:0{width}d}")
         images = render_images(labels, patients, profile, size=size, channels=channels,
                                patterns=PATTERNS[: len(classes)], rng=rng)
         fmt = "JPEG" if index == _JPEG_SITE else "PNG"
         if layout == "folder":
             path = out / hospital_id
-            _write_folder(path, images, labels, patients, classes, fmt)
+            parts = None if split_column is None else (
+                split_column, _patient_parts(patients, np.random.default_rng([seed, index, 11])))
+            _write_folder(path, images, labels, patients, classes, fmt, parts)
         else:
             path = out / f"{hospital_id}.npz"
             _write_npz(path, images, labels, patients, rng)
@@ -273,6 +296,7 @@ def synthesize_image_hospitals(
         logger.debug("wrote %s: %d images, classes %s", path, images_per_hospital, counts.tolist())
     summary = {"seed": seed, "size": size, "channels": channels, "layout": layout, "classes": list(classes),
                "patterns": dict(zip(classes, PATTERNS)), "hospitals": truth}
+    summary.update({k: v for k, v in (("majority", majority), ("split_column", split_column)) if v is not None})
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
     _atomic_write(out / "ground_truth.json", lambda p: _write_text(p, text))
     logger.info("synthesized %d imaging hospitals into %s", n_hospitals, out)

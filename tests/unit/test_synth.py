@@ -204,3 +204,64 @@ def test_invalid_arguments_raise(tmp_path: Path, kwargs: dict, message: str) -> 
     with pytest.raises(ValueError, match=message):
         synthesize_hospitals(seed=0, out_dir=tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_messy_sites_keep_the_clean_values_and_add_the_quirks(tmp_path: Path) -> None:
+    """Issue 11: one site spells categories its own way, one codes a missing lab value as 0,
+    every file has a fixed split column; the drawn patients are those of the clean cohort."""
+    from training.synth import SMOKING_CODES, Messiness
+
+    clean = synthesize_hospitals(n_hospitals=3, n_patients=900, seed=3, out_dir=tmp_path / "clean")
+    messy = synthesize_hospitals(n_hospitals=3, n_patients=900, seed=3, out_dir=tmp_path / "messy",
+                                 messiness=Messiness(respell_site=2, split_column="split", missing_code_site=3))
+    for index, (c, m) in enumerate(zip(clean, messy), start=1):
+        a, b = pd.read_csv(c.path, dtype=str), pd.read_csv(m.path, dtype=str)
+        assert list(b.columns) == EXPECTED_COLUMNS + ["split"]
+        assert set(b["split"]) == {"train", "val", "test"} and (b["split"] == "train").mean() > 0.45
+        assert a["true_risk"].equals(b["true_risk"]) and a[LABEL].equals(b[LABEL]) and a["age"].equals(b["age"])
+        codes = {k: str(v) for k, v in SMOKING_CODES.items()}
+        if index == 2:  # " M " and "3.0"
+            assert set(b["sex"]) == {" M ", " F "}
+            assert set(b["smoking"].dropna()) == {f"{v}.0" for v in codes.values()}
+        else:
+            assert set(b["sex"]) == {"M", "F"}
+            assert (b["smoking"].dropna() == a["smoking"].dropna().map(codes)).all()
+        if index == 3:  # missing cholesterol written as 0
+            assert b["cholesterol"].notna().all() and (b["cholesterol"] == "0").sum() == a["cholesterol"].isna().sum() > 0
+        else:
+            assert b["cholesterol"].isna().sum() == a["cholesterol"].isna().sum()
+    truth = json.loads((tmp_path / "messy" / "ground_truth.json").read_text())
+    assert truth["messiness"]["respell_site"] == 2
+    assert "messiness" not in json.loads((tmp_path / "clean" / "ground_truth.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("messiness", "message"),
+    [
+        ({"respell_site": 4}, "respell_site must be between 1 and 3"),
+        ({"missing_code_site": 0}, "missing_code_site must be between 1 and 3"),
+        ({"split_column": "age"}, "split_column 'age' is already a column"),
+        ({"split_fractions": (0.5, 0.1, 0.1)}, "split_fractions must be three shares"),
+        ({"missing_code_column": "sex"}, "missing_code_column must be one of"),
+    ],
+)
+def test_bad_messiness_is_refused(tmp_path: Path, messiness: dict, message: str) -> None:
+    from training.synth import Messiness
+
+    with pytest.raises(ValueError, match=message):
+        synthesize_hospitals(n_hospitals=3, n_patients=300, seed=1, out_dir=tmp_path, messiness=Messiness(**messiness))
+
+
+def test_cli_writes_messy_sites(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from platform_api.cli import app
+
+    result = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path), "--respell-site", "1",
+                                      "--split-column", "part", "--missing-code-site", "2", "--missing-code", "-1"])
+    assert result.exit_code == 0, result.output
+    first, second = (pd.read_csv(tmp_path / f"hospital-0{i}.csv", dtype=str) for i in (1, 2))
+    assert set(first["sex"]) == {" M ", " F "} and "part" in first.columns
+    assert (second["cholesterol"] == "-1").any() and second["cholesterol"].notna().all()
+    result = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "x"), "--respell-site", "9"])
+    assert result.exit_code == 1 and "respell_site must be between 1 and 3" in result.output

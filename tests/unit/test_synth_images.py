@@ -93,7 +93,8 @@ def test_npz_layout_is_medmnist_and_loads(tmp_path: Path) -> None:
         colours = npz["train_images"].reshape(-1, 3).mean(axis=0)
         assert np.ptp(colours) > 1  # a per-site tint
     split = load_image_split(paths[1], ImageContract(CLASSES, size=32, channels=3))
-    assert split.train_images.shape[1:] == (3, 32, 32) and len(split.train_images) + len(split.test_images) == 60
+    assert split.train_images.shape[1:] == (3, 32, 32) and sum(split.counts().values()) == 60
+    assert split.source == "npz" and len(split.val_images) > 0  # the val arrays are their own part
     again = synthesize_image_hospitals(tmp_path / "again", n_hospitals=2, images_per_hospital=60, size=32, channels=3,
                                        layout="npz", seed=3)
     assert again[0].read_bytes() == paths[0].read_bytes()
@@ -145,3 +146,33 @@ def test_cli_bad_options_print_one_line(tmp_path: Path, option: list[str], expec
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1, result.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+
+
+def test_imbalanced_sites_with_a_split_column(tmp_path: Path) -> None:
+    """Issue 11's imaging benchmark: 90/10 classes, 200 images per hospital, a fixed split by patient."""
+    sites = synthesize_image_hospitals(tmp_path, images_per_hospital=200, classes=("normal", "lesion"), majority=0.9,
+                                       split_column="split", seed=2)
+    for site in sites:
+        labels = pd.read_csv(site / "labels.csv")
+        assert len(labels) == 200 and 0.8 <= (labels["label"] == "normal").mean() <= 0.97
+        assert set(labels["split"]) == {"train", "val", "test"}
+        assert labels.groupby("patient_id")["split"].nunique().max() == 1  # a patient is in one part
+    plain = synthesize_image_hospitals(tmp_path / "plain", images_per_hospital=200, classes=("normal", "lesion"),
+                                       majority=0.9, seed=2)
+    assert (pd.read_csv(plain[0] / "labels.csv").columns == ["image", "patient_id", "label", "sex", "age"]).all()
+    assert (plain[0] / "images").exists() and _files(plain[0] / "images") == _files(sites[0] / "images")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"majority": 1.0}, "majority must be at least 1/3 and below 1"),
+        ({"majority": 0.2}, "majority must be at least 1/3 and below 1"),
+        ({"split_column": "s", "layout": "npz"}, "split_column is for the folder layout"),
+        ({"split_column": "label"}, "split_column must be a new column name"),
+    ],
+)
+def test_bad_imbalance_or_split_is_refused(tmp_path: Path, kwargs: dict[str, object], expected: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        synthesize_image_hospitals(tmp_path, **kwargs)  # type: ignore[arg-type]
+    assert expected in str(excinfo.value)
