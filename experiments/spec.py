@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from experiments.errors import SpecError
+from experiments.terminology import FhirSpec
+from training.categories import canonical
 from training.contract import DataContract
 from training.errors import PrivacyConfigError
 from training.imaging import ImageContract
@@ -17,6 +20,7 @@ from training.privacy import DPConfig
 __all__ = [
     "AugmentSpec",
     "DataSpec",
+    "FhirSpec",
     "IMAGE_MODEL_KINDS",
     "ImageDataSpec",
     "ExperimentSpec",
@@ -24,7 +28,9 @@ __all__ = [
     "ModelSpec",
     "PrivacySpec",
     "RegistrySpec",
+    "SelectionSpec",
     "StrategySpec",
+    "ThresholdSpec",
     "TrainingSpec",
     "ValidationSpec",
     "load_spec",
@@ -48,8 +54,38 @@ class HospitalSpec(_Strict):
     privacy_budget: float | None = Field(default=None, gt=0, description="total epsilon this hospital allows")
 
 
+def _category_text(value: Any) -> str:
+    """A declared category or missing code as text: numbers as YAML gives them (1, 4.0)
+    become their canonical spelling; non-finite numbers and empty text are refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number or text")
+    if isinstance(value, (dict, list)) or value is None:
+        raise ValueError("must be a number or text")
+    text = canonical(value)
+    if text is None:
+        raise ValueError("must not be empty")
+    return text
+
+
+CategoryValue = Annotated[str, BeforeValidator(_category_text)]
+
+
 class DataSpec(_Strict):
-    """The data contract every hospital's file must meet, and the hospitals (tabular data)."""
+    """The data contract every hospital's file must meet, and the hospitals (tabular data).
+
+    Attributes:
+        categories: Allowed values per categorical column (canonicalised, docs/data.md);
+            a value outside the list is reported per ``unknown_categories`` and encoded as
+            ``__other``.
+        unknown_categories: ``warn`` (default) or ``refuse`` a hospital whose categorical
+            values are outside the declared list or seen at no other hospital.
+        missing_codes: Per feature column, values that mean missing (cholesterol ``0``),
+            applied at load before anything else.
+        split_column: A column naming each row's part (train, val, test; case-insensitive,
+            validation/valid = val); then ``test_fraction`` and ``val_fraction`` are unused.
+        val_fraction: Share of the training rows set apart as the val part, without a split
+            column (0 = none).
+    """
 
     modality: Literal["tabular"] = "tabular"
     patient_id: str = "patient_id"
@@ -57,30 +93,63 @@ class DataSpec(_Strict):
     numeric: list[str] = []
     categorical: list[str] = []
     test_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    val_fraction: float = Field(default=0.0, ge=0, lt=0.9)
+    split_column: str | None = Field(default=None, min_length=1)
     ranges: dict[str, tuple[float, float]] = Field(
         default={}, description="[min, max] per numeric column: values are clipped to it before the DP statistics round")
+    categories: dict[str, list[CategoryValue]] = {}
+    unknown_categories: Literal["warn", "refuse"] = "warn"
+    missing_codes: dict[str, list[CategoryValue]] = {}
     hospitals: list[HospitalSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _columns(self) -> DataSpec:
+        problems = []
         if not self.numeric and not self.categorical:
-            raise ValueError("declare at least one numeric or categorical feature")
-        columns = [self.patient_id, self.label, *self.numeric, *self.categorical]
+            problems.append("declare at least one numeric or categorical feature")
+        columns = [self.patient_id, self.label, *self.numeric, *self.categorical,
+                   *([self.split_column] if self.split_column else [])]
         seen = {c for c in columns if columns.count(c) > 1}
         if seen:
-            raise ValueError(f"column declared twice: {sorted(seen)[0]}")
-        _unique_hospitals(self.hospitals)
+            problems.append(f"column declared twice: {sorted(seen)[0]}")
+        try:
+            _unique_hospitals(self.hospitals)
+        except ValueError as err:
+            problems.append(str(err))
         for column, (low, high) in self.ranges.items():
             if column not in self.numeric:
-                raise ValueError(f"ranges: {column} is not a declared numeric column")
-            if not low < high:
-                raise ValueError(f"ranges: {column} needs min < max, got [{low:g}, {high:g}]")
+                problems.append(f"ranges: {column} is not a declared numeric column")
+            elif not low < high:
+                problems.append(f"ranges: {column} needs min < max, got [{low:g}, {high:g}]")
+        for column, values in self.categories.items():
+            if column not in self.categorical:
+                problems.append(f"categories: {column} is not a declared categorical column")
+            elif not values:
+                problems.append(f"categories: {column} needs at least one value")
+            else:
+                spelled = [str(canonical(v)).casefold() for v in values]
+                twice = sorted({v for v in spelled if spelled.count(v) > 1})
+                if twice:
+                    problems.append(f"categories: {column} lists {twice[0]!r} twice (after canonicalisation)")
+        for column, codes in self.missing_codes.items():
+            if column not in self.numeric and column not in self.categorical:
+                problems.append(f"missing_codes: {column} is not a declared feature column")
+        if self.split_column is None and self.test_fraction + self.val_fraction >= 0.9:
+            problems.append(f"test_fraction + val_fraction must be below 0.9 (some patients must train), "
+                            f"got {self.test_fraction:g} + {self.val_fraction:g}")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @property
     def contract(self) -> DataContract:
         """The training layer's view of the columns."""
-        return DataContract(self.patient_id, self.label, tuple(self.numeric), tuple(self.categorical))
+        return DataContract(
+            self.patient_id, self.label, tuple(self.numeric), tuple(self.categorical),
+            categories=tuple((c, tuple(values)) for c, values in sorted(self.categories.items())),
+            missing_codes=tuple((c, tuple(codes)) for c, codes in sorted(self.missing_codes.items())),
+            split_column=self.split_column,
+        )
 
 
 def _unique_hospitals(hospitals: list[HospitalSpec]) -> None:
@@ -122,6 +191,12 @@ class ImageDataSpec(_Strict):
         augment: Training augmentation, or null for none.
         metadata: Further ``labels.csv`` columns (e.g. ``sex``, ``age``) carried with each
             image for the validation report's subgroups; folders only (a ``.npz`` has none).
+        split_column: A ``labels.csv`` column naming each image's part (train, val, test;
+            case-insensitive, validation/valid = val), then required in every folder's
+            ``labels.csv``; a ``.npz`` always keeps its train/val/test arrays. Without it,
+            folders are split by patient with ``test_fraction`` and ``val_fraction``.
+        val_fraction: Share of patients set apart (from the training patients) as the val
+            part (model selection, never trained on); 0 = none. Random split only.
     """
 
     modality: Literal["images"]
@@ -134,6 +209,8 @@ class ImageDataSpec(_Strict):
     patient_id: str = "patient_id"
     label: str = "label"
     test_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    val_fraction: float = Field(default=0.0, ge=0, lt=0.9)
+    split_column: str | None = Field(default=None, min_length=1)
     augment: AugmentSpec | None = AugmentSpec()
     metadata: list[str] = []
     hospitals: list[HospitalSpec] = Field(min_length=1)
@@ -149,10 +226,14 @@ class ImageDataSpec(_Strict):
             values = getattr(self, name)
             if values is not None and len(values) != self.channels:
                 raise ValueError(f"{name} needs {self.channels} value(s), one per channel")
+        if self.test_fraction + self.val_fraction >= 0.9:
+            raise ValueError(f"test_fraction + val_fraction must be below 0.9 (some patients must train), "
+                             f"got {self.test_fraction:g} + {self.val_fraction:g}")
         columns = [self.image_column, self.patient_id, self.label]
         if len(set(columns)) != 3:
             raise ValueError("image_column, patient_id and label must be different columns")
-        seen = {c for c in [*columns, *self.metadata] if [*columns, *self.metadata].count(c) > 1}
+        named = [*columns, *self.metadata, *([self.split_column] if self.split_column else [])]
+        seen = {c for c in named if named.count(c) > 1}
         if seen:
             raise ValueError(f"column declared twice: {sorted(seen)[0]}")
         _unique_hospitals(self.hospitals)
@@ -164,7 +245,7 @@ class ImageDataSpec(_Strict):
         return ImageContract(
             classes=tuple(self.classes), size=self.image_size, channels=self.channels,
             image_column=self.image_column, patient_id=self.patient_id, label=self.label,
-            metadata=tuple(self.metadata),
+            metadata=tuple(self.metadata), split_column=self.split_column,
         )
 
 
@@ -213,6 +294,22 @@ class TrainingSpec(_Strict):
     batch_size: int = Field(default=64, ge=1, le=65536)
     learning_rate: float = Field(default=0.01, gt=0, le=10)
     optimizer: Literal["adam", "sgd"] = "adam"
+    class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0, le=1000)]] = Field(
+        default="none", description="per-sample loss weight by class: none, balanced (from the federation's class "
+                                    "counts) or {class: weight} (tabular: 0/1; images: class names)")
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_keys_as_text(cls, value: Any) -> Any:
+        # YAML reads {0: 1, 1: 9} with integer keys; the classes are named as text
+        if isinstance(value, dict):
+            for k, w in value.items():
+                if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w <= 1000:
+                    raise ValueError(f"weight of class {k} must be a number in (0, 1000], got {w!r}")
+            return {str(k): v for k, v in value.items()}
+        if value not in ("none", "balanced"):
+            raise ValueError("must be none, balanced or a mapping {class: weight}")
+        return value
 
 
 class PrivacySpec(_Strict):
@@ -228,6 +325,9 @@ class PrivacySpec(_Strict):
     hospital_budget: float = Field(default=10.0, gt=0, description="default total epsilon per hospital")
     statistics_epsilon: float = Field(default=1.0, gt=0, le=10,
                                       description="epsilon of the federated-statistics round (charged to the ledger)")
+    selection_epsilon: float = Field(default=0.5, gt=0, le=10,
+                                     description="epsilon of all the rounds' val aggregates for model selection "
+                                                 "(split evenly across training.rounds, charged to the ledger)")
 
     @model_validator(mode="after")
     def _one_target(self) -> PrivacySpec:
@@ -253,6 +353,35 @@ class PrivacySpec(_Strict):
         )
 
 
+class ThresholdSpec(_Strict):
+    """How the served decision threshold is chosen (binary models), on the federated val part.
+
+    Attributes:
+        rule: ``youden`` (maximise sensitivity + specificity - 1), ``sensitivity`` (the
+            highest threshold reaching ``target``) or ``fixed`` (``value``). Without a val
+            part, or with more than two classes, the prior-corrected argmax is served instead
+            (docs/imbalance.md).
+        target: The sensitivity to reach (rule ``sensitivity``).
+        value: The threshold (rule ``fixed``).
+    """
+
+    rule: Literal["youden", "sensitivity", "fixed"] = "youden"
+    target: float | None = Field(default=None, gt=0, le=1)
+    value: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _arguments(self) -> ThresholdSpec:
+        if self.rule == "sensitivity" and self.target is None:
+            raise ValueError("rule sensitivity needs a target (e.g. 0.8)")
+        if self.rule == "fixed" and self.value is None:
+            raise ValueError("rule fixed needs a value in (0, 1)")
+        if self.target is not None and self.rule != "sensitivity":
+            raise ValueError(f"target is for rule sensitivity, not {self.rule}")
+        if self.value is not None and self.rule != "fixed":
+            raise ValueError(f"value is for rule fixed, not {self.rule}")
+        return self
+
+
 class ValidationSpec(_Strict):
     """The clinical validation report computed when a version is registered.
 
@@ -264,11 +393,13 @@ class ValidationSpec(_Strict):
             Default: ``sex`` and ``age`` where the data declares them.
         min_cell: A hospital reports no subgroup cell with fewer patients (small-cell
             protection); its overall cell is always reported.
+        threshold: How the served decision threshold is chosen (:class:`ThresholdSpec`).
     """
 
     thresholds: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default=[0.1, 0.2, 0.3], min_length=1, max_length=20)
     subgroups: list[str] | None = None
     min_cell: int = Field(default=10, ge=1, le=1000)
+    threshold: ThresholdSpec = ThresholdSpec()
 
     def subgroup_columns(self, data: DataSpec | ImageDataSpec) -> list[str]:
         """The columns the report is broken down by (besides hospital); for images, among
@@ -282,6 +413,24 @@ class ValidationSpec(_Strict):
         return list(self.subgroups)
 
 
+class SelectionSpec(_Strict):
+    """Which round's model is registered, chosen on the hospitals' val parts, and early stopping.
+
+    Attributes:
+        metric: ``loss`` (mean cross-entropy, clipped per row), ``auroc`` (binary; macro
+            one-vs-rest for images) or ``balanced_accuracy`` (argmax / risk >= 0.5).
+        patience: Rounds in a row without improvement before training stops; None runs
+            every round.
+        min_rounds: Rounds that always run before early stopping may stop training.
+        min_delta: The smallest change of the metric that counts as an improvement.
+    """
+
+    metric: Literal["loss", "auroc", "balanced_accuracy"] = "loss"
+    patience: int | None = Field(default=None, ge=1, le=1000)
+    min_rounds: int = Field(default=1, ge=1, le=1000)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
 class RegistrySpec(_Strict):
     """What registration does with the new version.
 
@@ -292,6 +441,13 @@ class RegistrySpec(_Strict):
     """
 
     candidate_despite_warning: bool = False
+
+
+def _check(fn: Any) -> Any:
+    """Mark an :class:`ExperimentSpec` consistency check: every marked check runs, and the
+    spec's error lists all their problems (not only the first)."""
+    fn.__spec_check__ = True
+    return fn
 
 
 class ExperimentSpec(_Strict):
@@ -307,7 +463,9 @@ class ExperimentSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     privacy: PrivacySpec = PrivacySpec()
     validation: ValidationSpec = ValidationSpec()
+    selection: SelectionSpec = SelectionSpec()
     registry: RegistrySpec = RegistrySpec()
+    fhir: FhirSpec = FhirSpec()
 
     @property
     def model_name(self) -> str:
@@ -315,11 +473,18 @@ class ExperimentSpec(_Strict):
         return self.registered_model or self.name
 
     @property
+    def has_val_part(self) -> bool:
+        """Whether the spec gives hospitals a val part (``data.val_fraction`` or a split
+        column); a split column's file may still have no val rows, and an image ``.npz``
+        may have one without either."""
+        return bool(getattr(self.data, "val_fraction", 0.0)) or getattr(self.data, "split_column", None) is not None
+
+    @property
     def is_imaging(self) -> bool:
         """True for an image classifier (``data.modality: images``)."""
         return isinstance(self.data, ImageDataSpec)
 
-    @model_validator(mode="after")
+    @_check
     def _model_fits_data(self) -> ExperimentSpec:
         kind_set = "kind" in self.model.model_fields_set
         if self.is_imaging:
@@ -340,7 +505,7 @@ class ExperimentSpec(_Strict):
             raise ValueError(f"model.kind: {self.model.kind} is for images; set data.modality: images or use logistic or mlp")
         return self
 
-    @model_validator(mode="after")
+    @_check
     def _subgroups_are_features(self) -> ExperimentSpec:
         if self.is_imaging:
             return self
@@ -349,7 +514,7 @@ class ExperimentSpec(_Strict):
                 raise ValueError(f"validation.subgroups: {column} is not a declared feature column")
         return self
 
-    @model_validator(mode="after")
+    @_check
     def _ranges_for_dp_statistics(self) -> ExperimentSpec:
         if isinstance(self.data, DataSpec) and self.privacy.enabled:
             missing = [c for c in self.data.numeric if c not in self.data.ranges]
@@ -358,13 +523,56 @@ class ExperimentSpec(_Strict):
                                  "(the DP statistics round clips each value to it)")
         return self
 
-    @model_validator(mode="after")
+    @_check
+    def _class_weights_name_classes(self) -> ExperimentSpec:
+        weights = self.training.class_weights
+        if isinstance(weights, dict):
+            classes = self.data.classes if isinstance(self.data, ImageDataSpec) else ["0", "1"]
+            unknown = [c for c in weights if c not in classes]
+            if unknown:
+                raise ValueError(f"training.class_weights: {unknown[0]} is not a class (classes: {', '.join(classes)})")
+        return self
+
+    @_check
+    def _fhir_codes_name_features(self) -> ExperimentSpec:
+        columns = set() if self.is_imaging else {*self.data.numeric, *self.data.categorical}
+        for column, coding in self.fhir.features.items():
+            if column not in columns:
+                raise ValueError(f"fhir.features: {column} is not a declared feature column")
+            if coding.values and column not in self.data.categorical:
+                raise ValueError(f"fhir.features.{column}.values: {column} is numeric; value codes are for categories")
+        return self
+
+    @_check
+    def _selection_fits_training(self) -> ExperimentSpec:
+        selection, rounds = self.selection, self.training.rounds
+        if selection.min_rounds > rounds:
+            raise ValueError(f"selection.min_rounds: {selection.min_rounds} is more than training.rounds ({rounds})")
+        # images: a .npz file's val_* arrays are a val part the spec cannot see
+        if selection.patience is not None and not self.is_imaging and not self.has_val_part:
+            raise ValueError("selection.patience: early stopping needs a val part: set data.val_fraction or data.split_column")
+        return self
+
+    @_check
     def _enough_hospitals(self) -> ExperimentSpec:
         if self.strategy.min_hospitals > len(self.data.hospitals):
             raise ValueError(
                 f"strategy.min_hospitals is {self.strategy.min_hospitals} but only "
                 f"{len(self.data.hospitals)} hospitals are listed"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _every_check(self) -> ExperimentSpec:
+        """Run every ``@_check`` in order and report all their problems at once."""
+        problems = []
+        for check in [v for v in type(self).__dict__.values() if getattr(v, "__spec_check__", False)]:
+            try:
+                check(self)
+            except ValueError as err:
+                problems += [line for line in str(err).splitlines() if line]
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def resolve_paths(self, base: Path) -> ExperimentSpec:
@@ -380,7 +588,8 @@ class ExperimentSpec(_Strict):
         return next((h for h in self.data.hospitals if h.id == hospital_id), None)
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError) -> list[str]:
+    """Every problem of a failed validation, one line each: ``field.path: problem``."""
     parts = []
     for e in err.errors():
         # the data section's union tags (tabular, images) are not fields the user wrote
@@ -389,23 +598,22 @@ def _describe(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        parts.append(f"{loc}: {msg}")
-    more = f" (and {len(parts) - 1} more problems)" if len(parts) > 1 else ""
-    return parts[0] + more
+        parts += [f"{loc}: {line}" if loc != "spec" else line for line in msg.splitlines() if line.strip()]
+    return parts
 
 
 def parse_spec(data: object, source: str = "spec") -> ExperimentSpec:
     """Validate a mapping (parsed YAML or JSON) as a spec.
 
     Raises:
-        SpecError: naming the source and the first field at fault.
+        SpecError: one line per problem, each naming the source and the field at fault.
     """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of fields at the top level")
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(f"{source}: {_describe(err)}") from err
+        raise SpecError("\n".join(f"{source}: {problem}" for problem in _describe(err))) from err
 
 
 def load_spec(path: Path | str) -> ExperimentSpec:

@@ -15,7 +15,8 @@ from flwr.clientapp import ClientApp
 from experiments.errors import ExperimentError
 from experiments.spec import ExperimentSpec
 from federation.errors import BudgetExceededError, FederationError, SitePolicyRefusal
-from federation.hospital import encoder_from_config, evaluate_global, site_statistics, train_round, validation_aggregates
+from federation.hospital import encoder_from_config, site_statistics, train_round, validation_aggregates
+from federation.selection import evaluate_round
 from federation.site import Site, resolve_site, spec_from_run_config
 from training.errors import TrainingError
 
@@ -118,13 +119,26 @@ def _with_global_model(message: Message, context: Context, what: str,
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    """Evaluate the global model on the hospital's held-out rows."""
-    done = _with_global_model(message, context, "evaluation", evaluate_global)
-    if isinstance(done, Message):
-        return done
-    site, metrics = done
+    """Evaluate the round's global model on the hospital's val rows and release the model
+    selection's aggregates (noised and charged with DP); without val rows, on its test
+    rows as before (no selection)."""
+    config = message.content["config"]
+    site: Site | None = None
+    try:
+        site, spec = _site(context)
+        metrics, release = evaluate_round(site=site, spec=spec, encoder=encoder_from_config(dict(config), spec),
+                                          state=message.content["arrays"].to_torch_state_dict(),
+                                          run_key=str(config.get("run-key", "unnamed-run")))
+    except BudgetExceededError as err:
+        log.warning("%s refuses the val release: %s", err.hospital_id, err)
+        return _status(message, err.hospital_id, "refused", str(err))
+    except _SITE_ERRORS as err:
+        log.warning("evaluation failed: %s", err)
+        return _status(message, _hospital_id(context, site), "error", str(err))
     reply = _status(message, site.hospital_id, "ok")
     reply.content["metrics"] = MetricRecord(metrics)
+    if release is not None:
+        reply.content["selection"] = ConfigRecord({"aggregates": json.dumps(release, allow_nan=False)})
     return reply
 
 

@@ -20,6 +20,7 @@ from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
 from federation.errors import TooFewHospitalsError
 from federation.hospital import Preprocessor, build_spec_model, model_hparams
 from federation.progress import ProgressLog
+from federation.selection import RoundSelection
 from federation.strategy import HospitalReply, build_strategy, remote_reason
 from training.imaging import ImagePreprocessor
 from training.preprocessing import FeatureEncoder, merge_statistics
@@ -55,6 +56,7 @@ class Coordinator:
         self.timings: list[dict[str, float]] = []
         self._round_started = time.perf_counter()
         self._last_train: list[HospitalReply] = []
+        self.selection = RoundSelection(spec)
 
     # ---- RoundObserver ----
     def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, float]) -> None:
@@ -95,6 +97,23 @@ class Coordinator:
             metrics=aggregated,
             epsilon=dict(self.epsilon),
         )
+
+    def on_selection(self, server_round: int, parts: dict[str, dict[str, Any]], arrays: ArrayRecord | None) -> bool:
+        """Merge a round's val releases, log ``val_<metric>`` (pooled and per hospital), keep
+        the best round's model; True when early stopping ends training now."""
+        choice = self.selection.observe(server_round, parts, arrays)
+        metric = self.selection.metric
+        if choice.value is not None:
+            metrics = {f"val_{metric}": choice.value}
+            metrics.update({f"{h}/val_{metric}": v for h, v in choice.hospitals.items() if v is not None})
+            self.tracker.log_metrics(metrics, step=server_round)
+        if parts:
+            s = self.selection.stopping
+            self.progress.emit("selection", round=server_round, rounds=self.spec.training.rounds, metric=metric,
+                               value=choice.value, hospitals=sorted(parts), best_round=s.best_round,
+                               best_value=s.best_value, improved=choice.improved, stale=s.stale, patience=s.patience,
+                               stop=self.selection.should_stop)
+        return self.selection.should_stop
 
     def on_round_start(self, server_round: int) -> None:
         """Record that a round is starting (hospitals charge it as they receive it) and renew
@@ -198,10 +217,13 @@ class Coordinator:
                 train_config=config,
                 evaluate_config=ConfigRecord(dict(config)),
             )
-            model.load_state_dict(result.arrays.to_torch_state_dict())
+            model.load_state_dict(self.selection.best_state if self.selection.chosen else result.arrays.to_torch_state_dict())
+            log.info("model selection: %s", self.selection.reason())
+            self.tracker.set_tags(self.selection.tags())
             report_tags = self._validate(grid, nodes, encoder, model, run_id)
             summary = self._summary(run_id, started, setup_seconds)
             summary["validation"] = report_tags
+            summary["selection"] = self.selection.summary()
             candidate = self.quality_warning is None or spec.registry.candidate_despite_warning
             if self.quality_warning is not None:
                 summary["quality_warning"] = self.quality_warning
@@ -214,7 +236,7 @@ class Coordinator:
                 kind=spec.model.kind,
                 hparams=model_hparams(spec),
                 model_name=spec.model_name,
-                tags={**self._version_tags(run_id), **report_tags},
+                tags={**self._version_tags(run_id), **self.selection.tags(), **report_tags},
                 candidate=candidate,
             )
             self.tracker.log_metrics({"wall_seconds": time.perf_counter() - started}, step=spec.training.rounds)

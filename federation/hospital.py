@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -33,7 +34,7 @@ from training.vision import VisionModel, build_vision_model
 __all__ = [
     "Preprocessor", "RoundOutcome", "build_spec_model", "charge_round", "encoder_from_config", "evaluate_global",
     "charge_statistics", "model_hparams", "report_subgroups", "site_dataset", "site_ledger", "site_statistics",
-    "train_round", "validation_aggregates",
+    "train_round", "val_scores", "validation_aggregates",
 ]
 
 #: What the federation's statistics round builds and every round carries: the tabular
@@ -250,6 +251,21 @@ def validation_aggregates(*, site: Site, spec: ExperimentSpec, encoder: Preproce
     label = test[spec.data.label].to_numpy().astype(int)
     return local_aggregates(risk, label, report_subgroups(test, spec), spec.validation.thresholds,
                             min_cell=spec.validation.min_cell)
+
+
+def val_scores(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor,
+               state: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Class probabilities ``(N, K)`` and labels of the global model on the hospital's val
+    rows (a risk model's as ``[1 - p, p]``); None when it has no val rows. Never the test rows."""
+    if isinstance(encoder, ImagePreprocessor):
+        from federation import hospital_images
+
+        return hospital_images.val_scores(site=site, spec=spec, preprocessor=encoder, state=state)
+    val = getattr(_data(site, spec, encoder).split, "val", None)
+    if val is None or len(val) == 0:
+        return None
+    risk = _model(spec, encoder, state).predict_proba(torch.from_numpy(encoder.encode(val))).numpy().astype(float)
+    return np.column_stack([1.0 - risk, risk]), val[spec.data.label].to_numpy().astype(np.int64)
 
 
 def report_subgroups(frame: pd.DataFrame, spec: ExperimentSpec) -> dict[str, list[str | None]]:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from experiments.spec import ExperimentSpec, ImageDataSpec
@@ -30,7 +31,7 @@ from training.validation import age_band
 from training.validation_multiclass import local_multiclass_aggregates
 from training.vision import Augment, VisionModel, evaluate_vision, predict_vision, train_vision_locally
 
-__all__ = ["evaluate_global", "image_subgroups", "site_statistics", "train_round", "validation_aggregates"]
+__all__ = ["evaluate_global", "image_subgroups", "site_statistics", "train_round", "val_scores", "validation_aggregates"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def _data(spec: ExperimentSpec) -> ImageDataSpec:
 
 def _split(site: Site, spec: ExperimentSpec) -> ImageSplit:
     data = _data(spec)
-    return load_image_split(site.data_path, data.contract, data.test_fraction, spec.seed)
+    return load_image_split(site.data_path, data.contract, data.test_fraction, spec.seed,
+                            val_fraction=data.val_fraction)
 
 
 def _model(spec: ExperimentSpec, preprocessor: ImagePreprocessor, state: dict[str, torch.Tensor]) -> VisionModel:
@@ -116,6 +118,17 @@ def validation_aggregates(*, site: Site, spec: ExperimentSpec, preprocessor: Ima
     probs = predict_vision(model, split.test_images, mean=preprocessor.mean, std=preprocessor.std)
     return local_multiclass_aggregates(probs, split.test_labels, list(preprocessor.classes), image_subgroups(split, spec, site.data_path),
                                        min_cell=spec.validation.min_cell)
+
+
+def val_scores(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreprocessor,
+               state: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Class probabilities and labels of the global model on the val images; None without any."""
+    split = _split(site, spec)
+    images, labels = getattr(split, "val_images", None), getattr(split, "val_labels", None)
+    if images is None or labels is None or len(labels) == 0:
+        return None
+    probs = predict_vision(_model(spec, preprocessor, state), images, mean=preprocessor.mean, std=preprocessor.std)
+    return probs, np.asarray(labels, dtype=np.int64)
 
 
 def image_subgroups(split: ImageSplit, spec: ExperimentSpec, source: Path) -> dict[str, list[str | None]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -77,6 +78,10 @@ class RoundObserver(Protocol):
     def on_round_start(self, server_round: int) -> None:
         """Called before a training round's messages go out (hospitals charge it on receipt)."""
 
+    def on_selection(self, server_round: int, parts: dict[str, dict[str, Any]], arrays: ArrayRecord | None) -> bool:
+        """Called after an evaluate round with the hospitals' val releases (hospital -> aggregates)
+        and the round's global model; True stops training (early stopping). Optional."""
+
 
 def aggregate_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Weighted mean of each metric over hospitals, skipping NaN; epsilon takes the max."""
@@ -131,7 +136,14 @@ class _Observed:
     min_hospitals: int
     node_names: dict[int, str]
 
+    #: Set when the observer's model selection stopped training early: the remaining
+    #: rounds of Flower's loop send no messages (nothing is trained, charged or evaluated).
+    stopped_after: int | None = None
+    _evaluated: ArrayRecord | None = None
+
     def configure_train(self, server_round: int, *args: Any, **kwargs: Any) -> Iterable[Message]:
+        if self.stopped_after is not None:
+            return []
         messages = super().configure_train(server_round, *args, **kwargs)  # type: ignore[misc]
         start = getattr(self.observer, "on_round_start", None)
         if start is not None:
@@ -139,6 +151,8 @@ class _Observed:
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.stopped_after is not None:
+            return None, None
         usable, outcomes = _classify(replies, True, self.node_names)
         if len(usable) < self.min_hospitals:
             self.observer.on_round("train", server_round, outcomes, {})
@@ -151,11 +165,40 @@ class _Observed:
         self.observer.on_round("train", server_round, outcomes, dict(metrics or {}))
         return arrays, metrics
 
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Iterable[Message]:
+        if self.stopped_after is not None:
+            return []
+        self._evaluated = arrays
+        return super().configure_evaluate(server_round, arrays, *args, **kwargs)  # type: ignore[misc]
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if self.stopped_after is not None:
+            return None
         usable, outcomes = _classify(replies, False, self.node_names)
         metrics = super().aggregate_evaluate(server_round, usable) if usable else None  # type: ignore[misc]
         self.observer.on_round("evaluate", server_round, outcomes, dict(metrics or {}))
+        select = getattr(self.observer, "on_selection", None)
+        if select is not None and select(server_round, _selection_parts(usable, self.node_names), self._evaluated):
+            self.stopped_after = server_round
+            log.info("early stopping after round %d", server_round)
         return metrics
+
+
+def _selection_parts(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:
+    """The val releases in an evaluate round's usable replies, by hospital (unreadable ones skipped)."""
+    parts: dict[str, dict[str, Any]] = {}
+    for msg in replies:
+        record = msg.content.config_records.get("selection")
+        if record is None or "aggregates" not in record:
+            continue
+        site = msg.content.config_records.get("site")
+        node = msg.metadata.src_node_id
+        hospital = str(site["hospital-id"]) if site else names.get(node, f"node-{node}")
+        try:
+            parts[hospital] = json.loads(str(record["aggregates"]))
+        except ValueError:
+            log.warning("%s sent unreadable selection aggregates; left out", hospital)
+    return parts
 
 
 _BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}

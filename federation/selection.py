@@ -1,0 +1,209 @@
+"""Model selection on the val part: each round's release at a hospital, the coordinator's choice.
+
+A hospital with val rows scores each round's global model on them and releases the
+selection metric's aggregates (:mod:`training.selection`), noised and charged to its
+ledger under ``<run>/selection`` with DP on; the test part is left for the final
+validation report. :class:`RoundSelection` merges the releases per round, keeps the best
+round's model and says when early stopping ends training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from sklearn.metrics import roc_auc_score
+
+from experiments.spec import ExperimentSpec
+from federation.hospital import Preprocessor, evaluate_global, site_ledger, val_scores
+from federation.site import Site
+from training.metrics import risk_metrics
+from training.selection import (
+    HIGHER_IS_BETTER,
+    EarlyStopping,
+    merge_selection_aggregates,
+    noise_selection_aggregates,
+    selection_aggregates,
+    selection_value,
+)
+
+__all__ = ["NO_VAL_PART", "RoundChoice", "RoundSelection", "charge_selection", "evaluate_round", "selection_release_budget"]
+
+log = logging.getLogger(__name__)
+
+#: Why no round could be chosen when no hospital has val rows.
+NO_VAL_PART = "no val part: set data.val_fraction or a split column"
+
+
+def selection_release_budget(spec: ExperimentSpec) -> tuple[float, float]:
+    """``(epsilon, delta)`` of one round's release: ``privacy.selection_epsilon`` and
+    ``privacy.target_delta`` split evenly over ``training.rounds`` (basic composition)."""
+    rounds = spec.training.rounds
+    return spec.privacy.selection_epsilon / rounds, spec.privacy.target_delta / rounds
+
+
+def charge_selection(site: Site, spec: ExperimentSpec, run_key: str) -> dict[str, float]:
+    """Charge the ledger for one round's val release, under the run's ``<run>/selection``.
+
+    Every release is charged, a repeated one too (fresh noise could be averaged away).
+
+    Raises:
+        BudgetExceededError: the release would exceed the budget; nothing is charged.
+    """
+    ledger = site_ledger(site)
+    key = f"{run_key}/selection"
+    epsilon, delta = selection_release_budget(spec)
+    previous = ledger.entry(key)
+    releases = (previous.steps if previous else 0) + 1
+    total = (previous.epsilon if previous else 0.0) + epsilon
+    ledger.charge(run=key, experiment=spec.name, epsilon=total, delta=releases * delta, steps=releases,
+                  budget=site.budget, kind="selection")
+    return {"selection-epsilon": total, "budget-left": site.budget - ledger.spent()}
+
+
+def _exact_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Exact metrics of the val rows (no DP only): a risk model's, or an image model's
+    accuracy and macro one-vs-rest AUROC."""
+    if probs.shape[1] == 2:
+        found = risk_metrics(labels, probs[:, 1])
+    else:
+        found = {"accuracy": float((probs.argmax(axis=1) == labels).mean())}
+        aucs = [roc_auc_score(labels == k, probs[:, k]) for k in range(probs.shape[1]) if 0 < (labels == k).sum() < len(labels)]
+        if aucs:
+            found["auroc"] = float(np.mean(aucs))
+    return {f"val-{k}": v for k, v in found.items() if math.isfinite(v)}
+
+
+def evaluate_round(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, state: dict[str, torch.Tensor],
+                   run_key: str) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """A round's evaluation at a hospital: on its val rows when it has some, else (no
+    selection possible) on its test rows as before.
+
+    Returns the metrics (``val-*`` keys on the val part) and the selection release (None
+    without val rows). With DP on only the noised release leaves: its row count estimate
+    weights the hospital, its metric value is computed from the noised counts.
+
+    Raises:
+        BudgetExceededError: with DP, the hospital's budget cannot pay for the release.
+    """
+    started = time.perf_counter()
+    scored = val_scores(site=site, spec=spec, encoder=encoder, state=state)
+    if scored is None:
+        return evaluate_global(site=site, spec=spec, encoder=encoder, state=state), None
+    probs, labels = scored
+    metric = spec.selection.metric
+    exact = selection_aggregates(probs, labels, metric)
+    if spec.privacy.enabled:
+        metrics = charge_selection(site, spec, run_key)
+        epsilon, delta = selection_release_budget(spec)
+        release = noise_selection_aggregates(exact, epsilon=epsilon, delta=delta)
+        metrics["num-examples"] = max(_rows(release), 1.0)
+    else:
+        release = exact
+        metrics = {"num-examples": float(len(labels)), **_exact_metrics(probs, labels)}
+    value = selection_value(release)
+    if value is not None:
+        metrics[f"val-{metric}"] = value
+    metrics["handler-seconds"] = time.perf_counter() - started
+    return metrics, release
+
+
+def _rows(release: dict[str, Any]) -> float:
+    """The (noised) number of val rows a release speaks for."""
+    if "n" in release:
+        return float(release["n"])
+    if "confusion" in release:
+        return float(np.sum(release["confusion"]))
+    first = next(iter(release["hist"].values()))
+    return float(np.sum(first["pos"]) + np.sum(first["neg"]))
+
+
+@dataclass
+class RoundChoice:
+    """One round's merged selection value and the hospitals it came from."""
+
+    server_round: int
+    value: float | None
+    hospitals: dict[str, float | None]
+    improved: bool
+
+
+class RoundSelection:
+    """The coordinator's model selection: merges each round's val releases, keeps the best
+    round's model, decides early stopping.
+
+    Args:
+        spec: The experiment (its ``selection`` section).
+    """
+
+    def __init__(self, spec: ExperimentSpec) -> None:
+        self.spec = spec
+        self.metric = spec.selection.metric
+        self.stopping = EarlyStopping(
+            higher_is_better=HIGHER_IS_BETTER[self.metric], patience=spec.selection.patience,
+            min_rounds=spec.selection.min_rounds, min_delta=spec.selection.min_delta,
+        )
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stopped_early = False
+        self.rounds_with_val = 0
+
+    def observe(self, server_round: int, parts: dict[str, dict[str, Any]], arrays: ArrayRecord | None) -> RoundChoice:
+        """Record one round: ``parts`` are the hospitals' releases, ``arrays`` the round's
+        global model (a copy is kept when the round is the best so far)."""
+        merged = merge_selection_aggregates(parts)
+        value = selection_value(merged)
+        if parts:
+            self.rounds_with_val += 1
+        improved = self.stopping.observe(server_round, value)
+        if improved and arrays is not None:
+            self.best_state = arrays.to_torch_state_dict()
+        if parts and self.stopping.should_stop and server_round < self.spec.training.rounds:
+            self.stopped_early = True
+        return RoundChoice(server_round, value, {h: selection_value(p) for h, p in sorted(parts.items())}, improved)
+
+    @property
+    def should_stop(self) -> bool:
+        """Training stops now (patience ran out before the last round)."""
+        return self.stopped_early
+
+    @property
+    def chosen(self) -> bool:
+        """Whether a round was chosen on val (else the last round's model stands)."""
+        return self.best_state is not None and self.stopping.best_round is not None
+
+    def reason(self) -> str:
+        """Which round was chosen and why, as one line."""
+        if not self.chosen:
+            return (f"last round's model registered: {NO_VAL_PART}" if self.rounds_with_val == 0
+                    else f"last round's model registered: no round had a val {self.metric}")
+        s = self.stopping
+        text = f"round {s.best_round} had the best val {self.metric} ({s.best_value:.4f})"
+        if self.stopped_early:
+            text += (f"; stopped after round {s.last_round}: {s.stale} rounds without improving it"
+                     f" by more than {s.min_delta:g} (patience {s.patience})")
+        return text
+
+    def tags(self) -> dict[str, str]:
+        """The version's ``selection.*`` tags."""
+        if not self.chosen:
+            return {"selection.status": "not possible" if self.rounds_with_val == 0 else "no value",
+                    "selection.reason": self.reason(), "selection.metric": self.metric,
+                    "selection.round": str(self.stopping.last_round), "selection.stopped_early": "false"}
+        s = self.stopping
+        return {"selection.status": "val", "selection.metric": self.metric, "selection.round": str(s.best_round),
+                "selection.value": f"{s.best_value:.4f}", "selection.stopped_early": str(self.stopped_early).lower(),
+                "selection.rounds_run": str(s.last_round), "selection.reason": self.reason()}
+
+    def summary(self) -> dict[str, Any]:
+        """What the run summary says about the choice."""
+        s = self.stopping
+        return {"metric": self.metric, "chosen": self.chosen, "round": s.best_round if self.chosen else s.last_round,
+                "value": s.best_value if self.chosen else None, "stopped_early": self.stopped_early,
+                "rounds_run": s.last_round, "history": {str(r): v for r, v in sorted(s.history.items())},
+                "reason": self.reason()}

@@ -1,0 +1,209 @@
+"""Model selection on the val part: aggregates, their DP release and ledger charge, the chosen round, early stopping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from experiments.errors import SpecError
+from experiments.spec import StrategySpec
+from federation.errors import BudgetExceededError
+from federation.ledger import PrivacyLedger
+from federation.selection import NO_VAL_PART, RoundSelection, charge_selection, selection_release_budget
+from federation.site import Site
+from federation.strategy import _selection_parts, build_strategy
+from tests.conftest import make_spec
+from training.dp_statistics import gaussian_noise_scale
+from training.selection import (
+    LOSS_CLIP,
+    EarlyStopping,
+    merge_selection_aggregates,
+    noise_selection_aggregates,
+    selection_aggregates,
+    selection_value,
+)
+
+
+def _scores(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k)) + 1.5 * np.eye(k)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probs, y
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_metrics_from_aggregates_match_the_pooled_rows(k: int) -> None:
+    probs, y = _scores(3000, k, seed=k)
+    parts = {"a": selection_aggregates(probs[:1000], y[:1000], "loss"), "b": selection_aggregates(probs[1000:], y[1000:], "loss")}
+    loss = np.minimum(-np.log(probs[np.arange(len(y)), y]), LOSS_CLIP).mean()
+    assert selection_value(merge_selection_aggregates(parts)) == pytest.approx(loss)
+    auroc = selection_value(merge_selection_aggregates({
+        "a": selection_aggregates(probs[:1000], y[:1000], "auroc"), "b": selection_aggregates(probs[1000:], y[1000:], "auroc")}))
+    exact = roc_auc_score(y, probs[:, 1]) if k == 2 else roc_auc_score(y, probs, multi_class="ovr", average="macro")
+    assert auroc == pytest.approx(exact, abs=0.01)  # 32 bins on the logit scale
+    bacc = selection_value(merge_selection_aggregates({
+        "a": selection_aggregates(probs[:1000], y[:1000], "balanced_accuracy"),
+        "b": selection_aggregates(probs[1000:], y[1000:], "balanced_accuracy")}))
+    assert bacc == pytest.approx(balanced_accuracy_score(y, probs.argmax(axis=1)))
+
+
+def test_parts_of_another_metric_are_refused_and_no_rows_give_no_value() -> None:
+    probs, y = _scores(50, 2, seed=0)
+    with pytest.raises(ValueError, match="b: selection aggregates of another kind"):
+        merge_selection_aggregates({"a": selection_aggregates(probs, y, "loss"), "b": selection_aggregates(probs, y, "auroc")})
+    assert selection_value(selection_aggregates(probs[:0], y[:0], "loss")) is None
+    assert selection_value(selection_aggregates(probs[y == 1], y[y == 1], "auroc")) is None  # one class only
+    assert selection_value(None) is None
+
+
+@pytest.mark.parametrize(("metric", "coordinates"), [("loss", 2), ("auroc", 1), ("balanced_accuracy", 1)])
+def test_dp_release_noise_is_calibrated_to_the_sensitivity(metric: str, coordinates: int) -> None:
+    probs, y = _scores(200, 2, seed=3)
+    exact = selection_aggregates(probs, y, metric)
+    scale = gaussian_noise_scale(epsilon=0.1, delta=1e-6, coordinates=coordinates)
+    rng = np.random.default_rng(0)
+    draws = [noise_selection_aggregates(exact, epsilon=0.1, delta=1e-6, rng=rng) for _ in range(400)]
+    assert draws[0]["dp"]["noise_scale"] == pytest.approx(scale)
+    assert draws[0]["dp"]["sensitivity"] == pytest.approx(np.sqrt(coordinates))
+    if metric == "loss":
+        assert np.std([d["n"] - exact["n"] for d in draws]) == pytest.approx(scale, rel=0.15)
+        assert np.std([d["loss_sum"] - exact["loss_sum"] for d in draws]) == pytest.approx(scale * LOSS_CLIP, rel=0.15)
+    elif metric == "auroc":
+        noise = np.array([np.subtract(d["hist"]["1"]["pos"], exact["hist"]["1"]["pos"]) for d in draws])
+        assert noise.std() == pytest.approx(scale, rel=0.1)
+    else:
+        noise = np.array([np.subtract(d["confusion"], exact["confusion"]) for d in draws])
+        assert noise.std() == pytest.approx(scale, rel=0.1)
+    # a bigger epsilon means less noise; four one-vs-rest histograms a row touches in a 4-class model
+    assert gaussian_noise_scale(epsilon=1.0, delta=1e-6, coordinates=coordinates) < scale
+    p4, y4 = _scores(50, 4, seed=1)
+    release = noise_selection_aggregates(selection_aggregates(p4, y4, "auroc"), epsilon=0.1, delta=1e-6, rng=rng)
+    assert release["dp"]["sensitivity"] == pytest.approx(2.0)
+
+
+def test_best_round_is_kept_and_patience_stops() -> None:
+    stop = EarlyStopping(higher_is_better=False, patience=2)
+    assert [stop.observe(r, v) for r, v in enumerate([0.7, 0.6, 0.65, 0.61], start=1)] == [True, True, False, False]
+    assert stop.best_round == 2 and stop.best_value == 0.6 and stop.should_stop
+
+
+def test_min_delta_min_rounds_and_rounds_without_a_value() -> None:
+    stop = EarlyStopping(higher_is_better=True, patience=1, min_delta=0.01, min_rounds=3)
+    stop.observe(1, 0.80)
+    stop.observe(2, 0.805)  # better, but not by more than min_delta
+    assert stop.best_round == 1 and stop.stale == 1 and not stop.should_stop  # min_rounds not reached
+    stop.observe(3, 0.9)
+    assert stop.best_round == 3 and not stop.should_stop
+    stop.observe(4, None)
+    assert stop.should_stop and stop.best_round == 3
+    never = EarlyStopping(higher_is_better=True, patience=1)
+    never.observe(1, None)
+    never.observe(2, None)
+    assert not never.should_stop  # nothing to keep yet: no reason to stop
+    assert not EarlyStopping(higher_is_better=True, patience=None).should_stop
+
+
+def _parts(values: dict[str, tuple[float, float]]) -> dict[str, dict]:
+    return {h: {"schema": "bioverse.selection.aggregates/1", "metric": "loss", "classes": 2, "n": n, "loss_sum": s}
+            for h, (n, s) in values.items()}
+
+
+def test_round_selection_keeps_the_best_round_model_and_tags_it(hospital_files: list[Path]) -> None:
+    spec = make_spec(hospital_files, data={"val_fraction": 0.2}, training={"rounds": 6},
+                     selection={"metric": "loss", "patience": 2}) if _has_val_fraction() else None
+    if spec is None:
+        pytest.skip("data.val_fraction not in the spec yet (H1)")
+    selection = RoundSelection(spec)
+    losses = {1: 0.7, 2: 0.5, 3: 0.55, 4: 0.52}
+    stops = []
+    for r, loss in losses.items():
+        arrays = ArrayRecord({"w": torch.full((2,), float(r))})
+        stops.append(selection.observe(r, _parts({"a": (100, 100 * loss), "b": (50, 50 * loss)}), arrays).value)
+    assert stops[1] == pytest.approx(0.5)
+    assert selection.should_stop and selection.stopped_early
+    assert torch.equal(selection.best_state["w"], torch.full((2,), 2.0))
+    tags = selection.tags()
+    assert tags["selection.round"] == "2" and tags["selection.metric"] == "loss" and tags["selection.value"] == "0.5000"
+    assert tags["selection.stopped_early"] == "true" and tags["selection.rounds_run"] == "4"
+    assert "round 2 had the best val loss" in selection.reason() and "patience 2" in selection.reason()
+
+
+def _has_val_fraction() -> bool:
+    from experiments.spec import DataSpec
+
+    return "val_fraction" in DataSpec.model_fields
+
+
+def test_without_val_parts_the_last_round_stands_and_says_why(hospital_files: list[Path]) -> None:
+    selection = RoundSelection(make_spec(hospital_files))
+    for r in (1, 2):
+        selection.observe(r, {}, ArrayRecord({"w": torch.zeros(1)}))
+    assert not selection.chosen and not selection.should_stop
+    tags = selection.tags()
+    assert tags["selection.status"] == "not possible" and NO_VAL_PART in tags["selection.reason"]
+    assert tags["selection.round"] == "2" and tags["selection.stopped_early"] == "false"
+
+
+def test_each_release_is_charged_to_the_ledger_and_refused_past_the_budget(hospital_files: list[Path], tmp_path: Path) -> None:
+    spec = make_spec(hospital_files, training={"rounds": 4}, privacy={"selection_epsilon": 0.8})
+    assert selection_release_budget(spec) == (pytest.approx(0.2), pytest.approx(spec.privacy.target_delta / 4))
+    site = Site(hospital_id="h1", data_path=hospital_files[0], ledger_path=tmp_path / "ledger.json", budget=1.0,
+                dataset_id="ds-1")
+    for _ in range(3):
+        charged = charge_selection(site, spec, "run-9")
+    ledger = PrivacyLedger(tmp_path / "ledger.json", "h1", "ds-1")
+    entry = ledger.entry("run-9/selection")
+    assert entry is not None and entry.kind == "selection" and entry.steps == 3
+    assert entry.epsilon == pytest.approx(0.6) and charged["selection-epsilon"] == pytest.approx(0.6)
+    ledger.charge(run="other", experiment="x", epsilon=0.3, delta=1e-5, steps=1, budget=1.0)
+    with pytest.raises(BudgetExceededError):
+        charge_selection(site, spec, "run-9")  # 0.3 + 0.8 > 1.0
+    assert ledger.entry("run-9/selection").epsilon == pytest.approx(0.6)  # nothing charged
+
+
+def test_spec_refuses_selection_that_cannot_work(hospital_files: list[Path]) -> None:
+    with pytest.raises(SpecError, match="selection.min_rounds: 3 is more than training.rounds"):
+        make_spec(hospital_files, selection={"min_rounds": 3})
+    with pytest.raises(SpecError, match="selection.patience: early stopping needs a val part"):
+        make_spec(hospital_files, selection={"patience": 2})
+    with pytest.raises(SpecError, match="selection.metric"):
+        make_spec(hospital_files, selection={"metric": "accuracy"})
+    assert make_spec(hospital_files).selection.metric == "loss"
+
+
+class _Observer:
+    def __init__(self, stop_after: int) -> None:
+        self.stop_after = stop_after
+        self.seen: list[tuple[int, dict]] = []
+
+    def on_round(self, *args: object) -> None:
+        pass
+
+    def on_selection(self, server_round: int, parts: dict, arrays: ArrayRecord | None) -> bool:
+        self.seen.append((server_round, parts))
+        return server_round >= self.stop_after
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_strategy_sends_nothing_after_early_stopping() -> None:
+    observer = _Observer(stop_after=1)
+    strategy = build_strategy(StrategySpec(min_hospitals=1), observer=observer, min_available=1, learning_rate=0.01)
+    sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=7, message_type=MessageType.EVALUATE)
+    part = {"schema": "bioverse.selection.aggregates/1", "metric": "loss", "classes": 2, "n": 10.0, "loss_sum": 5.0}
+    reply = Message(RecordDict({"site": ConfigRecord({"hospital-id": "h1", "status": "ok", "reason": ""}),
+                                "metrics": MetricRecord({"num-examples": 10.0, "val-loss": 0.5}),
+                                "selection": ConfigRecord({"aggregates": json.dumps(part)})}), reply_to=sent)
+    assert _selection_parts([reply], {}) == {"h1": part}
+    strategy.aggregate_evaluate(1, [reply])
+    assert observer.seen == [(1, {"h1": part})] and strategy.stopped_after == 1
+    assert list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), None)) == []
+    assert strategy.aggregate_train(2, []) == (None, None)
+    assert list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), None)) == []
+    assert strategy.aggregate_evaluate(2, []) is None and len(observer.seen) == 1
