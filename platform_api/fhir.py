@@ -8,40 +8,39 @@ JSON is valid R4 (4.0.1) as well.
 ``fhir.resources`` costs about 0.2 s and some MB to import, so it is imported inside
 :func:`risk_assessment`, on the first call, never when the API starts.
 
-Mapping (``prediction`` -> ``RiskAssessment``):
+Mapping (``prediction`` -> ``RiskAssessment``; codes in docs/fhir.md):
 
-* ``id`` = prediction id; ``identifier`` = ``urn:bioverse:prediction`` | prediction id.
-* ``status`` = ``final`` (a stored prediction never changes).
-* ``subject`` = the patient: always a logical reference (``identifier`` with system
-  ``urn:bioverse:tenant:<tenant id>:patient`` and the hospital's patient id as value,
-  which is what the hospital can resolve), plus a literal ``reference``
-  ``Patient/<patient id>`` (absolute under ``base_url`` when given) where the patient id
-  is a valid FHIR id. BioVerse serves no ``Patient`` resources itself.
-* ``occurrenceDateTime`` = ``created_at``, in UTC (a naive value is taken as UTC).
-* ``method`` = the model: ``urn:bioverse:model`` | ``<model name>/<model version>``.
-* ``prediction[0]``: ``outcome`` = cardiac event (local code system
-  ``urn:bioverse:outcome``, no SNOMED CT code is claimed), ``probabilityDecimal`` = risk,
-  ``qualitativeRisk`` = the alert priority mapped onto
-  ``http://terminology.hl7.org/CodeSystem/risk-probability`` (critical/high -> high,
-  medium -> moderate, no alert -> low).
-* The inputs the model used are not FHIR resources, so they cannot go into ``basis``
-  (a list of references); they go into one ``note`` annotation:
-  ``inputs: age=63, sex=F, glucose=missing`` (in the stored order; ``None`` is
-  written ``missing``).
+* ``id`` = prediction id; ``identifier`` = ``urn:bioverse:prediction`` | prediction id;
+  ``status`` = ``final``; ``code`` = SNOMED CT 225338004 *Risk assessment*.
+* ``subject`` = the tenant's patient (logical identifier, plus ``Patient/<id>`` when the
+  patient id is a FHIR id, absolute under ``base_url``).
+* ``occurrenceDateTime`` = ``created_at`` in UTC; ``method`` = the model
+  (``urn:bioverse:model`` | ``<name>/<version>``); ``performer`` = a contained ``Device``
+  naming the model and its version.
+* ``basis`` = one contained ``Observation`` per input the model used (LOINC code and UCUM
+  unit where the model's terminology has one, else the feature name as text; a missing
+  value is a ``dataAbsentReason``), referenced as ``#obs-1``, ``#obs-2``, ...
+* ``prediction[0]``: ``outcome`` = the model's outcome code (spec ``fhir.outcome``; text
+  only without one, never a made-up code), ``probabilityDecimal`` = risk, ``whenPeriod`` =
+  the occurrence to ``fhir.horizon_days`` later, ``qualitativeRisk`` high/low at the
+  version's decision threshold (stated in ``rationale``), else from the alert priority.
+* ``note``: the inputs in one line, for a reader.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
+from experiments.terminology import SNOMED, UCUM, FeatureCoding, ModelTerminology
+
 __all__ = [
+    "ASSESSMENT_CODE",
     "FHIR_VERSION",
     "MODEL_SYSTEM",
-    "OUTCOME_SYSTEM",
     "PREDICTION_SYSTEM",
     "RISK_PROBABILITY_SYSTEM",
     "patient_identifier_system",
@@ -53,7 +52,9 @@ __all__ = [
 FHIR_VERSION = "4.3.0"
 PREDICTION_SYSTEM = "urn:bioverse:prediction"
 MODEL_SYSTEM = "urn:bioverse:model"
-OUTCOME_SYSTEM = "urn:bioverse:outcome"
+DATA_ABSENT_SYSTEM = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+#: SNOMED CT 225338004 |Risk assessment (procedure)|: what every BioVerse assessment is.
+ASSESSMENT_CODE = {"system": SNOMED, "code": "225338004", "display": "Risk assessment"}
 RISK_PROBABILITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/risk-probability"
 
 _RISK_PROBABILITY_DISPLAY = {
@@ -103,20 +104,68 @@ def _inputs_text(inputs: Mapping[str, Any] | None) -> str:
     return "inputs: " + ", ".join(f"{name}={_format_value(value)}" for name, value in inputs.items())
 
 
+def _observation(index: int, feature: str, value: Any, coding: FeatureCoding | None, subject: dict[str, Any]) -> dict[str, Any]:
+    """One input as a contained Observation (status final, coded where the terminology knows it)."""
+    code: dict[str, Any] = {"text": feature}
+    if coding is not None:
+        code["coding"] = [coding.fhir()]
+    obs: dict[str, Any] = {"resourceType": "Observation", "id": f"obs-{index}", "status": "final", "code": code,
+                           "subject": subject}
+    if value is None:
+        obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT_SYSTEM, "code": "unknown", "display": "Unknown"}]}
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        quantity: dict[str, Any] = {"value": value}
+        if coding is not None and coding.unit:
+            quantity.update(unit=coding.unit, system=UCUM, code=coding.unit)
+        obs["valueQuantity"] = quantity
+    else:
+        text = str(value)
+        concept: dict[str, Any] = {"text": text}
+        value_code = coding.values.get(text) if coding is not None else None
+        if value_code is not None:
+            concept["coding"] = [value_code.fhir()]
+        obs["valueCodeableConcept"] = concept
+    return obs
+
+
+def _prediction(risk: float, occurrence: datetime, terminology: ModelTerminology, alert_priority: str | None,
+                model: str) -> dict[str, Any]:
+    outcome: dict[str, Any] = {"text": terminology.outcome_text}
+    if terminology.outcome is not None:
+        outcome["coding"] = [terminology.outcome.fhir()]
+    out: dict[str, Any] = {"outcome": outcome, "probabilityDecimal": risk}
+    threshold = terminology.decision_threshold
+    if threshold is not None:
+        risk_code = "high" if risk >= threshold else "low"
+        rule = f" (chosen by {terminology.decision_rule})" if terminology.decision_rule else ""
+        out["rationale"] = (f"decision threshold {threshold:g} of {model}{rule}: a risk at or above it is high, "
+                            "below it low")
+    else:
+        risk_code = qualitative_risk_code(alert_priority)
+    out["qualitativeRisk"] = {"coding": [{"system": RISK_PROBABILITY_SYSTEM, "code": risk_code,
+                                          "display": _RISK_PROBABILITY_DISPLAY[risk_code]}]}
+    if terminology.horizon_days is not None:
+        out["whenPeriod"] = {"start": occurrence, "end": occurrence + timedelta(days=terminology.horizon_days)}
+    return out
+
+
 def risk_assessment(
     prediction: Any,
     twin: Any,
     *,
     base_url: str | None = None,
     alert_priority: str | None = None,
+    terminology: ModelTerminology | None = None,
 ) -> dict[str, Any]:
     """The prediction as a validated FHIR R4 ``RiskAssessment``, as a JSON-ready dict.
 
     ``prediction`` needs ``id``, ``tenant_id``, ``risk``, ``model_name``, ``model_version``,
     ``inputs`` and ``created_at``; ``twin`` needs ``tenant_id`` and ``patient_id``.
     ``alert_priority`` (else ``prediction.alert_priority`` if it has one) gives the
-    qualitative risk. ``base_url``: the FHIR base URL where the tenant's ``Patient``
-    resources live; the subject's literal reference is made absolute under it.
+    qualitative risk when the version has no decision threshold. ``base_url``: the FHIR
+    base URL where the tenant's ``Patient`` resources live. ``terminology``: the model
+    version's codes (:func:`experiments.terminology.version_terminology`); default: the
+    built-in feature codes, a text-only outcome, no horizon, no threshold.
     Raises ``ValueError`` when the prediction does not belong to the twin, for a risk
     outside [0, 1] or for an unknown alert priority, and ``pydantic.ValidationError``
     when the result is not valid FHIR (e.g. a prediction id that is not a FHIR id).
@@ -127,10 +176,11 @@ def risk_assessment(
         raise ValueError("the prediction does not belong to this twin")
     if alert_priority is None:
         alert_priority = getattr(prediction, "alert_priority", None)
-    risk_code = qualitative_risk_code(alert_priority)
+    qualitative_risk_code(alert_priority)  # an unknown priority is refused even when a threshold decides
     risk = float(prediction.risk)
     if not 0.0 <= risk <= 1.0:  # also refuses NaN
         raise ValueError(f"risk {prediction.risk!r} is not a probability in [0, 1]")
+    terminology = terminology or ModelTerminology()
 
     patient_id = str(twin.patient_id)
     subject: dict[str, Any] = {
@@ -142,42 +192,34 @@ def risk_assessment(
         subject["reference"] = f"{base_url.rstrip('/')}/{reference}" if base_url else reference
 
     model = f"{prediction.model_name}/{prediction.model_version}"
+    display = f"{prediction.model_name} version {prediction.model_version}"
+    occurrence = _utc(prediction.created_at)
+    inputs = list((prediction.inputs or {}).items())
+    observations = [_observation(i, feature, value, terminology.features.get(feature), subject)
+                    for i, (feature, value) in enumerate(inputs, start=1)]
+    device = {
+        "resourceType": "Device",
+        "id": "model",
+        "identifier": [{"system": MODEL_SYSTEM, "value": model}],
+        "deviceName": [{"name": str(prediction.model_name), "type": "model-name"}],
+        "version": [{"value": str(prediction.model_version)}],
+    }
     data: dict[str, Any] = {
         "resourceType": "RiskAssessment",
         "id": str(prediction.id),
+        "contained": [device, *observations],
         "identifier": [{"system": PREDICTION_SYSTEM, "value": str(prediction.id)}],
         "status": "final",
+        "code": {"coding": [ASSESSMENT_CODE], "text": "Risk assessment"},
         "subject": subject,
-        "occurrenceDateTime": _utc(prediction.created_at),
-        "method": {
-            "coding": [
-                {
-                    "system": MODEL_SYSTEM,
-                    "code": model,
-                    "display": f"{prediction.model_name} version {prediction.model_version}",
-                }
-            ],
-            "text": model,
-        },
-        "prediction": [
-            {
-                "outcome": {
-                    "coding": [{"system": OUTCOME_SYSTEM, "code": "cardiac_event", "display": "Cardiac event"}],
-                    "text": "Cardiac event",
-                },
-                "probabilityDecimal": risk,
-                "qualitativeRisk": {
-                    "coding": [
-                        {
-                            "system": RISK_PROBABILITY_SYSTEM,
-                            "code": risk_code,
-                            "display": _RISK_PROBABILITY_DISPLAY[risk_code],
-                        }
-                    ]
-                },
-            }
-        ],
+        "occurrenceDateTime": occurrence,
+        "performer": {"reference": "#model", "type": "Device", "display": display},
+        "method": {"coding": [{"system": MODEL_SYSTEM, "code": model, "display": display}], "text": model},
+        "prediction": [_prediction(risk, occurrence, terminology, alert_priority, model)],
         "note": [{"text": _inputs_text(prediction.inputs)}],
     }
-    resource = RiskAssessment.model_validate(data)  # validates every element
+    if observations:
+        data["basis"] = [{"reference": f"#{obs['id']}", "type": "Observation", "display": feature}
+                         for obs, (feature, _) in zip(observations, inputs, strict=True)]
+    resource = RiskAssessment.model_validate(data)  # validates every element, contained resources included
     return resource.model_dump(mode="json")

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from experiments.errors import TrackingError
+from experiments.terminology import ModelTerminology, version_terminology
 from feature_store.errors import FeatureRepoError
 from feature_store.repo import FeatureRepo, PushResult
 from feature_store.settings import get_settings as feature_settings
@@ -26,8 +28,8 @@ from serving.model_source import LoadedModel, RegistryModel, UnapprovedVersion
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureService", "ModelService", "get_features", "get_models", "get_prediction_cache", "get_recorder",
-           "get_twin_index", "close_recorders", "reset"]
+__all__ = ["FeatureService", "ModelService", "TerminologyService", "get_features", "get_models", "get_prediction_cache",
+           "get_recorder", "get_terminology", "get_twin_index", "close_recorders", "reset"]
 
 
 class FeatureService:
@@ -137,6 +139,47 @@ class ModelService:
                 log.exception("could not audit the refused version %s", version)
 
 
+class TerminologyService:
+    """Model version -> its codes for FHIR output (its run's spec and its registry tags),
+    read once per version: a registered version never changes."""
+
+    def __init__(self, tracking_uri: str, client: Any = None) -> None:
+        self.tracking_uri = tracking_uri
+        self._client = client  # an MlflowClient, made on first use
+        self._known: dict[tuple[str, str], ModelTerminology] = {}
+        self._lock = threading.Lock()
+
+    def of(self, name: str, version: str) -> ModelTerminology:
+        """The version's terminology; a version gone from the registry, or one whose logged
+        spec has an unusable ``fhir`` section, gets the defaults (logged).
+
+        Raises:
+            TrackingError: the registry or its artifact store did not answer.
+        """
+        key = (str(name), str(version))
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        from mlflow.exceptions import MlflowException
+
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        try:
+            terminology = version_terminology(self._client, *key)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise TrackingError(f"the registry did not answer for {key[0]} version {key[1]}: {err.message}") from err
+            log.warning("%s version %s is not in the registry: FHIR output without its codes", *key)
+            terminology = ModelTerminology()
+        except ValueError as err:
+            log.error("%s version %s: %s; FHIR output without its codes", *key, err)
+            terminology = ModelTerminology()
+        with self._lock:
+            return self._known.setdefault(key, terminology)
+
+
 @functools.cache
 def get_features() -> FeatureService:
     """The process's feature service."""
@@ -151,6 +194,12 @@ def get_models() -> ModelService:
     settings = get_settings()
     source = RegistryModel(settings.resolved_tracking_uri(), settings.model_name, settings.model_alias)
     return ModelService(source, settings.model_poll_seconds, on_refused=_audit_refusal)
+
+
+@functools.cache
+def get_terminology() -> TerminologyService:
+    """The process's model terminology lookup (codes of the FHIR output)."""
+    return TerminologyService(get_settings().resolved_tracking_uri())
 
 
 def _audit_refusal(version: str, reason: str) -> None:
@@ -208,5 +257,5 @@ def reset() -> None:
     close_recorders()
     from platform_api.vision import get_vision
 
-    for cached in (get_features, get_models, get_prediction_cache, get_twin_index, principal_cache, signing_key, get_vision):
+    for cached in (get_features, get_models, get_prediction_cache, get_terminology, get_twin_index, principal_cache, signing_key, get_vision):
         cached.cache_clear()

@@ -31,7 +31,14 @@ from platform_api.schemas import (
     PredictionPage,
     PredictionPublic,
 )
-from platform_api.services import get_features, get_models, get_prediction_cache, get_recorder, get_twin_index
+from platform_api.services import (
+    get_features,
+    get_models,
+    get_prediction_cache,
+    get_recorder,
+    get_terminology,
+    get_twin_index,
+)
 from platform_api.settings import get_settings
 
 __all__ = ["patients_of", "router"]
@@ -153,13 +160,15 @@ def read_prediction(prediction_id: str, session: SessionDep, caller: PatientRead
 @router.get("/v1/predictions/{prediction_id}/fhir", response_class=Response,
             responses={200: {"content": {"application/fhir+json": {}}, "description": "A FHIR R4 RiskAssessment"}})
 def read_prediction_fhir(prediction_id: str, session: SessionDep, caller: PatientReader) -> Response:
-    """The prediction as a FHIR R4 RiskAssessment (subject: the tenant's patient; method:
-    the model version; the inputs used in a note)."""
+    """The prediction as a FHIR R4 RiskAssessment: SNOMED CT/LOINC codes from the model
+    version's spec, the inputs as contained Observations in ``basis``, the prediction
+    window (docs/fhir.md)."""
     assert caller.tenant_id is not None
     with audited(session, caller, f"prediction.fhir:{prediction_id[:40]}") as target:
         prediction, twin, priority = crud.get_prediction(session=session, tenant_id=caller.tenant_id, prediction_id=prediction_id)
         target["patient_id"] = twin.patient_id
-        resource = risk_assessment(prediction, twin, alert_priority=priority)
+        terminology = get_terminology().of(prediction.model_name, prediction.model_version)
+        resource = risk_assessment(prediction, twin, alert_priority=priority, terminology=terminology)
     return Response(content=json.dumps(resource), media_type="application/fhir+json")
 
 

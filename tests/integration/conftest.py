@@ -93,11 +93,12 @@ def postgres_database() -> Iterator[PostgresDatabase]:
 
 
 def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versions: int = 2, *,
-                         production: bool = True) -> list[dict[str, Any]]:
+                         production: bool = True, spec_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Register ``versions`` logistic risk models (trained on the first hospital, as the
     federation would register them) and, with ``production``, approve version 1 (signed as
     the review gate does) and point ``production`` at it; without, every version is pending.
 
+    ``spec_overrides`` replace sections of the spec the runs log (e.g. ``fhir``).
     Returns raw feature rows of the second hospital, to score.
     """
     import pandas as pd
@@ -111,7 +112,7 @@ def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versio
     from training.models import build_model
     from training.preprocessing import FeatureEncoder
 
-    spec = make_spec(hospital_paths, registered_model=name)
+    spec = make_spec(hospital_paths, registered_model=name, **(spec_overrides or {}))
     dm = HospitalDataModule(hospital_paths[0], spec.data.contract, seed=1)
     dm.encoder = FeatureEncoder.from_statistics(dm.statistics(), spec.data.contract)
     for seed in range(1, versions + 1):

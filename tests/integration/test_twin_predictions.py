@@ -14,13 +14,15 @@ from tests.integration.conftest import clear_platform_caches, register_risk_mode
 
 pytestmark = pytest.mark.integration
 MODEL = "twin-risk"
+FHIR_SECTION = {"outcome": {"system": "http://snomed.info/sct", "code": "22298006", "display": "Myocardial infarction"},
+                "horizon_days": 365}
 
 
 @pytest.fixture()
 def platform(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """API + Feast repo (tenant t1 = hospital-01's patients) + a production model."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    register_risk_models(uri, MODEL, hospital_files)
+    register_risk_models(uri, MODEL, hospital_files, spec_overrides={"fhir": FHIR_SECTION})
     repo = FeatureRepo(tmp_path / "feature_repo").init()
     repo.ingest(pd.read_csv(hospital_files[0]), tenant_id="t1")
     repo.materialize()
@@ -73,6 +75,17 @@ def test_twin_features_prediction_observation_and_alerts(platform: dict) -> None
     assert resource["prediction"][0]["probabilityDecimal"] == pytest.approx(prediction["risk"])
     assert resource["subject"]["identifier"]["value"] == patient["patient_id"]
     assert resource["method"]["coding"][0]["code"] == f"{MODEL}/1"
+    # codes from the version's logged spec (registry -> run -> spec.json), inputs as coded Observations
+    assert resource["code"]["coding"][0]["code"] == "225338004"
+    assert resource["prediction"][0]["outcome"]["coding"][0]["code"] == "22298006"
+    assert resource["prediction"][0]["whenPeriod"]["end"][:4] == str(int(resource["occurrenceDateTime"][:4]) + 1)
+    observations = {r["id"]: r for r in resource["contained"] if r["resourceType"] == "Observation"}
+    basis = {b["display"]: observations[b["reference"][1:]] for b in resource["basis"]}
+    assert set(basis) == set(prediction["inputs"])
+    assert basis["systolic_bp"]["code"]["coding"][0] == {"system": "http://loinc.org", "code": "8480-6",
+                                                        "display": "Systolic blood pressure"}
+    assert basis["systolic_bp"]["valueQuantity"]["value"] == pytest.approx(prediction["inputs"]["systolic_bp"])
+    assert "rationale" not in resource["prediction"][0]  # no decision threshold on this version
     for path in (f"/v1/predictions/{prediction['id']}", f"/v1/predictions/{prediction['id']}/fhir"):
         assert client.get(path, headers=_h(keys["t2"])).status_code == 404  # another tenant's
 

@@ -12,7 +12,19 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from experiments.errors import SpecError
+from experiments.spec import parse_spec
+from experiments.terminology import (
+    LOINC,
+    SNOMED,
+    UCUM,
+    ModelTerminology,
+    code_problem,
+    terminology_from_spec,
+    version_terminology,
+)
 from platform_api.fhir import (
+    ASSESSMENT_CODE,
     MODEL_SYSTEM,
     PREDICTION_SYSTEM,
     RISK_PROBABILITY_SYSTEM,
@@ -68,8 +80,7 @@ def test_fields_mapped() -> None:
     assert method["system"] == MODEL_SYSTEM and method["code"] == "cardiac-risk/3"
     (p0,) = res["prediction"]
     assert p0["probabilityDecimal"] == pytest.approx(pred.risk)
-    assert p0["outcome"]["text"] == "Cardiac event"
-    assert "sct" not in json.dumps(p0["outcome"])  # no SNOMED CT code is claimed
+    assert p0["outcome"] == {"text": "the model's outcome"}  # no code is claimed without one in the spec
     assert _qualitative(res) == "high"
     assert res["note"] == [{"text": "inputs: age=63, sex=F, systolic_bp=141.5, glucose=missing"}]
     json.dumps(res)  # JSON-ready
@@ -178,3 +189,205 @@ def test_importing_module_does_not_import_fhir_resources() -> None:
     code = "import sys, platform_api.fhir; print(any(m.startswith('fhir.') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+SPEC = {"data": {"label": "cardiac_event"},
+        "fhir": {"outcome": {"system": SNOMED, "code": "49601007", "display": "Disorder of cardiovascular system"},
+                 "horizon_days": 365,
+                 "features": {"glucose": {"system": LOINC, "code": "2339-0", "display": "Glucose [Mass/volume] in Blood",
+                                          "unit": "mg/dL"}}}}
+
+
+def _contained(res: dict[str, Any], reference: str) -> dict[str, Any]:
+    assert reference.startswith("#")
+    (found,) = [r for r in res["contained"] if r["id"] == reference[1:]]
+    return found
+
+
+def test_assessment_code_and_performer_device() -> None:
+    res = risk_assessment(Prediction(), Twin())
+    assert res["code"]["coding"] == [ASSESSMENT_CODE] and ASSESSMENT_CODE["code"] == "225338004"
+    assert ASSESSMENT_CODE["system"] == "http://snomed.info/sct"
+    device = _contained(res, res["performer"]["reference"])
+    assert device["resourceType"] == "Device"
+    assert device["deviceName"] == [{"name": "cardiac-risk", "type": "model-name"}]
+    assert device["version"] == [{"value": "3"}]
+
+
+def test_basis_references_contained_observations_with_loinc_codes() -> None:
+    pred = Prediction(inputs={"age": 63, "sex": "F", "systolic_bp": 141.5, "glucose": None, "troponin": 0.02,
+                              "smoking": "former"})
+    res = risk_assessment(pred, Twin())
+    assert [b["display"] for b in res["basis"]] == list(pred.inputs)
+    obs = {b["display"]: _contained(res, b["reference"]) for b in res["basis"]}
+    assert all(o["resourceType"] == "Observation" and o["status"] == "final" for o in obs.values())
+    assert all(o["subject"] == res["subject"] for o in obs.values())
+    sbp = obs["systolic_bp"]
+    assert sbp["code"]["coding"] == [{"system": LOINC, "code": "8480-6", "display": "Systolic blood pressure"}]
+    assert sbp["valueQuantity"] == {"value": 141.5, "unit": "mm[Hg]", "system": UCUM, "code": "mm[Hg]"}
+    assert obs["age"]["code"]["coding"][0]["code"] == "30525-0" and obs["age"]["valueQuantity"]["code"] == "a"
+    assert obs["sex"]["valueCodeableConcept"] == {
+        "coding": [{"system": "http://hl7.org/fhir/administrative-gender", "code": "female", "display": "Female"}],
+        "text": "F"}
+    assert obs["smoking"]["valueCodeableConcept"]["coding"][0] == {"system": SNOMED, "code": "8517006",
+                                                                    "display": "Ex-smoker"}
+    assert obs["glucose"]["dataAbsentReason"]["coding"][0]["code"] == "unknown" and "valueQuantity" not in obs["glucose"]
+    # a feature without a code is text only, its number without a unit: no code is made up
+    assert obs["troponin"]["code"] == {"text": "troponin"} and obs["troponin"]["valueQuantity"] == {"value": 0.02}
+    parsed = RiskAssessment.model_validate(res)
+    assert [type(r).__name__ for r in parsed.contained] == ["Device"] + ["Observation"] * 6
+
+
+def test_no_inputs_no_basis() -> None:
+    res = risk_assessment(Prediction(inputs=None), Twin())
+    assert "basis" not in res and [r["resourceType"] for r in res["contained"]] == ["Device"]
+
+
+def test_outcome_code_and_prediction_window_from_the_spec() -> None:
+    terminology = terminology_from_spec(SPEC)
+    res = risk_assessment(Prediction(), Twin(), terminology=terminology)
+    (p0,) = res["prediction"]
+    assert p0["outcome"] == {"coding": [{"system": SNOMED, "code": "49601007", "display": "Disorder of cardiovascular system"}],
+                             "text": "Disorder of cardiovascular system"}
+    assert p0["whenPeriod"] == {"start": "2025-03-04T05:06:07.890000Z", "end": "2026-03-04T05:06:07.890000Z"}
+    glucose = next(_contained(res, b["reference"]) for b in res["basis"] if b["display"] == "glucose")
+    assert glucose["code"]["coding"][0]["code"] == "2339-0"  # the spec's code overrides the built-in one
+    RiskAssessment.model_validate(res)
+
+
+def test_outcome_without_code_is_the_label_in_words() -> None:
+    terminology = terminology_from_spec({"data": {"label": "cardiac_event"}})
+    res = risk_assessment(Prediction(), Twin(), terminology=terminology)
+    assert res["prediction"][0]["outcome"] == {"text": "cardiac event"} and "whenPeriod" not in res["prediction"][0]
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(0.8, "low"), (0.5, "high"), (0.7312, "high")])
+def test_decision_threshold_decides_qualitative_risk(threshold: float, expected: str) -> None:
+    terminology = terminology_from_spec(SPEC, {"decision_threshold": str(threshold), "decision_rule": "youden"})
+    res = risk_assessment(Prediction(), Twin(), alert_priority="critical", terminology=terminology)
+    assert _qualitative(res) == expected
+    assert res["prediction"][0]["rationale"].startswith(f"decision threshold {threshold:g} of cardiac-risk/3 (chosen by youden)")
+
+
+@pytest.mark.parametrize("tag", ["", "nan", "1.5", "0", "high"])
+def test_unusable_threshold_tag_is_ignored(tag: str) -> None:
+    terminology = terminology_from_spec(SPEC, {"decision_threshold": tag})
+    assert terminology.decision_threshold is None
+    res = risk_assessment(Prediction(), Twin(), alert_priority="critical", terminology=terminology)
+    assert _qualitative(res) == "high" and "rationale" not in res["prediction"][0]
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "problem"),
+    [(LOINC, "8480-6", None), (LOINC, "2093-3", None), (LOINC, "8480-5", "check digit"), (LOINC, "8480", "not a LOINC"),
+     (SNOMED, "225338004", None), (SNOMED, "77176002", None), (SNOMED, "225338005", "check digit"),
+     (SNOMED, "12ab", "not a SNOMED"), ("urn:local:codes", "a b", None), ("urn:local:codes", " a", "not a FHIR code")],
+)
+def test_code_check_digits(system: str, code: str, problem: str | None) -> None:
+    found = code_problem(system, code)
+    assert found is None if problem is None else problem in found
+
+
+def test_every_built_in_code_passes_its_check_digit() -> None:
+    for coding in ModelTerminology().features.values():
+        assert code_problem(coding.system, coding.code) is None
+        for value in coding.values.values():
+            assert code_problem(value.system, value.code) is None
+
+
+def test_mistyped_outcome_code_in_logged_spec_is_named() -> None:
+    bad = {"fhir": {"outcome": {"system": SNOMED, "code": "49601008"}}}
+    with pytest.raises(ValueError, match=r"^fhir\.outcome: .*check digit"):
+        terminology_from_spec(bad)
+
+
+def _spec(**fhir: Any) -> dict[str, Any]:
+    return {"name": "t", "data": {"label": "y", "numeric": ["age"], "categorical": ["sex"],
+                                  "ranges": {"age": [0, 120]}, "hospitals": [{"id": "h1"}, {"id": "h2"}]},
+            "fhir": fhir}
+
+
+def test_spec_fhir_section_parsed_and_checked() -> None:
+    spec = parse_spec(_spec(outcome=SPEC["fhir"]["outcome"], horizon_days=30,
+                            features={"sex": {"system": LOINC, "code": "46098-0", "values": {"F": {"system": SNOMED,
+                                                                                                     "code": "248152002"}}}}))
+    assert spec.fhir.horizon_days == 30 and spec.fhir.features["sex"].values["F"].code == "248152002"
+    for fhir, match in [({"features": {"bmi": {"system": LOINC, "code": "39156-5"}}}, "fhir.features: bmi is not a declared"),
+                        ({"features": {"age": {"system": LOINC, "code": "30525-0", "values": {"x": {"system": LOINC, "code": "8480-6"}}}}},
+                         "fhir.features.age.values: age is numeric"),
+                        ({"outcome": {"system": "snomed", "code": "49601007"}}, "fhir.outcome.system: 'snomed' is not an absolute URI"),
+                        ({"outcome": {"system": SNOMED, "code": "49601008"}}, "fhir.outcome: '49601008' fails the SNOMED CT check"),
+                        ({"horizon_days": 0}, "fhir.horizon_days")]:
+        with pytest.raises(SpecError, match=match.replace(".", r"\.").replace("(", r"\(")):
+            parse_spec(_spec(**fhir))
+
+
+@dataclass
+class _Version:
+    run_id: str | None = "run-1"
+    tags: dict[str, str] = field(default_factory=lambda: {"decision_threshold": "0.25", "decision_rule": "youden"})
+
+
+@dataclass
+class _Artifact:
+    path: str
+
+
+class _Client:
+    """The few MlflowClient calls version_terminology makes, over a logged spec."""
+
+    def __init__(self, spec: dict[str, Any] | None, version: _Version | None = None) -> None:
+        self.spec, self.version = spec, version or _Version()
+
+    def get_model_version(self, name: str, version: str) -> _Version:
+        return self.version
+
+    def list_artifacts(self, run_id: str) -> list[_Artifact]:
+        return [_Artifact("spec.json")] if self.spec is not None else [_Artifact("model")]
+
+    def download_artifacts(self, run_id: str, path: str, dst: str) -> str:
+        target = f"{dst}/{path}"
+        with open(target, "w") as fh:
+            json.dump(self.spec, fh)
+        return target
+
+
+def test_version_terminology_reads_the_runs_spec_and_tags() -> None:
+    terminology = version_terminology(_Client(SPEC), "cardiac-risk", "3")
+    assert terminology.outcome is not None and terminology.outcome.code == "49601007"
+    assert terminology.horizon_days == 365 and terminology.decision_threshold == 0.25
+    assert terminology.decision_rule == "youden" and terminology.features["glucose"].code == "2339-0"
+    fallback = version_terminology(_Client(None, _Version(run_id=None, tags={})), "cardiac-risk", "3")
+    assert fallback == ModelTerminology()
+
+
+def test_terminology_service_reads_each_version_once_and_maps_registry_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+
+    from experiments.errors import TrackingError
+    from platform_api import services
+
+    calls: list[tuple[str, str]] = []
+    answers: dict[str, Any] = {"1": terminology_from_spec(SPEC),
+                               "2": MlflowException("gone", RESOURCE_DOES_NOT_EXIST),
+                               "3": MlflowException("down", TEMPORARILY_UNAVAILABLE),
+                               "4": ValueError("fhir.outcome: bad")}
+
+    def lookup(client: Any, name: str, version: str) -> ModelTerminology:
+        calls.append((name, version))
+        answer = answers[version]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(services, "version_terminology", lookup)
+    service = services.TerminologyService("unused", client=object())
+    assert service.of("m", "1").horizon_days == 365 and service.of("m", "1").horizon_days == 365
+    assert calls == [("m", "1")]  # a registered version never changes: read once
+    assert service.of("m", "2") == ModelTerminology()  # deleted version: defaults
+    assert service.of("m", "4") == ModelTerminology()  # unusable logged section: defaults
+    with pytest.raises(TrackingError, match="did not answer"):
+        service.of("m", "3")
+    answers["3"] = terminology_from_spec({})
+    assert service.of("m", "3") == ModelTerminology()  # a failure is not cached
