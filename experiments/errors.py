@@ -4,12 +4,13 @@ Hierarchy::
 
     ExperimentError
     ├── SpecError          an experiment spec is unreadable or invalid
-    └── TrackingError      MLflow tracking or the registry failed
+    ├── TrackingError      MLflow tracking or the registry failed
+    └── LocalValidationError  a validator's file has nothing held out to score
 """
 
 from __future__ import annotations
 
-__all__ = ["ExperimentError", "SpecError", "TrackingError"]
+__all__ = ["ExperimentError", "LocalValidationError", "SpecError", "TrackingError"]
 
 
 class ExperimentError(Exception):
@@ -26,3 +27,8 @@ class SpecError(ExperimentError):
 
 class TrackingError(ExperimentError):
     """MLflow tracking or model registration failed; nothing was registered."""
+
+
+class LocalValidationError(ExperimentError):
+    """``registry validate`` cannot score the part asked for: it is empty, or it holds data
+    the version was trained on (the message names the file and the part)."""

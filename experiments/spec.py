@@ -7,8 +7,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from experiments.dp_defaults import dp_defaults
 from experiments.errors import SpecError
 from experiments.terminology import FhirSpec
 from training.categories import canonical
@@ -226,7 +238,7 @@ class ImageDataSpec(_Strict):
             values = getattr(self, name)
             if values is not None and len(values) != self.channels:
                 raise ValueError(f"{name} needs {self.channels} value(s), one per channel")
-        if self.test_fraction + self.val_fraction >= 0.9:
+        if self.split_column is None and self.test_fraction + self.val_fraction >= 0.9:
             raise ValueError(f"test_fraction + val_fraction must be below 0.9 (some patients must train), "
                              f"got {self.test_fraction:g} + {self.val_fraction:g}")
         columns = [self.image_column, self.patient_id, self.label]
@@ -277,10 +289,13 @@ class ModelSpec(_Strict):
 class StrategySpec(_Strict):
     """Server-side aggregation and tolerance to absent hospitals."""
 
-    name: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
+    name: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"] = "fedavg"
     proximal_mu: float = Field(default=0.01, ge=0, description="FedProx")
-    server_learning_rate: float = Field(default=0.01, gt=0, description="FedAdam/FedYogi eta")
-    tau: float = Field(default=1e-3, gt=0, description="FedAdam/FedYogi adaptivity")
+    server_learning_rate: float = Field(
+        default=0.01, gt=0, le=10, description="FedAdam/FedYogi eta; FedAvgM's server step (default: 1 - server_momentum "
+                                               "with DP, else 1)")
+    server_momentum: float = Field(default=0.9, ge=0, lt=1, description="FedAvgM")
+    tau: float = Field(default=1e-3, gt=0, description="FedAdam/FedYogi adaptivity (0.01 by default with DP)")
     min_hospitals: int = Field(default=2, ge=1, description="a round fails with fewer answers")
     round_timeout: float = Field(default=600, gt=0, description="seconds to wait for a round's replies")
     join_timeout: float = Field(default=120, gt=0, description="seconds to wait for all hospitals to connect")
@@ -319,7 +334,11 @@ class PrivacySpec(_Strict):
     target_epsilon: float | None = Field(default=3.0, gt=0)
     target_delta: float = Field(default=1e-5, gt=0, lt=1)
     noise_multiplier: float | None = Field(default=None, gt=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0, description="clipping bound (adaptive clipping: the first bound)")
+    clipping: Literal["fixed", "adaptive"] = Field(
+        default="fixed", description="adaptive: the bound follows target_quantile of the per-sample gradient norms")
+    target_quantile: float = Field(default=0.5, gt=0, lt=1, description="adaptive clipping: share of gradients unclipped")
+    clip_learning_rate: float = Field(default=0.2, gt=0, le=1, description="adaptive clipping: geometric step per DP step")
     grad_sample_mode: Literal["fused", "hooks", "ghost", "functorch"] = "fused"
     accountant: Literal["rdp", "prv"] = "rdp"
     hospital_budget: float = Field(default=10.0, gt=0, description="default total epsilon per hospital")
@@ -350,6 +369,9 @@ class PrivacySpec(_Strict):
             max_grad_norm=self.max_grad_norm,
             grad_sample_mode=self.grad_sample_mode,
             accountant=self.accountant,
+            clipping=self.clipping,
+            target_quantile=self.target_quantile,
+            clip_learning_rate=self.clip_learning_rate,
         )
 
 
@@ -466,6 +488,14 @@ class ExperimentSpec(_Strict):
     selection: SelectionSpec = SelectionSpec()
     registry: RegistrySpec = RegistrySpec()
     fhir: FhirSpec = FhirSpec()
+    #: The DP defaults this spec was given (``section.field`` -> value): fields it left out
+    #: and :func:`experiments.dp_defaults.dp_defaults` chose (docs/dp-training.md).
+    _defaulted: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def defaulted(self) -> dict[str, Any]:
+        """The DP defaults applied to fields this spec left out (``section.field`` -> value)."""
+        return dict(self._defaulted)
 
     @property
     def model_name(self) -> str:
@@ -503,6 +533,28 @@ class ExperimentSpec(_Strict):
                     raise ValueError(f"validation.subgroups: {column} is not a declared data.metadata column")
         elif kind_set and self.model.kind in IMAGE_MODEL_KINDS:
             raise ValueError(f"model.kind: {self.model.kind} is for images; set data.modality: images or use logistic or mlp")
+        return self
+
+    @_check
+    def _dp_defaults(self) -> ExperimentSpec:
+        """Give the fields a DP run's spec left out their DP-safe values; set fields win."""
+        rules = dp_defaults(private=self.privacy.enabled, imaging=self.is_imaging, strategy=self.strategy.name,
+                            server_momentum=self.strategy.server_momentum)
+        applied: dict[str, Any] = {}
+        for section, values in rules.items():
+            current = getattr(self, section)
+            update = {k: v for k, v in values.items() if k not in current.model_fields_set and getattr(current, k) != v}
+            if update:
+                object.__setattr__(self, section, current.model_copy(update=update))
+                applied.update({f"{section}.{k}": v for k, v in update.items()})
+        self._defaulted = applied
+        return self
+
+    @_check
+    def _adaptive_clipping_mode(self) -> ExperimentSpec:
+        privacy = self.privacy
+        if privacy.enabled and privacy.clipping == "adaptive" and not self.is_imaging and privacy.grad_sample_mode != "fused":
+            raise ValueError("privacy.clipping: adaptive clipping of tabular models needs grad_sample_mode fused")
         return self
 
     @_check

@@ -35,7 +35,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(help="BioVerse: federated, differentially private learning for hospitals.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Hospital data: synthesise and check.", no_args_is_help=True)
+data_app = typer.Typer(help="Hospital data: synthesise, split and check.", no_args_is_help=True)
 experiment_app = typer.Typer(help="Run and validate experiment specs.", no_args_is_help=True)
 ledger_app = typer.Typer(help="A hospital's privacy ledger.", no_args_is_help=True)
 api_app = typer.Typer(help="The platform API: `bioverse api` serves it; keys manage access.", invoke_without_command=True)
@@ -171,6 +171,44 @@ def data_synth_images(
         out.print(f"{path.stem}  {images:>6} images  {size}x{size}x{channels}  {path}", highlight=False)
 
 
+@data_app.command("split")
+@_one_line_errors
+def data_split(
+    source: Annotated[Path, typer.Argument(help="A .csv or .parquet table, a folder with labels.csv and images, or a .npz.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the hospitals into (new files only).")],
+    hospitals: Annotated[int | None, typer.Option(help="How many hospitals (random, stratified).")] = None,
+    by: Annotated[str, typer.Option(help="random, stratified (by label) or a column: one hospital per value.")] = "random",
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same hospitals.")] = 0,
+    label: Annotated[str | None, typer.Option(help="Label column (tables; labels.csv default: label).")] = None,
+    patient_id: Annotated[str | None, typer.Option(
+        help="Patient id column; a patient never straddles hospitals (default: patient_id if present).")] = None,
+    split_column: Annotated[str | None, typer.Option(
+        help="Column with each row's part, kept: every hospital gets train/val/test (default: split if present).")] = None,
+    image_column: Annotated[str, typer.Option(help="labels.csv column naming the image files.")] = "image",
+    prefix: Annotated[str, typer.Option(help="Hospital ids: PREFIX-01, PREFIX-02, ...")] = "hospital",
+    spec: Annotated[Path | None, typer.Option(help="Also write a spec skeleton listing the hospitals here.")] = None,
+) -> None:
+    """Make N simulated hospitals from one dataset, keeping its train/val/test split."""
+    from training.errors import DataSplitError
+    from training.split_tool import SplitOptions, spec_skeleton, split_dataset
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", prefix):
+        raise DataSplitError(source, f"--prefix: {prefix!r} makes no valid hospital id (letters, digits, . _ -)")
+    if spec is not None and spec.exists():
+        raise DataSplitError(spec, "--spec: the file exists; choose a new path")
+    options = SplitOptions(hospitals=hospitals, by=by, seed=seed, label=label, patient_id=patient_id,
+                           split_column=split_column, image_column=image_column, prefix=prefix)
+    result = split_dataset(source, out_dir, options)
+    for hospital in result.hospitals:
+        out.print(hospital.line(), highlight=False)
+    if result.linked or result.copied:
+        out.print(f"images: {result.linked} hard-linked, {result.copied} copied", highlight=False)
+    if spec is not None:
+        spec.parent.mkdir(parents=True, exist_ok=True)
+        spec.write_text(spec_skeleton(result, spec, source))
+        out.print(f"spec skeleton: {spec}", highlight=False)
+
+
 @data_app.command("check")
 @_one_line_errors
 def data_check(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (YAML).")]) -> None:
@@ -188,11 +226,15 @@ def data_check(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (
         if isinstance(data, ImageDataSpec):
             from training.imaging import class_counts, load_image_split
 
-            split = load_image_split(hospital.path, data.contract, data.test_fraction, spec.seed)
+            from experiments.local_validation import image_split, split_origin
+            from training.imaging import class_counts
+
+            split = image_split(data, hospital.path, spec.seed)
             counts = class_counts(split.train_labels, len(data.classes))
             mix = ", ".join(f"{c} {k}" for c, k in zip(data.classes, counts, strict=True))
-            out.print(f"{hospital.id}: ok, {len(split.train_labels)} training and {len(split.test_labels)} held-out "
-                      f"images ({mix})", highlight=False)
+            parts = split.counts()
+            out.print(f"{hospital.id}: ok, {parts['train']} training, {parts['val']} val and {parts['test']} held-out "
+                      f"images ({mix} in training); split from {split_origin(split, data, spec.seed)}", highlight=False)
             continue
         frame = load_hospital_table(hospital.path, data.contract)
         out.print(f"{hospital.id}: ok, {len(frame)} patients, prevalence {frame[data.label].mean():.1%}")
@@ -292,7 +334,7 @@ def ledger_show(
         state = f"  MLflow {status.get(run, 'unknown')}" if tracking_uri else ""
         rounds = f"  rounds {entry.rounds}" if entry.kind == "training" and entry.rounds else ""
         out.print(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(entry.updated))}  {entry.experiment:<30} "
-                  f"run {entry.run[:12]}{'/statistics' if entry.kind == 'statistics' else ''}  dataset {entry.dataset[:12]}  "
+                  f"run {entry.run[:12]}{'/' + entry.kind if entry.kind in ('statistics', 'selection') else ''}  dataset {entry.dataset[:12]}  "
                   f"epsilon {entry.epsilon:.3f}  delta {entry.delta:g}  steps {entry.steps}{rounds}{state}",
                   highlight=False, markup=False)
     datasets = sorted({e.dataset for e in entries} - {ANY_DATASET}) or [ANY_DATASET]
@@ -886,19 +928,26 @@ def registry_validate(
     data: Annotated[Path, typer.Option(help="Your own validation file (CSV or Parquet; for an image model a folder with "
                                             "labels.csv or a .npz), under the experiment's data contract.")],
     output: Annotated[Path | None, typer.Option(help="Folder for the report (default: <data dir>/validation/<model>-v<version>).")] = None,
+    part: Annotated[str, typer.Option(help="test (default): only held-out data; val: the val part; all: every row "
+                                           "(refused for the version's own training data).")] = "test",
     model: _ModelOpt = None,
     tracking_uri: _UriOpt = None,
 ) -> None:
-    """Run the validation report on a local validation file of your own; nothing leaves this machine."""
-    import numpy as np
+    """Run the validation report on a local validation file of your own; nothing leaves this machine.
 
+    Only held-out data is scored: a .npz's test part, the rows a split column marks test,
+    the part a training hospital's run held out (the file is one of the version's training
+    datasets), or every row of a file the registry does not know. The output says which.
+    """
+    from experiments.local_validation import PARTS, held_out_images, held_out_rows
     from experiments.report import write_report_artifacts
     from experiments.spec import ImageDataSpec, parse_spec
     from federation.hospital import report_subgroups
     from serving.model_source import RegistryModel
-    from training.contract import load_hospital_table
     from training.validation import local_report
 
+    if part not in PARTS:
+        raise ValueError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
     registry, name = _registry(model, tracking_uri)
     info = registry.show(name, version)
     if info.run_id is None:
@@ -913,18 +962,12 @@ def registry_validate(
     meta: dict[str, Any] = {"model_name": name, "version": version, "experiment": info.experiment,
                             "run_id": info.run_id, "hospitals": [f"local: {data.name}"]}
     if isinstance(spec.data, ImageDataSpec):
-        import dataclasses
-
         from federation.hospital_images import image_subgroups
-        from training.imaging import load_image_split
         from training.validation_multiclass import local_multiclass_report
 
-        split = load_image_split(data, spec.data.contract, spec.data.test_fraction, spec.seed)
-        whole = dataclasses.replace(  # a validator's file: every image counts, as held out
-            split, test_images=np.concatenate([split.train_images, split.test_images]),
-            test_labels=np.concatenate([split.train_labels, split.test_labels]),
-            test_metadata={c: (split.train_metadata or {})[c] + v for c, v in split.test_metadata.items()}
-            if split.test_metadata is not None else None)
+        whole, held = held_out_images(data, spec, info.tags, part)  # type: ignore[arg-type]
+        meta["hospitals"] = [f"local: {data.name}, {held.sentence('images')}"]
+        out.print(f"{name} version {version} on {data}: {held.sentence('images')}", highlight=False)
         vision = RegistryModel(registry.tracking_uri, name, require_approval=False).load_vision(version).scorer
         report = local_multiclass_report(vision.predict(whole.test_images), whole.test_labels, list(spec.data.classes),
                                          image_subgroups(whole, spec, data), min_cell=spec.validation.min_cell)
@@ -935,7 +978,9 @@ def registry_validate(
                   f"ECE {fmt(overall['ece'])}", highlight=False)
         out.print(f"Report: {written['report.html']}", highlight=False)
         return
-    frame = load_hospital_table(data, spec.data.contract)
+    frame, held = held_out_rows(data, spec, info.tags, part)  # type: ignore[arg-type]
+    meta["hospitals"] = [f"local: {data.name}, {held.sentence('patients')}"]
+    out.print(f"{name} version {version} on {data}: {held.sentence('patients')}", highlight=False)
     scorer = RegistryModel(registry.tracking_uri, name, require_approval=False).load(version).scorer
     report = local_report(scorer.score_columns(frame), frame[spec.data.label].to_numpy().astype(int),
                           report_subgroups(frame, spec), spec.validation.thresholds, min_cell=spec.validation.min_cell)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_PIXELS",
+    "SPLIT_VALUES",
     "ImageContract",
     "ImageDataError",
     "ImageDecodeError",
     "ImagePreprocessor",
     "ImageSplit",
+    "SplitSource",
     "class_counts",
     "decode_image",
     "image_fingerprint",
@@ -74,6 +76,9 @@ class ImageContract:
         label: Column holding the class.
         metadata: Further ``labels.csv`` columns carried with each image (e.g. ``sex``,
             ``age``) for the validation report's subgroups; an empty cell is missing.
+        split_column: Column of ``labels.csv`` naming each image's part (``train``, ``val``
+            or ``test``), required in every ``labels.csv`` when set; None: split by patient
+            at random.
     """
 
     classes: tuple[str, ...]
@@ -83,6 +88,7 @@ class ImageContract:
     patient_id: str = "patient_id"
     label: str = "label"
     metadata: tuple[str, ...] = ()
+    split_column: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -99,14 +105,24 @@ class ImageContract:
         return len(self.classes)
 
 
+#: Where a split came from: the ``.npz`` file's parts, the ``labels.csv`` split column, or
+#: ``test_fraction``/``val_fraction`` of the patients at random.
+SplitSource = Literal["npz", "column", "fraction"]
+
+#: Spellings of a split column's values (after trimming and lower-casing).
+SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_PARTS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
 class ImageSplit:
-    """A hospital's images as uint8 (N, C, H, W) arrays with int64 class indices, split in two.
+    """A hospital's images as uint8 (N, C, H, W) arrays with int64 class indices, in three
+    parts: train (trained on), val (model selection, never trained on) and test (held out).
 
-    ``train_patients`` / ``test_patients`` hold the patient id of each image (aligned with
-    the images); None for a ``.npz`` file, which has no patient ids. ``test_metadata`` holds
-    the contract's metadata columns for the held-out images, ``train_metadata`` for the
-    training images (None: no metadata).
+    ``*_patients`` hold the patient id of each image (aligned with the images); None for a
+    ``.npz`` file, which has no patient ids. ``*_metadata`` hold the contract's metadata
+    columns of each part's images (None: no metadata). The val part is empty (zero images)
+    when the data has none; ``source`` says where the split came from.
     """
 
     train_images: np.ndarray
@@ -117,6 +133,27 @@ class ImageSplit:
     test_patients: tuple[str, ...] | None
     test_metadata: dict[str, tuple[str | None, ...]] | None = None
     train_metadata: dict[str, tuple[str | None, ...]] | None = None
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    val_patients: tuple[str, ...] | None = None
+    val_metadata: dict[str, tuple[str | None, ...]] | None = None
+    source: SplitSource = "fraction"
+
+    def __post_init__(self) -> None:
+        if self.val_images is None:
+            object.__setattr__(self, "val_images", np.zeros((0, *self.train_images.shape[1:]), np.uint8))
+        if self.val_labels is None:
+            object.__setattr__(self, "val_labels", np.zeros(0, np.int64))
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[str | None, ...]] | None]:
+        """Images, labels and metadata of ``train``, ``val`` or ``test``."""
+        if name not in _PARTS:
+            raise ValueError(f"part must be one of {', '.join(_PARTS)}, got {name!r}")
+        return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels"), getattr(self, f"{name}_metadata")
+
+    def counts(self) -> dict[str, int]:
+        """Images per part: ``{"train": n, "val": n, "test": n}``."""
+        return {name: len(self.part(name)[1]) for name in _PARTS}
 
 
 def _name_some(items: Sequence[str], limit: int = _MAX_NAMED) -> str:
@@ -249,10 +286,12 @@ def _read_labels(csv_path: Path, contract: ImageContract) -> pd.DataFrame:
     except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable file
         raise ImageDataError(csv_path, f"unreadable: {type(err).__name__}: {err}") from err
     columns = (contract.image_column, contract.patient_id, contract.label)
-    missing = [c for c in (*columns, *contract.metadata) if c not in frame.columns]
+    split = contract.split_column
+    missing = [c for c in (*columns, *contract.metadata, *([split] if split else [])) if c not in frame.columns]
     if missing:
         raise ImageDataError(csv_path, f"missing required column(s) {', '.join(map(repr, missing))}")
     metadata = frame.loc[:, list(contract.metadata)].apply(lambda col: col.str.strip())
+    parts = frame[split].str.strip() if split else None
     frame = frame.loc[:, list(columns)].apply(lambda col: col.str.strip())
     frame.columns = ["image", "patient", "label"]
     for column in contract.metadata:
@@ -263,6 +302,8 @@ def _read_labels(csv_path: Path, contract: ImageContract) -> pd.DataFrame:
         blank = frame[column] == ""
         if blank.any():
             raise ImageDataError(csv_path, "empty cell", column=name, row=int(np.flatnonzero(blank)[0]) + 1)
+    if parts is not None:
+        frame["part"] = _split_values(csv_path, parts, split or "")
 
     frame["key"] = [os.path.normpath(v) for v in frame["image"]]
     root, real_dirs = str(csv_path.parent.resolve()), dict[str, str]()
@@ -286,37 +327,92 @@ def _read_labels(csv_path: Path, contract: ImageContract) -> pd.DataFrame:
     return frame.drop_duplicates("key").reset_index(drop=True)
 
 
-def _patient_split(frame: pd.DataFrame, csv_path: Path, test_fraction: float, seed: int) -> np.ndarray:
-    """Boolean test mask over rows: whole patients held out, stratified by their usual label."""
-    usual = pd.crosstab(frame["patient"], frame["label"]).idxmax(axis=1)  # ties: the lowest class
-    if len(usual) < 2:
-        raise ImageDataError(csv_path, f"{len(usual)} patient(s); a split needs at least two")
-    patients, strata = usual.index.to_numpy(), usual.to_numpy()
+def _split_values(csv_path: Path, values: pd.Series, column: str) -> np.ndarray:
+    """The split column canonicalised to train/val/test; a blank or other value is refused."""
+    canonical = values.str.lower().map(SPLIT_VALUES)
+    bad = np.flatnonzero(canonical.isna().to_numpy())
+    if bad.size:
+        row, raw = int(bad[0]) + 1, values.iloc[int(bad[0])]
+        more = f" ({bad.size - 1} more row(s) too)" if bad.size > 1 else ""
+        raise ImageDataError(csv_path, f"split value {raw!r} is not train, val or test{more}", column=column, row=row)
+    return canonical.to_numpy(str)
+
+
+def _column_split(frame: pd.DataFrame, csv_path: Path, column: str) -> np.ndarray:
+    """Each row's part from the split column: no patient in two parts, train and test not empty."""
+    per_patient = frame.groupby("patient", sort=False)["part"].unique()
+    straddling = [f"{p} ({', '.join(sorted(v))})" for p, v in per_patient.items() if len(v) > 1]
+    if straddling:
+        raise ImageDataError(csv_path, f"{len(straddling)} patient(s) in more than one part: {_name_some(straddling)}",
+                             column=column)
+    for part in ("train", "test"):
+        if not (frame["part"] == part).any():
+            raise ImageDataError(csv_path, f"no image marked {part}; the training and the test part need images",
+                                 column=column)
+    return frame["part"].to_numpy(str)
+
+
+def _hold_out(patients: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The patients held out (``fraction`` of them), stratified by class where possible."""
     try:
-        _, test = train_test_split(patients, test_size=test_fraction, random_state=seed, stratify=strata)
-    except ValueError:  # a class with a single patient, or fewer test patients than classes
-        _, test = train_test_split(patients, test_size=test_fraction, random_state=seed)
-    return frame["patient"].isin(set(test)).to_numpy()
+        _, out = train_test_split(patients, test_size=fraction, random_state=seed, stratify=strata)
+    except ValueError:  # a class with a single patient, or fewer held-out patients than classes
+        _, out = train_test_split(patients, test_size=fraction, random_state=seed)
+    return np.asarray(out)
 
 
-def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, seed: int) -> ImageSplit:
+def _patient_split(frame: pd.DataFrame, csv_path: Path, test_fraction: float, val_fraction: float,
+                   seed: int) -> np.ndarray:
+    """Each row's part: whole patients held out (test, then val), stratified by their usual label.
+
+    The test patients do not depend on ``val_fraction``: adding a val part only moves
+    training patients.
+    """
+    usual = pd.crosstab(frame["patient"], frame["label"]).idxmax(axis=1)  # ties: the lowest class
+    needed = 3 if val_fraction > 0 else 2
+    if len(usual) < needed:
+        raise ImageDataError(csv_path, f"{len(usual)} patient(s); a split in {needed} parts needs at least {needed}")
+    patients, strata = usual.index.to_numpy(), usual.to_numpy()
+    test = set(_hold_out(patients, strata, test_fraction, seed).tolist())
+    part = np.where(frame["patient"].isin(test).to_numpy(), "test", "train").astype(object)
+    if val_fraction > 0:
+        rest = ~np.isin(patients, list(test))
+        if rest.sum() < 2:
+            raise ImageDataError(csv_path, f"{int(rest.sum())} patient(s) left after the test part; "
+                                 "val_fraction needs at least two")
+        share = min(val_fraction / (1.0 - test_fraction), 0.5 if rest.sum() == 2 else 1 - 1 / rest.sum())
+        val = set(_hold_out(patients[rest], strata[rest], share, seed + 1).tolist())
+        part[frame["patient"].isin(val).to_numpy()] = "val"
+    return part.astype(str)
+
+
+def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, val_fraction: float,
+                 seed: int) -> ImageSplit:
     frame = _read_labels(csv_path, contract)
     files = [os.path.join(csv_path.parent, key) for key in frame["key"]]
     absent = [img for img, file in zip(frame["image"], files) if not os.path.isfile(file)]
     if absent:
         raise ImageDataError(csv_path, f"{len(absent)} image file(s) not found: {_name_some(absent)}",
                              column=contract.image_column)
+    by_column = "part" in frame.columns
+    if by_column:
+        part = _column_split(frame, csv_path, contract.split_column or "")
+    else:
+        part = _patient_split(frame, csv_path, test_fraction, val_fraction, seed)
     images = _decode_files(csv_path, list(zip(frame["image"], files)), contract)
-    test = _patient_split(frame, csv_path, test_fraction, seed)
     labels, patients = frame["label"].to_numpy(np.int64), frame["patient"].to_numpy(str)
+
     def metadata(rows: np.ndarray) -> dict[str, tuple[str | None, ...]] | None:
         if not contract.metadata:
             return None
         return {c: tuple(v or None for v in frame[f"meta:{c}"].to_numpy(str)[rows].tolist()) for c in contract.metadata}
 
-    return ImageSplit(images[~test], labels[~test], images[test], labels[test],
-                      tuple(patients[~test].tolist()), tuple(patients[test].tolist()),
-                      metadata(test), metadata(~test))
+    train, val, test = (part == "train"), (part == "val"), (part == "test")
+    return ImageSplit(images[train], labels[train], images[test], labels[test],
+                      tuple(patients[train].tolist()), tuple(patients[test].tolist()),
+                      metadata(test), metadata(train),
+                      val_images=images[val], val_labels=labels[val], val_patients=tuple(patients[val].tolist()),
+                      val_metadata=metadata(val), source="column" if by_column else "fraction")
 
 
 def _npz_images(path: Path, key: str, array: np.ndarray, contract: ImageContract) -> np.ndarray:
@@ -381,34 +477,41 @@ def _load_npz(path: Path, contract: ImageContract) -> ImageSplit:
         images = _npz_images(path, f"{part}_images", arrays[f"{part}_images"], contract)
         labels = _npz_labels(path, f"{part}_labels", arrays[f"{part}_labels"], len(images), contract)
         parts[part] = (images, labels)
-    train_images = np.concatenate([parts["train"][0], parts["val"][0]])
-    train_labels = np.concatenate([parts["train"][1], parts["val"][1]])
-    if len(train_images) == 0 or len(parts["test"][0]) == 0:
-        empty = "train_images and val_images" if len(train_images) == 0 else "test_images"
+    if len(parts["train"][0]) == 0 or len(parts["test"][0]) == 0:
+        empty = "train_images" if len(parts["train"][0]) == 0 else "test_images"
         raise ImageDataError(path, f"no images in {empty}; both the training and the test part need images")
-    return ImageSplit(train_images, train_labels, parts["test"][0], parts["test"][1], None, None)
+    return ImageSplit(parts["train"][0], parts["train"][1], parts["test"][0], parts["test"][1], None, None,
+                      val_images=parts["val"][0], val_labels=parts["val"][1], source="npz")
 
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str, stamp: tuple[int, ...], contract: ImageContract, test_fraction: float,
-                 seed: int) -> ImageSplit:
+                 seed: int, val_fraction: float) -> ImageSplit:
     source = Path(path)
     if source.suffix.lower() == ".npz":
         return _load_npz(source, contract)
-    return _load_folder(source, contract, test_fraction, seed)
+    return _load_folder(source, contract, test_fraction, val_fraction, seed)
 
 
 def load_image_split(path: Path | str, contract: ImageContract, test_fraction: float = 0.2,
-                     seed: int = 0) -> ImageSplit:
-    """Load a hospital's images (checked against the contract) and split them by patient.
+                     seed: int = 0, *, val_fraction: float = 0.0) -> ImageSplit:
+    """Load a hospital's images (checked against the contract) and split them in three parts.
+
+    Where the split comes from (``ImageSplit.source``): a ``.npz``'s ``train_*``, ``val_*``
+    and ``test_*`` arrays; else the ``labels.csv`` column ``contract.split_column`` when
+    the contract names one (``train``/``val``/``test``, case-insensitive, ``training``
+    means train, ``validation`` and ``valid`` val; no patient in two parts); else whole
+    patients at random.
 
     Args:
         path: A folder holding ``labels.csv``, that CSV itself (image paths are relative to
-            its folder), or a ``.npz`` in the MedMNIST layout (train+val train, test is held out).
+            its folder), or a ``.npz`` in the MedMNIST layout.
         contract: Classes, size and channels the experiment expects.
-        test_fraction: Share of patients held out (folder layout only), stratified by class
-            where every class has enough patients; deterministic in ``seed``.
+        test_fraction: Share of patients held out for testing (random split only),
+            stratified by class where every class has enough patients; deterministic in ``seed``.
         seed: Seed of the split.
+        val_fraction: Share of patients set apart for validation (random split only; taken
+            from the training patients, the test part does not change).
 
     Returns:
         The split; cached per process by path and modification time, so the arrays are
@@ -416,10 +519,13 @@ def load_image_split(path: Path | str, contract: ImageContract, test_fraction: f
 
     Raises:
         ImageDataError: naming the file(s) at fault (at most five, then how many more).
-        ValueError: If ``test_fraction`` is not strictly between 0 and 1.
+        ValueError: If ``test_fraction`` is not strictly between 0 and 1, or
+            ``val_fraction`` not in [0, 1 - test_fraction).
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    if not 0.0 <= val_fraction < 1.0 - test_fraction:
+        raise ValueError(f"val_fraction must be at least 0 and below 1 - test_fraction, got {val_fraction}")
     source = Path(path).resolve()
     if not source.exists():
         raise ImageDataError(source, "no such folder or file")
@@ -432,7 +538,7 @@ def load_image_split(path: Path | str, contract: ImageContract, test_fraction: f
     elif not source.is_file():
         raise ImageDataError(source, "file not found")
     stamp = (source.stat().st_mtime_ns, source.parent.stat().st_mtime_ns)
-    return _load_cached(str(source), stamp, contract, float(test_fraction), seed)
+    return _load_cached(str(source), stamp, contract, float(test_fraction), seed, float(val_fraction))
 
 
 def pixel_statistics(images: np.ndarray) -> dict[str, Any]:

@@ -161,6 +161,62 @@ def test_folder_split_is_by_patient_stratified_and_deterministic(tmp_path: Path)
     assert other.test_patients != split.test_patients
 
 
+def test_val_fraction_moves_training_patients_only(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "site", _rows(30, per_patient=3))
+    plain = load_image_split(root, CONTRACT, test_fraction=0.2, seed=1)
+    split = load_image_split(root, CONTRACT, test_fraction=0.2, seed=1, val_fraction=0.2)
+    assert split.source == "fraction" and split.test_patients == plain.test_patients  # the test part is unchanged
+    assert split.counts() == {"train": 54, "val": 18, "test": 18}
+    val, train, test = set(split.val_patients or ()), set(split.train_patients or ()), set(split.test_patients or ())
+    assert len(val) == 6 and not val & train and not val & test
+    assert class_counts(split.val_labels, 3) == [6, 6, 6]  # stratified: 2 patients per class
+    assert plain.val_images.shape == (0, 1, 16, 16) and plain.val_patients == ()
+    with pytest.raises(ValueError, match="val_fraction must be at least 0 and below 1 - test_fraction"):
+        load_image_split(root, CONTRACT, test_fraction=0.5, val_fraction=0.5)
+
+
+def _with_split(root: Path, parts: list[str], header: str = "split") -> Path:
+    csv = root / "labels.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([f"{lines[0]},{header}"] + [f"{line},{part}" for line, part in zip(lines[1:], parts)]) + "\n")
+    return root
+
+
+def test_a_split_column_fixes_the_parts(tmp_path: Path) -> None:
+    rows = _rows(6, per_patient=2)  # patients p0..p5, two images each
+    spellings = ["train", "TRAIN", " Train ", "training", "Validation", "val", "valid", "VAL", "test", "Test", "TEST", "test"]
+    root = _with_split(_folder(tmp_path / "site", rows), spellings)
+    contract = ImageContract(CLASSES, size=16, channels=1, split_column="split")
+    split = load_image_split(root, contract, test_fraction=0.5, seed=3, val_fraction=0.3)  # fractions do not apply
+    assert split.source == "column" and split.counts() == {"train": 4, "val": 4, "test": 4}
+    assert set(split.train_patients or ()) == {"p0", "p1"} and set(split.val_patients or ()) == {"p2", "p3"}
+    assert set(split.test_patients or ()) == {"p4", "p5"}
+    np.testing.assert_array_equal(split.val_images[:, 0, 0, 0], split.val_labels * 80)  # labels follow images
+    without = load_image_split(root, CONTRACT, test_fraction=0.5, seed=3)  # the column not declared: ignored
+    assert without.source == "fraction"
+    plain = _folder(tmp_path / "plain", rows)
+    with pytest.raises(ImageDataError, match="missing required column\\(s\\) 'split'"):  # declared: required
+        load_image_split(plain, contract)
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        (["train"] * 3 + ["tst"] + ["test"] * 8, "column 'split', row 4: split value 'tst' is not train, val or test"),
+        (["train"] * 3 + [""] + ["test"] * 8, "row 4: split value '' is not train, val or test"),
+        (["train", "test"] + ["train"] * 4 + ["test"] * 6, "column 'split': 1 patient(s) in more than one part: p0 (test, train)"),
+        (["train"] * 4 + ["val"] * 8, "column 'split': no image marked test"),
+    ],
+)
+def test_a_bad_split_column_is_refused_naming_row_value_or_patient(tmp_path: Path, parts: list[str],
+                                                                     expected: str) -> None:
+    root = _with_split(_folder(tmp_path / "site", _rows(6, per_patient=2)), parts)
+    with pytest.raises(ImageDataError) as excinfo:
+        load_image_split(root, ImageContract(CLASSES, size=16, channels=1, split_column="split"))
+    message = _message(excinfo)
+    assert message.startswith(str(root / "labels.csv")) and expected in message
+
+
 def test_labels_may_be_class_indices_and_are_cached(tmp_path: Path) -> None:
     rows = [(f"p{p}.png", f"p{p}", str(p % 3)) for p in range(10)]
     root = _folder(tmp_path / "site", rows, value=7)
@@ -277,15 +333,24 @@ def _npz(path: Path, shape: tuple[int, ...], override: dict[str, np.ndarray] | N
     return path
 
 
-def test_npz_round_trip_keeps_pixels_and_labels(tmp_path: Path) -> None:
+def test_npz_round_trip_keeps_pixels_and_labels_and_the_val_part_apart(tmp_path: Path) -> None:
     path = _npz(tmp_path / "site.npz", (16, 16))
     split = load_image_split(path, CONTRACT)
     with np.load(path) as raw:
-        train_images = np.concatenate([raw["train_images"], raw["val_images"]])
-        np.testing.assert_array_equal(split.train_images[:, 0], train_images)
-        np.testing.assert_array_equal(split.train_labels, np.concatenate([raw["train_labels"], raw["val_labels"]])[:, 0])
+        np.testing.assert_array_equal(split.train_images[:, 0], raw["train_images"])  # val is not trained on
+        np.testing.assert_array_equal(split.train_labels, raw["train_labels"][:, 0])
+        np.testing.assert_array_equal(split.val_images[:, 0], raw["val_images"])
+        np.testing.assert_array_equal(split.val_labels, raw["val_labels"][:, 0])
         np.testing.assert_array_equal(split.test_images[:, 0], raw["test_images"])
-    assert split.train_labels.dtype == np.int64 and split.train_patients is None
+    assert split.train_labels.dtype == np.int64 and split.val_labels.dtype == np.int64 and split.train_patients is None
+    assert split.source == "npz" and split.counts() == {"train": 10, "val": 4, "test": 6}
+    empty_val = _npz(tmp_path / "noval.npz", (16, 16), {"val_images": np.zeros((0, 16, 16), np.uint8),
+                                                       "val_labels": np.zeros((0, 1), np.uint8)})
+    assert load_image_split(empty_val, CONTRACT).val_images.shape == (0, 1, 16, 16)
+    no_train = _npz(tmp_path / "notrain.npz", (16, 16), {"train_images": np.zeros((0, 16, 16), np.uint8),
+                                                         "train_labels": np.zeros((0, 1), np.uint8)})
+    with pytest.raises(ImageDataError, match="no images in train_images"):  # val images do not make up for it
+        load_image_split(no_train, CONTRACT)
 
 
 def test_npz_rgb_is_channels_first_and_resized(tmp_path: Path) -> None:
@@ -293,7 +358,7 @@ def test_npz_rgb_is_channels_first_and_resized(tmp_path: Path) -> None:
     images[..., 0], images[..., 2] = 250, 40
     path = _npz(tmp_path / "rgb.npz", (32, 32, 3), {"test_images": images})
     split = load_image_split(path, ImageContract(CLASSES, size=16, channels=3))
-    assert split.test_images.shape == (6, 3, 16, 16) and split.train_images.shape == (14, 3, 16, 16)
+    assert split.test_images.shape == (6, 3, 16, 16) and split.train_images.shape == (10, 3, 16, 16)
     assert np.all(split.test_images[:, 0] == 250) and np.all(split.test_images[:, 1] == 0)
     assert np.all(split.test_images[:, 2] == 40)
     gray = load_image_split(path, CONTRACT)

@@ -70,6 +70,9 @@ def test_tabular_specs_are_unchanged_by_the_modality() -> None:
         ({"data": {"numeric": ["age"]}}, "data.numeric: unknown field"),
         ({"validation": {"subgroups": ["sex"]}}, "validation.subgroups: sex is not a declared data.metadata column"),
         ({"data": {"metadata": ["sex", "label"]}}, "data: column declared twice: label"),
+        ({"data": {"split_column": "sex", "metadata": ["sex"]}}, "data: column declared twice: sex"),
+        ({"data": {"val_fraction": -0.1}}, "data.val_fraction: Input should be greater than or equal to 0"),
+        ({"data": {"test_fraction": 0.5, "val_fraction": 0.4}}, "data: test_fraction + val_fraction must be below 0.9"),
     ],
 )
 def test_invalid_image_specs_name_the_field(change: dict, message: str) -> None:
@@ -79,6 +82,15 @@ def test_invalid_image_specs_name_the_field(change: dict, message: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(data, "x.yaml")
     assert message in str(info.value)
+
+
+def test_a_split_column_and_a_val_fraction_reach_the_contract() -> None:
+    spec = parse_spec(image_spec_dict(data={**image_spec_dict()["data"], "split_column": "part", "val_fraction": 0.1}))
+    assert isinstance(spec.data, ImageDataSpec)
+    assert spec.data.contract.split_column == "part" and spec.data.val_fraction == 0.1
+    plain = parse_spec(image_spec_dict())
+    assert isinstance(plain.data, ImageDataSpec)
+    assert plain.data.contract.split_column is None and plain.data.val_fraction == 0.0
 
 
 def test_image_models_need_image_data() -> None:

@@ -1,0 +1,123 @@
+"""`registry validate` row selection (experiments.local_validation): only held-out data is scored."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.errors import LocalValidationError
+from experiments.local_validation import held_out_images, held_out_rows, image_split, training_hospital
+from experiments.spec import ExperimentSpec, parse_spec
+from tests.conftest import make_spec
+from training.data import load_split
+from training.fingerprint import dataset_fingerprint
+from training.synth_images import synthesize_image_hospitals
+
+CLASSES = ["normal", "nodule", "opacity"]
+
+
+@pytest.fixture(scope="module")
+def image_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("images")
+    (folder,) = synthesize_image_hospitals(root / "f", n_hospitals=1, images_per_hospital=60, size=16, layout="folder")
+    (npz,) = synthesize_image_hospitals(root / "n", n_hospitals=1, images_per_hospital=60, size=16, layout="npz")
+    return {"folder": folder, "npz": npz}
+
+
+def _image_spec(hospitals: dict[str, Path], **data: Any) -> ExperimentSpec:
+    return parse_spec({"name": "x", "seed": 4, "strategy": {"min_hospitals": 1}, "data": {
+        "modality": "images", "classes": CLASSES, "image_size": 16, "channels": 1, "metadata": ["sex"],
+        "hospitals": [{"id": h, "path": str(p)} for h, p in hospitals.items()], **data}})
+
+
+def _copy(folder: Path, to: Path) -> Path:
+    shutil.copytree(folder, to)
+    return to
+
+
+def test_a_training_folder_is_scored_on_the_patients_its_run_held_out(image_sites: dict[str, Path], tmp_path: Path) -> None:
+    site = _copy(image_sites["folder"], tmp_path / "site")
+    spec = _image_spec({"h1": tmp_path / "elsewhere"}, val_fraction=0.2)  # the run saw it at another path
+    tags = {"dataset.h1": dataset_fingerprint(site), "dataset.h2": "0" * 64}
+    run = image_split(spec.data, site, spec.seed)  # type: ignore[arg-type]
+    for given in (site, site / "labels.csv"):  # the folder or its labels.csv
+        selected, held = held_out_images(given, spec, tags)
+        assert held.hospital == "h1" and held.scored == len(run.test_labels) == len(selected.test_labels)
+        assert held.excluded == len(run.train_labels) + len(run.val_labels) > 0
+        np.testing.assert_array_equal(selected.test_images, run.test_images)
+        assert "test part of the run's split of h1's patients (seed 4)" in held.sentence("images")
+        assert selected.test_metadata is not None and len(selected.test_metadata["sex"]) == held.scored
+    val, held = held_out_images(site, spec, tags, "val")
+    np.testing.assert_array_equal(val.test_labels, run.val_labels)
+    with pytest.raises(LocalValidationError, match="h1 trained this version on part of it; --part all"):
+        held_out_images(site, spec, tags, "all")
+    by_path = _image_spec({"h1": site})  # no dataset tags (a hospital's dataset-id): matched by the spec's path
+    assert training_hospital(site, by_path, {}) == "h1"
+
+
+def test_a_folder_the_registry_does_not_know_counts_every_image(image_sites: dict[str, Path], tmp_path: Path) -> None:
+    mine = _copy(image_sites["folder"], tmp_path / "mine")
+    (mine / "extra.txt").write_text("another dataset")  # other bytes: not the training folder
+    spec = _image_spec({"h1": image_sites["folder"]}, val_fraction=0.2)
+    selected, held = held_out_images(mine, spec, {"dataset.h1": dataset_fingerprint(image_sites["folder"])})
+    assert held.hospital is None and held.scored == 60 and held.excluded == 0
+    assert held.sentence("images") == ("scored 60 held-out images (every image: not one of this version's training "
+                                       "datasets and no split in it); none excluded")
+    assert selected.test_metadata is not None and len(selected.test_metadata["sex"]) == 60
+    with pytest.raises(LocalValidationError, match="has no val part"):
+        held_out_images(mine, spec, {}, "val")
+
+
+def test_a_npz_is_scored_on_its_test_part_only(image_sites: dict[str, Path]) -> None:
+    npz = image_sites["npz"]
+    spec = _image_spec({"h1": npz.parent / "other.npz"}, metadata=[])
+    with np.load(npz) as raw:
+        sizes = {p: len(raw[f"{p}_labels"]) for p in ("train", "val", "test")}
+    selected, held = held_out_images(npz, spec, {})
+    assert held.scored == sizes["test"] and held.excluded == sizes["train"] + sizes["val"] and held.hospital is None
+    assert "(the test part of the .npz)" in held.sentence("images")
+    everything, held_all = held_out_images(npz, spec, {}, "all")  # not a training dataset: allowed, and said
+    assert held_all.scored == 60 and "every part of the .npz, --part all" in held_all.what
+    trained = {"dataset.h1": dataset_fingerprint(npz)}
+    _, held = held_out_images(npz, spec, trained)
+    assert held.hospital == "h1" and "held out from h1's training" in held.what
+    with pytest.raises(LocalValidationError, match="--part all would score the model on its own training images"):
+        held_out_images(npz, spec, trained, "all")
+
+
+def test_a_split_column_picks_the_test_images(image_sites: dict[str, Path], tmp_path: Path) -> None:
+    site = _copy(image_sites["folder"], tmp_path / "site")
+    labels = pd.read_csv(site / "labels.csv", dtype=str)
+    patients = sorted(labels["patient_id"].unique())
+    part = {p: ("TEST" if i % 4 == 0 else "Validation" if i % 4 == 1 else "train") for i, p in enumerate(patients)}
+    labels["fold"] = labels["patient_id"].map(part)
+    labels.to_csv(site / "labels.csv", index=False)
+    spec = _image_spec({"h1": tmp_path / "elsewhere"}, split_column="fold")
+    selected, held = held_out_images(site, spec, {})
+    expected = int((labels["fold"] == "TEST").sum())
+    assert held.scored == expected == len(selected.test_labels) and held.excluded == 60 - expected
+    assert held.what == "the test part of labels.csv column 'fold'"
+    plain = _copy(image_sites["folder"], tmp_path / "plain")  # a validator's labels.csv without the column
+    assert held_out_images(plain, spec, {})[1].scored == 60
+
+
+def test_a_training_table_is_scored_on_its_held_out_rows(hospital_files: list[Path], tmp_path: Path) -> None:
+    spec = make_spec(hospital_files)
+    first = hospital_files[0]
+    tags = {f"dataset.{p.stem}": dataset_fingerprint(p) for p in hospital_files}
+    frame, held = held_out_rows(first, spec, tags)
+    test = load_split(first, spec.data.contract, spec.data.test_fraction, spec.seed).test
+    assert held.hospital == first.stem and held.scored == len(test) == len(frame)
+    assert held.excluded == len(pd.read_csv(first)) - len(test)
+    assert sorted(frame[spec.data.patient_id]) == sorted(test[spec.data.patient_id])
+    with pytest.raises(LocalValidationError, match="--part all would score the model on its own training rows"):
+        held_out_rows(first, spec, tags, "all")
+    mine = tmp_path / "mine.csv"
+    pd.read_csv(first).head(50).to_csv(mine, index=False)  # other rows: a validator's own file
+    frame, held = held_out_rows(mine, spec, tags)
+    assert held.hospital is None and held.scored == 50 and held.excluded == 0 and len(frame) == 50
