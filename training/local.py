@@ -6,6 +6,7 @@ import math
 import secrets
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +17,12 @@ from torch.utils.data import DataLoader
 
 from training.data import TabularDataset, _keep_batch
 from training.fused_dp import FusedDPSGD
+from training.imbalance import WeightedBCE
 from training.metrics import risk_metrics
 from training.models import RiskModel
-from training.privacy import DPConfig
+from training.privacy import DPConfig, QuantileClipper, adaptive_noise
 
-__all__ = ["LocalTrainingResult", "evaluate_model", "poisson_batches", "sample_rate", "steps_per_epoch", "train_locally"]
+__all__ = ["LocalTrainingResult", "adaptive_clipper", "evaluate_model", "poisson_batches", "sample_rate", "steps_per_epoch", "train_locally"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class LocalTrainingResult:
     steps: int
     num_examples: int
     seconds: float
+    clip_bound: float | None = None  # adaptive clipping: the bound the round ended with
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:
@@ -53,6 +56,7 @@ def train_locally(
     noise_multiplier: float | None = None,
     proximal_mu: float = 0.0,
     seed: int = 0,
+    class_weights: Sequence[float] | None = None,
 ) -> LocalTrainingResult:
     """Train ``model`` in place on one hospital's rows.
 
@@ -67,24 +71,41 @@ def train_locally(
             applied after each step as a data-independent update, so it spends no privacy.
         seed: Seed of plain training's shuffling. DP-SGD's Poisson sampling and noise come
             from an unpredictable seed instead: an attacker who can replay them learns more.
+        class_weights: Loss weight of class 0 and class 1 (None: unweighted). Each patient's
+            loss is weighted before DP-SGD clips its gradient (docs/imbalance.md).
 
     Returns:
         Mean loss, steps taken, rows and seconds.
     """
     started = time.perf_counter()
     private = dp is not None and dp.enabled
+    clipper: QuantileClipper | None = None
     if private:
         assert dp is not None
         if noise_multiplier is None:
             raise ValueError("DP-SGD needs the run's noise multiplier")
         if dp.grad_sample_mode == "fused":
-            losses, steps = _train_fused(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu)
+            clipper = adaptive_clipper(dp, noise_multiplier, len(data), batch_size)
+            losses, steps = _train_fused(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu, class_weights,
+                                         clipper)
         else:
-            losses, steps = _train_opacus(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu)
+            losses, steps = _train_opacus(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu, class_weights)
     else:
-        losses, steps = _train_plain(model, data, epochs, batch_size, proximal_mu, seed)
+        losses, steps = _train_plain(model, data, epochs, batch_size, proximal_mu, seed, class_weights)
     mean_loss = float(np.mean(losses)) if losses else math.nan
-    return LocalTrainingResult(mean_loss, steps, len(data), time.perf_counter() - started)
+    bound = clipper.bound if private and clipper is not None else None
+    return LocalTrainingResult(mean_loss, steps, len(data), time.perf_counter() - started, clip_bound=bound)
+
+
+def adaptive_clipper(dp: DPConfig, noise_multiplier: float, n: int, batch_size: int,
+                     device: torch.device | str = "cpu") -> QuantileClipper | None:
+    """The round's adaptive clipping bound, starting at ``dp.max_grad_norm`` (None for fixed
+    clipping); its count noise follows the run's noise multiplier (:func:`adaptive_noise`)."""
+    if dp.clipping != "adaptive":
+        return None
+    return QuantileClipper(dp.max_grad_norm, target_quantile=dp.target_quantile, learning_rate=dp.clip_learning_rate,
+                           count_std=adaptive_noise(noise_multiplier)[1], expected_batch_size=sample_rate(n, batch_size) * n,
+                           generator=torch.Generator(device=device).manual_seed(secrets.randbits(63)))
 
 
 class _ProximalPull:
@@ -102,10 +123,11 @@ class _ProximalPull:
                     p.sub_(self.rate * (p - p0))
 
 
-def _train_plain(model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, mu: float, seed: int) -> tuple[list[float], int]:
+def _train_plain(model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, mu: float, seed: int,
+                 class_weights: Sequence[float] | None = None) -> tuple[list[float], int]:
     generator = torch.Generator().manual_seed(seed)
     optimizer, pull, losses = model.configure_optimizers(), _ProximalPull(model, mu), []
-    criterion = nn.BCEWithLogitsLoss()
+    criterion = WeightedBCE(class_weights)
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(len(data), generator=generator).split(batch_size):
@@ -143,14 +165,18 @@ def poisson_batches(n: int, q: float, steps: int, rng: np.random.Generator) -> l
 
 
 def _train_fused(
-    model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float
+    model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float,
+    class_weights: Sequence[float] | None = None, clipper: QuantileClipper | None = None,
 ) -> tuple[list[float], int]:
     n = len(data)
     q = sample_rate(n, batch_size)
     sampler, noise_gen = np.random.default_rng(secrets.randbits(128)), _secret_generator()
-    engine = FusedDPSGD(model, noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, expected_batch_size=q * n, generator=noise_gen)
+    if clipper is not None:  # adaptive clipping: the gradient's share of the step's noise
+        noise = adaptive_noise(noise)[0]
+    engine = FusedDPSGD(model, noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, expected_batch_size=q * n, generator=noise_gen,
+                        clipper=clipper)
     optimizer, pull, losses, steps = model.configure_optimizers(), _ProximalPull(model, mu), [], 0
-    criterion = nn.BCEWithLogitsLoss(reduction="none")
+    criterion = WeightedBCE(class_weights, reduction="none")  # weighted per patient, then clipped
     model.train()
     try:
         for _ in range(epochs):
@@ -168,10 +194,11 @@ def _train_fused(
 
 
 def _train_opacus(
-    model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float
+    model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float,
+    class_weights: Sequence[float] | None = None,
 ) -> tuple[list[float], int]:
     optimizer = model.configure_optimizers()
-    criterion: nn.Module = nn.BCEWithLogitsLoss()
+    criterion: nn.Module = WeightedBCE(class_weights)  # mean over the batch size: see WeightedBCE
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=_keep_batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about its non-secure default RNG

@@ -31,9 +31,17 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from training.errors import PrivacyConfigError
-from training.local import LocalTrainingResult, _ProximalPull, poisson_batches, sample_rate, steps_per_epoch
+from training.imbalance import WeightedCrossEntropy
+from training.local import (
+    LocalTrainingResult,
+    _ProximalPull,
+    adaptive_clipper,
+    poisson_batches,
+    sample_rate,
+    steps_per_epoch,
+)
 from training.models import ClassifierModule
-from training.privacy import DPConfig
+from training.privacy import DPConfig, QuantileClipper, adaptive_noise
 
 __all__ = [
     "Augment", "ResNet18", "SmallCNN", "VISION_KINDS", "VisionModel", "augment_batch", "build_vision_model",
@@ -288,6 +296,7 @@ def train_vision_locally(
     augment: Augment | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> LocalTrainingResult:
     """Train ``model`` in place on one hospital's images.
 
@@ -308,6 +317,8 @@ def train_vision_locally(
         seed: Seed of plain training's shuffling and of the augmentation. DP-SGD's Poisson
             sampling and noise come from an unpredictable seed instead.
         device: Where to train; :func:`default_device` when None.
+        class_weights: Loss weight per class (None: unweighted), applied to each image's
+            loss before DP-SGD clips its gradient (docs/imbalance.md).
 
     Returns:
         Mean loss, steps taken (empty DP batches included), images and seconds.
@@ -335,28 +346,33 @@ def train_vision_locally(
     y = _labels(labels, len(data), int(model.hparams["num_classes"]), target)
     aug_gen = torch.Generator(device=target).manual_seed(seed) if augment is not None else None
     model.to(target)
+    clipper: QuantileClipper | None = None
     try:
         def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return data.get(idx, augment, aug_gen), y[idx]
 
         if private:
             assert dp is not None and noise_multiplier is not None
-            losses, steps = _train_dp(model, len(data), batch, epochs, batch_size, dp, noise_multiplier, proximal_mu, target)
+            clipper = adaptive_clipper(dp, noise_multiplier, len(data), batch_size, target)
+            losses, steps = _train_dp(model, len(data), batch, epochs, batch_size, dp, noise_multiplier, proximal_mu, target,
+                                      class_weights, clipper)
         else:
-            losses, steps = _train_plain(model, len(data), batch, epochs, batch_size, proximal_mu, seed, target)
+            losses, steps = _train_plain(model, len(data), batch, epochs, batch_size, proximal_mu, seed, target, class_weights)
         mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
     finally:
         model.zero_grad(set_to_none=True)
         model.to("cpu")
-    return LocalTrainingResult(mean_loss, steps, len(data), time.perf_counter() - started)
+    bound = clipper.bound if clipper is not None else None
+    return LocalTrainingResult(mean_loss, steps, len(data), time.perf_counter() - started, clip_bound=bound)
 
 
 def _train_plain(
-    model: VisionModel, n: int, batch: _BatchFn, epochs: int, batch_size: int, mu: float, seed: int, device: torch.device
+    model: VisionModel, n: int, batch: _BatchFn, epochs: int, batch_size: int, mu: float, seed: int, device: torch.device,
+    class_weights: Sequence[float] | None = None,
 ) -> tuple[list[torch.Tensor], int]:
     generator = torch.Generator().manual_seed(seed)
     optimizer, pull, losses = model.configure_optimizers(), _ProximalPull(model, mu), []  # type: ignore[arg-type]
-    criterion = nn.CrossEntropyLoss()
+    criterion = WeightedCrossEntropy(class_weights)
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(n, generator=generator).to(device).split(batch_size):
@@ -368,6 +384,14 @@ def _train_plain(
             pull()
             losses.append(loss.detach())
     return losses, len(losses)
+
+
+def _per_sample_norms(gsm: nn.Module, optimizer: DPOptimizer) -> torch.Tensor:
+    """The last backward pass's per-sample gradient norms (before clipping)."""
+    if isinstance(gsm, _GhostClipping):
+        return gsm.per_sample_gradient_norms
+    norms = [g.reshape(len(g), -1).norm(2, dim=1) for g in optimizer.grad_samples]
+    return torch.stack(norms, dim=1).norm(2, dim=1)
 
 
 def _noise_only_step(optimizer: DPOptimizer) -> None:
@@ -415,13 +439,17 @@ class _GhostClipping(GradSampleModuleFastGradientClipping):
 
 def _train_dp(
     model: VisionModel, n: int, batch: _BatchFn, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float,
-    device: torch.device,
+    device: torch.device, class_weights: Sequence[float] | None = None, clipper: QuantileClipper | None = None,
 ) -> tuple[list[torch.Tensor], int]:
     q = sample_rate(n, batch_size)
     sampler = np.random.default_rng(secrets.randbits(128))
     noise_gen = torch.Generator(device=device).manual_seed(secrets.randbits(63))
     clip, expected = dp.max_grad_norm, q * n
-    criterion = nn.CrossEntropyLoss()  # mean over the batch: Opacus rescales per-sample gradients
+    if clipper is not None:  # adaptive clipping: the gradient's share of the step's noise
+        noise = adaptive_noise(noise)[0]
+    # mean over the batch size: Opacus rescales per-sample gradients by it, so each image's
+    # gradient is its class weight times its loss gradient before clipping
+    criterion = WeightedCrossEntropy(class_weights)
     gsm: GradSampleModule | _GhostClipping
     loss_fn: Callable[..., Any]
     optimizer: DPOptimizer
@@ -444,14 +472,20 @@ def _train_dp(
                 for idx in poisson_batches(n, q, steps_per_epoch(n, batch_size), sampler):
                     steps += 1
                     optimizer.zero_grad(set_to_none=True)
+                    norms = None
                     if len(idx) == 0:
                         _noise_only_step(optimizer)
                     else:
                         x, y = batch(idx.to(device))
                         loss = loss_fn(gsm(x), y)
                         loss.backward()
+                        norms = _per_sample_norms(gsm, optimizer) if clipper is not None else None
                         optimizer.step()
                         losses.append(loss.detach())
+                    if clipper is not None:
+                        optimizer.max_grad_norm = clipper.update(norms)
+                        if isinstance(gsm, _GhostClipping):
+                            gsm.max_grad_norm = clipper.bound
                     pull()
     finally:
         gsm._close()  # remove Opacus hooks: the plain module goes back to the caller
