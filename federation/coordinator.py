@@ -17,13 +17,16 @@ from experiments.quality import QUALITY_WARNING_TAG, quality_warning
 from experiments.report import report_sha256, write_report_artifacts
 from experiments.spec import ExperimentSpec, ImageDataSpec
 from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
-from federation.errors import TooFewHospitalsError
+from federation.errors import TooFewHospitalsError, VocabularyError
 from federation.hospital import Preprocessor, build_spec_model, model_hparams
+from federation.imbalance import VAL_KEY, choose_decision, decision_section, federation_class_weights, total_counts
 from federation.progress import ProgressLog
 from federation.selection import RoundSelection
 from federation.strategy import HospitalReply, build_strategy, remote_reason
+from training.decision import Decision
 from training.imaging import ImagePreprocessor
-from training.preprocessing import FeatureEncoder, merge_statistics
+from training.categories import vocabulary_findings
+from training.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, merge_statistics
 from training.validation import build_report, merge_aggregates
 from training.validation_multiclass import build_multiclass_report, merge_multiclass_aggregates
 
@@ -53,6 +56,8 @@ class Coordinator:
         self.statistics_epsilon: dict[str, float] = {}
         self.quality_warning: str | None = None
         self.class_counts: dict[str, list[int]] = {}
+        self.class_weights: list[float] | None = None
+        self.decision: Decision | None = None
         self.timings: list[dict[str, float]] = []
         self._round_started = time.perf_counter()
         self._last_train: list[HospitalReply] = []
@@ -67,6 +72,8 @@ class Coordinator:
                 metrics[f"{reply.hospital_id}/{stage}_{key.replace('-', '_')}"] = value
             if stage == "train" and "epsilon" in reply.metrics:
                 self.epsilon[reply.hospital_id] = reply.metrics["epsilon"]
+            if stage == "evaluate" and "selection-epsilon" in reply.metrics:
+                self.selection.epsilon[reply.hospital_id] = reply.metrics["selection-epsilon"]
             if stage == "evaluate" and reply.status == "ok":
                 self.final_eval[reply.hospital_id] = reply.metrics
         round_record = self.participation.setdefault(str(server_round), {})
@@ -149,6 +156,7 @@ class Coordinator:
         ]
         replies = grid.send_and_receive(messages, timeout=self.spec.strategy.round_timeout)
         stats, names, outcome = [], {}, {}
+        categorical: dict[str, dict[str, dict[str, float]]] = {}
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -161,6 +169,7 @@ class Coordinator:
             if site["status"] == "ok":
                 record = msg.content["statistics"]
                 stats.append(json.loads(str(record["stats"])))
+                categorical[hospital] = stats[-1].get("categorical", {})
                 self.fingerprints[hospital] = str(record["fingerprint"])
                 if "dataset" in record:
                     self.datasets[hospital] = str(record["dataset"])
@@ -168,6 +177,8 @@ class Coordinator:
                     self.statistics_epsilon[hospital] = float(stats[-1]["dp"]["spent"])
                 if self.spec.is_imaging:
                     self.class_counts[hospital] = [int(c) for c in stats[-1]["classes"]]
+                elif "labels" in stats[-1]:  # [negatives, positives], DP-noised with DP on
+                    self.class_counts[hospital] = [int(round(c)) for c in stats[-1]["labels"]]
         self.participation["0"] = {"statistics": outcome}
         self.progress.emit("statistics", hospitals={h: o["status"] for h, o in outcome.items()},
                            reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
@@ -184,8 +195,35 @@ class Coordinator:
                 mean=None if data.mean is None else tuple(data.mean), std=None if data.std is None else tuple(data.std),
             )
             return preprocessor, names
+        self._vocabulary_report(categorical)
         ranges = {c: (float(r[0]), float(r[1])) for c, r in data.ranges.items()} if self.spec.privacy.enabled else None
         return FeatureEncoder.from_statistics(merge_statistics(stats), data.contract, ranges), names
+
+    def _vocabulary_report(self, categorical: dict[str, dict[str, dict[str, float]]]) -> None:
+        """Per hospital, the categorical values no other hospital reported and those outside
+        the declared lists: logged to the run (``vocabulary.json``), shown as warnings, and
+        the run refused when ``data.unknown_categories`` is ``refuse``. Values with fewer
+        than MIN_CATEGORY_COUNT patients are counted, never named (nor do they refuse)."""
+        data = self.spec.data
+        assert not isinstance(data, ImageDataSpec)
+        contract = data.contract
+        findings = vocabulary_findings(categorical, {c: contract.declared(c) for c in contract.categorical},
+                                       min_count=MIN_CATEGORY_COUNT)
+        lines = [f.describe() for f in findings]
+        self.tracker.log_dict({"policy": data.unknown_categories, "min_count": MIN_CATEGORY_COUNT,
+                               "declared": {c: list(v) for c, v in contract.categories},
+                               "hospitals": {h: {c: sorted(v for v, n in values.items() if n >= MIN_CATEGORY_COUNT)
+                                                 for c, values in cols.items()} for h, cols in sorted(categorical.items())},
+                               "findings": [f.to_dict() for f in findings]}, "vocabulary.json")
+        if not lines:
+            return
+        for line in lines:
+            log.warning("vocabulary: %s", line)
+        self.progress.emit("vocabulary", policy=data.unknown_categories, findings=lines)
+        refused = [f for f in findings if f.site_only or f.undeclared]
+        if data.unknown_categories == "refuse" and refused:
+            raise VocabularyError("categorical values not shared by the federation (data.unknown_categories: refuse): "
+                                  + " | ".join(f.describe() for f in refused))
 
     def run(self, grid: Grid) -> dict[str, Any]:
         """Run the experiment end to end; returns the summary (run id, version...).
@@ -207,7 +245,11 @@ class Coordinator:
             strategy = build_strategy(spec.strategy, observer=self, min_available=spec.strategy.min_hospitals,
                                       learning_rate=spec.training.learning_rate)
             strategy.node_names.update(names)  # type: ignore[attr-defined]
-            config = ConfigRecord({"encoder": encoder.to_json(), "run-key": run_id})
+            self.class_weights = federation_class_weights(spec, self.class_counts)
+            config = ConfigRecord({"encoder": encoder.to_json(), "run-key": run_id,
+                                   **({"class-weights": json.dumps(self.class_weights)} if self.class_weights else {})})
+            if self.class_weights:
+                self.tracker.set_tags({"class_weights": ",".join(f"{w:.4g}" for w in self.class_weights)})
             self._round_started = time.perf_counter()
             result = strategy.start(
                 grid=grid,
@@ -224,6 +266,8 @@ class Coordinator:
             summary = self._summary(run_id, started, setup_seconds)
             summary["validation"] = report_tags
             summary["selection"] = self.selection.summary()
+            if self.decision is not None:
+                summary["decision"] = json.loads(self.decision.to_json())
             candidate = self.quality_warning is None or spec.registry.candidate_despite_warning
             if self.quality_warning is not None:
                 summary["quality_warning"] = self.quality_warning
@@ -238,6 +282,7 @@ class Coordinator:
                 model_name=spec.model_name,
                 tags={**self._version_tags(run_id), **self.selection.tags(), **report_tags},
                 candidate=candidate,
+                decision=self.decision,
             )
             self.tracker.log_metrics({"wall_seconds": time.perf_counter() - started}, step=spec.training.rounds)
             self.tracker.end("FINISHED")
@@ -286,12 +331,17 @@ class Coordinator:
         self.participation["validation"] = outcome
         self.progress.emit("validation", hospitals={h: o["status"] for h, o in outcome.items()},
                            reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
+        val_parts = {h: p.pop(VAL_KEY) for h, p in parts.items() if VAL_KEY in p}
+        self.decision = choose_decision(spec, val_parts, total_counts(self.class_counts), self.class_weights)
+        log.info("decision rule: %s (%s)", self.decision.rule, self.decision.source)
         if not parts:
-            return {"validation.status": "missing"}
+            return {"validation.status": "missing", **self.decision.tags()}
+        merged = merge_multiclass_aggregates(parts) if spec.is_imaging else merge_aggregates(parts)
         if spec.is_imaging:
-            report = build_multiclass_report(merge_multiclass_aggregates(parts))
+            report = build_multiclass_report(merged)
         else:
-            report = build_report(merge_aggregates(parts), thresholds=spec.validation.thresholds)
+            report = build_report(merged, thresholds=spec.validation.thresholds)
+        report["decision"] = decision_section(self.decision, merged, multiclass=spec.is_imaging)
         meta = {
             "model_name": spec.model_name, "version": "(assigned at registration)", "experiment": spec.name,
             "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -324,6 +374,10 @@ class Coordinator:
         for key in ("auroc", "calibration_slope", "calibration_intercept", "brier", "ece", "accuracy", "balanced_accuracy"):
             if overall.get(key) is not None:
                 tags[f"validation.{key}"] = f"{overall[key]:.4f}"
+        tags.update(self.decision.tags())
+        for key, value in (report["decision"].get("test") or {}).items():
+            if key in ("sensitivity", "specificity", "balanced_accuracy") and value is not None:
+                tags[f"validation.decision_{key}"] = f"{value:.4f}"
         self.quality_warning = quality_warning(report)
         if self.quality_warning is not None:
             tags[QUALITY_WARNING_TAG] = self.quality_warning
@@ -341,9 +395,11 @@ class Coordinator:
             "strategy": spec.strategy.name,
             "epsilon": dict(sorted(self.epsilon.items())),
             "statistics_epsilon": dict(sorted(self.statistics_epsilon.items())),
+            "selection_epsilon": dict(sorted(self.selection.epsilon.items())),
             "delta": spec.privacy.target_delta if spec.privacy.enabled else 0.0,
             "hospital_metrics": dict(sorted(self.final_eval.items())),
-            **({"class_counts": dict(sorted(self.class_counts.items()))} if spec.is_imaging else {}),
+            **({"class_counts": dict(sorted(self.class_counts.items()))} if self.class_counts else {}),
+            **({"class_weights": self.class_weights} if self.class_weights else {}),
             "participation": self.participation,
             "seconds": {"total": time.perf_counter() - started, "setup": setup_seconds, "rounds": self.timings},
             "tracking_uri": self.tracker.tracking_uri,

@@ -152,6 +152,8 @@ class RoundSelection:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stopped_early = False
         self.rounds_with_val = 0
+        #: Each hospital's epsilon spent on val releases in this run (DP only).
+        self.epsilon: dict[str, float] = {}
 
     def observe(self, server_round: int, parts: dict[str, dict[str, Any]], arrays: ArrayRecord | None) -> RoundChoice:
         """Record one round: ``parts`` are the hospitals' releases, ``arrays`` the round's
@@ -198,7 +200,8 @@ class RoundSelection:
         s = self.stopping
         return {"selection.status": "val", "selection.metric": self.metric, "selection.round": str(s.best_round),
                 "selection.value": f"{s.best_value:.4f}", "selection.stopped_early": str(self.stopped_early).lower(),
-                "selection.rounds_run": str(s.last_round), "selection.reason": self.reason()}
+                "selection.rounds_run": str(s.last_round), "selection.reason": self.reason(),
+                **({"selection.epsilon": f"{max(self.epsilon.values()):.4f}"} if self.epsilon else {})}
 
     def summary(self) -> dict[str, Any]:
         """What the run summary says about the choice."""

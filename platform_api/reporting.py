@@ -6,6 +6,7 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
@@ -62,6 +63,10 @@ class RunReporter:
             self._absent(event)
             if self.status:
                 self.status.update("Round 1: training...")
+        elif kind == "vocabulary":
+            verb = "refused" if event.get("policy") == "refuse" else "warning"
+            for line in event.get("findings", []):
+                self.console.print(f"    [yellow]vocabulary {verb}[/]: {escape(line)}", highlight=False)
         elif kind == "train":
             self._train = event
         elif kind == "evaluate":
@@ -82,6 +87,8 @@ class RunReporter:
                 self.status.update(f"Round {event['round'] + 1}: training...")
             elif self.status:
                 self.status.update("Validation report: hospitals score their held-out patients...")
+        elif kind == "selection":
+            self._selection(event)
         elif kind == "validation":
             ok = sum(1 for s in event["hospitals"].values() if s == "ok")
             self._say(f"  validation report: aggregates from {ok}/{len(event['hospitals'])} hospitals")
@@ -90,27 +97,49 @@ class RunReporter:
                 self.status.update("Registering the global model...")
 
 
+    def _selection(self, event: dict[str, Any]) -> None:
+        """One line per round: the pooled val metric and the best round so far; early stopping."""
+        metric = str(event["metric"]).replace("_", " ")
+        best = f"best round {event['best_round']} ({_fmt(event.get('best_value'), '{:.4f}')})" \
+            if event.get("best_round") is not None else "no best round yet"
+        self._say(f"    val {metric} {_fmt(event.get('value'), '{:.4f}')} from {len(event['hospitals'])} hospitals, {best}")
+        if event.get("stop"):
+            self._say(f"  early stopping after round {event['round']}/{event['rounds']}: {event['stale']} rounds without "
+                      f"improvement (patience {event['patience']}); round {event['best_round']}'s model is registered")
+            if self.status:
+                self.status.update("Validation report: hospitals score their held-out patients...")
+
+
 def render_summary(console: Console, summary: dict[str, Any], demo: bool = False) -> None:
     """Per-hospital held-out metrics and privacy spent, then where to find the model."""
     table = Table(title=f"{summary['experiment']}: {summary['rounds']} rounds, {summary['strategy']}")
     images = "class_counts" in summary  # an image classifier: accuracy and macro AUROC, no AUPRC/Brier
-    columns = ("hospital", "held-out accuracy", "macro AUROC", "loss", "epsilon spent") if images else \
-        ("hospital", "held-out AUROC", "AUPRC", "Brier", "epsilon spent")
+    # the last round's metrics: on the val part when hospitals have one (the test part is the report's)
+    part = "val" if any(k.startswith("val-") for m in summary["hospital_metrics"].values() for k in m) else "held-out"
+    prefix = "val-" if part == "val" else ""
+    columns = ("hospital", f"{part} accuracy", "macro AUROC", "loss", "epsilon spent") if images else \
+        ("hospital", f"{part} AUROC", "AUPRC", "Brier", "epsilon spent")
     for column in columns:
         table.add_column(column, justify="left" if column == "hospital" else "right")
     hospitals = sorted(set(summary["hospital_metrics"]) | set(summary["epsilon"]))
     for hospital in hospitals:
         m = summary["hospital_metrics"].get(hospital, {})
         keys = ("accuracy", "auroc", "loss") if images else ("auroc", "auprc", "brier")
-        table.add_row(hospital, *(_fmt(m.get(k)) for k in keys), _fmt(summary["epsilon"].get(hospital), "{:.3f}"))
+        table.add_row(hospital, *(_fmt(m.get(prefix + k)) for k in keys), _fmt(summary["epsilon"].get(hospital), "{:.3f}"))
     console.print(table)
     eps = max(summary["epsilon"].values(), default=None)
     privacy = f"epsilon {eps:.3f}, delta {summary['delta']:g}" if eps is not None else "no differential privacy"
     statistics = max(summary.get("statistics_epsilon", {}).values(), default=None)
     if statistics is not None:
         privacy += f" in training + epsilon {statistics:.3f} for the statistics round (both charged to the ledgers)"
+    selection_eps = max(summary.get("selection_epsilon", {}).values(), default=None)
+    if selection_eps is not None:
+        privacy += f" + epsilon {selection_eps:.3f} for the val releases of model selection"
     console.print(f"Registered [bold]{summary['registered_model']}[/] version [bold]{summary['model_version']}[/] "
                   f"(run {summary['run_id']}); privacy: {privacy}", highlight=False)
+    selection = summary.get("selection")
+    if selection:
+        console.print(f"Model selection: {selection['reason']}", highlight=False)
     validation = summary.get("validation", {})
     if validation.get("validation.status") == "complete" and images:
         console.print(f"Validation report (pending clinical review): accuracy {validation.get('validation.accuracy', 'n/a')}, "

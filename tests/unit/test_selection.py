@@ -207,3 +207,42 @@ def test_strategy_sends_nothing_after_early_stopping() -> None:
     assert strategy.aggregate_train(2, []) == (None, None)
     assert list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), None)) == []
     assert strategy.aggregate_evaluate(2, []) is None and len(observer.seen) == 1
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_hospital_releases_noised_val_aggregates_charged_and_never_scores_its_test_rows(
+        hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from federation import client_app, selection
+    from federation.hospital import model_hparams
+    from training.models import build_model
+    from training.preprocessing import FeatureEncoder, merge_statistics
+
+    spec = make_spec(hospital_files, data={"val_fraction": 0.2}, training={"rounds": 4}, selection={"metric": "auroc"})
+    run_config = {"spec": json.dumps(spec.model_dump(mode="json")), "ledger-dir": str(tmp_path / "ledgers"),
+                  "tracking-uri": "", "progress-file": ""}
+    from flwr.app import Context
+
+    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
+                  run_config=run_config)
+    stats = client_app.statistics(Message(RecordDict({"config": ConfigRecord({"run-key": "r"})}), dst_node_id=7,
+                                          message_type=MessageType.QUERY), ctx)
+    encoder = FeatureEncoder.from_statistics(merge_statistics([json.loads(stats.content["statistics"]["stats"])]),
+                                             spec.data.contract)
+    model = build_model(spec.model.kind, encoder.input_dim, **model_hparams(spec))
+
+    def no_test_rows(**kwargs: object) -> None:
+        raise AssertionError("the test part was scored during a round")
+
+    monkeypatch.setattr(selection, "evaluate_global", no_test_rows)
+    message = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                  "config": ConfigRecord({"encoder": encoder.to_json(), "run-key": "run-5"})}),
+                      dst_node_id=7, message_type=MessageType.EVALUATE)
+    reply = client_app.evaluate(message, ctx)
+    assert reply.content["site"]["status"] == "ok", reply.content["site"]["reason"]
+    release = json.loads(reply.content["selection"]["aggregates"])
+    assert release["metric"] == "auroc" and release["dp"]["epsilon"] == pytest.approx(0.5 / 4)
+    metrics = reply.content["metrics"]
+    assert metrics["selection-epsilon"] == pytest.approx(0.5 / 4) and "val-auroc" in metrics
+    assert not any(k in metrics for k in ("auroc", "val-auprc", "val-brier"))  # nothing exact leaves with DP
+    ledger = PrivacyLedger(tmp_path / "ledgers" / "hospital-01.json", "hospital-01")
+    assert ledger.entry("run-5/selection").epsilon == pytest.approx(0.5 / 4)

@@ -1,0 +1,63 @@
+"""Model selection and early stopping on the val part, through a real Flower simulation run by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from federation.ledger import PrivacyLedger
+from tests.conftest import spec_dict
+from training.fingerprint import dataset_fingerprint
+
+pytestmark = pytest.mark.integration
+
+BIOVERSE = str(Path(sys.executable).parent / "bioverse")
+
+
+def test_early_stopping_registers_the_best_val_round_and_charges_only_the_rounds_run(
+        hospital_files: list[Path], tmp_path: Path) -> None:
+    """Two DP hospitals with a val part, 5 rounds planned. A min_delta no round can beat makes
+    round 1 the best and round 2 the last (patience 1): the version is round 1's model, the
+    run stops after 2 rounds, and each ledger holds 2 training rounds and 2 val releases."""
+    paths = hospital_files[:2]
+    spec = spec_dict(paths, name="it-selection", registered_model="it-selection-risk",
+                     data={"val_fraction": 0.2}, training={"rounds": 5},
+                     privacy={"selection_epsilon": 0.5},
+                     selection={"metric": "loss", "patience": 1, "min_delta": 10.0})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
+    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "round 2/5" in out and "round 3/5" not in out
+    assert "early stopping after round 2/5: 1 rounds without improvement (patience 1)" in out
+    assert "Model selection: round 1 had the best val loss" in out
+
+    client = MlflowClient(uri, registry_uri=uri)
+    tags = client.get_model_version("it-selection-risk", "1").tags
+    assert tags["selection.status"] == "val" and tags["selection.metric"] == "loss"
+    assert tags["selection.round"] == "1" and tags["selection.stopped_early"] == "true"
+    assert tags["selection.rounds_run"] == "2" and int(tags["selection.rounds_run"]) < spec["training"]["rounds"]
+    assert float(tags["selection.epsilon"]) == pytest.approx(2 * 0.5 / 5, abs=1e-4)
+    run_id = tags["run_id"]
+    history = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2] and float(tags["selection.value"]) == pytest.approx(history[0].value, abs=1e-4)
+    assert [m.step for m in client.get_metric_history(run_id, "train_train_loss")] == [1, 2]
+    summary = json.loads(Path(client.download_artifacts(run_id, "summary.json", str(tmp_path))).read_text())
+    assert summary["selection"]["round"] == 1 and summary["selection"]["rounds_run"] == 2
+
+    for path in paths:
+        ledger = PrivacyLedger(tmp_path / "home" / "ledgers" / f"{path.stem}.json", path.stem, dataset_fingerprint(path))
+        training, selection = ledger.entry(run_id), ledger.entry(f"{run_id}/selection")
+        assert training is not None and training.rounds == 2  # rounds 3-5 never ran, never charged
+        assert selection is not None and selection.kind == "selection" and selection.steps == 2
+        assert selection.epsilon == pytest.approx(2 * 0.5 / 5)
