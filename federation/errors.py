@@ -7,12 +7,14 @@ Hierarchy::
     ├── SitePolicyRefusal      a hospital's policy refuses a release (e.g. statistics)
     ├── SiteConfigError        a hospital's node config is incomplete or wrong
     ├── TooFewHospitalsError   fewer hospitals answered than the spec's minimum
+    ├── VocabularyError        a hospital's categorical values are not shared (policy refuse)
     └── LaunchError            the Flower engine could not start or run the app
 """
 
 from __future__ import annotations
 
-__all__ = ["BudgetExceededError", "FederationError", "LaunchError", "SiteConfigError", "SitePolicyRefusal", "TooFewHospitalsError"]
+__all__ = ["BudgetExceededError", "FederationError", "LaunchError", "SiteConfigError", "SitePolicyRefusal", "TooFewHospitalsError",
+           "VocabularyError"]
 
 
 class FederationError(Exception):
@@ -49,3 +51,8 @@ class TooFewHospitalsError(FederationError):
 
 class LaunchError(FederationError):
     """The Flower engine failed to start or the run failed."""
+
+
+class VocabularyError(FederationError):
+    """A hospital reported categorical values no other hospital has, or values outside the
+    declared list, and the spec's ``data.unknown_categories`` is ``refuse``."""

@@ -7,8 +7,9 @@ Each entry point serves both modalities: tabular risk models here, image classif
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from experiments.spec import ExperimentSpec
 from federation.errors import FederationError, SitePolicyRefusal
+from federation.imbalance import VAL_KEY
 from federation.ledger import PrivacyLedger
 from federation.site import Site
 from training.contract import schema_fingerprint
@@ -24,17 +26,17 @@ from training.data import HospitalDataModule
 from training.dp_statistics import dp_table_statistics
 from training.fingerprint import dataset_fingerprint
 from training.imaging import ImagePreprocessor
-from training.local import evaluate_model, sample_rate, steps_per_epoch, train_locally
+from training.local import LocalTrainingResult, evaluate_model, sample_rate, steps_per_epoch, train_locally
 from training.models import RiskModel, build_model
 from training.preprocessing import FeatureEncoder
-from training.privacy import epsilon_after
+from training.privacy import DPConfig, epsilon_after
 from training.validation import age_band, local_aggregates
 from training.vision import VisionModel, build_vision_model
 
 __all__ = [
-    "Preprocessor", "RoundOutcome", "build_spec_model", "charge_round", "encoder_from_config", "evaluate_global",
+    "Preprocessor", "RoundOutcome", "build_spec_model", "charge_round", "clip_metrics", "encoder_from_config", "evaluate_global",
     "charge_statistics", "model_hparams", "report_subgroups", "site_dataset", "site_ledger", "site_statistics",
-    "train_round", "val_scores", "validation_aggregates",
+    "round_dp_config", "train_round", "val_scores", "validation_aggregates",
 ]
 
 #: What the federation's statistics round builds and every round carries: the tabular
@@ -71,7 +73,8 @@ def build_spec_model(spec: ExperimentSpec, encoder: Preprocessor) -> RiskModel |
 
 def _data(site: Site, spec: ExperimentSpec, encoder: FeatureEncoder | None = None) -> HospitalDataModule:
     dm = HospitalDataModule(
-        site.data_path, spec.data.contract, spec.training.batch_size, spec.data.test_fraction, spec.seed
+        site.data_path, spec.data.contract, spec.training.batch_size, spec.data.test_fraction, spec.seed,
+        val_fraction=getattr(spec.data, "val_fraction", 0.0),
     )
     dm.encoder = encoder
     return dm
@@ -150,6 +153,20 @@ def _model(spec: ExperimentSpec, encoder: FeatureEncoder, state: dict[str, torch
     return model
 
 
+def round_dp_config(spec: ExperimentSpec, clip_bound: float | None) -> DPConfig:
+    """The spec's DP settings for one round: with adaptive clipping, starting from the
+    coordinator's ``clip_bound`` when it sent one (a positive finite number)."""
+    dp = spec.privacy.dp_config
+    if dp.enabled and dp.clipping == "adaptive" and clip_bound is not None and math.isfinite(clip_bound) and clip_bound > 0:
+        return replace(dp, max_grad_norm=clip_bound)
+    return dp
+
+
+def clip_metrics(result: LocalTrainingResult) -> dict[str, float]:
+    """The round's final adaptive clipping bound as the ``clip-bound`` metric (none for fixed)."""
+    return {"clip-bound": result.clip_bound} if result.clip_bound is not None else {}
+
+
 def charge_round(site: Site, spec: ExperimentSpec, n: int, run_key: str) -> tuple[float | None, dict[str, float]]:
     """Charge the hospital's privacy ledger for one round over ``n`` training examples.
 
@@ -183,8 +200,17 @@ def train_round(
     run_key: str,
     server_round: int,
     proximal_mu: float,
+    class_weights: list[float] | None = None,
+    clip_bound: float | None = None,
 ) -> RoundOutcome:
     """Charge the privacy ledger for this round, then train locally with DP-SGD.
+
+    ``clip_bound`` (adaptive clipping) is the bound the hospitals ended the last round
+    with, on average (the coordinator's ``clip-bound``); the first round starts from
+    ``privacy.max_grad_norm``.
+
+    ``class_weights`` (one per class, from the coordinator: the spec's, or ``balanced`` from
+    the statistics round's federation-wide counts) weight each example's loss.
 
     The noise is calibrated once per run, so that ``rounds`` rounds spend the spec's
     target epsilon; the ledger keeps this run's running total (steps and epsilon), so a
@@ -197,12 +223,13 @@ def train_round(
         from federation import hospital_images
 
         return hospital_images.train_round(site=site, spec=spec, preprocessor=encoder, state=state, run_key=run_key,
-                                           server_round=server_round, proximal_mu=proximal_mu)
+                                           server_round=server_round, proximal_mu=proximal_mu,
+                                           class_weights=class_weights, clip_bound=clip_bound)
     started = time.perf_counter()
     dm = _data(site, spec, encoder)
     train_data = dm.dataset("train")
     n, batch = len(train_data), spec.training.batch_size
-    dp = spec.privacy.dp_config
+    dp = round_dp_config(spec, clip_bound)
     noise, privacy = charge_round(site, spec, n, run_key)
     metrics: dict[str, float] = {"num-examples": float(n), **privacy}
     model = _model(spec, encoder, state)
@@ -215,9 +242,10 @@ def train_round(
         noise_multiplier=noise,
         proximal_mu=proximal_mu,
         seed=spec.seed * 100_003 + server_round,
+        class_weights=class_weights,
     )
     metrics.update({"train-loss": result.loss, "train-seconds": result.seconds, "steps": float(result.steps),
-                    "handler-seconds": time.perf_counter() - started})
+                    "handler-seconds": time.perf_counter() - started, **clip_metrics(result)})
     log.info("%s round %d: loss %.4f eps %s", site.hospital_id, server_round, result.loss, metrics.get("epsilon"))
     return RoundOutcome(model.state_dict(), metrics)
 
@@ -240,17 +268,28 @@ def validation_aggregates(*, site: Site, spec: ExperimentSpec, encoder: Preproce
                           state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The final model's validation aggregates on the hospital's held-out rows: binned
     score counts, exact sums and confusion counts, overall and per subgroup (small cells
-    suppressed). Counts only: no patient row leaves the hospital."""
+    suppressed). Counts only: no patient row leaves the hospital.
+
+    A binary model's aggregates also carry, under ``"val"``, the overall histograms of its
+    scores on the val rows (no subgroups), from which the coordinator chooses the decision
+    threshold (:mod:`federation.imbalance`)."""
     if isinstance(encoder, ImagePreprocessor):
         from federation import hospital_images
 
-        return hospital_images.validation_aggregates(site=site, spec=spec, preprocessor=encoder, state=state)
-    test = _data(site, spec, encoder).split.test
-    model = _model(spec, encoder, state)
-    risk = model.predict_proba(torch.from_numpy(encoder.encode(test))).numpy().astype(float)
-    label = test[spec.data.label].to_numpy().astype(int)
-    return local_aggregates(risk, label, report_subgroups(test, spec), spec.validation.thresholds,
-                            min_cell=spec.validation.min_cell)
+        aggregates = hospital_images.validation_aggregates(site=site, spec=spec, preprocessor=encoder, state=state)
+    else:
+        test = _data(site, spec, encoder).split.test
+        model = _model(spec, encoder, state)
+        risk = model.predict_proba(torch.from_numpy(encoder.encode(test))).numpy().astype(float)
+        label = test[spec.data.label].to_numpy().astype(int)
+        aggregates = local_aggregates(risk, label, report_subgroups(test, spec), spec.validation.thresholds,
+                                      min_cell=spec.validation.min_cell)
+    val = val_scores(site=site, spec=spec, encoder=encoder, state=state)
+    if val is not None and val[0].shape[1] == 2:
+        probs, labels = val
+        aggregates[VAL_KEY] = local_aggregates(probs[:, 1], (labels == 1).astype(int), None, spec.validation.thresholds,
+                                               min_cell=spec.validation.min_cell)
+    return aggregates
 
 
 def val_scores(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor,

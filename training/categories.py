@@ -21,13 +21,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["CategoryLookup", "canonical", "canonical_series", "declared_spelling", "outside_declared"]
+__all__ = ["CategoryLookup", "VocabularyFinding", "canonical", "canonical_series", "declared_spelling", "outside_declared",
+           "vocabulary_findings"]
 
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _SPACES = re.compile(r"\s+")
@@ -106,6 +108,81 @@ def outside_declared(counts: Mapping[str, float], declared: Iterable[str] | None
         return {}
     allowed = set(declared)
     return {v: c for v, c in counts.items() if v not in allowed}
+
+
+@dataclass(frozen=True)
+class VocabularyFinding:
+    """One hospital's categorical values in one column that the others do not share.
+
+    Attributes:
+        site: The hospital.
+        column: The categorical column.
+        site_only: Values no other hospital reported, with this hospital's count.
+        undeclared: Values outside the column's declared list, with their count.
+        rare: How many further such values are not named (fewer patients than the
+            naming threshold: rare values identify people).
+    """
+
+    site: str
+    column: str
+    site_only: dict[str, float] = field(default_factory=dict)
+    undeclared: dict[str, float] = field(default_factory=dict)
+    rare: int = 0
+
+    def describe(self, examples: int = 5) -> str:
+        """One line: ``site: column: ...`` with counts and up to ``examples`` values per kind."""
+        def named(values: dict[str, float]) -> str:
+            ordered = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))
+            text = ", ".join(f"{v!r} ({c:.0f})" for v, c in ordered[:examples])
+            return text + (f" and {len(ordered) - examples} more" if len(ordered) > examples else "")
+
+        parts = []
+        if self.undeclared:
+            parts.append(f"{len(self.undeclared)} value{'s' * (len(self.undeclared) > 1)} outside the declared list: "
+                         f"{named(self.undeclared)}")
+        if self.site_only:
+            parts.append(f"{len(self.site_only)} value{'s' * (len(self.site_only) > 1)} seen at no other hospital: "
+                         f"{named(self.site_only)}")
+        if self.rare:
+            parts.append(f"{self.rare} rare value{'s' * (self.rare > 1)} not named")
+        return f"{self.site}: {self.column}: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (the run's ``vocabulary.json``)."""
+        return {"site": self.site, "column": self.column, "site_only": self.site_only, "undeclared": self.undeclared,
+                "rare": self.rare}
+
+
+def vocabulary_findings(counts: Mapping[str, Mapping[str, Mapping[str, float]]],
+                        declared: Mapping[str, Sequence[str] | None], *, min_count: float = 1) -> list[VocabularyFinding]:
+    """Per hospital and column, the values seen at no other hospital (when two or more
+    report) and the values outside the declared list.
+
+    Args:
+        counts: hospital -> column -> canonical value -> count (the statistics round's
+            ``categorical``; exact, or DP-noised with rare values already suppressed).
+        declared: column -> declared values (None: any value allowed).
+        min_count: Values with a smaller count are counted in ``rare``, never named.
+    """
+    findings = []
+    sites = sorted(counts)
+    for site in sites:
+        for column in sorted(counts[site]):
+            here = counts[site][column]
+            elsewhere: set[str] = set()
+            for other in sites:
+                if other != site:
+                    elsewhere |= set(counts[other].get(column, {}))
+            allowed = declared.get(column)
+            undeclared = outside_declared(here, allowed)
+            only = {v: c for v, c in here.items() if len(sites) > 1 and v not in elsewhere and v not in undeclared}
+            flagged = set(only) | set(undeclared)
+            rare = sum(1 for v in flagged if here[v] < min_count)
+            finding = VocabularyFinding(site, column, {v: c for v, c in only.items() if c >= min_count},
+                                        {v: c for v, c in undeclared.items() if c >= min_count}, rare)
+            if finding.site_only or finding.undeclared or finding.rare:
+                findings.append(finding)
+    return findings
 
 
 class CategoryLookup:

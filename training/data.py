@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from training.contract import DataContract, load_hospital_table
+from training.errors import DataContractError
 from training.preprocessing import FeatureEncoder, local_statistics
 
 __all__ = ["HospitalDataModule", "HospitalSplit", "TabularDataset", "load_split"]
@@ -49,32 +50,66 @@ def _keep_batch(batch: Any) -> Any:
 
 @dataclass(frozen=True)
 class HospitalSplit:
-    """A hospital's rows, split into training and held-out test rows."""
+    """A hospital's rows in three parts: training, validation (model selection; possibly
+    empty) and held-out test rows, each with the contract's columns.
+
+    ``source`` says where the split came from: ``column`` (the data's split column) or
+    ``random`` (``test_fraction`` and ``val_fraction``).
+    """
 
     train: pd.DataFrame
+    val: pd.DataFrame
     test: pd.DataFrame
+    source: str = "random"
+
+
+def _random_split(frame: pd.DataFrame, label: str, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    labels = frame[label]
+    stratify = labels if labels.nunique() > 1 and labels.value_counts().min() >= 2 else None
+    keep, apart = train_test_split(frame, test_size=fraction, random_state=seed, stratify=stratify)
+    return keep, apart
 
 
 @functools.lru_cache(maxsize=16)
 def _load_split_cached(
-    path: str, mtime_ns: int, contract: DataContract, test_fraction: float, seed: int
+    path: str, mtime_ns: int, contract: DataContract, test_fraction: float, seed: int, val_fraction: float
 ) -> HospitalSplit:
     frame = load_hospital_table(path, contract)
-    labels = frame[contract.label]
-    stratify = labels if labels.value_counts().min() >= 2 else None
-    train, test = train_test_split(frame, test_size=test_fraction, random_state=seed, stratify=stratify)
-    return HospitalSplit(train.reset_index(drop=True), test.reset_index(drop=True))
+    assert contract.label is not None
+    if contract.split_column:
+        part = frame[contract.split_column]
+        rows = {name: frame[part == name].drop(columns=[contract.split_column]).reset_index(drop=True)
+                for name in ("train", "val", "test")}
+        for name in ("train", "test"):
+            if rows[name].empty:
+                raise DataContractError(path, f"no {name} rows: the split column marks none as {name}",
+                                        column=contract.split_column)
+        return HospitalSplit(rows["train"], rows["val"], rows["test"], source="column")
+    train, test = _random_split(frame, contract.label, test_fraction, seed)
+    val = train.iloc[:0]
+    if val_fraction > 0:
+        # val_fraction is a share of all rows, taken from the training rows
+        train, val = _random_split(train, contract.label, min(val_fraction / (1 - test_fraction), 0.9), seed + 1)
+    return HospitalSplit(train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True))
 
 
-def load_split(path: Path | str, contract: DataContract, test_fraction: float = 0.2, seed: int = 0) -> HospitalSplit:
-    """Load a hospital file (checked against the contract) and split it deterministically.
+def load_split(path: Path | str, contract: DataContract, test_fraction: float = 0.2, seed: int = 0,
+               val_fraction: float = 0.0) -> HospitalSplit:
+    """Load a hospital file (checked against the contract) and split it deterministically:
+    by the contract's split column when it has one (``test_fraction`` and ``val_fraction``
+    unused), else at random (stratified by label) into ``test_fraction`` test rows and
+    ``val_fraction`` val rows (shares of all rows).
 
     Cached per process by path and modification time, so a federated client that trains
     many rounds reads and validates its file once.
+
+    Raises:
+        DataContractError: the file breaks the contract, or its split column marks no
+            train or no test rows.
     """
     resolved = Path(path).resolve()
     mtime = resolved.stat().st_mtime_ns if resolved.exists() else -1
-    return _load_split_cached(str(resolved), mtime, contract, test_fraction, seed)
+    return _load_split_cached(str(resolved), mtime, contract, test_fraction, seed, val_fraction)
 
 
 class HospitalDataModule(pl.LightningDataModule):
@@ -84,8 +119,9 @@ class HospitalDataModule(pl.LightningDataModule):
         path: The hospital's CSV or Parquet file.
         contract: The experiment's data contract.
         batch_size: Rows per batch (the expected batch under Poisson sampling).
-        test_fraction: Share of patients held out for evaluation.
+        test_fraction: Share of patients held out for evaluation (random split only).
         seed: Seed of the split and the shuffling.
+        val_fraction: Share of patients set apart for model selection (random split only).
     """
 
     def __init__(
@@ -95,6 +131,7 @@ class HospitalDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         test_fraction: float = 0.2,
         seed: int = 0,
+        val_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -102,17 +139,18 @@ class HospitalDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.test_fraction = test_fraction
         self.seed = seed
+        self.val_fraction = val_fraction
         self.encoder: FeatureEncoder | None = None
         self._split: HospitalSplit | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Load and split the file (once per process)."""
         if self._split is None:
-            self._split = load_split(self.path, self.contract, self.test_fraction, self.seed)
+            self._split = load_split(self.path, self.contract, self.test_fraction, self.seed, self.val_fraction)
 
     @property
     def split(self) -> HospitalSplit:
-        """The train/test split, loading it on first use."""
+        """The train/val/test split, loading it on first use."""
         self.setup()
         assert self._split is not None
         return self._split
@@ -122,10 +160,12 @@ class HospitalDataModule(pl.LightningDataModule):
         return local_statistics(self.split.train, self.contract)
 
     def dataset(self, part: str) -> TabularDataset:
-        """Encoded ``train`` or ``test`` rows."""
+        """Encoded ``train``, ``val`` or ``test`` rows."""
         if self.encoder is None:
             raise RuntimeError("set the federation's encoder before asking for data")
-        frame = self.split.train if part == "train" else self.split.test
+        if part not in ("train", "val", "test"):
+            raise ValueError(f"part must be train, val or test, not {part!r}")
+        frame = getattr(self.split, part)
         return TabularDataset(self.encoder.encode(frame), frame[self.contract.label].to_numpy())
 
     def train_dataloader(self) -> DataLoader:
@@ -141,8 +181,8 @@ class HospitalDataModule(pl.LightningDataModule):
         return DataLoader(data, batch_sampler=sampler, collate_fn=_keep_batch)
 
     def val_dataloader(self) -> DataLoader:
-        """The held-out rows (this module has no separate validation split)."""
-        return self._eval_loader("test")
+        """The val rows, or the held-out test rows when the hospital has no val part."""
+        return self._eval_loader("val" if len(self.split.val) else "test")
 
     def test_dataloader(self) -> DataLoader:
         """The held-out rows."""

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training.contract import DataContract, load_hospital_table, schema_fingerprint
+from training.contract import DataContract, load_hospital_table, missing_code_counts, schema_fingerprint
+from training.data import load_split
 from training.errors import DataContractError
 
 CONTRACT = DataContract("pid", "event", ("age", "sbp"), ("sex",))
@@ -81,3 +82,53 @@ def test_feature_only_contract_needs_no_label(tmp_path: Path) -> None:
     frame = load_hospital_table(write(tmp_path, "pid,age,sex\np1,50,F\np2,,M\n"), contract)
     assert list(frame.columns) == ["pid", "age", "sex"] and len(frame) == 2
     assert contract.required == ("pid", "age", "sex")
+
+
+def test_missing_codes_become_missing_before_anything_else(tmp_path: Path) -> None:
+    contract = DataContract("pid", "event", ("age", "chol"), ("sex",),
+                            missing_codes=(("chol", ("0", "unknown")), ("sex", ("U",))))
+    path = write(tmp_path, "pid,age,chol,sex,event\np1,50,0,F,1\np2,61,0.0,u,0\np3,70,unknown,M,1\np4,40,210,M,0\n")
+    frame = load_hospital_table(path, contract)
+    assert frame["chol"].isna().tolist() == [True, True, True, False]
+    assert frame["sex"].tolist() == ["F", None, "M", "M"]
+    assert missing_code_counts(path, contract) == {"chol": 3, "sex": 1}
+
+
+def test_a_split_column_is_canonicalised_and_checked(tmp_path: Path) -> None:
+    contract = DataContract("pid", "event", ("age",), ("sex",), split_column="part")
+    path = write(tmp_path, "pid,age,sex,event,part\np1,50,F,1,Train\np2,61,M,0, validation\np3,70,M,1,TEST\np4,1,F,0,valid\n")
+    assert load_hospital_table(path, contract)["part"].tolist() == ["train", "val", "test", "val"]
+    bad = write(tmp_path, "pid,age,sex,event,part\np1,50,F,1,train\np2,61,M,0,holdout\n", "bad.csv")
+    with pytest.raises(DataContractError, match=r"column 'part', row 2: split must be train, val or test, got 'holdout'"):
+        load_hospital_table(bad, contract)
+    empty = write(tmp_path, "pid,age,sex,event,part\np1,50,F,1,train\np2,61,M,0,\n", "empty.csv")
+    with pytest.raises(DataContractError, match=r"column 'part', row 2: split must be"):
+        load_hospital_table(empty, contract)
+
+
+def _rows(n: int, parts: list[str] | None = None) -> str:
+    lines = ["pid,age,sex,event" + (",part" if parts else "")]
+    for i in range(n):
+        lines.append(f"p{i},{40 + i},{'FM'[i % 2]},{i % 2}" + (f",{parts[i]}" if parts else ""))
+    return "\n".join(lines) + "\n"
+
+
+def test_the_split_comes_from_the_column_or_from_the_fractions(tmp_path: Path) -> None:
+    parts = ["train"] * 10 + ["val"] * 4 + ["test"] * 6
+    contract = DataContract("pid", "event", ("age",), ("sex",), split_column="part")
+    split = load_split(write(tmp_path, _rows(20, parts), "fixed.csv"), contract, test_fraction=0.5)
+    assert (len(split.train), len(split.val), len(split.test), split.source) == (10, 4, 6, "column")
+    assert split.test["pid"].tolist() == [f"p{i}" for i in range(14, 20)] and "part" not in split.test.columns
+    plain = DataContract("pid", "event", ("age",), ("sex",))
+    split = load_split(write(tmp_path, _rows(100), "random.csv"), plain, test_fraction=0.2, val_fraction=0.1)
+    assert (len(split.train), len(split.val), len(split.test), split.source) == (70, 10, 20, "random")
+    assert not set(split.val["pid"]) & (set(split.train["pid"]) | set(split.test["pid"]))
+    without = load_split(tmp_path / "random.csv", plain, test_fraction=0.2)
+    assert (len(without.train), len(without.val), len(without.test)) == (80, 0, 20)
+
+
+def test_a_split_column_without_test_rows_is_refused(tmp_path: Path) -> None:
+    contract = DataContract("pid", "event", ("age",), ("sex",), split_column="part")
+    path = write(tmp_path, _rows(6, ["train"] * 4 + ["val"] * 2), "notest.csv")
+    with pytest.raises(DataContractError, match=r"notest.csv, column 'part': no test rows"):
+        load_split(path, contract)

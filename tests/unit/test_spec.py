@@ -68,3 +68,60 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(SpecError, match="expected a mapping"):
         load_spec(tmp_path / "list.yaml")
+
+
+def test_every_problem_of_a_spec_is_listed_one_per_line() -> None:
+    data = spec_dict([Path("a.csv"), Path("b.csv")], training={"rounds": 0, "epochs": 3},
+                     strategy={"min_hospitals": 5}, privacy={"target_delta": 2})
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, "s.yaml")
+    lines = str(info.value).splitlines()
+    assert "more problems" not in str(info.value)
+    assert len(lines) == 3 and all(line.startswith("s.yaml: ") for line in lines), lines
+    assert {line.split(": ")[1] for line in lines} == {"training.rounds", "training.epochs", "privacy.target_delta"}
+
+
+def test_every_consistency_problem_is_listed() -> None:
+    data = spec_dict([Path("a.csv"), Path("b.csv")], strategy={"min_hospitals": 5},
+                     validation={"subgroups": ["nope"]},
+                     data={"ranges": {}, "categories": {"age": [1]}, "missing_codes": {"x": [0]}})
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, "s.yaml")
+    text = str(info.value)
+    assert "data: categories: age is not a declared categorical column" in text
+    assert "data: missing_codes: x is not a declared feature column" in text
+    data["data"].pop("categories"), data["data"].pop("missing_codes")
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, "s.yaml")
+    lines = str(info.value).splitlines()
+    assert any("validation.subgroups: nope" in line for line in lines)
+    assert any("data.ranges: declare [min, max]" in line for line in lines)
+    assert any("strategy.min_hospitals is 5" in line for line in lines), lines
+
+
+def test_declared_categories_missing_codes_and_split_reach_the_contract() -> None:
+    spec = parse_spec(spec_dict([Path("a.csv"), Path("b.csv")], data={
+        "categories": {"smoking": [0, 1.0, " 2 ", "Never"]}, "unknown_categories": "refuse",
+        "missing_codes": {"age": [0, "unknown"]}, "split_column": "part", "val_fraction": 0.1}))
+    contract = spec.data.contract
+    assert contract.declared("smoking") == ("0", "1", "2", "Never") and contract.declared("sex") is None
+    assert contract.codes("age") == ("0", "unknown") and contract.split_column == "part"
+    assert "part" in contract.required and spec.data.unknown_categories == "refuse"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"categories": {"smoking": []}}, "data: categories: smoking needs at least one value"),
+        ({"categories": {"smoking": ["1", 1.0]}}, "data: categories: smoking lists '1' twice"),
+        ({"categories": {"smoking": [" "]}}, "data.categories.smoking.0: must not be empty"),
+        ({"categories": {"smoking": [float("inf")]}}, "data.categories.smoking.0: must be a finite number or text"),
+        ({"unknown_categories": "ignore"}, "data.unknown_categories: Input should be 'warn' or 'refuse'"),
+        ({"split_column": "age"}, "data: column declared twice: age"),
+        ({"test_fraction": 0.5, "val_fraction": 0.5}, "test_fraction + val_fraction must be below 0.9"),
+    ],
+)
+def test_bad_data_fields_name_the_field(data: dict, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_dict([Path("a.csv"), Path("b.csv")], data=data), "s.yaml")
+    assert message in str(info.value)
