@@ -4,6 +4,7 @@ Hierarchy::
 
     TrainingError
     ├── DataContractError      a hospital file breaks the data contract
+    │   └── DataSplitError     `bioverse data split` cannot split a dataset as asked
     └── PrivacyConfigError     DP settings that cannot be met
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DataContractError", "PrivacyConfigError", "TrainingError"]
+__all__ = ["DataContractError", "DataSplitError", "PrivacyConfigError", "TrainingError"]
 
 
 class TrainingError(Exception):
@@ -43,6 +44,11 @@ class DataContractError(TrainingError):
         if row is not None:
             where.append(f"row {row}")
         super().__init__(f"{', '.join(where)}: {problem}")
+
+
+class DataSplitError(DataContractError):
+    """A dataset cannot be split into simulated hospitals as asked (``bioverse data split``):
+    unreadable, a column missing or blank, a patient under two centres, too many hospitals."""
 
 
 class PrivacyConfigError(TrainingError):
