@@ -181,7 +181,7 @@ def held_out_rows(path: Path | str, spec: ExperimentSpec, tags: dict[str, str],
     assert isinstance(data, DataSpec)
     source = Path(path)
     hospital = training_hospital(source, spec, tags)
-    column = getattr(data, "split_column", None)
+    column = data.split_column
     has_column = column is not None and column in _table_columns(source)
     if not has_column and hospital is None:
         if part == "val":
@@ -190,8 +190,8 @@ def held_out_rows(path: Path | str, spec: ExperimentSpec, tags: dict[str, str],
         frame = load_hospital_table(source, _without_split(data))
         return frame, HeldOut(len(frame), 0, "every row: not one of this version's training datasets and no split "
                                              "column in it", None)
-    split = load_split(source, data.contract, data.test_fraction, spec.seed)
-    parts = {"train": split.train, "val": getattr(split, "val", split.train.iloc[:0]), "test": split.test}
+    split = load_split(source, data.contract, data.test_fraction, spec.seed, val_fraction=data.val_fraction)
+    parts = {"train": split.train, "val": split.val, "test": split.test}
     total = sum(len(p) for p in parts.values())
     origin = f"column '{column}'" if has_column else f"the run's split of {hospital}'s patients (seed {spec.seed})"
     if part == "all":
@@ -218,6 +218,6 @@ def _table_columns(path: Path) -> list[str]:
 
 def _without_split(data: DataSpec) -> DataContract:
     contract = data.contract
-    if getattr(contract, "split_column", None) is None:
+    if contract.split_column is None:
         return contract
     return dataclasses.replace(contract, split_column=None)

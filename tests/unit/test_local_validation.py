@@ -121,3 +121,22 @@ def test_a_training_table_is_scored_on_its_held_out_rows(hospital_files: list[Pa
     pd.read_csv(first).head(50).to_csv(mine, index=False)  # other rows: a validator's own file
     frame, held = held_out_rows(mine, spec, tags)
     assert held.hospital is None and held.scored == 50 and held.excluded == 0 and len(frame) == 50
+
+
+def test_a_table_with_a_split_column_is_scored_on_its_test_rows(hospital_files: list[Path], tmp_path: Path) -> None:
+    frame = pd.read_csv(hospital_files[0])
+    frame["part"] = ["Test" if i % 5 == 0 else "validation" if i % 5 == 1 else "train" for i in range(len(frame))]
+    mine = tmp_path / "split.csv"
+    frame.to_csv(mine, index=False)
+    spec = make_spec(hospital_files, data={"split_column": "part"})
+    scored, held = held_out_rows(mine, spec, {})
+    expected = int((frame["part"] == "Test").sum())
+    assert held.scored == expected == len(scored) and held.excluded == len(frame) - expected and held.hospital is None
+    assert held.what == "the test rows of column 'part'"
+    val, held_val = held_out_rows(mine, spec, {}, "val")
+    assert held_val.scored == int((frame["part"] == "validation").sum()) == len(val)
+    plain = make_spec(hospital_files, data={"val_fraction": 0.2})  # a training file's run had a val part
+    tags = {f"dataset.{p.stem}": dataset_fingerprint(p) for p in hospital_files}
+    run = load_split(hospital_files[1], plain.data.contract, plain.data.test_fraction, plain.seed, val_fraction=0.2)
+    _, held = held_out_rows(hospital_files[1], plain, tags)
+    assert held.scored == len(run.test) and held.excluded == len(run.train) + len(run.val) and len(run.val) > 0
