@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from experiments.errors import ExperimentError
+from experiments.errors import ExperimentError, SpecError
 from experiments.settings import get_settings
 from experiments.spec import ExperimentSpec, load_spec
 from feature_store.errors import FeatureStoreError
@@ -104,7 +104,11 @@ def _one_line_errors(fn: F) -> F:
         except typer.Exit:
             raise
         except _USER_ERRORS as e:
-            err.print(f"[bold red]error:[/] {escape(_error_line(e))}", highlight=False, soft_wrap=True)
+            # a spec lists every problem, one per line; any other error is one line
+            lines = [_error_line(SpecError(line)) for line in str(e).splitlines() if line.strip()] \
+                if isinstance(e, SpecError) else [_error_line(e)]
+            for line in lines or [type(e).__name__]:
+                err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except Exception as e:
             if os.environ.get("BIOVERSE_DEBUG") == "1":
@@ -212,32 +216,53 @@ def data_split(
 @data_app.command("check")
 @_one_line_errors
 def data_check(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (YAML).")]) -> None:
-    """Check every hospital file named in a spec against its data contract."""
-    from training.contract import load_hospital_table
-
+    """Check every hospital file named in a spec against its data contract; every hospital's
+    problems are printed (one line each) before the exit code says whether any failed."""
+    from experiments.data_check import TableCheck, check_table, vocabulary_report
     from experiments.spec import ImageDataSpec
 
     spec = load_spec(spec_path)
     data = spec.data
+    problems: list[str] = []
+    tables: list[TableCheck] = []
     for hospital in data.hospitals:
         if hospital.path is None:
             out.print(f"{hospital.id}: no path (deployment site, checked at the hospital)")
             continue
-        if isinstance(data, ImageDataSpec):
-            from training.imaging import class_counts, load_image_split
+        try:
+            if isinstance(data, ImageDataSpec):
+                from training.imaging import class_counts, load_image_split
 
-            from experiments.local_validation import image_split, split_origin
-            from training.imaging import class_counts
+                from experiments.local_validation import image_split, split_origin
+                from training.imaging import class_counts
 
-            split = image_split(data, hospital.path, spec.seed)
-            counts = class_counts(split.train_labels, len(data.classes))
-            mix = ", ".join(f"{c} {k}" for c, k in zip(data.classes, counts, strict=True))
-            parts = split.counts()
-            out.print(f"{hospital.id}: ok, {parts['train']} training, {parts['val']} val and {parts['test']} held-out "
-                      f"images ({mix} in training); split from {split_origin(split, data, spec.seed)}", highlight=False)
+                split = image_split(data, hospital.path, spec.seed)
+                counts = class_counts(split.train_labels, len(data.classes))
+                mix = ", ".join(f"{c} {k}" for c, k in zip(data.classes, counts, strict=True))
+                parts = split.counts()
+                out.print(f"{hospital.id}: ok, {parts['train']} training, {parts['val']} val and {parts['test']} held-out "
+                          f"images ({mix} in training); split from {split_origin(split, data, spec.seed)}", highlight=False)
+                continue
+            assert not isinstance(data, ImageDataSpec)
+            table = check_table(data, hospital, spec.seed)
+        except _USER_ERRORS as e:
+            problems.append(f"{hospital.id}: {_error_line(e)}")
             continue
-        frame = load_hospital_table(hospital.path, data.contract)
-        out.print(f"{hospital.id}: ok, {len(frame)} patients, prevalence {frame[data.label].mean():.1%}")
+        tables.append(table)
+        for line in table.lines(data):
+            out.print(line, highlight=False, markup=False)
+        for line in table.warnings():
+            err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    if tables and not isinstance(data, ImageDataSpec):
+        for finding in vocabulary_report(tables, data):
+            if data.unknown_categories == "refuse":
+                problems.append(f"{finding.describe()} (data.unknown_categories: refuse)")
+            else:
+                err.print(f"[yellow]warning:[/] {escape(finding.describe())}", highlight=False)
+    for problem in problems:
+        err.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 @experiment_app.command("validate")

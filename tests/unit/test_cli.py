@@ -43,8 +43,11 @@ def test_bad_inputs_print_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "training.rounds: Input should be greater than or equal to 1" in line
     (tmp_path / "a.csv").write_text("patient_id,age\n1,2\n")
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(spec_dict([Path("a.csv"), Path("b.csv")])))
-    line = _one_error_line(runner.invoke(app, ["data", "check", str(tmp_path / "good.yaml")]))
-    assert "a.csv, column 'systolic_bp': missing required column" in line
+    checked = runner.invoke(app, ["data", "check", str(tmp_path / "good.yaml")])
+    lines = [line for line in checked.output.splitlines() if line.strip()]
+    assert checked.exit_code == 1 and len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
+    assert "a: " in lines[0] and "a.csv, column 'systolic_bp': missing required column" in lines[0]
+    assert "b: " in lines[1] and "b.csv: file not found" in lines[1]
     line = _one_error_line(runner.invoke(app, ["experiment", "run", str(tmp_path / "good.yaml"), "--engine", "cloud"]))
     assert "--engine must be simulation or deployment" in line
 
@@ -79,8 +82,11 @@ def test_image_hospitals_are_checked_with_their_class_mix(tmp_path: Path) -> Non
     cells[rows[0].split(",").index("label")] = "pneumonia"  # a label outside the spec's classes
     rows[1] = ",".join(cells)
     labels.write_text("\n".join(rows) + "\n")
-    line = _one_error_line(runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")]))
-    assert "hospital-01/labels.csv" in line and "mislabelled" in line and "pneumonia" in line
+    checked = runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
+    errors = [line for line in checked.output.splitlines() if line.startswith("error: ")]
+    assert checked.exit_code == 1 and len(errors) == 1, checked.output
+    assert "hospital-01/labels.csv" in errors[0] and "mislabelled" in errors[0] and "pneumonia" in errors[0]
+    assert "b: ok," in checked.output  # the other hospital is checked before the exit
 
 
 def test_supernode_refuses_a_budget_that_is_not_finite_and_an_unknown_statistics_policy(tmp_path: Path) -> None:
@@ -92,3 +98,48 @@ def test_supernode_refuses_a_budget_that_is_not_finite_and_an_unknown_statistics
         assert "--privacy-budget must be a positive, finite epsilon" in line
     line = _one_error_line(runner.invoke(app, [*base, "--privacy-budget", "3", "--statistics", "exact"]))
     assert "--statistics must be dp or refuse" in line
+
+
+def test_experiment_validate_lists_every_problem_one_per_line(tmp_path: Path) -> None:
+    bad = spec_dict([Path("a.csv"), Path("b.csv")], training={"rounds": -1, "epochs": 2}, privacy={"target_delta": 3})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    result = runner.invoke(app, ["experiment", "validate", str(tmp_path / "bad.yaml")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
+    assert "more problems" not in result.output
+    assert [line.split(": ")[2] for line in lines] == ["training.rounds", "training.epochs", "privacy.target_delta"]
+
+
+def _messy_hospitals(tmp_path: Path) -> list[Path]:
+    """Three hospitals; the second writes smoking as 1.0/2.0, has a code 'x' and a cholesterol of 0."""
+    paths = []
+    for h, (spell, extra) in enumerate([("{}", None), ("{}.0", "x"), (" {} ", None)]):
+        lines = ["patient_id,age,sex,smoking,cardiac_event,part"]
+        for i in range(40):
+            smoking = extra if extra and i < 6 else spell.format(i % 3)
+            age = 0 if h == 1 and i < 4 else 40 + i
+            lines.append(f"p{h}-{i},{age},{'FM'[i % 2]},{smoking},{i % 2},{['train', 'Val', 'TEST', 'train'][i % 4]}")
+        path = tmp_path / f"h{h + 1}.csv"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
+
+
+def test_data_check_reports_split_missing_codes_and_unshared_categories(tmp_path: Path) -> None:
+    paths = _messy_hospitals(tmp_path)
+    data = {"numeric": ["age"], "categorical": ["sex", "smoking"], "ranges": {"age": [0, 120]}, "split_column": "part",
+            "missing_codes": {"age": [0]}, "categories": {"smoking": [0, 1, 2]}}
+    spec = spec_dict(paths, data=data, strategy={"min_hospitals": 2})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    checked = runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.count("patients: train 20, val 10, test 10 (split from column 'part')") == 3, checked.output
+    assert "h2: missing codes turned values into missing: age 4" in checked.output
+    assert "warning: h2: smoking: 1 value outside the declared list: 'x' (6)" in checked.output
+    assert checked.output.count("warning: h") == 4  # the small test parts, and h2's 'x'
+    spec["data"]["unknown_categories"] = "refuse"
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    refused = runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
+    assert refused.exit_code == 1
+    assert "error: h2: smoking: 1 value outside the declared list: 'x' (6) (data.unknown_categories: refuse)" \
+        in refused.output

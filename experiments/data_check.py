@@ -1,0 +1,76 @@
+"""``bioverse data check`` for tables: a hospital's split, missing codes and categories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from experiments.spec import DataSpec, HospitalSpec
+from training.categories import VocabularyFinding, vocabulary_findings
+from training.contract import missing_code_counts
+from training.data import HospitalSplit, load_split
+
+__all__ = ["SMALL_TEST_PART", "TableCheck", "check_table", "vocabulary_report"]
+
+#: A held-out part smaller than this gets a warning: its AUROC and calibration are noise.
+SMALL_TEST_PART = 30
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """What ``data check`` found in one hospital's table (it met the contract).
+
+    Attributes:
+        hospital: The hospital id.
+        split: Its train/val/test parts, as a run would split them.
+        missing_codes: Per column with missing codes, how many values they turned missing.
+        categories: Per categorical column, each canonical value's count (all rows).
+    """
+
+    hospital: str
+    split: HospitalSplit
+    missing_codes: dict[str, int]
+    categories: dict[str, dict[str, int]]
+
+    def lines(self, data: DataSpec) -> list[str]:
+        """The summary lines ``data check`` prints for this hospital."""
+        split = self.split
+        rows = pd.concat([split.train, split.val, split.test])
+        origin = (f"column '{data.split_column}'" if split.source == "column"
+                  else f"random (test_fraction {data.test_fraction:g}, val_fraction {data.val_fraction:g})")
+        lines = [f"{self.hospital}: ok, {len(rows)} patients: train {len(split.train)}, val {len(split.val)}, "
+                 f"test {len(split.test)} (split from {origin}), prevalence {rows[data.label].mean():.1%}"]
+        if self.missing_codes:
+            turned = ", ".join(f"{c} {n}" for c, n in sorted(self.missing_codes.items()))
+            lines.append(f"{self.hospital}: missing codes turned values into missing: {turned}")
+        return lines
+
+    def warnings(self) -> list[str]:
+        """Warnings about this hospital alone (a tiny held-out part)."""
+        if len(self.split.test) < SMALL_TEST_PART:
+            return [f"{self.hospital}: only {len(self.split.test)} held-out (test) patients: its validation "
+                    "numbers will be noisy"]
+        return []
+
+
+def check_table(data: DataSpec, hospital: HospitalSpec, seed: int) -> TableCheck:
+    """Load and split one hospital's table as a run would, and count what it holds.
+
+    Raises:
+        DataContractError: the file breaks the contract (naming file, column and row).
+    """
+    assert hospital.path is not None
+    contract = data.contract
+    split = load_split(hospital.path, contract, data.test_fraction, seed, data.val_fraction)
+    rows = pd.concat([split.train, split.val, split.test])
+    categories = {c: {str(v): int(n) for v, n in rows[c].dropna().value_counts().items()} for c in contract.categorical}
+    return TableCheck(hospital.id, split, missing_code_counts(hospital.path, contract), categories)
+
+
+def vocabulary_report(checks: list[TableCheck], data: DataSpec) -> list[VocabularyFinding]:
+    """Per hospital and column, values outside the declared list and values no other
+    checked hospital has (every value named: the check runs where the files are)."""
+    contract = data.contract
+    return vocabulary_findings({c.hospital: c.categories for c in checks},
+                               {column: contract.declared(column) for column in contract.categorical})
