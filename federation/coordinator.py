@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from experiments.quality import QUALITY_WARNING_TAG, quality_warning
 from experiments.report import report_sha256, write_report_artifacts
 from experiments.spec import ExperimentSpec, ImageDataSpec
 from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
+from federation.convergence import LOSS_RISING_TAG, loss_rising
 from federation.errors import TooFewHospitalsError, VocabularyError
 from federation.hospital import Preprocessor, build_spec_model, model_hparams
 from federation.imbalance import VAL_KEY, choose_decision, decision_section, federation_class_weights, total_counts
@@ -61,6 +63,8 @@ class Coordinator:
         self.timings: list[dict[str, float]] = []
         self._round_started = time.perf_counter()
         self._last_train: list[HospitalReply] = []
+        self.train_losses: list[float] = []
+        self.loss_warning: str | None = None
         self.selection = RoundSelection(spec)
 
     # ---- RoundObserver ----
@@ -104,6 +108,21 @@ class Coordinator:
             metrics=aggregated,
             epsilon=dict(self.epsilon),
         )
+        if stage == "train":
+            self._watch_loss(server_round, aggregated)
+
+    def _watch_loss(self, server_round: int, aggregated: dict[str, float]) -> None:
+        """Warn once (log, progress event, MLflow tag) when the federated training loss rises
+        over the rounds (:func:`federation.convergence.loss_rising`)."""
+        self.train_losses.append(float(aggregated.get("train-loss", math.nan)))
+        warning = loss_rising(self.train_losses)
+        if warning is None or self.loss_warning is not None:
+            return
+        hint = " (with DP: see docs/dp-training.md)" if self.spec.privacy.enabled else ""
+        self.loss_warning = warning
+        log.warning("round %d: %s%s", server_round, warning, hint)
+        self.tracker.set_tags({LOSS_RISING_TAG: warning})
+        self.progress.emit("warning", round=server_round, kind="loss_rising", message=warning + hint)
 
     def on_selection(self, server_round: int, parts: dict[str, dict[str, Any]], arrays: ArrayRecord | None) -> bool:
         """Merge a round's val releases, log ``val_<metric>`` (pooled and per hospital), keep
@@ -392,6 +411,7 @@ class Coordinator:
             "experiment": spec.name,
             "registered_model": spec.model_name,
             "rounds": spec.training.rounds,
+            "rounds_run": self.selection.stopping.last_round,
             "strategy": spec.strategy.name,
             "epsilon": dict(sorted(self.epsilon.items())),
             "statistics_epsilon": dict(sorted(self.statistics_epsilon.items())),
@@ -400,6 +420,7 @@ class Coordinator:
             "hospital_metrics": dict(sorted(self.final_eval.items())),
             **({"class_counts": dict(sorted(self.class_counts.items()))} if self.class_counts else {}),
             **({"class_weights": self.class_weights} if self.class_weights else {}),
+            **({"loss_rising": self.loss_warning} if self.loss_warning else {}),
             "participation": self.participation,
             "seconds": {"total": time.perf_counter() - started, "setup": setup_seconds, "rounds": self.timings},
             "tracking_uri": self.tracker.tracking_uri,

@@ -55,6 +55,9 @@ class RunReporter:
         if kind == "start":
             self._say(f"Run [bold]{event['run_id']}[/] of {event['experiment']}: "
                       f"{len(event['hospitals'])} hospitals, {event['rounds']} rounds")
+            if self.spec.defaulted:
+                chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.spec.defaulted.items())
+                self._say(f"  DP defaults for what the spec leaves out: {escape(chosen)} (docs/dp-training.md)")
             if self.status:
                 self.status.update("Waiting for hospitals' federated statistics...")
         elif kind == "statistics":
@@ -75,18 +78,26 @@ class RunReporter:
             total = len(self._train.get("hospitals", {})) or len(event["hospitals"])
             eps = max(event.get("epsilon", {}).values(), default=None)
             # image classifiers: accuracy (a risk model's Brier and AUROC say more than accuracy at 0.5)
-            accuracy = event["metrics"].get("accuracy") if "brier" not in event["metrics"] else None
+            # on the val part when hospitals have one (keys val-*), else on the held-out test part
+            metrics = event["metrics"]
+            part = "val " if any(k.startswith("val-") for k in metrics) else ""
+            metrics = {k.removeprefix("val-"): v for k, v in metrics.items()} if part else metrics
+            accuracy = metrics.get("accuracy") if "brier" not in metrics else None
+            auroc = metrics.get("auroc")
             self._say(
                 f"  round {event['round']}/{event['rounds']}  hospitals {trained}/{total}  "
                 f"loss {_fmt(train.get('train-loss'))}  "
-                + (f"accuracy {_fmt(accuracy)}  " if accuracy is not None else "")
-                + f"AUROC {_fmt(event['metrics'].get('auroc'))}  epsilon max {_fmt(eps, '{:.2f}')}"
+                + (f"{part}accuracy {_fmt(accuracy)}  " if accuracy is not None else "")
+                + (f"{part}AUROC {_fmt(auroc)}  " if auroc is not None or not part else "")
+                + f"epsilon max {_fmt(eps, '{:.2f}')}"
             )
             self._absent(self._train)
             if self.status and event["round"] < event["rounds"]:
                 self.status.update(f"Round {event['round'] + 1}: training...")
             elif self.status:
                 self.status.update("Validation report: hospitals score their held-out patients...")
+        elif kind == "warning":
+            self.console.print(f"    [bold yellow]warning[/]: {escape(str(event.get('message', '')))}", highlight=False)
         elif kind == "selection":
             self._selection(event)
         elif kind == "validation":
@@ -112,7 +123,9 @@ class RunReporter:
 
 def render_summary(console: Console, summary: dict[str, Any], demo: bool = False) -> None:
     """Per-hospital held-out metrics and privacy spent, then where to find the model."""
-    table = Table(title=f"{summary['experiment']}: {summary['rounds']} rounds, {summary['strategy']}")
+    run = summary.get("rounds_run", summary["rounds"])
+    rounds = f"{run} of {summary['rounds']} rounds" if run != summary["rounds"] else f"{run} rounds"
+    table = Table(title=f"{summary['experiment']}: {rounds}, {summary['strategy']}")
     images = "class_counts" in summary  # an image classifier: accuracy and macro AUROC, no AUPRC/Brier
     # the last round's metrics: on the val part when hospitals have one (the test part is the report's)
     part = "val" if any(k.startswith("val-") for m in summary["hospital_metrics"].values() for k in m) else "held-out"

@@ -246,3 +246,35 @@ def test_a_hospital_releases_noised_val_aggregates_charged_and_never_scores_its_
     assert not any(k in metrics for k in ("auroc", "val-auprc", "val-brier"))  # nothing exact leaves with DP
     ledger = PrivacyLedger(tmp_path / "ledgers" / "hospital-01.json", "hospital-01")
     assert ledger.entry("run-5/selection").epsilon == pytest.approx(0.5 / 4)
+
+
+def test_an_image_hospital_selects_on_its_npz_val_part_without_dp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.spec import parse_spec
+    from federation import selection
+    from federation.hospital import build_spec_model
+    from federation.selection import evaluate_round
+    from training.imaging import ImagePreprocessor
+
+    classes = ("normal", "nodule", "opacity")
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for part, n in {"train": 12, "val": 30, "test": 9}.items():
+        arrays[f"{part}_images"] = rng.integers(0, 255, (n, 16, 16), dtype=np.uint8)
+        arrays[f"{part}_labels"] = (np.arange(n) % 3).reshape(n, 1).astype(np.uint8)
+    np.savez(tmp_path / "site.npz", **arrays)
+    spec = parse_spec({
+        "name": "img", "strategy": {"min_hospitals": 1}, "model": {"kind": "cnn", "width": 4},
+        "training": {"rounds": 3}, "privacy": {"enabled": False},
+        "selection": {"metric": "balanced_accuracy", "patience": 1},
+        "data": {"modality": "images", "classes": list(classes), "image_size": 16, "augment": None,
+                 "hospitals": [{"id": "h1", "path": str(tmp_path / "site.npz")}]}})
+    site = Site("h1", tmp_path / "site.npz", 50.0, tmp_path / "ledger.json")
+    pre = ImagePreprocessor(16, 1, (0.5,), (0.25,), classes)
+    monkeypatch.setattr(selection, "evaluate_global", lambda **kwargs: pytest.fail("the test part was scored"))
+    metrics, release = evaluate_round(site=site, spec=spec, encoder=pre, state=build_spec_model(spec, pre).state_dict(),
+                                      run_key="r")
+    assert release is not None and release["metric"] == "balanced_accuracy" and "dp" not in release
+    assert np.sum(release["confusion"]) == 30 and np.sum(release["confusion"], axis=1).tolist() == [10.0, 10.0, 10.0]
+    assert metrics["num-examples"] == 30 and metrics["val-balanced_accuracy"] == pytest.approx(selection_value(release))
+    assert 0 <= metrics["val-accuracy"] <= 1 and "val-auroc" in metrics
+    assert not (tmp_path / "ledger.json").exists()  # without DP nothing is charged
