@@ -94,6 +94,7 @@ class SplitResult:
     classes: list[str] = field(default_factory=list)
     linked: int = 0
     copied: int = 0
+    columns: list[str] = field(default_factory=list)
 
 
 def _fail(source: Path, problem: str, *, column: str | None = None, row: int | None = None) -> DataSplitError:
@@ -277,7 +278,7 @@ def _split_table(source: Path, out: Path, options: SplitOptions) -> SplitResult:
         written.append(HospitalWritten(hid, path, "rows", len(mine), len(set(patients[mine].tolist())),
                                        _mix([labels[i] for i in mine]) if label else {},
                                        _part_counts([parts[i] for i in mine]) if parts else None))
-    return SplitResult("table", written, label, pid, split)
+    return SplitResult("table", written, label, pid, split, columns=[str(c) for c in frame.columns])
 
 
 def _split_folder(csv_path: Path, out: Path, options: SplitOptions) -> SplitResult:
@@ -401,4 +402,8 @@ def spec_skeleton(result: SplitResult, spec_path: Path | str, source: Path | str
     header = (f"# Written by `bioverse data split` from {source}: {len(hospitals)} hospitals.\n"
               "# Complete it: the feature columns and their ranges (tables) or the class names (images), "
               "then `bioverse experiment validate`.\n")
+    taken = {result.label, result.patient_id, result.split_column}
+    others = [c for c in result.columns if c not in taken]
+    if others:
+        header += f"# Columns to choose features from: {', '.join(others)}\n"
     return header + yaml.safe_dump({"name": f"{name}-split", "data": data}, sort_keys=False)

@@ -251,3 +251,27 @@ def test_cli_prints_a_line_per_hospital_and_writes_the_spec(tmp_path: Path) -> N
     bad = runner.invoke(app, ["data", "split", str(source), "--hospitals", "2", "--by", "ward", "--out", str(tmp_path / "o2")])
     lines = [line for line in bad.output.splitlines() if line.strip()]
     assert bad.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "--by: no column 'ward'" in lines[0]
+
+
+def test_split_hospitals_pass_data_check_with_their_split(tmp_path: Path) -> None:
+    """End to end through the CLI: one synthetic site with a fixed split -> three hospitals
+    -> `bioverse data check` on the skeleton, completed, reads each hospital's own split."""
+    from tests.conftest import spec_dict
+
+    made = runner.invoke(app, ["data", "synth", "--hospitals", "1", "--patients", "600", "--split-column", "split",
+                               "--out", str(tmp_path / "src")])
+    assert made.exit_code == 0, made.output
+    source = next((tmp_path / "src").glob("hospital-*.csv"))
+    split = runner.invoke(app, ["data", "split", str(source), "--hospitals", "3", "--by", "stratified",
+                                "--label", "cardiac_event", "--prefix", "site", "--out", str(tmp_path / "sites"),
+                                "--spec", str(tmp_path / "spec.yaml")])
+    assert split.exit_code == 0, split.output
+    skeleton = (tmp_path / "spec.yaml").read_text()
+    assert "# Columns to choose features from: age, sex," in skeleton
+    data = yaml.safe_load(skeleton)["data"]
+    spec = spec_dict([Path(h["path"]) for h in data["hospitals"]])
+    spec["data"].update(hospitals=data["hospitals"], split_column=data["split_column"])
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    checked = runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
+    assert checked.exit_code == 0, checked.output
+    assert [line.split(":")[0] for line in checked.output.splitlines() if ": ok" in line] == ["site-01", "site-02", "site-03"]
