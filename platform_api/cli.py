@@ -1009,13 +1009,29 @@ def registry_validate(
     scorer = RegistryModel(registry.tracking_uri, name, require_approval=False).load(version).scorer
     report = local_report(scorer.score_columns(frame), frame[spec.data.label].to_numpy().astype(int),
                           report_subgroups(frame, spec), spec.validation.thresholds, min_cell=spec.validation.min_cell)
+    unknown = scorer.unknown_counts(frame)  # values the model never learned: scored as "other"
+    meta["unknown_categories"] = unknown
+    meta["caveats"] = [*meta.get("caveats", []), *_unknown_lines(unknown)]
     written = write_report_artifacts(report, meta, folder)
+    (folder / "unknown_categories.json").write_text(json.dumps(unknown, indent=2, sort_keys=True))
+    for line in _unknown_lines(unknown):
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     overall = report["overall"]
 
     out.print(f"{name} version {version} on {data} ({overall['n']} patients, {overall['positives']} events): "
               f"AUROC {fmt(overall['auroc'])}, calibration slope {fmt(overall['calibration_slope'])}, "
               f"Brier {fmt(overall['brier'])}, ECE {fmt(overall['ece'])}", highlight=False)
     out.print(f"Report: {written['report.html']}", highlight=False)
+
+
+def _unknown_lines(unknown: dict[str, dict[str, int]], examples: int = 5) -> list[str]:
+    """One line per feature with values the model never learned (scored as ``other``)."""
+    lines = []
+    for column, counts in sorted(unknown.items()):
+        shown = ", ".join(f"{v!r} ({n})" for v, n in list(counts.items())[:examples])
+        more = f" and {len(counts) - examples} more" if len(counts) > examples else ""
+        lines.append(f"{column}: {sum(counts.values())} values unknown to the model, scored as other: {shown}{more}")
+    return lines
 
 
 @registry_app.command("promote")

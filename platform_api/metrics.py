@@ -1,4 +1,4 @@
-"""Prometheus metrics of the platform API: request latency, predictions, alerts.
+"""Prometheus metrics of the platform API: request latency, predictions, alerts, unknown categories.
 
 Each app gets its own :class:`ApiMetrics` (its own ``CollectorRegistry``, not the
 process-global default one), so tests and several apps in one process never collide.
@@ -84,6 +84,12 @@ class ApiMetrics:
             ("priority",),
             registry=self.registry,
         )
+        self.unknown_categories = Counter(
+            "bioverse_unknown_category_total",
+            "Scored rows whose categorical feature held a value the model never learned (scored as other).",
+            ("feature",),
+            registry=self.registry,
+        )
         # (method, route, status) -> histogram child: skips labels()'s validation and lock
         # on the hot path. Bounded: methods are normalised, routes are templates.
         self._request_children: dict[tuple[str, str, int], Any] = {}
@@ -108,6 +114,11 @@ class ApiMetrics:
             counts[key] = counts.get(key, 0) + 1
         for (name, version), n in counts.items():
             self.observe_prediction(name, version, n)
+
+    def observe_unknown_categories(self, counts: dict[str, int]) -> None:
+        """Count rows with an unknown category, per feature (features are the model's: bounded)."""
+        for feature, n in counts.items():
+            self.unknown_categories.labels(str(feature)).inc(n)
 
     def observe_alert(self, priority: str) -> None:
         """Count one alert of the given priority."""

@@ -51,6 +51,17 @@ class LoadedModel:
         """The input columns the model takes (numeric first)."""
         return self.scorer.features
 
+    @property
+    def threshold(self) -> float:
+        """The version's decision threshold (``decision.json``; 0.5 for older packages):
+        ``risk >= threshold`` is a positive decision."""
+        return self.scorer.threshold
+
+    @property
+    def decision_rule(self) -> str:
+        """How the threshold was chosen (``youden``, ``sensitivity``, ``fixed``, ``prior``, ``default``)."""
+        return self.scorer.decision.rule
+
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Risk for each row of raw features (a missing or None value is missing).
 
@@ -61,6 +72,15 @@ class LoadedModel:
             return self.scorer.score_rows(rows)
         except ScoringInputError as err:
             raise PredictionInputError(f"{err} (model {self.name})") from err
+
+    def unknown_categories(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        """Per categorical feature, how many rows hold a value this version never learned
+        (scored as ``other``; see :mod:`training.categories` for how values match)."""
+        counts: dict[str, int] = {}
+        for row in rows:
+            for feature in self.scorer.unknown_in_row(row):
+                counts[feature] = counts.get(feature, 0) + 1
+        return counts
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from ray import serve
+from ray.serve import metrics
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -31,6 +32,10 @@ class RiskPredictor:
     def __init__(self, tracking_uri: str, model_name: str, alias: str = "production", poll_seconds: float = 5.0) -> None:
         self.follower: AliasFollower[LoadedModel] = AliasFollower(
             RegistryModel(tracking_uri, model_name, alias), vision=False, poll_seconds=poll_seconds)
+        self.unknown_categories = metrics.Counter(
+            "bioverse_unknown_category_total",
+            description="Scored rows whose categorical feature held a value the model never learned (scored as other).",
+            tag_keys=("feature",))
 
     @property
     def model(self) -> LoadedModel:
@@ -49,12 +54,24 @@ class RiskPredictor:
         except ServingError:
             # one bad row must not fail its neighbours: score them one by one
             return [self._one(model, row) for row in rows]
-        return [{"risk": float(r), "model_name": model.name, "model_version": model.version} for r in risks]
+        self._count_unknown(model, rows)
+        return [self._result(model, float(r)) for r in risks]
+
+    def _count_unknown(self, model: LoadedModel, rows: list[dict[str, Any]]) -> None:
+        """``bioverse_unknown_category_total{feature}``: rows with a category the version never learned."""
+        for feature, n in model.unknown_categories(rows).items():
+            self.unknown_categories.inc(n, tags={"feature": feature})
 
     @staticmethod
-    def _one(model: LoadedModel, row: dict[str, Any]) -> dict[str, Any]:
+    def _result(model: LoadedModel, risk: float) -> dict[str, Any]:
+        """A prediction: the risk, the decision at the version's threshold, and the version."""
+        return {"risk": risk, "decision": risk >= model.threshold, "threshold": model.threshold,
+                "model_name": model.name, "model_version": model.version}
+
+    @classmethod
+    def _one(cls, model: LoadedModel, row: dict[str, Any]) -> dict[str, Any]:
         try:
-            return {"risk": float(model.predict([row])[0]), "model_name": model.name, "model_version": model.version}
+            return cls._result(model, float(model.predict([row])[0]))
         except ServingError as err:
             return {"error": str(err)}
 

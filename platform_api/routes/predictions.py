@@ -109,12 +109,14 @@ async def _score(request: Request, url: str, caller: Principal, action: str, twi
             unit.alerts.append({"id": str(uuid.uuid4()), "prediction_id": prediction["id"], "twin_id": twin_id,
                                 "tenant_id": tenant, "priority": priority, "status": "open", "created_at": now,
                                 "acknowledged_at": None, "acknowledged_by": None})
-        out.append(PredictionPublic(**{k: v for k, v in prediction.items() if k != "tenant_id"}, alert_priority=priority))
+        out.append(PredictionPublic(**{k: v for k, v in prediction.items() if k != "tenant_id"}, alert_priority=priority,
+                                    decision=float(risk) >= model.threshold, threshold=model.threshold))
     await asyncio.wrap_future(recorder.submit(unit))
     get_prediction_cache().set_many({p.twin_id: p.model_dump(mode="json") for p in out})
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.observe_prediction(model.name, model.version, len(out))
+        metrics.observe_unknown_categories(model.unknown_categories(inputs))
         for alert in unit.alerts:
             metrics.observe_alert(alert["priority"])
     return out

@@ -101,3 +101,23 @@ def test_declared_categories_bound_the_vocabulary() -> None:
     base, _ = _frames()
     encoder = FeatureEncoder.from_statistics(local_statistics(base, contract), contract)
     assert encoder.vocabulary == (("1", "2", "3"),)
+
+
+def test_unknown_values_at_serving_increment_the_counter_per_feature(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from platform_api.metrics import ApiMetrics
+    from serving.model_source import LoadedModel
+
+    contract = DataContract("pid", "event", ("age",), ("cp",))
+    base, _ = _frames()
+    encoder = FeatureEncoder.from_statistics(local_statistics(base, contract), contract)
+    save_package_files(tmp_path, build_model("logistic", encoder.input_dim).eval(), encoder, "logistic", {})
+    model = LoadedModel("m", "1", RiskScorer.from_files(tmp_path))
+    rows = [{"age": 50.0, "cp": "4.0"}, {"age": 50.0, "cp": "9"}, {"age": 50.0, "cp": None}, {"age": 50.0, "cp": "x"}]
+    assert model.unknown_categories(rows) == {"cp": 2}
+    assert model.unknown_categories(rows[:1]) == {}
+    metrics = ApiMetrics(process_metrics=False)
+    metrics.observe_unknown_categories(model.unknown_categories(rows))
+    metrics.observe_unknown_categories(model.unknown_categories(rows[:1]))
+    assert 'bioverse_unknown_category_total{feature="cp"} 2.0' in generate_latest(metrics.registry).decode()
