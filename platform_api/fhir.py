@@ -29,6 +29,8 @@ Mapping (``prediction`` -> ``RiskAssessment``; codes in docs/fhir.md):
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -90,6 +92,15 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+def _instant(value: datetime) -> str:
+    """A UTC time as FHIR JSON writes it (``2025-03-04T05:06:07.890000Z``)."""
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _absent(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": DATA_ABSENT_SYSTEM, "code": code, "display": display}]}
+
+
 def _format_value(value: Any) -> str:
     if value is None:
         return "missing"
@@ -112,9 +123,11 @@ def _observation(index: int, feature: str, value: Any, coding: FeatureCoding | N
     obs: dict[str, Any] = {"resourceType": "Observation", "id": f"obs-{index}", "status": "final", "code": code,
                            "subject": subject}
     if value is None:
-        obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT_SYSTEM, "code": "unknown", "display": "Unknown"}]}
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        quantity: dict[str, Any] = {"value": value}
+        obs["dataAbsentReason"] = _absent("unknown", "Unknown")
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
+        obs["dataAbsentReason"] = _absent("not-a-number", "Not a Number (NaN)")
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        quantity: dict[str, Any] = {"value": int(value) if isinstance(value, numbers.Integral) else float(value)}
         if coding is not None and coding.unit:
             quantity.update(unit=coding.unit, system=UCUM, code=coding.unit)
         obs["valueQuantity"] = quantity
@@ -145,7 +158,8 @@ def _prediction(risk: float, occurrence: datetime, terminology: ModelTerminology
     out["qualitativeRisk"] = {"coding": [{"system": RISK_PROBABILITY_SYSTEM, "code": risk_code,
                                           "display": _RISK_PROBABILITY_DISPLAY[risk_code]}]}
     if terminology.horizon_days is not None:
-        out["whenPeriod"] = {"start": occurrence, "end": occurrence + timedelta(days=terminology.horizon_days)}
+        out["whenPeriod"] = {"start": _instant(occurrence),
+                             "end": _instant(occurrence + timedelta(days=terminology.horizon_days))}
     return out
 
 
@@ -212,7 +226,7 @@ def risk_assessment(
         "status": "final",
         "code": {"coding": [ASSESSMENT_CODE], "text": "Risk assessment"},
         "subject": subject,
-        "occurrenceDateTime": occurrence,
+        "occurrenceDateTime": _instant(occurrence),
         "performer": {"reference": "#model", "type": "Device", "display": display},
         "method": {"coding": [{"system": MODEL_SYSTEM, "code": model, "display": display}], "text": model},
         "prediction": [_prediction(risk, occurrence, terminology, alert_priority, model)],
@@ -221,5 +235,7 @@ def risk_assessment(
     if observations:
         data["basis"] = [{"reference": f"#{obs['id']}", "type": "Observation", "display": feature}
                          for obs, (feature, _) in zip(observations, inputs, strict=True)]
-    resource = RiskAssessment.model_validate(data)  # validates every element, contained resources included
-    return resource.model_dump(mode="json")
+    # validates every element, contained resources included; the dict built here is already the
+    # JSON (tested equal to fhir.resources' own dump, which would cost twice the validation)
+    RiskAssessment.model_validate(data)
+    return data

@@ -391,3 +391,17 @@ def test_terminology_service_reads_each_version_once_and_maps_registry_failures(
         service.of("m", "3")
     answers["3"] = terminology_from_spec({})
     assert service.of("m", "3") == ModelTerminology()  # a failure is not cached
+
+
+@pytest.mark.parametrize("created", [datetime(2025, 3, 4, 5, 6, 7), datetime(2025, 3, 4, 5, 6, 7, 5)])
+def test_answer_equals_fhir_resources_own_json(created: datetime) -> None:
+    import numpy as np
+
+    pred = Prediction(created_at=created, inputs={"age": np.int64(63), "bmi": np.float32(27.5), "sex": "M",
+                                                  "glucose": float("nan"), "smoking": None})
+    res = risk_assessment(pred, Twin(), terminology=terminology_from_spec(SPEC, {"decision_threshold": "0.5"}))
+    assert RiskAssessment.model_validate(res).model_dump(mode="json") == res
+    assert json.loads(json.dumps(res)) == res
+    obs = {b["display"]: _contained(res, b["reference"]) for b in res["basis"]}
+    assert obs["age"]["valueQuantity"]["value"] == 63 and obs["bmi"]["valueQuantity"]["value"] == 27.5
+    assert obs["glucose"]["dataAbsentReason"]["coding"][0]["code"] == "not-a-number"
