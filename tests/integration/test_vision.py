@@ -109,19 +109,42 @@ def test_registered_package_scores_png_bytes_like_the_scorer(vision_run: dict[st
     assert np.allclose(loaded.scorer.predict_bytes([b for b, _ in images]), probs, atol=1e-5)
 
 
-def test_a_validator_runs_the_report_on_their_own_images(vision_run: dict[str, Any], tmp_path: Path) -> None:
+def test_a_validator_runs_the_report_on_held_out_images_only(vision_run: dict[str, Any], tmp_path: Path) -> None:
+    from experiments.local_validation import image_split
+    from experiments.spec import load_spec
+
     bioverse = Path(sys.executable).parent / "bioverse"
     env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home")}
-    mine = vision_run["folders"][1]
-    done = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(mine), "--output", str(tmp_path / "mine"),
-                           "--model", MODEL, "--tracking-uri", vision_run["uri"]], capture_output=True, text=True, env=env,
-                          timeout=300)
+
+    def validate(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(data), "--output",
+                               str(tmp_path / data.name), "--model", MODEL, "--tracking-uri", vision_run["uri"], *extra],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    trained = vision_run["folders"][1]  # hospital-02's own folder: only the patients its run held out count
+    spec = load_spec(vision_run["root"] / "spec.yaml")
+    held_out = len(image_split(spec.data, trained, spec.seed).test_labels)  # type: ignore[arg-type]
+    done = validate(trained)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{MODEL} version 1 on {mine} (300 images): accuracy" in done.stdout.replace("\n", " ")
-    report = json.loads((tmp_path / "mine" / "report.json").read_text())
-    assert report["task"] == "multiclass" and report["overall"]["n"] == 300
-    assert sum(c["n"] for c in report["subgroups"]["sex"].values()) == 300  # the spec's metadata subgroups too
-    assert (tmp_path / "mine" / "confusion.png").stat().st_size > 0
+    said = done.stdout.replace("\n", " ")
+    assert (f"scored {held_out} held-out images (the test part of the run's split of hospital-02's patients (seed 3), "
+            f"held out from hospital-02's training); {300 - held_out} images excluded") in said
+    assert f"{MODEL} version 1 on {trained} ({held_out} images): accuracy" in said
+    report = json.loads((tmp_path / trained.name / "report.json").read_text())
+    assert report["task"] == "multiclass" and report["overall"]["n"] == held_out
+    assert sum(c["n"] for c in report["subgroups"]["sex"].values()) == held_out  # the spec's metadata subgroups too
+    assert (tmp_path / trained.name / "confusion.png").stat().st_size > 0
+    everything = validate(trained, "--part", "all")
+    lines = [line for line in (everything.stdout + everything.stderr).splitlines() if line.strip()]
+    assert everything.returncode == 1 and len(lines) == 1 and "--part all would score the model on its own" in lines[0]
+
+    mine = tmp_path / "mine"  # a validator's own folder, unknown to the registry: every image counts
+    synthesize_image_hospitals(mine, n_hospitals=1, images_per_hospital=60, size=28, channels=1, classes=tuple(CLASSES),
+                               layout="folder", seed=11)
+    own = validate(mine / "hospital-01")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert ("scored 60 held-out images (every image: not one of this version's training datasets and no split in "
+            "it); none excluded") in own.stdout.replace("\n", " ")
     bad = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(tmp_path / "nowhere"), "--model", MODEL,
                           "--tracking-uri", vision_run["uri"]], capture_output=True, text=True, env=env, timeout=300)
     lines = [line for line in (bad.stdout + bad.stderr).splitlines() if line.strip()]
