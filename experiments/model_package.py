@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from training.decision import DECISION_FILE, Decision
 from training.imaging import ImagePreprocessor
 from training.models import RiskModel, build_model
 from training.preprocessing import FeatureEncoder
@@ -26,15 +27,25 @@ ARRAYS_FILE = "weights.npz"  # the same weights as NumPy arrays: scoring needs n
 MODEL_FILE = "model.json"
 
 
-def save_package_files(directory: Path, model: RiskModel, encoder: FeatureEncoder, kind: str, hparams: dict[str, Any]) -> dict[str, str]:
-    """Write the artifacts a :class:`RiskModelPackage` loads; returns name -> path."""
+def _save_decision(directory: Path, decision: Decision | None) -> list[str]:
+    if decision is None:
+        return []
+    (directory / DECISION_FILE).write_text(decision.to_json())
+    return [DECISION_FILE]
+
+
+def save_package_files(directory: Path, model: RiskModel, encoder: FeatureEncoder, kind: str, hparams: dict[str, Any],
+                       decision: Decision | None = None) -> dict[str, str]:
+    """Write the artifacts a :class:`RiskModelPackage` loads (with ``decision.json``, the
+    served threshold, when given); returns name -> path."""
     directory.mkdir(parents=True, exist_ok=True)
+    extra = _save_decision(directory, decision)
     (directory / ENCODER_FILE).write_text(encoder.to_json())
     (directory / MODEL_FILE).write_text(json.dumps({"kind": kind, "input_dim": encoder.input_dim, "hparams": hparams}))
     state = model.state_dict()
     torch.save(state, directory / WEIGHTS_FILE)
     np.savez(directory / ARRAYS_FILE, **{k: v.detach().cpu().numpy() for k, v in state.items()})
-    return {name: str(directory / name) for name in (ENCODER_FILE, WEIGHTS_FILE, ARRAYS_FILE, MODEL_FILE)}
+    return {name: str(directory / name) for name in (ENCODER_FILE, WEIGHTS_FILE, ARRAYS_FILE, MODEL_FILE, *extra)}
 
 
 class RiskModelPackage(mlflow.pyfunc.PythonModel):
@@ -52,23 +63,28 @@ class RiskModelPackage(mlflow.pyfunc.PythonModel):
         self.model = build_model(meta["kind"], meta["input_dim"], **meta["hparams"])
         self.model.load_state_dict(torch.load(artifacts[WEIGHTS_FILE], weights_only=True))
         self.model.eval()
+        path = artifacts.get(DECISION_FILE)
+        self.decision = Decision.from_json(Path(path).read_text()) if path else Decision.default()
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Risk of the outcome for each row."""
+        """Risk of the outcome for each row, and the decision at the package's threshold."""
         x = torch.from_numpy(self.encoder.encode(model_input))
-        return pd.DataFrame({"risk": self.model.predict_proba(x).numpy().astype(float)})
+        risk = self.model.predict_proba(x).numpy().astype(float)
+        return pd.DataFrame({"risk": risk, "decision": self.decision.decide(risk)})
 
 
 def save_vision_package_files(directory: Path, model: VisionModel, preprocessor: ImagePreprocessor, kind: str,
-                              hparams: dict[str, Any]) -> dict[str, str]:
-    """Write the artifacts a :class:`VisionModelPackage` loads; returns name -> path."""
+                              hparams: dict[str, Any], decision: Decision | None = None) -> dict[str, str]:
+    """Write the artifacts a :class:`VisionModelPackage` loads (with ``decision.json`` when
+    given); returns name -> path."""
     directory.mkdir(parents=True, exist_ok=True)
+    extra = _save_decision(directory, decision)
     (directory / PREPROCESSOR_FILE).write_text(preprocessor.to_json())
     meta = {"modality": "images", "kind": kind, "in_channels": preprocessor.channels,
             "num_classes": preprocessor.num_classes, "hparams": hparams}
     (directory / MODEL_FILE).write_text(json.dumps(meta))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / WEIGHTS_FILE)
-    return {name: str(directory / name) for name in (PREPROCESSOR_FILE, WEIGHTS_FILE, MODEL_FILE)}
+    return {name: str(directory / name) for name in (PREPROCESSOR_FILE, WEIGHTS_FILE, MODEL_FILE, *extra)}
 
 
 class VisionModelPackage(mlflow.pyfunc.PythonModel):
@@ -87,10 +103,10 @@ class VisionModelPackage(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Class probabilities and the most probable class for each image."""
+        """Class probabilities and the decided class (the package's decision rule) for each image."""
         images = [bytes(b) for b in model_input["image"]]
         probs = self.scorer.predict_bytes(images)
         classes = self.scorer.classes
         frame = pd.DataFrame({f"p_{c}": probs[:, k].astype(float) for k, c in enumerate(classes)})
-        frame.insert(0, "label", [classes[int(k)] for k in probs.argmax(axis=1)])
+        frame.insert(0, "label", [classes[int(k)] for k in self.scorer.decision.labels(probs)])
         return frame

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_OUT_OF_SCOPE",
     "SLOPE_BAND",
     "canonical_json",
+    "decision_rows",
     "is_multiclass",
     "model_card",
     "render_html",
@@ -259,6 +260,33 @@ def _subgroup_tables(
     return groups, flagged
 
 
+def decision_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Metrics rows for the served decision rule (report ``decision``, docs/imbalance.md):
+    the threshold, how it was chosen, and sensitivity/specificity at it on the held-out test data."""
+    decision: Mapping[str, Any] = report.get("decision") or {}
+    if not decision:
+        return []
+    rule, source = str(decision.get("rule")), str(decision.get("source") or "")
+    how = {"youden": "Youden's J (max sensitivity + specificity - 1)", "fixed": "fixed in the spec",
+           "sensitivity": f"highest threshold with sensitivity >= {_num(decision.get('target'), 2)}"}.get(rule, source)
+    val = decision.get("val") or {}
+    if val:
+        how += f"; chosen on the val part (n={_int(val.get('n'))}, sensitivity {_num(val.get('sensitivity'))}, " \
+               f"specificity {_num(val.get('specificity'))})"
+    elif rule == "prior":
+        how = f"{source}: the class prior the model was trained under"
+    if decision.get("threshold") is None:
+        scale = ", ".join(_num(s, 3) for s in decision.get("class_scale") or [])
+        return [("Decision rule", "prior-corrected argmax", f"{how}; class scale [{scale}]")]
+    test: Mapping[str, Any] = decision.get("test") or {}
+    return [
+        ("Decision threshold", _num(decision.get("threshold"), 4), how),
+        ("Sensitivity at threshold", _num(test.get("sensitivity")), "held-out test data"),
+        ("Specificity at threshold", _num(test.get("specificity")), "held-out test data"),
+        ("Balanced accuracy at threshold", _num(test.get("balanced_accuracy")), "held-out test data"),
+    ]
+
+
 def _card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the model card and the HTML page show, as plain strings and rows."""
     overall: Mapping[str, Any] = report.get("overall") or {}
@@ -295,6 +323,7 @@ def _card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
         ("ECE", _num(overall.get("ece"), 4), "expected calibration error, 10 bins"),
         ("Calibration intercept", _num(overall.get("calibration_intercept")), "ideal 0 (calibration-in-the-large)"),
         ("Calibration slope", _num(overall.get("calibration_slope")), f"ideal 1; {WARN} " + slope_flag[0] if slope_flag else "ideal 1"),
+        *decision_rows(report),
     ]
     threshold_rows = [
         {

@@ -53,6 +53,7 @@ from experiments.report import (
     _style,
     _subgroup_tables,
     _text,
+    decision_rows,
 )
 
 __all__ = [
@@ -183,6 +184,7 @@ def _card(report: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
         ("Log loss", _num(overall.get("log_loss"), 4), f"lower is better; uniform guess {math.log(k):.3f}" if k else "lower is better"),
         ("Brier score", _num(overall.get("brier"), 4), "multi-class (sum over classes, 0–2); lower is better"),
         ("ECE", _num(overall.get("ece"), 4), ece_note),
+        *decision_rows(report),
     ]
     per_class = [
         {"name": c, "support": _int(m.get("support")), "prevalence": _pct(m.get("prevalence")), "auroc": _auroc_text(m),

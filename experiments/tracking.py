@@ -27,6 +27,7 @@ from experiments.errors import TrackingError
 from experiments.model_package import RiskModelPackage, VisionModelPackage, save_package_files, save_vision_package_files
 from experiments.names import CANDIDATE_ALIAS, VALIDATION_DIR
 from experiments.spec import ExperimentSpec
+from training.decision import Decision
 from training.imaging import ImagePreprocessor
 from training.models import RiskModel
 from training.preprocessing import FeatureEncoder
@@ -193,10 +194,12 @@ def example_input(encoder: FeatureEncoder, rows: int = 2) -> pd.DataFrame:
 
 def model_signature(encoder: FeatureEncoder) -> ModelSignature:
     """Raw features in (numeric as double, categorical as string, all optional: missing
-    values are part of the data contract), one ``risk`` probability out."""
+    values are part of the data contract), one ``risk`` probability and the ``decision`` at
+    the version's threshold out."""
     inputs = [ColSpec(DataType.double, c, required=False) for c in encoder.numeric]
     inputs += [ColSpec(DataType.string, c, required=False) for c in encoder.categorical]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec(DataType.double, "risk")]))
+    return ModelSignature(inputs=Schema(inputs),
+                          outputs=Schema([ColSpec(DataType.double, "risk"), ColSpec(DataType.boolean, "decision")]))
 
 
 def vision_signature(preprocessor: ImagePreprocessor) -> ModelSignature:
@@ -338,13 +341,16 @@ class RunTracker:
         model_name: str,
         tags: dict[str, str],
         candidate: bool = True,
+        decision: Decision | None = None,
     ) -> str:
         """Log the global model (signature, input example) and register a new version.
 
         The version is created with its tags in one registry call, so the registry never
         holds an untagged version; the ``candidate`` alias then moves to it, unless
-        ``candidate`` is False (a version below the quality floor). Returns the new
-        version number.
+        ``candidate`` is False (a version below the quality floor). ``decision`` (the
+        served threshold or prior correction) goes into the package's ``decision.json``,
+        so the approval's artifact digest covers it, and into the version's tags. Returns
+        the new version number.
         """
         run_id = self._run()
         self.flush()
@@ -353,12 +359,12 @@ class RunTracker:
         with tempfile.TemporaryDirectory() as tmp:
             if isinstance(encoder, ImagePreprocessor):
                 assert isinstance(model, VisionModel)
-                artifacts = save_vision_package_files(Path(tmp), model, encoder, kind, hparams)
+                artifacts = save_vision_package_files(Path(tmp), model, encoder, kind, hparams, decision=decision)
                 package: mlflow.pyfunc.PythonModel = VisionModelPackage()
                 signature, example = vision_signature(encoder), vision_example(encoder)
             else:
                 assert isinstance(model, RiskModel)
-                artifacts = save_package_files(Path(tmp), model, encoder, kind, hparams)
+                artifacts = save_package_files(Path(tmp), model, encoder, kind, hparams, decision=decision)
                 package, signature, example = RiskModelPackage(), model_signature(encoder), example_input(encoder)
             with mlflow.start_run(run_id=run_id):
                 info = self._call(
@@ -372,7 +378,7 @@ class RunTracker:
                     pip_requirements=_requirements(),
                 )
         version = self._call("register model", mlflow.register_model, info.model_uri, model_name,
-                             tags={**tags, "launched_by": self.launched_by})
+                             tags={**tags, **(decision.tags() if decision else {}), "launched_by": self.launched_by})
         # the newest version awaiting review; `production` is only ever set by a validator's approval
         if candidate:
             self._call("set alias", self.client.set_registered_model_alias, model_name, CANDIDATE_ALIAS, str(version.version))

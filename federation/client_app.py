@@ -18,6 +18,7 @@ from federation.errors import BudgetExceededError, FederationError, SitePolicyRe
 from federation.hospital import encoder_from_config, site_statistics, train_round, validation_aggregates
 from federation.selection import evaluate_round
 from federation.site import Site, resolve_site, spec_from_run_config
+from federation.strategy import CLIP_BOUND
 from training.errors import TrainingError
 
 __all__ = ["app"]
@@ -86,6 +87,8 @@ def train(message: Message, context: Context) -> Message:
             run_key=str(config["run-key"]),
             server_round=int(config["server-round"]),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
+            class_weights=json.loads(str(config["class-weights"])) if "class-weights" in config else None,
+            clip_bound=float(config[CLIP_BOUND]) if CLIP_BOUND in config else None,
         )
     except BudgetExceededError as err:
         log.warning("%s refuses to train: %s", err.hospital_id, err)

@@ -367,7 +367,7 @@ class Coordinator:
             "privacy": {"epsilon": max(self.epsilon.values()) if self.epsilon else None,
                         "delta": spec.privacy.target_delta if spec.privacy.enabled else 0.0,
                         "accountant": spec.privacy.accountant if spec.privacy.enabled else "none"},
-            "strategy": spec.strategy.name, "rounds": spec.training.rounds, "hospitals": sorted(parts),
+            "strategy": spec.strategy.name, "rounds": self.selection.rounds_text(), "hospitals": sorted(parts),
             "schema_fingerprints": dict(sorted(self.fingerprints.items())), "code_version": code_version(),
             "model_kind": spec.model.kind,
             "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in model_hparams(spec).items()},

@@ -7,6 +7,7 @@ Called through :mod:`federation.hospital`, which dispatches on the spec's modali
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,15 @@ import numpy as np
 import torch
 
 from experiments.spec import ExperimentSpec, ImageDataSpec
-from federation.hospital import RoundOutcome, build_spec_model, charge_round, charge_statistics, site_dataset
+from federation.hospital import (
+    RoundOutcome,
+    build_spec_model,
+    charge_round,
+    charge_statistics,
+    clip_metrics,
+    round_dp_config,
+    site_dataset,
+)
 from federation.site import Site
 from training.imaging import (
     ImageDataError,
@@ -71,8 +80,11 @@ def site_statistics(site: Site, spec: ExperimentSpec, run_key: str = "") -> dict
 
 
 def train_round(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreprocessor, state: dict[str, torch.Tensor],
-                run_key: str, server_round: int, proximal_mu: float) -> RoundOutcome:
-    """Charge the privacy ledger, then train on the local images (GPU when present)."""
+                run_key: str, server_round: int, proximal_mu: float, class_weights: list[float] | None = None,
+                clip_bound: float | None = None) -> RoundOutcome:
+    """Charge the privacy ledger, then train on the local images (GPU when present), each
+    image's loss weighted by its class's ``class_weights`` (None: unweighted); adaptive
+    clipping starts from ``clip_bound`` (see :func:`federation.hospital.train_round`)."""
     started = time.perf_counter()
     split = _split(site, spec)
     n = len(split.train_labels)
@@ -87,15 +99,16 @@ def train_round(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreproce
         std=preprocessor.std,
         epochs=spec.training.local_epochs,
         batch_size=spec.training.batch_size,
-        dp=spec.privacy.dp_config,
+        dp=round_dp_config(spec, clip_bound),
         noise_multiplier=noise,
         proximal_mu=proximal_mu,
         augment=Augment(**augment.model_dump()) if augment is not None else None,
         seed=spec.seed * 100_003 + server_round,
+        class_weights=class_weights,
     )
     metrics = {"num-examples": float(n), **privacy, "train-loss": result.loss, "train-seconds": result.seconds,
                "steps": float(result.steps), "images-per-second": n * spec.training.local_epochs / max(result.seconds, 1e-9),
-               "handler-seconds": time.perf_counter() - started}
+               "handler-seconds": time.perf_counter() - started, **clip_metrics(result)}
     log.info("%s round %d: loss %.4f eps %s", site.hospital_id, server_round, result.loss, privacy.get("epsilon"))
     return RoundOutcome(model.state_dict(), metrics)
 
@@ -107,6 +120,9 @@ def evaluate_global(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePrep
     split = _split(site, spec)
     model = _model(spec, preprocessor, state)
     metrics = evaluate_vision(model, split.test_images, split.test_labels, mean=preprocessor.mean, std=preprocessor.std)
+    # every hospital answers the same keys (Flower refuses to aggregate otherwise): a held-out
+    # part with one class only (a small, imbalanced site) has no AUROC, sent as NaN and skipped
+    metrics.setdefault("auroc", math.nan)
     return {"num-examples": float(len(split.test_labels)), **metrics, "handler-seconds": time.perf_counter() - started}
 
 

@@ -102,6 +102,8 @@ class PredictionPublic(BaseModel):
     inputs: dict[str, Any]
     created_at: UtcDateTime
     alert_priority: str | None = None
+    decision: bool | None = Field(default=None, description="risk >= threshold (null on a stored prediction read back)")
+    threshold: float | None = Field(default=None, description="the model version's decision threshold (docs/imbalance.md)")
 
 
 class ImagePredictionPublic(BaseModel):

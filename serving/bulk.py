@@ -1,7 +1,8 @@
 """Bulk scoring: every twin's current features, from the offline store, through a registered model.
 
 ``bioverse score`` (and :func:`score_offline_store`, which it calls) writes one risk per twin
-to a Parquet file: ``tenant_id, patient_id, risk, model_name, model_version, scored_at``.
+to a Parquet file: ``tenant_id, patient_id, risk, decision, model_name, model_version, scored_at``
+(``decision``: ``risk >= `` the version's decision threshold, docs/imbalance.md).
 
 What "current features" means
     The point-in-time rules of Feast's historical retrieval, at one instant ``as_of`` (now by
@@ -473,7 +474,7 @@ class BulkScoreResult:
 
 
 def write_scores(path: Path, twins: TwinFeatures, risk: np.ndarray, *, model_name: str, model_version: str,
-                 scored_at: datetime) -> None:
+                 scored_at: datetime, threshold: float = 0.5) -> None:
     """Write the scores as Parquet, atomically (a temporary file in the same folder, then a rename).
 
     Repeated values (tenant, model, version, time) go out as Arrow dictionaries, which the writer
@@ -488,6 +489,7 @@ def write_scores(path: Path, twins: TwinFeatures, risk: np.ndarray, *, model_nam
         "tenant_id": tenant,
         "patient_id": twins.patient_id,
         "risk": pa.array(risk, pa.float64()),
+        "decision": pa.array(np.asarray(risk) >= threshold, pa.bool_()),
         "model_name": pa.DictionaryArray.from_arrays(once, pa.array([model_name])),
         "model_version": pa.DictionaryArray.from_arrays(once, pa.array([str(model_version)])),
         "scored_at": pa.DictionaryArray.from_arrays(once, when),
@@ -536,7 +538,8 @@ def score_offline_store(*, tracking_uri: str, model: str, feature_repo: Path, ou
     risk = registered.scorer.score_columns(twins.columns, threads=threads or len(os.sched_getaffinity(0)))
     seconds["score"] = time.perf_counter() - started
     started = time.perf_counter()
-    write_scores(output, twins, risk, model_name=registered.name, model_version=registered.version, scored_at=scored_at)
+    write_scores(output, twins, risk, model_name=registered.name, model_version=registered.version, scored_at=scored_at,
+                 threshold=registered.scorer.threshold)
     seconds["write"] = time.perf_counter() - started
     log.info("scored %d twins with %s v%s into %s", len(twins), registered.name, registered.version, output)
     return BulkScoreResult(len(twins), registered.name, registered.version, Path(output), seconds)

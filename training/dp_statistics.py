@@ -63,7 +63,7 @@ def dp_table_statistics(frame: pd.DataFrame, contract: DataContract, ranges: dic
     missing = [c for c in contract.numeric if c not in ranges]
     if missing:
         raise ValueError(f"no declared range for numeric column {missing[0]}: the DP statistics round needs one")
-    k = 1 + 3 * len(contract.numeric) + len(contract.categorical)
+    k = 2 + 3 * len(contract.numeric) + len(contract.categorical)  # n, 3 per numeric, 1 per categorical, the label
     scale = gaussian_noise_scale(epsilon=epsilon, delta=delta / 2, coordinates=k)
     rng = _rng()
     numeric: dict[str, dict[str, float]] = {}
@@ -84,7 +84,9 @@ def dp_table_statistics(frame: pd.DataFrame, contract: DataContract, ranges: dic
         counts = canonical_series(frame[column], contract.declared(column)).dropna().value_counts()
         noisy = {str(v): float(c + rng.normal(0, scale)) for v, c in counts.items()}
         categorical[column] = {v: c for v, c in noisy.items() if c >= threshold}
-    return {"n": float(len(frame) + rng.normal(0, scale)), "numeric": numeric, "categorical": categorical,
+    positives = int((frame[contract.label] == 1).sum())  # a patient is in one label count: one coordinate
+    labels = [max(float(c + rng.normal(0, scale)), 0.0) for c in (len(frame) - positives, positives)]
+    return {"n": float(len(frame) + rng.normal(0, scale)), "numeric": numeric, "categorical": categorical, "labels": labels,
             "dp": {"epsilon": epsilon, "delta": delta, "noise_scale": scale, "category_threshold": threshold}}
 
 

@@ -22,7 +22,8 @@ MIN_CATEGORY_COUNT = 5
 
 
 def local_statistics(frame: pd.DataFrame, contract: DataContract) -> dict[str, Any]:
-    """Sufficient statistics of one hospital's features (counts, sums, category counts).
+    """Sufficient statistics of one hospital's features (counts, sums, category counts) and
+    its label counts ``[negatives, positives]`` (for ``class_weights: balanced``).
 
     Args:
         frame: A table returned by :func:`training.contract.load_hospital_table`.
@@ -44,7 +45,9 @@ def local_statistics(frame: pd.DataFrame, contract: DataContract) -> dict[str, A
                  .value_counts().items()}
         for column in contract.categorical
     }
-    return {"n": int(len(frame)), "numeric": numeric, "categorical": categorical}
+    positives = int((frame[contract.label] == 1).sum())
+    return {"n": int(len(frame)), "numeric": numeric, "categorical": categorical,
+            "labels": [int(len(frame)) - positives, positives]}
 
 
 def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:

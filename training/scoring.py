@@ -16,13 +16,14 @@ import json
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from training.categories import CategoryLookup
+from training.decision import DECISION_FILE, Decision
 from training.preprocessing import FeatureEncoder
 
 __all__ = ["RiskScorer", "ScoringInputError"]
@@ -46,6 +47,8 @@ class RiskScorer:
     encoder: FeatureEncoder
     weights: tuple[np.ndarray, ...]  # (out, in) per layer, like torch.nn.Linear
     biases: tuple[np.ndarray, ...]
+    #: The version's decision rule (``decision.json``); 0.5 for packages registered before it.
+    decision: Decision = field(default_factory=Decision.default)
 
     @classmethod
     def from_state_dict(cls, encoder: FeatureEncoder, kind: str, state: Mapping[str, Any]) -> RiskScorer:
@@ -72,7 +75,15 @@ class RiskScorer:
                 state: Mapping[str, Any] = {k: arrays[k] for k in arrays.files}
         else:
             state = _torch().load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu")
-        return cls.from_state_dict(encoder, meta["kind"], state)
+        scorer = cls.from_state_dict(encoder, meta["kind"], state)
+        if (directory / DECISION_FILE).exists():
+            scorer = replace(scorer, decision=Decision.from_json((directory / DECISION_FILE).read_text()))
+        return scorer
+
+    @property
+    def threshold(self) -> float:
+        """The version's decision threshold on the risk (0.5 for packages without one)."""
+        return self.decision.threshold if self.decision.threshold is not None else 0.5
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.decision import DECISION_FILE, Decision
 from training.imaging import ImagePreprocessor, decode_image
 from training.vision import VisionModel, build_vision_model, default_device, predict_vision
 
@@ -34,8 +35,12 @@ class VisionScorer:
             process sees one).
     """
 
-    def __init__(self, model: VisionModel, preprocessor: ImagePreprocessor, device: torch.device | str | None = None) -> None:
+    def __init__(self, model: VisionModel, preprocessor: ImagePreprocessor, device: torch.device | str | None = None,
+                 decision: Decision | None = None) -> None:
         self.device = torch.device(device) if device is not None else default_device()
+        #: How probabilities become the served label (threshold or prior correction); the
+        #: plain argmax for packages registered before decision rules.
+        self.decision = decision or Decision.default()
         self.model = model.to(self.device).eval()
         self.preprocessor = preprocessor
         self._lock = threading.Lock()  # one forward pass at a time per scorer (GPU memory, threads)
@@ -55,7 +60,8 @@ class VisionScorer:
         preprocessor = ImagePreprocessor.from_json((directory / PREPROCESSOR_FILE).read_text())
         model = build_vision_model(meta["kind"], int(meta["in_channels"]), int(meta["num_classes"]), **meta["hparams"])
         model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        return cls(model, preprocessor, device)
+        decision = Decision.from_json((directory / DECISION_FILE).read_text()) if (directory / DECISION_FILE).exists() else None
+        return cls(model, preprocessor, device, decision)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -86,10 +92,12 @@ class VisionScorer:
         return self.predict(np.stack([self.decode(b, name=f"image {i}") for i, b in enumerate(blobs)]))
 
     def describe(self, probs: np.ndarray) -> list[dict[str, object]]:
-        """Per image: the most probable class, its probability and all class probabilities."""
+        """Per image: the class the version's decision rule picks (a threshold on the second
+        class for two classes, a prior-corrected argmax for more), its probability and all
+        class probabilities."""
         out = []
-        for row in np.asarray(probs, dtype=float):
-            k = int(row.argmax())
+        rows = np.asarray(probs, dtype=float)
+        for row, k in zip(rows, self.decision.labels(rows).tolist(), strict=True):
             out.append({"label": self.classes[k], "probability": float(row[k]),
                         "probabilities": {c: float(p) for c, p in zip(self.classes, row, strict=True)}})
         return out

@@ -76,7 +76,7 @@ def test_scores_every_twin_as_the_registered_model_does(registry: dict[str, Any]
                                                         tmp_path: Path) -> None:
     scorer: RiskScorer = registry["scorer"]
     scores = _score(registry, store["repo"], tmp_path / "out" / "scores.parquet")
-    assert list(scores.columns) == ["tenant_id", "patient_id", "risk", "model_name", "model_version", "scored_at"]
+    assert list(scores.columns) == ["tenant_id", "patient_id", "risk", "decision", "model_name", "model_version", "scored_at"]
     assert str(scores["scored_at"].dtype) == "datetime64[us, UTC]" and scores["scored_at"].nunique() == 1
     assert set(scores["model_name"]) == {MODEL} and set(scores["model_version"]) == {"1"}
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["scores.parquet"]  # no temporary file left
