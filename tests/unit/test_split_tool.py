@@ -275,3 +275,26 @@ def test_split_hospitals_pass_data_check_with_their_split(tmp_path: Path) -> Non
     checked = runner.invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
     assert checked.exit_code == 0, checked.output
     assert [line.split(":")[0] for line in checked.output.splitlines() if ": ok" in line] == ["site-01", "site-02", "site-03"]
+
+
+def test_cli_refuses_bad_prefix_and_existing_spec_in_one_line(tmp_path: Path) -> None:
+    source = _write(_table(), tmp_path / "all.csv")
+    (tmp_path / "spec.yaml").write_text("keep me")
+    for extra, match in ((["--prefix", "-x"], "--prefix: '-x' makes no valid hospital id"),
+                         (["--spec", str(tmp_path / "spec.yaml")], "--spec: the file exists")):
+        bad = runner.invoke(app, ["data", "split", str(source), "--hospitals", "2", "--out", str(tmp_path / "o"), *extra])
+        lines = [line for line in bad.output.splitlines() if line.strip()]
+        assert bad.exit_code == 1 and len(lines) == 1 and match in lines[0], bad.output
+    assert (tmp_path / "spec.yaml").read_text() == "keep me" and not (tmp_path / "o").exists()
+
+
+def test_image_folder_by_column(tmp_path: Path) -> None:
+    source = _image_folder(tmp_path / "src")
+    labels = pd.read_csv(source / "labels.csv")
+    labels["site"] = ["north" if int(p[2:]) < 12 else "south" for p in labels["patient_id"]]
+    labels.to_csv(source / "labels.csv", index=False)
+    result = split_dataset(source, tmp_path / "out", SplitOptions(by="site"))
+    assert [h.hospital_id for h in result.hospitals] == ["north", "south"]
+    assert [h.count for h in result.hospitals] == [24, 24] and all(h.parts for h in result.hospitals)
+    north = pd.read_csv(tmp_path / "out" / "north" / "labels.csv")
+    assert set(north["site"]) == {"north"} and all((tmp_path / "out" / "north" / i).is_file() for i in north["image"])
