@@ -191,6 +191,15 @@ class RoundSelection:
                      f" by more than {s.min_delta:g} (patience {s.patience})")
         return text
 
+    def rounds_text(self) -> str:
+        """The model card's rounds: how many ran and which round's model this is."""
+        s, planned = self.stopping, self.spec.training.rounds
+        run = f"{s.last_round} of {planned}" if s.last_round != planned else str(planned)
+        if not self.chosen:
+            return f"{run} (the last round's model; no selection on val)"
+        return f"{run} (round {s.best_round}'s model, best val {self.metric} {s.best_value:.4f}" + \
+            ("; stopped early)" if self.stopped_early else ")")
+
     def tags(self) -> dict[str, str]:
         """The version's ``selection.*`` tags."""
         if not self.chosen:

@@ -54,6 +54,8 @@ def test_early_stopping_registers_the_best_val_round_and_charges_only_the_rounds
     assert [m.step for m in client.get_metric_history(run_id, "train_train_loss")] == [1, 2]
     summary = json.loads(Path(client.download_artifacts(run_id, "summary.json", str(tmp_path))).read_text())
     assert summary["selection"]["round"] == 1 and summary["selection"]["rounds_run"] == 2
+    card = Path(client.download_artifacts(run_id, "validation/model_card.md", str(tmp_path))).read_text()
+    assert "2 of 5 (round 1's model, best val loss" in card
 
     for path in paths:
         ledger = PrivacyLedger(tmp_path / "home" / "ledgers" / f"{path.stem}.json", path.stem, dataset_fingerprint(path))

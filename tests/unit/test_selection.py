@@ -133,6 +133,7 @@ def test_round_selection_keeps_the_best_round_model_and_tags_it(hospital_files: 
     assert tags["selection.round"] == "2" and tags["selection.metric"] == "loss" and tags["selection.value"] == "0.5000"
     assert tags["selection.stopped_early"] == "true" and tags["selection.rounds_run"] == "4"
     assert "round 2 had the best val loss" in selection.reason() and "patience 2" in selection.reason()
+    assert selection.rounds_text() == "4 of 6 (round 2's model, best val loss 0.5000; stopped early)"
 
 
 def _has_val_fraction() -> bool:
@@ -149,6 +150,7 @@ def test_without_val_parts_the_last_round_stands_and_says_why(hospital_files: li
     tags = selection.tags()
     assert tags["selection.status"] == "not possible" and NO_VAL_PART in tags["selection.reason"]
     assert tags["selection.round"] == "2" and tags["selection.stopped_early"] == "false"
+    assert selection.rounds_text() == "2 (the last round's model; no selection on val)"
 
 
 def test_each_release_is_charged_to_the_ledger_and_refused_past_the_budget(hospital_files: list[Path], tmp_path: Path) -> None:
