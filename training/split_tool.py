@@ -360,7 +360,11 @@ def _split_npz(path: Path, out: Path, options: SplitOptions) -> SplitResult:
         target = out / f"{hid}.npz"
         np.savez_compressed(target, **payload)
         written.append(HospitalWritten(hid, target, "images", sum(counts.values()), sum(counts.values()), _mix(mix), counts))
-    classes = sorted({str(v) for p in _PARTS for v in arrays[f"{p}_labels"].reshape(-1)}, key=lambda s: (len(s), s))
+    values = np.concatenate([arrays[f"{p}_labels"].reshape(-1) for p in _PARTS])
+    if np.issubdtype(values.dtype, np.integer) and len(values) and values.min() >= 0:
+        classes = [str(i) for i in range(int(values.max()) + 1)]  # labels index the classes: none skipped
+    else:
+        classes = sorted({str(v) for v in values})
     return SplitResult("npz", written, None, None, None, classes)
 
 

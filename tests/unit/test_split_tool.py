@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from platform_api.cli import app
+from experiments.spec import load_spec
 from training.errors import DataSplitError
 from training.imaging import ImageContract, load_image_split
 from training.split_tool import SplitOptions, spec_skeleton, split_dataset
@@ -235,8 +236,15 @@ def test_spec_skeleton_lists_the_hospitals(tmp_path: Path) -> None:
     assert spec["data"]["label"] == "outcome" and spec["data"]["split_column"] == "split"
     assert [h["path"] for h in spec["data"]["hospitals"]] == ["../out/hospital-01.csv", "../out/hospital-02.csv"]
     folder = split_dataset(_image_folder(tmp_path / "img"), tmp_path / "img-out", SplitOptions(hospitals=2))
-    spec = yaml.safe_load(spec_skeleton(folder, tmp_path / "i.yaml", tmp_path / "img"))
-    assert spec["data"]["modality"] == "images" and spec["data"]["classes"] == ["nodule", "normal"]
+    (tmp_path / "i.yaml").write_text(spec_skeleton(folder, tmp_path / "i.yaml", tmp_path / "img"))
+    images = load_spec(tmp_path / "i.yaml")  # an image skeleton is a valid spec as written
+    assert images.data.classes == ["nodule", "normal"] and images.data.split_column == "split"
+    npz = tmp_path / "gap.npz"
+    np.savez(npz, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.array([[0], [2], [0], [2]]),
+             test_images=np.zeros((2, 8, 8), np.uint8), test_labels=np.array([[0], [2]]))
+    parts = split_dataset(npz, tmp_path / "npz-out", SplitOptions(hospitals=2))
+    (tmp_path / "n.yaml").write_text(spec_skeleton(parts, tmp_path / "n.yaml", npz))
+    assert load_spec(tmp_path / "n.yaml").data.classes == ["class-0", "class-1", "class-2"]  # labels index classes
 
 
 def test_cli_prints_a_line_per_hospital_and_writes_the_spec(tmp_path: Path) -> None:
