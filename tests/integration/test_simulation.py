@@ -134,21 +134,41 @@ def test_validation_report_from_hospital_aggregates_matches_pooled_data(cli_run:
     assert set(report["subgroups"]["sex"]) >= {"F", "M"}
 
 
-def test_a_validator_runs_the_report_on_their_own_file(cli_run: dict, tmp_path: Path) -> None:
-    """`bioverse registry validate`: the same report on a local validation file, locally."""
+def test_a_validator_runs_the_report_on_held_out_rows_only(cli_run: dict, tmp_path: Path) -> None:
+    """`bioverse registry validate`: the same report, locally, on held-out rows only: a
+    training hospital's own file counts only the rows its run held out; a file the registry
+    does not know counts whole."""
     import json
+
+    from experiments.spec import parse_spec
+    from training.data import load_split
 
     data = sorted(cli_run["hospitals"].glob("hospital-*.csv"))[0]
     bioverse = Path(sys.executable).parent / "bioverse"
     env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home")}
-    done = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(data), "--output", str(tmp_path / "mine"),
-                           "--model", "it-cardiac-risk", "--tracking-uri", cli_run["uri"]],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+
+    def validate(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(path), "--output",
+                               str(tmp_path / path.stem), "--model", "it-cardiac-risk", "--tracking-uri", cli_run["uri"]],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    spec = parse_spec(cli_run["spec"], "spec")
+    held_out = len(load_split(data, spec.data.contract, spec.data.test_fraction, spec.seed).test)
     rows = len(pd.read_csv(data))
-    assert f"({rows} patients" in done.stdout and "AUROC 0." in done.stdout
-    report = json.loads((tmp_path / "mine" / "report.json").read_text())
-    assert report["overall"]["n"] == rows and (tmp_path / "mine" / "report.html").stat().st_size > 10_000
+    done = validate(data)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = done.stdout.replace("\n", " ")
+    assert (f"scored {held_out} held-out patients (the test rows of the run's split of {data.stem}'s patients "
+            f"(seed {spec.seed}), held out from {data.stem}'s training); {rows - held_out} patients excluded") in said
+    assert f"({held_out} patients" in said and "AUROC 0." in said
+    report = json.loads((tmp_path / data.stem / "report.json").read_text())
+    assert report["overall"]["n"] == held_out and (tmp_path / data.stem / "report.html").stat().st_size > 10_000
+    mine = tmp_path / "mine.csv"  # a validator's own file: other rows, unknown to the registry
+    pd.read_csv(data).head(300).to_csv(mine, index=False)
+    own = validate(mine)
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "scored 300 held-out patients (every row: not one of this version's training datasets" in own.stdout.replace("\n", " ")
+    assert json.loads((tmp_path / "mine" / "report.json").read_text())["overall"]["n"] == 300
     bad = subprocess.run([str(bioverse), "registry", "validate", "1", "--data", str(tmp_path / "missing.csv"),
                           "--model", "it-cardiac-risk", "--tracking-uri", cli_run["uri"]],
                          capture_output=True, text=True, env=env, timeout=300)
