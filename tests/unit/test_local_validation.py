@@ -140,3 +140,37 @@ def test_a_table_with_a_split_column_is_scored_on_its_test_rows(hospital_files: 
     run = load_split(hospital_files[1], plain.data.contract, plain.data.test_fraction, plain.seed, val_fraction=0.2)
     _, held = held_out_rows(hospital_files[1], plain, tags)
     assert held.scored == len(run.test) and held.excluded == len(run.train) + len(run.val) and len(run.val) > 0
+
+
+def test_data_check_prints_each_image_hospitals_parts_and_where_its_split_came_from(
+        image_sites: dict[str, Path], tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from platform_api.cli import app
+
+    site = _copy(image_sites["folder"], tmp_path / "site")
+    labels = pd.read_csv(site / "labels.csv", dtype=str)
+    first = labels["patient_id"].iloc[0]
+    labels["part"] = np.where(labels["patient_id"] == first, "test", "train")
+    labels.to_csv(site / "labels.csv", index=False)
+    spec = {"name": "x", "seed": 2, "strategy": {"min_hospitals": 1},
+            "data": {"modality": "images", "classes": CLASSES, "image_size": 16, "val_fraction": 0.2,
+                     "hospitals": [{"id": "plain", "path": str(image_sites["folder"])},
+                                   {"id": "npz", "path": str(image_sites["npz"])}]}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "plain: ok, " in text and "split from patients at random (test_fraction 0.2, val_fraction 0.2, seed 2)" in text
+    with np.load(image_sites["npz"]) as raw:
+        sizes = [len(raw[f"{p}_labels"]) for p in ("train", "val", "test")]
+    assert f"npz: ok, {sizes[0]} training, {sizes[1]} val and {sizes[2]} held-out images" in text
+    assert "split from the .npz's train/val/test arrays" in text
+    spec["data"] |= {"split_column": "part", "hospitals": [{"id": "fixed", "path": str(site)}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "spec.yaml")])
+    text = " ".join(result.output.split())
+    n_test = int((labels["part"] == "test").sum())
+    assert result.exit_code == 0 and f"fixed: ok, {60 - n_test} training, 0 val and {n_test} held-out images" in text
+    assert "split from labels.csv column 'part'" in text
