@@ -23,7 +23,8 @@ Mapping (``prediction`` -> ``RiskAssessment``; codes in docs/fhir.md):
 * ``prediction[0]``: ``outcome`` = the model's outcome code (spec ``fhir.outcome``; text
   only without one, never a made-up code), ``probabilityDecimal`` = risk, ``whenPeriod`` =
   the occurrence to ``fhir.horizon_days`` later, ``qualitativeRisk`` high/low at the
-  version's decision threshold (stated in ``rationale``), else from the alert priority.
+  decision threshold (the prediction's stored one, else the version's; stated in
+  ``rationale``), else from the alert priority.
 * ``note``: the inputs in one line, for a reader.
 """
 
@@ -141,13 +142,21 @@ def _observation(index: int, feature: str, value: Any, coding: FeatureCoding | N
     return obs
 
 
+def _stored_threshold(prediction: Any) -> float | None:
+    """The threshold the prediction was decided at, where the stored prediction keeps one."""
+    value = getattr(prediction, "threshold", None)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 < float(value) < 1.0:
+        return float(value)
+    return None
+
+
 def _prediction(risk: float, occurrence: datetime, terminology: ModelTerminology, alert_priority: str | None,
-                model: str) -> dict[str, Any]:
+                model: str, stored_threshold: float | None) -> dict[str, Any]:
     outcome: dict[str, Any] = {"text": terminology.outcome_text}
     if terminology.outcome is not None:
         outcome["coding"] = [terminology.outcome.fhir()]
     out: dict[str, Any] = {"outcome": outcome, "probabilityDecimal": risk}
-    threshold = terminology.decision_threshold
+    threshold = stored_threshold if stored_threshold is not None else terminology.decision_threshold
     if threshold is not None:
         risk_code = "high" if risk >= threshold else "low"
         rule = f" (chosen by {terminology.decision_rule})" if terminology.decision_rule else ""
@@ -175,9 +184,10 @@ def risk_assessment(
 
     ``prediction`` needs ``id``, ``tenant_id``, ``risk``, ``model_name``, ``model_version``,
     ``inputs`` and ``created_at``; ``twin`` needs ``tenant_id`` and ``patient_id``.
-    ``alert_priority`` (else ``prediction.alert_priority`` if it has one) gives the
-    qualitative risk when the version has no decision threshold. ``base_url``: the FHIR
-    base URL where the tenant's ``Patient`` resources live. ``terminology``: the model
+    The qualitative risk is high/low at the decision threshold (``prediction.threshold``
+    where the stored prediction keeps the one it was decided at, else the version's), and
+    without one follows ``alert_priority`` (else ``prediction.alert_priority``).
+    ``base_url``: the FHIR base URL where the tenant's ``Patient`` resources live. ``terminology``: the model
     version's codes (:func:`experiments.terminology.version_terminology`); default: the
     built-in feature codes, a text-only outcome, no horizon, no threshold.
     Raises ``ValueError`` when the prediction does not belong to the twin, for a risk
@@ -229,7 +239,7 @@ def risk_assessment(
         "occurrenceDateTime": _instant(occurrence),
         "performer": {"reference": "#model", "type": "Device", "display": display},
         "method": {"coding": [{"system": MODEL_SYSTEM, "code": model, "display": display}], "text": model},
-        "prediction": [_prediction(risk, occurrence, terminology, alert_priority, model)],
+        "prediction": [_prediction(risk, occurrence, terminology, alert_priority, model, _stored_threshold(prediction))],
         "note": [{"text": _inputs_text(prediction.inputs)}],
     }
     if observations:

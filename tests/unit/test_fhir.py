@@ -405,3 +405,15 @@ def test_answer_equals_fhir_resources_own_json(created: datetime) -> None:
     obs = {b["display"]: _contained(res, b["reference"]) for b in res["basis"]}
     assert obs["age"]["valueQuantity"]["value"] == 63 and obs["bmi"]["valueQuantity"]["value"] == 27.5
     assert obs["glucose"]["dataAbsentReason"]["coding"][0]["code"] == "not-a-number"
+
+
+def test_threshold_stored_with_the_prediction_wins_over_the_versions() -> None:
+    @dataclass
+    class Decided(Prediction):
+        threshold: float | None = 0.75
+
+    terminology = terminology_from_spec(SPEC, {"decision_threshold": "0.5"})
+    res = risk_assessment(Decided(), Twin(), terminology=terminology)
+    assert _qualitative(res) == "low" and res["prediction"][0]["rationale"].startswith("decision threshold 0.75 ")
+    res = risk_assessment(Decided(threshold=None), Twin(), terminology=terminology)
+    assert _qualitative(res) == "high" and res["prediction"][0]["rationale"].startswith("decision threshold 0.5 ")
