@@ -80,10 +80,9 @@ def _load_split_cached(
         part = frame[contract.split_column]
         rows = {name: frame[part == name].drop(columns=[contract.split_column]).reset_index(drop=True)
                 for name in ("train", "val", "test")}
-        for name in ("train", "test"):
-            if rows[name].empty:
-                raise DataContractError(path, f"no {name} rows: the split column marks none as {name}",
-                                        column=contract.split_column)
+        if rows["test"].empty:
+            raise DataContractError(path, "no test rows: the split column marks none as test",
+                                    column=contract.split_column)
         return HospitalSplit(rows["train"], rows["val"], rows["test"], source="column")
     train, test = _random_split(frame, contract.label, test_fraction, seed)
     val = train.iloc[:0]
@@ -105,7 +104,7 @@ def load_split(path: Path | str, contract: DataContract, test_fraction: float = 
 
     Raises:
         DataContractError: the file breaks the contract, or its split column marks no
-            train or no test rows.
+            test rows (no train rows is refused when training asks for them).
     """
     resolved = Path(path).resolve()
     mtime = resolved.stat().st_mtime_ns if resolved.exists() else -1
@@ -166,6 +165,9 @@ class HospitalDataModule(pl.LightningDataModule):
         if part not in ("train", "val", "test"):
             raise ValueError(f"part must be train, val or test, not {part!r}")
         frame = getattr(self.split, part)
+        if part == "train" and frame.empty:
+            raise DataContractError(self.path, "no train rows: the split column marks none as train",
+                                    column=self.contract.split_column)
         return TabularDataset(self.encoder.encode(frame), frame[self.contract.label].to_numpy())
 
     def train_dataloader(self) -> DataLoader:

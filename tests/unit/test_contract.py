@@ -132,3 +132,17 @@ def test_a_split_column_without_test_rows_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, _rows(6, ["train"] * 4 + ["val"] * 2), "notest.csv")
     with pytest.raises(DataContractError, match=r"notest.csv, column 'part': no test rows"):
         load_split(path, contract)
+
+
+def test_a_split_column_without_train_rows_loads_but_cannot_train(tmp_path: Path) -> None:
+    from training.data import HospitalDataModule
+    from training.preprocessing import FeatureEncoder
+
+    contract = DataContract("pid", "event", ("age",), ("sex",), split_column="part")
+    path = write(tmp_path, _rows(6, ["test"] * 6), "onlytest.csv")
+    assert len(load_split(path, contract).test) == 6  # a validator's file: all held out
+    dm = HospitalDataModule(path, contract)
+    dm.encoder = FeatureEncoder(("age",), ("sex",), (0.0,), (1.0,), (("F", "M"),))
+    with pytest.raises(DataContractError, match=r"onlytest.csv, column 'part': no train rows"):
+        dm.dataset("train")
+    assert len(dm.dataset("test")) == 6
