@@ -79,10 +79,12 @@ def test_a_npz_is_scored_on_its_test_part_only(image_sites: dict[str, Path]) -> 
     with np.load(npz) as raw:
         sizes = {p: len(raw[f"{p}_labels"]) for p in ("train", "val", "test")}
     selected, held = held_out_images(npz, spec, {})
+    with np.load(npz) as raw:
+        np.testing.assert_array_equal(selected.test_images[:, 0], raw["test_images"])  # exactly the test arrays
     assert held.scored == sizes["test"] and held.excluded == sizes["train"] + sizes["val"] and held.hospital is None
     assert "(the test part of the .npz)" in held.sentence("images")
     everything, held_all = held_out_images(npz, spec, {}, "all")  # not a training dataset: allowed, and said
-    assert held_all.scored == 60 and "every part of the .npz, --part all" in held_all.what
+    assert len(everything.test_labels) == held_all.scored == 60 and "every part of the .npz, --part all" in held_all.what
     trained = {"dataset.h1": dataset_fingerprint(npz)}
     _, held = held_out_images(npz, spec, trained)
     assert held.hospital == "h1" and "held out from h1's training" in held.what
