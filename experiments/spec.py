@@ -344,9 +344,9 @@ class PrivacySpec(_Strict):
     hospital_budget: float = Field(default=10.0, gt=0, description="default total epsilon per hospital")
     statistics_epsilon: float = Field(default=1.0, gt=0, le=10,
                                       description="epsilon of the federated-statistics round (charged to the ledger)")
-    selection_epsilon: float = Field(default=0.5, gt=0, le=10,
-                                     description="epsilon of all the rounds' val aggregates for model selection "
-                                                 "(split evenly across training.rounds, charged to the ledger)")
+    selection_epsilon: float = Field(default=1.0, gt=0, le=10,
+                                     description="epsilon of all training.rounds rounds' val releases for model "
+                                                 "selection together (RDP composition; charged to the ledger)")
 
     @model_validator(mode="after")
     def _one_target(self) -> PrivacySpec:
@@ -538,8 +538,11 @@ class ExperimentSpec(_Strict):
     @_check
     def _dp_defaults(self) -> ExperimentSpec:
         """Give the fields a DP run's spec left out their DP-safe values; set fields win."""
+        explicit = {f"{section}.{name}" for section in ("training", "privacy", "strategy")
+                    for name in getattr(self, section).model_fields_set}
         rules = dp_defaults(private=self.privacy.enabled, imaging=self.is_imaging, strategy=self.strategy.name,
-                            server_momentum=self.strategy.server_momentum)
+                            server_momentum=self.strategy.server_momentum, explicit=explicit,
+                            optimizer=self.training.optimizer)
         applied: dict[str, Any] = {}
         for section, values in rules.items():
             current = getattr(self, section)

@@ -66,6 +66,7 @@ class Coordinator:
         self.train_losses: list[float] = []
         self.loss_warning: str | None = None
         self.selection = RoundSelection(spec)
+        self._noise_warned = False
 
     # ---- RoundObserver ----
     def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, float]) -> None:
@@ -132,13 +133,22 @@ class Coordinator:
         if choice.value is not None:
             metrics = {f"val_{metric}": choice.value}
             metrics.update({f"{h}/val_{metric}": v for h, v in choice.hospitals.items() if v is not None})
+            if choice.noise_sd is not None:
+                metrics[f"val_{metric}_noise_sd"] = choice.noise_sd
             self.tracker.log_metrics(metrics, step=server_round)
+        warning = self.selection.noise_warning()
+        if warning is not None and not self._noise_warned:
+            log.warning("model selection: %s", warning)
+            self._noise_warned = True
+        else:
+            warning = None  # said once
         if parts:
             s = self.selection.stopping
             self.progress.emit("selection", round=server_round, rounds=self.spec.training.rounds, metric=metric,
-                               value=choice.value, hospitals=sorted(parts), best_round=s.best_round,
-                               best_value=s.best_value, improved=choice.improved, stale=s.stale, patience=s.patience,
-                               stop=self.selection.should_stop)
+                               value=choice.value, noise_sd=choice.noise_sd, hospitals=sorted(parts),
+                               best_round=s.best_round, best_value=s.best_value, improved=choice.improved,
+                               stale=s.stale, patience=s.patience, stop=self.selection.should_stop,
+                               warning=warning)
         return self.selection.should_stop
 
     def on_round_start(self, server_round: int) -> None:

@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 
 from experiments.spec import StrategySpec
 from federation.errors import TooFewHospitalsError
 
-__all__ = ["HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy", "remote_reason"]
+__all__ = ["CLIP_BOUND", "HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy", "remote_reason"]
 
 log = logging.getLogger(__name__)
+
+#: Train-round config key and metric: adaptive clipping's bound, carried between rounds.
+CLIP_BOUND = "clip-bound"
 
 #: Metrics aggregated by their worst case rather than a weighted mean.
 _MAX_KEYS = {"epsilon", "noise-multiplier", "train-seconds", "handler-seconds"}
@@ -140,10 +143,16 @@ class _Observed:
     #: rounds of Flower's loop send no messages (nothing is trained, charged or evaluated).
     stopped_after: int | None = None
     _evaluated: ArrayRecord | None = None
+    #: Adaptive clipping: the hospitals' mean clipping bound at the end of the last round,
+    #: sent as the next round's ``clip-bound`` (a function of DP releases: no privacy cost).
+    clip_bound: float | None = None
 
     def configure_train(self, server_round: int, *args: Any, **kwargs: Any) -> Iterable[Message]:
         if self.stopped_after is not None:
             return []
+        config = args[1] if len(args) > 1 else kwargs.get("config")
+        if self.clip_bound is not None and config is not None:
+            config[CLIP_BOUND] = self.clip_bound
         messages = super().configure_train(server_round, *args, **kwargs)  # type: ignore[misc]
         start = getattr(self.observer, "on_round_start", None)
         if start is not None:
@@ -162,6 +171,8 @@ class _Observed:
                 + (f" ({detail})" if detail else "")
             )
         arrays, metrics = super().aggregate_train(server_round, usable)  # type: ignore[misc]
+        if metrics and CLIP_BOUND in metrics and math.isfinite(float(metrics[CLIP_BOUND])):
+            self.clip_bound = float(metrics[CLIP_BOUND])
         self.observer.on_round("train", server_round, outcomes, dict(metrics or {}))
         return arrays, metrics
 
@@ -201,7 +212,8 @@ def _selection_parts(replies: list[Message], names: dict[int, str]) -> dict[str,
     return parts
 
 
-_BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
+_BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam,
+                                   "fedyogi": FedYogi}
 
 
 def build_strategy(spec: StrategySpec, *, observer: RoundObserver, min_available: int, learning_rate: float) -> Strategy:
@@ -223,6 +235,8 @@ def build_strategy(spec: StrategySpec, *, observer: RoundObserver, min_available
     }
     if spec.name == "fedprox":
         kwargs["proximal_mu"] = spec.proximal_mu
+    if spec.name == "fedavgm":  # server_learning_rate: 1 - momentum under DP (experiments.dp_defaults)
+        kwargs.update(server_learning_rate=spec.server_learning_rate, server_momentum=spec.server_momentum)
     if spec.name in ("fedadam", "fedyogi"):
         kwargs.update(eta=spec.server_learning_rate, eta_l=learning_rate, tau=spec.tau, beta_1=0.9, beta_2=0.99)
     cls = type(f"Tolerant{base.__name__}", (_Observed, base), {})

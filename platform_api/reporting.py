@@ -113,7 +113,11 @@ class RunReporter:
         metric = str(event["metric"]).replace("_", " ")
         best = f"best round {event['best_round']} ({_fmt(event.get('best_value'), '{:.4f}')})" \
             if event.get("best_round") is not None else "no best round yet"
-        self._say(f"    val {metric} {_fmt(event.get('value'), '{:.4f}')} from {len(event['hospitals'])} hospitals, {best}")
+        noise = f" ± {event['noise_sd']:.4f} (DP noise sd)" if event.get("noise_sd") is not None else ""
+        self._say(f"    val {metric} {_fmt(event.get('value'), '{:.4f}')}{noise} from {len(event['hospitals'])} hospitals, "
+                  f"{best}")
+        if event.get("warning"):
+            self._say(f"    [yellow]warning[/]: {event['warning']}")
         if event.get("stop"):
             self._say(f"  early stopping after round {event['round']}/{event['rounds']}: {event['stale']} rounds without "
                       f"improvement (patience {event['patience']}); round {event['best_round']}'s model is registered")
@@ -153,6 +157,9 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
     selection = summary.get("selection")
     if selection:
         console.print(f"Model selection: {selection['reason']}", highlight=False)
+        if selection.get("warning"):
+            console.print(f"Model selection warning: {selection['warning']}", highlight=False, markup=False,
+                          style="yellow")
     validation = summary.get("validation", {})
     if validation.get("validation.status") == "complete" and images:
         console.print(f"Validation report (pending clinical review): accuracy {validation.get('validation.accuracy', 'n/a')}, "

@@ -6,13 +6,17 @@ import functools
 import math
 from dataclasses import dataclass
 
+import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 
 from training.errors import PrivacyConfigError
 
-__all__ = ["DPConfig", "GRAD_SAMPLE_MODES", "epsilon_after", "noise_for_budget"]
+__all__ = [
+    "CLIPPING_MODES", "COUNT_NOISE_FACTOR", "DPConfig", "GRAD_SAMPLE_MODES", "QuantileClipper", "adaptive_noise",
+    "epsilon_after", "noise_for_budget",
+]
 
 #: Per-sample clipping implementations: ``fused`` (ours, Linear-only models, one
 #: backward pass; see :mod:`training.fused_dp`) and Opacus's ``hooks`` (materialised
@@ -23,6 +27,15 @@ GRAD_SAMPLE_MODES = ("fused", "hooks", "ghost", "functorch")
 #: 2019) that is several times faster than Opacus's default fractional orders; any set
 #: of orders gives a valid bound, and the best order is an integer in practice.
 RDP_ORDERS = (*range(2, 65), 80, 96, 128, 256)
+
+#: ``fixed``: every step clips to ``max_grad_norm``. ``adaptive``: the bound follows a
+#: quantile of the per-sample gradient norms (Andrew et al., 2021), from ``max_grad_norm``.
+CLIPPING_MODES = ("fixed", "adaptive")
+
+#: Adaptive clipping's noise on the unclipped count, relative to the run's noise
+#: multiplier: ``sigma_b = 1.2 * sigma`` raises the gradient's noise by 10% (see
+#: :func:`adaptive_noise`) and keeps the noisy unclipped fraction usable on small batches.
+COUNT_NOISE_FACTOR = 1.2
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,10 @@ class DPConfig:
         max_grad_norm: Per-sample gradient clipping bound.
         grad_sample_mode: Opacus mode used to compute per-sample gradient norms.
         accountant: Opacus accountant (``rdp`` or ``prv``).
+        clipping: ``fixed`` or ``adaptive`` (quantile-based; ``max_grad_norm`` is then the
+            first bound).
+        target_quantile: Adaptive clipping: the share of per-sample gradients left unclipped.
+        clip_learning_rate: Adaptive clipping: the geometric step of the bound per DP step.
     """
 
     enabled: bool = True
@@ -47,6 +64,9 @@ class DPConfig:
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "fused"
     accountant: str = "rdp"
+    clipping: str = "fixed"
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.enabled:
@@ -69,6 +89,12 @@ class DPConfig:
             raise PrivacyConfigError(f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}")
         if self.accountant not in ("rdp", "prv"):
             raise PrivacyConfigError("accountant must be rdp or prv")
+        if self.clipping not in CLIPPING_MODES:
+            raise PrivacyConfigError("clipping must be fixed or adaptive")
+        if not 0 < self.target_quantile < 1:
+            raise PrivacyConfigError("target_quantile must be between 0 and 1")
+        if not 0 < self.clip_learning_rate <= 1:
+            raise PrivacyConfigError("clip_learning_rate must be in (0, 1]")
 
     def noise_multiplier_for(self, *, sample_rate: float, total_steps: int) -> float:
         """The noise scale for a run of ``total_steps`` steps at ``sample_rate``."""
@@ -133,3 +159,56 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
         eps = acc.get_epsilon(delta=delta)
     eps = float(eps)
     return eps if math.isfinite(eps) else float("inf")
+
+
+def adaptive_noise(noise_multiplier: float) -> tuple[float, float]:
+    """Gradient noise multiplier and unclipped-count noise (std, in examples) of adaptive
+    clipping, such that the two releases of a step together cost what one Gaussian release
+    at ``noise_multiplier`` costs (Andrew et al., 2021, Theorem 1):
+    ``sigma_grad = (sigma^-2 - (2 sigma_b)^-2)^-1/2`` with ``sigma_b = COUNT_NOISE_FACTOR * sigma``.
+
+    The accountant is therefore run at ``noise_multiplier``, as for fixed clipping.
+    """
+    count_std = COUNT_NOISE_FACTOR * noise_multiplier
+    grad = (noise_multiplier**-2 - (2 * count_std) ** -2) ** -0.5
+    return grad, count_std
+
+
+class QuantileClipper:
+    """The clipping bound of adaptive clipping, moved after each DP step towards the
+    ``target_quantile`` of per-sample gradient norms (geometric update of Andrew et al.):
+    ``C <- C * exp(-eta * (b - gamma))``, ``b`` the noisy share of the expected batch whose
+    gradient norm was at most ``C``.
+
+    Args:
+        bound: The first clipping bound.
+        target_quantile: ``gamma``, the share of gradients to leave unclipped.
+        learning_rate: ``eta``.
+        count_std: Gaussian noise (std, in examples) on the unclipped count.
+        expected_batch_size: Poisson sampling's expected batch, the count's denominator
+            (public, unlike the batch's actual size).
+        generator: Random generator for the count's noise.
+    """
+
+    #: The bound never leaves [MIN_BOUND, MAX_BOUND].
+    MIN_BOUND, MAX_BOUND = 1e-6, 1e6
+
+    def __init__(self, bound: float, *, target_quantile: float, learning_rate: float, count_std: float,
+                 expected_batch_size: float, generator: torch.Generator | None = None) -> None:
+        self.bound = float(bound)
+        self.target_quantile = target_quantile
+        self.learning_rate = learning_rate
+        self.count_std = count_std
+        self.expected_batch_size = max(expected_batch_size, 1e-9)
+        self.generator = generator
+
+    def update(self, norms: torch.Tensor | None) -> float:
+        """Release the noisy unclipped count of one step's per-sample gradient ``norms``
+        (None or empty for an empty batch) and move the bound; returns the new bound."""
+        unclipped = 0.0 if norms is None else float((norms <= self.bound).sum())
+        device = self.generator.device if self.generator is not None else "cpu"
+        noise = float(torch.normal(0.0, self.count_std, (1,), generator=self.generator, device=device))
+        share = (unclipped + noise) / self.expected_batch_size
+        self.bound *= math.exp(-self.learning_rate * (share - self.target_quantile))
+        self.bound = min(max(self.bound, self.MIN_BOUND), self.MAX_BOUND)
+        return self.bound

@@ -32,7 +32,7 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:
     [
         ({"training": {"rounds": 0}}, "training.rounds: Input should be greater than or equal to 1"),
         ({"training": {"epochs": 3}}, "training.epochs: unknown field"),
-        ({"strategy": {"name": "fedsgd"}}, "strategy.name: Input should be 'fedavg', 'fedprox', 'fedadam' or 'fedyogi'"),
+        ({"strategy": {"name": "fedsgd"}}, "strategy.name: Input should be 'fedavg', 'fedprox', 'fedavgm', 'fedadam' or 'fedyogi'"),
         ({"strategy": {"min_hospitals": 5}}, "strategy.min_hospitals is 5 but only 2 hospitals are listed"),
         ({"privacy": {"target_epsilon": 2.0, "noise_multiplier": 1.0}}, "set exactly one of target_epsilon and noise_multiplier"),
         ({"privacy": {"target_delta": 2}}, "privacy.target_delta: Input should be less than 1"),

@@ -30,6 +30,7 @@ TABULAR_FLOATS = [
     "strategy.server_learning_rate", "strategy.tau", "strategy.round_timeout", "strategy.join_timeout",
     "training.learning_rate", "data.test_fraction", "model.dropout", "validation.thresholds.0",
     "data.hospitals.0.privacy_budget", "data.ranges.age.0", "data.val_fraction",
+    "strategy.server_momentum", "privacy.target_quantile", "privacy.clip_learning_rate",
 ]
 IMAGE_FLOATS = ["data.mean.0", "data.std.0", "data.augment.rotate", "data.augment.translate",
                 "data.augment.brightness", "data.augment.contrast"]
