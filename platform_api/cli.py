@@ -864,6 +864,13 @@ def registry_show(version: Annotated[str, typer.Argument(help="The version numbe
     out.print(f"  validation {v.validation_status}: AUROC {v.auroc if v.auroc is not None else 'n/a'}, calibration slope "
               f"{v.calibration_slope if v.calibration_slope is not None else 'n/a'}, epsilon "
               f"{v.epsilon if v.epsilon is not None else 'n/a'}", highlight=False)
+    if "decision_rule" in v.tags:
+        tags = v.tags
+        at = ", ".join(f"{k} {tags[f'validation.decision_{k}']}" for k in ("sensitivity", "specificity", "balanced_accuracy")
+                       if f"validation.decision_{k}" in tags)
+        out.print(f"  decision: {tags['decision_rule']} threshold {tags.get('decision_threshold', 'none (class scale)')} "
+                  f"({tags.get('decision_source', '?')})" + (f"; on the test part: {at}" if at else ""),
+                  highlight=False, markup=False)
     if sha is not None:
         out.print(f"  report sha256 {sha}" + ("" if sha == v.report_sha256 else
                                                f" [bold red](registered {v.report_sha256 or 'none'}: STALE)[/]"),

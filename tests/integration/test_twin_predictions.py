@@ -63,6 +63,8 @@ def test_twin_features_prediction_observation_and_alerts(platform: dict) -> None
     assert 0 < prediction["risk"] < 1 and prediction["model_name"] == MODEL and prediction["model_version"] == "1"
     assert prediction["inputs"]["age"] == patient["age"] and set(prediction["inputs"]) >= {"systolic_bp", "smoking"}
     assert prediction["alert_priority"] in ("medium", "high", "critical")  # threshold 0 in this test
+    # a package without decision.json (registered as before decision thresholds) decides at 0.5
+    assert prediction["threshold"] == 0.5 and prediction["decision"] is (prediction["risk"] >= 0.5)
     assert client.get(f"/v1/twins/{twin['id']}", headers=_h(keys["t1"])).json()["latest_prediction"]["id"] == prediction["id"]
     stored = client.get(f"/v1/predictions/{prediction['id']}", headers=_h(keys["t1"])).json()
     assert stored["risk"] == prediction["risk"] and stored["inputs"] == prediction["inputs"]

@@ -12,12 +12,18 @@ import torch
 
 from experiments.gate import artifact_digest
 from experiments.model_package import save_package_files, save_vision_package_files
+from experiments.spec import parse_spec
+from federation.imbalance import choose_decision, decision_section, federation_class_weights
+from tests.conftest import make_spec
+from tests.unit.test_spec_images import image_spec_dict
 from training.decision import DECISION_FILE, Decision, choose_threshold, prior_decision, rates_at
 from training.imaging import ImagePreprocessor
+from training.imbalance import resolve_class_weights
 from training.models import build_model
 from training.preprocessing import FeatureEncoder
 from training.scoring import RiskScorer
-from training.validation import HIST_BINS, LOGIT_RANGE, local_aggregates
+from training.validation import HIST_BINS, LOGIT_RANGE, local_aggregates, merge_aggregates
+from training.validation_multiclass import local_multiclass_aggregates, merge_multiclass_aggregates
 from training.vision import SmallCNN
 from training.vision_scoring import VisionScorer
 
@@ -133,3 +139,42 @@ def test_vision_scorer_labels_with_the_stored_rule(tmp_path: Path) -> None:
     assert [r["label"] for r in new.describe(probs)] == ["finding", "normal"]
     old = VisionScorer.from_files(tmp_path / "old", device="cpu")
     assert [r["label"] for r in old.describe(probs)] == ["normal", "normal"]
+
+
+def _scores(n: int, prevalence: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < prevalence).astype(int)
+    return 1 / (1 + np.exp(-(rng.normal(size=n) + 2.0 * y - 2.5))), y
+
+
+def test_coordinator_chooses_on_val_and_reports_exact_test_rates_for_a_risk_model() -> None:
+    spec = make_spec([Path("a.csv"), Path("b.csv")], validation={"threshold": {"rule": "sensitivity", "target": 0.8}},
+                     training={"class_weights": "balanced"})
+    counts = {"a": [900, 100], "b": [450, 50]}
+    weights = federation_class_weights(spec, counts)
+    assert weights == pytest.approx([1500 / 2700, 1500 / 300])
+    val = {h: local_aggregates(*_scores(400, 0.1, i), None, [0.5]) for i, h in enumerate("ab")}
+    decision = choose_decision(spec, val, [1350, 150], weights)
+    assert decision.rule == "sensitivity" and decision.val["sensitivity"] >= 0.8
+    p, y = _scores(3000, 0.1, 7)
+    section = decision_section(decision, merge_aggregates({"a": local_aggregates(p, y, None, [0.5])}), multiclass=False)
+    decided = p >= decision.threshold
+    assert section["test"]["tp"] == int((decided & (y == 1)).sum()) and section["test"]["n"] == 3000
+    assert choose_decision(spec, {}, [1350, 150], weights).rule == "prior"  # no val part: the trained-under prior
+    assert choose_decision(spec, {}, [1350, 150], weights).threshold == pytest.approx(0.5)
+
+
+def test_coordinator_thresholds_a_binary_image_model_and_prior_corrects_more_classes() -> None:
+    binary = parse_spec(image_spec_dict(data={**image_spec_dict()["data"], "classes": ["normal", "finding"]}))
+    p, y = _scores(600, 0.1, 3)
+    val = {"a": local_aggregates(p, y, None, [0.5])}  # hospitals send val histograms of p(finding)
+    decision = choose_decision(binary, val, [540, 60], None)
+    assert decision.rule == "youden" and decision.threshold is not None and decision.threshold < 0.5
+    probs = np.column_stack([1 - p, p])
+    test = merge_multiclass_aggregates({"a": local_multiclass_aggregates(probs, y, ["normal", "finding"], None)})
+    section = decision_section(decision, test, multiclass=True)
+    assert section["test"]["tp"] == int(((p >= decision.threshold) & (y == 1)).sum())
+    three = parse_spec(image_spec_dict())
+    multi = choose_decision(three, {}, [800, 150, 50], resolve_class_weights({"opacity": 2.0}, ["normal", "nodule", "opacity"], None))
+    assert multi.rule == "prior" and multi.threshold is None and multi.class_scale is not None
+    assert "decision_class_scale" in multi.tags()
