@@ -273,3 +273,43 @@ def test_image_upload_without_a_vision_service_is_503(vision_api: dict[str, Any]
     answer = client.post(f"/v1/twins/{twin['id']}/images", files={"image": ("s.png", _png(np.zeros((28, 28))), "image/png")},
                          headers=vision_api["headers"])
     assert answer.status_code == 503 and "does not answer" in answer.json()["detail"]
+
+
+def test_a_run_honours_each_hospitals_split(tmp_path: Path) -> None:
+    """Through `bioverse experiment run` (Flower simulation): a .npz hospital trains on its
+    train arrays only (not val), a folder hospital on the rows its split column marks train;
+    the validation report counts exactly the test parts."""
+    (folder,) = synthesize_image_hospitals(tmp_path / "f", n_hospitals=1, images_per_hospital=120, size=16, channels=1,
+                                           classes=tuple(CLASSES), layout="folder", seed=21)
+    (npz,) = synthesize_image_hospitals(tmp_path / "n", n_hospitals=1, images_per_hospital=120, size=16, channels=1,
+                                        classes=tuple(CLASSES), layout="npz", seed=22)
+    labels = pd.read_csv(folder / "labels.csv", dtype=str)
+    patients = sorted(labels["patient_id"].unique())
+    part = {p: ("test" if i % 3 == 0 else "Validation" if i % 3 == 1 else "train") for i, p in enumerate(patients)}
+    labels["fold"] = labels["patient_id"].map(part)
+    labels.to_csv(folder / "labels.csv", index=False)
+    spec = {"name": "it-vision-splits", "registered_model": "it-splits", "seed": 1,
+            "data": {"modality": "images", "classes": CLASSES, "image_size": 16, "split_column": "fold", "augment": None,
+                     "hospitals": [{"id": "folder-site", "path": str(folder)}, {"id": "npz-site", "path": str(npz)}]},
+            "model": {"kind": "cnn", "width": 4}, "strategy": {"min_hospitals": 2},
+            "training": {"rounds": 1, "local_epochs": 1, "batch_size": 16}, "privacy": {"enabled": False}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
+    bioverse = Path(sys.executable).parent / "bioverse"
+    checked = subprocess.run([str(bioverse), "data", "check", str(tmp_path / "spec.yaml")], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert checked.returncode == 0 and "split from labels.csv column 'fold'" in " ".join(checked.stdout.split())
+    result = subprocess.run([str(bioverse), "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with np.load(npz) as raw:
+        npz_train = np.bincount(raw["train_labels"][:, 0], minlength=3).tolist()
+        npz_test = len(raw["test_labels"])
+    folder_train = [int(((labels["fold"] == "train") & (labels["label"] == c)).sum()) for c in CLASSES]
+    folder_test = int((labels["fold"] == "test").sum())
+    client = MlflowClient(uri, registry_uri=uri)
+    version = client.get_model_version("it-splits", "1")
+    assert int(version.tags["validation.n"]) == npz_test + folder_test  # the test parts, nothing else
+    summary = json.loads(Path(client.download_artifacts(version.run_id, "summary.json", str(tmp_path))).read_text())
+    assert summary["class_counts"] == {"folder-site": folder_train, "npz-site": npz_train}  # the train parts only
