@@ -21,6 +21,7 @@ from federation.errors import FederationError, SitePolicyRefusal
 from federation.imbalance import VAL_KEY
 from federation.ledger import PrivacyLedger
 from federation.site import Site
+from training.categories import outside_declared
 from training.contract import schema_fingerprint
 from training.data import HospitalDataModule
 from training.dp_statistics import dp_table_statistics
@@ -132,6 +133,7 @@ def site_statistics(site: Site, spec: ExperimentSpec, run_key: str = "") -> dict
 
         return hospital_images.site_statistics(site, spec, run_key)
     dm = _data(site, spec)
+    _log_undeclared(site, dm)
     if spec.privacy.enabled:
         charged = charge_statistics(site, spec, run_key or "unnamed-run")
         assert not spec.is_imaging
@@ -145,6 +147,18 @@ def site_statistics(site: Site, spec: ExperimentSpec, run_key: str = "") -> dict
         "fingerprint": schema_fingerprint(dm.split.train, spec.data.contract),
         "dataset": site_dataset(site),
     }
+
+
+def _log_undeclared(site: Site, dm: HospitalDataModule) -> None:
+    """The site's own log names its training values outside the declared lists, every one
+    with its count (the coordinator's report names only values with enough patients)."""
+    contract = dm.contract
+    for column in contract.categorical:
+        counts = dm.split.train[column].dropna().value_counts()
+        outside = outside_declared({str(v): int(n) for v, n in counts.items()}, contract.declared(column))
+        if outside:
+            log.warning("%s: %s: values outside the declared list (encoded as other): %s", site.hospital_id, column,
+                        ", ".join(f"{v!r} ({n})" for v, n in sorted(outside.items(), key=lambda kv: -kv[1])))
 
 
 def _model(spec: ExperimentSpec, encoder: FeatureEncoder, state: dict[str, torch.Tensor]) -> RiskModel:

@@ -121,3 +121,26 @@ def test_unknown_values_at_serving_increment_the_counter_per_feature(tmp_path: P
     metrics.observe_unknown_categories(model.unknown_categories(rows))
     metrics.observe_unknown_categories(model.unknown_categories(rows[:1]))
     assert 'bioverse_unknown_category_total{feature="cp"} 2.0' in generate_latest(metrics.registry).decode()
+
+
+def test_a_hospital_logs_its_undeclared_values_with_every_count(hospital_files: list[Path], tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from experiments.spec import parse_spec
+    from federation.hospital import site_statistics
+    from federation.site import Site
+    from tests.conftest import spec_dict
+
+    frame = pd.read_csv(hospital_files[0], dtype=str, keep_default_na=False)
+    frame.loc[frame.index[:3], "smoking"] = "ex-smoker"
+    frame.loc[frame.index[3:5], "smoking"] = "NEVER"  # declared, in another case
+    frame.to_csv(hospital_files[0], index=False)
+    spec = parse_spec(spec_dict(hospital_files[:2], data={"categories": {"smoking": ["never", "former", "current"]}},
+                                privacy={"enabled": False}))
+    site = Site("h1", hospital_files[0], 10.0, tmp_path / "ledger.json")
+    with caplog.at_level(logging.WARNING, logger="federation.hospital"):
+        stats = site_statistics(site, spec)["stats"]
+    assert "NEVER" not in stats["categorical"]["smoking"] and "never" in stats["categorical"]["smoking"]
+    warned = [r.getMessage() for r in caplog.records if "outside the declared list" in r.getMessage()]
+    assert len(warned) == 1 and "h1: smoking" in warned[0] and "'ex-smoker' (" in warned[0]
