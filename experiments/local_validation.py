@@ -135,10 +135,9 @@ def held_out_images(path: Path | str, spec: ExperimentSpec, tags: dict[str, str]
     contract = data.contract
     is_npz = source.suffix.lower() == ".npz"
     has_column = not is_npz and data.split_column is not None and data.split_column in _csv_header(source)
-    if not is_npz and not has_column and hospital is None:  # own data: any split is ignored below
-        contract = dataclasses.replace(contract, split_column=None)
-    val_fraction = data.val_fraction if hospital is not None else 0.0
-    split = load_image_split(source, contract, data.test_fraction, spec.seed, val_fraction=val_fraction)
+    own = not is_npz and not has_column and hospital is None  # a validator's own folder: not split at all
+    split = load_image_split(source, contract, data.test_fraction, spec.seed, val_fraction=data.val_fraction,
+                             unsplit=own)
     total = sum(split.counts().values())
     if is_npz:
         origin = "the .npz"
@@ -153,7 +152,7 @@ def held_out_images(path: Path | str, spec: ExperimentSpec, tags: dict[str, str]
         if origin is None and part == "val":
             raise LocalValidationError(f"{path}: has no val part (not a .npz, no split column, not a training dataset "
                                        "of this version); leave --part out to score every image")
-        images, labels, metadata = _everything(split)
+        images, labels, metadata = split.part("test") if own else _everything(split)
         what = ("every image: not one of this version's training datasets and no split in it" if origin is None
                 else f"every part of {origin}, --part all")
     else:

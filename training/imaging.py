@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -105,9 +106,10 @@ class ImageContract:
         return len(self.classes)
 
 
-#: Where a split came from: the ``.npz`` file's parts, the ``labels.csv`` split column, or
-#: ``test_fraction``/``val_fraction`` of the patients at random.
-SplitSource = Literal["npz", "column", "fraction"]
+#: Where a split came from: the ``.npz`` file's parts, the ``labels.csv`` split column,
+#: ``test_fraction``/``val_fraction`` of the patients at random, or none (``unsplit``: every
+#: image in the test part, for a validator's own images).
+SplitSource = Literal["npz", "column", "fraction", "unsplit"]
 
 #: Spellings of a split column's values (after trimming and lower-casing).
 SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -387,7 +389,7 @@ def _patient_split(frame: pd.DataFrame, csv_path: Path, test_fraction: float, va
 
 
 def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, val_fraction: float,
-                 seed: int) -> ImageSplit:
+                 seed: int, unsplit: bool = False) -> ImageSplit:
     frame = _read_labels(csv_path, contract)
     files = [os.path.join(csv_path.parent, key) for key in frame["key"]]
     absent = [img for img, file in zip(frame["image"], files) if not os.path.isfile(file)]
@@ -395,7 +397,9 @@ def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, 
         raise ImageDataError(csv_path, f"{len(absent)} image file(s) not found: {_name_some(absent)}",
                              column=contract.image_column)
     by_column = "part" in frame.columns
-    if by_column:
+    if unsplit:
+        part = np.full(len(frame), "test")
+    elif by_column:
         part = _column_split(frame, csv_path, contract.split_column or "")
     else:
         part = _patient_split(frame, csv_path, test_fraction, val_fraction, seed)
@@ -412,7 +416,8 @@ def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, 
                       tuple(patients[train].tolist()), tuple(patients[test].tolist()),
                       metadata(test), metadata(train),
                       val_images=images[val], val_labels=labels[val], val_patients=tuple(patients[val].tolist()),
-                      val_metadata=metadata(val), source="column" if by_column else "fraction")
+                      val_metadata=metadata(val),
+                      source="unsplit" if unsplit else "column" if by_column else "fraction")
 
 
 def _npz_images(path: Path, key: str, array: np.ndarray, contract: ImageContract) -> np.ndarray:
@@ -486,15 +491,15 @@ def _load_npz(path: Path, contract: ImageContract) -> ImageSplit:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str, stamp: tuple[int, ...], contract: ImageContract, test_fraction: float,
-                 seed: int, val_fraction: float) -> ImageSplit:
+                 seed: int, val_fraction: float, unsplit: bool) -> ImageSplit:
     source = Path(path)
     if source.suffix.lower() == ".npz":
         return _load_npz(source, contract)
-    return _load_folder(source, contract, test_fraction, val_fraction, seed)
+    return _load_folder(source, contract, test_fraction, val_fraction, seed, unsplit)
 
 
 def load_image_split(path: Path | str, contract: ImageContract, test_fraction: float = 0.2,
-                     seed: int = 0, *, val_fraction: float = 0.0) -> ImageSplit:
+                     seed: int = 0, *, val_fraction: float = 0.0, unsplit: bool = False) -> ImageSplit:
     """Load a hospital's images (checked against the contract) and split them in three parts.
 
     Where the split comes from (``ImageSplit.source``): a ``.npz``'s ``train_*``, ``val_*``
@@ -512,6 +517,8 @@ def load_image_split(path: Path | str, contract: ImageContract, test_fraction: f
         seed: Seed of the split.
         val_fraction: Share of patients set apart for validation (random split only; taken
             from the training patients, the test part does not change).
+        unsplit: Folders only: no split, every image in the test part (a validator's own
+            images, scored whole; the split column is not read).
 
     Returns:
         The split; cached per process by path and modification time, so the arrays are
@@ -538,7 +545,9 @@ def load_image_split(path: Path | str, contract: ImageContract, test_fraction: f
     elif not source.is_file():
         raise ImageDataError(source, "file not found")
     stamp = (source.stat().st_mtime_ns, source.parent.stat().st_mtime_ns)
-    return _load_cached(str(source), stamp, contract, float(test_fraction), seed, float(val_fraction))
+    if unsplit and contract.split_column is not None:
+        contract = dataclasses.replace(contract, split_column=None)
+    return _load_cached(str(source), stamp, contract, float(test_fraction), seed, float(val_fraction), unsplit)
 
 
 def pixel_statistics(images: np.ndarray) -> dict[str, Any]:

@@ -175,6 +175,15 @@ def test_val_fraction_moves_training_patients_only(tmp_path: Path) -> None:
         load_image_split(root, CONTRACT, test_fraction=0.5, val_fraction=0.5)
 
 
+def test_unsplit_puts_every_image_in_the_test_part(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "one", _rows(1, per_patient=4))  # one patient: no split is possible, none is needed
+    split = load_image_split(root, CONTRACT, unsplit=True)
+    assert split.source == "unsplit" and split.counts() == {"train": 0, "val": 0, "test": 4}
+    assert split.test_patients == ("p0",) * 4
+    with pytest.raises(ImageDataError, match="1 patient\\(s\\); a split in 2 parts needs at least 2"):
+        load_image_split(root, CONTRACT)
+
+
 def _with_split(root: Path, parts: list[str], header: str = "split") -> Path:
     csv = root / "labels.csv"
     lines = csv.read_text().splitlines()

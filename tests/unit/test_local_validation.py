@@ -71,6 +71,13 @@ def test_a_folder_the_registry_does_not_know_counts_every_image(image_sites: dic
     assert selected.test_metadata is not None and len(selected.test_metadata["sex"]) == 60
     with pytest.raises(LocalValidationError, match="has no val part"):
         held_out_images(mine, spec, {}, "val")
+    one = tmp_path / "one"  # a validator's folder of one patient: scored whole, no split attempted
+    one.mkdir()
+    labels = pd.read_csv(mine / "labels.csv", dtype=str)
+    labels[labels["patient_id"] == labels["patient_id"].iloc[0]].to_csv(one / "labels.csv", index=False)
+    shutil.copytree(mine / "images", one / "images")
+    _, held = held_out_images(one, spec, {})
+    assert held.scored == int((labels["patient_id"] == labels["patient_id"].iloc[0]).sum()) and held.excluded == 0
 
 
 def test_a_npz_is_scored_on_its_test_part_only(image_sites: dict[str, Path]) -> None:
