@@ -84,6 +84,8 @@ def split_origin(split: ImageSplit, data: ImageDataSpec, seed: int) -> str:
         return "the .npz's train/val/test arrays"
     if split.source == "column":
         return f"labels.csv column '{data.split_column}'"
+    if split.source == "unsplit":
+        return "no split (every image held out)"
     return (f"patients at random (test_fraction {data.test_fraction:g}, val_fraction {data.val_fraction:g}, "
             f"seed {seed})")
 
