@@ -175,10 +175,24 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
     elif validation:
         console.print("Validation report: missing (no hospital returned aggregates); the version cannot be approved",
                       highlight=False)
+    decision = summary.get("decision")
+    if decision:
+        at = ", ".join(f"{k.removeprefix('validation.decision_').replace('_', ' ')} {v}" for k, v in validation.items()
+                       if k.startswith("validation.decision_"))
+        rule = (f"threshold {decision['threshold']:.4g}" if decision.get("threshold") is not None
+                else "prior-corrected argmax")
+        weights = summary.get("class_weights")
+        console.print(f"Decision: {rule} by {decision['rule']} ({decision['source']})"
+                      + (f"; on the test part: {at}" if at else "")
+                      + (f"; class weights {', '.join(f'{w:.3g}' for w in weights)}" if weights else ""),
+                      highlight=False, markup=False)
     if summary.get("quality_warning"):
         alias = ("it was given the candidate alias anyway (registry.candidate_despite_warning)" if summary.get("candidate")
                  else "it was not given the candidate alias")
         console.print(f"QUALITY WARNING: {summary['quality_warning']}; {alias}", highlight=False, markup=False,
+                      style="bold yellow")
+    if summary.get("loss_rising"):
+        console.print(f"TRAINING WARNING: {summary['loss_rising']} (docs/dp-training.md)", highlight=False, markup=False,
                       style="bold yellow")
     seconds = summary["seconds"]
     wall = f"{seconds['wall']:.1f} s wall, " if "wall" in seconds else ""

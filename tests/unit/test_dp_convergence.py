@@ -179,9 +179,14 @@ def test_set_fields_win_over_dp_defaults() -> None:
 
 def test_a_learning_rate_alone_keeps_its_optimizer_and_an_optimizer_alone_gets_its_dp_rate() -> None:
     lr_only = parse_spec(_bare_image_spec(training={"rounds": 2, "learning_rate": 0.002}))
-    assert (lr_only.training.optimizer, lr_only.training.learning_rate) == ("adam", 0.002)
+    assert (lr_only.training.optimizer, lr_only.training.learning_rate, lr_only.privacy.max_grad_norm) == ("adam", 0.002, 1.0)
+    assert lr_only.training.batch_size == DP_IMAGE_DEFAULTS["training"]["batch_size"]  # independent of the optimiser
     adam_only = parse_spec(_bare_image_spec(training={"rounds": 2, "optimizer": "adam"}))
     assert adam_only.training.optimizer == "adam" and adam_only.training.learning_rate < 0.002
+    assert adam_only.privacy.max_grad_norm == 1.0
+    sgd_only = parse_spec(_bare_image_spec(training={"rounds": 2, "optimizer": "sgd"}))
+    assert sgd_only.training.learning_rate == DP_IMAGE_DEFAULTS["training"]["learning_rate"]
+    assert sgd_only.privacy.max_grad_norm == DP_IMAGE_DEFAULTS["privacy"]["max_grad_norm"]
 
 
 def test_no_dp_defaults_without_dp_or_for_tables(hospital_files: list[Path]) -> None:
