@@ -4,7 +4,9 @@ Hierarchy::
 
     TrainingError
     ├── DataContractError      a hospital file breaks the data contract
-    │   └── DataSplitError     `bioverse data split` cannot split a dataset as asked
+    │   ├── DataSplitError     `bioverse data split` cannot split a dataset as asked
+    │   ├── ImageDataError     a hospital's images break the image contract
+    │   └── ImageDecodeError   bytes that are not a readable PNG or JPEG image
     └── PrivacyConfigError     DP settings that cannot be met
 """
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DataContractError", "DataSplitError", "PrivacyConfigError", "TrainingError"]
+__all__ = ["DataContractError", "DataSplitError", "ImageDataError", "ImageDecodeError", "PrivacyConfigError",
+           "TrainingError"]
 
 
 class TrainingError(Exception):
@@ -53,3 +56,11 @@ class DataSplitError(DataContractError):
 
 class PrivacyConfigError(TrainingError):
     """Differential-privacy settings that are invalid or cannot be reached."""
+
+
+class ImageDataError(DataContractError):
+    """A hospital's image collection breaks the image contract (names the files at fault)."""
+
+
+class ImageDecodeError(DataContractError):
+    """Bytes that are not a readable PNG or JPEG image (``path`` is the image's name)."""

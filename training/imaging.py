@@ -15,14 +15,22 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
-from sklearn.model_selection import train_test_split
 
-from training.errors import DataContractError
+from training.errors import ImageDataError, ImageDecodeError
+from training.image_splits import (
+    SPLIT_VALUES,
+    ImageSplit,
+    SplitSource,
+    column_split,
+    name_some,
+    patient_split,
+    split_values,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -54,14 +62,6 @@ _MAX_NAMED = 5
 _CHUNK = 64
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class ImageDataError(DataContractError):
-    """A hospital's image collection breaks the image contract (names the files at fault)."""
-
-
-class ImageDecodeError(DataContractError):
-    """Bytes that are not a readable PNG or JPEG image (``path`` is the image's name)."""
 
 
 @dataclass(frozen=True)
@@ -104,64 +104,6 @@ class ImageContract:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
-
-
-#: Where a split came from: the ``.npz`` file's parts, the ``labels.csv`` split column,
-#: ``test_fraction``/``val_fraction`` of the patients at random, or none (``unsplit``: every
-#: image in the test part, for a validator's own images).
-SplitSource = Literal["npz", "column", "fraction", "unsplit"]
-
-#: Spellings of a split column's values (after trimming and lower-casing).
-SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_PARTS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class ImageSplit:
-    """A hospital's images as uint8 (N, C, H, W) arrays with int64 class indices, in three
-    parts: train (trained on), val (model selection, never trained on) and test (held out).
-
-    ``*_patients`` hold the patient id of each image (aligned with the images); None for a
-    ``.npz`` file, which has no patient ids. ``*_metadata`` hold the contract's metadata
-    columns of each part's images (None: no metadata). The val part is empty (zero images)
-    when the data has none; ``source`` says where the split came from.
-    """
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    train_patients: tuple[str, ...] | None
-    test_patients: tuple[str, ...] | None
-    test_metadata: dict[str, tuple[str | None, ...]] | None = None
-    train_metadata: dict[str, tuple[str | None, ...]] | None = None
-    val_images: np.ndarray | None = None
-    val_labels: np.ndarray | None = None
-    val_patients: tuple[str, ...] | None = None
-    val_metadata: dict[str, tuple[str | None, ...]] | None = None
-    source: SplitSource = "fraction"
-
-    def __post_init__(self) -> None:
-        if self.val_images is None:
-            object.__setattr__(self, "val_images", np.zeros((0, *self.train_images.shape[1:]), np.uint8))
-        if self.val_labels is None:
-            object.__setattr__(self, "val_labels", np.zeros(0, np.int64))
-
-    def part(self, name: str) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[str | None, ...]] | None]:
-        """Images, labels and metadata of ``train``, ``val`` or ``test``."""
-        if name not in _PARTS:
-            raise ValueError(f"part must be one of {', '.join(_PARTS)}, got {name!r}")
-        return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels"), getattr(self, f"{name}_metadata")
-
-    def counts(self) -> dict[str, int]:
-        """Images per part: ``{"train": n, "val": n, "test": n}``."""
-        return {name: len(self.part(name)[1]) for name in _PARTS}
-
-
-def _name_some(items: Sequence[str], limit: int = _MAX_NAMED) -> str:
-    """``"a, b, c"`` or ``"a, b, c, d, e and 7 more"``."""
-    shown = ", ".join(items[:limit])
-    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
 
 
 def _fit(image: Image.Image, size: int, channels: int) -> np.ndarray:
@@ -254,7 +196,7 @@ def _decode_files(csv_path: Path, files: list[tuple[str, str]], contract: ImageC
     results = _in_threads(functools.partial(_decode_chunk, size=contract.size, channels=contract.channels), files)
     bad = [r for r in results if isinstance(r, str)]
     if bad:
-        raise ImageDataError(csv_path, f"{len(bad)} image(s) cannot be read: {_name_some(bad)}",
+        raise ImageDataError(csv_path, f"{len(bad)} image(s) cannot be read: {name_some(bad)}",
                              column=contract.image_column)
     return np.stack(results) if results else np.zeros((0, contract.channels, contract.size, contract.size), np.uint8)
 
@@ -305,87 +247,28 @@ def _read_labels(csv_path: Path, contract: ImageContract) -> pd.DataFrame:
         if blank.any():
             raise ImageDataError(csv_path, "empty cell", column=name, row=int(np.flatnonzero(blank)[0]) + 1)
     if parts is not None:
-        frame["part"] = _split_values(csv_path, parts, split or "")
+        frame["part"] = split_values(csv_path, parts, split or "")
 
     frame["key"] = [os.path.normpath(v) for v in frame["image"]]
     root, real_dirs = str(csv_path.parent.resolve()), dict[str, str]()
     escaping = [img for img, key in zip(frame["image"], frame["key"]) if _leaves(root, img, key, real_dirs)]
     if escaping:
-        raise ImageDataError(csv_path, f"{len(escaping)} image path(s) leave the folder: {_name_some(escaping)}",
+        raise ImageDataError(csv_path, f"{len(escaping)} image path(s) leave the folder: {name_some(escaping)}",
                              column=contract.image_column)
 
     index = [_label_index(v, contract.classes) for v in frame["label"]]
     bad = [f"{img} (label {lab!r})" for img, lab, i in zip(frame["image"], frame["label"], index) if i is None]
     if bad:
         raise ImageDataError(csv_path, f"{len(bad)} mislabelled image(s), labels must be one of "
-                             f"{list(contract.classes)}: {_name_some(bad)}", column=contract.label)
+                             f"{list(contract.classes)}: {name_some(bad)}", column=contract.label)
     frame["label"] = np.asarray(index, dtype=np.int64)
     groups = frame.groupby("key", sort=False)
     for column, what in (("label", "different labels"), ("patient", "different patients")):
         conflicting = [k for k, n in groups[column].nunique().items() if n > 1]
         if conflicting:
             raise ImageDataError(csv_path, f"{len(conflicting)} image(s) listed twice with {what}: "
-                                 f"{_name_some(conflicting)}", column=contract.image_column)
+                                 f"{name_some(conflicting)}", column=contract.image_column)
     return frame.drop_duplicates("key").reset_index(drop=True)
-
-
-def _split_values(csv_path: Path, values: pd.Series, column: str) -> np.ndarray:
-    """The split column canonicalised to train/val/test; a blank or other value is refused."""
-    canonical = values.str.lower().map(SPLIT_VALUES)
-    bad = np.flatnonzero(canonical.isna().to_numpy())
-    if bad.size:
-        row, raw = int(bad[0]) + 1, values.iloc[int(bad[0])]
-        more = f" ({bad.size - 1} more row(s) too)" if bad.size > 1 else ""
-        raise ImageDataError(csv_path, f"split value {raw!r} is not train, val or test{more}", column=column, row=row)
-    return canonical.to_numpy(str)
-
-
-def _column_split(frame: pd.DataFrame, csv_path: Path, column: str) -> np.ndarray:
-    """Each row's part from the split column: no patient in two parts, train and test not empty."""
-    per_patient = frame.groupby("patient", sort=False)["part"].unique()
-    straddling = [f"{p} ({', '.join(sorted(v))})" for p, v in per_patient.items() if len(v) > 1]
-    if straddling:
-        raise ImageDataError(csv_path, f"{len(straddling)} patient(s) in more than one part: {_name_some(straddling)}",
-                             column=column)
-    for part in ("train", "test"):
-        if not (frame["part"] == part).any():
-            raise ImageDataError(csv_path, f"no image marked {part}; the training and the test part need images",
-                                 column=column)
-    return frame["part"].to_numpy(str)
-
-
-def _hold_out(patients: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """The patients held out (``fraction`` of them), stratified by class where possible."""
-    try:
-        _, out = train_test_split(patients, test_size=fraction, random_state=seed, stratify=strata)
-    except ValueError:  # a class with a single patient, or fewer held-out patients than classes
-        _, out = train_test_split(patients, test_size=fraction, random_state=seed)
-    return np.asarray(out)
-
-
-def _patient_split(frame: pd.DataFrame, csv_path: Path, test_fraction: float, val_fraction: float,
-                   seed: int) -> np.ndarray:
-    """Each row's part: whole patients held out (test, then val), stratified by their usual label.
-
-    The test patients do not depend on ``val_fraction``: adding a val part only moves
-    training patients.
-    """
-    usual = pd.crosstab(frame["patient"], frame["label"]).idxmax(axis=1)  # ties: the lowest class
-    needed = 3 if val_fraction > 0 else 2
-    if len(usual) < needed:
-        raise ImageDataError(csv_path, f"{len(usual)} patient(s); a split in {needed} parts needs at least {needed}")
-    patients, strata = usual.index.to_numpy(), usual.to_numpy()
-    test = set(_hold_out(patients, strata, test_fraction, seed).tolist())
-    part = np.where(frame["patient"].isin(test).to_numpy(), "test", "train").astype(object)
-    if val_fraction > 0:
-        rest = ~np.isin(patients, list(test))
-        if rest.sum() < 2:
-            raise ImageDataError(csv_path, f"{int(rest.sum())} patient(s) left after the test part; "
-                                 "val_fraction needs at least two")
-        share = min(val_fraction / (1.0 - test_fraction), 0.5 if rest.sum() == 2 else 1 - 1 / rest.sum())
-        val = set(_hold_out(patients[rest], strata[rest], share, seed + 1).tolist())
-        part[frame["patient"].isin(val).to_numpy()] = "val"
-    return part.astype(str)
 
 
 def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, val_fraction: float,
@@ -394,15 +277,15 @@ def _load_folder(csv_path: Path, contract: ImageContract, test_fraction: float, 
     files = [os.path.join(csv_path.parent, key) for key in frame["key"]]
     absent = [img for img, file in zip(frame["image"], files) if not os.path.isfile(file)]
     if absent:
-        raise ImageDataError(csv_path, f"{len(absent)} image file(s) not found: {_name_some(absent)}",
+        raise ImageDataError(csv_path, f"{len(absent)} image file(s) not found: {name_some(absent)}",
                              column=contract.image_column)
     by_column = "part" in frame.columns
     if unsplit:
         part = np.full(len(frame), "test")
     elif by_column:
-        part = _column_split(frame, csv_path, contract.split_column or "")
+        part = column_split(frame, csv_path, contract.split_column or "")
     else:
-        part = _patient_split(frame, csv_path, test_fraction, val_fraction, seed)
+        part = patient_split(frame, csv_path, test_fraction, val_fraction, seed)
     images = _decode_files(csv_path, list(zip(frame["image"], files)), contract)
     labels, patients = frame["label"].to_numpy(np.int64), frame["patient"].to_numpy(str)
 
