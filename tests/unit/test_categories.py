@@ -144,3 +144,32 @@ def test_a_hospital_logs_its_undeclared_values_with_every_count(hospital_files: 
     assert "NEVER" not in stats["categorical"]["smoking"] and "never" in stats["categorical"]["smoking"]
     warned = [r.getMessage() for r in caplog.records if "outside the declared list" in r.getMessage()]
     assert len(warned) == 1 and "h1: smoking" in warned[0] and "'ex-smoker' (" in warned[0]
+
+
+def test_ray_serve_risk_predictor_counts_unknown_categories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from serving import risk
+    from serving.model_source import LoadedModel
+
+    contract = DataContract("pid", "event", ("age",), ("cp",))
+    base, _ = _frames()
+    encoder = FeatureEncoder.from_statistics(local_statistics(base, contract), contract)
+    save_package_files(tmp_path, build_model("logistic", encoder.input_dim).eval(), encoder, "logistic", {})
+    model = LoadedModel("m", "1", RiskScorer.from_files(tmp_path))
+    counted: list[tuple[float, dict]] = []
+
+    class Recorder:
+        def __init__(self, name: str, **kwargs: object) -> None:
+            assert name == "bioverse_unknown_category_total" and kwargs["tag_keys"] == ("feature",)
+
+        def inc(self, value: float = 1.0, tags: dict | None = None) -> None:
+            counted.append((value, tags or {}))
+
+    monkeypatch.setattr(risk.metrics, "Counter", Recorder)
+    monkeypatch.setattr(risk, "AliasFollower", lambda *args, **kwargs: SimpleNamespace(model=model))
+    predictor = risk.RiskPredictor.func_or_class(f"sqlite:///{tmp_path / 'mlflow.db'}", "m")
+    # serve.batch needs a replica; the batch method calls this with the batch's rows once scored
+    predictor._count_unknown(model, [{"age": 50.0, "cp": "4.0"}, {"age": 50.0, "cp": "9"}, {"age": 50.0, "cp": "9"}])
+    predictor._count_unknown(model, [{"age": 50.0, "cp": "4"}])
+    assert counted == [(2, {"feature": "cp"})]
