@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -98,14 +98,16 @@ def _csv_header(path: Path) -> list[str]:
         return []
 
 
-def _everything(split: ImageSplit) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[str | None, ...]] | None]:
-    parts = [split.part(p) for p in ("train", "val", "test")]
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    if split.test_metadata is None:
-        return images, labels, None
-    metadata = {c: tuple(v for p in parts for v in (p[2] or {}).get(c, ())) for c in split.test_metadata}
-    return images, labels, metadata
+def _gather(split: ImageSplit, parts: tuple[str, ...]) -> dict[str, Any]:
+    """The ``test_*`` fields of a split holding ``parts`` of it (images, labels, metadata, patients)."""
+    chosen = [split.part(p) for p in parts]
+    ids = [getattr(split, f"{p}_patients") for p in parts]
+    metadata = None if split.test_metadata is None else {
+        c: tuple(v for _, _, m in chosen for v in (m or {}).get(c, ())) for c in split.test_metadata}
+    return {"test_images": np.concatenate([images for images, _, _ in chosen]),
+            "test_labels": np.concatenate([labels for _, labels, _ in chosen]),
+            "test_metadata": metadata,
+            "test_patients": None if any(i is None for i in ids) else tuple(p for i in ids for p in i)}
 
 
 def _refuse_all(path: Path | str, hospital: str | None, unit: str) -> None:
@@ -154,18 +156,19 @@ def held_out_images(path: Path | str, spec: ExperimentSpec, tags: dict[str, str]
         if origin is None and part == "val":
             raise LocalValidationError(f"{path}: has no val part (not a .npz, no split column, not a training dataset "
                                        "of this version); leave --part out to score every image")
-        images, labels, metadata = split.part("test") if own else _everything(split)
+        parts = ("test",) if own else ("train", "val", "test")  # an unsplit folder holds everything in test
         what = ("every image: not one of this version's training datasets and no split in it" if origin is None
                 else f"every part of {origin}, --part all")
     else:
-        images, labels, metadata = split.part(part)
-        if len(labels) == 0:
+        parts = (part,)
+        if len(split.part(part)[1]) == 0:
             raise LocalValidationError(f"{path}: the {part} part of {origin} holds no images")
         what = f"the {part} part of {origin}"
         if hospital is not None:
             what += f", held out from {hospital}'s training"
-    selected = dataclasses.replace(split, test_images=images, test_labels=labels, test_metadata=metadata)
-    return selected, HeldOut(len(labels), total - len(labels), what, hospital)
+    selected = dataclasses.replace(split, **_gather(split, parts))
+    scored = len(selected.test_labels)
+    return selected, HeldOut(scored, total - scored, what, hospital)
 
 
 def held_out_rows(path: Path | str, spec: ExperimentSpec, tags: dict[str, str],

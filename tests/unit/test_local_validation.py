@@ -52,6 +52,7 @@ def test_a_training_folder_is_scored_on_the_patients_its_run_held_out(image_site
         np.testing.assert_array_equal(selected.test_images, run.test_images)
         assert "test part of the run's split of h1's patients (seed 4)" in held.sentence("images")
         assert selected.test_metadata is not None and len(selected.test_metadata["sex"]) == held.scored
+        assert selected.test_patients == run.test_patients
     val, held = held_out_images(site, spec, tags, "val")
     np.testing.assert_array_equal(val.test_labels, run.val_labels)
     with pytest.raises(LocalValidationError, match="h1 trained this version on part of it; --part all"):
@@ -69,6 +70,7 @@ def test_a_folder_the_registry_does_not_know_counts_every_image(image_sites: dic
     assert held.sentence("images") == ("scored 60 held-out images (every image: not one of this version's training "
                                        "datasets and no split in it); none excluded")
     assert selected.test_metadata is not None and len(selected.test_metadata["sex"]) == 60
+    assert selected.test_patients is not None and len(selected.test_patients) == 60
     with pytest.raises(LocalValidationError, match="has no val part"):
         held_out_images(mine, spec, {}, "val")
     one = tmp_path / "one"  # a validator's folder of one patient: scored whole, no split attempted
@@ -91,7 +93,7 @@ def test_a_npz_is_scored_on_its_test_part_only(image_sites: dict[str, Path]) -> 
     assert held.scored == sizes["test"] and held.excluded == sizes["train"] + sizes["val"] and held.hospital is None
     assert "(the test part of the .npz)" in held.sentence("images")
     everything, held_all = held_out_images(npz, spec, {}, "all")  # not a training dataset: allowed, and said
-    assert len(everything.test_labels) == held_all.scored == 60 and "every part of the .npz, --part all" in held_all.what
+    assert len(everything.test_labels) == held_all.scored == 60 and everything.test_patients is None  # a .npz has none and "every part of the .npz, --part all" in held_all.what
     trained = {"dataset.h1": dataset_fingerprint(npz)}
     _, held = held_out_images(npz, spec, trained)
     assert held.hospital == "h1" and "held out from h1's training" in held.what
