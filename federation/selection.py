@@ -30,10 +30,13 @@ from training.selection import (
     merge_selection_aggregates,
     noise_selection_aggregates,
     selection_aggregates,
+    selection_epsilon_after,
+    selection_noise_multiplier,
+    selection_noise_sd,
     selection_value,
 )
 
-__all__ = ["NO_VAL_PART", "RoundChoice", "RoundSelection", "charge_selection", "evaluate_round", "selection_release_budget"]
+__all__ = ["NO_VAL_PART", "RoundChoice", "RoundSelection", "charge_selection", "evaluate_round", "selection_noise"]
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +44,29 @@ log = logging.getLogger(__name__)
 NO_VAL_PART = "no val part: set data.val_fraction or a split column"
 
 
-def selection_release_budget(spec: ExperimentSpec) -> tuple[float, float]:
-    """``(epsilon, delta)`` of one round's release: ``privacy.selection_epsilon`` and
-    ``privacy.target_delta`` split evenly over ``training.rounds`` (basic composition)."""
-    rounds = spec.training.rounds
-    return spec.privacy.selection_epsilon / rounds, spec.privacy.target_delta / rounds
+def selection_noise(spec: ExperimentSpec) -> float:
+    """The noise multiplier of each round's release: ``training.rounds`` releases together
+    spend ``privacy.selection_epsilon`` at ``privacy.target_delta`` (RDP accountant)."""
+    return selection_noise_multiplier(epsilon=spec.privacy.selection_epsilon, delta=spec.privacy.target_delta,
+                                      releases=spec.training.rounds)
 
 
 def charge_selection(site: Site, spec: ExperimentSpec, run_key: str) -> dict[str, float]:
-    """Charge the ledger for one round's val release, under the run's ``<run>/selection``.
-
-    Every release is charged, a repeated one too (fresh noise could be averaged away).
+    """Charge the ledger for one more val release, under the run's ``<run>/selection``:
+    the epsilon of all this run's releases so far (RDP composition), so rounds never run
+    are never charged. Every release is charged, a repeated one too (fresh noise could be
+    averaged away).
 
     Raises:
         BudgetExceededError: the release would exceed the budget; nothing is charged.
     """
     ledger = site_ledger(site)
     key = f"{run_key}/selection"
-    epsilon, delta = selection_release_budget(spec)
     previous = ledger.entry(key)
     releases = (previous.steps if previous else 0) + 1
-    total = (previous.epsilon if previous else 0.0) + epsilon
-    ledger.charge(run=key, experiment=spec.name, epsilon=total, delta=releases * delta, steps=releases,
+    delta = spec.privacy.target_delta
+    total = selection_epsilon_after(noise_multiplier=selection_noise(spec), releases=releases, delta=delta)
+    ledger.charge(run=key, experiment=spec.name, epsilon=total, delta=delta, steps=releases,
                   budget=site.budget, kind="selection")
     return {"selection-epsilon": total, "budget-left": site.budget - ledger.spent()}
 
@@ -101,8 +105,7 @@ def evaluate_round(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, s
     exact = selection_aggregates(probs, labels, metric)
     if spec.privacy.enabled:
         metrics = charge_selection(site, spec, run_key)
-        epsilon, delta = selection_release_budget(spec)
-        release = noise_selection_aggregates(exact, epsilon=epsilon, delta=delta)
+        release = noise_selection_aggregates(exact, noise_multiplier=selection_noise(spec))
         metrics["num-examples"] = max(_rows(release), 1.0)
     else:
         release = exact
@@ -132,6 +135,7 @@ class RoundChoice:
     value: float | None
     hospitals: dict[str, float | None]
     improved: bool
+    noise_sd: float | None = None  # how much DP noise alone moves the value (None without DP)
 
 
 class RoundSelection:
@@ -154,6 +158,8 @@ class RoundSelection:
         self.rounds_with_val = 0
         #: Each hospital's epsilon spent on val releases in this run (DP only).
         self.epsilon: dict[str, float] = {}
+        #: The largest DP noise standard deviation of a round's value so far (None without DP).
+        self.noise_sd: float | None = None
 
     def observe(self, server_round: int, parts: dict[str, dict[str, Any]], arrays: ArrayRecord | None) -> RoundChoice:
         """Record one round: ``parts`` are the hospitals' releases, ``arrays`` the round's
@@ -167,7 +173,12 @@ class RoundSelection:
             self.best_state = arrays.to_torch_state_dict()
         if parts and self.stopping.should_stop and server_round < self.spec.training.rounds:
             self.stopped_early = True
-        return RoundChoice(server_round, value, {h: selection_value(p) for h, p in sorted(parts.items())}, improved)
+        scales = [float(p["dp"]["noise_scale"]) for p in parts.values() if "dp" in p]
+        noise_sd = selection_noise_sd(merged, scales)
+        if noise_sd is not None:
+            self.noise_sd = max(self.noise_sd or 0.0, noise_sd)
+        return RoundChoice(server_round, value, {h: selection_value(p) for h, p in sorted(parts.items())}, improved,
+                           noise_sd)
 
     @property
     def should_stop(self) -> bool:
@@ -190,6 +201,16 @@ class RoundSelection:
             text += (f"; stopped after round {s.last_round}: {s.stale} rounds without improving it"
                      f" by more than {s.min_delta:g} (patience {s.patience})")
         return text
+
+    def noise_warning(self) -> str | None:
+        """A warning when DP noise alone moves the val metric by more than ``min_delta``
+        (and 0.01): improvements may be chance."""
+        limit = max(self.spec.selection.min_delta, 0.01)
+        if self.noise_sd is None or self.noise_sd <= limit:
+            return None
+        return (f"val {self.metric} is noisy: DP noise alone moves it by {self.noise_sd:.3f} (sd) per round, more than "
+                f"{limit:g}; the chosen round may be chance: raise privacy.selection_epsilon, the val part or "
+                "selection.min_delta")
 
     def rounds_text(self) -> str:
         """The model card's rounds: how many ran and which round's model this is."""
@@ -216,6 +237,8 @@ class RoundSelection:
         """What the run summary says about the choice."""
         s = self.stopping
         return {"metric": self.metric, "chosen": self.chosen, "round": s.best_round if self.chosen else s.last_round,
-                "value": s.best_value if self.chosen else None, "stopped_early": self.stopped_early,
+                "value": s.best_value if self.chosen else None, "noise_sd": self.noise_sd,
+                **({"warning": warning} if (warning := self.noise_warning()) else {}),
+                "stopped_early": self.stopped_early,
                 "rounds_run": s.last_round, "history": {str(r): v for r, v in sorted(s.history.items())},
                 "reason": self.reason()}

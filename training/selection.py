@@ -9,7 +9,8 @@ the class's predicted probability on the logit scale, :data:`SCORE_BINS` bins; f
 release is one Gaussian mechanism (:func:`noise_selection_aggregates`): one row added or
 removed changes ``n`` by 1 and the loss sum by at most ``LOSS_CLIP`` (loss), one cell of
 each one-vs-rest histogram pair by 1 (auroc), or one confusion cell by 1
-(balanced_accuracy); each coordinate is noised in proportion to its bound. The
+(balanced_accuracy); each coordinate is noised in proportion to its bound, and the
+run's releases compose under the RDP accountant like DP-SGD steps at sampling rate 1. The
 coordinator sums the hospitals' aggregates (:func:`merge_selection_aggregates`), reads the
 metric (:func:`selection_value`) and :class:`EarlyStopping` keeps the best round.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from training.dp_statistics import gaussian_noise_scale
+from training.privacy import epsilon_after, noise_for_budget
 
 __all__ = [
     "HIGHER_IS_BETTER",
@@ -35,6 +36,9 @@ __all__ = [
     "merge_selection_aggregates",
     "noise_selection_aggregates",
     "selection_aggregates",
+    "selection_epsilon_after",
+    "selection_noise_multiplier",
+    "selection_noise_sd",
     "selection_sensitivity",
     "selection_value",
 ]
@@ -42,8 +46,9 @@ __all__ = [
 SCHEMA = "bioverse.selection.aggregates/1"
 SELECTION_METRICS = ("loss", "auroc", "balanced_accuracy")
 HIGHER_IS_BETTER = {"loss": False, "auroc": True, "balanced_accuracy": True}
-#: Per-row cross-entropy is clipped to this many nats before summing (bounds one row's effect).
-LOSS_CLIP = 10.0
+#: Per-row cross-entropy is clipped to this many nats before summing (bounds one row's
+#: effect; 4 nats = a probability of 0.018 for the true class). Smaller means less DP noise.
+LOSS_CLIP = 4.0
 #: Histogram bins of predicted probabilities on the logit scale, over LOGIT_RANGE.
 SCORE_BINS = 32
 LOGIT_RANGE = (-8.0, 8.0)
@@ -111,16 +116,29 @@ def selection_sensitivity(metric: str, classes: int) -> int:
     return 1
 
 
-def noise_selection_aggregates(agg: Mapping[str, Any], *, epsilon: float, delta: float,
-                               rng: np.random.Generator | None = None) -> dict[str, Any]:
-    """The Gaussian-mechanism release of :func:`selection_aggregates` at ``(epsilon, delta)``.
+def selection_noise_multiplier(*, epsilon: float, delta: float, releases: int) -> float:
+    """The noise multiplier of each of ``releases`` Gaussian releases that together spend
+    ``(epsilon, delta)`` under the RDP accountant (as DP-SGD's steps, at sampling rate 1)."""
+    return noise_for_budget(target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=releases)
 
-    The noise multiplier is calibrated with the RDP accountant (one release); each
-    coordinate gets ``scale * bound`` (``bound`` = :data:`LOSS_CLIP` for the loss sum, 1
-    otherwise), with ``scale`` per unit bound and ``sqrt(sensitivity)`` folded in.
+
+def selection_epsilon_after(*, noise_multiplier: float, releases: int, delta: float) -> float:
+    """Epsilon spent by ``releases`` releases at ``noise_multiplier`` (RDP composition)."""
+    return epsilon_after(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=releases, delta=delta)
+
+
+def noise_selection_aggregates(agg: Mapping[str, Any], *, noise_multiplier: float,
+                               rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """The Gaussian-mechanism release of :func:`selection_aggregates`.
+
+    With every coordinate divided by its bound (:data:`LOSS_CLIP` for the loss sum, 1
+    otherwise) one row moves the release by at most ``sqrt(k)`` in L2
+    (:func:`selection_sensitivity`), so each coordinate gets noise of standard deviation
+    ``noise_multiplier * sqrt(k) * bound``.
     """
     metric, k = str(agg["metric"]), int(agg["classes"])
-    scale = gaussian_noise_scale(epsilon=epsilon, delta=delta, coordinates=selection_sensitivity(metric, k))
+    sensitivity = math.sqrt(selection_sensitivity(metric, k))
+    scale = noise_multiplier * sensitivity
     rng = rng if rng is not None else np.random.default_rng()
     out: dict[str, Any] = {"schema": SCHEMA, "metric": metric, "classes": k}
     if metric == "loss":
@@ -132,8 +150,7 @@ def noise_selection_aggregates(agg: Mapping[str, Any], *, epsilon: float, delta:
     else:
         confusion = np.asarray(agg["confusion"], dtype=float)
         out["confusion"] = (confusion + rng.normal(0, scale, confusion.shape)).tolist()
-    out["dp"] = {"epsilon": epsilon, "delta": delta, "noise_scale": scale,
-                 "sensitivity": math.sqrt(selection_sensitivity(metric, k))}
+    out["dp"] = {"noise_multiplier": noise_multiplier, "noise_scale": scale, "sensitivity": sensitivity}
     return out
 
 
@@ -189,6 +206,22 @@ def selection_value(agg: Mapping[str, Any] | None) -> float | None:
     rows = confusion.sum(axis=1)
     recalls = [confusion[i, i] / rows[i] for i in range(len(rows)) if rows[i] >= 1]
     return float(np.mean(recalls)) if recalls else None
+
+
+def selection_noise_sd(agg: Mapping[str, Any] | None, noise_scales: list[float], *, draws: int = 200,
+                       rng: np.random.Generator | None = None) -> float | None:
+    """How much the DP noise alone moves :func:`selection_value` of merged aggregates: the
+    standard deviation of the value over ``draws`` fresh noise draws with the hospitals'
+    noise scales (a parametric bootstrap; post-processing, no privacy cost). None without
+    noise or without a value."""
+    if agg is None or not noise_scales or selection_value(agg) is None:
+        return None
+    rng = rng if rng is not None else np.random.default_rng(0)
+    scale = math.sqrt(sum(s * s for s in noise_scales))  # the merged release's noise per unit bound
+    values = [selection_value(noise_selection_aggregates(agg, noise_multiplier=scale / math.sqrt(
+        selection_sensitivity(str(agg["metric"]), int(agg["classes"]))), rng=rng)) for _ in range(draws)]
+    known = [v for v in values if v is not None]
+    return float(np.std(known)) if len(known) > 1 else None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from federation.ledger import PrivacyLedger
 from tests.conftest import spec_dict
 from training.fingerprint import dataset_fingerprint
+from training.selection import selection_epsilon_after, selection_noise_multiplier
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +38,21 @@ def test_early_stopping_registers_the_best_val_round_and_charges_only_the_rounds
     done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
+    out = " ".join(done.stdout.split())  # the console wraps long lines
     assert "round 2/5" in out and "round 3/5" not in out
     assert "early stopping after round 2/5: 1 rounds without improvement (patience 1)" in out
     assert "Model selection: round 1 had the best val loss" in out
+    assert "(DP noise sd) from 2 hospitals" in out, out
+    assert "val loss is noisy" not in out  # the noise is far below this min_delta
 
     client = MlflowClient(uri, registry_uri=uri)
     tags = client.get_model_version("it-selection-risk", "1").tags
     assert tags["selection.status"] == "val" and tags["selection.metric"] == "loss"
     assert tags["selection.round"] == "1" and tags["selection.stopped_early"] == "true"
     assert tags["selection.rounds_run"] == "2" and int(tags["selection.rounds_run"]) < spec["training"]["rounds"]
-    assert float(tags["selection.epsilon"]) == pytest.approx(2 * 0.5 / 5, abs=1e-4)
+    z = selection_noise_multiplier(epsilon=0.5, delta=1e-5, releases=5)  # calibrated for the 5 rounds planned
+    two = selection_epsilon_after(noise_multiplier=z, releases=2, delta=1e-5)  # charged for the 2 run
+    assert two < 0.5 and float(tags["selection.epsilon"]) == pytest.approx(two, abs=1e-4)
     run_id = tags["run_id"]
     history = client.get_metric_history(run_id, "val_loss")
     assert [m.step for m in history] == [1, 2] and float(tags["selection.value"]) == pytest.approx(history[0].value, abs=1e-4)
@@ -62,4 +67,4 @@ def test_early_stopping_registers_the_best_val_round_and_charges_only_the_rounds
         training, selection = ledger.entry(run_id), ledger.entry(f"{run_id}/selection")
         assert training is not None and training.rounds == 2  # rounds 3-5 never ran, never charged
         assert selection is not None and selection.kind == "selection" and selection.steps == 2
-        assert selection.epsilon == pytest.approx(2 * 0.5 / 5)
+        assert selection.epsilon == pytest.approx(two)

@@ -15,17 +15,19 @@ from experiments.errors import SpecError
 from experiments.spec import StrategySpec
 from federation.errors import BudgetExceededError
 from federation.ledger import PrivacyLedger
-from federation.selection import NO_VAL_PART, RoundSelection, charge_selection, selection_release_budget
+from federation.selection import NO_VAL_PART, RoundSelection, charge_selection, selection_noise
 from federation.site import Site
 from federation.strategy import _selection_parts, build_strategy
 from tests.conftest import make_spec
-from training.dp_statistics import gaussian_noise_scale
 from training.selection import (
     LOSS_CLIP,
     EarlyStopping,
     merge_selection_aggregates,
     noise_selection_aggregates,
     selection_aggregates,
+    selection_epsilon_after,
+    selection_noise_multiplier,
+    selection_noise_sd,
     selection_value,
 )
 
@@ -67,9 +69,13 @@ def test_parts_of_another_metric_are_refused_and_no_rows_give_no_value() -> None
 def test_dp_release_noise_is_calibrated_to_the_sensitivity(metric: str, coordinates: int) -> None:
     probs, y = _scores(200, 2, seed=3)
     exact = selection_aggregates(probs, y, metric)
-    scale = gaussian_noise_scale(epsilon=0.1, delta=1e-6, coordinates=coordinates)
+    z = selection_noise_multiplier(epsilon=1.0, delta=1e-5, releases=5)
+    # five releases at z spend epsilon 1 under the RDP accountant, like DP-SGD steps at sampling rate 1
+    assert selection_epsilon_after(noise_multiplier=z, releases=5, delta=1e-5) == pytest.approx(1.0, rel=0.02)
+    assert selection_epsilon_after(noise_multiplier=z, releases=2, delta=1e-5) < 1.0
+    scale = z * np.sqrt(coordinates)
     rng = np.random.default_rng(0)
-    draws = [noise_selection_aggregates(exact, epsilon=0.1, delta=1e-6, rng=rng) for _ in range(400)]
+    draws = [noise_selection_aggregates(exact, noise_multiplier=z, rng=rng) for _ in range(400)]
     assert draws[0]["dp"]["noise_scale"] == pytest.approx(scale)
     assert draws[0]["dp"]["sensitivity"] == pytest.approx(np.sqrt(coordinates))
     if metric == "loss":
@@ -81,11 +87,27 @@ def test_dp_release_noise_is_calibrated_to_the_sensitivity(metric: str, coordina
     else:
         noise = np.array([np.subtract(d["confusion"], exact["confusion"]) for d in draws])
         assert noise.std() == pytest.approx(scale, rel=0.1)
-    # a bigger epsilon means less noise; four one-vs-rest histograms a row touches in a 4-class model
-    assert gaussian_noise_scale(epsilon=1.0, delta=1e-6, coordinates=coordinates) < scale
+    # four one-vs-rest histograms a row touches in a 4-class model
     p4, y4 = _scores(50, 4, seed=1)
-    release = noise_selection_aggregates(selection_aggregates(p4, y4, "auroc"), epsilon=0.1, delta=1e-6, rng=rng)
+    release = noise_selection_aggregates(selection_aggregates(p4, y4, "auroc"), noise_multiplier=z, rng=rng)
     assert release["dp"]["sensitivity"] == pytest.approx(2.0)
+
+
+def test_the_noise_sd_of_a_merged_value_is_estimated_and_shrinks_with_more_rows() -> None:
+    z = selection_noise_multiplier(epsilon=1.0, delta=1e-5, releases=5)
+    sds = []
+    for n in (300, 3000):
+        probs, y = _scores(n, 2, seed=5)
+        parts = {h: noise_selection_aggregates(selection_aggregates(probs, y, "loss"), noise_multiplier=z) for h in "ab"}
+        merged = merge_selection_aggregates(parts)
+        sd = selection_noise_sd(merged, [p["dp"]["noise_scale"] for p in parts.values()])
+        # delta method: sqrt(2 hospitals) * z * sqrt(2) * sqrt(LOSS_CLIP^2 + loss^2) / rows
+        loss = selection_value(selection_aggregates(probs, y, "loss"))
+        expected = np.sqrt(2) * z * np.sqrt(2) * np.sqrt(LOSS_CLIP ** 2 + loss ** 2) / (2 * n)
+        assert sd == pytest.approx(expected, rel=0.35)
+        sds.append(sd)
+    assert sds[1] < sds[0] / 5
+    assert selection_noise_sd(merged, []) is None  # no DP: exact
 
 
 def test_best_round_is_kept_and_patience_stops() -> None:
@@ -155,19 +177,23 @@ def test_without_val_parts_the_last_round_stands_and_says_why(hospital_files: li
 
 def test_each_release_is_charged_to_the_ledger_and_refused_past_the_budget(hospital_files: list[Path], tmp_path: Path) -> None:
     spec = make_spec(hospital_files, training={"rounds": 4}, privacy={"selection_epsilon": 0.8})
-    assert selection_release_budget(spec) == (pytest.approx(0.2), pytest.approx(spec.privacy.target_delta / 4))
+    z = selection_noise(spec)
     site = Site(hospital_id="h1", data_path=hospital_files[0], ledger_path=tmp_path / "ledger.json", budget=1.0,
                 dataset_id="ds-1")
     for _ in range(3):
         charged = charge_selection(site, spec, "run-9")
     ledger = PrivacyLedger(tmp_path / "ledger.json", "h1", "ds-1")
     entry = ledger.entry("run-9/selection")
+    three = selection_epsilon_after(noise_multiplier=z, releases=3, delta=spec.privacy.target_delta)
     assert entry is not None and entry.kind == "selection" and entry.steps == 3
-    assert entry.epsilon == pytest.approx(0.6) and charged["selection-epsilon"] == pytest.approx(0.6)
-    ledger.charge(run="other", experiment="x", epsilon=0.3, delta=1e-5, steps=1, budget=1.0)
+    assert entry.epsilon == pytest.approx(three) and charged["selection-epsilon"] == pytest.approx(three)
+    assert three < 0.8  # three of four rounds' releases cost less than the run's selection_epsilon
+    charge_selection(site, spec, "run-9")
+    assert ledger.entry("run-9/selection").epsilon == pytest.approx(0.8, rel=0.02)
+    ledger.charge(run="other", experiment="x", epsilon=0.3, delta=1e-5, steps=1, budget=2.0)  # a site that had more
     with pytest.raises(BudgetExceededError):
-        charge_selection(site, spec, "run-9")  # 0.3 + 0.8 > 1.0
-    assert ledger.entry("run-9/selection").epsilon == pytest.approx(0.6)  # nothing charged
+        charge_selection(site, spec, "run-9")  # 0.3 + a fifth release > 1.0
+    assert ledger.entry("run-9/selection").steps == 4  # nothing charged
 
 
 def test_spec_refuses_selection_that_cannot_work(hospital_files: list[Path]) -> None:
@@ -242,12 +268,13 @@ def test_a_hospital_releases_noised_val_aggregates_charged_and_never_scores_its_
     reply = client_app.evaluate(message, ctx)
     assert reply.content["site"]["status"] == "ok", reply.content["site"]["reason"]
     release = json.loads(reply.content["selection"]["aggregates"])
-    assert release["metric"] == "auroc" and release["dp"]["epsilon"] == pytest.approx(0.5 / 4)
+    one = selection_epsilon_after(noise_multiplier=selection_noise(spec), releases=1, delta=spec.privacy.target_delta)
+    assert release["metric"] == "auroc" and release["dp"]["noise_multiplier"] == pytest.approx(selection_noise(spec))
     metrics = reply.content["metrics"]
-    assert metrics["selection-epsilon"] == pytest.approx(0.5 / 4) and "val-auroc" in metrics
+    assert metrics["selection-epsilon"] == pytest.approx(one) and "val-auroc" in metrics
     assert not any(k in metrics for k in ("auroc", "val-auprc", "val-brier"))  # nothing exact leaves with DP
     ledger = PrivacyLedger(tmp_path / "ledgers" / "hospital-01.json", "hospital-01")
-    assert ledger.entry("run-5/selection").epsilon == pytest.approx(0.5 / 4)
+    assert ledger.entry("run-5/selection").epsilon == pytest.approx(one)
 
 
 def test_an_image_hospital_selects_on_its_npz_val_part_without_dp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,3 +307,19 @@ def test_an_image_hospital_selects_on_its_npz_val_part_without_dp(tmp_path: Path
     assert metrics["num-examples"] == 30 and metrics["val-balanced_accuracy"] == pytest.approx(selection_value(release))
     assert 0 <= metrics["val-accuracy"] <= 1 and "val-auroc" in metrics
     assert not (tmp_path / "ledger.json").exists()  # without DP nothing is charged
+
+
+def test_a_round_selection_warns_when_dp_noise_can_decide_the_round(hospital_files: list[Path]) -> None:
+    probs, y = _scores(200, 2, seed=7)
+    z = selection_noise_multiplier(epsilon=0.5, delta=1e-5, releases=5)
+    parts = {h: noise_selection_aggregates(selection_aggregates(probs, y, "loss"), noise_multiplier=z) for h in "ab"}
+    for min_delta, warns in ((0.0, True), (5.0, False)):
+        spec = make_spec(hospital_files, data={"val_fraction": 0.2}, training={"rounds": 5},
+                         selection={"patience": 2, "min_delta": min_delta})
+        selection = RoundSelection(spec)
+        choice = selection.observe(1, parts, ArrayRecord({"w": torch.zeros(1)}))
+        assert choice.noise_sd is not None and 0.05 < choice.noise_sd < 5.0
+        assert (selection.noise_warning() is not None) is warns
+        assert ("warning" in selection.summary()) is warns
+        if warns:
+            assert "the chosen round may be chance: raise privacy.selection_epsilon" in selection.noise_warning()
