@@ -231,8 +231,6 @@ def data_check(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (
             continue
         try:
             if isinstance(data, ImageDataSpec):
-                from training.imaging import class_counts, load_image_split
-
                 from experiments.local_validation import image_split, split_origin
                 from training.imaging import class_counts
 
@@ -759,6 +757,9 @@ def score(
               f"in {result.data_seconds:.2f} s: {result.predictions_per_second:,.0f} predictions/s", highlight=False)
     out.print(f"  {phases}; model load {result.seconds['model']:.2f} s", highlight=False, style="dim")
     out.print(f"  -> {result.output}", highlight=False)
+    for feature, n in sorted(result.unknown_categories.items()):
+        err.print(f"[yellow]warning:[/] {feature}: {n:,} twins hold a value the model never learned (scored as other)",
+                  highlight=False)
 
 
 # ---- `bioverse registry`: clinical review of registered versions (experiments.registry) ----

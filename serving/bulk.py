@@ -461,6 +461,7 @@ class BulkScoreResult:
     model_version: str
     output: Path
     seconds: dict[str, float]  # model, read, join, score, write
+    unknown_categories: dict[str, int] = field(default_factory=dict)  # rows per feature scored as "other"
 
     @property
     def data_seconds(self) -> float:
@@ -535,11 +536,15 @@ def score_offline_store(*, tracking_uri: str, model: str, feature_repo: Path, ou
     twins = read_current_features(feature_repo, registered.scorer.features, tenant=tenant, as_of=scored_at)
     seconds.update(twins.seconds)
     started = time.perf_counter()
-    risk = registered.scorer.score_columns(twins.columns, threads=threads or len(os.sched_getaffinity(0)))
+    unknown: dict[str, int] = {}
+    risk = registered.scorer.score_columns(twins.columns, threads=threads or len(os.sched_getaffinity(0)), unknown=unknown)
     seconds["score"] = time.perf_counter() - started
     started = time.perf_counter()
     write_scores(output, twins, risk, model_name=registered.name, model_version=registered.version, scored_at=scored_at,
                  threshold=registered.scorer.threshold)
     seconds["write"] = time.perf_counter() - started
     log.info("scored %d twins with %s v%s into %s", len(twins), registered.name, registered.version, output)
-    return BulkScoreResult(len(twins), registered.name, registered.version, Path(output), seconds)
+    if unknown:
+        log.warning("categories %s v%s never learned, scored as other (rows per feature): %s", registered.name,
+                    registered.version, unknown)
+    return BulkScoreResult(len(twins), registered.name, registered.version, Path(output), seconds, unknown)

@@ -282,15 +282,22 @@ class RiskScorer:
     def _known(self) -> frozenset[str]:
         return frozenset(self.features)
 
-    def score_columns(self, columns: Mapping[str, Any], *, threads: int = 1) -> np.ndarray:
+    def score_columns(self, columns: Mapping[str, Any], *, threads: int = 1,
+                      unknown: dict[str, int] | None = None) -> np.ndarray:
         """Risk of each row of column arrays, equal to ``score_encoded(encode_columns(columns))``.
 
         The categories are matched once; then each chunk's numbers are read, encoded and
         scored while in cache, in matrices each thread reuses, so a million rows never
         materialise as one encoded matrix. ``threads`` > 1 scores chunks in parallel (NumPy
-        releases the GIL), with BLAS held to one thread each.
+        releases the GIL), with BLAS held to one thread each. ``unknown``, when given, receives
+        per categorical feature the number of rows whose value fell into ``other``.
         """
         numbers, codes = self._convert(columns)
+        if unknown is not None:
+            for j, column in enumerate(self.encoder.categorical):
+                n = int(np.count_nonzero(codes[:, j] == _OTHER))
+                if n:
+                    unknown[column] = n
         out = np.empty(len(codes), dtype=np.float64)
         local = threading.local()
 

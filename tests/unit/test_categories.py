@@ -173,3 +173,19 @@ def test_ray_serve_risk_predictor_counts_unknown_categories(tmp_path: Path, monk
     predictor._count_unknown(model, [{"age": 50.0, "cp": "4.0"}, {"age": 50.0, "cp": "9"}, {"age": 50.0, "cp": "9"}])
     predictor._count_unknown(model, [{"age": 50.0, "cp": "4"}])
     assert counted == [(2, {"feature": "cp"})]
+
+
+def test_bulk_scoring_counts_rows_with_unknown_categories(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    contract = DataContract("pid", "event", ("age",), ("cp",))
+    base, _ = _frames()
+    encoder = FeatureEncoder.from_statistics(local_statistics(base, contract), contract)
+    save_package_files(tmp_path, build_model("logistic", encoder.input_dim).eval(), encoder, "logistic", {})
+    scorer = RiskScorer.from_files(tmp_path)
+    columns = {"age": pa.array([50.0, 60.0, None, 70.0]), "cp": pa.array(["4.0", "9", None, "9"]).dictionary_encode()}
+    unknown: dict[str, int] = {}
+    risk = scorer.score_columns(columns, unknown=unknown)
+    assert unknown == {"cp": 2}
+    np.testing.assert_array_equal(risk, scorer.score_columns(columns))
+    assert risk[0] == pytest.approx(scorer.score_one({"age": 50.0, "cp": "4"}), abs=1e-6)
