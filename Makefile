@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/validation_report.py
 	$(BIN)/python benchmarks/vision_training.py
 	$(BIN)/python benchmarks/vision_serving.py
+	$(BIN)/python benchmarks/quality_vs_epsilon.py
 
 lint: install
 	$(BIN)/lint-imports
