@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CLIP_BOUND = "clip-bound"
 
 #: Metrics aggregated by their worst case rather than a weighted mean.
-_MAX_KEYS = {"epsilon", "noise-multiplier", "train-seconds", "handler-seconds"}
+_MAX_KEYS = {"epsilon", "noise-multiplier", "train-seconds", "handler-seconds", "selection-epsilon"}
 _MIN_KEYS = {"budget-left"}
 
 

@@ -323,3 +323,11 @@ def test_a_round_selection_warns_when_dp_noise_can_decide_the_round(hospital_fil
         assert ("warning" in selection.summary()) is warns
         if warns:
             assert "the chosen round may be chance: raise privacy.selection_epsilon" in selection.noise_warning()
+
+
+def test_the_selection_epsilon_of_a_round_is_the_largest_hospital_s() -> None:
+    from federation.strategy import aggregate_metrics
+
+    out = aggregate_metrics([RecordDict({"m": MetricRecord({"num-examples": 10.0, "selection-epsilon": 0.2})}),
+                             RecordDict({"m": MetricRecord({"num-examples": 90.0, "selection-epsilon": 0.4})})], "num-examples")
+    assert out["selection-epsilon"] == 0.4
