@@ -20,7 +20,7 @@ import torch
 from flwr.app import ArrayRecord
 from sklearn.metrics import roc_auc_score
 
-from experiments.spec import ExperimentSpec
+from experiments.spec import ExperimentSpec, ImageDataSpec
 from federation.hospital import Preprocessor, evaluate_global, site_ledger, val_scores
 from federation.site import Site
 from training.metrics import risk_metrics
@@ -149,6 +149,7 @@ class RoundSelection:
     def __init__(self, spec: ExperimentSpec) -> None:
         self.spec = spec
         self.metric = spec.selection.metric
+        self.classes = len(spec.data.classes) if isinstance(spec.data, ImageDataSpec) else 2
         self.stopping = EarlyStopping(
             higher_is_better=HIGHER_IS_BETTER[self.metric], patience=spec.selection.patience,
             min_rounds=spec.selection.min_rounds, min_delta=spec.selection.min_delta,
@@ -164,6 +165,7 @@ class RoundSelection:
     def observe(self, server_round: int, parts: dict[str, dict[str, Any]], arrays: ArrayRecord | None) -> RoundChoice:
         """Record one round: ``parts`` are the hospitals' releases, ``arrays`` the round's
         global model (a copy is kept when the round is the best so far)."""
+        parts = self._usable(parts)
         merged = merge_selection_aggregates(parts)
         value = selection_value(merged)
         if parts:
@@ -179,6 +181,23 @@ class RoundSelection:
             self.noise_sd = max(self.noise_sd or 0.0, noise_sd)
         return RoundChoice(server_round, value, {h: selection_value(p) for h, p in sorted(parts.items())}, improved,
                            noise_sd)
+
+    def _usable(self, parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The releases of the spec's metric that add up; a malformed one is left out with a
+        warning rather than failing the run."""
+        usable: dict[str, dict[str, Any]] = {}
+        for hospital, part in sorted(parts.items()):
+            try:
+                if part.get("metric") != self.metric or part.get("classes") != self.classes:
+                    raise ValueError(f"metric {part.get('metric')!r} over {part.get('classes')!r} classes, "
+                                     f"not {self.metric!r} over {self.classes}")
+                merge_selection_aggregates({**usable, hospital: part})
+                selection_value(part)
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                log.warning("%s: selection aggregates left out (%s)", hospital, err)
+                continue
+            usable[hospital] = part
+        return usable
 
     @property
     def should_stop(self) -> bool:

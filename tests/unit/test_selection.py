@@ -331,3 +331,12 @@ def test_the_selection_epsilon_of_a_round_is_the_largest_hospital_s() -> None:
     out = aggregate_metrics([RecordDict({"m": MetricRecord({"num-examples": 10.0, "selection-epsilon": 0.2})}),
                              RecordDict({"m": MetricRecord({"num-examples": 90.0, "selection-epsilon": 0.4})})], "num-examples")
     assert out["selection-epsilon"] == 0.4
+
+
+def test_a_malformed_release_is_left_out_not_fatal(hospital_files: list[Path]) -> None:
+    selection = RoundSelection(make_spec(hospital_files, data={"val_fraction": 0.2}))
+    good = _parts({"a": (100, 50.0)})
+    bad = {"b": {**good["a"], "metric": "auroc"}, "c": {"schema": "bioverse.selection.aggregates/1", "metric": "loss"},
+           "0": {**good["a"], "classes": 3}}
+    choice = selection.observe(1, {**bad, **good}, ArrayRecord({"w": torch.zeros(1)}))
+    assert choice.value == pytest.approx(0.5) and list(choice.hospitals) == ["a"]
