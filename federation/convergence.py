@@ -15,11 +15,11 @@ def loss_rising(losses: Sequence[float], *, margin: float = 0.1, min_increase: f
     """A one-line warning when the training loss of the last rounds exceeds its best level.
 
     The losses are the rounds' federated training losses, in round order (NaN rounds, where
-    no hospital reported a loss, are skipped). With ``k = clamp(n // 3, 1, 3)`` rounds per
-    window, the mean of the last ``k`` rounds is compared with the lowest mean of ``k``
-    consecutive earlier rounds: it must exceed it by ``margin`` (relative) and by
-    ``min_increase`` (absolute). Windows, not single rounds, so that one noisy DP round
-    neither raises nor hides the warning.
+    no hospital reported a loss, are skipped). From 4 rounds on, with ``k = clamp(n // 3, 2,
+    3)`` rounds per window, the mean of the last ``k`` rounds is compared with the lowest
+    mean of ``k`` consecutive earlier rounds: it must exceed it by ``margin`` (relative) and
+    by ``min_increase`` (absolute). Windows of two or more rounds, not single rounds, so that
+    one noisy DP round neither raises nor hides the warning.
 
     Args:
         losses: Training loss per round so far.
@@ -30,9 +30,9 @@ def loss_rising(losses: Sequence[float], *, margin: float = 0.1, min_increase: f
         The warning (``training loss rose from 0.52 (rounds 1-2) to 0.81 (rounds 5-6)``), or None.
     """
     rounds = [(r, float(v)) for r, v in enumerate(losses, start=1) if v is not None and math.isfinite(float(v))]
-    if len(rounds) < 3:
+    if len(rounds) < 4:
         return None
-    k = min(3, max(1, len(rounds) // 3))
+    k = min(3, max(2, len(rounds) // 3))
     recent = rounds[-k:]
     recent_mean = sum(v for _, v in recent) / k
     earlier = rounds[:-k]

@@ -33,7 +33,8 @@ from tests.unit.test_spec_images import image_spec_dict
 @pytest.mark.parametrize("quantile", [0.3, 0.5, 0.9])
 @pytest.mark.parametrize("start", [0.01, 100.0])
 def test_adaptive_clipping_moves_the_bound_to_the_target_quantile(quantile: float, start: float) -> None:
-    norms = torch.distributions.LogNormal(0.0, 0.5).sample((20_000,), )
+    torch.manual_seed(0)
+    norms = torch.distributions.LogNormal(0.0, 0.5).sample((20_000,))
     target = float(torch.quantile(norms, quantile))
     gen = torch.Generator().manual_seed(0)
     clipper = QuantileClipper(start, target_quantile=quantile, learning_rate=0.2, count_std=adaptive_noise(1.0)[1],
@@ -230,7 +231,7 @@ def test_adaptive_clipping_of_tables_needs_fused_mode(hospital_files: list[Path]
 
 def test_loss_rising_warns_on_the_reported_divergence() -> None:
     warning = loss_rising([0.77, 0.85, 0.95, 1.05, 1.17])
-    assert warning == "training loss rose from 0.770 (round 1) to 1.170 (round 5)"
+    assert warning == "training loss rose from 0.810 (rounds 1-2) to 1.110 (rounds 4-5)"
     longer = loss_rising([0.77, 0.7, 0.8, 0.9, 1.0, 1.17])
     assert longer is not None and "from 0.735 (rounds 1-2)" in longer and "(rounds 5-6)" in longer
 
@@ -238,7 +239,8 @@ def test_loss_rising_warns_on_the_reported_divergence() -> None:
 @pytest.mark.parametrize("losses", [
     [0.9, 0.7, 0.6, 0.55, 0.5, 0.48],       # converging
     [0.5, 0.52, 0.49, 0.51, 0.5, 0.5],       # flat, noisy
-    [0.7, 0.9],                              # too short to say
+    [0.7, 0.9, 1.1],                         # too short to say
+    [0.5, 0.19, 0.17, 0.29],                 # one noisy last round after a fast fall
     [0.05, 0.04, 0.05, 0.055, 0.06],         # tiny absolute changes near zero
     [0.7, math.nan, 0.6, 0.55, math.nan],    # rounds without a loss are skipped
 ])
@@ -290,3 +292,45 @@ def _reply(examples: float, bound: float) -> Any:
                           "metrics": MetricRecord({"num-examples": examples, CLIP_BOUND: bound}),
                           "site": ConfigRecord({"hospital-id": f"h{examples:g}", "status": "ok", "reason": ""})})
     return Message(content, dst_node_id=0, message_type="train")
+
+
+# ---- the defaults on a tiny imbalanced federation (in process) ------------------------------
+
+def test_dp_defaults_do_not_raise_the_loss_of_a_small_imbalanced_federation(tmp_path: Path) -> None:
+    """Two hospitals x 160 images at 90/10, epsilon 8, FedAvg in process over the same local
+    DP training as a run, with the spec's DP defaults: the training loss does not rise.
+    A smoke test of the defaults end to end in the training layer: at this size (16 px, 4
+    rounds) the issue's settings do not rise either; benchmarks/dp_convergence.py (28 px,
+    8 rounds, 3 hospitals) is what tells them apart (docs/dp-training.md)."""
+    from training.local import sample_rate, steps_per_epoch
+    from training.synth_images import synthesize_image_hospitals
+
+    paths = synthesize_image_hospitals(tmp_path, n_hospitals=2, images_per_hospital=160, size=16, classes=("normal", "nodule"),
+                                       layout="npz", seed=3, majority=0.9)
+    sites = []
+    for path in paths:
+        with np.load(path) as raw:
+            sites.append((raw["train_images"][:, None], raw["train_labels"][:, 0].astype(np.int64)))
+    spec = parse_spec(_bare_image_spec(training={"rounds": 4}, privacy={"target_epsilon": 8.0}))
+    t, dp = spec.training, spec.privacy.dp_config
+    torch.manual_seed(0)
+    state = SmallCNN(1, 2, lr=t.learning_rate, optimizer=t.optimizer, width=8).state_dict()
+    losses = []
+    for _ in range(t.rounds):
+        updates, sizes, round_losses = [], [], []
+        for images, labels in sites:
+            model = SmallCNN(1, 2, lr=t.learning_rate, optimizer=t.optimizer, width=8)
+            model.load_state_dict(state)
+            n = len(labels)
+            noise = dp.noise_multiplier_for(sample_rate=sample_rate(n, t.batch_size),
+                                            total_steps=t.rounds * t.local_epochs * steps_per_epoch(n, t.batch_size))
+            result = train_vision_locally(model, images, labels, mean=[0.5], std=[0.2], epochs=t.local_epochs,
+                                          batch_size=t.batch_size, dp=dp, noise_multiplier=noise, device="cpu")
+            updates.append(model.state_dict())
+            sizes.append(n)
+            round_losses.append(result.loss)
+        state = {k: sum(s * u[k].double() for s, u in zip(sizes, updates, strict=True)).div(sum(sizes)).to(state[k].dtype)
+                 for k in state}
+        losses.append(float(np.average(round_losses, weights=sizes)))
+    assert loss_rising(losses) is None, losses
+    assert losses[-1] <= losses[0] + 0.05, losses
