@@ -185,3 +185,15 @@ def test_data_check_prints_each_image_hospitals_parts_and_where_its_split_came_f
     n_test = int((labels["part"] == "test").sum())
     assert result.exit_code == 0 and f"fixed: ok, {60 - n_test} training, 0 val and {n_test} held-out images" in text
     assert "split from labels.csv column 'part'" in text
+
+
+def test_registry_validate_refuses_an_unknown_part_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from platform_api.cli import app
+
+    result = CliRunner().invoke(app, ["registry", "validate", "1", "--data", str(tmp_path), "--part", "train",
+                                      "--model", "m", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "--part must be one of test, val, all, got 'train'" in lines[0]
