@@ -110,7 +110,7 @@ def _hold_out(patients: np.ndarray, strata: np.ndarray, fraction: float, seed: i
 
 
 def patient_split(frame: pd.DataFrame, csv_path: Path, test_fraction: float, val_fraction: float,
-                   seed: int) -> np.ndarray:
+                  seed: int) -> np.ndarray:
     """Each row's part: whole patients held out (test, then val), stratified by their usual label.
 
     The test patients do not depend on ``val_fraction``: adding a val part only moves
