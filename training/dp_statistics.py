@@ -47,7 +47,9 @@ def dp_table_statistics(frame: pd.DataFrame, contract: DataContract, ranges: dic
     """Noised statistics of one hospital's rows, in the format :func:`merge_statistics` adds.
 
     Numeric values are clipped to ``ranges[column]`` and centred on its midpoint (the
-    released ``sum``/``sumsq`` are of ``x - centre``); missing values count nowhere.
+    released ``sum``/``sumsq`` are of ``x - centre``); missing values count nowhere. The
+    label counts ``labels: [negatives, positives]`` (for ``class_weights: balanced``) are one
+    more coordinate: a patient is in exactly one of them.
 
     Args:
         frame: The hospital's training rows (contract columns).

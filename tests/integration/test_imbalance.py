@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,6 +20,8 @@ from experiments.gate import download_version
 from tests.conftest import LABEL, spec_dict
 from training.decision import DECISION_FILE
 from training.scoring import RiskScorer
+from training.synth_images import synthesize_image_hospitals
+from training.vision_scoring import VisionScorer
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +49,7 @@ def test_balanced_weights_and_a_val_threshold_serve_both_classes(hospital_files:
     done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
                           capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Decision: threshold " in done.stdout and "by youden (val); on the test part: sensitivity" in done.stdout
 
     client = MlflowClient(uri, registry_uri=uri)
     tags = client.get_model_version("it-imbalance-risk", "1").tags
@@ -72,9 +76,51 @@ def test_balanced_weights_and_a_val_threshold_serve_both_classes(hospital_files:
     decided = scorer.decision.decide(scorer.score_columns({c: rows[c].to_numpy() for c in scorer.features}))
     y = rows[LABEL].to_numpy() == 1
     balanced_accuracy = (decided[y].mean() + (~decided[~y]).mean()) / 2
+    print(f"tabular: threshold {threshold:.4f}, balanced accuracy {balanced_accuracy:.3f} on all rows, "
+          f"{tags['validation.decision_balanced_accuracy']} on the test part")
     assert 0 < decided.mean() < 1 and balanced_accuracy > 0.55
 
     shown = subprocess.run([BIOVERSE, "registry", "show", "1", "--model", "it-imbalance-risk", "--tracking-uri", uri],
                            capture_output=True, text=True, env=env, timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert f"decision: youden threshold {tags['decision_threshold']} (val); on the test part: sensitivity" in shown.stdout
+
+
+def test_imbalanced_binary_images_get_a_threshold_and_both_labels_are_served(tmp_path: Path) -> None:
+    """Two 90/10 DP image hospitals (.npz: their val arrays are the val part), balanced class
+    weights: the version's threshold on p(finding) is chosen on val, and the registered
+    package's labels on held-out images are not the majority class only (issue 11 item 4)."""
+    npzs = synthesize_image_hospitals(tmp_path / "data", n_hospitals=2, images_per_hospital=600, size=16, channels=1,
+                                      classes=("normal", "finding"), layout="npz", seed=4, majority=0.9)
+    spec = {"name": "it-imbalance-images", "registered_model": "it-imbalance-xray", "seed": 2,
+            "data": {"modality": "images", "classes": ["normal", "finding"], "image_size": 16, "augment": None,
+                     "hospitals": [{"id": p.stem, "path": str(p)} for p in npzs]},
+            "model": {"kind": "cnn", "width": 8}, "strategy": {"min_hospitals": 2},
+            "training": {"rounds": 3, "local_epochs": 2, "batch_size": 32, "learning_rate": 0.01,
+                         "class_weights": "balanced"},
+            "privacy": {"enabled": True, "target_epsilon": 8.0, "hospital_budget": 20.0}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
+    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tags = MlflowClient(uri, registry_uri=uri).get_model_version("it-imbalance-xray", "1").tags
+    assert tags["decision_rule"] == "youden" and tags["decision_source"] == "val"
+    package = download_version(uri, "it-imbalance-xray", "1", tmp_path / "model") / "artifacts"
+    scorer = VisionScorer.from_files(package, device="cpu")
+    assert scorer.decision.threshold == pytest.approx(float(tags["decision_threshold"]), rel=1e-5)
+    images = np.concatenate([np.load(p)["test_images"] for p in npzs])
+    truth = np.concatenate([np.load(p)["test_labels"].reshape(-1) for p in npzs])
+    images = images[:, None] if images.ndim == 3 else images
+    probs = scorer.predict(images)
+    served = scorer.decision.labels(probs)
+    assert set(served.tolist()) == {0, 1}  # not the majority class only
+    finding = truth == 1
+
+    def balanced_accuracy(labels: np.ndarray) -> float:
+        return float((labels[finding].mean() + (1 - labels[~finding]).mean()) / 2)
+
+    print(f"images: threshold {tags['decision_threshold']}: balanced accuracy {balanced_accuracy(served):.3f} "
+          f"(argmax {balanced_accuracy(probs.argmax(axis=1)):.3f}) on {len(truth)} held-out images")
+    assert balanced_accuracy(served) > 0.5

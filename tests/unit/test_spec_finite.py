@@ -31,6 +31,8 @@ TABULAR_FLOATS = [
     "training.learning_rate", "data.test_fraction", "model.dropout", "validation.thresholds.0",
     "data.hospitals.0.privacy_budget", "data.ranges.age.0", "data.val_fraction",
     "strategy.server_momentum", "privacy.target_quantile", "privacy.clip_learning_rate",
+    "training.class_weights", "validation.threshold.target", "validation.threshold.value",
+    "privacy.selection_epsilon", "selection.min_delta",
 ]
 IMAGE_FLOATS = ["data.mean.0", "data.std.0", "data.augment.rotate", "data.augment.translate",
                 "data.augment.brightness", "data.augment.contrast"]
