@@ -270,6 +270,9 @@ def experiment_validate(spec_path: Annotated[Path, typer.Argument(help="Experime
     spec = load_spec(spec_path)
     out.print(f"{spec_path}: valid ({len(spec.data.hospitals)} hospitals, {spec.training.rounds} rounds, "
               f"{spec.strategy.name}, {'DP' if spec.privacy.enabled else 'no DP'})")
+    if spec.defaulted:
+        chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in spec.defaulted.items())
+        out.print(f"DP defaults for what the spec leaves out: {chosen} (docs/dp-training.md)", highlight=False, markup=False)
 
 
 def _launch(spec: ExperimentSpec, *, tracking_uri: str | None, engine: str, superlink: str | None,
@@ -977,6 +980,7 @@ def registry_validate(
     from experiments.spec import ImageDataSpec, parse_spec
     from federation.hospital import report_subgroups
     from serving.model_source import RegistryModel
+    from training.decision import decision_on_scores
     from training.validation import local_report
 
     if part not in PARTS:
@@ -1002,21 +1006,26 @@ def registry_validate(
         meta["hospitals"] = [f"local: {data.name}, {held.sentence('images')}"]
         out.print(f"{name} version {version} on {data}: {held.sentence('images')}", highlight=False)
         vision = RegistryModel(registry.tracking_uri, name, require_approval=False).load_vision(version).scorer
-        report = local_multiclass_report(vision.predict(whole.test_images), whole.test_labels, list(spec.data.classes),
+        probs = vision.predict(whole.test_images)
+        report = local_multiclass_report(probs, whole.test_labels, list(spec.data.classes),
                                          image_subgroups(whole, spec, data), min_cell=spec.validation.min_cell)
+        report["decision"] = decision_on_scores(vision.decision, probs, whole.test_labels)
         written = write_report_artifacts(report, {**meta, "task": "multiclass", "classes": list(spec.data.classes)}, folder)
         overall = report["overall"]
         out.print(f"{name} version {version} on {data} ({overall['n']} images): accuracy {fmt(overall['accuracy'])}, "
                   f"balanced accuracy {fmt(overall['balanced_accuracy'])}, macro AUROC {fmt(overall['auroc'])}, "
                   f"ECE {fmt(overall['ece'])}", highlight=False)
+        _print_decision(report["decision"])
         out.print(f"Report: {written['report.html']}", highlight=False)
         return
     frame, held = held_out_rows(data, spec, info.tags, part)  # type: ignore[arg-type]
     meta["hospitals"] = [f"local: {data.name}, {held.sentence('patients')}"]
     out.print(f"{name} version {version} on {data}: {held.sentence('patients')}", highlight=False)
     scorer = RegistryModel(registry.tracking_uri, name, require_approval=False).load(version).scorer
-    report = local_report(scorer.score_columns(frame), frame[spec.data.label].to_numpy().astype(int),
-                          report_subgroups(frame, spec), spec.validation.thresholds, min_cell=spec.validation.min_cell)
+    risk, label = scorer.score_columns(frame), frame[spec.data.label].to_numpy().astype(int)
+    report = local_report(risk, label, report_subgroups(frame, spec), spec.validation.thresholds,
+                          min_cell=spec.validation.min_cell)
+    report["decision"] = decision_on_scores(scorer.decision, risk, label)
     unknown = scorer.unknown_counts(frame)  # values the model never learned: scored as "other"
     meta["unknown_categories"] = unknown
     meta["caveats"] = [*meta.get("caveats", []), *_unknown_lines(unknown)]
@@ -1029,7 +1038,19 @@ def registry_validate(
     out.print(f"{name} version {version} on {data} ({overall['n']} patients, {overall['positives']} events): "
               f"AUROC {fmt(overall['auroc'])}, calibration slope {fmt(overall['calibration_slope'])}, "
               f"Brier {fmt(overall['brier'])}, ECE {fmt(overall['ece'])}", highlight=False)
+    _print_decision(report["decision"])
     out.print(f"Report: {written['report.html']}", highlight=False)
+
+
+def _print_decision(section: dict[str, Any]) -> None:
+    """The version's decision rule and, for a threshold, how it decides on the data scored."""
+    test = section.get("test") or {}
+    if section.get("threshold") is None:
+        out.print(f"Decision: prior-corrected argmax ({section['rule']})", highlight=False, markup=False)
+        return
+    rates = ", ".join(f"{k.replace('_', ' ')} {'n/a' if test.get(k) is None else f'{test[k]:.3f}'}"
+                      for k in ("sensitivity", "specificity", "balanced_accuracy"))
+    out.print(f"Decision: threshold {section['threshold']:.4g} ({section['rule']}): {rates}", highlight=False, markup=False)
 
 
 def _unknown_lines(unknown: dict[str, dict[str, int]], examples: int = 5) -> list[str]:
