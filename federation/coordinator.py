@@ -420,6 +420,7 @@ class Coordinator:
             "run_id": run_id,
             "experiment": spec.name,
             "registered_model": spec.model_name,
+            "modality": "images" if spec.is_imaging else "tabular",
             "rounds": spec.training.rounds,
             "rounds_run": self.selection.stopping.last_round,
             "strategy": spec.strategy.name,

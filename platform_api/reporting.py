@@ -130,7 +130,8 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
     run = summary.get("rounds_run", summary["rounds"])
     rounds = f"{run} of {summary['rounds']} rounds" if run != summary["rounds"] else f"{run} rounds"
     table = Table(title=f"{summary['experiment']}: {rounds}, {summary['strategy']}")
-    images = "class_counts" in summary  # an image classifier: accuracy and macro AUROC, no AUPRC/Brier
+    # an image classifier: accuracy and macro AUROC, no AUPRC/Brier (tabular runs have class counts too)
+    images = summary.get("modality", "images" if "class_counts" in summary else "tabular") == "images"
     # the last round's metrics: on the val part when hospitals have one (the test part is the report's)
     part = "val" if any(k.startswith("val-") for m in summary["hospital_metrics"].values() for k in m) else "held-out"
     prefix = "val-" if part == "val" else ""

@@ -55,3 +55,18 @@ def test_the_cli_summary_prints_the_warning() -> None:
     text = console.export_text()
     assert "QUALITY WARNING: no better than the trivial model" in text and "not given the candidate alias" in text
     assert "epsilon 1.000, delta 1e-05 in training + epsilon 0.500 for the statistics round" in text
+
+
+def test_a_tabular_summary_with_class_counts_is_not_worded_as_images() -> None:
+    """Tabular runs report label counts too (for class weights): the table is still a risk model's."""
+    console = Console(record=True, width=300)
+    summary = {"experiment": "e", "modality": "tabular", "rounds": 1, "strategy": "fedavg",
+               "hospital_metrics": {"h1": {"auroc": 0.8, "auprc": 0.4, "brier": 0.1}}, "epsilon": {},
+               "class_counts": {"h1": [90, 10]}, "delta": 0.0, "registered_model": "m", "model_version": "3",
+               "run_id": "r", "validation": {"validation.status": "complete", "validation.n": "40",
+                                             "validation.auroc": "0.8000", "validation.report_sha256": "ab" * 32},
+               "seconds": {"total": 1.0, "setup": 0.1}, "tracking_uri": "sqlite:///x.db"}
+    render_summary(console, summary)
+    text = console.export_text()
+    assert "AUPRC" in text and "held-out patients" in text
+    assert "images" not in text and "macro AUROC" not in text
