@@ -348,3 +348,31 @@ def test_experiment_validate_prints_the_dp_defaults(tmp_path: Path) -> None:
     line = " ".join(result.output.split())
     assert "DP defaults for what the spec leaves out: training.optimizer sgd, training.learning_rate 0.005" in line
     assert "privacy.max_grad_norm 10" in line
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_hospital_starts_from_the_coordinator_bound_and_reports_its_own(hospital_files: list[Path], tmp_path: Path) -> None:
+    """Through the ClientApp's train handler: the round config's ``clip-bound`` is where the
+    hospital's adaptive clipping starts, and the reply's ``clip-bound`` metric where it ended."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from federation import client_app
+    from federation.hospital import model_hparams
+    from tests.conftest import make_spec, spec_json
+    from tests.unit.test_client_app import _encoder
+    from training.models import build_model
+
+    spec = make_spec(hospital_files, privacy={"clipping": "adaptive", "max_grad_norm": 1.0})
+    run_config = {"spec": spec_json(spec), "ledger-dir": str(tmp_path / "ledgers"), "tracking-uri": "", "progress-file": ""}
+    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
+                  run_config=run_config)
+    encoder = _encoder(spec, [ctx])
+    ends = {}
+    for start in (1e-4, 1e3):  # far below and far above the per-patient gradient norms
+        model = build_model(spec.model.kind, encoder.input_dim, **model_hparams(spec))
+        config = ConfigRecord({"encoder": encoder.to_json(), "run-key": f"run-{start}", "server-round": 1, CLIP_BOUND: start})
+        reply = client_app.train(Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
+                                         dst_node_id=7, message_type=MessageType.TRAIN), ctx)
+        assert reply.content["site"]["status"] == "ok", reply.content["site"]["reason"]
+        ends[start] = reply.content["metrics"][CLIP_BOUND]
+    assert 1e-4 < ends[1e-4] and ends[1e3] < 1e3  # each moved from where the coordinator said, towards the norms
