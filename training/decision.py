@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DECISION_FILE", "Decision", "choose_threshold", "prior_decision", "rates_at"]
+__all__ = ["DECISION_FILE", "Decision", "choose_threshold", "decision_on_scores", "prior_decision", "rates_at"]
 
 #: The decision rule inside a model package (covered by the approval's artifact digest).
 DECISION_FILE = "decision.json"
@@ -192,6 +192,37 @@ def rates_at(decision: Decision, hist_pos: Sequence[float], hist_neg: Sequence[f
     return {"threshold": decision.threshold, "n": tp + fp + tn + fn, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
             "sensitivity": sens, "specificity": spec,
             "balanced_accuracy": (sens + spec) / 2 if sens is not None and spec is not None else None}
+
+
+def decision_on_scores(decision: Decision, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The report's ``decision`` section computed on one data set's scores (a validator's own
+    file): the rule and, for a threshold, exact confusion counts, sensitivity, specificity
+    and balanced accuracy of ``score >= threshold``.
+
+    Args:
+        decision: The version's rule.
+        scores: Risks ``(N,)``, or class probabilities ``(N, K)`` (a binary model's second column
+            is thresholded).
+        labels: True classes (0/1 for a risk model).
+    """
+    section: dict[str, Any] = {"rule": decision.rule, "source": decision.source, "threshold": decision.threshold,
+                               "target": decision.target, "val": decision.val or None,
+                               "class_scale": list(decision.class_scale) if decision.class_scale else None}
+    scores, y = np.asarray(scores, dtype=float), np.asarray(labels).reshape(-1).astype(int)
+    if scores.ndim == 2 and scores.shape[1] != 2:
+        return section
+    if decision.threshold is None:
+        return section
+    risk = scores[:, 1] if scores.ndim == 2 else scores
+    decided, positive = risk >= decision.threshold, y == 1
+    tp, fp = int((decided & positive).sum()), int((decided & ~positive).sum())
+    fn, tn = int(positive.sum()) - tp, int((~positive).sum()) - fp
+    sens = tp / (tp + fn) if tp + fn else None
+    spec = tn / (tn + fp) if tn + fp else None
+    section["test"] = {"threshold": decision.threshold, "n": int(y.size), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+                       "sensitivity": sens, "specificity": spec,
+                       "balanced_accuracy": (sens + spec) / 2 if sens is not None and spec is not None else None}
+    return section
 
 
 def prior_decision(counts: Sequence[float] | None, class_weights: Sequence[float] | None, reason: str) -> Decision:

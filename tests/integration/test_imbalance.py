@@ -85,6 +85,15 @@ def test_balanced_weights_and_a_val_threshold_serve_both_classes(hospital_files:
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert f"decision: youden threshold {tags['decision_threshold']} (val); on the test part: sensitivity" in shown.stdout
 
+    # a validator's `registry validate` shows how the stored threshold decides on the held-out rows it scores
+    checked = subprocess.run([BIOVERSE, "registry", "validate", "1", "--data", str(paths[0]), "--output", str(tmp_path / "v"),
+                              "--model", "it-imbalance-risk", "--tracking-uri", uri],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"Decision: threshold {threshold:.4g} (youden): sensitivity" in checked.stdout
+    local = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert local["decision"]["threshold"] == pytest.approx(threshold, rel=1e-5) and local["decision"]["test"]["n"] == local["overall"]["n"]
+
 
 def test_imbalanced_binary_images_get_a_threshold_and_both_labels_are_served(tmp_path: Path) -> None:
     """Two 90/10 DP image hospitals (.npz: their val arrays are the val part), balanced class

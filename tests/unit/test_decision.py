@@ -16,7 +16,7 @@ from experiments.spec import parse_spec
 from federation.imbalance import choose_decision, decision_section, federation_class_weights
 from tests.conftest import make_spec
 from tests.unit.test_spec_images import image_spec_dict
-from training.decision import DECISION_FILE, Decision, choose_threshold, prior_decision, rates_at
+from training.decision import DECISION_FILE, Decision, choose_threshold, decision_on_scores, prior_decision, rates_at
 from training.imaging import ImagePreprocessor
 from training.imbalance import resolve_class_weights
 from training.models import build_model
@@ -178,3 +178,13 @@ def test_coordinator_thresholds_a_binary_image_model_and_prior_corrects_more_cla
     multi = choose_decision(three, {}, [800, 150, 50], resolve_class_weights({"opacity": 2.0}, ["normal", "nodule", "opacity"], None))
     assert multi.rule == "prior" and multi.threshold is None and multi.class_scale is not None
     assert "decision_class_scale" in multi.tags()
+
+
+def test_decision_on_a_validators_scores_is_exact() -> None:
+    p, y = _scores(500, 0.2, 5)
+    section = decision_on_scores(Decision(rule="youden", threshold=0.3), p, y)
+    assert section["test"]["tp"] == int(((p >= 0.3) & (y == 1)).sum()) and section["test"]["n"] == 500
+    two = decision_on_scores(Decision(rule="youden", threshold=0.3), np.column_stack([1 - p, p]), y)
+    assert two["test"] == section["test"]
+    multi = decision_on_scores(prior_decision([5, 3, 2], None, "x"), np.full((4, 3), 1 / 3), np.zeros(4))
+    assert "test" not in multi and multi["rule"] == "prior"

@@ -15,7 +15,7 @@ from training.imbalance import WeightedBCE, WeightedCrossEntropy, balanced_weigh
 from training.local import train_locally
 from training.models import LogisticRiskModel
 from training.privacy import DPConfig
-from training.vision import SmallCNN, predict_vision, train_vision_locally
+from training.vision import SmallCNN, train_vision_locally
 
 
 def test_balanced_weights_equalise_the_classes_and_average_one() -> None:
