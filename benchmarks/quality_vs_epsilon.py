@@ -5,7 +5,7 @@ Tabular: 4 hospitals (one spells categories its own way, one writes a missing ch
 8 and without DP, through the platform's launcher (`bioverse experiment run`'s entry point,
 Flower simulation). Baseline, same run: a pooled scikit-learn logistic regression on the
 same training rows (cleaned: spellings and the missing code undone), scored on the same
-held-out rows. Images: 3 hospitals x 200 images, 90/10 classes (MedMNIST ``.npz``), a small
+held-out rows. Images: 3 hospitals x 200 training images, 90/10 classes (MedMNIST ``.npz``), a small
 CNN federated at the same epsilons; baseline: a plain PyTorch loop over the pooled training
 images, which also gives the wall-time comparison (time to the first round, per round).
 
@@ -279,8 +279,8 @@ def _plain_loop(kind: str, width: int | None, images: np.ndarray, labels: np.nda
 
 def run_images(work: Path, kinds: list[str], epsilons: list[float | None], rounds: int | None,
                plain: bool) -> tuple[list[list[str]], list[list[str]], dict[str, Any]]:
-    paths = synthesize_image_hospitals(work / "images", n_hospitals=3, images_per_hospital=200, classes=CLASSES,
-                                       majority=0.9, layout="npz", seed=3)
+    paths = synthesize_image_hospitals(work / "images", n_hospitals=3, images_per_hospital=500, parts=(0.4, 0.1, 0.5),
+                                       classes=CLASSES, majority=0.9, lesion_strength=0.75, layout="npz", seed=3)
     rows, wall_rows, results = [], [], {"runs": {}, "pooled": {}}
     for kind in kinds:
         spec = parse_spec(image_spec(paths, kind, None, rounds, plain))
@@ -381,7 +381,9 @@ def main() -> None:
         f"FedAvg, {_rounds(tab_shown)}, spec defaults otherwise; held out: {tab_pooled['n']} rows "
         f"({tab_pooled['positives']} events) of the hospitals' test parts. Pooled baseline: scikit-learn "
         "LogisticRegression on the same training rows with spellings and the missing code cleaned, median imputation "
-        "+ indicators. Images: 3 hospitals x 200 images (28x28x1, 90/10 normal/lesion, `.npz` with val and test parts), "
+        "+ indicators. Images: 3 hospitals, each about 200 training images (28x28x1, 90/10 normal/lesion, lesions at 0.75 "
+        "of the default intensity) and `.npz` val and test parts (500 images per hospital split 40/10/50 by patient, "
+        f"so that the test parts hold {img['pooled'].get('cnn', {}).get('positives', 0)} lesion images), "
         f"SmallCNN, batch 32, {_rounds(shown)}; the pooled baseline is a plain PyTorch loop of the same epochs over all "
         "hospitals' training images. Federated numbers: the registered version scored on the same held-out rows with "
         "`training.validation.local_report` (AUROC, calibration slope); balanced accuracy at risk 0.5 and at the "

@@ -94,11 +94,12 @@ def _lesions(pattern: str, xx: np.ndarray, yy: np.ndarray, centre: np.ndarray, r
 
 
 def render_images(labels: np.ndarray, patients: np.ndarray, profile: ImageSiteProfile, *, size: int, channels: int,
-                  patterns: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
+                  patterns: tuple[str, ...], rng: np.random.Generator, lesion_strength: float = 1.0) -> np.ndarray:
     """Draw uint8 (N, channels, size, size) images for the given class indices.
 
     Images of one patient (same value in ``patients``) share anatomy, texture and lesion
-    site, so a split that is not by patient leaks.
+    site, so a split that is not by patient leaks. ``lesion_strength`` scales every lesion's
+    intensity (below 1: subtler lesions, a harder task).
     """
     n, axis = len(labels), (np.arange(size) + 0.5) / size
     xx, yy = np.meshgrid(axis, axis)
@@ -112,7 +113,7 @@ def render_images(labels: np.ndarray, patients: np.ndarray, profile: ImageSitePr
     for k, pattern in enumerate(patterns):
         mask = labels == k
         if mask.any():
-            x[mask] += _lesions(pattern, xx, yy, site[mask], rng)
+            x[mask] += _lesions(pattern, xx, yy, site[mask], rng) * lesion_strength
     x = _smooth(x, profile.blur * size)
     x = (x - 0.5) * profile.contrast + 0.5 + profile.brightness + rng.normal(0, profile.noise, x.shape)
     x = x[:, None] * (np.asarray(profile.tint)[:, None, None] if channels == 3 else 1.0)
@@ -152,10 +153,11 @@ def patient_demographics(patient: str) -> tuple[str, int]:
     return ("F" if h % 2 else "M"), 30 + (h >> 1) % 60
 
 
-def _patient_parts(patients: np.ndarray, rng: np.random.Generator) -> dict[str, str]:
-    """Each patient's part, ``train``/``val``/``test``, 70/10/20 of the patients."""
+def _patient_parts(patients: np.ndarray, rng: np.random.Generator,
+                   shares: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> dict[str, str]:
+    """Each patient's part, ``train``/``val``/``test``, by ``shares`` of the patients."""
     ids = rng.permutation(np.unique(patients))
-    cut = np.rint(np.array([0.7, 0.8]) * len(ids)).astype(int)
+    cut = np.rint(np.cumsum(shares[:2]) * len(ids)).astype(int)
     return {p: part for part, group in zip(("train", "val", "test"), np.split(ids, cut)) for p in group}
 
 
@@ -175,9 +177,9 @@ def _write_folder(folder: Path, images: np.ndarray, labels: np.ndarray, patients
 
 
 def _write_npz(path: Path, images: np.ndarray, labels: np.ndarray, patients: np.ndarray,
-               rng: np.random.Generator) -> None:
-    """MedMNIST layout, split 70/10/20 by patient, byte-identical for the same arrays."""
-    part_of = _patient_parts(patients, rng)
+               rng: np.random.Generator, shares: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> None:
+    """MedMNIST layout, split by patient (70/10/20 by default), byte-identical for the same arrays."""
+    part_of = _patient_parts(patients, rng, shares)
     hwc = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
     arrays = {}
     for part in ("train", "val", "test"):
@@ -233,6 +235,8 @@ def synthesize_image_hospitals(
     seed: int = 0,
     majority: float | None = None,
     split_column: str | None = None,
+    lesion_strength: float = 1.0,
+    parts: tuple[float, float, float] = (0.7, 0.1, 0.2),
 ) -> list[Path]:
     """Write one synthetic imaging hospital per site plus ``ground_truth.json``.
 
@@ -254,6 +258,9 @@ def synthesize_image_hospitals(
             imbalance), the rest shared evenly; None: a prevalence drawn per site.
         split_column: Folder layout: add this ``labels.csv`` column with each image's fixed
             part, ``train``/``val``/``test`` (70/10/20 of the patients, as the ``.npz`` parts).
+        parts: Shares of patients in train, val and test (``.npz`` parts or the split column).
+        lesion_strength: Scales the lesions' intensity (0 < s <= 1; below 1 a harder task:
+            0.1 puts a blob at about the texture's contrast).
 
     Returns:
         Per hospital, its folder (holding ``labels.csv``) or its ``.npz`` file.
@@ -263,6 +270,10 @@ def synthesize_image_hospitals(
     """
     classes = tuple(str(c).strip() for c in classes)
     _check(n_hospitals, images_per_hospital, size, channels, classes, layout, majority, split_column)
+    if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0 or parts[2] <= 0 or abs(sum(parts) - 1.0) > 1e-9:
+        raise ValueError(f"parts must be three shares (train > 0, val, test > 0) summing to 1, got {list(parts)}")
+    if not 0.0 < lesion_strength <= 1.0:
+        raise ValueError(f"lesion_strength must be in (0, 1], got {lesion_strength}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(n_hospitals)))
@@ -277,16 +288,16 @@ def synthesize_image_hospitals(
             profile = replace(profile, prevalence=(majority, *([rest] * (len(classes) - 1))))
         patients, labels = _patients(images_per_hospital, profile.prevalence, rng, f"h{index:0{width}d}")
         images = render_images(labels, patients, profile, size=size, channels=channels,
-                               patterns=PATTERNS[: len(classes)], rng=rng)
+                               patterns=PATTERNS[: len(classes)], rng=rng, lesion_strength=lesion_strength)
         fmt = "JPEG" if index == _JPEG_SITE else "PNG"
         if layout == "folder":
             path = out / hospital_id
-            parts = None if split_column is None else (
-                split_column, _patient_parts(patients, np.random.default_rng([seed, index, 11])))
-            _write_folder(path, images, labels, patients, classes, fmt, parts)
+            column = None if split_column is None else (
+                split_column, _patient_parts(patients, np.random.default_rng([seed, index, 11]), parts))
+            _write_folder(path, images, labels, patients, classes, fmt, column)
         else:
             path = out / f"{hospital_id}.npz"
-            _write_npz(path, images, labels, patients, rng)
+            _write_npz(path, images, labels, patients, rng, parts)
         written.append(path)
         counts = np.bincount(labels, minlength=len(classes))
         truth[hospital_id] = {"path": path.name, "images": images_per_hospital,
@@ -297,6 +308,8 @@ def synthesize_image_hospitals(
     summary = {"seed": seed, "size": size, "channels": channels, "layout": layout, "classes": list(classes),
                "patterns": dict(zip(classes, PATTERNS)), "hospitals": truth}
     summary.update({k: v for k, v in (("majority", majority), ("split_column", split_column)) if v is not None})
+    if lesion_strength != 1.0:
+        summary["lesion_strength"] = lesion_strength
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
     _atomic_write(out / "ground_truth.json", lambda p: _write_text(p, text))
     logger.info("synthesized %d imaging hospitals into %s", n_hospitals, out)

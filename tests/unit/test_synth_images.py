@@ -176,3 +176,25 @@ def test_bad_imbalance_or_split_is_refused(tmp_path: Path, kwargs: dict[str, obj
     with pytest.raises(ValueError) as excinfo:
         synthesize_image_hospitals(tmp_path, **kwargs)  # type: ignore[arg-type]
     assert expected in str(excinfo.value)
+
+
+def test_parts_and_lesion_strength(tmp_path: Path) -> None:
+    """A larger test part for measuring (40/10/50 by patient) and subtler lesions; defaults unchanged."""
+    default = synthesize_image_hospitals(tmp_path / "a", n_hospitals=1, images_per_hospital=60, layout="npz", seed=1)
+    same = synthesize_image_hospitals(tmp_path / "b", n_hospitals=1, images_per_hospital=60, layout="npz", seed=1,
+                                      parts=(0.7, 0.1, 0.2), lesion_strength=1.0)
+    assert default[0].read_bytes() == same[0].read_bytes()
+    wide = synthesize_image_hospitals(tmp_path / "c", n_hospitals=1, images_per_hospital=200, layout="npz", seed=1,
+                                      parts=(0.4, 0.1, 0.5))
+    with np.load(wide[0]) as npz:
+        assert len(npz["test_labels"]) > len(npz["train_labels"])
+    faint = synthesize_image_hospitals(tmp_path / "d", n_hospitals=1, images_per_hospital=60, layout="npz", seed=1,
+                                       lesion_strength=0.5)
+    with np.load(default[0]) as full, np.load(faint[0]) as half:
+        lesion = full["train_labels"][:, 0] != 0
+        spread = lambda a: float(a[lesion].astype(float).std())  # noqa: E731
+        assert spread(half["train_images"]) < spread(full["train_images"])
+    for bad, message in (({"parts": (0.5, 0.5, 0.0)}, "parts must be three shares"),
+                         ({"lesion_strength": 0.0}, "lesion_strength must be in (0, 1]")):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+            synthesize_image_hospitals(tmp_path / "e", **bad)  # type: ignore[arg-type]
