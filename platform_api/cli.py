@@ -1015,7 +1015,7 @@ def registry_validate(
         out.print(f"{name} version {version} on {data} ({overall['n']} images): accuracy {fmt(overall['accuracy'])}, "
                   f"balanced accuracy {fmt(overall['balanced_accuracy'])}, macro AUROC {fmt(overall['auroc'])}, "
                   f"ECE {fmt(overall['ece'])}", highlight=False)
-        _print_decision(report["decision"])
+        _print_decision_rule(report["decision"])
         out.print(f"Report: {written['report.html']}", highlight=False)
         return
     frame, held = held_out_rows(data, spec, info.tags, part)  # type: ignore[arg-type]
@@ -1038,11 +1038,11 @@ def registry_validate(
     out.print(f"{name} version {version} on {data} ({overall['n']} patients, {overall['positives']} events): "
               f"AUROC {fmt(overall['auroc'])}, calibration slope {fmt(overall['calibration_slope'])}, "
               f"Brier {fmt(overall['brier'])}, ECE {fmt(overall['ece'])}", highlight=False)
-    _print_decision(report["decision"])
+    _print_decision_rule(report["decision"])
     out.print(f"Report: {written['report.html']}", highlight=False)
 
 
-def _print_decision(section: dict[str, Any]) -> None:
+def _print_decision_rule(section: dict[str, Any]) -> None:
     """The version's decision rule and, for a threshold, how it decides on the data scored."""
     test = section.get("test") or {}
     if section.get("threshold") is None:
