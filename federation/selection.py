@@ -36,12 +36,15 @@ from training.selection import (
     selection_value,
 )
 
-__all__ = ["NO_VAL_PART", "RoundChoice", "RoundSelection", "charge_selection", "evaluate_round", "selection_noise"]
+__all__ = ["NOISE_MARGIN", "NO_VAL_PART", "RoundChoice", "RoundSelection", "charge_selection", "evaluate_round", "selection_noise"]
 
 log = logging.getLogger(__name__)
 
 #: Why no round could be chosen when no hospital has val rows.
 NO_VAL_PART = "no val part: set data.val_fraction or a split column"
+#: Under DP an earlier round is chosen over the last only when it is better by more than
+#: this many standard deviations of the difference of two noised values.
+NOISE_MARGIN = 2.0
 
 
 def selection_noise(spec: ExperimentSpec) -> float:
@@ -79,9 +82,9 @@ def _exact_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     else:
         found = {"accuracy": float((probs.argmax(axis=1) == labels).mean())}
         aucs = [roc_auc_score(labels == k, probs[:, k]) for k in range(probs.shape[1]) if 0 < (labels == k).sum() < len(labels)]
-        if aucs:
-            found["auroc"] = float(np.mean(aucs))
-    return {f"val-{k}": v for k, v in found.items() if math.isfinite(v)}
+        found["auroc"] = float(np.mean(aucs)) if aucs else math.nan
+    # NaN where undefined: every hospital sends the same keys (aggregation skips NaN)
+    return {f"val-{k}": float(v) for k, v in found.items()}
 
 
 def evaluate_round(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, state: dict[str, torch.Tensor],
@@ -89,9 +92,9 @@ def evaluate_round(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, s
     """A round's evaluation at a hospital: on its val rows when it has some, else (no
     selection possible) on its test rows as before.
 
-    Returns the metrics (``val-*`` keys on the val part) and the selection release (None
-    without val rows). With DP on only the noised release leaves: its row count estimate
-    weights the hospital, its metric value is computed from the noised counts.
+    Returns the metrics (``val-*`` keys on the val part, the same keys at every hospital)
+    and the selection release (None without val rows). With DP on only the noised release
+    leaves (and its noised row count, which weights the hospital).
 
     Raises:
         BudgetExceededError: with DP, the hospital's budget cannot pay for the release.
@@ -104,15 +107,15 @@ def evaluate_round(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, s
     metric = spec.selection.metric
     exact = selection_aggregates(probs, labels, metric)
     if spec.privacy.enabled:
+        # only the noised release leaves; the coordinator computes each hospital's value from it
         metrics = charge_selection(site, spec, run_key)
         release = noise_selection_aggregates(exact, noise_multiplier=selection_noise(spec))
         metrics["num-examples"] = max(_rows(release), 1.0)
     else:
         release = exact
-        metrics = {"num-examples": float(len(labels)), **_exact_metrics(probs, labels)}
-    value = selection_value(release)
-    if value is not None:
-        metrics[f"val-{metric}"] = value
+        value = selection_value(release)
+        metrics = {"num-examples": float(len(labels)), **_exact_metrics(probs, labels),
+                   f"val-{metric}": math.nan if value is None else value}
     metrics["handler-seconds"] = time.perf_counter() - started
     return metrics, release
 
@@ -161,6 +164,8 @@ class RoundSelection:
         self.epsilon: dict[str, float] = {}
         #: The largest DP noise standard deviation of a round's value so far (None without DP).
         self.noise_sd: float | None = None
+        #: Patience ran out but the val metric was noisier than min_delta: training went on.
+        self.stop_suppressed = False
 
     def observe(self, server_round: int, parts: dict[str, dict[str, Any]], arrays: ArrayRecord | None) -> RoundChoice:
         """Record one round: ``parts`` are the hospitals' releases, ``arrays`` the round's
@@ -170,15 +175,18 @@ class RoundSelection:
         value = selection_value(merged)
         if parts:
             self.rounds_with_val += 1
-        improved = self.stopping.observe(server_round, value)
-        if improved and arrays is not None:
-            self.best_state = arrays.to_torch_state_dict()
-        if parts and self.stopping.should_stop and server_round < self.spec.training.rounds:
-            self.stopped_early = True
         scales = [float(p["dp"]["noise_scale"]) for p in parts.values() if "dp" in p]
         noise_sd = selection_noise_sd(merged, scales)
         if noise_sd is not None:
             self.noise_sd = max(self.noise_sd or 0.0, noise_sd)
+        improved = self.stopping.observe(server_round, value)
+        if improved and arrays is not None:
+            self.best_state = arrays.to_torch_state_dict()
+        if parts and self.stopping.should_stop and server_round < self.spec.training.rounds:
+            if self.noise_warning() is None:
+                self.stopped_early = True
+            else:  # "no improvement" would be the noise's verdict, not the model's
+                self.stop_suppressed = True
         return RoundChoice(server_round, value, {h: selection_value(p) for h, p in sorted(parts.items())}, improved,
                            noise_sd)
 
@@ -205,21 +213,42 @@ class RoundSelection:
         return self.stopped_early
 
     @property
+    def noise_margin(self) -> float | None:
+        """How far apart two rounds' values must be to tell them apart under DP: NOISE_MARGIN
+        standard deviations of the difference of two noised values (None without DP)."""
+        return None if self.noise_sd is None else NOISE_MARGIN * math.sqrt(2) * self.noise_sd
+
+    @property
+    def within_noise(self) -> bool:
+        """The best round beats the last one by less than the DP noise: the last round's model
+        is registered instead (a chance winner is no better choice than the latest model)."""
+        s, margin = self.stopping, self.noise_margin
+        last = s.history.get(s.last_round)
+        return (margin is not None and s.best_round is not None and s.best_round != s.last_round
+                and last is not None and s.best_value is not None and abs(s.best_value - last) <= margin)
+
+    @property
     def chosen(self) -> bool:
         """Whether a round was chosen on val (else the last round's model stands)."""
-        return self.best_state is not None and self.stopping.best_round is not None
+        return self.best_state is not None and self.stopping.best_round is not None and not self.within_noise
 
     def reason(self) -> str:
         """Which round was chosen and why, as one line."""
+        s = self.stopping
+        suppressed = (f"; early stopping held back: the val {self.metric} is noisier than selection.min_delta"
+                      if self.stop_suppressed else "")
+        if self.within_noise:
+            return (f"last round's model registered: round {s.best_round} looked best (val {self.metric} "
+                    f"{s.best_value:.4f}) but beat round {s.last_round} ({s.history[s.last_round]:.4f}) by less than "
+                    f"the DP noise ({self.noise_margin:.4f})" + suppressed)
         if not self.chosen:
             return (f"last round's model registered: {NO_VAL_PART}" if self.rounds_with_val == 0
                     else f"last round's model registered: no round had a val {self.metric}")
-        s = self.stopping
         text = f"round {s.best_round} had the best val {self.metric} ({s.best_value:.4f})"
         if self.stopped_early:
             text += (f"; stopped after round {s.last_round}: {s.stale} rounds without improving it"
                      f" by more than {s.min_delta:g} (patience {s.patience})")
-        return text
+        return text + suppressed
 
     def noise_warning(self) -> str | None:
         """A warning when DP noise alone moves the val metric by more than ``min_delta``
@@ -235,6 +264,8 @@ class RoundSelection:
         """The model card's rounds: how many ran and which round's model this is."""
         s, planned = self.stopping, self.spec.training.rounds
         run = f"{s.last_round} of {planned}" if s.last_round != planned else str(planned)
+        if self.within_noise:
+            return f"{run} (the last round's model; no round beat it by more than the DP noise on val)"
         if not self.chosen:
             return f"{run} (the last round's model; no selection on val)"
         return f"{run} (round {s.best_round}'s model, best val {self.metric} {s.best_value:.4f}" + \
@@ -243,9 +274,11 @@ class RoundSelection:
     def tags(self) -> dict[str, str]:
         """The version's ``selection.*`` tags."""
         if not self.chosen:
-            return {"selection.status": "not possible" if self.rounds_with_val == 0 else "no value",
-                    "selection.reason": self.reason(), "selection.metric": self.metric,
-                    "selection.round": str(self.stopping.last_round), "selection.stopped_early": "false"}
+            status = "not possible" if self.rounds_with_val == 0 else "within noise" if self.within_noise else "no value"
+            return {"selection.status": status, "selection.reason": self.reason(), "selection.metric": self.metric,
+                    "selection.round": str(self.stopping.last_round), "selection.rounds_run": str(self.stopping.last_round),
+                    "selection.stopped_early": str(self.stopped_early).lower(),
+                    **({"selection.epsilon": f"{max(self.epsilon.values()):.4f}"} if self.epsilon else {})}
         s = self.stopping
         return {"selection.status": "val", "selection.metric": self.metric, "selection.round": str(s.best_round),
                 "selection.value": f"{s.best_value:.4f}", "selection.stopped_early": str(self.stopped_early).lower(),

@@ -186,7 +186,9 @@ class _Observed:
         if self.stopped_after is not None:
             return None
         usable, outcomes = _classify(replies, False, self.node_names)
-        metrics = super().aggregate_evaluate(server_round, usable) if usable else None  # type: ignore[misc]
+        # aggregate_metrics directly: Flower's FedAvg refuses replies whose metric keys differ,
+        # as they do when some hospitals evaluate on a val part and others on their test part
+        metrics = aggregate_metrics([m.content for m in usable], self.weighted_by_key) if usable else None  # type: ignore[attr-defined]
         self.observer.on_round("evaluate", server_round, outcomes, dict(metrics or {}))
         select = getattr(self.observer, "on_selection", None)
         if select is not None and select(server_round, _selection_parts(usable, self.node_names), self._evaluated):

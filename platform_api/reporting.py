@@ -88,7 +88,7 @@ class RunReporter:
                 f"  round {event['round']}/{event['rounds']}  hospitals {trained}/{total}  "
                 f"loss {_fmt(train.get('train-loss'))}  "
                 + (f"{part}accuracy {_fmt(accuracy)}  " if accuracy is not None else "")
-                + (f"{part}AUROC {_fmt(auroc)}  " if auroc is not None or not part else "")
+                + (f"{part}AUROC {_fmt(auroc)}  " if auroc is not None else "")
                 + f"epsilon max {_fmt(eps, '{:.2f}')}"
             )
             self._absent(self._train)

@@ -195,8 +195,8 @@ def selection_value(agg: Mapping[str, Any] | None) -> float | None:
         return None
     metric = str(agg["metric"])
     if metric == "loss":
-        n = float(agg["n"])
-        return None if n < 1 else max(float(agg["loss_sum"]), 0.0) / n
+        n, total = float(agg["n"]), float(agg["loss_sum"])
+        return None if n < 1 or total <= 0 else total / n  # a noised sum <= 0 says nothing but noise
     if metric == "auroc":
         values = [_binned_auroc(np.asarray(h["pos"], dtype=float), np.asarray(h["neg"], dtype=float))
                   for h in agg["hist"].values()]

@@ -238,6 +238,18 @@ def test_strategy_sends_nothing_after_early_stopping() -> None:
 
 
 @pytest.mark.usefixtures("flower_task_identity")
+def test_a_round_where_some_hospitals_evaluate_on_val_and_others_on_test_aggregates() -> None:
+    observer = _Observer(stop_after=99)
+    strategy = build_strategy(StrategySpec(min_hospitals=1), observer=observer, min_available=1, learning_rate=0.01)
+    sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=7, message_type=MessageType.EVALUATE)
+    replies = [Message(RecordDict({"site": ConfigRecord({"hospital-id": h, "status": "ok", "reason": ""}),
+                                   "metrics": MetricRecord(m)}), reply_to=sent)
+               for h, m in (("h1", {"num-examples": 10.0, "val-auroc": 0.8}), ("h2", {"num-examples": 30.0, "auroc": 0.7}))]
+    metrics = strategy.aggregate_evaluate(1, replies)
+    assert metrics["val-auroc"] == 0.8 and metrics["auroc"] == 0.7 and metrics["num-examples"] == 40
+
+
+@pytest.mark.usefixtures("flower_task_identity")
 def test_a_hospital_releases_noised_val_aggregates_charged_and_never_scores_its_test_rows(
         hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from federation import client_app, selection
@@ -271,8 +283,8 @@ def test_a_hospital_releases_noised_val_aggregates_charged_and_never_scores_its_
     one = selection_epsilon_after(noise_multiplier=selection_noise(spec), releases=1, delta=spec.privacy.target_delta)
     assert release["metric"] == "auroc" and release["dp"]["noise_multiplier"] == pytest.approx(selection_noise(spec))
     metrics = reply.content["metrics"]
-    assert metrics["selection-epsilon"] == pytest.approx(one) and "val-auroc" in metrics
-    assert not any(k in metrics for k in ("auroc", "val-auprc", "val-brier"))  # nothing exact leaves with DP
+    assert metrics["selection-epsilon"] == pytest.approx(one)
+    assert set(metrics) == {"num-examples", "selection-epsilon", "budget-left", "handler-seconds"}  # nothing exact
     ledger = PrivacyLedger(tmp_path / "ledgers" / "hospital-01.json", "hospital-01")
     assert ledger.entry("run-5/selection").epsilon == pytest.approx(one)
 
@@ -340,3 +352,31 @@ def test_a_malformed_release_is_left_out_not_fatal(hospital_files: list[Path]) -
            "0": {**good["a"], "classes": 3}}
     choice = selection.observe(1, {**bad, **good}, ArrayRecord({"w": torch.zeros(1)}))
     assert choice.value == pytest.approx(0.5) and list(choice.hospitals) == ["a"]
+
+
+def test_under_dp_an_earlier_round_must_beat_the_last_by_more_than_the_noise(hospital_files: list[Path]) -> None:
+    spec = make_spec(hospital_files, data={"val_fraction": 0.2}, training={"rounds": 3})
+    for gap, registered in ((0.01, "3"), (3.0, "1")):
+        selection = RoundSelection(spec)
+        for r, loss in ((1, 0.50), (2, 0.50 + gap), (3, 0.50 + gap)):
+            parts = {h: {**p, "dp": {"noise_scale": 40.0}} for h, p in _parts({"a": (400, 400 * loss)}).items()}
+            selection.observe(r, parts, ArrayRecord({"w": torch.full((1,), float(r))}))
+        margin = selection.noise_margin
+        assert margin is not None and 0.05 < margin < 3.0
+        assert selection.tags()["selection.round"] == registered
+        if registered == "3":
+            assert selection.within_noise and not selection.chosen
+            assert selection.tags()["selection.status"] == "within noise"
+            assert "round 1 looked best" in selection.reason() and "by less than the DP noise" in selection.reason()
+        else:
+            assert selection.chosen and torch.equal(selection.best_state["w"], torch.ones(1))
+
+
+def test_noisy_val_metrics_do_not_stop_training_early(hospital_files: list[Path]) -> None:
+    spec = make_spec(hospital_files, data={"val_fraction": 0.2}, training={"rounds": 5}, selection={"patience": 1})
+    selection = RoundSelection(spec)
+    for r, loss in ((1, 0.5), (2, 0.6), (3, 0.7)):
+        parts = {h: {**p, "dp": {"noise_scale": 40.0}} for h, p in _parts({"a": (400, 400 * loss)}).items()}
+        selection.observe(r, parts, ArrayRecord({"w": torch.zeros(1)}))
+    assert not selection.should_stop and selection.stop_suppressed
+    assert "early stopping held back" in selection.reason()
