@@ -59,6 +59,7 @@ def test_serves_the_production_version_batched_over_http(registry: dict[str, Any
                        name="risk", route_prefix="/risk")
     one = handle.predict.remote(registry["rows"][0]).result()
     assert one["model_version"] == "1" and one["model_name"] == MODEL and 0 < one["risk"] < 1
+    assert one["threshold"] == 0.5 and one["decision"] is (one["risk"] >= 0.5)  # no decision.json: 0.5
 
     response = httpx.post(f"http://127.0.0.1:{serve_port}/risk", json={"instances": registry["rows"]}, timeout=30)
     assert response.status_code == 200, response.text
@@ -69,7 +70,9 @@ def test_serves_the_production_version_batched_over_http(registry: dict[str, Any
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")  # the registered MLflow package agrees
     frame = pd.DataFrame([{c: row.get(c) for c in loaded.features} for row in registry["rows"]])
     frame = frame.astype({c: float for c in loaded.scorer.encoder.numeric})
-    assert list(pyfunc.predict(frame)["risk"]) == pytest.approx(list(reference), abs=1e-6)
+    scored = pyfunc.predict(frame)
+    assert list(scored["risk"]) == pytest.approx(list(reference), abs=1e-6)
+    assert list(scored["decision"]) == [r >= 0.5 for r in scored["risk"]]
 
     bad = [({"rows": []}, "body must be"), ({"instances": [{"age": "old"}]}, "instances[0]: age: expected a number"),
            ({"instances": [registry["rows"][0], {"shoe_size": 43}]}, "instances[1]: shoe_size: not a feature")]
