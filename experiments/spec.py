@@ -554,13 +554,6 @@ class ExperimentSpec(_Strict):
         return self
 
     @_check
-    def _adaptive_clipping_mode(self) -> ExperimentSpec:
-        privacy = self.privacy
-        if privacy.enabled and privacy.clipping == "adaptive" and not self.is_imaging and privacy.grad_sample_mode != "fused":
-            raise ValueError("privacy.clipping: adaptive clipping of tabular models needs grad_sample_mode fused")
-        return self
-
-    @_check
     def _subgroups_are_features(self) -> ExperimentSpec:
         if self.is_imaging:
             return self

@@ -22,7 +22,7 @@ from training.metrics import risk_metrics
 from training.models import RiskModel
 from training.privacy import DPConfig, QuantileClipper, adaptive_noise
 
-__all__ = ["LocalTrainingResult", "adaptive_clipper", "evaluate_model", "poisson_batches", "sample_rate", "steps_per_epoch", "train_locally"]
+__all__ = ["LocalTrainingResult", "adaptive_clipper", "evaluate_model", "per_sample_norms", "poisson_batches", "sample_rate", "steps_per_epoch", "train_locally"]
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,13 @@ def train_locally(
         assert dp is not None
         if noise_multiplier is None:
             raise ValueError("DP-SGD needs the run's noise multiplier")
+        clipper = adaptive_clipper(dp, noise_multiplier, len(data), batch_size)
         if dp.grad_sample_mode == "fused":
-            clipper = adaptive_clipper(dp, noise_multiplier, len(data), batch_size)
             losses, steps = _train_fused(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu, class_weights,
                                          clipper)
         else:
-            losses, steps = _train_opacus(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu, class_weights)
+            losses, steps = _train_opacus(model, data, epochs, batch_size, dp, noise_multiplier, proximal_mu, class_weights,
+                                          clipper)
     else:
         losses, steps = _train_plain(model, data, epochs, batch_size, proximal_mu, seed, class_weights)
     mean_loss = float(np.mean(losses)) if losses else math.nan
@@ -195,10 +196,12 @@ def _train_fused(
 
 def _train_opacus(
     model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float,
-    class_weights: Sequence[float] | None = None,
+    class_weights: Sequence[float] | None = None, clipper: QuantileClipper | None = None,
 ) -> tuple[list[float], int]:
     optimizer = model.configure_optimizers()
     criterion: nn.Module = WeightedBCE(class_weights)  # mean over the batch size: see WeightedBCE
+    if clipper is not None:  # adaptive clipping: the gradient's share of the step's noise
+        noise = adaptive_noise(noise)[0]
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=_keep_batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about its non-secure default RNG
@@ -220,17 +223,34 @@ def _train_opacus(
                 for x, y in loader:
                     steps += 1
                     if len(y) == 0:
+                        if clipper is not None:
+                            clipper.update(None)
                         continue
                     optimizer.zero_grad(set_to_none=True)
                     loss = criterion(trained(x).view(-1), y)
                     loss.backward()
+                    norms = per_sample_norms(trained, optimizer) if clipper is not None else None
                     optimizer.step()
+                    if clipper is not None:
+                        optimizer.max_grad_norm = clipper.update(norms)
+                        if dp.grad_sample_mode == "ghost":
+                            trained.max_grad_norm = clipper.bound  # ghost clipping clips in the module
                     pull()
                     losses.append(float(loss.detach()))
     finally:
         if hasattr(trained, "_close"):
             trained._close()  # remove Opacus hooks: the plain module goes back to the caller
     return losses, steps
+
+
+def per_sample_norms(module: nn.Module, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The last backward pass's per-sample gradient norms (before clipping): those Opacus's
+    ghost clipping computed, or the norms of its per-sample gradients."""
+    norms = getattr(module, "per_sample_gradient_norms", None)
+    if norms is not None:
+        return norms
+    parts = [g.reshape(len(g), -1).norm(2, dim=1) for g in optimizer.grad_samples]  # type: ignore[attr-defined]
+    return torch.stack(parts, dim=1).norm(2, dim=1)
 
 
 def evaluate_model(model: RiskModel, data: TabularDataset) -> dict[str, float]:
