@@ -390,3 +390,23 @@ def test_a_hospital_starts_from_the_coordinator_bound_and_reports_its_own(hospit
         assert reply.content["site"]["status"] == "ok", reply.content["site"]["reason"]
         ends[start] = reply.content["metrics"][CLIP_BOUND]
     assert 1e-4 < ends[1e-4] and ends[1e3] < 1e3  # each moved from where the coordinator said, towards the norms
+
+
+def test_fedavgm_under_dp_moves_a_tenth_of_the_way_then_accumulates_momentum(flower_task_identity: None) -> None:
+    """Flower's FedAvgM behind our tolerant wrapper, at the DP defaults (momentum 0.9, server
+    learning rate 0.1): round 1 moves 0.1 of the way to the hospitals' average, round 2 adds
+    0.9 of round 1's pseudo-gradient to its own."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    spec = parse_spec(_bare_image_spec(strategy={"name": "fedavgm", "min_hospitals": 1}))
+    strategy = build_strategy(spec.strategy, observer=_Sink(), min_available=1, learning_rate=0.01)
+    start = ArrayRecord({"w": torch.zeros(2)})
+    strategy.configure_train(1, start, ConfigRecord({"run-key": "r"}), _Grid())
+    arrays, _ = strategy.aggregate_train(1, [_reply(10.0, 1.0)])  # hospitals' average: ones
+    assert arrays is not None
+    first = arrays.to_torch_state_dict()["w"]
+    assert torch.allclose(first, torch.full((2,), 0.1, dtype=first.dtype))
+    strategy.configure_train(2, arrays, ConfigRecord({"run-key": "r"}), _Grid())
+    second = strategy.aggregate_train(2, [_reply(10.0, 1.0)])[0].to_torch_state_dict()["w"]
+    # pseudo-gradient round 2: 0.1 - 1 = -0.9; momentum -0.9 + 0.9 * -1 = -1.8; step 0.1 * 1.8
+    assert torch.allclose(second, torch.full((2,), 0.28, dtype=second.dtype))
