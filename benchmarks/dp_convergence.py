@@ -14,6 +14,7 @@ Prints a table and rewrites the ``dp-convergence`` section of benchmarks/RESULTS
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -48,6 +49,8 @@ class Setting:
     clipping: str = "fixed"
     server_momentum: float = 0.0
     private: bool = True
+    balanced: bool = False  # class weights n / (k * count_k) from the pooled training counts
+    fedadam_tau: float | None = None  # server-side FedAdam (Flower's update, eta 0.01) with this tau
 
 
 def hospitals(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -75,7 +78,11 @@ def run(setting: Setting, data: list, rounds: int, seed: int) -> tuple[list[floa
     model = build_vision_model("cnn", 1, 2, lr=setting.lr, optimizer=setting.optimizer, width=16)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     momentum: dict[str, torch.Tensor] = {}
+    m_t: dict[str, torch.Tensor] = {}
+    v_t: dict[str, torch.Tensor] = {}
     clip = setting.clip  # adaptive clipping: the hospitals' mean bound carries to the next round
+    counts = np.bincount(np.concatenate([d[1] for d in data]), minlength=2)
+    weights_by_class = (counts.sum() / (len(counts) * counts)).tolist() if setting.balanced else None
     losses = []
     for r in range(rounds):
         updates, weights, round_loss, bounds = [], [], [], []
@@ -88,7 +95,8 @@ def run(setting: Setting, data: list, rounds: int, seed: int) -> tuple[list[floa
                           clipping=setting.clipping) if setting.private else None
             noise = dp.noise_multiplier_for(sample_rate=q, total_steps=steps) if dp else None
             result = train_vision_locally(local, x, y, mean=mean, std=std, epochs=setting.epochs, batch_size=setting.batch,
-                                          dp=dp, noise_multiplier=noise, seed=seed * 1000 + r, device="cpu")
+                                          dp=dp, noise_multiplier=noise, seed=seed * 1000 + r, device="cpu",
+                                          class_weights=weights_by_class)
             bounds.append(result.clip_bound or clip)
             updates.append(local.state_dict())
             weights.append(len(y))
@@ -99,6 +107,12 @@ def run(setting: Setting, data: list, rounds: int, seed: int) -> tuple[list[floa
             delta = {k: state[k].double() - avg[k] for k in state}
             momentum = {k: setting.server_momentum * momentum[k] + delta[k] if momentum else delta[k] for k in state}
             avg = {k: state[k].double() - (1 - setting.server_momentum) * momentum[k] for k in state}  # DP default lr
+        if setting.fedadam_tau is not None:  # as flwr.serverapp.strategy.FedAdam (beta 0.9, 0.99)
+            delta = {k: avg[k] - state[k].double() for k in state}
+            m_t = {k: 0.9 * m_t[k] + 0.1 * delta[k] if m_t else 0.1 * delta[k] for k in state}
+            v_t = {k: 0.99 * v_t[k] + 0.01 * delta[k] ** 2 if v_t else 0.01 * delta[k] ** 2 for k in state}
+            eta = 0.01 * math.sqrt(1 - 0.99 ** (r + 2)) / (1 - 0.9 ** (r + 2))
+            avg = {k: state[k].double() + eta * m_t[k] / (v_t[k].sqrt() + setting.fedadam_tau) for k in state}
         state = {k: avg[k].to(state[k].dtype) for k in state}
         losses.append(float(np.average(round_loss, weights=weights)))
     model.load_state_dict(state)
@@ -123,6 +137,10 @@ def settings() -> list[Setting]:
         replace(new, label="DP defaults + adaptive clipping (q 0.5)", clipping="adaptive"),
         replace(new, label="DP defaults + FedAvgM (momentum 0.9, server lr 0.1)", server_momentum=0.9),
         replace(new, label="DP defaults' optimiser, non-private", private=False),
+        replace(new, label="DP defaults + FedAdam (eta 0.01, tau 0.001: the non-DP default)", fedadam_tau=1e-3),
+        replace(new, label="DP defaults + FedAdam (eta 0.01, tau 0.01: the DP default)", fedadam_tau=1e-2),
+        replace(old, label="before + balanced class weights", balanced=True),
+        replace(new, label="DP defaults + balanced class weights", balanced=True),
     ]
 
 
