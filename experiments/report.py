@@ -277,7 +277,11 @@ def decision_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         how = f"{source}: the class prior the model was trained under"
     if decision.get("threshold") is None:
         scale = ", ".join(_num(s, 3) for s in decision.get("class_scale") or [])
-        return [("Decision rule", "prior-corrected argmax", f"{how}; class scale [{scale}]")]
+        served: Mapping[str, Any] = decision.get("test") or {}
+        return [("Decision rule", "prior-corrected argmax", f"{how}; class scale [{scale}]")] + ([
+            ("Balanced accuracy (served labels)", _num(served.get("balanced_accuracy")), "held-out test data, prior-corrected"),
+            ("Accuracy (served labels)", _num(served.get("accuracy")), "held-out test data, prior-corrected"),
+        ] if served else [])
     test: Mapping[str, Any] = decision.get("test") or {}
     return [
         ("Decision threshold", _num(decision.get("threshold"), 4), how),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -148,7 +149,9 @@ def evaluate(message: Message, context: Context) -> Message:
 @app.query("validate")
 def validate(message: Message, context: Context) -> Message:
     """Validation aggregates of the final model on the hospital's held-out rows (counts only)."""
-    done = _with_global_model(message, context, "validation", validation_aggregates)
+    config = message.content["config"]
+    scale = json.loads(str(config["class-scale"])) if "class-scale" in config else None
+    done = _with_global_model(message, context, "validation", functools.partial(validation_aggregates, class_scale=scale))
     if isinstance(done, Message):
         return done
     site, aggregates = done

@@ -21,7 +21,15 @@ from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from federation.errors import TooFewHospitalsError, VocabularyError
 from federation.hospital import Preprocessor, build_spec_model, model_hparams
-from federation.imbalance import VAL_KEY, choose_decision, decision_section, federation_class_weights, total_counts
+from federation.imbalance import (
+    SERVED_KEY,
+    VAL_KEY,
+    choose_decision,
+    decision_section,
+    federation_class_weights,
+    served_scale,
+    total_counts,
+)
 from federation.progress import ProgressLog
 from federation.selection import RoundSelection
 from federation.strategy import HospitalReply, build_strategy, remote_reason
@@ -341,8 +349,12 @@ class Coordinator:
         """
         spec = self.spec
         started = time.perf_counter()
+        # a multi-class model's served rule (the prior correction) is known before validation:
+        # hospitals also count the confusion of the labels it serves on their test part
+        scale = served_scale(spec, self.class_counts, self.class_weights)
+        served = {"class-scale": json.dumps(scale)} if scale else {}
         messages = [
-            Message(RecordDict({"config": ConfigRecord({"encoder": encoder.to_json(), "run-key": run_id}),
+            Message(RecordDict({"config": ConfigRecord({"encoder": encoder.to_json(), "run-key": run_id, **served}),
                                 "arrays": ArrayRecord(model.state_dict())}),
                     dst_node_id=n, message_type=f"{MessageType.QUERY}.validate")
             for n in nodes
@@ -361,6 +373,7 @@ class Coordinator:
         self.progress.emit("validation", hospitals={h: o["status"] for h, o in outcome.items()},
                            reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
         val_parts = {h: p.pop(VAL_KEY) for h, p in parts.items() if VAL_KEY in p}
+        served_confusion = [p.pop(SERVED_KEY) for p in parts.values() if SERVED_KEY in p]
         self.decision = choose_decision(spec, val_parts, total_counts(self.class_counts), self.class_weights)
         log.info("decision rule: %s (%s)", self.decision.rule, self.decision.source)
         if not parts:
@@ -370,7 +383,8 @@ class Coordinator:
             report = build_multiclass_report(merged)
         else:
             report = build_report(merged, thresholds=spec.validation.thresholds)
-        report["decision"] = decision_section(self.decision, merged, multiclass=spec.is_imaging)
+        report["decision"] = decision_section(self.decision, merged, multiclass=spec.is_imaging,
+                                              served_confusion=served_confusion if scale else None)
         meta = {
             "model_name": spec.model_name, "version": "(assigned at registration)", "experiment": spec.name,
             "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -279,18 +279,21 @@ def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, 
 
 
 def validation_aggregates(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor,
-                          state: dict[str, torch.Tensor]) -> dict[str, Any]:
+                          state: dict[str, torch.Tensor], class_scale: list[float] | None = None) -> dict[str, Any]:
     """The final model's validation aggregates on the hospital's held-out rows: binned
     score counts, exact sums and confusion counts, overall and per subgroup (small cells
     suppressed). Counts only: no patient row leaves the hospital.
 
     A binary model's aggregates also carry, under ``"val"``, the overall histograms of its
     scores on the val rows (no subgroups), from which the coordinator chooses the decision
-    threshold (:mod:`federation.imbalance`)."""
+    threshold (:mod:`federation.imbalance`). A multi-class image model's carry, under
+    ``"served_confusion"``, the confusion matrix of the labels ``class_scale`` (the prior
+    correction the coordinator sends) serves on the test images."""
     if isinstance(encoder, ImagePreprocessor):
         from federation import hospital_images
 
-        aggregates = hospital_images.validation_aggregates(site=site, spec=spec, preprocessor=encoder, state=state)
+        aggregates = hospital_images.validation_aggregates(site=site, spec=spec, preprocessor=encoder, state=state,
+                                                           class_scale=class_scale)
     else:
         test = _data(site, spec, encoder).split.test
         model = _model(spec, encoder, state)

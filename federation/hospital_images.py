@@ -25,6 +25,7 @@ from federation.hospital import (
     round_dp_config,
     site_dataset,
 )
+from federation.imbalance import SERVED_KEY, served_confusion
 from federation.site import Site
 from training.imaging import (
     ImageDataError,
@@ -127,13 +128,17 @@ def evaluate_global(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePrep
 
 
 def validation_aggregates(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreprocessor,
-                          state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Multi-class validation aggregates on the held-out images (counts only)."""
+                          state: dict[str, torch.Tensor], class_scale: list[float] | None = None) -> dict[str, Any]:
+    """Multi-class validation aggregates on the held-out images (counts only); with
+    ``class_scale``, also the confusion matrix of the prior-corrected labels (``served_confusion``)."""
     split = _split(site, spec)
     model = _model(spec, preprocessor, state)
     probs = predict_vision(model, split.test_images, mean=preprocessor.mean, std=preprocessor.std)
-    return local_multiclass_aggregates(probs, split.test_labels, list(preprocessor.classes), image_subgroups(split, spec, site.data_path),
-                                       min_cell=spec.validation.min_cell)
+    aggregates = local_multiclass_aggregates(probs, split.test_labels, list(preprocessor.classes),
+                                             image_subgroups(split, spec, site.data_path), min_cell=spec.validation.min_cell)
+    if class_scale is not None and len(class_scale) == probs.shape[1]:
+        aggregates[SERVED_KEY] = served_confusion(probs, split.test_labels, class_scale)
+    return aggregates
 
 
 def val_scores(*, site: Site, spec: ExperimentSpec, preprocessor: ImagePreprocessor,

@@ -7,17 +7,23 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from experiments.spec import ExperimentSpec, ImageDataSpec
 from training.decision import Decision, choose_threshold, prior_decision, rates_at
 from training.imbalance import resolve_class_weights
 from training.validation import merge_aggregates
 
-__all__ = ["VAL_KEY", "choose_decision", "class_names", "decision_section", "federation_class_weights", "total_counts"]
+__all__ = ["SERVED_KEY", "VAL_KEY", "choose_decision", "class_names", "decision_section", "federation_class_weights",
+           "served_confusion", "served_scale", "total_counts"]
 
 log = logging.getLogger(__name__)
 
 #: Where a hospital's validation reply carries its val aggregates (beside the test ones).
 VAL_KEY = "val"
+#: Where a multi-class model's hospital reply carries the confusion matrix (rows: true class)
+#: of the labels served under the prior correction, on its test part.
+SERVED_KEY = "served_confusion"
 
 
 def class_names(spec: ExperimentSpec) -> list[str]:
@@ -40,6 +46,16 @@ def federation_class_weights(spec: ExperimentSpec, per_hospital: Mapping[str, Se
         ValueError: ``balanced`` but no hospital sent class counts.
     """
     return resolve_class_weights(spec.training.class_weights, class_names(spec), total_counts(per_hospital))
+
+
+def served_scale(spec: ExperimentSpec, per_hospital: Mapping[str, Sequence[float]],
+                 class_weights: Sequence[float] | None) -> list[float] | None:
+    """A multi-class model's prior correction (known from the statistics round, before
+    validation), or None for a binary model (its threshold is chosen on val)."""
+    if len(class_names(spec)) <= 2:
+        return None
+    scale = prior_decision(total_counts(per_hospital), class_weights, "more than two classes").class_scale
+    return list(scale) if scale else None
 
 
 def _binary_histograms(agg: Mapping[str, Any], positive: int | None) -> tuple[list[float], list[float]]:
@@ -71,13 +87,31 @@ def choose_decision(spec: ExperimentSpec, val_parts: Mapping[str, Mapping[str, A
     return decision
 
 
-def decision_section(decision: Decision, test: Mapping[str, Any], *, multiclass: bool) -> dict[str, Any]:
+def decision_section(decision: Decision, test: Mapping[str, Any], *, multiclass: bool,
+                     served_confusion: Sequence[Sequence[Sequence[int]]] | None = None) -> dict[str, Any]:
     """The report's ``decision`` section: the rule, where it came from and, for a threshold,
-    the confusion counts, sensitivity and specificity on the held-out test aggregates."""
+    the confusion counts, sensitivity and specificity on the held-out test aggregates; for
+    a prior correction, accuracy and balanced accuracy of the served labels from the
+    hospitals' ``served_confusion`` matrices (summed)."""
     section: dict[str, Any] = {"rule": decision.rule, "source": decision.source, "threshold": decision.threshold,
                                "target": decision.target, "val": decision.val or None,
                                "class_scale": list(decision.class_scale) if decision.class_scale else None}
     if decision.threshold is not None:
         hp, hn = _binary_histograms(test, 1 if multiclass else None)
         section["test"] = rates_at(decision, hp, hn, test["histogram"])
+    elif served_confusion:
+        cm = np.sum(np.asarray(served_confusion, dtype=np.int64), axis=0)
+        support = cm.sum(axis=1)
+        recall = [cm[k, k] / support[k] for k in range(len(cm)) if support[k]]
+        section["test"] = {"n": int(cm.sum()), "accuracy": float(np.trace(cm) / cm.sum()) if cm.sum() else None,
+                           "balanced_accuracy": float(np.mean(recall)) if recall else None, "confusion": cm.tolist()}
     return section
+
+
+def served_confusion(probs: np.ndarray, labels: np.ndarray, class_scale: Sequence[float]) -> list[list[int]]:
+    """A hospital's confusion matrix (rows: true class) of the labels the prior correction
+    serves (``argmax_k p_k * class_scale[k]``); counts only, like the validation aggregates."""
+    k = len(class_scale)
+    served = Decision(rule="prior", class_scale=tuple(class_scale)).labels(probs)
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    return np.bincount(y * k + served, minlength=k * k).reshape(k, k).tolist()

@@ -133,3 +133,31 @@ def test_imbalanced_binary_images_get_a_threshold_and_both_labels_are_served(tmp
     print(f"images: threshold {tags['decision_threshold']}: balanced accuracy {balanced_accuracy(served):.3f} "
           f"(argmax {balanced_accuracy(probs.argmax(axis=1)):.3f}) on {len(truth)} held-out images")
     assert balanced_accuracy(served) > 0.5
+
+
+def test_a_multiclass_image_model_serves_and_reports_the_prior_correction(tmp_path: Path) -> None:
+    """Three classes (80/10/10): the version serves the prior-corrected argmax; the report
+    gives the balanced accuracy of the labels it serves, from the hospitals' confusion counts."""
+    npzs = synthesize_image_hospitals(tmp_path / "data", n_hospitals=2, images_per_hospital=150, size=16, channels=1,
+                                      classes=("normal", "nodule", "opacity"), layout="npz", seed=6, majority=0.8)
+    spec = {"name": "it-imbalance-multi", "registered_model": "it-imbalance-multi", "seed": 2,
+            "data": {"modality": "images", "classes": ["normal", "nodule", "opacity"], "image_size": 16, "augment": None,
+                     "hospitals": [{"id": p.stem, "path": str(p)} for p in npzs]},
+            "model": {"kind": "cnn", "width": 4}, "strategy": {"min_hospitals": 2},
+            "training": {"rounds": 1, "local_epochs": 1, "batch_size": 32}, "privacy": {"enabled": False}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
+    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Decision: prior-corrected argmax by prior (prior (more than two classes))" in done.stdout
+    client = MlflowClient(uri, registry_uri=uri)
+    tags = client.get_model_version("it-imbalance-multi", "1").tags
+    assert tags["decision_rule"] == "prior" and "decision_threshold" not in tags
+    scale = [float(s) for s in tags["decision_class_scale"].split(",")]
+    assert scale[0] < scale[1] and scale[0] < scale[2]  # the majority class is scaled down
+    report = json.loads(Path(client.download_artifacts(tags["run_id"], "validation/report.json", str(tmp_path))).read_text())
+    served = report["decision"]["test"]
+    assert served["n"] == report["overall"]["n"] and len(served["confusion"]) == 3
+    assert 0 <= served["balanced_accuracy"] <= 1

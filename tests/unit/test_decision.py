@@ -12,8 +12,9 @@ import torch
 
 from experiments.gate import artifact_digest
 from experiments.model_package import save_package_files, save_vision_package_files
+from experiments.report import decision_rows
 from experiments.spec import parse_spec
-from federation.imbalance import choose_decision, decision_section, federation_class_weights
+from federation.imbalance import choose_decision, decision_section, federation_class_weights, served_confusion
 from tests.conftest import make_spec
 from tests.unit.test_spec_images import image_spec_dict
 from training.decision import DECISION_FILE, Decision, choose_threshold, decision_on_scores, prior_decision, rates_at
@@ -188,3 +189,17 @@ def test_decision_on_a_validators_scores_is_exact() -> None:
     assert two["test"] == section["test"]
     multi = decision_on_scores(prior_decision([5, 3, 2], None, "x"), np.full((4, 3), 1 / 3), np.zeros(4))
     assert "test" not in multi and multi["rule"] == "prior"
+
+
+def test_a_multiclass_report_shows_the_served_labels_balanced_accuracy() -> None:
+    decision = prior_decision([800, 150, 50], None, "more than two classes")
+    probs = np.array([[0.7, 0.25, 0.05], [0.85, 0.05, 0.10], [0.9, 0.05, 0.05], [0.2, 0.7, 0.1]])
+    labels = np.array([1, 2, 0, 1])
+    per_hospital = [served_confusion(probs[:2], labels[:2], decision.class_scale),
+                    served_confusion(probs[2:], labels[2:], decision.class_scale)]
+    assert np.sum(per_hospital, axis=0).tolist() == [[1, 0, 0], [0, 2, 0], [0, 0, 1]]
+    section = decision_section(decision, {}, multiclass=True, served_confusion=per_hospital)
+    assert section["test"] == {"n": 4, "accuracy": 1.0, "balanced_accuracy": 1.0,
+                               "confusion": [[1, 0, 0], [0, 2, 0], [0, 0, 1]]}
+    rows = dict((name, value) for name, value, _ in decision_rows({"decision": section}))
+    assert rows["Decision rule"] == "prior-corrected argmax" and rows["Balanced accuracy (served labels)"] == "1.000"
