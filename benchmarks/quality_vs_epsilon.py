@@ -38,7 +38,6 @@ from torch import nn
 
 from _results import machine, table, write_section
 from experiments.spec import DataSpec, ExperimentSpec, ImageDataSpec, TrainingSpec, ValidationSpec, parse_spec
-from federation.hospital import model_hparams
 from federation.launcher import LaunchOptions, run_experiment
 from training.data import HospitalDataModule
 from training.imaging import load_image_split

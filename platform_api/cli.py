@@ -743,7 +743,6 @@ def score(
 
     Writes tenant_id, patient_id, risk, model_name, model_version, scored_at per twin.
     """
-    import os
 
     from feature_store.settings import get_settings as feature_settings
     from platform_api.settings import get_settings as api_settings
@@ -771,7 +770,6 @@ _UriOpt = Annotated[str | None, typer.Option(help="MLflow URI (default: the API'
 
 
 def _registry(model: str | None, tracking_uri: str | None) -> tuple[Any, str]:
-    import os
 
     from experiments.registry import ModelRegistry
     from platform_api.settings import get_settings as api_settings
@@ -832,7 +830,6 @@ def _print_decision(decision: Any) -> None:
 @_one_line_errors
 def registry_list(model: _ModelOpt = None, tracking_uri: _UriOpt = None) -> None:
     """List a model's versions, newest first: review status, validation, aliases."""
-    from rich import box
     from rich.table import Table
 
     registry, name = _registry(model, tracking_uri)

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import secrets
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from experiments.spec import ExperimentSpec
 from federation.launcher import LaunchOptions, run_experiment
@@ -20,6 +23,29 @@ from federation.launcher import LaunchOptions, run_experiment
 # The review gate's key (experiments.keys): one per test session, in the environment, because
 # fixtures register models under one data dir and serve them under another.
 os.environ.setdefault("BIOVERSE_GATE_KEY", secrets.token_hex(32))
+
+#: The installed CLI, run as a user runs it from a shell.
+BIOVERSE = str(Path(sys.executable).parent / "bioverse")
+
+
+def cli_env(root: Path) -> dict[str, str]:
+    """The environment of a CLI process whose data dir and Flower home are under ``root``."""
+    return {**os.environ, "BIOVERSE_DATA_DIR": str(root / "home"), "FLWR_HOME": str(root / "home" / "flwr")}
+
+
+def run_experiment_cli(spec: dict[str, Any], root: Path, *, name: str = "spec",
+                       timeout: float = 900) -> tuple[subprocess.CompletedProcess[str], str, dict[str, str]]:
+    """Write ``spec`` to ``root/<name>.yaml`` and run ``bioverse experiment run`` on it (Flower
+    simulation) against a SQLite MLflow store under ``root``.
+
+    Returns the finished process (the caller asserts on its exit status), the store's URI and
+    the environment, for the CLI calls that follow.
+    """
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    uri, env = f"sqlite:///{root / 'mlflow.db'}", cli_env(root)
+    done = subprocess.run([BIOVERSE, "experiment", "run", str(root / f"{name}.yaml"), "--tracking-uri", uri],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    return done, uri, env
 
 
 def sign_approved(uri: str, name: str, version: str) -> None:

@@ -4,17 +4,14 @@ the spec leaves out: the run prints and records them, and the training loss does
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from experiments.dp_defaults import DP_IMAGE_DEFAULTS
 from federation.convergence import LOSS_RISING_TAG, loss_rising
+from tests.integration.conftest import run_experiment_cli
 from training.synth_images import synthesize_image_hospitals
 
 pytestmark = pytest.mark.integration
@@ -29,12 +26,7 @@ def test_a_small_imbalanced_dp_image_run_with_the_defaults_does_not_raise_its_lo
             "model": {"kind": "cnn", "width": 8}, "strategy": {"min_hospitals": 2},
             "training": {"rounds": 4},  # optimiser, learning rate, batch and clipping bound: the DP defaults
             "privacy": {"target_epsilon": 8.0, "hospital_budget": 20.0}}
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
-    bioverse = Path(sys.executable).parent / "bioverse"
-    result = subprocess.run([str(bioverse), "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
-                            capture_output=True, text=True, env=env, timeout=900)
+    result, uri, _ = run_experiment_cli(spec, tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = " ".join(result.stdout.split())
     assert "DP defaults for what the spec leaves out: training.optimizer sgd" in out

@@ -7,20 +7,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from serving.model_source import RegistryModel
 from tests.conftest import spec_dict
+from tests.integration.conftest import BIOVERSE, run_experiment_cli
 
 pytestmark = pytest.mark.integration
-
-BIOVERSE = str(Path(sys.executable).parent / "bioverse")
 
 
 def _respell(paths: list[Path]) -> dict[str, int]:
@@ -41,11 +38,7 @@ def _respell(paths: list[Path]) -> dict[str, int]:
 
 
 def _run(spec: dict, tmp_path: Path, name: str) -> tuple[subprocess.CompletedProcess, str]:
-    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
-    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / f"{name}.yaml"), "--tracking-uri", uri],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done, uri, _ = run_experiment_cli(spec, tmp_path, name=name, timeout=600)
     return done, uri
 
 

@@ -5,19 +5,17 @@ registered version carries the threshold and its served decisions are not one cl
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from experiments.gate import download_version
 from tests.conftest import LABEL, spec_dict
+from tests.integration.conftest import BIOVERSE, run_experiment_cli
 from training.decision import DECISION_FILE
 from training.scoring import RiskScorer
 from training.synth_images import synthesize_image_hospitals
@@ -25,7 +23,6 @@ from training.vision_scoring import VisionScorer
 
 pytestmark = pytest.mark.integration
 
-BIOVERSE = str(Path(sys.executable).parent / "bioverse")
 
 
 def _ninety_ten(path: Path, seed: int) -> Path:
@@ -43,11 +40,7 @@ def test_balanced_weights_and_a_val_threshold_serve_both_classes(hospital_files:
                      data={"val_fraction": 0.2}, training={"rounds": 3, "class_weights": "balanced"},
                      strategy={"name": "fedavg", "min_hospitals": 3},
                      validation={"threshold": {"rule": "youden"}})
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
-    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
-                          capture_output=True, text=True, env=env, timeout=900)
+    done, uri, env = run_experiment_cli(spec, tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Decision: threshold " in done.stdout and "by youden (val); on the test part: sensitivity" in done.stdout
 
@@ -108,11 +101,7 @@ def test_imbalanced_binary_images_get_a_threshold_and_both_labels_are_served(tmp
             "training": {"rounds": 3, "local_epochs": 2, "batch_size": 32, "learning_rate": 0.01,
                          "class_weights": "balanced"},
             "privacy": {"enabled": True, "target_epsilon": 8.0, "hospital_budget": 20.0}}
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
-    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
-                          capture_output=True, text=True, env=env, timeout=900)
+    done, uri, _ = run_experiment_cli(spec, tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     tags = MlflowClient(uri, registry_uri=uri).get_model_version("it-imbalance-xray", "1").tags
     assert tags["decision_rule"] == "youden" and tags["decision_source"] == "val"
@@ -145,11 +134,7 @@ def test_a_multiclass_image_model_serves_and_reports_the_prior_correction(tmp_pa
                      "hospitals": [{"id": p.stem, "path": str(p)} for p in npzs]},
             "model": {"kind": "cnn", "width": 4}, "strategy": {"min_hospitals": 2},
             "training": {"rounds": 1, "local_epochs": 1, "batch_size": 32}, "privacy": {"enabled": False}}
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
-    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
-                          capture_output=True, text=True, env=env, timeout=900)
+    done, uri, _ = run_experiment_cli(spec, tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Decision: prior-corrected argmax by prior (prior (more than two classes))" in done.stdout
     client = MlflowClient(uri, registry_uri=uri)

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from federation.ledger import PrivacyLedger
 from tests.conftest import spec_dict
+from tests.integration.conftest import run_experiment_cli
 from training.fingerprint import dataset_fingerprint
 from training.selection import selection_epsilon_after, selection_noise_multiplier
 
 pytestmark = pytest.mark.integration
 
-BIOVERSE = str(Path(sys.executable).parent / "bioverse")
 
 
 def test_early_stopping_registers_the_best_val_round_and_charges_only_the_rounds_run(
@@ -34,11 +30,7 @@ def test_early_stopping_registers_the_best_val_round_and_charges_only_the_rounds
                      data={"val_fraction": 0.2}, training={"rounds": 5},
                      privacy={"selection_epsilon": 0.5},
                      selection={"metric": "loss", "patience": 1, "min_delta": 10.0})
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
-    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done, uri, _ = run_experiment_cli(spec, tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = " ".join(done.stdout.split())  # the console wraps long lines
     assert "round 2/5" in out and "round 3/5" not in out
@@ -89,11 +81,7 @@ def test_without_dp_the_best_val_round_is_registered_and_the_test_part_is_only_i
     spec = spec_dict(paths, name="it-selection-exact", registered_model="it-selection-exact",
                      data={"val_fraction": 0.2}, training={"rounds": 4}, privacy={"enabled": False},
                      selection={"metric": "auroc", "patience": 1, "min_delta": 10.0})
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}
-    done = subprocess.run([BIOVERSE, "experiment", "run", str(tmp_path / "spec.yaml"), "--tracking-uri", uri],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done, uri, _ = run_experiment_cli(spec, tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = " ".join(done.stdout.split())
     assert "val AUROC 0." in out and "DP noise" not in out
