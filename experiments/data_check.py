@@ -8,7 +8,7 @@ import pandas as pd
 
 from experiments.spec import DataSpec, HospitalSpec
 from training.categories import VocabularyFinding, vocabulary_findings
-from training.contract import missing_code_counts
+from training.contract import missing_code_counts, respelled_counts
 from training.data import HospitalSplit, load_split
 
 __all__ = ["SMALL_TEST_PART", "TableCheck", "check_table", "vocabulary_report"]
@@ -26,24 +26,32 @@ class TableCheck:
         split: Its train/val/test parts, as a run would split them.
         missing_codes: Per column with missing codes, how many values they turned missing.
         categories: Per categorical column, each canonical value's count (all rows).
+        respelled: Per categorical column, each raw spelling canonicalisation rewrote, with
+            its canonical value and count (``' M '`` -> ``M``, ``3.0`` -> ``3``).
     """
 
     hospital: str
     split: HospitalSplit
     missing_codes: dict[str, int]
     categories: dict[str, dict[str, int]]
+    respelled: dict[str, dict[str, tuple[str, int]]]
 
     def lines(self, data: DataSpec) -> list[str]:
         """The summary lines ``data check`` prints for this hospital."""
         split = self.split
         rows = pd.concat([split.train, split.val, split.test])
         origin = (f"column '{data.split_column}'" if split.source == "column"
-                  else f"random (test_fraction {data.test_fraction:g}, val_fraction {data.val_fraction:g})")
+                  else f"random, test_fraction {data.test_fraction:g}, val_fraction {data.val_fraction:g}")
         lines = [f"{self.hospital}: ok, {len(rows)} patients: train {len(split.train)}, val {len(split.val)}, "
                  f"test {len(split.test)} (split from {origin}), prevalence {rows[data.label].mean():.1%}"]
         if self.missing_codes:
             turned = ", ".join(f"{c} {n}" for c, n in sorted(self.missing_codes.items()))
             lines.append(f"{self.hospital}: missing codes turned values into missing: {turned}")
+        for column, spellings in sorted(self.respelled.items()):
+            shown = sorted(spellings.items(), key=lambda item: -item[1][1])
+            named = ", ".join(f"{raw!r} -> {canon!r} ({n})" for raw, (canon, n) in shown[:5])
+            more = f" and {len(shown) - 5} more spellings" if len(shown) > 5 else ""
+            lines.append(f"{self.hospital}: {column} read as canonical values: {named}{more}")
         return lines
 
     def warnings(self) -> list[str]:
@@ -65,7 +73,8 @@ def check_table(data: DataSpec, hospital: HospitalSpec, seed: int) -> TableCheck
     split = load_split(hospital.path, contract, data.test_fraction, seed, data.val_fraction)
     rows = pd.concat([split.train, split.val, split.test])
     categories = {c: {str(v): int(n) for v, n in rows[c].dropna().value_counts().items()} for c in contract.categorical}
-    return TableCheck(hospital.id, split, missing_code_counts(hospital.path, contract), categories)
+    return TableCheck(hospital.id, split, missing_code_counts(hospital.path, contract), categories,
+                      respelled_counts(hospital.path, contract))
 
 
 def vocabulary_report(checks: list[TableCheck], data: DataSpec) -> list[VocabularyFinding]:

@@ -121,6 +121,24 @@ def missing_code_counts(path: Path | str, contract: DataContract) -> dict[str, i
     return counts
 
 
+def respelled_counts(path: Path | str, contract: DataContract) -> dict[str, dict[str, tuple[str, int]]]:
+    """Per categorical column, the raw spellings that canonicalisation rewrote (for ``bioverse
+    data check``: ``' M '`` or ``'3.0'`` become ``'M'`` and ``'3'``), each with its canonical
+    value and count; columns whose values are all written canonically are left out."""
+    frame = _read(Path(path))
+    found: dict[str, dict[str, tuple[str, int]]] = {}
+    for column in contract.categorical:
+        if column not in frame.columns:
+            continue
+        raw = frame[column].dropna().astype(str)
+        canon = canonical_series(raw, contract.declared(column))
+        changed = canon.notna() & (canon != raw)
+        if changed.any():
+            pairs = pd.DataFrame({"raw": raw[changed], "canon": canon[changed]}).value_counts()
+            found[column] = {r: (str(c), int(n)) for (r, c), n in pairs.items()}
+    return found
+
+
 def _numeric(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
     raw = frame[column]
     values = pd.to_numeric(raw, errors="coerce")

@@ -135,6 +135,10 @@ def test_data_check_reports_split_missing_codes_and_unshared_categories(tmp_path
     assert checked.exit_code == 0, checked.output
     assert checked.output.count("patients: train 20, val 10, test 10 (split from column 'part')") == 3, checked.output
     assert "h2: missing codes turned values into missing: age 4" in checked.output
+    # canonicalisation is said, never silent: which spellings were read as which value
+    assert "h2: smoking read as canonical values: '0.0' -> '0' (12), '1.0' -> '1' (11), '2.0' -> '2' (11)" in checked.output
+    assert "h3: smoking read as canonical values: ' 0 ' -> '0' (14), ' 1 ' -> '1' (13), ' 2 ' -> '2' (13)" in checked.output
+    assert "h1: smoking read as" not in checked.output and "sex read as" not in checked.output
     assert "warning: h2: smoking: 1 value outside the declared list: 'x' (6)" in checked.output
     assert checked.output.count("warning: h") == 4  # the small test parts, and h2's 'x'
     spec["data"]["unknown_categories"] = "refuse"
