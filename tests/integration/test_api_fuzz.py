@@ -44,7 +44,10 @@ APP.state.rate_limits = RateLimits(per_minute=1_000_000, burst=1_000_000)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 schema.config.checks.update(included_check_names=["all"])
 
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: the same cases on every run, so CI is reproducible; schemathesis can report a
+# negative case as accepted when the test's own Authorization header undoes its mutation
+# (schemathesis#2726), and a random draw made that an intermittent failure.
+FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 @schema.parametrize()
