@@ -14,13 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from experiments.errors import ExperimentError
-from experiments.spec import ExperimentSpec
+from experiments.spec import ExperimentSpec, ImageDataSpec
 from federation.errors import BudgetExceededError, FederationError, SitePolicyRefusal
 from federation.hospital import encoder_from_config, site_statistics, train_round, validation_aggregates
 from federation.selection import evaluate_round
 from federation.site import Site, resolve_site, spec_from_run_config
 from federation.strategy import CLIP_BOUND
 from training.errors import TrainingError
+from training.imbalance import received_class_weights
 
 __all__ = ["app"]
 
@@ -73,6 +74,10 @@ def statistics(message: Message, context: Context) -> Message:
     return reply
 
 
+def _num_classes(spec: ExperimentSpec) -> int:
+    return len(spec.data.classes) if isinstance(spec.data, ImageDataSpec) else 2
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train the global model on local data with DP-SGD, if the privacy ledger allows."""
@@ -88,7 +93,8 @@ def train(message: Message, context: Context) -> Message:
             run_key=str(config["run-key"]),
             server_round=int(config["server-round"]),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
-            class_weights=json.loads(str(config["class-weights"])) if "class-weights" in config else None,
+            class_weights=received_class_weights(str(config["class-weights"]), _num_classes(spec))
+            if "class-weights" in config else None,
             clip_bound=float(config[CLIP_BOUND]) if CLIP_BOUND in config else None,
         )
     except BudgetExceededError as err:

@@ -3,6 +3,7 @@ per-sample loss weights (before DP-SGD's per-sample clipping, so the guarantee i
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 
@@ -10,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["WeightedBCE", "WeightedCrossEntropy", "balanced_weights", "resolve_class_weights"]
+from training.errors import TrainingError
+
+__all__ = ["WeightedBCE", "WeightedCrossEntropy", "balanced_weights", "received_class_weights", "resolve_class_weights"]
 
 
 def balanced_weights(counts: Sequence[float]) -> list[float]:
@@ -52,6 +55,24 @@ def resolve_class_weights(setting: str | Mapping[str, float], classes: Sequence[
     if not all(math.isfinite(w) and w > 0 for w in weights):
         raise ValueError("class_weights: every weight must be a positive number")
     return weights
+
+
+def received_class_weights(text: str, num_classes: int) -> list[float]:
+    """The class weights a round's config carries, checked before any training: one finite,
+    positive number per class (a hospital refuses anything else instead of training on it).
+
+    Raises:
+        TrainingError: naming what is wrong with the weights.
+    """
+    try:
+        weights = json.loads(text)
+    except ValueError as err:
+        raise TrainingError(f"class weights from the coordinator are not JSON: {err}") from err
+    if not isinstance(weights, list) or len(weights) != num_classes:
+        raise TrainingError(f"class weights from the coordinator: expected a list of {num_classes} numbers, got {text[:80]!r}")
+    if not all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in weights):
+        raise TrainingError(f"class weights from the coordinator must be finite positive numbers, got {text[:80]!r}")
+    return [float(w) for w in weights]
 
 
 class WeightedBCE(nn.Module):

@@ -102,3 +102,19 @@ def test_a_site_budget_that_is_not_a_positive_finite_epsilon_is_refused(hospital
     assert reply.content["site"]["status"] == "error"
     assert "privacy-budget must be a positive, finite epsilon" in reply.content["site"]["reason"]
     assert not ledger.exists()  # nothing charged
+
+
+@pytest.mark.parametrize("weights", ["[NaN, 1.0]", "[Infinity, 1.0]", "[-1.0, 2.0]", "[0, 1]", "[1.0]", "[true, 1.0]",
+                                     "{\"0\": 1}", "not json"])
+def test_forged_class_weights_are_refused_before_anything_is_charged_or_trained(
+        weights: str, hospital_files: list[Path], tmp_path: Path) -> None:
+    spec = make_spec(hospital_files)
+    ctx = _context(spec_json(spec), {"partition-id": 1, "num-partitions": 3}, tmp_path / "ledgers")
+    encoder = _encoder(spec, [ctx])
+    message = _train_message(spec, encoder)
+    message.content["config"]["class-weights"] = weights
+    reply = client_app.train(message, ctx)
+    site = reply.content["site"]
+    assert site["status"] == "error" and "class weights from the coordinator" in site["reason"], site["reason"]
+    assert "arrays" not in reply.content
+    assert PrivacyLedger(tmp_path / "ledgers" / "hospital-02.json", "hospital-02").entry("run-1") is None
