@@ -12,11 +12,11 @@ from experiments.gate import mark_approved
 from experiments.spec import parse_spec
 from experiments.tracking import RunTracker, embedded_artifact_location
 from federation.hospital import model_hparams
-from training.data import HospitalDataModule
-from training.local import train_locally
-from training.models import build_model
-from training.preprocessing import FeatureEncoder
-from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL
+from training.tabular.data import HospitalDataModule
+from training.tabular.local import train_locally
+from training.tabular.models import build_model
+from training.tabular.preprocessing import FeatureEncoder
+from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL
 
 FEATURES = FEATURES_NUMERIC + FEATURES_CATEGORICAL
 

@@ -40,7 +40,7 @@ def prepare(work: Path, twins: int) -> tuple[dict[str, str], str, list[str]]:
     from platform_api.auth import create_key
     from platform_api.db import migrate, session_factory
     from platform_api.models import Twin
-    from training.synth import synthesize_hospitals
+    from training.tabular.synth import synthesize_hospitals
 
     (hospital,) = synthesize_hospitals(n_hospitals=1, n_patients=max(twins, 200), seed=4, out_dir=work / "data")
     uri = register_production_model(work=work, name="bench-api-risk", train_path=hospital.path)

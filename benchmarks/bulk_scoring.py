@@ -158,7 +158,7 @@ def main() -> None:
     from feature_store.definitions import VIEWS
     from feature_store.repo import FeatureRepo
     from serving.bulk import load_registered_scorer, read_current_features
-    from training.synth import synthesize_hospitals
+    from training.tabular.synth import synthesize_hospitals
 
     work = Path(tempfile.mkdtemp(prefix="bioverse-bulk-"))
     print(f"work dir {work}", file=sys.stderr)

@@ -25,10 +25,10 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from _results import machine, table, write_section
-from training.local import sample_rate, steps_per_epoch
+from training.tabular.local import sample_rate, steps_per_epoch
 from training.privacy import DPConfig
-from training.synth_images import ImageSiteProfile, _patients, render_images
-from training.vision import build_vision_model, predict_vision, train_vision_locally
+from training.imaging.synth import ImageSiteProfile, _patients, render_images
+from training.imaging.vision import build_vision_model, predict_vision, train_vision_locally
 
 EPSILON = 8.0
 DELTA = 1e-5

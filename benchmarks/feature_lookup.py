@@ -24,7 +24,7 @@ import redis
 from _results import machine, table, write_section
 from feature_store.definitions import FEATURE_COLUMNS, VIEWS
 from feature_store.repo import FeatureRepo
-from training.synth import synthesize_hospitals
+from training.tabular.synth import synthesize_hospitals
 
 RAW = tuple(f"{v}:{c}" for v, cols in VIEWS.items() for c in cols)
 

@@ -25,11 +25,11 @@ from _results import machine, table, write_section
 from experiments.spec import parse_spec
 from federation.hospital import model_hparams
 from federation.launcher import LaunchOptions, run_experiment
-from training.data import HospitalDataModule
-from training.local import evaluate_model, train_locally
-from training.models import build_model
-from training.preprocessing import FeatureEncoder, local_statistics, merge_statistics
-from training.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
+from training.tabular.data import HospitalDataModule
+from training.tabular.local import evaluate_model, train_locally
+from training.tabular.models import build_model
+from training.tabular.preprocessing import FeatureEncoder, local_statistics, merge_statistics
+from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
 
 
 def make_spec(paths: list[Path], rounds: int) -> dict:

@@ -10,7 +10,7 @@ CNN federated at the same epsilons; baseline: a plain PyTorch loop over the pool
 images, which also gives the wall-time comparison (time to the first round, per round).
 
 Every federated number is the registered version scored on its hospitals' held-out rows
-with the platform's report functions (`training.validation.local_report`); the pooled
+with the platform's report functions (`training.tabular.validation.local_report`); the pooled
 models are scored by the same functions. Issue-11 spec fields are used where the spec has
 them (split column, val part, class weights, threshold); ``--plain`` leaves them out.
 
@@ -39,12 +39,12 @@ from torch import nn
 from _results import machine, table, write_section
 from experiments.spec import DataSpec, ExperimentSpec, ImageDataSpec, TrainingSpec, ValidationSpec, parse_spec
 from federation.launcher import LaunchOptions, run_experiment
-from training.data import HospitalDataModule
-from training.imaging import load_image_split
-from training.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, Messiness, synthesize_hospitals
-from training.synth_images import synthesize_image_hospitals
-from training.validation import local_report
-from training.vision import build_vision_model, predict_vision
+from training.tabular.data import HospitalDataModule
+from training.imaging.data import load_image_split
+from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, Messiness, synthesize_hospitals
+from training.imaging.synth import synthesize_image_hospitals
+from training.tabular.validation import local_report
+from training.imaging.vision import build_vision_model, predict_vision
 
 EPSILONS: list[float | None] = [1.0, 3.0, 8.0, None]
 SPLIT = "split"
@@ -386,7 +386,7 @@ def main() -> None:
         f"so that the test parts hold {img['pooled'].get('cnn', {}).get('positives', 0)} lesion images), "
         f"SmallCNN, batch 32, {_rounds(shown)}; the pooled baseline is a plain PyTorch loop of the same epochs over all "
         "hospitals' training images. Federated numbers: the registered version scored on the same held-out rows with "
-        "`training.validation.local_report` (AUROC, calibration slope); balanced accuracy at risk 0.5 and at the "
+        "`training.tabular.validation.local_report` (AUROC, calibration slope); balanced accuracy at risk 0.5 and at the "
         "decision the version serves (its package's rule; pooled: Youden's J on its training rows, images argmax).\n\n"
         + table(headers, tab_rows + img_rows)
         + "\n\nAims of issue 11, this run:\n\n" + table(["aim", "measured", "verdict"], aims(tab, img))

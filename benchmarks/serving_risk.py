@@ -30,7 +30,7 @@ MODEL = "bench-risk"
 
 def register_model(work: Path) -> tuple[str, list[dict[str, Any]]]:
     """The production model (trained on one synthetic hospital) and rows of another to score."""
-    from training.synth import synthesize_hospitals
+    from training.tabular.synth import synthesize_hospitals
 
     written = synthesize_hospitals(n_hospitals=2, n_patients=4000, seed=3, out_dir=work / "data")
     uri = register_production_model(work=work, name=MODEL, train_path=written[0].path, epochs=2)

@@ -101,9 +101,9 @@ def register(uri: str, name: str, model: Any, preprocessor: Any, kind: str, hpar
 
 def prepare(case: tuple[str, str, int, int, int, int, int], work: Path, uri: str) -> Bench:
     """Synthesize one hospital, train the model for a few plain epochs, register it."""
-    from training.imaging import ImageContract, ImagePreprocessor, load_image_split, pixel_statistics
-    from training.synth_images import synthesize_image_hospitals
-    from training.vision import build_vision_model, train_vision_locally
+    from training.imaging.data import ImageContract, ImagePreprocessor, load_image_split, pixel_statistics
+    from training.imaging.synth import synthesize_image_hospitals
+    from training.imaging.vision import build_vision_model, train_vision_locally
 
     label, kind, size, channels, width, n_images, epochs = case
     started = time.perf_counter()
@@ -156,8 +156,8 @@ def measure_in_process(bench: Bench, device: torch.device, seconds: float, repea
     (and per-image latency percentiles of the one-at-a-time path, pooled over the rounds)."""
     from serving.model_source import LoadedVisionModel
     from serving.vision import classify_blobs
-    from training.imaging import decode_image
-    from training.vision_scoring import VisionScorer
+    from training.imaging.data import decode_image
+    from training.imaging.scoring import VisionScorer
 
     pre = bench.preprocessor
     model = copy.deepcopy(bench.model).to(device).eval()

@@ -24,7 +24,7 @@ from torch import nn
 
 from _results import machine, table, write_section
 from training.privacy import DPConfig
-from training.vision import Augment, VisionModel, build_vision_model, predict_vision, train_vision_locally
+from training.imaging.vision import Augment, VisionModel, build_vision_model, predict_vision, train_vision_locally
 
 #: (label, kind, size, channels, width, training images, batch)
 CASES = [

@@ -8,8 +8,8 @@ import pandas as pd
 
 from experiments.spec import DataSpec, HospitalSpec
 from training.categories import VocabularyFinding, vocabulary_findings
-from training.contract import missing_code_counts, respelled_counts
-from training.data import HospitalSplit, load_split
+from training.tabular.contract import missing_code_counts, respelled_counts
+from training.tabular.data import HospitalSplit, load_split
 
 __all__ = ["SMALL_TEST_PART", "TableCheck", "check_table", "vocabulary_report"]
 

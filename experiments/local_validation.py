@@ -12,10 +12,10 @@ import pandas as pd
 
 from experiments.errors import LocalValidationError
 from experiments.spec import DataSpec, ExperimentSpec, ImageDataSpec
-from training.contract import DataContract, load_hospital_table
-from training.data import load_split
+from training.tabular.contract import DataContract, load_hospital_table
+from training.tabular.data import load_split
 from training.fingerprint import dataset_fingerprint
-from training.imaging import ImageSplit, load_image_split
+from training.imaging.data import ImageSplit, load_image_split
 
 __all__ = ["PARTS", "HeldOut", "Part", "held_out_images", "held_out_rows", "image_split", "split_origin",
            "training_hospital"]

@@ -13,10 +13,10 @@ import pandas as pd
 import torch
 
 from training.decision import DECISION_FILE, Decision
-from training.imaging import ImagePreprocessor
-from training.models import RiskModel, build_model
-from training.preprocessing import FeatureEncoder
-from training.vision import VisionModel
+from training.imaging.data import ImagePreprocessor
+from training.tabular.models import RiskModel, build_model
+from training.tabular.preprocessing import FeatureEncoder
+from training.imaging.vision import VisionModel
 
 __all__ = ["RiskModelPackage", "VisionModelPackage", "save_package_files", "save_vision_package_files"]
 
@@ -97,7 +97,7 @@ class VisionModelPackage(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Load the preprocessor and the network from the model's artifacts."""
-        from training.vision_scoring import VisionScorer
+        from training.imaging.scoring import VisionScorer
 
         self.scorer = VisionScorer.from_files(Path(context.artifacts[MODEL_FILE]).parent)
 

@@ -1,8 +1,8 @@
 """Clinical validation report of a registered model version: plots, model card, HTML.
 
-Input is the report dict of ``training.validation`` (overall, per-subgroup cells, suppressed
+Input is the report dict of ``training.tabular.validation`` (overall, per-subgroup cells, suppressed
 cells, hospitals) plus a provenance ``meta`` dict; output is what a clinical validator reads
-next to the model version in MLflow (a multi-class report of ``training.validation_multiclass``,
+next to the model version in MLflow (a multi-class report of ``training.imaging.validation``,
 ``report["task"] == "multiclass"``, is rendered by :mod:`experiments.report_multiclass` through
 the same four functions):
 
@@ -98,7 +98,7 @@ _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 
 
 def is_multiclass(report: Mapping[str, Any]) -> bool:
-    """Whether ``report`` is a multi-class report (``training.validation_multiclass``)."""
+    """Whether ``report`` is a multi-class report (``training.imaging.validation``)."""
     return report.get("task") == "multiclass"
 
 
@@ -111,7 +111,7 @@ def _json_default(obj: Any) -> Any:
 def canonical_json(report: Mapping[str, Any]) -> bytes:
     """The report as canonical JSON bytes (sorted keys, no whitespace, ASCII); NaN/inf raise ValueError.
 
-    Same text as ``training.validation.report_hash`` hashes, so both hashes agree.
+    Same text as ``training.tabular.validation.report_hash`` hashes, so both hashes agree.
     """
     text = json.dumps(report, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
     return text.encode("utf-8")

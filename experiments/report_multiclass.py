@@ -1,4 +1,4 @@
-"""Multi-class validation report (``training.validation_multiclass``): plots, model card, HTML.
+"""Multi-class validation report (``training.imaging.validation``): plots, model card, HTML.
 
 Reached through :mod:`experiments.report` (``render_plots``, ``model_card``, ``render_html``,
 ``write_report_artifacts``) when ``report["task"] == "multiclass"``; same canonical JSON and

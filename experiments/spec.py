@@ -24,9 +24,9 @@ from experiments.dp_defaults import dp_defaults
 from experiments.errors import SpecError
 from experiments.terminology import FhirSpec
 from training.categories import canonical
-from training.contract import DataContract
+from training.tabular.contract import DataContract
 from training.errors import PrivacyConfigError
-from training.imaging import ImageContract
+from training.imaging.data import ImageContract
 from training.privacy import DPConfig
 
 __all__ = [

@@ -28,10 +28,10 @@ from experiments.model_package import RiskModelPackage, VisionModelPackage, save
 from experiments.names import CANDIDATE_ALIAS, VALIDATION_DIR
 from experiments.spec import ExperimentSpec
 from training.decision import Decision
-from training.imaging import ImagePreprocessor
-from training.models import RiskModel
-from training.preprocessing import FeatureEncoder
-from training.vision import VisionModel
+from training.imaging.data import ImagePreprocessor
+from training.tabular.models import RiskModel
+from training.tabular.preprocessing import FeatureEncoder
+from training.imaging.vision import VisionModel
 
 __all__ = ["CANDIDATE_ALIAS", "VALIDATION_DIR", "RunTracker", "code_version", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature", "reconcile_runs"]
 

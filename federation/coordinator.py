@@ -34,11 +34,11 @@ from federation.progress import ProgressLog
 from federation.selection import RoundSelection
 from federation.strategy import HospitalReply, build_strategy, remote_reason
 from training.decision import Decision
-from training.imaging import ImagePreprocessor
+from training.imaging.data import ImagePreprocessor
 from training.categories import vocabulary_findings
-from training.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, merge_statistics
-from training.validation import build_report, merge_aggregates
-from training.validation_multiclass import build_multiclass_report, merge_multiclass_aggregates
+from training.tabular.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, merge_statistics
+from training.tabular.validation import build_report, merge_aggregates
+from training.imaging.validation import build_multiclass_report, merge_multiclass_aggregates
 
 __all__ = ["Coordinator"]
 

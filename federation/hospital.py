@@ -22,17 +22,17 @@ from federation.imbalance import VAL_KEY
 from federation.ledger import PrivacyLedger
 from federation.site import Site
 from training.categories import outside_declared
-from training.contract import schema_fingerprint
-from training.data import HospitalDataModule
+from training.tabular.contract import schema_fingerprint
+from training.tabular.data import HospitalDataModule
 from training.dp_statistics import dp_table_statistics
 from training.fingerprint import dataset_fingerprint
-from training.imaging import ImagePreprocessor
-from training.local import LocalTrainingResult, evaluate_model, sample_rate, steps_per_epoch, train_locally
-from training.models import RiskModel, build_model
-from training.preprocessing import FeatureEncoder
+from training.imaging.data import ImagePreprocessor
+from training.tabular.local import LocalTrainingResult, evaluate_model, sample_rate, steps_per_epoch, train_locally
+from training.tabular.models import RiskModel, build_model
+from training.tabular.preprocessing import FeatureEncoder
 from training.privacy import DPConfig, epsilon_after
-from training.validation import age_band, local_aggregates
-from training.vision import VisionModel, build_vision_model
+from training.tabular.validation import age_band, local_aggregates
+from training.imaging.vision import VisionModel, build_vision_model
 
 __all__ = [
     "Preprocessor", "RoundOutcome", "build_spec_model", "charge_round", "clip_metrics", "encoder_from_config", "evaluate_global",
@@ -56,7 +56,7 @@ class RoundOutcome:
 
 
 def model_hparams(spec: ExperimentSpec) -> dict[str, Any]:
-    """Hyperparameters of the spec's model, as :func:`training.models.build_model` takes them."""
+    """Hyperparameters of the spec's model, as :func:`training.tabular.models.build_model` takes them."""
     hparams: dict[str, Any] = {"lr": spec.training.learning_rate, "optimizer": spec.training.optimizer}
     if spec.model.kind == "mlp":
         hparams.update(hidden=tuple(spec.model.hidden), dropout=spec.model.dropout)

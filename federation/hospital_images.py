@@ -27,7 +27,7 @@ from federation.hospital import (
 )
 from federation.imbalance import SERVED_KEY, served_confusion
 from federation.site import Site
-from training.imaging import (
+from training.imaging.data import (
     ImageDataError,
     ImagePreprocessor,
     ImageSplit,
@@ -37,9 +37,9 @@ from training.imaging import (
     pixel_statistics,
 )
 from training.dp_statistics import dp_pixel_statistics
-from training.validation import age_band
-from training.validation_multiclass import local_multiclass_aggregates
-from training.vision import Augment, VisionModel, evaluate_vision, predict_vision, train_vision_locally
+from training.tabular.validation import age_band
+from training.imaging.validation import local_multiclass_aggregates
+from training.imaging.vision import Augment, VisionModel, evaluate_vision, predict_vision, train_vision_locally
 
 __all__ = ["evaluate_global", "image_subgroups", "site_statistics", "train_round", "val_scores", "validation_aggregates"]
 

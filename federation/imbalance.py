@@ -12,7 +12,7 @@ import numpy as np
 from experiments.spec import ExperimentSpec, ImageDataSpec
 from training.decision import Decision, choose_threshold, prior_decision, rates_at
 from training.imbalance import resolve_class_weights
-from training.validation import merge_aggregates
+from training.tabular.validation import merge_aggregates
 
 __all__ = ["SERVED_KEY", "VAL_KEY", "choose_decision", "class_names", "decision_section", "federation_class_weights",
            "served_confusion", "served_scale", "total_counts"]

@@ -1,6 +1,6 @@
 """The API server process's entry point: ``uvicorn platform_api.asgi:app``.
 
-The API scores with NumPy (``training.scoring``) and never needs PyTorch, but Feast
+The API scores with NumPy (``training.tabular.scoring``) and never needs PyTorch, but Feast
 imports it when it can (for an optional ``to_tensor``), which costs about 230 MB of
 resident memory. A server process started here therefore keeps ``torch`` out: Feast
 sees it as not installed. A model version saved without NumPy weights still loads

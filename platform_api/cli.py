@@ -137,7 +137,7 @@ def data_synth(
     missing_code: Annotated[float, typer.Option(help="The code --missing-code-site writes for 'not measured'.")] = 0.0,
 ) -> None:
     """Write realistic, non-IID synthetic hospitals with a known ground-truth risk."""
-    from training.synth import Messiness, synthesize_hospitals
+    from training.tabular.synth import Messiness, synthesize_hospitals
 
     messy = respell_site is not None or split_column is not None or missing_code_site is not None
     messiness = Messiness(respell_site=respell_site, split_column=split_column, missing_code_site=missing_code_site,
@@ -165,7 +165,7 @@ def data_synth_images(
         help="Folder layout: add a labels.csv column with each image's fixed part (train, val, test by patient).")] = None,
 ) -> None:
     """Write synthetic imaging hospitals (learnable lesion classes, per-site scanner shifts)."""
-    from training.synth_images import synthesize_image_hospitals
+    from training.imaging.synth import synthesize_image_hospitals
 
     names = tuple(c.strip() for c in classes.split(","))
     written = synthesize_image_hospitals(out_dir, n_hospitals=hospitals, images_per_hospital=images, size=size,
@@ -232,7 +232,7 @@ def data_check(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (
         try:
             if isinstance(data, ImageDataSpec):
                 from experiments.local_validation import image_split, split_origin
-                from training.imaging import class_counts
+                from training.imaging.data import class_counts
 
                 split = image_split(data, hospital.path, spec.seed)
                 counts = class_counts(split.train_labels, len(data.classes))
@@ -418,7 +418,7 @@ def features_ingest(
 ) -> None:
     """Load hospital files (the training data contract) into the offline store, one tenant per file."""
     from feature_store.definitions import VIEWS
-    from training.contract import DataContract, load_hospital_table
+    from training.tabular.contract import DataContract, load_hospital_table
 
     files = sorted(p for p in directory.glob("*") if p.suffix.lower() in (".csv", ".parquet")) if directory.is_dir() else []
     if not files:
@@ -978,7 +978,7 @@ def registry_validate(
     from federation.hospital import report_subgroups
     from serving.model_source import RegistryModel
     from training.decision import decision_on_scores
-    from training.validation import local_report
+    from training.tabular.validation import local_report
 
     if part not in PARTS:
         raise ValueError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
@@ -997,7 +997,7 @@ def registry_validate(
                             "run_id": info.run_id, "hospitals": [f"local: {data.name}"]}
     if isinstance(spec.data, ImageDataSpec):
         from federation.hospital_images import image_subgroups
-        from training.validation_multiclass import local_multiclass_report
+        from training.imaging.validation import local_multiclass_report
 
         whole, held = held_out_images(data, spec, info.tags, part)  # type: ignore[arg-type]
         meta["hospitals"] = [f"local: {data.name}, {held.sentence('images')}"]

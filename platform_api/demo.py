@@ -22,7 +22,7 @@ def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int,
     Returns:
         The loaded spec and the demo hospitals' ledger folder.
     """
-    from training.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
+    from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
 
     data_dir, ledgers = directory / "hospitals", directory / "ledgers"
     shutil.rmtree(ledgers, ignore_errors=True)
@@ -56,7 +56,7 @@ def prepare_vision_demo(directory: Path, *, rounds: int, seed: int, console: Con
                         images: int = 800) -> tuple[ExperimentSpec, Path]:
     """Synthesise three imaging hospitals (chest images of three classes) into ``directory``
     and write a DP image-classifier spec beside them; returns the spec and its ledger folder."""
-    from training.synth_images import synthesize_image_hospitals
+    from training.imaging.synth import synthesize_image_hospitals
 
     data_dir, ledgers = directory / "hospitals", directory / "ledgers"
     shutil.rmtree(ledgers, ignore_errors=True)

@@ -122,7 +122,7 @@ _VERSION = """{% if v.quality_warning %}<div class="warn" role="alert" id="quali
 _ROWS = (("patients (held-out)", "n"), ("events", "positives"), ("AUROC", "auroc"), ("AUROC 95% CI", "auroc_ci95"),
          ("AUPRC", "auprc"), ("calibration slope", "calibration_slope"), ("calibration intercept", "calibration_intercept"),
          ("Brier score", "brier"), ("ECE", "ece"))
-#: Rows for a multi-class report (``training.validation_multiclass``; ``report["task"] == "multiclass"``).
+#: Rows for a multi-class report (``training.imaging.validation``; ``report["task"] == "multiclass"``).
 _MULTICLASS_ROWS = (("images (held-out)", "n"), ("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
                     ("macro AUROC (one-vs-rest)", "auroc"), ("macro AUROC 95% CI (conservative)", "auroc_ci95"),
                     ("ECE (top-label)", "ece"), ("Brier score (multi-class)", "brier"), ("log loss", "log_loss"))

@@ -38,9 +38,9 @@ How it stays fast (1,000,000 twins: benchmarks/bulk_scoring.py)
       identity and no column is copied.
     * Categories are read as Arrow dictionaries and matched to the vocabulary once per
       distinct value; rows are encoded and scored chunk by chunk while in cache, on every
-      core (:meth:`training.scoring.RiskScorer.score_columns`).
+      core (:meth:`training.tabular.scoring.RiskScorer.score_columns`).
     * The model is the registered version's own artifacts (encoder + weights) in NumPy
-      (:class:`~training.scoring.RiskScorer`), not the pyfunc and torch; its scores equal
+      (:class:`~training.tabular.scoring.RiskScorer`), not the pyfunc and torch; its scores equal
       the pyfunc's to 1e-6.
     * Repeated output values are written as Parquet dictionaries, without statistics.
 """
@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 
 from feature_store.errors import FeatureDataError, FeatureRepoError
 from serving.model_source import RegistryModel
-from training.scoring import RiskScorer
+from training.tabular.scoring import RiskScorer
 
 __all__ = ["BulkScoreResult", "RegisteredScorer", "TwinFeatures", "load_registered_scorer", "read_current_features",
            "score_offline_store", "write_scores"]

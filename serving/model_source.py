@@ -23,10 +23,10 @@ from mlflow.tracking import MlflowClient
 from experiments.gate import APPROVAL_TAG, PLATFORM_SCOPE, approval_problem, artifact_digest, download_version
 from experiments.names import CANDIDATE_ALIAS
 from serving.errors import ModelNotReadyError, PredictionInputError, UnapprovedVersion
-from training.scoring import RiskScorer, ScoringInputError
+from training.tabular.scoring import RiskScorer, ScoringInputError
 
 if TYPE_CHECKING:
-    from training.vision_scoring import VisionScorer
+    from training.imaging.scoring import VisionScorer
 
 __all__ = ["AliasFollower", "LoadedModel", "LoadedVisionModel", "RegistryModel", "UnapprovedVersion"]
 
@@ -190,7 +190,7 @@ class RegistryModel:
                 self.check_approval(str(version), local)
             try:
                 if vision:
-                    from training.vision_scoring import VisionScorer
+                    from training.imaging.scoring import VisionScorer
 
                     loaded: Any = LoadedVisionModel(self.name, version, VisionScorer.from_files(local / "artifacts"))
                 else:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from experiments.spec import ExperimentSpec, parse_spec
-from training.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
+from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
 
 
 def _has_gpu() -> bool:

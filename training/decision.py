@@ -1,7 +1,7 @@
 """Decision rules of a registered model: the threshold on the risk (or on the positive class's
 probability) chosen on federated validation aggregates, or a prior correction of the argmax.
 
-A threshold is chosen from the logit-scale score histograms of :mod:`training.validation`
+A threshold is chosen from the logit-scale score histograms of :mod:`training.tabular.validation`
 (counts per bin, summed over hospitals): every candidate is a bin's lower edge
 ``expit(logit_min + c * width)``, at which the counts of ``score >= threshold`` are exact,
 so sensitivity and specificity at the chosen threshold are exact on any other aggregates
@@ -135,7 +135,7 @@ def choose_threshold(hist_pos: Sequence[float], hist_neg: Sequence[float], histo
 
     Args:
         hist_pos, hist_neg: Score histograms of patients with and without the event (summed
-            over hospitals), as :func:`training.validation.local_aggregates` bins them.
+            over hospitals), as :func:`training.tabular.validation.local_aggregates` bins them.
         histogram: The histogram's ``{"bins", "logit_min", "logit_max"}``.
         rule: ``youden``, ``sensitivity`` or ``fixed``.
         target: The sensitivity to reach (``sensitivity``).

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from training.categories import canonical_series
-from training.contract import DataContract
+from training.tabular.contract import DataContract
 from training.privacy import noise_for_budget
 
 __all__ = ["dp_pixel_statistics", "dp_table_statistics", "gaussian_noise_scale"]

@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 #: Per-sample clipping implementations: ``fused`` (ours, Linear-only models, one
-#: backward pass; see :mod:`training.fused_dp`) and Opacus's ``hooks`` (materialised
+#: backward pass; see :mod:`training.tabular.fused_dp`) and Opacus's ``hooks`` (materialised
 #: per-sample gradients), ``ghost`` (fast gradient clipping) and ``functorch`` (vmap).
 GRAD_SAMPLE_MODES = ("fused", "hooks", "ghost", "functorch")
 

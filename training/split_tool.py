@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from training.categories import canonical
-from training.contract import SPLIT_PARTS
+from training.tabular.contract import SPLIT_PARTS
 from training.errors import DataSplitError
 
 __all__ = ["HospitalWritten", "SplitOptions", "SplitResult", "spec_skeleton", "split_dataset"]

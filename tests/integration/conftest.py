@@ -133,10 +133,10 @@ def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versio
     from experiments.tracking import RunTracker, embedded_artifact_location
     from federation.hospital import model_hparams
     from tests.conftest import make_spec
-    from training.data import HospitalDataModule
-    from training.local import train_locally
-    from training.models import build_model
-    from training.preprocessing import FeatureEncoder
+    from training.tabular.data import HospitalDataModule
+    from training.tabular.local import train_locally
+    from training.tabular.models import build_model
+    from training.tabular.preprocessing import FeatureEncoder
 
     spec = make_spec(hospital_paths, registered_model=name, **(spec_overrides or {}))
     dm = HospitalDataModule(hospital_paths[0], spec.data.contract, seed=1)

@@ -23,7 +23,7 @@ from feature_store.definitions import VIEWS, build_definitions
 from feature_store.repo import FeatureRepo
 from serving.bulk import load_registered_scorer, read_current_features, score_offline_store
 from tests.integration.conftest import register_risk_models
-from training.scoring import RiskScorer
+from training.tabular.scoring import RiskScorer
 
 pytestmark = pytest.mark.integration
 MODEL = "bulk-risk"

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from experiments.dp_defaults import DP_IMAGE_DEFAULTS
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from tests.integration.conftest import run_experiment_cli
-from training.synth_images import synthesize_image_hospitals
+from training.imaging.synth import synthesize_image_hospitals
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from federation.errors import LaunchError
 from federation.launcher import free_port, start_superlink, stop, wait_for_port
 from tests.conftest import make_spec
 from tests.integration.conftest import tracking_uri
-from training.synth import synthesize_hospitals
+from training.tabular.synth import synthesize_hospitals
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

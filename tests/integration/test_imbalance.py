@@ -17,9 +17,9 @@ from experiments.gate import download_version
 from tests.conftest import LABEL, spec_dict
 from tests.integration.conftest import BIOVERSE, run_experiment_cli
 from training.decision import DECISION_FILE
-from training.scoring import RiskScorer
-from training.synth_images import synthesize_image_hospitals
-from training.vision_scoring import VisionScorer
+from training.tabular.scoring import RiskScorer
+from training.imaging.synth import synthesize_image_hospitals
+from training.imaging.scoring import VisionScorer
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from experiments.spec import load_spec
-from training.data import load_split
-from training.preprocessing import FeatureEncoder, local_statistics, merge_statistics
-from training.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL
+from training.tabular.data import load_split
+from training.tabular.preprocessing import FeatureEncoder, local_statistics, merge_statistics
+from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from experiments.names import CANDIDATE_ALIAS
 from federation.ledger import PrivacyLedger
 from tests.conftest import spec_dict
 from training.fingerprint import dataset_fingerprint
-from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC
+from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC
 
 pytestmark = pytest.mark.integration
 

@@ -34,7 +34,7 @@ def site(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
     import uvicorn
 
     from experiments.report import write_report_artifacts
-    from training.validation import local_report
+    from training.tabular.validation import local_report
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     register_risk_models(uri, MODEL, hospital_files, versions=2, production=False)

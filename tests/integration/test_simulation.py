@@ -99,7 +99,7 @@ def test_validation_report_from_hospital_aggregates_matches_pooled_data(cli_run:
 
     from experiments.spec import parse_spec
     from serving.model_source import RegistryModel
-    from training.data import load_split
+    from training.tabular.data import load_split
 
     assert "validation report: aggregates from 3/3 hospitals" in cli_run["result"].stdout
     uri = cli_run["uri"]
@@ -141,7 +141,7 @@ def test_a_validator_runs_the_report_on_held_out_rows_only(cli_run: dict, tmp_pa
     import json
 
     from experiments.spec import parse_spec
-    from training.data import load_split
+    from training.tabular.data import load_split
 
     data = sorted(cli_run["hospitals"].glob("hospital-*.csv"))[0]
     bioverse = Path(sys.executable).parent / "bioverse"

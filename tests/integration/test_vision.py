@@ -27,7 +27,7 @@ from experiments.registry import ModelRegistry
 from federation.launcher import free_port
 from serving.model_source import RegistryModel
 from tests.integration.conftest import clear_platform_caches, sign_approved
-from training.synth_images import synthesize_image_hospitals
+from training.imaging.synth import synthesize_image_hospitals
 
 pytestmark = pytest.mark.integration
 MODEL = "it-chest"

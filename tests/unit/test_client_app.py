@@ -12,8 +12,8 @@ from federation import client_app
 from federation.hospital import model_hparams
 from federation.ledger import PrivacyLedger
 from tests.conftest import make_spec, spec_json
-from training.models import build_model
-from training.preprocessing import FeatureEncoder, merge_statistics
+from training.tabular.models import build_model
+from training.tabular.preprocessing import FeatureEncoder, merge_statistics
 
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training.contract import DataContract, load_hospital_table, missing_code_counts, schema_fingerprint
-from training.data import load_split
+from training.tabular.contract import DataContract, load_hospital_table, missing_code_counts, schema_fingerprint
+from training.tabular.data import load_split
 from training.errors import DataContractError
 
 CONTRACT = DataContract("pid", "event", ("age", "sbp"), ("sex",))
@@ -135,8 +135,8 @@ def test_a_split_column_without_test_rows_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_split_column_without_train_rows_loads_but_cannot_train(tmp_path: Path) -> None:
-    from training.data import HospitalDataModule
-    from training.preprocessing import FeatureEncoder
+    from training.tabular.data import HospitalDataModule
+    from training.tabular.preprocessing import FeatureEncoder
 
     contract = DataContract("pid", "event", ("age",), ("sex",), split_column="part")
     path = write(tmp_path, _rows(6, ["test"] * 6), "onlytest.csv")

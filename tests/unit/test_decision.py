@@ -18,15 +18,15 @@ from federation.imbalance import choose_decision, decision_section, federation_c
 from tests.conftest import make_spec
 from tests.unit.test_spec_images import image_spec_dict
 from training.decision import DECISION_FILE, Decision, choose_threshold, decision_on_scores, prior_decision, rates_at
-from training.imaging import ImagePreprocessor
+from training.imaging.data import ImagePreprocessor
 from training.imbalance import resolve_class_weights
-from training.models import build_model
-from training.preprocessing import FeatureEncoder
-from training.scoring import RiskScorer
-from training.validation import HIST_BINS, LOGIT_RANGE, local_aggregates, merge_aggregates
-from training.validation_multiclass import local_multiclass_aggregates, merge_multiclass_aggregates
-from training.vision import SmallCNN
-from training.vision_scoring import VisionScorer
+from training.tabular.models import build_model
+from training.tabular.preprocessing import FeatureEncoder
+from training.tabular.scoring import RiskScorer
+from training.tabular.validation import HIST_BINS, LOGIT_RANGE, local_aggregates, merge_aggregates
+from training.imaging.validation import local_multiclass_aggregates, merge_multiclass_aggregates
+from training.imaging.vision import SmallCNN
+from training.imaging.scoring import VisionScorer
 
 HIST = {"bins": 10, "logit_min": -5.0, "logit_max": 5.0}  # bin width 1 on the logit scale
 

@@ -21,10 +21,10 @@ from federation.hospital import charge_round, round_dp_config
 from federation.progress import ProgressLog, read_events
 from federation.site import Site
 from federation.strategy import CLIP_BOUND, build_strategy
-from training.fused_dp import FusedDPSGD
-from training.local import train_locally
+from training.tabular.fused_dp import FusedDPSGD
+from training.tabular.local import train_locally
 from training.privacy import DPConfig, QuantileClipper, adaptive_noise
-from training.vision import SmallCNN, train_vision_locally
+from training.imaging.vision import SmallCNN, train_vision_locally
 from tests.unit.test_spec_images import image_spec_dict
 
 
@@ -101,8 +101,8 @@ def test_fused_adaptive_clipping_follows_the_median_norm() -> None:
 
 def test_tabular_training_reports_its_adaptive_bound(hospital_files: list[Path]) -> None:
     from tests.conftest import make_spec
-    from training.data import TabularDataset
-    from training.models import LogisticRiskModel
+    from training.tabular.data import TabularDataset
+    from training.tabular.models import LogisticRiskModel
 
     spec = make_spec(hospital_files, privacy={"clipping": "adaptive", "max_grad_norm": 5.0})
     rng = np.random.default_rng(0)
@@ -118,8 +118,8 @@ def test_tabular_training_reports_its_adaptive_bound(hospital_files: list[Path])
 
 @pytest.mark.parametrize("mode", ["hooks", "ghost", "functorch"])
 def test_tabular_opacus_modes_adapt_the_bound_too(mode: str) -> None:
-    from training.data import TabularDataset
-    from training.models import MLPRiskModel
+    from training.tabular.data import TabularDataset
+    from training.tabular.models import MLPRiskModel
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 6))
@@ -316,8 +316,8 @@ def test_dp_defaults_do_not_raise_the_loss_of_a_small_imbalanced_federation(tmp_
     A smoke test of the defaults end to end in the training layer: at this size (16 px, 4
     rounds) the issue's settings do not rise either; benchmarks/dp_convergence.py (28 px,
     8 rounds, 3 hospitals) is what tells them apart (docs/dp-training.md)."""
-    from training.local import sample_rate, steps_per_epoch
-    from training.synth_images import synthesize_image_hospitals
+    from training.tabular.local import sample_rate, steps_per_epoch
+    from training.imaging.synth import synthesize_image_hospitals
 
     paths = synthesize_image_hospitals(tmp_path, n_hospitals=2, images_per_hospital=120, size=16, classes=("normal", "nodule"),
                                        layout="npz", seed=3, majority=0.9)
@@ -374,7 +374,7 @@ def test_a_hospital_starts_from_the_coordinator_bound_and_reports_its_own(hospit
     from federation.hospital import model_hparams
     from tests.conftest import make_spec, spec_json
     from tests.unit.test_client_app import _encoder
-    from training.models import build_model
+    from training.tabular.models import build_model
 
     spec = make_spec(hospital_files, privacy={"clipping": "adaptive", "max_grad_norm": 1.0})
     run_config = {"spec": spec_json(spec), "ledger-dir": str(tmp_path / "ledgers"), "tracking-uri": "", "progress-file": ""}

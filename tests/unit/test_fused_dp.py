@@ -8,8 +8,8 @@ from opacus import GradSampleModule
 from torch import nn
 
 from training.errors import PrivacyConfigError
-from training.fused_dp import FusedDPSGD
-from training.models import LogisticRiskModel, MLPRiskModel
+from training.tabular.fused_dp import FusedDPSGD
+from training.tabular.models import LogisticRiskModel, MLPRiskModel
 
 
 def _opacus_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> list[torch.Tensor]:

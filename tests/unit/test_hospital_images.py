@@ -12,8 +12,8 @@ from federation import hospital_images
 from federation.hospital import build_spec_model
 from federation.ledger import PrivacyLedger
 from federation.site import Site
-from training.imaging import ImagePreprocessor
-from training.local import sample_rate, steps_per_epoch
+from training.imaging.data import ImagePreprocessor
+from training.tabular.local import sample_rate, steps_per_epoch
 from training.privacy import epsilon_after
 
 CLASSES = ("normal", "nodule", "opacity")

@@ -12,7 +12,7 @@ from experiments.spec import parse_spec
 from federation.hospital import build_spec_model
 from federation.hospital_images import evaluate_global
 from federation.site import Site
-from training.imaging import ImagePreprocessor
+from training.imaging.data import ImagePreprocessor
 
 
 def _npz(path: Path, test_labels: list[int]) -> Path:

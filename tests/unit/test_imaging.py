@@ -1,4 +1,4 @@
-"""Image loading, decoding and federated normalisation (training.imaging)."""
+"""Image loading, decoding and federated normalisation (training.imaging.data)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from training.errors import DataContractError
-from training.imaging import (
+from training.imaging.data import (
     ImageContract,
     ImageDataError,
     ImageDecodeError,
@@ -455,7 +455,7 @@ def test_metadata_columns_travel_with_the_held_out_images(tmp_path: Path) -> Non
 
     import pandas as pd
 
-    from training.synth_images import synthesize_image_hospitals
+    from training.imaging.synth import synthesize_image_hospitals
 
     (folder,) = synthesize_image_hospitals(tmp_path / "f", n_hospitals=1, images_per_hospital=60, size=16, layout="folder")
     contract = dataclasses.replace(ImageContract(("normal", "nodule", "opacity"), size=16, channels=1), metadata=("sex", "age"))

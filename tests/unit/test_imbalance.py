@@ -9,13 +9,13 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from training.data import TabularDataset
-from training.fused_dp import FusedDPSGD
+from training.tabular.data import TabularDataset
+from training.tabular.fused_dp import FusedDPSGD
 from training.imbalance import WeightedBCE, WeightedCrossEntropy, balanced_weights, resolve_class_weights
-from training.local import train_locally
-from training.models import LogisticRiskModel
+from training.tabular.local import train_locally
+from training.tabular.models import LogisticRiskModel
 from training.privacy import DPConfig
-from training.vision import SmallCNN, train_vision_locally
+from training.imaging.vision import SmallCNN, train_vision_locally
 
 
 def test_balanced_weights_equalise_the_classes_and_average_one() -> None:

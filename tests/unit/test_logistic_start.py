@@ -12,12 +12,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from training.contract import DataContract, load_hospital_table
-from training.data import TabularDataset
-from training.local import train_locally
-from training.models import build_model
-from training.preprocessing import FeatureEncoder, local_statistics, merge_statistics
-from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
+from training.tabular.contract import DataContract, load_hospital_table
+from training.tabular.data import TabularDataset
+from training.tabular.local import train_locally
+from training.tabular.models import build_model
+from training.tabular.preprocessing import FeatureEncoder, local_statistics, merge_statistics
+from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
 
 CONTRACT = DataContract(PATIENT_ID, LABEL, FEATURES_NUMERIC, FEATURES_CATEGORICAL)
 

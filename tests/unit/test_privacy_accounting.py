@@ -15,12 +15,12 @@ from federation import client_app
 from federation.errors import BudgetExceededError
 from federation.ledger import ANY_DATASET, PrivacyLedger
 from tests.conftest import make_spec, spec_json
-from training.contract import DataContract, load_hospital_table
+from training.tabular.contract import DataContract, load_hospital_table
 from training.dp_statistics import dp_pixel_statistics, dp_table_statistics, gaussian_noise_scale
 from training.fingerprint import dataset_fingerprint
-from training.preprocessing import local_statistics
+from training.tabular.preprocessing import local_statistics
 from training.privacy import epsilon_after, noise_for_budget
-from training.synth import FEATURE_RANGES
+from training.tabular.synth import FEATURE_RANGES
 
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -166,8 +166,8 @@ def test_old_ledgers_count_against_every_dataset(tmp_path: Path) -> None:
 
 def test_image_statistics_round_is_noised_charged_and_usable(tmp_path: Path) -> None:
     from experiments.spec import parse_spec
-    from training.imaging import ImagePreprocessor, load_image_split, pixel_statistics
-    from training.synth_images import synthesize_image_hospitals
+    from training.imaging.data import ImagePreprocessor, load_image_split, pixel_statistics
+    from training.imaging.synth import synthesize_image_hospitals
 
     folders = synthesize_image_hospitals(tmp_path / "data", n_hospitals=2, images_per_hospital=500, size=16, channels=1,
                                          classes=("normal", "nodule"), layout="folder", seed=2)

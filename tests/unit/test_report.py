@@ -233,7 +233,7 @@ def test_import_does_not_load_matplotlib_or_jinja() -> None:
 
 
 def test_renders_training_validation_output_and_hashes_agree(tmp_path: Path) -> None:
-    validation = pytest.importorskip("training.validation")
+    validation = pytest.importorskip("training.tabular.validation")
     rng = np.random.default_rng(3)
     age = rng.integers(30, 92, 2000)
     logit = -2.4 + 0.05 * (age - 60) + rng.normal(0, 1, 2000)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from experiments.model_package import save_package_files
-from training.contract import DataContract
-from training.models import build_model
-from training.preprocessing import FeatureEncoder, local_statistics
-from training.scoring import RiskScorer, ScoringInputError
-from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID
+from training.tabular.contract import DataContract
+from training.tabular.models import build_model
+from training.tabular.preprocessing import FeatureEncoder, local_statistics
+from training.tabular.scoring import RiskScorer, ScoringInputError
+from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID
 
 CONTRACT = DataContract(PATIENT_ID, LABEL, FEATURES_NUMERIC, FEATURES_CATEGORICAL)
 
@@ -80,7 +80,7 @@ def test_weights_load_without_pytorch(hospital_files: list[Path], tmp_path: Path
     model = build_model("mlp", encoder.input_dim).eval()
     save_package_files(tmp_path, model, encoder, "mlp", {})
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from pathlib import Path; from training.scoring import RiskScorer\n"
+            "from pathlib import Path; from training.tabular.scoring import RiskScorer\n"
             f"s = RiskScorer.from_files(Path({str(tmp_path)!r}))\n"
             "assert sys.modules['torch'] is None, 'torch was imported'\n"
             "print(s.score_one({}))")

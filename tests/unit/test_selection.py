@@ -254,8 +254,8 @@ def test_a_hospital_releases_noised_val_aggregates_charged_and_never_scores_its_
         hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from federation import client_app, selection
     from federation.hospital import model_hparams
-    from training.models import build_model
-    from training.preprocessing import FeatureEncoder, merge_statistics
+    from training.tabular.models import build_model
+    from training.tabular.preprocessing import FeatureEncoder, merge_statistics
 
     spec = make_spec(hospital_files, data={"val_fraction": 0.2}, training={"rounds": 4}, selection={"metric": "auroc"})
     run_config = {"spec": json.dumps(spec.model_dump(mode="json")), "ledger-dir": str(tmp_path / "ledgers"),
@@ -294,7 +294,7 @@ def test_an_image_hospital_selects_on_its_npz_val_part_without_dp(tmp_path: Path
     from federation import selection
     from federation.hospital import build_spec_model
     from federation.selection import evaluate_round
-    from training.imaging import ImagePreprocessor
+    from training.imaging.data import ImagePreprocessor
 
     classes = ("normal", "nodule", "opacity")
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from platform_api.cli import app
 from experiments.spec import load_spec
 from training.errors import DataSplitError
-from training.imaging import ImageContract, load_image_split
+from training.imaging.data import ImageContract, load_image_split
 from training.split_tool import SplitOptions, spec_skeleton, split_dataset
 
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Unit tests for the synthetic hospital generator (training.synth)."""
+"""Unit tests for the synthetic hospital generator (training.tabular.synth)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.synth import (
+from training.tabular.synth import (
     FEATURES_CATEGORICAL,
     FEATURES_NUMERIC,
     LABEL,
@@ -209,7 +209,7 @@ def test_invalid_arguments_raise(tmp_path: Path, kwargs: dict, message: str) -> 
 def test_messy_sites_keep_the_clean_values_and_add_the_quirks(tmp_path: Path) -> None:
     """Issue 11: one site spells categories its own way, one codes a missing lab value as 0,
     every file has a fixed split column; the drawn patients are those of the clean cohort."""
-    from training.synth import SMOKING_CODES, Messiness
+    from training.tabular.synth import SMOKING_CODES, Messiness
 
     clean = synthesize_hospitals(n_hospitals=3, n_patients=900, seed=3, out_dir=tmp_path / "clean")
     messy = synthesize_hospitals(n_hospitals=3, n_patients=900, seed=3, out_dir=tmp_path / "messy",
@@ -246,7 +246,7 @@ def test_messy_sites_keep_the_clean_values_and_add_the_quirks(tmp_path: Path) ->
     ],
 )
 def test_bad_messiness_is_refused(tmp_path: Path, messiness: dict, message: str) -> None:
-    from training.synth import Messiness
+    from training.tabular.synth import Messiness
 
     with pytest.raises(ValueError, match=message):
         synthesize_hospitals(n_hospitals=3, n_patients=300, seed=1, out_dir=tmp_path, messiness=Messiness(**messiness))

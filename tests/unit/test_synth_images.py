@@ -1,4 +1,4 @@
-"""Synthetic imaging hospitals (training.synth_images) and `bioverse data synth-images`."""
+"""Synthetic imaging hospitals (training.imaging.synth) and `bioverse data synth-images`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from platform_api.cli import app
-from training.imaging import ImageContract, ImageSplit, class_counts, load_image_split
-from training.synth_images import synthesize_image_hospitals
+from training.imaging.data import ImageContract, ImageSplit, class_counts, load_image_split
+from training.imaging.synth import synthesize_image_hospitals
 
 CLASSES = ("normal", "nodule", "opacity")
 CONTRACT = ImageContract(CLASSES, size=28, channels=1)

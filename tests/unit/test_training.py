@@ -11,15 +11,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from training.contract import DataContract
-from training.data import HospitalDataModule, TabularDataset
+from training.tabular.contract import DataContract
+from training.tabular.data import HospitalDataModule, TabularDataset
 from training.errors import PrivacyConfigError
-from training.local import evaluate_model, sample_rate, steps_per_epoch, train_locally
+from training.tabular.local import evaluate_model, sample_rate, steps_per_epoch, train_locally
 from training.metrics import risk_metrics
-from training.models import LogisticRiskModel, MLPRiskModel, build_model
-from training.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, local_statistics, merge_statistics
+from training.tabular.models import LogisticRiskModel, MLPRiskModel, build_model
+from training.tabular.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, local_statistics, merge_statistics
 from training.privacy import DPConfig, epsilon_after, noise_for_budget
-from training.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID
+from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID
 
 CONTRACT = DataContract(PATIENT_ID, LABEL, FEATURES_NUMERIC, FEATURES_CATEGORICAL)
 
@@ -148,7 +148,7 @@ def test_risk_metrics_match_definitions() -> None:
 
 
 def test_poisson_batches_include_each_row_independently_with_probability_q() -> None:
-    from training.local import poisson_batches
+    from training.tabular.local import poisson_batches
 
     rng = np.random.default_rng(0)
     n, q, steps = 500, 0.04, 4000

@@ -17,8 +17,8 @@ from scipy.stats import norm, rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from training.synth import LABEL, TRUE_RISK, synthesize_hospitals
-from training.validation import (
+from training.tabular.synth import LABEL, TRUE_RISK, synthesize_hospitals
+from training.tabular.validation import (
     AGE_BANDS,
     age_band,
     build_report,

@@ -19,8 +19,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from training.validation import local_report, report_hash
-from training.validation_multiclass import (
+from training.tabular.validation import local_report, report_hash
+from training.imaging.validation import (
     MULTICLASS_SCHEMA,
     build_multiclass_report,
     local_multiclass_aggregates,

@@ -12,10 +12,10 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-import training.vision as vision
+import training.imaging.vision as vision
 from training.errors import PrivacyConfigError
 from training.privacy import DPConfig
-from training.vision import (
+from training.imaging.vision import (
     Augment,
     ResNet18,
     SmallCNN,

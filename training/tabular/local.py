@@ -15,11 +15,11 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader
 
-from training.data import TabularDataset, _keep_batch
-from training.fused_dp import FusedDPSGD
+from training.tabular.data import TabularDataset, _keep_batch
+from training.tabular.fused_dp import FusedDPSGD
 from training.imbalance import WeightedBCE
 from training.metrics import risk_metrics
-from training.models import RiskModel
+from training.tabular.models import RiskModel
 from training.privacy import DPConfig, QuantileClipper, adaptive_noise
 
 __all__ = ["LocalTrainingResult", "adaptive_clipper", "evaluate_model", "per_sample_norms", "poisson_batches", "sample_rate", "steps_per_epoch", "train_locally"]

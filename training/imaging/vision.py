@@ -3,7 +3,7 @@
 Images travel as uint8 ``(N, C, H, W)``; they are moved to the device once and each batch
 is cast, augmented and normalised there, so no DataLoader (and no worker process) is
 involved. DP-SGD uses Opacus's per-sample clipping (``hooks``, ``ghost`` or ``functorch``)
-with Poisson sampling and an unpredictable seed, as :mod:`training.local` does for tables.
+with Poisson sampling and an unpredictable seed, as :mod:`training.tabular.local` does for tables.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 
 from training.errors import PrivacyConfigError
 from training.imbalance import WeightedCrossEntropy
-from training.local import (
+from training.tabular.local import (
     LocalTrainingResult,
     _ProximalPull,
     adaptive_clipper,
@@ -40,7 +40,7 @@ from training.local import (
     sample_rate,
     steps_per_epoch,
 )
-from training.models import ClassifierModule
+from training.tabular.models import ClassifierModule
 from training.privacy import DPConfig, QuantileClipper, adaptive_noise
 
 __all__ = [

@@ -1,10 +1,10 @@
 """Federated clinical validation report of a multi-class model (e.g. an image classifier).
 
-The multi-class counterpart of :mod:`training.validation`, with the same protocol and the same
+The multi-class counterpart of :mod:`training.tabular.validation`, with the same protocol and the same
 disclosure control: each hospital scores its own held-out data and returns
 :func:`local_multiclass_aggregates` only; the coordinator sums them with
 :func:`merge_multiclass_aggregates` and builds the report with :func:`build_multiclass_report`.
-:func:`local_multiclass_report` does all three on one file. ``training.validation.report_hash``
+:func:`local_multiclass_report` does all three on one file. ``training.tabular.validation.report_hash``
 fingerprints a multi-class report too.
 
 What leaves a hospital (per cell: ``"all"`` and each reported subgroup value ``"group=value"``),
@@ -19,7 +19,7 @@ for ``K`` classes and predictions ``argmax_k p_k`` (ties: the first class)
       ``-log p_y`` (``p_y`` clipped to ``[eps, 1 - eps]`` like scikit-learn).
 
 Disclosure control
-    As in :mod:`training.validation`: subgroup cells with fewer than ``min_cell`` patients are not
+    As in :mod:`training.tabular.validation`: subgroup cells with fewer than ``min_cell`` patients are not
     reported (listed under ``"suppressed"``), with complementary suppression so that no small cell
     can be recovered by subtraction from ``"all"``. The residual risk is of the same kind: a
     histogram bin, a calibration bin or a confusion-matrix entry can hold a single patient.
@@ -33,7 +33,7 @@ Accuracy
     patients of the class and others (scikit-learn's ``multi_class="ovr", average="macro"``).
 
 Confidence intervals
-    Per class: DeLong from the binned data, as in :mod:`training.validation`. Macro AUROC: the class
+    Per class: DeLong from the binned data, as in :mod:`training.tabular.validation`. Macro AUROC: the class
     AUROCs are estimated on the same patients and the histograms do not hold their covariance, so
     the interval uses the upper bound ``SE(mean) <= mean(SE_k)`` (Cauchy-Schwarz): it is
     conservative (too wide when the classes' errors are not perfectly correlated).
@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from training.validation import (
+from training.tabular.validation import (
     ALL,
     CALIBRATION_BINS,
     DEFAULT_MIN_CELL,
@@ -220,7 +220,7 @@ def _sum_cells(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def merge_multiclass_aggregates(
     parts: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """Sum multi-class aggregates cell by cell (the contract of ``training.validation.merge_aggregates``).
+    """Sum multi-class aggregates cell by cell (the contract of ``training.tabular.validation.merge_aggregates``).
 
     Args:
         parts: Either ``{hospital_id: local_multiclass_aggregates(...)}`` — each hospital's ``"all"``

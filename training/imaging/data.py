@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from training.errors import ImageDataError, ImageDecodeError
-from training.image_splits import (
+from training.imaging.splits import (
     SPLIT_VALUES,
     ImageSplit,
     SplitSource,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from training.categories import CategoryLookup, canonical_series
-from training.contract import DataContract
+from training.tabular.contract import DataContract
 
 __all__ = ["FeatureEncoder", "local_statistics", "merge_statistics", "MIN_CATEGORY_COUNT"]
 
@@ -26,7 +26,7 @@ def local_statistics(frame: pd.DataFrame, contract: DataContract) -> dict[str, A
     its label counts ``[negatives, positives]`` (for ``class_weights: balanced``).
 
     Args:
-        frame: A table returned by :func:`training.contract.load_hospital_table`.
+        frame: A table returned by :func:`training.tabular.contract.load_hospital_table`.
         contract: The experiment's data contract.
 
     Returns:

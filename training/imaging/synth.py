@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.synth import _atomic_write
+from training.tabular.synth import _atomic_write
 
 __all__ = ["LAYOUTS", "PATTERNS", "ImageSiteProfile", "render_images", "synthesize_image_hospitals"]
 

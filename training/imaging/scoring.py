@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from training.decision import DECISION_FILE, Decision
-from training.imaging import ImagePreprocessor, decode_image
-from training.vision import VisionModel, build_vision_model, default_device, predict_vision
+from training.imaging.data import ImagePreprocessor, decode_image
+from training.imaging.vision import VisionModel, build_vision_model, default_device, predict_vision
 
 __all__ = ["VisionScorer"]
 
@@ -31,7 +31,7 @@ class VisionScorer:
     Args:
         model: The trained network.
         preprocessor: Size, channels, normalisation and class names agreed by the federation.
-        device: Where to run; default :func:`training.vision.default_device` (a GPU if the
+        device: Where to run; default :func:`training.imaging.vision.default_device` (a GPU if the
             process sees one).
     """
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from training.categories import CategoryLookup
 from training.decision import DECISION_FILE, Decision
-from training.preprocessing import FeatureEncoder
+from training.tabular.preprocessing import FeatureEncoder
 
 __all__ = ["RiskScorer", "ScoringInputError"]
 

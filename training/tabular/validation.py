@@ -158,7 +158,7 @@ def _require_schema(agg: Mapping[str, Any], schema: str, *, name_expected: bool 
 
 
 # --------------------------------------------------------------------------- hospital side
-# (the helpers up to local_aggregates are shared with training.validation_multiclass)
+# (the helpers up to local_aggregates are shared with training.imaging.validation)
 
 
 def _histogram_spec(hist_bins: int, logit_range: tuple[float, float], min_cell: int) -> tuple[int, float, float]:
@@ -306,7 +306,7 @@ def local_aggregates(
 
 
 # Sums over cells of ``cells[i][key]`` (or ``cells[i][key][sub]``), shared with
-# training.validation_multiclass: exact integers, ``math.fsum`` for floats.
+# training.imaging.validation: exact integers, ``math.fsum`` for floats.
 
 
 def _count(cells: Sequence[Mapping[str, Any]], key: str) -> int:
@@ -607,7 +607,7 @@ def _value_order(group: str, value: str) -> tuple[int, str]:
 def _report_cells(agg: Mapping[str, Any], metrics: Callable[[Mapping[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     """``{"overall", "subgroups": {"hospital": {...}, "<group>": {"<value>": cell}}, "suppressed", "hospitals"}``.
 
-    The part of a report shared with ``training.validation_multiclass``: ``metrics`` of each cell,
+    The part of a report shared with ``training.imaging.validation``: ``metrics`` of each cell,
     groups and values in report order.
     """
     cells = agg["cells"]

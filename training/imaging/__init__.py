@@ -1,0 +1,1 @@
+"""Medical images: contract and loading, splits, image classifiers, local DP rounds, validation, scoring."""

@@ -1,0 +1,1 @@
+"""Tabular clinical data: contracts, federated preprocessing, risk models, local DP rounds, validation, scoring."""
