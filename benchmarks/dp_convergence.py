@@ -25,10 +25,10 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from _results import machine, table, write_section
-from training.tabular.local import sample_rate, steps_per_epoch
-from training.privacy import DPConfig
 from training.imaging.synth import ImageSiteProfile, _patients, render_images
 from training.imaging.vision import build_vision_model, predict_vision, train_vision_locally
+from training.privacy import DPConfig
+from training.tabular.local import sample_rate, steps_per_epoch
 
 EPSILON = 8.0
 DELTA = 1e-5
@@ -86,7 +86,7 @@ def run(setting: Setting, data: list, rounds: int, seed: int) -> tuple[list[floa
     losses = []
     for r in range(rounds):
         updates, weights, round_loss, bounds = [], [], [], []
-        for i, (x, y, _, _) in enumerate(data):
+        for x, y, _, _ in data:
             local = build_vision_model("cnn", 1, 2, lr=setting.lr, optimizer=setting.optimizer, width=16)
             local.load_state_dict(state)
             q = sample_rate(len(y), setting.batch)

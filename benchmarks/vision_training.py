@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from _results import machine, table, write_section
-from training.privacy import DPConfig
 from training.imaging.vision import Augment, VisionModel, build_vision_model, predict_vision, train_vision_locally
+from training.privacy import DPConfig
 
 #: (label, kind, size, channels, width, training images, batch)
 CASES = [
@@ -108,7 +108,7 @@ def measure(case: tuple[str, str, int, int, int, int, int], device: torch.device
         "predict": lambda m: ours_predict(m, images, 256, device),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, run in runs.items():  # warm-up: allocator, kernels, Opacus imports
+    for run in runs.values():  # warm-up: allocator, kernels, Opacus imports
         run(_model(kind, channels, width))
     for _ in range(repeats):  # interleaved, so drift hits every mode alike
         for name, run in runs.items():

@@ -3,6 +3,7 @@ simulation engine, MLflow on SQLite, the hospitals' ledgers on disk, and a real 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,10 +132,8 @@ def test_a_run_killed_mid_round_is_marked_failed_and_agrees_with_the_ledger(tmp_
         assert run_id is not None, "no training round within 10 minutes"
         victims = [psutil.Process(launcher.pid), *_descendants(launcher.pid)]
         for process in victims:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 process.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
         launcher.wait(30)
         psutil.wait_procs(victims, timeout=30)
     finally:
@@ -165,7 +164,7 @@ def test_a_run_killed_mid_round_is_marked_failed_and_agrees_with_the_ledger(tmp_
 def test_reconciliation_marks_dead_and_expired_runs_only(tmp_path: Path, hospital_files: list[Path]) -> None:
     """Item 11, without Flower: a coordinator process killed with -9 right after starting its
     run, a run on another host whose lease expired, and one whose lease holds."""
-    from experiments.tracking import LEASE_TAG, HOST_TAG, reconcile_runs
+    from experiments.tracking import HOST_TAG, LEASE_TAG, reconcile_runs
 
     (tmp_path / "spec.json").write_text(json.dumps(spec_dict(hospital_files, name="it-reconcile")))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

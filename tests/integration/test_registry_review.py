@@ -155,7 +155,7 @@ def test_registration_tags_who_launched(base: tuple[str, str]) -> None:
 def test_approve_promote_approve_promote_rollback(store: Callable[..., Store]) -> None:
     s = store(3)
     r = s.registry
-    sha1, sha2 = s.add_report("1"), s.add_report("2", sample_report(0.84))
+    sha1, _sha2 = s.add_report("1"), s.add_report("2", sample_report(0.84))
     assert r.report_sha256(s.name, "1") == sha1 and r.report(s.name, "1") == sample_report()
     assert r.report(s.name, "3") is None and r.report_sha256(s.name, "3") is None and r.receipt(s.name, "3", QUINN) is None
 
@@ -302,7 +302,7 @@ def test_approval_needs_the_report(store: Callable[..., Store]) -> None:
 
 def test_approval_of_a_stale_report_is_refused(store: Callable[..., Store]) -> None:
     s = store(2)
-    sha = s.add_report("1")
+    s.add_report("1")
     with pytest.raises(ReportStale, match="the report you read"):
         s.registry.approve(s.name, "1", validator=QUINN, rationale=WHY,
                            receipt=issue_receipt(QUINN.key_id, s.name, "1", "ab" * 32))
