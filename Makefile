@@ -39,7 +39,9 @@ bench: install
 	$(BIN)/python benchmarks/vision_serving.py
 	$(BIN)/python benchmarks/quality_vs_epsilon.py
 
+# ruff (rules in pyproject.toml) and the import layering (import-linter); CI runs both first.
 lint: install
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 clean:
