@@ -37,7 +37,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from experiments.report import write_report_artifacts
-    from training.tabular.validation import age_band, build_report, local_aggregates, merge_aggregates
+    from training.tabular.validation import build_report, local_aggregates, merge_aggregates
+    from training.validation_cells import age_band
 
     rng = np.random.default_rng(7)
     thresholds = [0.1, 0.2, 0.3]

@@ -31,7 +31,8 @@ from training.tabular.local import LocalTrainingResult, evaluate_model, sample_r
 from training.tabular.models import RiskModel, build_model
 from training.tabular.preprocessing import FeatureEncoder
 from training.privacy import DPConfig, epsilon_after
-from training.tabular.validation import age_band, local_aggregates
+from training.tabular.validation import local_aggregates
+from training.validation_cells import age_band
 from training.imaging.vision import VisionModel, build_vision_model
 
 __all__ = [

@@ -37,7 +37,7 @@ from training.imaging.data import (
     pixel_statistics,
 )
 from training.dp_statistics import dp_pixel_statistics
-from training.tabular.validation import age_band
+from training.validation_cells import age_band
 from training.imaging.validation import local_multiclass_aggregates
 from training.imaging.vision import Augment, VisionModel, evaluate_vision, predict_vision, train_vision_locally
 

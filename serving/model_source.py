@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from experiments.gate import APPROVAL_TAG, PLATFORM_SCOPE, approval_problem, artifact_digest, download_version
 from experiments.names import CANDIDATE_ALIAS
 from serving.errors import ModelNotReadyError, PredictionInputError, UnapprovedVersion
-from training.tabular.scoring import RiskScorer, ScoringInputError
+from training.errors import ScoringInputError
+from training.tabular.scoring import RiskScorer
 
 if TYPE_CHECKING:
     from training.imaging.scoring import VisionScorer

@@ -7,7 +7,10 @@ Hierarchy::
     │   ├── DataSplitError     `bioverse data split` cannot split a dataset as asked
     │   ├── ImageDataError     a hospital's images break the image contract
     │   └── ImageDecodeError   bytes that are not a readable PNG or JPEG image
-    └── PrivacyConfigError     DP settings that cannot be met
+    ├── PrivacyConfigError     DP settings that cannot be met
+    ├── ScoringInputError      a feature value a packaged model cannot take (also a ValueError)
+    └── ValidationInputError   malformed predictions, labels or aggregates for a validation
+                               report (also a ValueError)
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["DataContractError", "DataSplitError", "ImageDataError", "ImageDecodeError", "PrivacyConfigError",
-           "TrainingError"]
+           "ScoringInputError", "TrainingError", "ValidationInputError"]
 
 
 class TrainingError(Exception):
@@ -64,3 +67,12 @@ class ImageDataError(DataContractError):
 
 class ImageDecodeError(DataContractError):
     """Bytes that are not a readable PNG or JPEG image (``path`` is the image's name)."""
+
+
+class ScoringInputError(TrainingError, ValueError):
+    """A feature value the model cannot take (wrong type, unknown feature, missing column)."""
+
+
+class ValidationInputError(TrainingError, ValueError):
+    """Predictions, labels, subgroups or aggregates that a validation report cannot be built from
+    (wrong shape, out of range, unknown schema, aggregates that disagree)."""

@@ -23,7 +23,8 @@ from training.imbalance import resolve_class_weights
 from training.tabular.models import build_model
 from training.tabular.preprocessing import FeatureEncoder
 from training.tabular.scoring import RiskScorer
-from training.tabular.validation import HIST_BINS, LOGIT_RANGE, local_aggregates, merge_aggregates
+from training.tabular.validation import local_aggregates, merge_aggregates
+from training.validation_cells import HIST_BINS, LOGIT_RANGE
 from training.imaging.validation import local_multiclass_aggregates, merge_multiclass_aggregates
 from training.imaging.vision import SmallCNN
 from training.imaging.scoring import VisionScorer

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.report import canonical_json, is_multiclass, model_card, render_html, render_plots, report_sha256, write_report_artifacts
-from training.tabular.validation import report_hash
+from training.validation_cells import report_hash
 from training.imaging.validation import build_multiclass_report, local_multiclass_aggregates, local_multiclass_report, merge_multiclass_aggregates
 
 CLASSES = ["normal", "nodule", "opacity"]

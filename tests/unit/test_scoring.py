@@ -14,7 +14,8 @@ from experiments.model_package import save_package_files
 from training.tabular.contract import DataContract
 from training.tabular.models import build_model
 from training.tabular.preprocessing import FeatureEncoder, local_statistics
-from training.tabular.scoring import RiskScorer, ScoringInputError
+from training.errors import ScoringInputError
+from training.tabular.scoring import RiskScorer
 from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID
 
 CONTRACT = DataContract(PATIENT_ID, LABEL, FEATURES_NUMERIC, FEATURES_CATEGORICAL)

@@ -19,7 +19,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from training.tabular.validation import local_report, report_hash
+from training.tabular.validation import local_report
+from training.validation_cells import report_hash
 from training.imaging.validation import (
     MULTICLASS_SCHEMA,
     build_multiclass_report,

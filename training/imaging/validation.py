@@ -1,44 +1,8 @@
-"""Federated clinical validation report of a multi-class model (e.g. an image classifier).
+"""Federated validation report of a multi-class model (e.g. an image classifier): aggregates, merge, report.
 
-The multi-class counterpart of :mod:`training.tabular.validation`, with the same protocol and the same
-disclosure control: each hospital scores its own held-out data and returns
-:func:`local_multiclass_aggregates` only; the coordinator sums them with
-:func:`merge_multiclass_aggregates` and builds the report with :func:`build_multiclass_report`.
-:func:`local_multiclass_report` does all three on one file. ``training.tabular.validation.report_hash``
-fingerprints a multi-class report too.
-
-What leaves a hospital (per cell: ``"all"`` and each reported subgroup value ``"group=value"``),
-for ``K`` classes and predictions ``argmax_k p_k`` (ties: the first class)
-    * ``n``, the per-class ``support`` and the ``K x K`` confusion matrix (rows: true class);
-    * per class, one-vs-rest histograms of ``p_k`` on the logit scale for patients of class ``k``
-      and for the others: counts per bin only (the binary module's 2,400 bins of width 0.01 over
-      logit in [-12, 12]; values outside are clamped into the edge bins);
-    * top-label calibration bins: for 10 equal-width bins of the confidence ``max_k p_k`` the count,
-      the sum of confidences and the number of correct predictions;
-    * exact sums of the per-patient multi-class Brier score ``sum_k (p_k - [y = k])^2`` and log loss
-      ``-log p_y`` (``p_y`` clipped to ``[eps, 1 - eps]`` like scikit-learn).
-
-Disclosure control
-    As in :mod:`training.tabular.validation`: subgroup cells with fewer than ``min_cell`` patients are not
-    reported (listed under ``"suppressed"``), with complementary suppression so that no small cell
-    can be recovered by subtraction from ``"all"``. The residual risk is of the same kind: a
-    histogram bin, a calibration bin or a confusion-matrix entry can hold a single patient.
-
-Accuracy
-    Accuracy, balanced accuracy, the confusion matrix, per-class sensitivity, specificity, PPV, NPV
-    and F1 (at the argmax decision), the top-label calibration curve and ECE are exact; Brier score
-    and log loss are exact up to floating-point summation. Per-class one-vs-rest AUROCs come from
-    the histograms with the binary module's error bound (tests require 0.002 against
-    scikit-learn); the macro AUROC is their unweighted mean over the classes that have both
-    patients of the class and others (scikit-learn's ``multi_class="ovr", average="macro"``).
-
-Confidence intervals
-    Per class: DeLong from the binned data, as in :mod:`training.tabular.validation`. Macro AUROC: the class
-    AUROCs are estimated on the same patients and the histograms do not hold their covariance, so
-    the interval uses the upper bound ``SE(mean) <= mean(SE_k)`` (Cauchy-Schwarz): it is
-    conservative (too wide when the classes' errors are not perfectly correlated).
-
-Undefined values are ``None``, never NaN: aggregates and reports are plain JSON.
+Same protocol and disclosure control as :mod:`training.tabular.validation`
+(:func:`training.validation_cells.report_hash` fingerprints both); what leaves a hospital and the
+macro-AUROC interval: docs/validation.md ("Statistics").
 """
 
 from __future__ import annotations
@@ -49,27 +13,26 @@ from typing import Any
 
 import numpy as np
 
-from training.tabular.validation import (
+from training.binned_metrics import auroc_interval, auroc_se, roc_curve
+from training.errors import ValidationInputError
+from training.validation_cells import (
     ALL,
     CALIBRATION_BINS,
     DEFAULT_MIN_CELL,
     HIST_BINS,
     LOGIT_RANGE,
-    _auroc_se,
-    _count,
-    _counts,
-    _fsum,
-    _fsums,
-    _histogram_spec,
-    _interval,
-    _logit_bins,
-    _merge,
-    _num,
-    _ratio,
-    _report_cells,
-    _require_schema,
-    _roc_curve,
-    _subgroup_cells,
+    histogram_spec,
+    json_number,
+    logit_bins,
+    merge_parts,
+    ratio,
+    report_cells,
+    require_schema,
+    subgroup_cells,
+    sum_float_lists,
+    sum_floats,
+    sum_int_lists,
+    sum_ints,
 )
 
 __all__ = [
@@ -94,32 +57,32 @@ _EPS = float(np.finfo(np.float64).eps)
 
 def _check_classes(classes: Sequence[str]) -> list[str]:
     if isinstance(classes, str):
-        raise ValueError(f"classes must be a sequence of class names, got the string {classes!r}")
+        raise ValidationInputError(f"classes must be a sequence of class names, got the string {classes!r}")
     names = list(classes)
     if len(names) < 2 or not all(isinstance(c, str) and c for c in names):
-        raise ValueError(f"classes must be at least two non-empty names, got {names!r}")
+        raise ValidationInputError(f"classes must be at least two non-empty names, got {names!r}")
     if len(set(names)) != len(names):
-        raise ValueError(f"class names must be unique, got {names!r}")
+        raise ValidationInputError(f"class names must be unique, got {names!r}")
     return names
 
 
 def _check_inputs(probs: Any, labels: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(probs, dtype=float)
     if p.ndim != 2 or p.shape[1] != k:
-        raise ValueError(f"probs must have shape (N, {k}) for {k} classes, got {p.shape}")
+        raise ValidationInputError(f"probs must have shape (N, {k}) for {k} classes, got {p.shape}")
     if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
-        raise ValueError("probs must be finite and within [0, 1]")
+        raise ValidationInputError("probs must be finite and within [0, 1]")
     worst = float(np.max(np.abs(p.sum(axis=1) - 1.0))) if p.size else 0.0
     if worst > ROW_SUM_TOLERANCE:
-        raise ValueError(f"each row of probs must sum to 1 (softmax output); worst row is off by {worst:.3g}")
+        raise ValidationInputError(f"each row of probs must sum to 1 (softmax output); worst row is off by {worst:.3g}")
     y_raw = np.asarray(labels).ravel()
     if y_raw.size != p.shape[0]:
-        raise ValueError(f"probs and labels differ in length: {p.shape[0]} vs {y_raw.size}")
+        raise ValidationInputError(f"probs and labels differ in length: {p.shape[0]} vs {y_raw.size}")
     if y_raw.size and y_raw.dtype.kind not in "iuf":
-        raise ValueError(f"labels must be class indices 0..{k - 1}, got dtype {y_raw.dtype}")
+        raise ValidationInputError(f"labels must be class indices 0..{k - 1}, got dtype {y_raw.dtype}")
     y = y_raw.astype(float)
     if np.any((y != np.round(y)) | (y < 0) | (y >= k)):
-        raise ValueError(f"labels must be class indices 0..{k - 1}")
+        raise ValidationInputError(f"labels must be class indices 0..{k - 1}")
     return p, y.astype(np.int64)
 
 
@@ -146,15 +109,15 @@ def local_multiclass_aggregates(
         logit_range: Logit range of the histograms; values outside go to the edge bins.
 
     Raises:
-        ValueError: On malformed input.
+        ValidationInputError: On malformed input.
     """
     names = _check_classes(classes)
     k = len(names)
     p, y = _check_inputs(probs, labels, k)
-    bins, lo, hi = _histogram_spec(hist_bins, logit_range, min_cell)
+    bins, lo, hi = histogram_spec(hist_bins, logit_range, min_cell)
 
     n_all = p.shape[0]
-    hbin = _logit_bins(p, bins, lo, hi)
+    hbin = logit_bins(p, bins, lo, hi)
     pred = np.argmax(p, axis=1) if n_all else np.zeros(0, dtype=np.int64)
     onehot = np.eye(k, dtype=bool)[y]
     conf = p.max(axis=1) if n_all else np.zeros(0)
@@ -182,7 +145,7 @@ def local_multiclass_aggregates(
         }
 
     cells: dict[str, Any] = {ALL: cell(np.ones(n_all, dtype=bool))}
-    reported, suppressed = _subgroup_cells(subgroups, n_all, int(min_cell), cell)
+    reported, suppressed = subgroup_cells(subgroups, n_all, int(min_cell), cell)
     cells.update(reported)
 
     return {
@@ -202,17 +165,17 @@ def local_multiclass_aggregates(
 
 def _sum_cells(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
-        "n": _count(cells, "n"),
-        "support": _counts(cells, "support"),
-        "confusion": _counts(cells, "confusion"),
-        "hist_pos": _counts(cells, "hist_pos"),
-        "hist_neg": _counts(cells, "hist_neg"),
-        "sum_brier": _fsum(cells, "sum_brier"),
-        "sum_log_loss": _fsum(cells, "sum_log_loss"),
+        "n": sum_ints(cells, "n"),
+        "support": sum_int_lists(cells, "support"),
+        "confusion": sum_int_lists(cells, "confusion"),
+        "hist_pos": sum_int_lists(cells, "hist_pos"),
+        "hist_neg": sum_int_lists(cells, "hist_neg"),
+        "sum_brier": sum_floats(cells, "sum_brier"),
+        "sum_log_loss": sum_floats(cells, "sum_log_loss"),
         "calibration_bins": {
-            "n": _counts(cells, "calibration_bins", "n"),
-            "sum_conf": _fsums(cells, "calibration_bins", "sum_conf"),
-            "correct": _counts(cells, "calibration_bins", "correct"),
+            "n": sum_int_lists(cells, "calibration_bins", "n"),
+            "sum_conf": sum_float_lists(cells, "calibration_bins", "sum_conf"),
+            "correct": sum_int_lists(cells, "calibration_bins", "correct"),
         },
     }
 
@@ -234,9 +197,9 @@ def merge_multiclass_aggregates(
         sums can differ in the last bit, since each part's sums were rounded once already.
 
     Raises:
-        ValueError: On incompatible aggregates (schema, classes, histogram) or repeated hospitals.
+        ValidationInputError: On incompatible aggregates (schema, classes, histogram) or repeated hospitals.
     """
-    return _merge(parts, schema=MULTICLASS_SCHEMA, same=("classes", "histogram", "calibration_bins"),
+    return merge_parts(parts, schema=MULTICLASS_SCHEMA, same=("classes", "histogram", "calibration_bins"),
                   sum_cells=_sum_cells, name_expected=True)
 
 
@@ -252,20 +215,20 @@ def _class_metrics(cell: Mapping[str, Any], j: int, cm: np.ndarray, curve_points
     tn = n - tp - fn - fp
     hp = np.asarray(cell["hist_pos"][j], dtype=float)
     hn = np.asarray(cell["hist_neg"][j], dtype=float)
-    auc, se = _auroc_se(hp, hn)
-    sensitivity, ppv = _ratio(tp, support), _ratio(tp, predicted)
+    auc, se = auroc_se(hp, hn)
+    sensitivity, ppv = ratio(tp, support), ratio(tp, predicted)
     return {
         "support": support,
-        "prevalence": _ratio(support, n),
-        "auroc": _num(auc),
-        "auroc_ci95": _interval(auc, se),
+        "prevalence": ratio(support, n),
+        "auroc": json_number(auc),
+        "auroc_ci95": auroc_interval(auc, se),
         "sensitivity": sensitivity,
-        "specificity": _ratio(tn, tn + fp),
+        "specificity": ratio(tn, tn + fp),
         "ppv": ppv,
-        "npv": _ratio(tn, tn + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "npv": ratio(tn, tn + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
         "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "roc": _roc_curve(hp, hn, hp.sum(), hn.sum(), curve_points),
+        "roc": roc_curve(hp, hn, hp.sum(), hn.sum(), curve_points),
     }, se
 
 
@@ -295,13 +258,13 @@ def _cell_metrics(cell: Mapping[str, Any], classes: list[str], curve_points: int
     ece = math.fsum(abs(float(ok) - float(sc)) for sc, ok in zip(cb["sum_conf"], cb["correct"])) / n if n else None
     return {
         "n": n,
-        "accuracy": _ratio(int(np.trace(cm)), n),
+        "accuracy": ratio(int(np.trace(cm)), n),
         "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
-        "auroc": _num(macro),
-        "auroc_ci95": _interval(macro, macro_se),
-        "brier": _num(float(cell["sum_brier"]) / n) if n else None,
-        "log_loss": _num(float(cell["sum_log_loss"]) / n) if n else None,
-        "ece": _num(ece),
+        "auroc": json_number(macro),
+        "auroc_ci95": auroc_interval(macro, macro_se),
+        "brier": json_number(float(cell["sum_brier"]) / n) if n else None,
+        "log_loss": json_number(float(cell["sum_log_loss"]) / n) if n else None,
+        "ece": json_number(ece),
         "per_class": per_class,
         "confusion": cm.tolist(),
         "calibration_curve": curve,
@@ -324,17 +287,17 @@ def build_multiclass_report(agg: Mapping[str, Any], *, curve_points: int = 200) 
         ``confusion`` (rows: true class, columns: predicted) and ``calibration_curve``.
 
     Raises:
-        ValueError: On an unknown schema or ``curve_points < 2``.
+        ValidationInputError: On an unknown schema or ``curve_points < 2``.
     """
-    _require_schema(agg, MULTICLASS_SCHEMA, name_expected=True)
+    require_schema(agg, MULTICLASS_SCHEMA, name_expected=True)
     if curve_points < 2:
-        raise ValueError("curve_points must be >= 2")
+        raise ValidationInputError("curve_points must be >= 2")
     classes = [str(c) for c in agg["classes"]]
 
     def metrics(cell: Mapping[str, Any]) -> dict[str, Any]:
         return _cell_metrics(cell, classes, int(curve_points))
 
-    return {"task": TASK, "classes": classes, **_report_cells(agg, metrics)}
+    return {"task": TASK, "classes": classes, **report_cells(agg, metrics)}
 
 
 def local_multiclass_report(

@@ -24,9 +24,10 @@ import numpy as np
 
 from training.categories import CategoryLookup
 from training.decision import DECISION_FILE, Decision
+from training.errors import ScoringInputError
 from training.tabular.preprocessing import FeatureEncoder
 
-__all__ = ["RiskScorer", "ScoringInputError"]
+__all__ = ["RiskScorer"]
 
 ENCODER_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.pt"
@@ -34,10 +35,6 @@ ARRAYS_FILE = "weights.npz"
 MODEL_FILE = "model.json"
 _OTHER, _MISSING = -1, -2  # category codes beside a vocabulary index
 CHUNK = 16_384  # rows per encode/score step: the encoded chunk stays in cache
-
-
-class ScoringInputError(ValueError):
-    """A feature value the model cannot take (wrong type, unknown feature)."""
 
 
 @dataclass(frozen=True, eq=False)
