@@ -9,6 +9,7 @@ Hierarchy::
     │   └── ImageDecodeError   bytes that are not a readable PNG or JPEG image
     ├── PrivacyConfigError     DP settings that cannot be met
     ├── ScoringInputError      a feature value a packaged model cannot take (also a ValueError)
+    ├── UnknownModalityError   no modality registered under a spec's data.modality (also a ValueError)
     └── ValidationInputError   malformed predictions, labels or aggregates for a validation
                                report (also a ValueError)
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["DataContractError", "DataSplitError", "ImageDataError", "ImageDecodeError", "PrivacyConfigError",
-           "ScoringInputError", "TrainingError", "ValidationInputError"]
+           "ScoringInputError", "TrainingError", "UnknownModalityError", "ValidationInputError"]
 
 
 class TrainingError(Exception):
@@ -76,3 +77,12 @@ class ScoringInputError(TrainingError, ValueError):
 class ValidationInputError(TrainingError, ValueError):
     """Predictions, labels, subgroups or aggregates that a validation report cannot be built from
     (wrong shape, out of range, unknown schema, aggregates that disagree)."""
+
+
+class UnknownModalityError(TrainingError, ValueError):
+    """No modality is registered under the name a spec's ``data.modality`` gives."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown modality {name!r} (registered: {', '.join(known)})")
