@@ -68,26 +68,3 @@ def test_scorer_refuses_bad_rows(hospital_files: list[Path], tmp_path: Path) -> 
         scorer.score_columns({FEATURES_NUMERIC[0]: [1.0]})
     with pytest.raises(ValueError, match="no NumPy scorer"):
         RiskScorer.from_state_dict(encoder, "transformer", {})
-
-
-def test_weights_load_without_pytorch(hospital_files: list[Path], tmp_path: Path) -> None:
-    """A package's weights.npz is read with NumPy alone (a server process keeps torch out);
-    a package without it (registered earlier) still loads, through PyTorch."""
-    import subprocess
-    import sys
-
-    frame = pd.read_csv(hospital_files[0])
-    encoder = FeatureEncoder.from_statistics(local_statistics(frame, CONTRACT), CONTRACT)
-    model = build_model("mlp", encoder.input_dim).eval()
-    save_package_files(tmp_path, model, encoder, "mlp", {})
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from pathlib import Path; from training.tabular.scoring import RiskScorer\n"
-            f"s = RiskScorer.from_files(Path({str(tmp_path)!r}))\n"
-            "assert sys.modules['torch'] is None, 'torch was imported'\n"
-            "print(s.score_one({}))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    with_npz = RiskScorer.from_files(tmp_path).score_one({})
-    assert float(done.stdout) == pytest.approx(with_npz, abs=1e-7)
-    (tmp_path / "weights.npz").unlink()
-    assert RiskScorer.from_files(tmp_path).score_one({}) == pytest.approx(with_npz, abs=1e-7)
