@@ -44,7 +44,8 @@ from training.imaging.data import load_image_split
 from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, Messiness, synthesize_hospitals
 from training.imaging.synth import synthesize_image_hospitals
 from training.tabular.validation import local_report
-from training.imaging.vision import build_vision_model, predict_vision
+from training.imaging.local import predict_vision
+from training.imaging.vision import build_vision_model
 
 EPSILONS: list[float | None] = [1.0, 3.0, 8.0, None]
 SPLIT = "split"

@@ -102,8 +102,9 @@ def register(uri: str, name: str, model: Any, preprocessor: Any, kind: str, hpar
 def prepare(case: tuple[str, str, int, int, int, int, int], work: Path, uri: str) -> Bench:
     """Synthesize one hospital, train the model for a few plain epochs, register it."""
     from training.imaging.data import ImageContract, ImagePreprocessor, load_image_split, pixel_statistics
+    from training.imaging.local import train_vision_locally
     from training.imaging.synth import synthesize_image_hospitals
-    from training.imaging.vision import build_vision_model, train_vision_locally
+    from training.imaging.vision import build_vision_model
 
     label, kind, size, channels, width, n_images, epochs = case
     started = time.perf_counter()
@@ -154,7 +155,7 @@ def run_for(step: Callable[[int], int], seconds: float, device: torch.device) ->
 def measure_in_process(bench: Bench, device: torch.device, seconds: float, repeats: int) -> dict[str, dict[str, float]]:
     """The three in-process paths, ``repeats`` interleaved rounds after a warm-up: median images/s
     (and per-image latency percentiles of the one-at-a-time path, pooled over the rounds)."""
-    from serving.model_source import LoadedVisionModel
+    from serving.loaded import LoadedVisionModel
     from serving.vision import classify_blobs
     from training.imaging.data import decode_image
     from training.imaging.scoring import VisionScorer

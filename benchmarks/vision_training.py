@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from _results import machine, table, write_section
-from training.imaging.vision import Augment, VisionModel, build_vision_model, predict_vision, train_vision_locally
+from training.imaging.batches import Augment
+from training.imaging.local import predict_vision, train_vision_locally
+from training.imaging.vision import VisionModel, build_vision_model
 from training.privacy import DPConfig
 
 #: (label, kind, size, channels, width, training images, batch)

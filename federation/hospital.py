@@ -27,7 +27,8 @@ from training.tabular.data import HospitalDataModule
 from training.dp_statistics import dp_table_statistics
 from training.fingerprint import dataset_fingerprint
 from training.imaging.data import ImagePreprocessor
-from training.tabular.local import LocalTrainingResult, evaluate_model, sample_rate, steps_per_epoch, train_locally
+from training.dp_loop import LocalTrainingResult, sample_rate, steps_per_epoch
+from training.tabular.local import evaluate_model, train_locally
 from training.tabular.models import RiskModel, build_model
 from training.tabular.preprocessing import FeatureEncoder
 from training.privacy import DPConfig, epsilon_after

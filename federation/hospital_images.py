@@ -39,7 +39,9 @@ from training.imaging.data import (
 from training.dp_statistics import dp_pixel_statistics
 from training.validation_cells import age_band
 from training.imaging.validation import local_multiclass_aggregates
-from training.imaging.vision import Augment, VisionModel, evaluate_vision, predict_vision, train_vision_locally
+from training.imaging.batches import Augment
+from training.imaging.local import evaluate_vision, predict_vision, train_vision_locally
+from training.imaging.vision import VisionModel
 
 __all__ = ["evaluate_global", "image_subgroups", "site_statistics", "train_round", "val_scores", "validation_aggregates"]
 

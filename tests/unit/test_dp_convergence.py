@@ -24,7 +24,8 @@ from federation.strategy import CLIP_BOUND, build_strategy
 from training.tabular.fused_dp import FusedDPSGD
 from training.tabular.local import train_locally
 from training.privacy import DPConfig, QuantileClipper, adaptive_noise
-from training.imaging.vision import SmallCNN, train_vision_locally
+from training.imaging.local import train_vision_locally
+from training.imaging.vision import SmallCNN
 from tests.unit.test_spec_images import image_spec_dict
 
 
@@ -316,7 +317,7 @@ def test_dp_defaults_do_not_raise_the_loss_of_a_small_imbalanced_federation(tmp_
     A smoke test of the defaults end to end in the training layer: at this size (16 px, 4
     rounds) the issue's settings do not rise either; benchmarks/dp_convergence.py (28 px,
     8 rounds, 3 hospitals) is what tells them apart (docs/dp-training.md)."""
-    from training.tabular.local import sample_rate, steps_per_epoch
+    from training.dp_loop import sample_rate, steps_per_epoch
     from training.imaging.synth import synthesize_image_hospitals
 
     paths = synthesize_image_hospitals(tmp_path, n_hospitals=2, images_per_hospital=120, size=16, classes=("normal", "nodule"),

@@ -13,7 +13,7 @@ from federation.hospital import build_spec_model
 from federation.ledger import PrivacyLedger
 from federation.site import Site
 from training.imaging.data import ImagePreprocessor
-from training.tabular.local import sample_rate, steps_per_epoch
+from training.dp_loop import sample_rate, steps_per_epoch
 from training.privacy import epsilon_after
 
 CLASSES = ("normal", "nodule", "opacity")

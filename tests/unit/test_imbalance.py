@@ -15,7 +15,8 @@ from training.imbalance import WeightedBCE, WeightedCrossEntropy, balanced_weigh
 from training.tabular.local import train_locally
 from training.tabular.models import LogisticRiskModel
 from training.privacy import DPConfig
-from training.imaging.vision import SmallCNN, train_vision_locally
+from training.imaging.local import train_vision_locally
+from training.imaging.vision import SmallCNN
 
 
 def test_balanced_weights_equalise_the_classes_and_average_one() -> None:

@@ -14,7 +14,8 @@ import torch
 from training.tabular.contract import DataContract
 from training.tabular.data import HospitalDataModule, TabularDataset
 from training.errors import PrivacyConfigError
-from training.tabular.local import evaluate_model, sample_rate, steps_per_epoch, train_locally
+from training.dp_loop import sample_rate, steps_per_epoch
+from training.tabular.local import evaluate_model, train_locally
 from training.metrics import risk_metrics
 from training.tabular.models import LogisticRiskModel, MLPRiskModel, build_model
 from training.tabular.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, local_statistics, merge_statistics
@@ -148,7 +149,7 @@ def test_risk_metrics_match_definitions() -> None:
 
 
 def test_poisson_batches_include_each_row_independently_with_probability_q() -> None:
-    from training.tabular.local import poisson_batches
+    from training.dp_loop import poisson_batches
 
     rng = np.random.default_rng(0)
     n, q, steps = 500, 0.04, 4000

@@ -12,21 +12,13 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-import training.imaging.vision as vision
+import training.imaging.local as local_training
 from training.errors import PrivacyConfigError
 from training.privacy import DPConfig
-from training.imaging.vision import (
-    Augment,
-    ResNet18,
-    SmallCNN,
-    VisionModel,
-    augment_batch,
-    build_vision_model,
-    default_device,
-    evaluate_vision,
-    predict_vision,
-    train_vision_locally,
-)
+from training.imaging.batches import Augment, augment_batch
+from training.imaging.ghost_clipping import GhostClipping
+from training.imaging.local import evaluate_vision, predict_vision, train_vision_locally
+from training.imaging.vision import ResNet18, SmallCNN, VisionModel, build_vision_model, default_device
 
 
 def _task(n: int = 120, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +225,7 @@ def test_conv_ghost_norms_equal_the_norms_of_materialised_per_sample_gradients(s
     nn.functional.cross_entropy(hooks(x), y).backward()
     expected = torch.stack([getattr(p, "grad_sample").reshape(5, -1).norm(dim=1) for p in model.parameters()], 1).norm(dim=1)
     hooks._close()
-    ghost = vision._GhostClipping(model, max_grad_norm=1.0)
+    ghost = GhostClipping(model, max_grad_norm=1.0)
     nn.functional.cross_entropy(ghost(x), y).backward()
     got = ghost.get_norm_sample()
     ghost._close()
@@ -265,13 +257,13 @@ def test_dp_sampling_and_noise_are_not_replayable_from_the_seed() -> None:
 
 def test_empty_poisson_batches_still_take_a_noise_only_step(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    original = vision._noise_only_step
+    original = local_training._noise_only_step
 
-    def counting(optimizer: vision.DPOptimizer) -> None:
+    def counting(optimizer: local_training.DPOptimizer) -> None:
         calls.append(1)
         original(optimizer)
 
-    monkeypatch.setattr(vision, "_noise_only_step", counting)
+    monkeypatch.setattr(local_training, "_noise_only_step", counting)
     model = _tiny(lr=0.01)
     start = [p.detach().clone() for p in model.parameters()]
     dp = DPConfig(grad_sample_mode="ghost")

@@ -16,7 +16,8 @@ import torch
 
 from training.decision import DECISION_FILE, Decision
 from training.imaging.data import ImagePreprocessor, decode_image
-from training.imaging.vision import VisionModel, build_vision_model, default_device, predict_vision
+from training.imaging.local import predict_vision
+from training.imaging.vision import VisionModel, build_vision_model, default_device
 
 __all__ = ["VisionScorer"]
 

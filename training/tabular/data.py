@@ -43,7 +43,7 @@ class TabularDataset(Dataset):
         return self.x[idx], self.y[idx]
 
 
-def _keep_batch(batch: Any) -> Any:
+def keep_batch(batch: Any) -> Any:
     """Collate for :class:`TabularDataset`: the batch is already two tensors."""
     return batch
 
@@ -175,12 +175,12 @@ class HospitalDataModule(pl.LightningDataModule):
         data = self.dataset("train")
         generator = torch.Generator().manual_seed(self.seed)
         sampler = BatchSampler(RandomSampler(data, generator=generator), self.batch_size, drop_last=False)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=_keep_batch)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=keep_batch)
 
     def _eval_loader(self, part: str) -> DataLoader:
         data = self.dataset(part)
         sampler = BatchSampler(range(len(data)), 4096, drop_last=False)  # type: ignore[arg-type]
-        return DataLoader(data, batch_sampler=sampler, collate_fn=_keep_batch)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=keep_batch)
 
     def val_dataloader(self) -> DataLoader:
         """The val rows, or the held-out test rows when the hospital has no val part."""
