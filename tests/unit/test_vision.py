@@ -330,7 +330,13 @@ def test_lightning_steps_run_in_a_trainer() -> None:
     loader = DataLoader(TensorDataset(xf, torch.from_numpy(Y[:16])), batch_size=8)
     trainer = pl.Trainer(fast_dev_run=True, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu")
-    trainer.fit(_tiny(), loader, loader)
+    model = _tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, loader, loader)
+    assert trainer.global_step == 1  # fast_dev_run: one optimisation step, then one val batch
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), "the step changed no weight"
+    losses = {stage: trainer.callback_metrics.get(f"{stage}_loss") for stage in ("train", "val")}
+    assert all(loss is not None and torch.isfinite(loss) for loss in losses.values()), losses
 
 
 @pytest.mark.gpu
