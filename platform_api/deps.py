@@ -1,8 +1,10 @@
-"""Typed FastAPI dependencies: the database session and the authenticated caller."""
+"""Typed FastAPI dependencies: the database session, the caller (and its tenant), and the services."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -10,15 +12,36 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from experiments.registry import ModelRegistry
+from platform_api import services
 from platform_api.auth import Principal, authenticate, authenticate_cached
+from platform_api.cache import LocalCache, TTLStore
 from platform_api.db import DatabaseUrl, get_session, session_factory
 from platform_api.errors import Forbidden, NotAuthenticated, TooManyRequests
+from platform_api.metrics import ApiMetrics
+from platform_api.ratelimit import RateLimits
+from platform_api.recorder import Recorder
+from platform_api.reviews import ReviewService
+from platform_api.settings import get_settings
 
-__all__ = ["CallerDep", "LimitQuery", "OffsetQuery", "PatientReader", "PatientWriter", "SessionDep", "bearer_scheme",
-           "client_address", "identify_caller", "require_roles"]
+__all__ = ["CallerDep", "FeaturesDep", "LimitQuery", "MetricsDep", "ModelsDep", "OffsetQuery", "PatientReader",
+           "PatientWriter", "PredictionCacheDep", "RateLimitsDep", "RecorderDep", "RegistryDep", "ReviewsDep",
+           "SessionDep", "TenantPrincipal", "TerminologyDep", "TwinIndexDep", "bearer_scheme", "client_address",
+           "get_feature_service", "get_metrics", "get_model_service", "get_prediction_cache", "get_rate_limits",
+           "get_recorder", "get_registry", "get_review_service", "get_terminology_service", "get_twin_index",
+           "identify_caller", "registry_at", "require_roles", "require_tenant_roles"]
 
 SessionDep = Annotated[Session, Depends(get_session)]
-_bearer = HTTPBearer(auto_error=False, description="An API key `bv_<id>_<secret>`, or an access token from `POST /v1/oauth/token`")
+bearer_scheme = HTTPBearer(auto_error=False,
+                           description="An API key `bv_<id>_<secret>`, or an access token from `POST /v1/oauth/token`")
+
+
+@dataclass(frozen=True)
+class TenantPrincipal(Principal):
+    """A caller bound to a tenant: checked once by :func:`require_tenant_roles`, so routes
+    never test ``tenant_id`` again."""
+
+    tenant_id: str
 
 
 def _authenticate(url: str, token: str | None) -> Principal:
@@ -31,12 +54,28 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def _caller(request: Request, url: DatabaseUrl,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+async def get_rate_limits(request: Request) -> RateLimits | None:
+    """The app's rate limits (none in an app built without them)."""
+    limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
+    return limits
+
+
+async def get_metrics(request: Request) -> ApiMetrics | None:
+    """The app's Prometheus metrics (none in an app built without them)."""
+    metrics: ApiMetrics | None = getattr(request.app.state, "metrics", None)
+    return metrics
+
+
+RateLimitsDep = Annotated[RateLimits | None, Depends(get_rate_limits)]
+MetricsDep = Annotated[ApiMetrics | None, Depends(get_metrics)]
+
+
+async def identify_caller(request: Request, url: DatabaseUrl,
+                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> Principal:
     """The caller: from the principal cache on the event loop, else from the database in a
     thread, unless the address is over its limit of failed checks (429)."""
     token = credentials.credentials if credentials else None
-    limits = getattr(request.app.state, "rate_limits", None)
+    limits = await get_rate_limits(request)
     address = client_address(request)
     try:
         cached = authenticate_cached(token)
@@ -51,30 +90,102 @@ async def _caller(request: Request, url: DatabaseUrl,
         raise
 
 
-CallerDep = Annotated[Principal, Depends(_caller)]
-#: Public names of the bearer scheme and the key check, for routes that admit other credentials too (``/metrics``).
-bearer_scheme = _bearer
-identify_caller = _caller
+CallerDep = Annotated[Principal, Depends(identify_caller)]
 
 
-def require_roles(*roles: str, tenant: bool = True) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency admitting only ``roles`` (and, if ``tenant``, only tenant-bound keys)."""
+def _allowed(caller: Principal, roles: tuple[str, ...]) -> Principal:
+    if caller.role not in roles:
+        raise Forbidden(f"role {caller.role} may not do this (allowed: {', '.join(roles)})")
+    return caller
+
+
+def require_roles(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency admitting only ``roles`` (platform-wide keys and tenants' keys alike)."""
 
     async def check(caller: CallerDep) -> Principal:
-        if caller.role not in roles:
-            raise Forbidden(f"role {caller.role} may not do this (allowed: {', '.join(roles)})")
-        if tenant and caller.tenant_id is None:
+        return _allowed(caller, roles)
+
+    return check
+
+
+def require_tenant_roles(*roles: str) -> Callable[[Principal], Awaitable[TenantPrincipal]]:
+    """A dependency admitting only tenant-bound keys of ``roles``: the caller with its tenant."""
+
+    async def check(caller: CallerDep) -> TenantPrincipal:
+        _allowed(caller, roles)
+        if caller.tenant_id is None:
             raise Forbidden("this key belongs to no tenant; patient data is reached through a tenant's key")
-        return caller
+        return TenantPrincipal(key_id=caller.key_id, role=caller.role, tenant_id=caller.tenant_id, name=caller.name)
 
     return check
 
 
 #: Callers who may read a tenant's patient data, and those who may change it. Clinical
 #: validators see models and their reports, never patient twins (least privilege).
-PatientReader = Annotated[Principal, Depends(require_roles("app", "hospital", "admin"))]
-PatientWriter = Annotated[Principal, Depends(require_roles("app", "hospital", "admin"))]
+PatientReader = Annotated[TenantPrincipal, Depends(require_tenant_roles("app", "hospital", "admin"))]
+PatientWriter = Annotated[TenantPrincipal, Depends(require_tenant_roles("app", "hospital", "admin"))]
 
 #: Paging parameters shared by the list routes.
 LimitQuery = Annotated[int, Query(ge=1, le=200)]
 OffsetQuery = Annotated[int, Query(ge=0, le=10_000_000)]
+
+
+# The services. Async on purpose: FastAPI runs a sync dependency in the thread pool, and
+# these only hand out process-wide objects.
+
+async def get_feature_service() -> services.FeatureService:
+    """Current features of a tenant's patients (Feast, TTL-cached)."""
+    return services.get_features()
+
+
+async def get_model_service() -> services.ModelService:
+    """The served model version, following its alias."""
+    return services.get_models()
+
+
+async def get_terminology_service() -> services.TerminologyService:
+    """The codes (SNOMED CT, LOINC) of a model version's spec."""
+    return services.get_terminology()
+
+
+async def get_prediction_cache() -> TTLStore:
+    """The latest prediction of each twin (300 s)."""
+    return services.get_prediction_cache()
+
+
+async def get_twin_index() -> LocalCache:
+    """twin id -> patient id, per tenant."""
+    return services.get_twin_index()
+
+
+async def get_recorder(url: DatabaseUrl) -> Recorder:
+    """The group-committing writer of predictions and audit events for the platform database."""
+    return services.get_recorder(url)
+
+
+@functools.cache
+def registry_at(uri: str) -> ModelRegistry:
+    """The registry client of a tracking URI (one per URI and process)."""
+    return ModelRegistry(uri)
+
+
+async def get_registry() -> ModelRegistry:
+    """The registry the API reviews (the tracking URI the API scores from)."""
+    return registry_at(get_settings().resolved_tracking_uri())
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+async def get_review_service(registry: RegistryDep) -> ReviewService:
+    """Review decisions through the registry's gate, audited."""
+    return ReviewService(registry)
+
+
+FeaturesDep = Annotated[services.FeatureService, Depends(get_feature_service)]
+ModelsDep = Annotated[services.ModelService, Depends(get_model_service)]
+TerminologyDep = Annotated[services.TerminologyService, Depends(get_terminology_service)]
+PredictionCacheDep = Annotated[TTLStore, Depends(get_prediction_cache)]
+TwinIndexDep = Annotated[LocalCache, Depends(get_twin_index)]
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]
+ReviewsDep = Annotated[ReviewService, Depends(get_review_service)]

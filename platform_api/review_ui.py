@@ -1,17 +1,4 @@
-"""The validators' review page: every model's pending versions, each version's report
-beside the production version's, and the approve / reject / promote forms.
-
-A version page shows, in this order: its quality warning (tag ``validation.quality_warning``)
-and any "production alias without approval", the comparison with production, the full
-report, and only then the decision buttons. Rendering the page fetches the report for the
-signed-in validator, so its form carries that validator's read receipt (approval needs one).
-
-Server-rendered (Jinja2, autoescaped), no JavaScript. Sign-in takes an API key once and
-keeps a short-lived signed access token in an HttpOnly, SameSite=Strict cookie; every
-form carries a CSRF token bound to that cookie. The decisions go through the same gate
-(:mod:`experiments.registry`) and the same audit log as the CLI and the JSON API, so the
-page can do nothing they cannot.
-"""
+"""The validators' review page: pending versions, each report beside production's, and the decision forms."""
 
 from __future__ import annotations
 
@@ -26,14 +13,14 @@ from fastapi import APIRouter, Cookie, Depends, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
+from sqlalchemy.orm import Session
 
-from experiments.registry import ModelRegistry, ReviewError, VersionInfo, audit_action
-from platform_api.audit import audited
+from experiments.registry import ModelRegistry, ReviewError, VersionInfo
 from platform_api.auth import Principal, authenticate, issue_token_for, signing_key
 from platform_api.db import DatabaseUrl, session_factory
-from platform_api.deps import client_address
+from platform_api.deps import RateLimitsDep, RegistryDep, ReviewsDep, client_address
 from platform_api.errors import NotAuthenticated
-from platform_api.routes.registry import registry
+from platform_api.reviews import ReviewService
 from platform_api.settings import get_settings
 
 __all__ = ["router"]
@@ -204,10 +191,10 @@ def login_page(m: str | None = None) -> HTMLResponse:
 
 
 @router.post("/login")
-def login(request: Request, url: DatabaseUrl, api_key: Annotated[str, Form(max_length=300)]) -> Response:
+def login(request: Request, url: DatabaseUrl, limits: RateLimitsDep, api_key: Annotated[str, Form(max_length=300)]) -> Response:
     """Check the key once; keep a short-lived access token in an HttpOnly cookie. Failed
     sign-ins count against the address's limit of failed key checks (platform_api.ratelimit)."""
-    limits, address = getattr(request.app.state, "rate_limits", None), client_address(request)
+    address = client_address(request)
     if limits is not None and (wait := limits.auth_blocked(address)):
         refused = _render("Sign in", _LOGIN, flash=f"too many failed sign-ins from this address; retry in {wait} s",
                           flash_kind="err", status=429)
@@ -237,17 +224,16 @@ def logout(session: SessionCookie, csrf: Annotated[str, Form()] = "") -> Respons
     return response
 
 
-def _versions(name: str) -> list[VersionInfo]:
+def _versions(reg: ModelRegistry, name: str) -> list[VersionInfo]:
     try:
-        return registry().versions(name)
+        return reg.versions(name)
     except ReviewError:  # no such model yet
         return []
 
 
-def _overview(served: str) -> dict[str, Any]:
+def _overview(reg: ModelRegistry, served: str) -> dict[str, Any]:
     """Every registered model's pending versions and hand-moved production aliases, and the
     served model's versions."""
-    reg = registry()
     names: list[str] = []
     token: str | None = None
     while True:
@@ -256,26 +242,25 @@ def _overview(served: str) -> dict[str, Any]:
         token = page.token
         if not token:
             break
-    every = {name: _versions(name) for name in sorted(set(names))}
+    every = {name: _versions(reg, name) for name in sorted(set(names))}
     flat = [v for versions in every.values() for v in versions]
     return {"pending": [v for v in flat if v.review_status == "pending"], "gated": [v for v in flat if v.gate_warning],
-            "versions": every.get(served) or _versions(served)}
+            "versions": every.get(served) or _versions(reg, served)}
 
 
 @router.get("", response_class=HTMLResponse)
-async def versions_page(session: SessionCookie, m: str | None = None, e: str | None = None) -> Response:
+async def versions_page(session: SessionCookie, reg: RegistryDep, m: str | None = None, e: str | None = None) -> Response:
     """Every model's pending versions, then every version of the served model, newest first."""
     if session is None:
         return _to_login()
     who, csrf = session
     name = get_settings().model_name
-    overview = await run_in_threadpool(_overview, name)
+    overview = await run_in_threadpool(_overview, reg, name)
     return _render("Pending review", _LIST, who=who, csrf=csrf, name=name, flash=m or e,
                    flash_kind="err" if e else "ok", **overview)
 
 
-def _version_context(name: str, version: str, who: Principal) -> dict[str, Any]:
-    reg = registry()
+def _version_context(reg: ModelRegistry, name: str, version: str, who: Principal) -> dict[str, Any]:
     info = reg.show(name, version)
     read = reg.read_report(name, version, who.identity)  # the page fetches the report for the reader
     report, receipt = read if read is not None else (None, None)
@@ -286,13 +271,14 @@ def _version_context(name: str, version: str, who: Principal) -> dict[str, Any]:
 
 
 @router.get("/{name}/{version}", response_class=HTMLResponse)
-async def version_page(name: str, version: str, session: SessionCookie, m: str | None = None, e: str | None = None) -> Response:
+async def version_page(name: str, version: str, session: SessionCookie, reg: RegistryDep, m: str | None = None,
+                       e: str | None = None) -> Response:
     """One version: comparison with production, the decision forms, the full report."""
     if session is None:
         return _to_login()
     who, csrf = session
     try:
-        context = await run_in_threadpool(_version_context, name, version, who)
+        context = await run_in_threadpool(_version_context, reg, name, version, who)
     except ReviewError as err:
         return _render("Not found", "<h1>{{ message }}</h1>", who=who, csrf=csrf, message=str(err), status=404)
     info: VersionInfo = context["v"]
@@ -304,11 +290,11 @@ async def version_page(name: str, version: str, session: SessionCookie, m: str |
 
 
 @router.get("/{name}/{version}/report.html", response_class=HTMLResponse)
-async def version_report(name: str, version: str, session: SessionCookie) -> Response:
+async def version_report(name: str, version: str, session: SessionCookie, reg: RegistryDep) -> Response:
     """The version's stored HTML report (for the page's frame)."""
     if session is None:
         return _to_login()
-    html = await run_in_threadpool(registry().report_html, name, version)
+    html = await run_in_threadpool(reg.report_html, name, version)
     if html is None:
         return HTMLResponse("<p>No validation report.</p>", status_code=404)
     return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
@@ -321,9 +307,9 @@ def _back(name: str, version: str, *, ok: str | None = None, error: str | None =
 
 
 async def _validator_action(session: tuple[Principal, str] | None, csrf: str, url: str, action: str,
-                            target: tuple[str, str], decide: Callable[[Principal], Any], done: str) -> Response:
+                            target: tuple[str, str], decide: Callable[[Session, Principal], Any], done: str) -> Response:
     """A form's gate action: the session and its CSRF token checked, validators only,
-    audited like the API's; back to the version page with the outcome or the refusal."""
+    decided through the review service; back to the version page with the outcome or the refusal."""
     if session is None or not hmac.compare_digest(session[1], csrf):
         return _to_login("please sign in again")
     who = session[0]
@@ -331,8 +317,8 @@ async def _validator_action(session: tuple[Principal, str] | None, csrf: str, ur
         return HTMLResponse(f"only clinical validators {action} versions", status_code=403)
 
     def run() -> str:
-        with session_factory(url)() as db, audited(db, who, audit_action(action, *target)):
-            return str(decide(who).outcome)
+        with session_factory(url)() as db:
+            return str(decide(db, who).outcome)
 
     try:
         outcome = await run_in_threadpool(run)
@@ -341,26 +327,29 @@ async def _validator_action(session: tuple[Principal, str] | None, csrf: str, ur
     return _back(*target, ok=done.format(outcome=outcome))
 
 
+def _form_decision(reviews: ReviewService, action: str, name: str, version: str, rationale: str,
+                   receipt: str) -> Callable[[Session, Principal], Any]:
+    """The form's approve or reject (a rejection without a read receipt carries none)."""
+    if action == "approve":
+        return lambda db, who: reviews.approve(db, who, name, version, rationale=rationale, receipt=receipt)
+    return lambda db, who: reviews.reject(db, who, name, version, rationale=rationale, receipt=receipt or None)
+
+
 @router.post("/{name}/{version}/decision")
-async def decide(name: str, version: str, url: DatabaseUrl, session: SessionCookie,
+async def decide(name: str, version: str, url: DatabaseUrl, session: SessionCookie, reviews: ReviewsDep,
                  action: Annotated[str, Form(pattern="^(approve|reject)$")],
                  rationale: Annotated[str, Form(max_length=5000)],
                  receipt: Annotated[str, Form(max_length=300)] = "",
                  csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
     """Approve or reject, through the registry's gate, with the page's read receipt."""
-    if action == "approve":
-        def gate(who: Principal) -> Any:
-            return registry().approve(name, version, validator=who.identity, rationale=rationale, receipt=receipt)
-    else:
-        def gate(who: Principal) -> Any:
-            return registry().reject(name, version, validator=who.identity, rationale=rationale, receipt=receipt or None)
+    gate = _form_decision(reviews, action, name, version, rationale, receipt)
     return await _validator_action(session, csrf, url, action, (name, version), gate, f"version {version} {{outcome}}")
 
 
 @router.post("/{name}/{version}/promote")
-async def promote(name: str, version: str, url: DatabaseUrl, session: SessionCookie,
+async def promote(name: str, version: str, url: DatabaseUrl, session: SessionCookie, reviews: ReviewsDep,
                   csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
     """Give an approved version the production alias."""
     return await _validator_action(session, csrf, url, "promote", (name, version),
-                                   lambda who: registry().promote(name, version, actor=who.identity.display),
+                                   lambda db, who: reviews.promote(db, who, name, version),
                                    f"version {version} is now production")

@@ -16,7 +16,7 @@ from platform_api.schemas import AuditEventPublic, AuditPage
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-Admin = Annotated[Principal, Depends(require_roles("admin", tenant=False))]
+Admin = Annotated[Principal, Depends(require_roles("admin"))]
 
 
 @router.get("/audit", response_model=AuditPage)

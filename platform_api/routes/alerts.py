@@ -25,7 +25,6 @@ def list_alerts(
     offset: OffsetQuery = 0,
 ) -> AlertPage:
     """The caller's tenant's alerts, newest first."""
-    assert caller.tenant_id is not None
     with audited(session, caller, "alert.list"):
         items, total = crud.list_alerts(session=session, tenant_id=caller.tenant_id, status=status, limit=limit, offset=offset)
         page = AlertPage(items=[AlertPublic.model_validate(a) for a in items], total=total, limit=limit, offset=offset)
@@ -35,7 +34,6 @@ def list_alerts(
 @router.post("/{alert_id}/acknowledge", response_model=AlertPublic)
 def acknowledge(alert_id: str, session: SessionDep, caller: PatientReader) -> AlertPublic:
     """Acknowledge an alert of the caller's tenant."""
-    assert caller.tenant_id is not None
     with audited(session, caller, f"alert.ack:{alert_id[:40]}", writes=True):
         alert = AlertPublic.model_validate(crud.acknowledge_alert(session=session, tenant_id=caller.tenant_id,
                                                                    alert_id=alert_id, by=caller.key_id))

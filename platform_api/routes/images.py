@@ -59,7 +59,6 @@ async def classify_image(twin_id: str, image: ImageUpload, request: Request, url
     The result is stored on the twin with the model version that made it and the image's
     SHA-256; the image itself is not kept. Multipart form, field ``image``.
     """
-    assert caller.tenant_id is not None
     tenant = caller.tenant_id
     audit: dict[str, Any] = {"actor": caller.key_id, "role": caller.role, "tenant_id": tenant, "patient_id": None,
                              "action": f"image_prediction.create:{twin_id[:40]}", "outcome": "ok"}
@@ -93,7 +92,6 @@ async def classify_image(twin_id: str, image: ImageUpload, request: Request, url
 def image_history(twin_id: str, session: SessionDep, caller: PatientReader, limit: LimitQuery = 50,
                   offset: OffsetQuery = 0) -> ImagePredictionPage:
     """A twin's image classifications, newest first."""
-    assert caller.tenant_id is not None
     with audited(session, caller, f"image_prediction.list:{twin_id[:40]}") as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id

@@ -71,7 +71,6 @@ async def patients_of(url: str, tenant_id: str, twin_ids: list[str]) -> dict[str
 async def _score(request: Request, url: str, caller: Principal, action: str, twin_ids: list[str]) -> list[PredictionPublic]:
     """Features of the twins, one model call for all, then predictions, alerts and the audit
     event committed together by the recorder (answered once durable)."""
-    assert caller.tenant_id is not None
     tenant = caller.tenant_id
     audit: dict[str, Any] = {"actor": caller.key_id, "role": caller.role, "tenant_id": tenant, "patient_id": None,
                              "action": action, "outcome": "ok"}
@@ -151,7 +150,6 @@ _PREDICTION_LIST = TypeAdapter(list[PredictionPublic])
 @router.get("/v1/predictions/{prediction_id}", response_model=PredictionPublic)
 def read_prediction(prediction_id: str, session: SessionDep, caller: PatientReader) -> PredictionPublic:
     """One stored prediction of the caller's tenant: risk, model version, inputs used."""
-    assert caller.tenant_id is not None
     with audited(session, caller, f"prediction.read:{prediction_id[:40]}") as target:
         prediction, twin, priority = crud.get_prediction(session=session, tenant_id=caller.tenant_id, prediction_id=prediction_id)
         target["patient_id"] = twin.patient_id
@@ -165,7 +163,6 @@ def read_prediction_fhir(prediction_id: str, session: SessionDep, caller: Patien
     """The prediction as a FHIR R4 RiskAssessment: SNOMED CT/LOINC codes from the model
     version's spec, the inputs as contained Observations in ``basis``, the prediction
     window (docs/fhir.md)."""
-    assert caller.tenant_id is not None
     with audited(session, caller, f"prediction.fhir:{prediction_id[:40]}") as target:
         prediction, twin, priority = crud.get_prediction(session=session, tenant_id=caller.tenant_id, prediction_id=prediction_id)
         target["patient_id"] = twin.patient_id
@@ -183,7 +180,6 @@ def prediction_history(
     offset: OffsetQuery = 0,
 ) -> PredictionPage:
     """A twin's predictions, newest first."""
-    assert caller.tenant_id is not None
     with audited(session, caller, f"prediction.list:{twin_id[:40]}") as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id
@@ -198,7 +194,6 @@ def observe(twin_id: str, body: ObservationCreate, session: SessionDep, caller: 
     naming it) at a time with a time zone (a naive one answers 422). Pushed to the offline
     history, and online unless a newer observation is current there (last write by event
     time; such features are listed in ``not_applied``); the twin's cached state is dropped."""
-    assert caller.tenant_id is not None
     with audited(session, caller, f"observation.create:{twin_id[:40]}") as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id

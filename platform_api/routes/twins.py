@@ -23,7 +23,6 @@ router = APIRouter(prefix="/v1/twins", tags=["twins"])
              responses={409: {"description": "The patient already has a twin in this tenant"}})
 def create_twin(twin_in: TwinCreate, session: SessionDep, caller: PatientWriter) -> TwinPublic:
     """Create a twin for a patient of the caller's tenant."""
-    assert caller.tenant_id is not None
     with audited(session, caller, "twin.create", twin_in.patient_id, writes=True):
         twin = crud.create_twin(session=session, tenant_id=caller.tenant_id, twin_in=twin_in)
         public = TwinPublic.model_validate(twin)
@@ -39,7 +38,6 @@ def list_twins(
     patient_id: Annotated[str | None, Query(min_length=1, max_length=128, description="Only the twin of this patient.")] = None,
 ) -> TwinPage:
     """The caller's tenant's twins, a page at a time (or the twin of one patient)."""
-    assert caller.tenant_id is not None
     with audited(session, caller, "twin.list", patient_id):
         items, total = crud.list_twins(session=session, tenant_id=caller.tenant_id, limit=limit, offset=offset, patient_id=patient_id)
         page = TwinPage(items=[TwinPublic.model_validate(t) for t in items], total=total, limit=limit, offset=offset)
@@ -50,7 +48,6 @@ def list_twins(
 def read_twin(twin_id: str, session: SessionDep, caller: PatientReader) -> TwinDetail:
     """One twin of the caller's tenant (any other answers 404): identity, current features
     from the online store (cached 60 s) and the latest prediction."""
-    assert caller.tenant_id is not None
     with audited(session, caller, f"twin.read:{twin_id[:40]}") as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id
@@ -81,7 +78,6 @@ def _latest_prediction(session: Session, twin_id: str) -> PredictionPublic | Non
 @router.patch("/{twin_id}", response_model=TwinPublic)
 def update_twin(twin_id: str, twin_in: TwinUpdate, session: SessionDep, caller: PatientWriter) -> TwinPublic:
     """Change a twin of the caller's tenant."""
-    assert caller.tenant_id is not None
     with audited(session, caller, f"twin.update:{twin_id[:40]}", writes=True) as target:
         twin = crud.get_twin(session=session, tenant_id=caller.tenant_id, twin_id=twin_id)
         target["patient_id"] = twin.patient_id

@@ -195,9 +195,9 @@ def review_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str, model:
     from platform_api import db
     from platform_api.auth import create_key
     from platform_api.main import create_app
-    from platform_api.routes import registry
+    from platform_api.deps import registry_at
 
-    registry._registry.cache_clear()
+    registry_at.cache_clear()
     try:
         with TestClient(create_app()) as http:
             with db.session_factory()() as session:

@@ -172,7 +172,7 @@ def test_an_alias_moved_by_hand_serves_nothing_new_and_is_audited(api: dict[str,
     from platform_api import services
 
     models = services.get_models()
-    models.poll = 0.0
+    models.poll_seconds = 0.0
     assert models.current().version == "1"
 
     client.set_registered_model_alias(MODEL, "production", "2")  # the MLflow UI's pencil, or a script
@@ -205,11 +205,11 @@ def test_an_unusable_gate_key_or_a_registry_down_is_503_not_500(api: dict[str, A
     assert answer.status_code == 503, answer.text
     assert "signing key" in answer.json()["detail"] and "too-short" not in answer.text
     monkeypatch.delenv("BIOVERSE_GATE_KEY")
-    from platform_api.routes import registry
+    from platform_api.deps import registry_at
 
     monkeypatch.setenv("BIOVERSE_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     clear_platform_caches()
-    registry._registry.cache_clear()
+    registry_at.cache_clear()
     answer = http.get(f"/v1/registry/models/{MODEL}/versions", headers=_h(keys["validator"]))
     assert answer.status_code == 503, answer.text

@@ -58,9 +58,9 @@ def site(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
     from platform_api.auth import create_key
     from platform_api.db import migrate
     from platform_api.main import create_app
-    from platform_api.routes import registry
+    from platform_api.deps import registry_at
 
-    registry._registry.cache_clear()
+    registry_at.cache_clear()
     migrate(f"sqlite:///{tmp_path / 'platform.db'}")
     with db.session_factory()() as session:  # a platform-wide model: its validators' keys have no tenant
         keys = {"clinical_validator": create_key(session, role="clinical_validator", tenant_id=None, name="Dr Quinn"),
