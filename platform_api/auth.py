@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from experiments.gate import Identity
-from platform_api.errors import NotAuthenticated
+from platform_api.errors import KeyRequestInvalid, NotAuthenticated
 from platform_api.models import ROLES, ApiKey, Tenant
 from platform_api.settings import get_settings
 
@@ -53,9 +53,9 @@ def create_key(session: Session, *, role: str, tenant_id: str | None, name: str 
     false the key is only flushed, for a caller that commits it with its audit event.
     """
     if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        raise KeyRequestInvalid(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     if role not in ("admin", "clinical_validator") and not tenant_id:
-        raise ValueError(f"a {role} key needs a tenant")
+        raise KeyRequestInvalid(f"a {role} key needs a tenant")
     if tenant_id and session.get(Tenant, tenant_id) is None:
         session.add(Tenant(id=tenant_id, name=tenant_id))
         session.flush()  # the key's foreign key needs the tenant row first
@@ -179,8 +179,6 @@ def issue_access_token(session: Session, client_id: str, client_secret: str) -> 
     Raises:
         NotAuthenticated: unknown, revoked or wrong secret.
     """
-    import jwt
-
     return issue_token_for(_check_key(session, client_id, client_secret))
 
 

@@ -1,8 +1,9 @@
-"""Errors of the platform API, and the one table that maps domain errors to HTTP answers.
+"""Errors of the platform API, and the one table that answers every domain error with its HTTP status.
 
-Hierarchy::
+Hierarchy (statuses from :data:`STATUS`, resolved through each error's class hierarchy)::
 
-    PlatformError
+    PlatformError          400: any other refusal of the API
+    ├── KeyRequestInvalid       a key asked for with an unknown role or without its tenant (also a ValueError)
     ├── NotAuthenticated   401: no or unknown credentials
     ├── Forbidden          403: the caller's role may not do this
     ├── NotFound           404: unknown, or another tenant's (the same answer)
@@ -11,12 +12,11 @@ Hierarchy::
     ├── UnsupportedMedia   415: an upload that is not a PNG or JPEG image
     ├── TooManyRequests    429: over a rate limit (with Retry-After)
     └── Unavailable        503: a service the request needs does not answer (vision)
+        └── DependencyDown      a configured dependency does not answer (``/readyz``)
 
-Errors of the lower layers are answered through the same table: a model or feature store
-that is not ready, or a database that does not answer, is 503; a review the registry's
-gate refuses is 409 (403 for approving one's own model, 404 for an unknown version); features a model or the feature store cannot take are 422;
-a twin whose stored features break their contract cannot be scored (409, naming the twin and the feature);
-MLflow not answering, or a signing key (gate, audit) that is missing or unusable, is 503.
+    BodyTooLarge (fastapi.HTTPException)  413: a streamed body passed the limit
+
+The lower layers' errors are in the same table (see docs/api.md for all of it).
 """
 
 from __future__ import annotations
@@ -25,40 +25,46 @@ import logging
 import math
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from experiments.errors import TrackingError
+from experiments.errors import ExperimentError, TrackingError
 from experiments.keys import SecretKeyError
-from experiments.registry import (
-    LauncherUnknown,
-    NothingToRollBack,
-    NotApproved,
-    NotPending,
+from experiments.review_records import (
     RationaleRequired,
     RationaleTooLong,
-    ReportMissing,
     ReportNotRead,
-    ReportStale,
     ReviewError,
     SelfApproval,
     VersionNotFound,
     WrongScope,
 )
-from feature_store.errors import FeatureDataError, FeatureRepoError, StoredValueError
-from serving.errors import ModelNotReadyError, PredictionInputError
+from feature_store.errors import (
+    FeatureDataError,
+    FeatureQueryError,
+    FeatureRepoError,
+    FeatureStoreError,
+    StoredValueError,
+)
+from serving.errors import ModelNotReadyError, PredictionInputError, ServingError
+from training.errors import TrainingError
 
-__all__ = ["Conflict", "Forbidden", "NotAuthenticated", "NotFound", "PayloadTooLarge", "PlatformError", "TooManyRequests",
-           "Unavailable", "UnsupportedMedia", "install_error_handlers"]
+__all__ = ["STATUS", "BodyTooLarge", "Conflict", "DependencyDown", "Forbidden", "KeyRequestInvalid", "NotAuthenticated", "NotFound",
+           "PayloadTooLarge", "PlatformError", "TooManyRequests", "Unavailable", "UnsupportedMedia",
+           "install_error_handlers", "status_of"]
 
 logger = logging.getLogger(__name__)
 
 
 class PlatformError(Exception):
     """Base class of the platform API's domain errors."""
+
+
+class KeyRequestInvalid(PlatformError, ValueError):
+    """An API key asked for with a role that does not exist, or without the tenant its role needs."""
 
 
 class NotAuthenticated(PlatformError):
@@ -97,7 +103,18 @@ class Unavailable(PlatformError):
     """A service the request needs (the vision deployment) does not answer."""
 
 
-_STATUS: dict[type[Exception], int] = {
+class DependencyDown(Unavailable):
+    """A dependency the API is configured with (database, cache, feature store, registry) does not answer."""
+
+
+class BodyTooLarge(HTTPException):
+    """A streamed request body passed its limit (an HTTPException, so FastAPI's body parsing lets it through)."""
+
+
+#: Domain error -> HTTP status. An error is answered with the status of the first class of
+#: its hierarchy (``type(exc).__mro__``) found here, so a new subclass gets its base's.
+STATUS: dict[type[Exception], int] = {
+    PlatformError: 400,
     NotAuthenticated: 401,
     Forbidden: 403,
     NotFound: 404,
@@ -106,35 +123,39 @@ _STATUS: dict[type[Exception], int] = {
     UnsupportedMedia: 415,
     TooManyRequests: 429,
     Unavailable: 503,
-    PredictionInputError: 422,
-    FeatureDataError: 422,
-    StoredValueError: 409,
+    OperationalError: 503,  # the platform database does not answer
+    ServingError: 503,  # the served model cannot answer
     ModelNotReadyError: 503,
+    PredictionInputError: 422,  # features the model cannot take
+    FeatureStoreError: 503,  # the feature store cannot answer
     FeatureRepoError: 503,
-    OperationalError: 503,
-    VersionNotFound: 404,
-    SelfApproval: 403,
-    LauncherUnknown: 409,
-    RationaleRequired: 422,
-    RationaleTooLong: 422,
-    NotPending: 409,
-    ReportMissing: 409,
-    ReportStale: 409,
-    NotApproved: 409,
-    NothingToRollBack: 409,
-    ReportNotRead: 403,
-    WrongScope: 403,
-    ReviewError: 409,  # any other refusal of the gate (e.g. a decision with an unnamed key)
+    FeatureDataError: 422,  # observations the feature store cannot take
+    FeatureQueryError: 422,
+    StoredValueError: 409,  # a twin whose stored features break their contract cannot be scored
+    TrainingError: 422,  # a value a packaged model cannot take
+    ExperimentError: 409,  # the experiment or registry state refuses the request
     TrackingError: 503,  # MLflow (tracking server, registry, artifact store) did not answer
     SecretKeyError: 503,  # the gate or audit key is missing or unusable: the operator's to fix
+    ReviewError: 409,  # the registry's gate refuses (decided already, no or stale report, not approved...)
+    VersionNotFound: 404,
+    SelfApproval: 403,
+    ReportNotRead: 403,
+    WrongScope: 403,
+    RationaleRequired: 422,
+    RationaleTooLong: 422,
 }
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status of ``exc``: that of the nearest class of its hierarchy in :data:`STATUS` (else 500)."""
+    return next((STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS), 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Answer domain errors with their status and ``{"detail": message}``."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        status = next(code for cls, code in _STATUS.items() if isinstance(exc, cls))
+        status = status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, TooManyRequests):
             headers = {"Retry-After": str(exc.retry_after)}
@@ -146,7 +167,7 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = "the server's signing key is missing or unusable; the operator has been told in the server log"
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
-    for cls in _STATUS:
+    for cls in STATUS:
         app.add_exception_handler(cls, handle)
 
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:

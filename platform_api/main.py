@@ -8,14 +8,14 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from platform_api.cache import CacheErrorCollector
 from platform_api.db import migrate
 from platform_api.edge import AllowMiddleware, install_docs, known_query_only, metrics_access
-from platform_api.errors import install_error_handlers
+from platform_api.errors import BodyTooLarge, install_error_handlers
 from platform_api.metrics import ApiMetrics, MetricsMiddleware, metrics_response
 from platform_api.readiness import check_readiness
 from platform_api.openapi import install_openapi
@@ -65,22 +65,18 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge(413, detail)
+                    raise BodyTooLarge(413, detail)
             return message
 
         try:
             await self.app(scope, counted, send)
-        except _TooLarge:
+        except BodyTooLarge:
             await self._refuse(scope, receive, send, detail)
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
         response = JSONResponse({"detail": detail}, status_code=413)
         await response(scope, receive, send)
-
-
-class _TooLarge(HTTPException):
-    """A streamed body passed the limit (an HTTPException, so FastAPI's body parsing lets it through)."""
 
 
 #: The body of /readyz, ready or not (``{"status": ..., "checks": {dependency: state}}``).

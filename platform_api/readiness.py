@@ -15,6 +15,7 @@ from sqlalchemy import text
 from feature_store.errors import FeatureStoreError
 from platform_api.cache import RedisCache
 from platform_api.db import get_engine
+from platform_api.errors import DependencyDown
 from platform_api.services import get_features, get_models, get_prediction_cache
 from serving.errors import ModelNotReadyError
 
@@ -24,16 +25,12 @@ log = logging.getLogger(__name__)
 OK = "ok"
 
 
-class _Down(Exception):
-    """A dependency that is configured and does not answer."""
-
-
 def _database() -> str:
     try:
         with get_engine().connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as err:  # noqa: BLE001 - any failure means not ready
-        raise _Down(f"does not answer ({type(err).__name__})") from err
+        raise DependencyDown(f"does not answer ({type(err).__name__})") from err
     return OK
 
 
@@ -45,7 +42,7 @@ def _cache() -> str:
         try:
             cache.ping()
         except Exception as err:  # noqa: BLE001
-            raise _Down(f"Redis does not answer ({type(err).__name__}); requests are served without it") from err
+            raise DependencyDown(f"Redis does not answer ({type(err).__name__}); requests are served without it") from err
     return OK
 
 
@@ -56,9 +53,9 @@ def _feature_store() -> str:
     try:
         features.repo.online_features("readyz", ["readyz"], ["vitals:systolic_bp"])
     except FeatureStoreError as err:
-        raise _Down(str(err)) from err
+        raise DependencyDown(str(err)) from err
     except Exception as err:  # noqa: BLE001
-        raise _Down(f"does not answer ({type(err).__name__})") from err
+        raise DependencyDown(f"does not answer ({type(err).__name__})") from err
     return OK
 
 
@@ -70,9 +67,9 @@ def _model() -> str:
         cause = err.__cause__
         if getattr(cause, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
             return f"none approved yet ({err}); predictions answer 503"
-        raise _Down(str(err)) from err
+        raise DependencyDown(str(err)) from err
     except Exception as err:  # noqa: BLE001 - the registry itself does not answer
-        raise _Down(f"the registry does not answer ({type(err).__name__})") from err
+        raise DependencyDown(f"the registry does not answer ({type(err).__name__})") from err
     return f"{OK}: {model.name} version {model.version}"
 
 
@@ -83,7 +80,7 @@ def check_readiness() -> tuple[bool, dict[str, Any]]:
     for name, check in (("database", _database), ("cache", _cache), ("feature_store", _feature_store), ("model", _model)):
         try:
             checks[name] = check()
-        except _Down as err:
+        except DependencyDown as err:
             checks[name] = f"down: {err}"
             down.append(name)
     if down:
