@@ -1,85 +1,90 @@
-"""``bioverse data check`` for tables: a hospital's split, missing codes and categories."""
+"""``bioverse data check`` as a library: every hospital of a spec checked by its modality, problems collected."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import pandas as pd
+from experiments.errors import ExperimentError
+from experiments.spec import ExperimentSpec
+from training.errors import TrainingError
+from training.modality import get_modality
+from training.site_check import SiteCheck
 
-from experiments.spec import DataSpec, HospitalSpec
-from training.categories import VocabularyFinding, vocabulary_findings
-from training.tabular.contract import missing_code_counts, respelled_counts
-from training.tabular.data import HospitalSplit, load_split
-
-__all__ = ["SMALL_TEST_PART", "TableCheck", "check_table", "vocabulary_report"]
-
-#: A held-out part smaller than this gets a warning: its AUROC and calibration are noise.
-SMALL_TEST_PART = 30
+__all__ = ["DataCheck", "SiteFailure", "check_data", "check_site"]
 
 
 @dataclass(frozen=True)
-class TableCheck:
-    """What ``data check`` found in one hospital's table (it met the contract).
-
-    Attributes:
-        hospital: The hospital id.
-        split: Its train/val/test parts, as a run would split them.
-        missing_codes: Per column with missing codes, how many values they turned missing.
-        categories: Per categorical column, each canonical value's count (all rows).
-        respelled: Per categorical column, each raw spelling canonicalisation rewrote, with
-            its canonical value and count (``' M '`` -> ``M``, ``3.0`` -> ``3``).
-    """
+class SiteFailure:
+    """A hospital whose data could not be checked: its file breaks the contract or cannot be read."""
 
     hospital: str
-    split: HospitalSplit
-    missing_codes: dict[str, int]
-    categories: dict[str, dict[str, int]]
-    respelled: dict[str, dict[str, tuple[str, int]]]
+    error: Exception
 
-    def lines(self, data: DataSpec) -> list[str]:
-        """The summary lines ``data check`` prints for this hospital."""
-        split = self.split
-        rows = pd.concat([split.train, split.val, split.test])
-        origin = (f"column '{data.split_column}'" if split.source == "column"
-                  else f"random, test_fraction {data.test_fraction:g}, val_fraction {data.val_fraction:g}")
-        lines = [f"{self.hospital}: ok, {len(rows)} patients: train {len(split.train)}, val {len(split.val)}, "
-                 f"test {len(split.test)} (split from {origin}), prevalence {rows[data.label].mean():.1%}"]
-        if self.missing_codes:
-            turned = ", ".join(f"{c} {n}" for c, n in sorted(self.missing_codes.items()))
-            lines.append(f"{self.hospital}: missing codes turned values into missing: {turned}")
-        for column, spellings in sorted(self.respelled.items()):
-            shown = sorted(spellings.items(), key=lambda item: -item[1][1])
-            named = ", ".join(f"{raw!r} -> {canon!r} ({n})" for raw, (canon, n) in shown[:5])
-            more = f" and {len(shown) - 5} more spellings" if len(shown) > 5 else ""
-            lines.append(f"{self.hospital}: {column} read as canonical values: {named}{more}")
-        return lines
-
-    def warnings(self) -> list[str]:
-        """Warnings about this hospital alone (a tiny held-out part)."""
-        if len(self.split.test) < SMALL_TEST_PART:
-            return [f"{self.hospital}: only {len(self.split.test)} held-out (test) patients: its validation "
-                    "numbers will be noisy"]
-        return []
+    def describe(self) -> str:
+        """``<hospital>: <error message>``."""
+        return f"{self.hospital}: {self.error}"
 
 
-def check_table(data: DataSpec, hospital: HospitalSpec, seed: int) -> TableCheck:
-    """Load and split one hospital's table as a run would, and count what it holds.
+@dataclass(frozen=True)
+class DataCheck:
+    """What ``data check`` found across a spec's hospitals.
+
+    Attributes:
+        sites: Each hospital that met its contract (or has no path), in the spec's order.
+        failures: Each hospital whose data failed, with its error.
+        problems: Findings across hospitals that fail the check (``data.unknown_categories: refuse``).
+        warnings: Findings across hospitals that are only shown.
+    """
+
+    sites: list[SiteCheck] = field(default_factory=list)
+    failures: list[SiteFailure] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No hospital failed and nothing across hospitals is refused."""
+        return not self.failures and not self.problems
+
+
+def check_site(spec: ExperimentSpec, hospital: Any) -> SiteCheck:
+    """Check one hospital's data as a run would load and split it (a site without a path is
+    checked at the hospital).
 
     Raises:
-        DataContractError: the file breaks the contract (naming file, column and row).
+        DataContractError: the hospital's data breaks the contract (naming file, column and row).
     """
-    assert hospital.path is not None
-    contract = data.contract
-    split = load_split(hospital.path, contract, data.test_fraction, seed, data.val_fraction)
-    rows = pd.concat([split.train, split.val, split.test])
-    categories = {c: {str(v): int(n) for v, n in rows[c].dropna().value_counts().items()} for c in contract.categorical}
-    return TableCheck(hospital.id, split, missing_code_counts(hospital.path, contract), categories,
-                      respelled_counts(hospital.path, contract))
+    if hospital.path is None:
+        return SiteCheck(hospital.id, [f"{hospital.id}: no path (deployment site, checked at the hospital)"])
+    return get_modality(spec.data.modality).check_site(spec, hospital)
 
 
-def vocabulary_report(checks: list[TableCheck], data: DataSpec) -> list[VocabularyFinding]:
-    """Per hospital and column, values outside the declared list and values no other
-    checked hospital has (every value named: the check runs where the files are)."""
-    contract = data.contract
-    return vocabulary_findings({c.hospital: c.categories for c in checks},
-                               {column: contract.declared(column) for column in contract.categorical})
+def check_data(spec: ExperimentSpec) -> DataCheck:
+    """Check every hospital named in ``spec``; one hospital's failure does not stop the others.
+
+    A hospital fails on a domain error or on the OS refusing its own data path; any other
+    error propagates (a bug keeps its traceback).
+    """
+    result = DataCheck()
+    for hospital in spec.data.hospitals:
+        try:
+            result.sites.append(check_site(spec, hospital))
+        except (TrainingError, ExperimentError, OSError) as e:
+            if isinstance(e, OSError) and not _about(e, hospital.path):
+                raise
+            result.failures.append(SiteFailure(hospital.id, e))
+    checked = [s for s in result.sites if s.detail is not None]
+    review = get_modality(spec.data.modality).review_sites(spec, checked)
+    result.problems.extend(review.problems)
+    result.warnings.extend(review.warnings)
+    return result
+
+
+def _about(e: OSError, path: Path | str | None) -> bool:
+    """Whether the OS error names the hospital's data path (or a file under it)."""
+    if path is None or e.filename is None:
+        return False
+    failed, given = Path(e.filename).resolve(), Path(path).resolve()
+    return failed == given or given in failed.parents

@@ -12,13 +12,13 @@ import pandas as pd
 
 from experiments.errors import LocalValidationError
 from experiments.spec import DataSpec, ExperimentSpec, ImageDataSpec
+from training.fingerprint import dataset_fingerprint
+from training.imaging.data import load_image_split
+from training.imaging.splits import ImageSplit
 from training.tabular.contract import DataContract, load_hospital_table
 from training.tabular.data import load_split
-from training.fingerprint import dataset_fingerprint
-from training.imaging.data import ImageSplit, load_image_split
 
-__all__ = ["PARTS", "HeldOut", "Part", "held_out_images", "held_out_rows", "image_split", "split_origin",
-           "training_hospital"]
+__all__ = ["PARTS", "HeldOut", "Part", "held_out_images", "held_out_rows", "training_hospital"]
 
 Part = Literal["test", "val", "all"]
 #: The parts ``registry validate --part`` accepts; ``test`` is the default.
@@ -71,23 +71,6 @@ def training_hospital(path: Path | str, spec: ExperimentSpec, tags: dict[str, st
         if hospital.path is not None and Path(hospital.path).resolve() in candidates:
             return hospital.id
     return None
-
-
-def image_split(data: ImageDataSpec, path: Path | str, seed: int) -> ImageSplit:
-    """A hospital's images split as a run splits them (the spec's split rule and seed)."""
-    return load_image_split(path, data.contract, data.test_fraction, seed, val_fraction=data.val_fraction)
-
-
-def split_origin(split: ImageSplit, data: ImageDataSpec, seed: int) -> str:
-    """Where a hospital's split came from, in words (for ``bioverse data check``)."""
-    if split.source == "npz":
-        return "the .npz's train/val/test arrays"
-    if split.source == "column":
-        return f"labels.csv column '{data.split_column}'"
-    if split.source == "unsplit":
-        return "no split (every image held out)"
-    return (f"patients at random (test_fraction {data.test_fraction:g}, val_fraction {data.val_fraction:g}, "
-            f"seed {seed})")
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -105,12 +105,12 @@ def test_registered_package_scores_png_bytes_like_the_scorer(vision_run: dict[st
     assert list(frame.columns) == ["label", *(f"p_{c}" for c in CLASSES)]
     probs = frame[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    loaded = RegistryModel(vision_run["uri"], MODEL, require_approval=False).load_vision("1")  # a given, unreviewed version
+    loaded = RegistryModel(vision_run["uri"], MODEL, require_approval=False).load("1")  # a given, unreviewed version
     assert np.allclose(loaded.scorer.predict_bytes([b for b, _ in images]), probs, atol=1e-5)
 
 
 def test_a_validator_runs_the_report_on_held_out_images_only(vision_run: dict[str, Any], tmp_path: Path) -> None:
-    from experiments.local_validation import image_split
+    from training.imaging.data_check import image_split
     from experiments.spec import load_spec
 
     bioverse = Path(sys.executable).parent / "bioverse"

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 
 from experiments.errors import LocalValidationError
-from experiments.local_validation import held_out_images, held_out_rows, image_split, training_hospital
+from experiments.local_validation import held_out_images, held_out_rows, training_hospital
 from experiments.spec import ExperimentSpec, parse_spec
 from tests.conftest import make_spec
 from training.tabular.data import load_split
 from training.fingerprint import dataset_fingerprint
+from training.imaging.data_check import image_split
 from training.imaging.synth import synthesize_image_hospitals
 
 CLASSES = ["normal", "nodule", "opacity"]

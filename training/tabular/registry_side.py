@@ -1,0 +1,25 @@
+"""The tabular modality's members for data checks, reports, the packaged model and local validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training.site_check import SiteCheck, SitesReview
+
+__all__ = ["TabularRegistrySide"]
+
+
+class TabularRegistrySide:
+    """Mixed into :class:`training.tabular.modality.TabularModality`; heavy modules are imported on call."""
+
+    def check_site(self, spec: Any, hospital: Any) -> SiteCheck:
+        """The table's split, prevalence, missing codes and canonicalised spellings."""
+        from training.tabular.data_check import check_site
+
+        return check_site(spec, hospital)
+
+    def review_sites(self, spec: Any, checks: list[SiteCheck]) -> SitesReview:
+        """Categorical values outside the declared list or held by one hospital only."""
+        from training.tabular.data_check import review_sites
+
+        return review_sites(spec, checks)
