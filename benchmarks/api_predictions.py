@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import psutil
-
 from _model import register_production_model
+
 from _results import machine, table, write_section
 
 HELLO = '''

@@ -24,13 +24,12 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 MODEL = "bench-bulk-risk"
@@ -42,8 +41,9 @@ def child(args: argparse.Namespace) -> None:
     import psutil
 
     started = time.perf_counter()
-    import feature_store.definitions  # noqa: F401  (feast; imported by the first call otherwise)
     import torch  # noqa: F401  (reads the weights)
+
+    import feature_store.definitions  # noqa: F401  (feast; imported by the first call otherwise)
     from serving.bulk import score_offline_store
 
     imports = time.perf_counter() - started
@@ -114,7 +114,7 @@ def add_history(repo, frames: dict, share: float, seed: int) -> tuple[int, int]:
     from feast.data_source import PushMode
 
     rng = np.random.default_rng(seed)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ingested = pushed = 0
     pushes = []
     for tenant, frame in frames.items():
@@ -152,12 +152,14 @@ def main() -> None:
     import numpy as np
     import pandas as pd
     import torch
-
     from _model import register_production_model
+
     from _results import machine, table, write_section
     from feature_store.definitions import VIEWS
+    from feature_store.offline import read_current_features
     from feature_store.repo import FeatureRepo
-    from serving.bulk import load_registered_scorer, read_current_features
+    from serving.loaded import LoadedModel
+    from serving.model_source import RegistryModel
     from training.tabular.synth import synthesize_hospitals
 
     work = Path(tempfile.mkdtemp(prefix="bioverse-bulk-"))
@@ -170,7 +172,7 @@ def main() -> None:
     ingest_started = time.perf_counter()
     for h in hospitals:
         frames[h.hospital_id] = pd.read_parquet(h.path)
-        repo.ingest(frames[h.hospital_id], tenant_id=h.hospital_id, observed_at=datetime.now(timezone.utc) - timedelta(days=1))
+        repo.ingest(frames[h.hospital_id], tenant_id=h.hospital_id, observed_at=datetime.now(UTC) - timedelta(days=1))
     print(f"ingested {args.rows:,} twins in {time.perf_counter() - ingest_started:.0f} s", file=sys.stderr)
 
     # --- bioverse score, in a fresh interpreter ---
@@ -185,7 +187,7 @@ def main() -> None:
     print(done.stdout, file=sys.stderr)
 
     # --- the same joined rows through the baselines ---
-    registered = load_registered_scorer(uri, MODEL)
+    registered = RegistryModel(uri, MODEL).load_current(LoadedModel)
     scorer = registered.scorer
     twins = read_current_features(repo.repo_dir, scorer.features)
     frame = twins.to_pandas()[list(scorer.features)].astype(dict.fromkeys(scorer.encoder.numeric, "float64"))
@@ -223,7 +225,7 @@ def main() -> None:
         return [name, f"{seconds:.3f}", f"{rows / seconds / 1e6:.2f} M", f"{(rows / seconds) / (n / pyfunc_s):.2f}x", note]
 
     rows = [
-        row("`bioverse score`, median of %d" % args.repeats, med["data_seconds"],
+        row(f"`bioverse score`, median of {args.repeats}", med["data_seconds"],
             f"read + join + score + write; best {fresh['best']['data_seconds']:.3f} s"),
         row("`bioverse score`, first call in a fresh process", first["data_seconds"],
             f"+ {first['seconds']['model']:.2f} s resolving and downloading the model"),

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pandas as pd
 import psutil
-
 from _model import FEATURES, register_production_model
+
 from _results import machine, table, write_section
 
 MODEL = "bench-risk"

@@ -101,7 +101,8 @@ def register(uri: str, name: str, model: Any, preprocessor: Any, kind: str, hpar
 
 def prepare(case: tuple[str, str, int, int, int, int, int], work: Path, uri: str) -> Bench:
     """Synthesize one hospital, train the model for a few plain epochs, register it."""
-    from training.imaging.data import ImageContract, ImagePreprocessor, load_image_split, pixel_statistics
+    from training.imaging.data import ImageContract, load_image_split
+    from training.imaging.preprocessing import ImagePreprocessor, pixel_statistics
     from training.imaging.local import train_vision_locally
     from training.imaging.synth import synthesize_image_hospitals
     from training.imaging.vision import build_vision_model
@@ -157,7 +158,7 @@ def measure_in_process(bench: Bench, device: torch.device, seconds: float, repea
     (and per-image latency percentiles of the one-at-a-time path, pooled over the rounds)."""
     from serving.loaded import LoadedVisionModel
     from serving.vision import classify_blobs
-    from training.imaging.data import decode_image
+    from training.imaging.decode import decode_image
     from training.imaging.scoring import VisionScorer
 
     pre = bench.preprocessor

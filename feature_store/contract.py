@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from feature_store.definitions import CATEGORIES, RANGES, UNITS
@@ -15,7 +15,7 @@ __all__ = ["CLOCK_SKEW", "EARLIEST", "check_category", "check_number", "check_ob
 #: How far ahead of this machine's clock an observation time may be.
 CLOCK_SKEW = timedelta(minutes=5)
 #: No observation is older than this.
-EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 
 
 def check_number(feature: str, value: Any) -> float:
@@ -72,12 +72,12 @@ def check_observed_at(when: datetime | None, *, now: datetime | None = None, all
             ``CLOCK_SKEW`` in the future (it would stay "newest" for ever) unless
             ``allow_future``, or one before 1900.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if when is None:
         return now
     if when.tzinfo is None or when.utcoffset() is None:
         raise FeatureValueError("observed_at", "a time zone is required (for example 2026-01-31T08:00:00Z)")
-    utc = when.astimezone(timezone.utc)
+    utc = when.astimezone(UTC)
     if utc > now + CLOCK_SKEW and not allow_future:
         raise FeatureValueError("observed_at", f"{utc.isoformat()} is in the future (this server's clock: {now.isoformat()})")
     if utc < EARLIEST:

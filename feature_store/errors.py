@@ -7,12 +7,13 @@ Hierarchy::
     │   └── FeatureStoreUnavailable   the online store does not answer (an outage)
     ├── FeatureDataError          observations or ingested rows are unusable
     │   └── FeatureValueError         one feature's value breaks its declared contract
+    ├── FeatureQueryError         a read's parameters are unusable (also a ValueError)
     └── StoredValueError          a value already in the store breaks its feature's contract
 """
 
 from __future__ import annotations
 
-__all__ = ["FeatureDataError", "FeatureRepoError", "FeatureStoreError", "FeatureStoreUnavailable", "FeatureValueError",
+__all__ = ["FeatureDataError", "FeatureQueryError", "FeatureRepoError", "FeatureStoreError", "FeatureStoreUnavailable", "FeatureValueError",
            "StoredValueError"]
 
 
@@ -42,6 +43,10 @@ class FeatureValueError(FeatureDataError):
     def __init__(self, feature: str, message: str) -> None:
         super().__init__(f"{feature}: {message}")
         self.feature = feature
+
+
+class FeatureQueryError(FeatureStoreError, ValueError):
+    """A read asked for something the store cannot answer (a point in time without a zone)."""
 
 
 class StoredValueError(FeatureStoreError):

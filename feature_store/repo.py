@@ -6,12 +6,12 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from feature_store.errors import (
     FeatureValueError,
 )
 
-__all__ = ["FeatureRepo", "ONLINE_FEATURES", "PushResult"]
+__all__ = ["ONLINE_FEATURES", "FeatureRepo", "PushResult"]
 
 log = logging.getLogger(__name__)
 KEYS = ("tenant_id", "patient_id")
@@ -156,7 +156,7 @@ class FeatureRepo:
         when = _utc(observed_at, allow_future=True)
         base = pd.DataFrame({"tenant_id": tenant_id, "patient_id": frame["patient_id"].astype(str)})
         base["event_timestamp"] = when
-        base["created"] = pd.Timestamp(datetime.now(timezone.utc))
+        base["created"] = pd.Timestamp(datetime.now(UTC))
         for view, columns in VIEWS.items():
             present = [c for c in columns if c in frame.columns]
             if not present:
@@ -176,7 +176,7 @@ class FeatureRepo:
     def materialize(self, end: datetime | None = None) -> None:
         """Load the latest offline values into the online store (``feast materialize-incremental``)."""
         with _quiet(), _online_store_errors():
-            self.store.materialize_incremental(end_date=end or datetime.now(timezone.utc))
+            self.store.materialize_incremental(end_date=end or datetime.now(UTC))
 
     def online_features(self, tenant_id: str, patient_ids: Sequence[str], features: Sequence[str] = ONLINE_FEATURES) -> list[dict[str, Any]]:
         """Current features of patients of one tenant, one dict per patient (None where unknown)."""
@@ -230,7 +230,7 @@ class FeatureRepo:
                 if online:
                     result.updated_views.append(view)
                 else:
-                    stamp = datetime.fromtimestamp(newest, timezone.utc).isoformat()  # type: ignore[arg-type]
+                    stamp = datetime.fromtimestamp(newest, UTC).isoformat()  # type: ignore[arg-type]
                     result.offline_only_views.append(view)
                     for c in columns:
                         if c in checked:

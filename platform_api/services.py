@@ -9,7 +9,6 @@ import functools
 import gc
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -24,12 +23,26 @@ from platform_api.cache import LocalCache, TTLStore, make_cache
 from platform_api.db import get_engine
 from platform_api.recorder import Recorder
 from platform_api.settings import get_settings
-from serving.model_source import LoadedModel, RegistryModel, UnapprovedVersion
+from serving.errors import UnapprovedVersion
+from serving.follow import AliasFollower
+from serving.loaded import LoadedModel
+from serving.model_source import RegistryModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureService", "ModelService", "TerminologyService", "get_features", "get_models", "get_prediction_cache",
-           "get_recorder", "get_terminology", "get_twin_index", "close_recorders", "reset"]
+__all__ = [
+    "FeatureService",
+    "ModelService",
+    "TerminologyService",
+    "close_recorders",
+    "get_features",
+    "get_models",
+    "get_prediction_cache",
+    "get_recorder",
+    "get_terminology",
+    "get_twin_index",
+    "reset",
+]
 
 
 class FeatureService:
@@ -75,68 +88,15 @@ class FeatureService:
         return result
 
 
-class ModelService:
-    """The served model version, re-resolved from the registry at most every ``poll`` seconds.
+class ModelService(AliasFollower[LoadedModel]):
+    """The API's risk model: :class:`serving.follow.AliasFollower` checked on request, at most
+    every ``poll`` seconds (no thread), with the gate's refusals reported to ``on_refused``
+    (the API audits them) and the garbage collector frozen after each load (the model lives
+    as long as the process)."""
 
-    A new version is loaded beside the old one and swapped in with one assignment, so
-    requests in flight keep the version they started with. A version the gate did not
-    approve (the alias moved by hand) is refused: the loaded version keeps serving (none
-    loaded: not ready), and ``on_refused(version, reason)`` runs once per refused version
-    (the API audits it).
-    """
-
-    def __init__(self, source: RegistryModel, poll: float,
-                 on_refused: Callable[[str, str], None] | None = None) -> None:
-        self.source = source
-        self.poll = poll
-        self.on_refused = on_refused
-        self.refused: dict[tuple[str, str], str] = {}  # (version, approval tag) -> why serving refused it
-        self._model: LoadedModel | None = None
-        self._checked = 0.0
-        self._lock = threading.Lock()
-
-    def fresh(self) -> LoadedModel | None:
-        """The model if it was checked against the registry within ``poll`` seconds (no I/O)."""
-        model = self._model
-        if model is not None and time.monotonic() - self._checked < self.poll:
-            return model
-        return None
-
-    def current(self) -> LoadedModel:
-        """The model the alias points at (raises ModelNotReadyError if none); may block on the registry."""
-        model = self.fresh()
-        if model is not None:
-            return model
-        with self._lock:
-            if self._model is None or time.monotonic() - self._checked >= self.poll:
-                marker = self.source.current_marker()
-                version = marker[0]
-                if self._model is None or self._model.version != version:
-                    if marker in self.refused and self._model is not None:
-                        self._checked = time.monotonic()
-                        return self._model
-                    try:
-                        self._model = self.source.load(version)
-                    except UnapprovedVersion as err:
-                        self._refuse(marker, str(err))
-                        if self._model is None:
-                            raise
-                    else:
-                        gc.freeze()  # the model and the registry client live as long as the process
-                self._checked = time.monotonic()
-            return self._model
-
-    def _refuse(self, marker: tuple[str, str], reason: str) -> None:
-        if marker in self.refused:
-            return
-        self.refused[marker] = reason
-        version = marker[0]
-        log.error("serving keeps %s: %s", self._model.version if self._model else "no version", reason)
-        if self.on_refused is not None:
-            try:
-                self.on_refused(version, reason)
-            except Exception:  # noqa: BLE001 - the refusal stands even if auditing it failed
-                log.exception("could not audit the refused version %s", version)
+    def __init__(self, source: RegistryModel, poll: float, on_refused: Callable[[str, str], None] | None = None) -> None:
+        super().__init__(source, LoadedModel, poll_seconds=poll, on_refused=on_refused,
+                         on_loaded=lambda _model: gc.freeze(), background=False)
 
 
 class TerminologyService:

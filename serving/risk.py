@@ -12,7 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serving.errors import ServingError
-from serving.model_source import AliasFollower, LoadedModel, RegistryModel
+from serving.follow import AliasFollower
+from serving.loaded import LoadedModel
+from serving.model_source import RegistryModel
 
 __all__ = ["RiskPredictor"]
 
@@ -31,7 +33,7 @@ class RiskPredictor:
 
     def __init__(self, tracking_uri: str, model_name: str, alias: str = "production", poll_seconds: float = 5.0) -> None:
         self.follower: AliasFollower[LoadedModel] = AliasFollower(
-            RegistryModel(tracking_uri, model_name, alias), vision=False, poll_seconds=poll_seconds)
+            RegistryModel(tracking_uri, model_name, alias), LoadedModel, poll_seconds=poll_seconds)
         self.unknown_categories = metrics.Counter(
             "bioverse_unknown_category_total",
             description="Scored rows whose categorical feature held a value the model never learned (scored as other).",

@@ -12,7 +12,9 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serving.model_source import AliasFollower, LoadedVisionModel, RegistryModel
+from serving.follow import AliasFollower
+from serving.loaded import LoadedVisionModel
+from serving.model_source import RegistryModel
 from training.errors import TrainingError
 
 __all__ = ["IMAGE_TYPES", "MAX_IMAGES_PER_REQUEST", "VisionClassifier", "classify_blobs"]
@@ -71,7 +73,7 @@ class VisionClassifier:
     def __init__(self, tracking_uri: str, model_name: str, alias: str = "production", poll_seconds: float = 5.0,
                  max_image_bytes: int = 10 * 1024 * 1024) -> None:
         self.follower: AliasFollower[LoadedVisionModel] = AliasFollower(
-            RegistryModel(tracking_uri, model_name, alias), vision=True, poll_seconds=poll_seconds)
+            RegistryModel(tracking_uri, model_name, alias), LoadedVisionModel, poll_seconds=poll_seconds)
         self.max_image_bytes = max_image_bytes
         log.info("VisionClassifier on %s", self.model.scorer.device)
 

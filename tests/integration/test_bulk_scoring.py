@@ -8,7 +8,7 @@ and from a plain pandas point-in-time join of the same offline files.
 from __future__ import annotations
 
 import functools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,18 @@ import pytest
 from typer.testing import CliRunner
 
 from feature_store.definitions import VIEWS, build_definitions
+from feature_store.offline import read_current_features
 from feature_store.repo import FeatureRepo
-from serving.bulk import load_registered_scorer, read_current_features, score_offline_store
+from serving.bulk import score_offline_store
+from serving.loaded import LoadedModel
+from serving.model_source import RegistryModel
 from tests.integration.conftest import register_risk_models
 from training.tabular.scoring import RiskScorer
 
 pytestmark = pytest.mark.integration
 MODEL = "bulk-risk"
 KEYS = ["tenant_id", "patient_id"]
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, hospitals_dir: Path) -> d
     """A registered risk model, production on version 1, and its scorer."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('bulk') / 'mlflow.db'}"
     register_risk_models(uri, MODEL, sorted(hospitals_dir.glob("hospital-*.csv")), versions=1)
-    return {"uri": uri, "scorer": load_registered_scorer(uri, MODEL).scorer}
+    return {"uri": uri, "scorer": RegistryModel(uri, MODEL).load_current(LoadedModel).scorer}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,7 @@ def test_scores_every_twin_as_the_registered_model_does(registry: dict[str, Any]
     mlflow.set_registry_uri(registry["uri"])
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
     twins = read_current_features(store["repo"].repo_dir, scorer.features).to_pandas().iloc[::97]
-    inputs = twins[list(scorer.features)].astype({c: "float64" for c in scorer.encoder.numeric})
+    inputs = twins[list(scorer.features)].astype(dict.fromkeys(scorer.encoder.numeric, "float64"))
     merged = twins[KEYS].merge(scores, on=KEYS)
     np.testing.assert_allclose(merged["risk"], pyfunc.predict(inputs)["risk"], atol=1e-6)
 
@@ -189,7 +192,7 @@ def test_history_matches_a_plain_point_in_time_join(registry: dict[str, Any], tm
         repo.push(tenant_id="t1", patient_id=str(patient), values={"heart_rate": float(rng.integers(50, 120))},
                   observed_at=NOW - timedelta(hours=3))
 
-    as_of = datetime.now(timezone.utc)
+    as_of = datetime.now(UTC)
     expected = _reference_join(repo.data_dir, scorer.features, as_of)
     got = read_current_features(repo.repo_dir, scorer.features, as_of=as_of).to_pandas().sort_values(KEYS).reset_index(drop=True)
     assert len(got) > 500 and "gone" not in set(got["patient_id"])
@@ -217,8 +220,8 @@ def test_encode_columns_equals_the_encoder_for_every_input_kind(registry: dict[s
     expected = scorer.encoder.encode(frame)
     kinds = {
         "object": frame,
-        "string": frame.astype({c: "string" for c in scorer.encoder.categorical}),
-        "category": frame.astype({c: "category" for c in scorer.encoder.categorical}),
+        "string": frame.astype(dict.fromkeys(scorer.encoder.categorical, "string")),
+        "category": frame.astype(dict.fromkeys(scorer.encoder.categorical, "category")),
         "arrow": {c: pa.array(frame[c], from_pandas=True) for c in frame.columns},
         "arrow dictionary": {c: pa.chunked_array([pa.array(frame[c][:3], from_pandas=True).dictionary_encode(),
                                                   pa.array(frame[c][3:], from_pandas=True).dictionary_encode()])

@@ -14,9 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.gate import APPROVAL_TAG
-from serving.bulk import load_registered_scorer
 from serving.errors import ModelNotReadyError, UnapprovedVersion
-from serving.model_source import AliasFollower, RegistryModel
+from serving.follow import AliasFollower
+from serving.loaded import LoadedModel
+from serving.model_source import RegistryModel
 from tests.integration.conftest import register_risk_models, sign_approved
 
 MODEL = "gate-risk"
@@ -42,7 +43,7 @@ def _wait(condition: Any, seconds: float = 10.0) -> bool:
 def test_a_follower_keeps_the_approved_version_when_the_alias_is_moved_by_hand(
         registry: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     uri, client = registry["uri"], registry["client"]
-    follower: AliasFollower[Any] = AliasFollower(RegistryModel(uri, MODEL), vision=False, poll_seconds=0.1)
+    follower: AliasFollower[Any] = AliasFollower(RegistryModel(uri, MODEL), LoadedModel, poll_seconds=0.1)
     try:
         assert follower.model.version == "1"
         with caplog.at_level(logging.ERROR, logger="serving.model_source"):
@@ -70,9 +71,9 @@ def test_nothing_approved_under_the_alias_is_not_ready(registry: dict[str, Any])
     uri, client = registry["uri"], registry["client"]
     client.set_registered_model_alias(MODEL, "production", "2")
     with pytest.raises(UnapprovedVersion, match="production alias without approval"):
-        AliasFollower(RegistryModel(uri, MODEL), vision=False)
+        AliasFollower(RegistryModel(uri, MODEL), LoadedModel)
     with pytest.raises(UnapprovedVersion):  # bulk scoring loads through the same gate
-        load_registered_scorer(uri, MODEL)
+        RegistryModel(uri, MODEL).load_current(LoadedModel)
     assert issubclass(UnapprovedVersion, ModelNotReadyError)  # the API answers 503 and /readyz stays honest
     # files swapped after approval: version 1's approval no longer matches what would be loaded
     v1 = client.get_model_version(MODEL, "1")
@@ -93,10 +94,11 @@ def test_a_fresh_process_loads_through_the_gate(registry: dict[str, Any]) -> Non
     import sys
 
     registry["client"].set_registered_model_alias(MODEL, "candidate", "2")
-    code = ("import sys; from serving.model_source import AliasFollower, RegistryModel; "
+    code = ("import sys; from serving.follow import AliasFollower; from serving.loaded import LoadedModel; "
+            "from serving.model_source import RegistryModel; "
             "uri = sys.argv[1]; "
-            "print(AliasFollower(RegistryModel(uri, sys.argv[2]), vision=False).model.version, "
-            "AliasFollower(RegistryModel(uri, sys.argv[2], 'candidate'), vision=False).model.version)")
+            "print(AliasFollower(RegistryModel(uri, sys.argv[2]), LoadedModel).model.version, "
+            "AliasFollower(RegistryModel(uri, sys.argv[2], 'candidate'), LoadedModel).model.version)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     done = subprocess.run([sys.executable, "-c", code, registry["uri"], MODEL], capture_output=True, text=True,
                           env=env, cwd=str(Path(__file__).parents[2]), timeout=300)

@@ -69,7 +69,7 @@ def test_serves_the_production_version_batched_over_http(registry: dict[str, Any
     assert [p["risk"] for p in predictions] == pytest.approx(list(reference))
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")  # the registered MLflow package agrees
     frame = pd.DataFrame([{c: row.get(c) for c in loaded.features} for row in registry["rows"]])
-    frame = frame.astype({c: float for c in loaded.scorer.encoder.numeric})
+    frame = frame.astype(dict.fromkeys(loaded.scorer.encoder.numeric, float))
     scored = pyfunc.predict(frame)
     assert list(scored["risk"]) == pytest.approx(list(reference), abs=1e-6)
     assert list(scored["decision"]) == [r >= 0.5 for r in scored["risk"]]

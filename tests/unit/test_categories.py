@@ -107,7 +107,7 @@ def test_unknown_values_at_serving_increment_the_counter_per_feature(tmp_path: P
     from prometheus_client import generate_latest
 
     from platform_api.metrics import ApiMetrics
-    from serving.model_source import LoadedModel
+    from serving.loaded import LoadedModel
 
     contract = DataContract("pid", "event", ("age",), ("cp",))
     base, _ = _frames()
@@ -150,7 +150,7 @@ def test_ray_serve_risk_predictor_counts_unknown_categories(tmp_path: Path, monk
     from types import SimpleNamespace
 
     from serving import risk
-    from serving.model_source import LoadedModel
+    from serving.loaded import LoadedModel
 
     contract = DataContract("pid", "event", ("age",), ("cp",))
     base, _ = _frames()
