@@ -23,7 +23,7 @@ import torch
 
 from _results import machine, table, write_section
 from experiments.spec import parse_spec
-from federation.hospital import model_hparams
+from training.tabular.hospital import model_hparams
 from federation.launcher import LaunchOptions, run_experiment
 from training.tabular.data import HospitalDataModule
 from training.tabular.local import evaluate_model, train_locally

@@ -27,6 +27,7 @@ from training.categories import canonical
 from training.tabular.contract import DataContract
 from training.errors import PrivacyConfigError
 from training.imaging.data import ImageContract
+from training.modality import Modality, get_modality
 from training.privacy import DPConfig
 
 __all__ = [
@@ -508,6 +509,11 @@ class ExperimentSpec(_Strict):
         column); a split column's file may still have no val rows, and an image ``.npz``
         may have one without either."""
         return bool(getattr(self.data, "val_fraction", 0.0)) or getattr(self.data, "split_column", None) is not None
+
+    @property
+    def modality(self) -> Modality:
+        """The registered :class:`training.modality.Modality` of the spec's ``data.modality``."""
+        return get_modality(self.data.modality)
 
     @property
     def is_imaging(self) -> bool:

@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from experiments.errors import ExperimentError
-from experiments.spec import ExperimentSpec, ImageDataSpec
+from experiments.spec import ExperimentSpec
 from federation.errors import BudgetExceededError, FederationError, SitePolicyRefusal
 from federation.hospital import encoder_from_config, site_statistics, train_round, validation_aggregates
 from federation.selection import evaluate_round
@@ -74,10 +74,6 @@ def statistics(message: Message, context: Context) -> Message:
     return reply
 
 
-def _num_classes(spec: ExperimentSpec) -> int:
-    return len(spec.data.classes) if isinstance(spec.data, ImageDataSpec) else 2
-
-
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train the global model on local data with DP-SGD, if the privacy ledger allows."""
@@ -93,7 +89,7 @@ def train(message: Message, context: Context) -> Message:
             run_key=str(config["run-key"]),
             server_round=int(config["server-round"]),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
-            class_weights=received_class_weights(str(config["class-weights"]), _num_classes(spec))
+            class_weights=received_class_weights(str(config["class-weights"]), len(spec.modality.class_names(spec)))
             if "class-weights" in config else None,
             clip_bound=float(config[CLIP_BOUND]) if CLIP_BOUND in config else None,
         )

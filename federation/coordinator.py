@@ -15,30 +15,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from experiments.quality import QUALITY_WARNING_TAG, quality_warning
-from experiments.report import report_sha256, write_report_artifacts
-from experiments.spec import ExperimentSpec, ImageDataSpec
+from experiments.report import write_report_artifacts
+from experiments.spec import ExperimentSpec
 from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from federation.errors import TooFewHospitalsError, VocabularyError
-from federation.hospital import Preprocessor, build_spec_model, model_hparams
-from federation.imbalance import (
-    SERVED_KEY,
-    VAL_KEY,
-    choose_decision,
-    decision_section,
-    federation_class_weights,
-    served_scale,
-    total_counts,
-)
+from federation.imbalance import choose_decision, decision_section, federation_class_weights, served_scale, total_counts
 from federation.progress import ProgressLog
+from federation.run_tags import validation_tags, version_tags
 from federation.selection import RoundSelection
 from federation.strategy import HospitalReply, build_strategy, remote_reason
 from training.decision import Decision
-from training.imaging.data import ImagePreprocessor
-from training.categories import vocabulary_findings
-from training.tabular.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, merge_statistics
-from training.tabular.validation import build_report, merge_aggregates
-from training.imaging.validation import build_multiclass_report, merge_multiclass_aggregates
+from training.modality import SERVED_KEY, VAL_KEY, Preprocessor, StatisticsReview
 
 __all__ = ["Coordinator"]
 
@@ -56,6 +44,7 @@ class Coordinator:
 
     def __init__(self, spec: ExperimentSpec, tracker: RunTracker, progress: ProgressLog) -> None:
         self.spec = spec
+        self.modality = spec.modality
         self.tracker = tracker
         self.progress = progress
         self.participation: dict[str, dict[str, Any]] = {}
@@ -192,8 +181,8 @@ class Coordinator:
             for n in nodes
         ]
         replies = grid.send_and_receive(messages, timeout=self.spec.strategy.round_timeout)
-        stats, names, outcome = [], {}, {}
-        categorical: dict[str, dict[str, dict[str, float]]] = {}
+        stats: dict[str, dict[str, Any]] = {}
+        names, outcome = {}, {}
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -204,18 +193,7 @@ class Coordinator:
             names[node] = hospital
             outcome[hospital] = {"status": str(site["status"]), "reason": remote_reason(str(site["reason"]))}
             if site["status"] == "ok":
-                record = msg.content["statistics"]
-                stats.append(json.loads(str(record["stats"])))
-                categorical[hospital] = stats[-1].get("categorical", {})
-                self.fingerprints[hospital] = str(record["fingerprint"])
-                if "dataset" in record:
-                    self.datasets[hospital] = str(record["dataset"])
-                if "dp" in stats[-1]:
-                    self.statistics_epsilon[hospital] = float(stats[-1]["dp"]["spent"])
-                if self.spec.is_imaging:
-                    self.class_counts[hospital] = [int(c) for c in stats[-1]["classes"]]
-                elif "labels" in stats[-1]:  # [negatives, positives], DP-noised with DP on
-                    self.class_counts[hospital] = [int(round(c)) for c in stats[-1]["labels"]]
+                self._keep_statistics(hospital, msg.content["statistics"], stats)
         self.participation["0"] = {"statistics": outcome}
         self.progress.emit("statistics", hospitals={h: o["status"] for h, o in outcome.items()},
                            reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
@@ -225,42 +203,34 @@ class Coordinator:
                 f"{len(stats)} hospitals sent statistics, the minimum is {self.spec.strategy.min_hospitals}"
                 + (f" ({detail})" if detail else "")
             )
-        data = self.spec.data
-        if isinstance(data, ImageDataSpec):
-            preprocessor = ImagePreprocessor.from_statistics(
-                [s["pixels"] for s in stats], size=data.image_size, channels=data.channels, classes=tuple(data.classes),
-                mean=None if data.mean is None else tuple(data.mean), std=None if data.std is None else tuple(data.std),
-            )
-            return preprocessor, names
-        self._vocabulary_report(categorical)
-        ranges = {c: (float(r[0]), float(r[1])) for c, r in data.ranges.items()} if self.spec.privacy.enabled else None
-        return FeatureEncoder.from_statistics(merge_statistics(stats), data.contract, ranges), names
+        self._review(self.modality.review_statistics(self.spec, stats))
+        return self.modality.merge_statistics(self.spec, list(stats.values())), names
 
-    def _vocabulary_report(self, categorical: dict[str, dict[str, dict[str, float]]]) -> None:
-        """Per hospital, the categorical values no other hospital reported and those outside
-        the declared lists: logged to the run (``vocabulary.json``), shown as warnings, and
-        the run refused when ``data.unknown_categories`` is ``refuse``. Values with fewer
-        than MIN_CATEGORY_COUNT patients are counted, never named (nor do they refuse)."""
-        data = self.spec.data
-        assert not isinstance(data, ImageDataSpec)
-        contract = data.contract
-        findings = vocabulary_findings(categorical, {c: contract.declared(c) for c in contract.categorical},
-                                       min_count=MIN_CATEGORY_COUNT)
-        lines = [f.describe() for f in findings]
-        self.tracker.log_dict({"policy": data.unknown_categories, "min_count": MIN_CATEGORY_COUNT,
-                               "declared": {c: list(v) for c, v in contract.categories},
-                               "hospitals": {h: {c: sorted(v for v, n in values.items() if n >= MIN_CATEGORY_COUNT)
-                                                 for c, values in cols.items()} for h, cols in sorted(categorical.items())},
-                               "findings": [f.to_dict() for f in findings]}, "vocabulary.json")
-        if not lines:
+    def _keep_statistics(self, hospital: str, record: Any, stats: dict[str, dict[str, Any]]) -> None:
+        """Keep a hospital's statistics, fingerprint, dataset, statistics epsilon and class counts."""
+        found = stats[hospital] = json.loads(str(record["stats"]))
+        self.fingerprints[hospital] = str(record["fingerprint"])
+        if "dataset" in record:
+            self.datasets[hospital] = str(record["dataset"])
+        if "dp" in found:
+            self.statistics_epsilon[hospital] = float(found["dp"]["spent"])
+        counts = self.modality.class_counts(found)  # DP-noised with DP on
+        if counts is not None:
+            self.class_counts[hospital] = counts
+
+    def _review(self, review: StatisticsReview | None) -> None:
+        """The modality's findings about the statistics: logged to the run, shown as
+        warnings, and the run refused when the spec's policy says so."""
+        if review is None:
             return
-        for line in lines:
-            log.warning("vocabulary: %s", line)
-        self.progress.emit("vocabulary", policy=data.unknown_categories, findings=lines)
-        refused = [f for f in findings if f.site_only or f.undeclared]
-        if data.unknown_categories == "refuse" and refused:
-            raise VocabularyError("categorical values not shared by the federation (data.unknown_categories: refuse): "
-                                  + " | ".join(f.describe() for f in refused))
+        self.tracker.log_dict(review.artifact, review.artifact_name)
+        if not review.warnings:
+            return
+        for line in review.warnings:
+            log.warning("%s: %s", review.event, line)
+        self.progress.emit(review.event, policy=review.policy, findings=review.warnings)
+        if review.refusal is not None:
+            raise VocabularyError(review.refusal)
 
     def run(self, grid: Grid) -> dict[str, Any]:
         """Run the experiment end to end; returns the summary (run id, version...).
@@ -278,7 +248,7 @@ class Coordinator:
             encoder, names = self._federated_encoder(grid, nodes, run_id)
             self._log_statistics_release()
             setup_seconds = time.perf_counter() - started
-            model = build_spec_model(spec, encoder)
+            model = self.modality.build_model(spec, encoder)
             strategy = build_strategy(spec.strategy, observer=self, min_available=spec.strategy.min_hospitals,
                                       learning_rate=spec.training.learning_rate)
             strategy.node_names.update(names)  # type: ignore[attr-defined]
@@ -315,9 +285,10 @@ class Coordinator:
                 model=model,
                 encoder=encoder,
                 kind=spec.model.kind,
-                hparams=model_hparams(spec),
+                hparams=self.modality.model_hparams(spec),
                 model_name=spec.model_name,
-                tags={**self._version_tags(run_id), **self.selection.tags(), **report_tags},
+                tags={**version_tags(spec, run_id, self.epsilon, self.fingerprints, self.datasets), **self.selection.tags(),
+                      **report_tags},
                 candidate=candidate,
                 decision=self.decision,
             )
@@ -378,12 +349,8 @@ class Coordinator:
         log.info("decision rule: %s (%s)", self.decision.rule, self.decision.source)
         if not parts:
             return {"validation.status": "missing", **self.decision.tags()}
-        merged = merge_multiclass_aggregates(parts) if spec.is_imaging else merge_aggregates(parts)
-        if spec.is_imaging:
-            report = build_multiclass_report(merged)
-        else:
-            report = build_report(merged, thresholds=spec.validation.thresholds)
-        report["decision"] = decision_section(self.decision, merged, multiclass=spec.is_imaging,
+        merged, report = self.modality.validation_report(spec, parts)
+        report["decision"] = decision_section(self.decision, merged, multiclass=self.modality.multiclass_aggregates,
                                               served_confusion=served_confusion if scale else None)
         meta = {
             "model_name": spec.model_name, "version": "(assigned at registration)", "experiment": spec.name,
@@ -394,33 +361,14 @@ class Coordinator:
             "strategy": spec.strategy.name, "rounds": self.selection.rounds_text(), "hospitals": sorted(parts),
             "schema_fingerprints": dict(sorted(self.fingerprints.items())), "code_version": code_version(),
             "model_kind": spec.model.kind,
-            "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in model_hparams(spec).items()},
+            "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in self.modality.model_hparams(spec).items()},
             "label": spec.data.label,
+            **self.modality.report_meta(spec, encoder, self.class_counts),
         }
-        if isinstance(spec.data, ImageDataSpec):
-            pre = encoder
-            assert isinstance(pre, ImagePreprocessor)
-            colour = "grayscale" if pre.channels == 1 else "RGB"
-            norm = ", ".join(f"{m:.3f}/{s:.3f}" for m, s in zip(pre.mean, pre.std, strict=True))
-            meta.update(task="multiclass", classes=list(spec.data.classes), modality="images",
-                        input=f"{pre.size}x{pre.size} {colour} images, normalised per channel (mean/std {norm})"
-                              + ("; augmented in training" if spec.data.augment is not None else ""),
-                        class_counts=dict(sorted(self.class_counts.items())))
-        else:
-            meta["features"] = [*spec.data.numeric, *spec.data.categorical]
         with tempfile.TemporaryDirectory(prefix="bioverse-report-") as tmp:
             write_report_artifacts(report, meta, Path(tmp))
             self.tracker.log_artifacts(Path(tmp), VALIDATION_DIR)
-        overall = report["overall"]
-        tags = {"validation.status": "complete", "validation.report_sha256": report_sha256(report),
-                "validation.hospitals": ",".join(sorted(parts)), "validation.n": str(overall["n"])}
-        for key in ("auroc", "calibration_slope", "calibration_intercept", "brier", "ece", "accuracy", "balanced_accuracy"):
-            if overall.get(key) is not None:
-                tags[f"validation.{key}"] = f"{overall[key]:.4f}"
-        tags.update(self.decision.tags())
-        for key, value in (report["decision"].get("test") or {}).items():
-            if key in ("sensitivity", "specificity", "balanced_accuracy") and value is not None:
-                tags[f"validation.decision_{key}"] = f"{value:.4f}"
+        tags = validation_tags(report, list(parts), self.decision)
         self.quality_warning = quality_warning(report)
         if self.quality_warning is not None:
             tags[QUALITY_WARNING_TAG] = self.quality_warning
@@ -434,7 +382,7 @@ class Coordinator:
             "run_id": run_id,
             "experiment": spec.name,
             "registered_model": spec.model_name,
-            "modality": "images" if spec.is_imaging else "tabular",
+            "modality": spec.data.modality,
             "rounds": spec.training.rounds,
             "rounds_run": self.selection.stopping.last_round,
             "strategy": spec.strategy.name,
@@ -450,22 +398,3 @@ class Coordinator:
             "seconds": {"total": time.perf_counter() - started, "setup": setup_seconds, "rounds": self.timings},
             "tracking_uri": self.tracker.tracking_uri,
         }
-
-    def _version_tags(self, run_id: str) -> dict[str, str]:
-        spec = self.spec
-        tags = {
-            "experiment": spec.name,
-            "run_id": run_id,
-            "rounds": str(spec.training.rounds),
-            "strategy": spec.strategy.name,
-            "model_kind": spec.model.kind,
-            "modality": "images" if spec.is_imaging else "tabular",
-            "dp": str(spec.privacy.enabled).lower(),
-            "epsilon": f"{max(self.epsilon.values()):.4f}" if self.epsilon else "inf",
-            "delta": str(spec.privacy.target_delta) if spec.privacy.enabled else "0",
-            "hospitals": ",".join(sorted(self.fingerprints)),
-            "review_status": "pending",
-        }
-        tags.update({f"schema.{h}": fp for h, fp in sorted(self.fingerprints.items())})
-        tags.update({f"dataset.{h}": d for h, d in sorted(self.datasets.items())})
-        return tags

@@ -9,26 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from experiments.spec import ExperimentSpec, ImageDataSpec
+from experiments.spec import ExperimentSpec
 from training.decision import Decision, choose_threshold, prior_decision, rates_at
 from training.imbalance import resolve_class_weights
 from training.tabular.validation import merge_aggregates
 
-__all__ = ["SERVED_KEY", "VAL_KEY", "choose_decision", "class_names", "decision_section", "federation_class_weights",
-           "served_confusion", "served_scale", "total_counts"]
+__all__ = ["choose_decision", "class_names", "decision_section", "federation_class_weights", "served_scale",
+           "total_counts"]
 
 log = logging.getLogger(__name__)
 
-#: Where a hospital's validation reply carries its val aggregates (beside the test ones).
-VAL_KEY = "val"
-#: Where a multi-class model's hospital reply carries the confusion matrix (rows: true class)
-#: of the labels served under the prior correction, on its test part.
-SERVED_KEY = "served_confusion"
-
-
 def class_names(spec: ExperimentSpec) -> list[str]:
-    """The model's classes in output order: the spec's for images, ``0``/``1`` for a risk model."""
-    return list(spec.data.classes) if isinstance(spec.data, ImageDataSpec) else ["0", "1"]
+    """The model's classes in output order (the spec's modality says which)."""
+    return spec.modality.class_names(spec)
 
 
 def total_counts(per_hospital: Mapping[str, Sequence[float]]) -> list[float] | None:
@@ -107,11 +100,3 @@ def decision_section(decision: Decision, test: Mapping[str, Any], *, multiclass:
                            "balanced_accuracy": float(np.mean(recall)) if recall else None, "confusion": cm.tolist()}
     return section
 
-
-def served_confusion(probs: np.ndarray, labels: np.ndarray, class_scale: Sequence[float]) -> list[list[int]]:
-    """A hospital's confusion matrix (rows: true class) of the labels the prior correction
-    serves (``argmax_k p_k * class_scale[k]``); counts only, like the validation aggregates."""
-    k = len(class_scale)
-    served = Decision(rule="prior", class_scale=tuple(class_scale)).labels(probs)
-    y = np.asarray(labels).reshape(-1).astype(np.int64)
-    return np.bincount(y * k + served, minlength=k * k).reshape(k, k).tolist()

@@ -288,7 +288,7 @@ def run_experiment(
 def simulation_gpus(spec: ExperimentSpec) -> float:
     """GPUs per simulated hospital by default: image models share the machine's GPUs
     (at most one each); tabular models take none (they are faster on the CPU)."""
-    if not spec.is_imaging:
+    if not spec.modality.uses_gpu:
         return 0.0
     import torch
 

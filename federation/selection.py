@@ -20,7 +20,7 @@ import torch
 from flwr.app import ArrayRecord
 from sklearn.metrics import roc_auc_score
 
-from experiments.spec import ExperimentSpec, ImageDataSpec
+from experiments.spec import ExperimentSpec
 from federation.hospital import Preprocessor, evaluate_global, site_ledger, val_scores
 from federation.site import Site
 from training.metrics import risk_metrics
@@ -152,7 +152,7 @@ class RoundSelection:
     def __init__(self, spec: ExperimentSpec) -> None:
         self.spec = spec
         self.metric = spec.selection.metric
-        self.classes = len(spec.data.classes) if isinstance(spec.data, ImageDataSpec) else 2
+        self.classes = len(spec.modality.class_names(spec))
         self.stopping = EarlyStopping(
             higher_is_better=HIGHER_IS_BETTER[self.metric], patience=spec.selection.patience,
             min_rounds=spec.selection.min_rounds, min_delta=spec.selection.min_delta,

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from training.errors import UnknownModalityError
+from training.site_check import SiteCheck, SitesReview
 
 __all__ = [
-    "REGISTRY", "LocalRound", "LocalSite", "Modality", "Preprocessor", "RoundCharge", "RoundOutcome",
+    "REGISTRY", "SERVED_KEY", "VAL_KEY", "LocalRound", "LocalSite", "Modality", "Preprocessor", "RoundCharge", "RoundOutcome",
     "StatisticsCharge", "StatisticsReview", "get_modality", "register_modality",
 ]
 
@@ -25,6 +26,12 @@ REGISTRY: dict[str, str] = {
     "tabular": "training.tabular.modality:TABULAR",
     "images": "training.imaging.modality:IMAGING",
 }
+
+#: Where a hospital's validation aggregates carry its val aggregates (beside the test ones).
+VAL_KEY = "val"
+#: Where a multi-class model's validation aggregates carry the confusion matrix (rows: true
+#: class) of the labels served under the prior correction, on the hospital's test part.
+SERVED_KEY = "served_confusion"
 
 #: Charges the hospital's ledger for one DP statistics release; returns the epsilon spent
 #: on statistics in this run so far. Raises the ledger's budget error when it cannot pay.
@@ -72,12 +79,14 @@ class StatisticsReview:
     """The coordinator's review of the hospitals' statistics (tabular: their vocabularies).
 
     Attributes:
+        event: Names the findings in the log and the progress event.
         artifact: Logged to the run as ``artifact_name``.
         warnings: One line per finding, logged and shown.
         policy: The spec's policy for such findings (shown with the warnings).
         refusal: Why the run is refused (None: it goes on).
     """
 
+    event: str
     artifact_name: str
     artifact: dict[str, Any]
     warnings: list[str]
@@ -162,6 +171,13 @@ class Modality(Protocol):
         ...
 
     # ---- H3: the report's renderer, the packaged model and its scorer, local validation ----
+    def check_site(self, spec: Any, hospital: Any) -> SiteCheck:
+        """``bioverse data check`` of one hospital with a path: its data loaded and split as a run would."""
+        ...
+
+    def review_sites(self, spec: Any, checks: list[SiteCheck]) -> SitesReview:
+        """``bioverse data check``'s findings across the checked hospitals (tabular: vocabularies)."""
+        ...
 
 
 def get_modality(name: str) -> Modality:

@@ -131,7 +131,7 @@ def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versio
     from mlflow.tracking import MlflowClient
 
     from experiments.tracking import RunTracker, embedded_artifact_location
-    from federation.hospital import model_hparams
+    from training.tabular.hospital import model_hparams
     from tests.conftest import make_spec
     from training.tabular.data import HospitalDataModule
     from training.tabular.local import train_locally

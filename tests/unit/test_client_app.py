@@ -9,7 +9,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from federation import client_app
-from federation.hospital import model_hparams
+from training.tabular.hospital import model_hparams
 from federation.ledger import PrivacyLedger
 from tests.conftest import make_spec, spec_json
 from training.tabular.models import build_model

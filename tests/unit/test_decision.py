@@ -14,11 +14,12 @@ from experiments.gate import artifact_digest
 from experiments.model_package import save_package_files, save_vision_package_files
 from experiments.report import decision_rows
 from experiments.spec import parse_spec
-from federation.imbalance import choose_decision, decision_section, federation_class_weights, served_confusion
+from federation.imbalance import choose_decision, decision_section, federation_class_weights
+from training.imaging.hospital import served_confusion
 from tests.conftest import make_spec
 from tests.unit.test_spec_images import image_spec_dict
 from training.decision import DECISION_FILE, Decision, choose_threshold, decision_on_scores, prior_decision, rates_at
-from training.imaging.data import ImagePreprocessor
+from training.imaging.preprocessing import ImagePreprocessor
 from training.imbalance import resolve_class_weights
 from training.tabular.models import build_model
 from training.tabular.preprocessing import FeatureEncoder

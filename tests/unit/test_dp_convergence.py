@@ -17,7 +17,8 @@ from experiments.dp_defaults import DP_IMAGE_DEFAULTS
 from experiments.spec import StrategySpec, parse_spec
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from federation.coordinator import Coordinator
-from federation.hospital import charge_round, round_dp_config
+from federation.hospital import charge_round
+from training.local_rounds import round_dp_config
 from federation.progress import ProgressLog, read_events
 from federation.site import Site
 from federation.strategy import CLIP_BOUND, build_strategy
@@ -372,7 +373,7 @@ def test_a_hospital_starts_from_the_coordinator_bound_and_reports_its_own(hospit
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
     from federation import client_app
-    from federation.hospital import model_hparams
+    from training.tabular.hospital import model_hparams
     from tests.conftest import make_spec, spec_json
     from tests.unit.test_client_app import _encoder
     from training.tabular.models import build_model

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments.spec import parse_spec
-from federation.hospital import build_spec_model
-from federation.hospital_images import evaluate_global
+from federation.hospital import evaluate_global
 from federation.site import Site
-from training.imaging.data import ImagePreprocessor
+from training.imaging.preprocessing import ImagePreprocessor
 
 
 def _npz(path: Path, test_labels: list[int]) -> Path:
@@ -30,8 +29,8 @@ def test_a_site_whose_held_out_images_are_one_class_answers_auroc_nan(tmp_path: 
                                                 "hospitals": [{"id": p.stem, "path": str(p)} for p in paths]},
                        "privacy": {"enabled": False}})
     pre = ImagePreprocessor(size=12, channels=1, mean=(0.5,), std=(0.25,), classes=("normal", "lesion"))
-    state = build_spec_model(spec, pre).state_dict()
-    replies = [evaluate_global(site=Site(p.stem, p, 10.0, tmp_path / "ledger.db"), spec=spec, preprocessor=pre, state=state)
+    state = spec.modality.build_model(spec, pre).state_dict()
+    replies = [evaluate_global(site=Site(p.stem, p, 10.0, tmp_path / "ledger.db"), spec=spec, encoder=pre, state=state)
                for p in paths]
     assert set(replies[0]) == set(replies[1]) and "auroc" in replies[0]
     assert math.isnan(replies[0]["auroc"]) and 0.0 <= replies[1]["auroc"] <= 1.0

@@ -253,7 +253,7 @@ def test_a_round_where_some_hospitals_evaluate_on_val_and_others_on_test_aggrega
 def test_a_hospital_releases_noised_val_aggregates_charged_and_never_scores_its_test_rows(
         hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from federation import client_app, selection
-    from federation.hospital import model_hparams
+    from training.tabular.hospital import model_hparams
     from training.tabular.models import build_model
     from training.tabular.preprocessing import FeatureEncoder, merge_statistics
 
@@ -292,9 +292,8 @@ def test_a_hospital_releases_noised_val_aggregates_charged_and_never_scores_its_
 def test_an_image_hospital_selects_on_its_npz_val_part_without_dp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from experiments.spec import parse_spec
     from federation import selection
-    from federation.hospital import build_spec_model
     from federation.selection import evaluate_round
-    from training.imaging.data import ImagePreprocessor
+    from training.imaging.preprocessing import ImagePreprocessor
 
     classes = ("normal", "nodule", "opacity")
     rng = np.random.default_rng(0)
@@ -312,7 +311,7 @@ def test_an_image_hospital_selects_on_its_npz_val_part_without_dp(tmp_path: Path
     site = Site("h1", tmp_path / "site.npz", 50.0, tmp_path / "ledger.json")
     pre = ImagePreprocessor(16, 1, (0.5,), (0.25,), classes)
     monkeypatch.setattr(selection, "evaluate_global", lambda **kwargs: pytest.fail("the test part was scored"))
-    metrics, release = evaluate_round(site=site, spec=spec, encoder=pre, state=build_spec_model(spec, pre).state_dict(),
+    metrics, release = evaluate_round(site=site, spec=spec, encoder=pre, state=spec.modality.build_model(spec, pre).state_dict(),
                                       run_key="r")
     assert release is not None and release["metric"] == "balanced_accuracy" and "dp" not in release
     assert np.sum(release["confusion"]) == 30 and np.sum(release["confusion"], axis=1).tolist() == [10.0, 10.0, 10.0]

@@ -1,4 +1,4 @@
-"""A hospital's image round (federation.hospital_images): the val part is not training data."""
+"""A hospital's image round (training.imaging.hospital through federation.hospital): the val part is not training data."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from experiments.spec import parse_spec
-from federation import hospital_images
-from federation.hospital import build_spec_model
+from federation.hospital import train_round
 from federation.ledger import PrivacyLedger
 from federation.site import Site
-from training.imaging.data import ImagePreprocessor
+from training.imaging.preprocessing import ImagePreprocessor
 from training.dp_loop import sample_rate, steps_per_epoch
 from training.privacy import epsilon_after
 
@@ -35,9 +34,8 @@ def test_the_val_part_is_neither_trained_on_nor_in_the_privacy_accounting(tmp_pa
                  "hospitals": [{"id": "h1", "path": str(tmp_path / "site.npz")}]}})
     site = Site("h1", tmp_path / "site.npz", 50.0, tmp_path / "ledger.json")
     pre = ImagePreprocessor(16, 1, (0.5,), (0.25,), CLASSES)
-    state = build_spec_model(spec, pre).state_dict()
-    outcome = hospital_images.train_round(site=site, spec=spec, preprocessor=pre, state=state, run_key="r",
-                                          server_round=1, proximal_mu=0.0)
+    state = spec.modality.build_model(spec, pre).state_dict()
+    outcome = train_round(site=site, spec=spec, encoder=pre, state=state, run_key="r", server_round=1, proximal_mu=0.0)
     assert outcome.metrics["num-examples"] == sizes["train"]  # not train + val
     entry = PrivacyLedger(tmp_path / "ledger.json", "h1").entry("r")
     assert entry is not None and entry.steps == steps_per_epoch(sizes["train"], 8)
