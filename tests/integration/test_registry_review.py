@@ -422,6 +422,8 @@ def test_cli_decisions_need_an_api_key_and_its_person_decides(store: Callable[..
     """Issue 10 item 2: no free-text --validator; the key's person decides, independence by person."""
     from platform_api import cli
     from platform_api.auth import create_key
+    from platform_api.cli.access import api_session
+    from platform_api.cli.output import out
 
     s = store(2)
     sha1 = s.add_report("1")
@@ -430,7 +432,7 @@ def test_cli_decisions_need_an_api_key_and_its_person_decides(store: Callable[..
     monkeypatch.setenv("BIOVERSE_API_MODEL_NAME", s.name)
     monkeypatch.setenv("BIOVERSE_TRACKING_URI", s.uri)
     monkeypatch.delenv("BIOVERSE_API_KEY", raising=False)
-    monkeypatch.setattr(cli.out, "_width", 250)  # a wide table, restored afterwards
+    monkeypatch.setattr(out, "_width", 250)  # a wide table, restored afterwards
     clear_platform_caches()
     runner = CliRunner()
 
@@ -443,7 +445,7 @@ def test_cli_decisions_need_an_api_key_and_its_person_decides(store: Callable[..
         return lines[0]
 
     try:
-        with cli._api_session() as session:
+        with api_session() as session:
             dana_ds = create_key(session, role="data_scientist", tenant_id="t1", name="Dana Scientist")
             dana_validator = create_key(session, role="clinical_validator", tenant_id=None, name="dana scientist")
             quinn = create_key(session, role="clinical_validator", tenant_id=None, name="Dr Quinn")
@@ -498,7 +500,7 @@ def test_cli_decisions_need_an_api_key_and_its_person_decides(store: Callable[..
 
         from platform_api.models import AuditEvent
 
-        with cli._api_session() as session:
+        with api_session() as session:
             events = [(e.actor, e.role, e.action, e.outcome) for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
         dana_validator_id = dana_validator.split("_")[1]
         assert (dana_validator_id, "clinical_validator", f"registry.approve {s.name}/1", "selfapproval") in events
@@ -513,6 +515,7 @@ def test_cli_keys_name_their_person_and_an_authenticated_launch_records_it(isola
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 10 items 1-2: launched_by is the launching key's person, not a free-text or OS name."""
     from platform_api import cli
+    from platform_api.cli.access import launched_by
 
     monkeypatch.delenv("BIOVERSE_API_KEY", raising=False)
     clear_platform_caches()
@@ -527,11 +530,11 @@ def test_cli_keys_name_their_person_and_an_authenticated_launch_records_it(isola
         dana = runner.invoke(cli.app, ["api", "key", "create", "--role", "data_scientist", "--tenant", "t1",
                                        "--name", "Dana Scientist"]).output.strip()
 
-        assert cli._launched_by() is None  # no key: the launcher records os:<login>, which fails closed
+        assert launched_by() is None  # no key: the launcher records os:<login>, which fails closed
         monkeypatch.setenv("BIOVERSE_API_KEY", dana)
-        assert cli._launched_by() == f"key:{dana.split('_')[1]}/Dana Scientist"
+        assert launched_by() == f"key:{dana.split('_')[1]}/Dana Scientist"
         monkeypatch.setenv("BIOVERSE_API_KEY", f"bv_{dana.split('_')[1]}_forged")  # a key id alone proves nothing
         with pytest.raises(ValueError, match="API key refused"):
-            cli._launched_by()
+            launched_by()
     finally:
         clear_platform_caches()

@@ -19,6 +19,7 @@ from experiments.spec import ExperimentSpec, load_spec, parse_spec
 from federation.errors import LaunchError
 from federation.strategy import remote_reason
 from platform_api import cli
+from platform_api.cli.output import one_line_errors
 from tests.conftest import spec_dict
 
 runner = CliRunner()
@@ -134,7 +135,7 @@ def test_a_long_relayed_error_is_one_bounded_line() -> None:
     assert remote_reason("<class 'ZeroDivisionError'>:<'division by zero'>") == "ZeroDivisionError: division by zero"
     assert len(remote_reason("x" * 5000)) <= 200
 
-    @cli._one_line_errors
+    @one_line_errors
     def fails() -> None:
         raise LaunchError("run failed: " + "; ".join([real] * 3))  # the probed 10.8 KB error, unprocessed
 
