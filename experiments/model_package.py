@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from training.decision import DECISION_FILE, Decision
-from training.imaging.data import ImagePreprocessor
+from training.imaging.preprocessing import ImagePreprocessor
 from training.tabular.models import RiskModel, build_model
 from training.tabular.preprocessing import FeatureEncoder
 from training.imaging.vision import VisionModel

@@ -28,7 +28,7 @@ from experiments.model_package import RiskModelPackage, VisionModelPackage, save
 from experiments.names import CANDIDATE_ALIAS, VALIDATION_DIR
 from experiments.spec import ExperimentSpec
 from training.decision import Decision
-from training.imaging.data import ImagePreprocessor
+from training.imaging.preprocessing import ImagePreprocessor
 from training.tabular.models import RiskModel
 from training.tabular.preprocessing import FeatureEncoder
 from training.imaging.vision import VisionModel

@@ -207,7 +207,8 @@ def test_metrics_need_the_metrics_token_or_a_platform_admin(api: dict) -> None:
 
 def test_an_unreadable_image_is_named_without_a_python_repr() -> None:
     """Item 17: a 415 said 'cannot identify image file <_io.BytesIO object at 0x7f...>'."""
-    from training.imaging.data import ImageDecodeError, decode_image
+    from training.errors import ImageDecodeError
+    from training.imaging.decode import decode_image
 
     for data in (b"\xff\xd8\xff" + b"x" * 64, b"\x89PNG\r\n\x1a\n" + b"y" * 64):
         with pytest.raises(ImageDecodeError) as raised:

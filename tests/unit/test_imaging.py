@@ -1,4 +1,4 @@
-"""Image loading, decoding and federated normalisation (training.imaging.data)."""
+"""Image loading, decoding and federated normalisation (training.imaging.data, .decode, .preprocessing)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,10 @@ import torch
 from PIL import Image
 
 from training.errors import DataContractError
-from training.imaging.data import (
-    ImageContract,
-    ImageDataError,
-    ImageDecodeError,
-    ImagePreprocessor,
-    class_counts,
-    decode_image,
-    image_fingerprint,
-    load_image_split,
-    pixel_statistics,
-)
+from training.errors import ImageDataError, ImageDecodeError
+from training.imaging.data import ImageContract, image_fingerprint, load_image_split
+from training.imaging.decode import decode_image
+from training.imaging.preprocessing import ImagePreprocessor, class_counts, pixel_statistics
 
 CLASSES = ("normal", "nodule", "opacity")
 CONTRACT = ImageContract(CLASSES, size=16, channels=1)

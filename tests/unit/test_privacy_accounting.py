@@ -166,7 +166,8 @@ def test_old_ledgers_count_against_every_dataset(tmp_path: Path) -> None:
 
 def test_image_statistics_round_is_noised_charged_and_usable(tmp_path: Path) -> None:
     from experiments.spec import parse_spec
-    from training.imaging.data import ImagePreprocessor, load_image_split, pixel_statistics
+    from training.imaging.data import load_image_split
+    from training.imaging.preprocessing import ImagePreprocessor, pixel_statistics
     from training.imaging.synth import synthesize_image_hospitals
 
     folders = synthesize_image_hospitals(tmp_path / "data", n_hospitals=2, images_per_hospital=500, size=16, channels=1,

@@ -12,7 +12,9 @@ from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from platform_api.cli import app
-from training.imaging.data import ImageContract, ImageSplit, class_counts, load_image_split
+from training.imaging.data import ImageContract, load_image_split
+from training.imaging.preprocessing import class_counts
+from training.imaging.splits import ImageSplit
 from training.imaging.synth import synthesize_image_hospitals
 
 CLASSES = ("normal", "nodule", "opacity")

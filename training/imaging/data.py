@@ -1,62 +1,29 @@
-"""Hospital images: the image contract, checked loading, decoding and federated normalisation."""
+"""Hospital images: the image contract and checked loading of a folder or .npz into train/val/test parts."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
-import io
 import json
-import math
 import os
-import re
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
 from training.errors import ImageDataError, ImageDecodeError
-from training.imaging.splits import (
-    SPLIT_VALUES,
-    ImageSplit,
-    SplitSource,
-    column_split,
-    name_some,
-    patient_split,
-    split_values,
-)
+from training.imaging.decode import decode_image, fit_pixels
+from training.imaging.splits import ImageSplit, column_split, name_some, patient_split, split_values
 
-if TYPE_CHECKING:
-    import torch
+__all__ = ["ImageContract", "image_fingerprint", "load_image_split"]
 
-__all__ = [
-    "MAX_PIXELS",
-    "SPLIT_VALUES",
-    "ImageContract",
-    "ImageDataError",
-    "ImageDecodeError",
-    "ImagePreprocessor",
-    "ImageSplit",
-    "SplitSource",
-    "class_counts",
-    "decode_image",
-    "image_fingerprint",
-    "load_image_split",
-    "pixel_statistics",
-]
-
-#: Largest image (width x height) :func:`decode_image` will decode; larger ones are refused
-#: from their header, before any pixel is inflated (a decompression bomb).
-MAX_PIXELS = 40_000_000
-
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 _NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
 _MAX_NAMED = 5
 _CHUNK = 64
@@ -104,70 +71,6 @@ class ImageContract:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
-
-
-def _fit(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Convert to L/RGB, resize (antialiased) and return uint8 (C, size, size)."""
-    mode = "L" if channels == 1 or image.mode == "L" else "RGB"  # gray to RGB: resize once, then repeat
-    if image.mode != mode:
-        image = image.convert(mode)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    pixels = np.asarray(image, dtype=np.uint8)
-    if pixels.ndim == 2:
-        return np.repeat(pixels[None], channels, axis=0)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """High-bit-depth grayscale (16-bit PNG) scaled to 8 bits over its full range."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        wide = np.asarray(image).astype(np.float64)
-        return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
-    return image
-
-
-#: A Python object's repr in a decoder's message (``<_io.BytesIO object at 0x7f...>``): not for users.
-_OBJECT_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
-
-
-def decode_image(data: bytes, *, size: int, channels: int, name: str = "upload") -> np.ndarray:
-    """Decode one PNG or JPEG into a uint8 ``(channels, size, size)`` array.
-
-    The format is read from the bytes, never the name. Images over :data:`MAX_PIXELS` are
-    refused from their header; 16-bit PNGs are scaled to 8 bits (65535 -> 255); the EXIF
-    orientation is applied; the image is then converted to grayscale or RGB and resized
-    (antialiased, aspect ratio not kept) to ``size`` x ``size``.
-
-    Args:
-        data: The file's bytes.
-        size: Output height and width.
-        channels: 1 (grayscale) or 3 (RGB).
-        name: How the image is named in errors (a file name, an upload's name).
-
-    Raises:
-        ImageDecodeError: One line naming the image and the problem.
-    """
-    if not data:
-        raise ImageDecodeError(name, "empty file")
-    if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
-        raise ImageDecodeError(name, "not a PNG or JPEG image")
-    try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ImageDecodeError(name, f"image too large ({width}x{height} pixels, at most {MAX_PIXELS:,})")
-        if image.format == "JPEG":
-            image.draft("L" if channels == 1 else "RGB", (size, size))
-        image.load()
-        return _fit(_to_8bit(ImageOps.exif_transpose(image)), size, channels)
-    except ImageDecodeError:
-        raise
-    except Image.DecompressionBombError as err:
-        raise ImageDecodeError(name, "image too large (decompression bomb)") from err
-    except Exception as err:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError, zlib) is a bad image
-        problem = " ".join(_OBJECT_REPR.sub("", str(err)).split()) or type(err).__name__
-        raise ImageDecodeError(name, f"corrupt or truncated image ({problem})") from err
 
 
 def _in_threads(work: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]:
@@ -321,7 +224,7 @@ def _npz_images(path: Path, key: str, array: np.ndarray, contract: ImageContract
         if array.ndim == 4 and array.shape[-1] == 3 and contract.channels == 3:
             return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
     def fit(chunk: list[np.ndarray]) -> list[np.ndarray]:
-        return [_fit(Image.fromarray(a), contract.size, contract.channels) for a in chunk]
+        return [fit_pixels(Image.fromarray(a), contract.size, contract.channels) for a in chunk]
 
     out = _in_threads(fit, list(array))
     return np.stack(out) if out else np.zeros((0, contract.channels, contract.size, contract.size), np.uint8)
@@ -431,97 +334,6 @@ def load_image_split(path: Path | str, contract: ImageContract, test_fraction: f
     if unsplit and contract.split_column is not None:
         contract = dataclasses.replace(contract, split_column=None)
     return _load_cached(str(source), stamp, contract, float(test_fraction), seed, float(val_fraction), unsplit)
-
-
-def pixel_statistics(images: np.ndarray) -> dict[str, Any]:
-    """Per-channel sums of a hospital's pixels (scaled to [0, 1]), for a federated mean/std.
-
-    Args:
-        images: uint8 array (N, C, H, W).
-
-    Returns:
-        JSON-able ``{"pixels": N*H*W, "sum": [C floats], "sumsq": [C floats]}``.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
-    wide = images.astype(np.int64)
-    sums = wide.sum(axis=(0, 2, 3))
-    sumsq = np.square(wide).sum(axis=(0, 2, 3))
-    n, _, h, w = images.shape
-    return {"pixels": int(n * h * w), "sum": [float(s) / 255.0 for s in sums],
-            "sumsq": [float(s) / 65025.0 for s in sumsq]}
-
-
-def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
-    """Images per class index ``0..num_classes-1``."""
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
-    return [int(c) for c in np.bincount(labels, minlength=num_classes)]
-
-
-@dataclass(frozen=True)
-class ImagePreprocessor:
-    """The federation's image normalisation: size, channels, per-channel mean/std, classes."""
-
-    size: int
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.classes)
-
-    @classmethod
-    def from_statistics(cls, stats: list[dict[str, Any]], *, size: int, channels: int, classes: Sequence[str],
-                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ImagePreprocessor:
-        """Pool the hospitals' :func:`pixel_statistics` into per-channel mean and std.
-
-        A ``mean`` or ``std`` given explicitly (e.g. ImageNet's) is used instead of the pooled one.
-
-        Raises:
-            ValueError: If the statistics or the given values do not have ``channels`` entries.
-        """
-        pooled_mean, pooled_std = [0.0] * channels, [1.0] * channels
-        if mean is None or std is None:
-            if not stats:
-                raise ValueError("no pixel statistics to pool; give mean and std")
-            if any(len(s["sum"]) != channels or len(s["sumsq"]) != channels for s in stats):
-                raise ValueError(f"pixel statistics must have {channels} channel(s)")
-            pixels = sum(int(s["pixels"]) for s in stats)
-            if pixels <= 0:
-                raise ValueError("pixel statistics hold no pixels")
-            for c in range(channels):
-                m = sum(s["sum"][c] for s in stats) / pixels
-                var = max(sum(s["sumsq"][c] for s in stats) / pixels - m * m, 0.0)
-                pooled_mean[c], pooled_std[c] = m, (math.sqrt(var) if var > 1e-12 else 1.0)
-        mean_t = tuple(float(v) for v in (pooled_mean if mean is None else mean))
-        std_t = tuple(float(v) for v in (pooled_std if std is None else std))
-        if len(mean_t) != channels or len(std_t) != channels or min(std_t) <= 0:
-            raise ValueError(f"mean and std need {channels} value(s), std > 0; got {mean_t}, {std_t}")
-        return cls(size, channels, mean_t, std_t, tuple(str(c) for c in classes))
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) or (C, H, W) on any device -> float32 ``(x/255 - mean) / std``."""
-        import torch
-
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-        return (x.float() / 255.0 - mean) / std
-
-    def to_json(self) -> str:
-        """Serialise for messages and model artifacts."""
-        return json.dumps({"size": self.size, "channels": self.channels, "mean": self.mean, "std": self.std,
-                           "classes": self.classes})
-
-    @classmethod
-    def from_json(cls, text: str) -> ImagePreprocessor:
-        """Inverse of :meth:`to_json`."""
-        d = json.loads(text)
-        return cls(int(d["size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]), tuple(d["classes"]))
 
 
 def image_fingerprint(contract: ImageContract) -> str:

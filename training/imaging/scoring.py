@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from training.decision import DECISION_FILE, Decision
-from training.imaging.data import ImagePreprocessor, decode_image
+from training.imaging.decode import decode_image
+from training.imaging.preprocessing import ImagePreprocessor
 from training.imaging.local import predict_vision
 from training.imaging.vision import VisionModel, build_vision_model, default_device
 
