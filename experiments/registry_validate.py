@@ -121,6 +121,7 @@ def run_local_validation(selection: LocalSelection, scorer: Any, folder: Path | 
         report, meta, summary, warnings = _score_images(selection, scorer, meta)
     else:
         report, meta, summary, warnings = _score_rows(selection, scorer, meta)
+    report["modality"] = selection.spec.data.modality  # rendered by the modality that built it
     written = write_report_artifacts(report, meta, folder)
     if "unknown_categories" in meta:
         (folder / "unknown_categories.json").write_text(json.dumps(meta["unknown_categories"], indent=2, sort_keys=True))

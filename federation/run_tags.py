@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from experiments.report import report_sha256
 from experiments.spec import ExperimentSpec
 from training.decision import Decision
+from training.report_render import report_sha256
 
 __all__ = ["validation_tags", "version_tags"]
 

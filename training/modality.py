@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from training.errors import UnknownModalityError
+from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
 
 __all__ = [
@@ -177,6 +178,10 @@ class Modality(Protocol):
 
     def review_sites(self, spec: Any, checks: list[SiteCheck]) -> SitesReview:
         """``bioverse data check``'s findings across the checked hospitals (tabular: vocabularies)."""
+        ...
+
+    def report_renderer(self) -> ReportRenderer:
+        """The validation report's renderer (model card, HTML page, plots) for reports this modality builds."""
         ...
 
 

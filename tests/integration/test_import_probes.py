@@ -54,7 +54,8 @@ def test_report_import_does_not_load_matplotlib_or_jinja() -> None:
 
 
 def test_multiclass_report_import_does_not_load_matplotlib_or_jinja() -> None:
-    code = ("import sys, experiments.report, experiments.report_multiclass; "
+    code = ("import sys, experiments.report, training.imaging.report, training.imaging.report_plots, "
+            "training.tabular.report, training.tabular.report_plots; "
             "print(sorted(m for m in ('matplotlib', 'jinja2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

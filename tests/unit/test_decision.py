@@ -12,23 +12,23 @@ import torch
 
 from experiments.gate import artifact_digest
 from experiments.model_package import save_package_files, save_vision_package_files
-from experiments.report import decision_rows
 from experiments.spec import parse_spec
 from federation.imbalance import choose_decision, decision_section, federation_class_weights
-from training.imaging.hospital import served_confusion
 from tests.conftest import make_spec
 from tests.unit.test_spec_images import image_spec_dict
 from training.decision import DECISION_FILE, Decision, choose_threshold, decision_on_scores, prior_decision, rates_at
+from training.imaging.hospital import served_confusion
 from training.imaging.preprocessing import ImagePreprocessor
+from training.imaging.scoring import VisionScorer
+from training.imaging.validation import local_multiclass_aggregates, merge_multiclass_aggregates
+from training.imaging.vision import SmallCNN
 from training.imbalance import resolve_class_weights
+from training.report_render import decision_rows
 from training.tabular.models import build_model
 from training.tabular.preprocessing import FeatureEncoder
 from training.tabular.scoring import RiskScorer
 from training.tabular.validation import local_aggregates, merge_aggregates
 from training.validation_cells import HIST_BINS, LOGIT_RANGE
-from training.imaging.validation import local_multiclass_aggregates, merge_multiclass_aggregates
-from training.imaging.vision import SmallCNN
-from training.imaging.scoring import VisionScorer
 
 HIST = {"bins": 10, "logit_min": -5.0, "logit_max": 5.0}  # bin width 1 on the logit scale
 

@@ -13,14 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from experiments.report import (
-    canonical_json,
-    model_card,
-    render_html,
-    render_plots,
-    report_sha256,
-    write_report_artifacts,
-)
+from experiments.report import model_card, render_html, render_plots, write_report_artifacts
+from training.report_render import canonical_json, report_sha256
 
 THRESHOLDS = [0.1, 0.2, 0.3]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -11,9 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from experiments.report import canonical_json, is_multiclass, model_card, render_html, render_plots, report_sha256, write_report_artifacts
+from experiments.report import model_card, render_html, render_plots, write_report_artifacts
+from training.imaging.validation import (
+    build_multiclass_report,
+    local_multiclass_aggregates,
+    local_multiclass_report,
+    merge_multiclass_aggregates,
+)
+from training.report_render import canonical_json, is_multiclass, report_sha256
 from training.validation_cells import report_hash
-from training.imaging.validation import build_multiclass_report, local_multiclass_aggregates, local_multiclass_report, merge_multiclass_aggregates
 
 CLASSES = ["normal", "nodule", "opacity"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

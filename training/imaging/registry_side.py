@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
 
 __all__ = ["ImagingRegistrySide"]
@@ -23,3 +24,10 @@ class ImagingRegistrySide:
         from training.imaging.data_check import review_sites
 
         return review_sites(spec, checks)
+
+    def report_renderer(self) -> ReportRenderer:
+        """The validation report's model card, HTML page and plots."""
+        from training.imaging.report import multiclass_model_card, render_multiclass_html
+        from training.imaging.report_plots import render_multiclass_plots
+
+        return ReportRenderer(model_card=multiclass_model_card, render_html=render_multiclass_html, render_plots=render_multiclass_plots)

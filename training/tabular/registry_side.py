@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
 
 __all__ = ["TabularRegistrySide"]
@@ -23,3 +24,10 @@ class TabularRegistrySide:
         from training.tabular.data_check import review_sites
 
         return review_sites(spec, checks)
+
+    def report_renderer(self) -> ReportRenderer:
+        """The validation report's model card, HTML page and plots."""
+        from training.tabular.report import model_card, render_html
+        from training.tabular.report_plots import render_plots
+
+        return ReportRenderer(model_card=model_card, render_html=render_html, render_plots=render_plots)
