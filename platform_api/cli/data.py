@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from platform_api.cli.output import bare_value_errors_as_input, err, error_line, is_user_error, one_line_errors, out, warn
-
-if TYPE_CHECKING:
-    from experiments.spec import ExperimentSpec, HospitalSpec
-    from training.tabular.data_check import TableCheck
+from platform_api.cli.output import bare_value_errors_as_input, err, error_line, one_line_errors, out, warn
 
 __all__ = ["data_app"]
 
@@ -95,7 +91,8 @@ def data_split(
 ) -> None:
     """Make N simulated hospitals from one dataset, keeping its train/val/test split."""
     from training.errors import DataSplitError
-    from training.split_tool import SplitOptions, spec_skeleton, split_dataset
+    from training.split_plan import SplitOptions
+    from training.split_tool import spec_skeleton, split_dataset
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", prefix):
         raise DataSplitError(source, f"--prefix: {prefix!r} makes no valid hospital id (letters, digits, . _ -)")
@@ -114,65 +111,24 @@ def data_split(
         out.print(f"spec skeleton: {spec}", highlight=False)
 
 
-def _check_images(spec: ExperimentSpec, hospital: HospitalSpec) -> None:
-    """Print an image hospital's split and its training class mix."""
-    from training.imaging.data_check import image_split, split_origin
-    from training.imaging.preprocessing import class_counts
-
-    data = spec.data
-    split = image_split(data, hospital.path, spec.seed)  # type: ignore[arg-type]
-    counts = class_counts(split.train_labels, len(data.classes))  # type: ignore[union-attr]
-    mix = ", ".join(f"{c} {k}" for c, k in zip(data.classes, counts, strict=True))  # type: ignore[union-attr]
-    parts = split.counts()
-    out.print(f"{hospital.id}: ok, {parts['train']} training, {parts['val']} val and {parts['test']} held-out "
-              f"images ({mix} in training); split from {split_origin(split, data, spec.seed)}", highlight=False)  # type: ignore[arg-type]
-
-
-def _check_table(spec: ExperimentSpec, hospital: HospitalSpec) -> TableCheck:
-    """Check a table hospital and print what was read."""
-    from training.tabular.data_check import check_table
-
-    table = check_table(spec.data, hospital, spec.seed)  # type: ignore[arg-type]
-    for line in table.lines(spec.data):  # type: ignore[arg-type]
-        out.print(line, highlight=False, markup=False)
-    for line in table.warnings():
-        warn(line)
-    return table
-
-
 @data_app.command("check")
 @one_line_errors
 def data_check(spec_path: Annotated[Path, typer.Argument(help="Experiment spec (YAML).")]) -> None:
     """Check every hospital file named in a spec against its data contract; every hospital's
     problems are printed (one line each) before the exit code says whether any failed."""
-    from experiments.spec import ImageDataSpec, load_spec
-    from training.tabular.data_check import vocabulary_report
+    from experiments.data_check import check_data
+    from experiments.spec import load_spec
 
-    spec = load_spec(spec_path)
-    data = spec.data
-    images = isinstance(data, ImageDataSpec)
-    problems: list[str] = []
-    tables: list[TableCheck] = []
-    for hospital in data.hospitals:
-        if hospital.path is None:
-            out.print(f"{hospital.id}: no path (deployment site, checked at the hospital)")
-            continue
-        try:
-            if images:
-                _check_images(spec, hospital)
-            else:
-                tables.append(_check_table(spec, hospital))
-        except Exception as e:
-            if not is_user_error(e, {"path": Path(hospital.path)}):
-                raise
-            problems.append(f"{hospital.id}: {error_line(e)}")
-    if tables and not images:
-        for finding in vocabulary_report(tables, data):  # type: ignore[arg-type]
-            if data.unknown_categories == "refuse":  # type: ignore[union-attr]
-                problems.append(f"{finding.describe()} (data.unknown_categories: refuse)")
-            else:
-                warn(finding.describe())
+    check = check_data(load_spec(spec_path))
+    for site in check.sites:
+        for line in site.lines:
+            out.print(line, highlight=False, markup=False)
+        for line in site.warnings:
+            warn(line)
+    for line in check.warnings:
+        warn(line)
+    problems = [f"{failure.hospital}: {error_line(failure.error)}" for failure in check.failures] + check.problems
     for problem in problems:
         err.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
-    if problems:
+    if not check.ok:
         raise typer.Exit(1)
