@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from serving.errors import PredictionInputError
-from training.tabular.scoring import RiskScorer, ScoringInputError
+from training.errors import ScoringInputError
+from training.tabular.scoring import RiskScorer
 
 if TYPE_CHECKING:
     from training.imaging.scoring import VisionScorer

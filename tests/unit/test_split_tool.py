@@ -1,4 +1,4 @@
-"""`bioverse data split`: simulated hospitals from one table, image folder or .npz (training.split_tool)."""
+"""`bioverse data split`: simulated hospitals from one table, image folder or .npz (training.split_tool, training.split_plan)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from platform_api.cli import app
 from experiments.spec import load_spec
 from training.errors import DataSplitError
 from training.imaging.data import ImageContract, load_image_split
-from training.split_tool import SplitOptions, spec_skeleton, split_dataset
+from training.split_plan import SplitOptions
+from training.split_tool import spec_skeleton, split_dataset
 
 runner = CliRunner()
 

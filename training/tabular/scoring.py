@@ -1,11 +1,7 @@
-"""Inference without the training stack: a registered risk model as NumPy arrays.
+"""Inference without the training stack: a registered risk model as float32 NumPy matrices (RiskScorer).
 
-A :class:`RiskScorer` holds the federation's :class:`FeatureEncoder` and the model's
-weights as float32 matrices, and scores raw feature rows (dicts, a DataFrame or column
-arrays) with a few matrix products. It needs neither PyTorch Lightning nor MLflow's pyfunc
-wrapper at scoring time, so the API process and serving replicas stay small, one row
-costs microseconds and a million rows take a fraction of a second. The result equals the
-torch model's ``predict_proba`` (tested to 1e-6).
+Scores raw rows (dicts, a DataFrame, column arrays) with a few matrix products, equal to the torch
+model's ``predict_proba`` to 1e-6; neither Lightning nor MLflow's pyfunc is needed at scoring time.
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ import numpy as np
 from training.categories import CategoryLookup
 from training.decision import DECISION_FILE, Decision
 from training.errors import ScoringInputError
+from training.tabular.columns import MISSING_CODE, OTHER_CODE, as_series, category_codes, category_slot, number_rows
 from training.tabular.preprocessing import FeatureEncoder
 
 __all__ = ["RiskScorer"]
@@ -33,7 +30,6 @@ ENCODER_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.pt"
 ARRAYS_FILE = "weights.npz"
 MODEL_FILE = "model.json"
-_OTHER, _MISSING = -1, -2  # category codes beside a vocabulary index
 CHUNK = 16_384  # rows per encode/score step: the encoded chunk stays in cache
 
 
@@ -112,7 +108,7 @@ class RiskScorer:
                     raw[i, j] = value
             for j, column in enumerate(enc.categorical):
                 value = row.get(column)
-                codes[i, j] = _slot(lookups[j], value)
+                codes[i, j] = category_slot(lookups[j], value)
         return self._encode(raw, codes)
 
     def encode_columns(self, columns: Mapping[str, Any]) -> np.ndarray:
@@ -140,10 +136,10 @@ class RiskScorer:
             raise ScoringInputError(f"{missing[0]}: column missing (expects {', '.join(self.features)})")
         enc = self.encoder
         n = len(columns[self.features[0]])
-        numbers = [_number_rows(columns[column], column) for column in enc.numeric]
+        numbers = [number_rows(columns[column], column) for column in enc.numeric]
         codes = np.empty((n, len(enc.categorical)), dtype=np.int64)
         for j, column in enumerate(enc.categorical):
-            codes[:, j] = _category_codes(columns[column], self._lookups[j])
+            codes[:, j] = category_codes(columns[column], self._lookups[j])
         return numbers, codes
 
     @property
@@ -156,15 +152,15 @@ class RiskScorer:
         :meth:`FeatureEncoder.unknown_counts`."""
         import pandas as pd
 
-        return self.encoder.unknown_counts(pd.DataFrame({c: _series(columns[c]) for c in self.encoder.categorical}))
+        return self.encoder.unknown_counts(pd.DataFrame({c: as_series(columns[c]) for c in self.encoder.categorical}))
 
     def unknown_in_row(self, row: Mapping[str, Any]) -> list[str]:
         """The categorical features of one raw row whose value falls into ``__other``."""
         return [column for column, lookup in zip(self.encoder.categorical, self._lookups, strict=True)
-                if row.get(column) is not None and _slot(lookup, row[column]) == _OTHER]
+                if row.get(column) is not None and category_slot(lookup, row[column]) == OTHER_CODE]
 
     def _encode(self, raw: np.ndarray, codes: np.ndarray, *, ones: bool = False, out: np.ndarray | None = None) -> np.ndarray:
-        """Raw numbers and category codes (index in the vocabulary, _OTHER or _MISSING) ->
+        """Raw numbers and category codes (index in the vocabulary, OTHER_CODE or MISSING_CODE) ->
         the encoder's matrix, identical to :meth:`FeatureEncoder.encode` (same float64
         arithmetic, column by column; a column-major ``raw`` reads fastest). ``ones`` adds a
         last column of 1.0, the input :meth:`_logits` takes; ``out``: a matrix to reuse."""
@@ -186,12 +182,12 @@ class RiskScorer:
         flat = out.reshape(-1)
         first = np.arange(0, n * width, width)  # each row's offset in ``flat``
         for j, columns in enumerate(self._one_hot_columns):
-            flat[first + columns[codes[:, j] - _MISSING]] = 1.0
+            flat[first + columns[codes[:, j] - MISSING_CODE]] = 1.0
         return out
 
     @functools.cached_property
     def _one_hot_columns(self) -> tuple[np.ndarray, ...]:
-        """Per categorical feature: its one-hot column for code c at index c - _MISSING
+        """Per categorical feature: its one-hot column for code c at index c - MISSING_CODE
         (missing, other, then the vocabulary)."""
         tables, k = [], 2 * len(self.encoder.numeric)
         for vocabulary in self.encoder.vocabulary:
@@ -269,8 +265,8 @@ class RiskScorer:
         k = 2 * m
         for column, lookup in zip(enc.categorical, self._lookups, strict=True):
             size = len(lookup)
-            code = _slot(lookup, row.get(column))
-            x[k + (size if code == _MISSING else size + 1 if code == _OTHER else code)] = 1.0
+            code = category_slot(lookup, row.get(column))
+            x[k + (size if code == MISSING_CODE else size + 1 if code == OTHER_CODE else code)] = 1.0
             k += size + 2
         logit = float(self._logits(np.array([x], dtype=np.float32))[0])
         return 1.0 / (1.0 + math.exp(-logit))
@@ -292,7 +288,7 @@ class RiskScorer:
         numbers, codes = self._convert(columns)
         if unknown is not None:
             for j, column in enumerate(self.encoder.categorical):
-                n = int(np.count_nonzero(codes[:, j] == _OTHER))
+                n = int(np.count_nonzero(codes[:, j] == OTHER_CODE))
                 if n:
                     unknown[column] = n
         out = np.empty(len(codes), dtype=np.float64)
@@ -332,102 +328,6 @@ def _one_blas_thread() -> Iterator[None]:
         return
     with threadpool_limits(1, user_api="blas"):
         yield
-
-
-def _is_arrow(values: Any) -> bool:
-    return type(values).__module__.startswith("pyarrow")
-
-
-def _number_rows(values: Any, column: str) -> Callable[[int, int], np.ndarray]:
-    """A numeric column as a function giving rows [a, b) as numbers (see :func:`_numbers`);
-    NumPy and Arrow columns are read a slice at a time, anything else converted once."""
-    if _is_arrow(values):
-        import pyarrow as pa
-
-        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
-            return lambda a, b: values.slice(a, b - a).to_numpy(zero_copy_only=False)
-    elif isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
-        return lambda a, b: values[a:b]
-    whole = _numbers(values, column)
-    return lambda a, b: whole[a:b]
-
-
-def _numbers(values: Any, column: str) -> np.ndarray:
-    """One numeric column as numbers (NaN = missing) that cast to the float64 values
-    ``DataFrame.to_numpy(dtype=float64)`` gives."""
-    import pandas as pd
-
-    if _is_arrow(values):
-        import pyarrow as pa
-
-        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
-            return values.to_numpy(zero_copy_only=False)  # null -> NaN; the caller casts to float64
-        values = values.to_pandas()
-    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
-        return values
-    try:
-        return pd.to_numeric(pd.Series(values), errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
-    except (TypeError, ValueError) as err:
-        raise ScoringInputError(f"{column}: expected numbers ({err})") from err
-
-
-def _slot(lookup: CategoryLookup, value: Any) -> int:
-    """A raw value's index in the vocabulary, _OTHER or _MISSING (as the encoder finds it)."""
-    if value is None:
-        return _MISSING
-    found = lookup.exact.get(value) if isinstance(value, str) else None
-    if found is not None:
-        return found
-    if lookup.is_missing(value):
-        return _MISSING
-    found = lookup.code(value)
-    return _OTHER if found is None else found
-
-
-def _series(values: Any) -> Any:
-    import pandas as pd
-
-    if _is_arrow(values):
-        values = values.to_pandas()
-    return values if isinstance(values, pd.Series) else pd.Series(values)
-
-
-def _code_table(values: Any, lookup: CategoryLookup) -> np.ndarray:
-    """Codes of distinct values (matched as the encoder matches them), plus a last entry
-    for missing, so that index -1 (a null) reads as missing."""
-    import pandas as pd
-
-    distinct = pd.Series(values, dtype=object) if not isinstance(values, pd.Series) else values
-    absent = distinct.isna().to_numpy()
-    codes = [_MISSING if a else _slot(lookup, v) for a, v in zip(absent, distinct.to_numpy(), strict=True)]
-    return np.asarray(codes + [_MISSING], dtype=np.int64)
-
-
-def _category_codes(values: Any, lookup: CategoryLookup) -> np.ndarray:
-    """One categorical column -> index in the vocabulary, _OTHER or _MISSING, per row."""
-    import pandas as pd
-
-    if _is_arrow(values):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-        if all(pa.types.is_dictionary(c.type) or pa.types.is_string(c.type) or pa.types.is_large_string(c.type)
-               for c in chunks):
-            parts = []
-            for chunk in chunks:
-                if not pa.types.is_dictionary(chunk.type):
-                    chunk = pc.dictionary_encode(chunk)
-                table = _code_table(chunk.dictionary.to_pandas(), lookup)
-                index = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-                parts.append(table[index])
-            return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        values = values.to_pandas()
-    series = values if isinstance(values, pd.Series) else pd.Series(values)
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        return _code_table(series.cat.categories.to_series(), lookup)[series.cat.codes.to_numpy()]
-    index, distinct = pd.factorize(series, use_na_sentinel=True)  # each distinct value matched once
-    return _code_table(pd.Series(distinct, dtype=object), lookup)[index]
 
 
 def _torch() -> Any:
