@@ -3,14 +3,41 @@
 Hierarchy::
 
     ExperimentError
-    ├── SpecError          an experiment spec is unreadable or invalid
-    ├── TrackingError      MLflow tracking or the registry failed
-    └── LocalValidationError  a validator's file has nothing held out to score
+    ├── SpecError             an experiment spec is unreadable or invalid
+    ├── TrackingError         MLflow tracking or the registry failed
+    ├── LocalValidationError  a validator's file has nothing held out to score
+    ├── SecretKeyError        a secret key file that cannot be used
+    ├── ReceiptInvalid        a read receipt that is missing, forged, expired or someone else's
+    └── ReviewError           a review or promotion refused, in one line
+        ├── VersionNotFound, NotPending, NotApproved, NothingToRollBack
+        ├── SelfApproval, LauncherUnknown, WrongScope      who decides
+        ├── ReportMissing, ReportStale, ReportNotRead      what they read
+        └── RationaleRequired, RationaleTooLong
 """
 
 from __future__ import annotations
 
-__all__ = ["ExperimentError", "LocalValidationError", "SpecError", "TrackingError"]
+__all__ = [
+    "ExperimentError",
+    "LauncherUnknown",
+    "LocalValidationError",
+    "NotApproved",
+    "NotPending",
+    "NothingToRollBack",
+    "RationaleRequired",
+    "RationaleTooLong",
+    "ReceiptInvalid",
+    "ReportMissing",
+    "ReportNotRead",
+    "ReportStale",
+    "ReviewError",
+    "SecretKeyError",
+    "SelfApproval",
+    "SpecError",
+    "TrackingError",
+    "VersionNotFound",
+    "WrongScope",
+]
 
 
 class ExperimentError(Exception):
@@ -32,3 +59,63 @@ class TrackingError(ExperimentError):
 class LocalValidationError(ExperimentError):
     """``registry validate`` cannot score the part asked for: it is empty, or it holds data
     the version was trained on (the message names the file and the part)."""
+
+
+class SecretKeyError(ExperimentError):
+    """A secret key file that exists but cannot be used (unreadable, too short, too open)."""
+
+
+class ReceiptInvalid(ExperimentError):
+    """A read receipt that is missing, forged, expired, or bound to another reader or version."""
+
+
+class ReviewError(ExperimentError):
+    """A review or promotion refused; the message says why, in one line."""
+
+
+class VersionNotFound(ReviewError):
+    """No such registered model or version."""
+
+
+class NotPending(ReviewError):
+    """The version was already approved or rejected (perhaps by another validator just now)."""
+
+
+class SelfApproval(ReviewError):
+    """The validator launched the experiment that produced the version."""
+
+
+class LauncherUnknown(ReviewError):
+    """The version does not record who launched it, so independence cannot be checked."""
+
+
+class ReportMissing(ReviewError):
+    """Approval without the version's validation report."""
+
+
+class ReportStale(ReviewError):
+    """The report changed since registration, or is not the one the validator read."""
+
+
+class NotApproved(ReviewError):
+    """Promotion (or rollback) to a version that is not approved."""
+
+
+class NothingToRollBack(ReviewError):
+    """No earlier approved version to move ``production`` back to."""
+
+
+class ReportNotRead(ReviewError):
+    """No valid read receipt: the validator has not been shown to have fetched the report."""
+
+
+class WrongScope(ReviewError):
+    """The validator's key is bound to a tenant, and the model is another tenant's or platform-wide."""
+
+
+class RationaleRequired(ReviewError):
+    """The rationale is missing or shorter than ``experiments.registry.MIN_RATIONALE`` characters."""
+
+
+class RationaleTooLong(ReviewError):
+    """The rationale is longer than ``experiments.registry.MAX_RATIONALE`` characters."""

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.errors import ExperimentError
+from experiments.errors import ExperimentError, ReceiptInvalid
 from experiments.keys import mac, secret_key, verify_mac
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "RECEIPT_SECONDS",
     "TENANT_TAG",
     "Identity",
-    "ReceiptInvalid",
     "approval_problem",
     "artifact_digest",
     "download_version",
@@ -52,10 +51,6 @@ PLATFORM_SCOPE = "platform"
 #: How long a read receipt stays valid (seconds).
 RECEIPT_SECONDS = 4 * 3600
 _PURPOSE = "gate"
-
-
-class ReceiptInvalid(ExperimentError):
-    """A read receipt that is missing, forged, expired, or bound to another reader or version."""
 
 
 @dataclass(frozen=True)

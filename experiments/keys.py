@@ -10,14 +10,10 @@ import os
 import secrets
 from pathlib import Path
 
-from experiments.errors import ExperimentError
+from experiments.errors import SecretKeyError
 from experiments.settings import get_settings
 
-__all__ = ["SecretKeyError", "key_path", "mac", "secret_key", "verify_mac"]
-
-
-class SecretKeyError(ExperimentError):
-    """A secret key file that exists but cannot be used (unreadable, too short, too open)."""
+__all__ = ["key_path", "mac", "secret_key", "verify_mac"]
 
 
 _MIN_BYTES = 32

@@ -62,12 +62,27 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from experiments.errors import TrackingError
+from experiments.errors import (
+    LauncherUnknown,
+    NotApproved,
+    NothingToRollBack,
+    NotPending,
+    RationaleRequired,
+    RationaleTooLong,
+    ReceiptInvalid,
+    ReportMissing,
+    ReportNotRead,
+    ReportStale,
+    ReviewError,
+    SelfApproval,
+    TrackingError,
+    VersionNotFound,
+    WrongScope,
+)
 from experiments.gate import (
     APPROVAL_TAG,
     TENANT_TAG,
     Identity,
-    ReceiptInvalid,
     approval_problem,
     artifact_digest,
     download_version,
@@ -77,24 +92,7 @@ from experiments.gate import (
     sign_approval,
 )
 from experiments.names import VALIDATION_DIR
-from experiments.review_records import (
-    Decision,
-    LauncherUnknown,
-    NotApproved,
-    NotPending,
-    NothingToRollBack,
-    RationaleRequired,
-    RationaleTooLong,
-    ReportMissing,
-    ReportNotRead,
-    ReportStale,
-    ReviewError,
-    SelfApproval,
-    VersionInfo,
-    VersionNotFound,
-    WrongScope,
-    audit_action,
-)
+from experiments.review_records import Decision, VersionInfo, audit_action
 
 __all__ = [
     "HISTORY_TAG",
@@ -106,21 +104,8 @@ __all__ = [
     "UNAPPROVED_PRODUCTION",
     "REPORT_PATH",
     "Decision",
-    "LauncherUnknown",
     "ModelRegistry",
-    "NotApproved",
-    "NotPending",
-    "NothingToRollBack",
-    "RationaleRequired",
-    "RationaleTooLong",
-    "ReportMissing",
-    "ReportNotRead",
-    "ReportStale",
-    "ReviewError",
-    "SelfApproval",
     "VersionInfo",
-    "VersionNotFound",
-    "WrongScope",
     "audit_action",
 ]
 

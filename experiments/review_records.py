@@ -1,14 +1,4 @@
-"""The review workflow's records and refusals: :class:`VersionInfo`, :class:`Decision` and the
-:class:`ReviewError` family (re-exported by :mod:`experiments.registry`, which raises them).
-
-Hierarchy::
-
-    ReviewError (ExperimentError)   a review or promotion refused, in one line
-    ├── VersionNotFound, NotPending, NotApproved, NothingToRollBack
-    ├── SelfApproval, LauncherUnknown, WrongScope      who decides
-    ├── ReportMissing, ReportStale, ReportNotRead      what they read
-    └── RationaleRequired, RationaleTooLong
-"""
+"""The review workflow's records: a version as the registry shows it, and a review decision."""
 
 from __future__ import annotations
 
@@ -16,61 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from experiments.errors import ExperimentError
-
-__all__ = ["Decision", "LauncherUnknown", "NotApproved", "NotPending", "NothingToRollBack", "RationaleRequired", "RationaleTooLong", "ReportMissing", "ReportNotRead", "ReportStale", "ReviewError", "SelfApproval", "VersionInfo", "VersionNotFound", "WrongScope", "audit_action"]
-
-
-class ReviewError(ExperimentError):
-    """A review or promotion refused; the message says why, in one line."""
-
-
-class VersionNotFound(ReviewError):
-    """No such registered model or version."""
-
-
-class NotPending(ReviewError):
-    """The version was already approved or rejected (perhaps by another validator just now)."""
-
-
-class SelfApproval(ReviewError):
-    """The validator launched the experiment that produced the version."""
-
-
-class LauncherUnknown(ReviewError):
-    """The version does not record who launched it, so independence cannot be checked."""
-
-
-class ReportMissing(ReviewError):
-    """Approval without the version's validation report."""
-
-
-class ReportStale(ReviewError):
-    """The report changed since registration, or is not the one the validator read."""
-
-
-class NotApproved(ReviewError):
-    """Promotion (or rollback) to a version that is not approved."""
-
-
-class NothingToRollBack(ReviewError):
-    """No earlier approved version to move ``production`` back to."""
-
-
-class ReportNotRead(ReviewError):
-    """No valid read receipt: the validator has not been shown to have fetched the report."""
-
-
-class WrongScope(ReviewError):
-    """The validator's key is bound to a tenant, and the model is another tenant's or platform-wide."""
-
-
-class RationaleRequired(ReviewError):
-    """The rationale is missing or shorter than :data:`MIN_RATIONALE` characters."""
-
-
-class RationaleTooLong(ReviewError):
-    """The rationale is longer than :data:`MAX_RATIONALE` characters."""
+__all__ = ["Decision", "VersionInfo", "audit_action"]
 
 
 @dataclass(frozen=True)

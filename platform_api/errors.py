@@ -31,14 +31,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from experiments.errors import ExperimentError, TrackingError
-from experiments.keys import SecretKeyError
-from experiments.review_records import (
+from experiments.errors import (
+    ExperimentError,
     RationaleRequired,
     RationaleTooLong,
     ReportNotRead,
     ReviewError,
+    SecretKeyError,
     SelfApproval,
+    TrackingError,
     VersionNotFound,
     WrongScope,
 )

@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from experiments.registry import ModelRegistry, ReviewError, VersionInfo
+from experiments.errors import ReviewError
+from experiments.registry import ModelRegistry, VersionInfo
 from platform_api.auth import Principal, authenticate, issue_token_for, signing_key
 from platform_api.db import DatabaseUrl, session_factory
 from platform_api.deps import RateLimitsDep, RegistryDep, ReviewsDep, client_address

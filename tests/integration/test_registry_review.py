@@ -22,12 +22,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from experiments.errors import ExperimentError
-from experiments.gate import APPROVAL_TAG, TENANT_TAG, Identity, issue_receipt
-from experiments.registry import (
-    HISTORY_TAG,
+from experiments.errors import (
+    ExperimentError,
     LauncherUnknown,
-    ModelRegistry,
     NotApproved,
     NothingToRollBack,
     NotPending,
@@ -36,13 +33,13 @@ from experiments.registry import (
     ReportMissing,
     ReportNotRead,
     ReportStale,
-    QUALITY_TAG,
     ReviewError,
     SelfApproval,
     VersionNotFound,
     WrongScope,
-    audit_action,
 )
+from experiments.gate import APPROVAL_TAG, TENANT_TAG, Identity, issue_receipt
+from experiments.registry import HISTORY_TAG, QUALITY_TAG, ModelRegistry, audit_action
 from experiments.tracking import RunTracker
 from tests.integration.conftest import clear_platform_caches, register_risk_models, tracking_uri
 

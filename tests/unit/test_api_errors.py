@@ -7,12 +7,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
-from experiments.errors import ExperimentError, SpecError, TrackingError
-from experiments.keys import SecretKeyError
-from experiments.review_records import (
+from experiments.errors import (
+    ExperimentError,
     LauncherUnknown,
-    NothingToRollBack,
     NotApproved,
+    NothingToRollBack,
     NotPending,
     RationaleRequired,
     RationaleTooLong,
@@ -20,7 +19,10 @@ from experiments.review_records import (
     ReportNotRead,
     ReportStale,
     ReviewError,
+    SecretKeyError,
     SelfApproval,
+    SpecError,
+    TrackingError,
     VersionNotFound,
     WrongScope,
 )

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.keys import SecretKeyError, key_path, mac, secret_key, verify_mac
+from experiments.errors import SecretKeyError
+from experiments.keys import key_path, mac, secret_key, verify_mac
 
 
 def test_key_is_created_once_private_and_stable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

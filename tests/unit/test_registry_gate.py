@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from experiments.errors import ReceiptInvalid
 from experiments.gate import (
     APPROVAL_TAG,
     Identity,
-    ReceiptInvalid,
     approval_problem,
     artifact_digest,
     issue_receipt,
