@@ -16,7 +16,9 @@ from federation.errors import BudgetExceededError
 from federation.ledger import ANY_DATASET, PrivacyLedger
 from tests.conftest import make_spec, spec_json
 from training.tabular.contract import DataContract, load_hospital_table
-from training.dp_statistics import dp_pixel_statistics, dp_table_statistics, gaussian_noise_scale
+from training.dp_statistics import gaussian_noise_scale
+from training.imaging.dp_statistics import dp_pixel_statistics
+from training.tabular.dp_statistics import dp_table_statistics
 from training.fingerprint import dataset_fingerprint
 from training.tabular.preprocessing import local_statistics
 from training.privacy import epsilon_after, noise_for_budget

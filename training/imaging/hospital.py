@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from training.decision import Decision
-from training.dp_statistics import dp_pixel_statistics
+from training.imaging.dp_statistics import dp_pixel_statistics
 from training.errors import ImageDataError
 from training.imaging.batches import Augment
 from training.imaging.data import image_fingerprint, load_image_split

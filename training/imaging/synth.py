@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.tabular.synth import _atomic_write
+from training.atomic_write import atomic_write
 
 __all__ = ["LAYOUTS", "PATTERNS", "ImageSiteProfile", "render_images", "synthesize_image_hospitals"]
 
@@ -142,7 +142,7 @@ def _write_text(path: Path, text: str) -> None:
 def _save_image(path: Path, pixels: np.ndarray, fmt: str) -> None:
     image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
     options: dict[str, Any] = {"quality": 92} if fmt == "JPEG" else {"optimize": False}
-    _atomic_write(path, lambda p: image.save(p, format=fmt, **options))
+    atomic_write(path, lambda p: image.save(p, format=fmt, **options))
 
 
 def patient_demographics(patient: str) -> tuple[str, int]:
@@ -172,7 +172,7 @@ def _write_folder(folder: Path, images: np.ndarray, labels: np.ndarray, patients
         sex, age = patient_demographics(str(patient))
         rows.append(f"{name},{patient},{classes[label]},{sex},{age}" + (f",{parts[1][patient]}" if parts else ""))
     text = "\n".join(rows) + "\n"
-    _atomic_write(folder / "labels.csv", lambda p: _write_text(p, text))  # last: marks it complete
+    atomic_write(folder / "labels.csv", lambda p: _write_text(p, text))  # last: marks it complete
 
 
 def _write_npz(path: Path, images: np.ndarray, labels: np.ndarray, patients: np.ndarray,
@@ -194,7 +194,7 @@ def _write_npz(path: Path, images: np.ndarray, labels: np.ndarray, patients: np.
                 with archive.open(info, "w", force_zip64=True) as handle:
                     np.lib.format.write_array(handle, array, allow_pickle=False)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _check(n_hospitals: int, images_per_hospital: int, size: int, channels: int, classes: tuple[str, ...],
@@ -310,6 +310,6 @@ def synthesize_image_hospitals(
     if lesion_strength != 1.0:
         summary["lesion_strength"] = lesion_strength
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / "ground_truth.json", lambda p: _write_text(p, text))
+    atomic_write(out / "ground_truth.json", lambda p: _write_text(p, text))
     logger.info("synthesized %d imaging hospitals into %s", n_hospitals, out)
     return written

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from training.categories import outside_declared
-from training.dp_statistics import dp_table_statistics
+from training.tabular.dp_statistics import dp_table_statistics
 from training.local_rounds import clip_metrics, round_dp_config, round_seed
 from training.modality import LocalRound, LocalSite, RoundCharge, RoundOutcome, StatisticsCharge
 from training.tabular.contract import schema_fingerprint
@@ -51,7 +51,7 @@ def _model(spec: Any, encoder: FeatureEncoder, state: dict[str, torch.Tensor]) -
 
 def local_statistics(spec: Any, site: LocalSite, charge: StatisticsCharge) -> dict[str, Any]:
     """Sufficient statistics and schema fingerprint of the site's training rows: noised
-    (:mod:`training.dp_statistics`) and charged first with DP on; exact without."""
+    (:mod:`training.tabular.dp_statistics`) and charged first with DP on; exact without."""
     dm = _data(site, spec)
     _log_undeclared(site, dm)
     if spec.privacy.enabled:

@@ -52,7 +52,7 @@ def local_statistics(frame: pd.DataFrame, contract: DataContract) -> dict[str, A
 
 def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Add up the statistics of several hospitals (exact or DP-noised, see
-    :mod:`training.dp_statistics`: sums there are of ``x - centre``, the same centre at
+    :mod:`training.tabular.dp_statistics`: sums there are of ``x - centre``, the same centre at
     every hospital)."""
     merged: dict[str, Any] = {"n": 0, "numeric": {}, "categorical": {}}
     for part in parts:

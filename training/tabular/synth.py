@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from training.atomic_write import atomic_write
 
 __all__ = [
     "FEATURES_CATEGORICAL",
@@ -267,24 +267,11 @@ def _split_sizes(n_patients: int, n_hospitals: int, rng: np.random.Generator) ->
     return [int(_MIN_PER_HOSPITAL + e) for e in extra]
 
 
-def _atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
-    """Write via `writer` into a temp file next to `path`, then atomically replace it."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_frame(frame: pd.DataFrame, path: Path, file_format: str) -> None:
     if file_format == "csv":  # "%.10g" writes whole-number floats as "132", NaN as an empty cell
-        _atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n", float_format="%.10g"))
+        atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n", float_format="%.10g"))
     else:
-        _atomic_write(path, lambda p: frame.to_parquet(p, index=False, engine="pyarrow"))
+        atomic_write(path, lambda p: frame.to_parquet(p, index=False, engine="pyarrow"))
 
 
 def _rounded(value: Any) -> Any:
@@ -371,6 +358,6 @@ def synthesize_hospitals(
     if messiness is not None:
         truth["messiness"] = asdict(messiness)
     text = json.dumps(_rounded(truth), indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / "ground_truth.json", lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(out / "ground_truth.json", lambda p: p.write_text(text, encoding="utf-8"))
     logger.info("synthesized %d hospitals (%d patients) into %s", n_hospitals, n_patients, out)
     return hospitals
