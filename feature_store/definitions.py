@@ -1,5 +1,4 @@
-"""Feast objects: tenant and patient entities, demographics/vitals/labs views, push sources,
-and on-demand derived features."""
+"""Feast objects: entities, the demographics/vitals/labs views, push sources, on-demand derived features."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""What the API scores with: patients' current features (Feast, TTL-cached), the model
-(``models:/<name>@<alias>``, scored in-process and re-resolved every few seconds), the
-prediction cache and the recorder that group-commits predictions."""
+"""What the API scores with: patients' features (Feast, TTL-cached), the served model, the prediction cache, the recorders."""
 
 from __future__ import annotations
 

@@ -84,11 +84,10 @@ class RiskPredictor:
     async def __call__(self, request: Request) -> JSONResponse:
         """HTTP: ``{"instances": [{feature: value, ...}, ...]}`` -> ``{"predictions": [...]}``."""
         try:
-            body = await request.json()
-            instances = body["instances"]
-            if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
-                raise TypeError
+            instances = (await request.json())["instances"]
         except Exception:  # noqa: BLE001 - any malformed body is the caller's error
+            instances = None
+        if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
             return JSONResponse({"detail": "body must be {\"instances\": [{feature: value}, ...]}"}, status_code=422)
         results = await asyncio.gather(*(self._predict_batch(i) for i in instances))
         errors = [(n, r["error"]) for n, r in enumerate(results) if "error" in r]

@@ -1,5 +1,4 @@
-"""The VisionClassifier deployment: batched image classification with the production model,
-on a (fraction of a) GPU where the cluster has GPUs and on the CPU otherwise."""
+"""The VisionClassifier deployment: batched image classification with the production model (GPU where present)."""
 
 from __future__ import annotations
 
