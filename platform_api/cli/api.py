@@ -10,7 +10,7 @@ import typer
 
 from platform_api.cli.access import api_session
 from platform_api.cli.errors import CliInputError, PlatformStoreError
-from platform_api.cli.output import bare_value_errors_as_input, exec_server, one_line_errors, out
+from platform_api.cli.output import exec_server, one_line_errors, out
 
 __all__ = ["api_app"]
 
@@ -55,8 +55,7 @@ def key_create(
     if role in ("clinical_validator", "data_scientist") and not name.strip():
         raise CliInputError(f"a {role} key needs --name: the person it belongs to (reviews are independent of launches by person)")
     try:
-        # platform_api.auth.create_key refuses a role or a missing tenant with a bare ValueError
-        with bare_value_errors_as_input(), api_session() as session:
+        with api_session() as session:
             token = create_key_audited(session, role=role, tenant_id=tenant, name=name)
     except SQLAlchemyError as e:
         raise PlatformStoreError(f"cannot write the key and its audit event: {' '.join(str(getattr(e, 'orig', None) or e).split())}") from e

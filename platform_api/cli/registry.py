@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,20 +16,19 @@ from platform_api.cli.registry_validate import registry_validate
 
 if TYPE_CHECKING:
     from experiments.review_records import Decision, VersionInfo
-    from platform_api.auth import Principal
+    from platform_api.reviews import ReviewService
 
 __all__ = ["registry_app"]
 
 registry_app = typer.Typer(help="Registered model versions: review (approve, reject), promote, roll back.", no_args_is_help=True)
 
 
-def _audited_decision(who: Principal, action: str, name: str, version: str, decide: Callable[[], Decision]) -> Decision:
-    """Run ``decide`` and append it, or its refusal, to the platform's audit log as ``who``."""
-    from experiments.registry import audit_action
-    from platform_api.audit import audited
+def _reviews(model: str | None, tracking_uri: str | None) -> tuple[ReviewService, str]:
+    """The review-decision service on the registry (the API and the review page decide through it too)."""
+    from platform_api.reviews import ReviewService
 
-    with api_session() as session, audited(session, who, audit_action(action, name, version)):
-        return decide()
+    registry, name = open_registry(model, tracking_uri)
+    return ReviewService(registry), name
 
 
 def _print_decision(decision: Decision) -> None:
@@ -156,9 +154,9 @@ def registry_approve(
 ) -> None:
     """Approve a pending version (it may then be promoted); the audit log records it."""
     who = principal(api_key, "clinical_validator")
-    registry, name = open_registry(model, tracking_uri)
-    _print_decision(_audited_decision(who, "approve", name, version, lambda: registry.approve(
-        name, version, validator=who.identity, rationale=rationale, receipt=receipt)))
+    reviews, name = _reviews(model, tracking_uri)
+    with api_session() as session:
+        _print_decision(reviews.approve(session, who, name, version, rationale=rationale, receipt=receipt))
 
 
 @registry_app.command("reject")
@@ -173,9 +171,9 @@ def registry_reject(
 ) -> None:
     """Reject a pending version (it can never be promoted); the audit log records it."""
     who = principal(api_key, "clinical_validator")
-    registry, name = open_registry(model, tracking_uri)
-    _print_decision(_audited_decision(who, "reject", name, version, lambda: registry.reject(
-        name, version, validator=who.identity, rationale=rationale, receipt=receipt)))
+    reviews, name = _reviews(model, tracking_uri)
+    with api_session() as session:
+        _print_decision(reviews.reject(session, who, name, version, rationale=rationale, receipt=receipt))
 
 
 registry_app.command("validate")(registry_validate)
@@ -191,9 +189,9 @@ def registry_promote(
 ) -> None:
     """Give an approved version the production alias (serving follows it)."""
     who = principal(api_key, "clinical_validator")
-    registry, name = open_registry(model, tracking_uri)
-    _print_decision(_audited_decision(who, "promote", name, version,
-                                      lambda: registry.promote(name, version, actor=who.identity.display)))
+    reviews, name = _reviews(model, tracking_uri)
+    with api_session() as session:
+        _print_decision(reviews.promote(session, who, name, version))
 
 
 @registry_app.command("rollback")
@@ -206,6 +204,6 @@ def registry_rollback(
 ) -> None:
     """Move production back to the previous approved version (or to --to); admins only."""
     who = principal(api_key, "admin")
-    registry, name = open_registry(model, tracking_uri)
-    _print_decision(_audited_decision(who, "rollback", name, to or "previous",
-                                      lambda: registry.rollback(name, actor=who.identity.display, to_version=to)))
+    reviews, name = _reviews(model, tracking_uri)
+    with api_session() as session:
+        _print_decision(reviews.rollback(session, who, name, to))
