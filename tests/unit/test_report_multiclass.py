@@ -166,7 +166,7 @@ def test_render_html_takes_named_images(report: dict[str, Any], tmp_path: Path) 
 
 def test_review_page_rows_follow_the_task(report: dict[str, Any]) -> None:
     from platform_api import review_ui
-    rows = dict((key, label) for label, key in review_ui._rows(report))
+    rows = {key: label for label, key in review_ui._rows(report)}
     assert {"accuracy", "balanced_accuracy", "auroc", "ece", "brier"} <= set(rows) and "positives" not in rows
     assert review_ui._cell(report, "balanced_accuracy") == f"{report['overall']['balanced_accuracy']:.3f}"
     assert review_ui._rows({"overall": {}}) == review_ui._ROWS and review_ui._rows(None) == review_ui._ROWS
