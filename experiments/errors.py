@@ -4,6 +4,7 @@ Hierarchy::
 
     ExperimentError
     ├── SpecError             an experiment spec is unreadable or invalid
+    │   └── FhirSectionError  a logged spec's fhir section is invalid (also a ValueError)
     ├── TrackingError         MLflow tracking or the registry failed
     ├── LocalValidationError  a validator's file has nothing held out to score
     ├── SecretKeyError        a secret key file that cannot be used
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "ExperimentError",
+    "FhirSectionError",
     "LauncherUnknown",
     "LocalValidationError",
     "NotApproved",
@@ -50,6 +52,11 @@ class SpecError(ExperimentError):
     The message names the file and the field at fault, e.g.
     ``spec.yaml: training.rounds: must be greater than 0``.
     """
+
+
+class FhirSectionError(SpecError, ValueError):
+    """The ``fhir`` section of a version's logged spec does not validate (names the field, e.g.
+    ``fhir.outcome: ...``); also a ``ValueError`` for callers that catch one."""
 
 
 class TrackingError(ExperimentError):

@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from experiments.errors import FhirSectionError
+
 __all__ = [
     "DEFAULT_FEATURE_CODES",
     "LOINC",
@@ -206,7 +208,7 @@ def terminology_from_spec(spec: Mapping[str, Any] | None, tags: Mapping[str, str
     A spec without a ``fhir`` section gets the built-in feature codes and a text-only outcome.
 
     Raises:
-        ValueError: the spec's ``fhir`` section is not valid (naming the field).
+        FhirSectionError: the spec's ``fhir`` section is not valid (naming the field).
     """
     spec = spec or {}
     try:
@@ -214,7 +216,7 @@ def terminology_from_spec(spec: Mapping[str, Any] | None, tags: Mapping[str, str
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"fhir.{where}: {first['msg'].removeprefix('Value error, ')}") from err
+        raise FhirSectionError(f"fhir.{where}: {first['msg'].removeprefix('Value error, ')}") from err
     label = (spec.get("data") or {}).get("label")
     text = section.outcome.display if section.outcome and section.outcome.display else None
     tags = tags or {}
@@ -237,7 +239,7 @@ def version_terminology(client: Any, name: str, version: str) -> ModelTerminolog
     Raises:
         mlflow.exceptions.MlflowException: the registry or artifact store did not answer,
             or the version does not exist.
-        ValueError: the logged spec's ``fhir`` section is not valid.
+        FhirSectionError: the logged spec's ``fhir`` section is not valid.
     """
     mv = client.get_model_version(name, str(version))
     tags = dict(mv.tags or {})
