@@ -152,7 +152,7 @@ def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | No
     forked or re-hashed event is named once and later events are still checked.
 
     Raises:
-        experiments.keys.SecretKeyError: keyed events or checkpoints exist but no audit key does.
+        experiments.errors.SecretKeyError: keyed events or checkpoints exist but no audit key does.
     """
     bind = session.get_bind()
     db = database_id(bind.url if isinstance(bind, Engine) else bind.engine.url)

@@ -43,7 +43,7 @@ def audit_key(*, create: bool = True) -> bytes:
     """The ``audit`` key (``BIOVERSE_AUDIT_KEY`` or ``<data dir>/keys/audit.key``), read once per process.
 
     Raises:
-        experiments.keys.SecretKeyError: no usable key (and ``create`` is false, or the file is bad).
+        experiments.errors.SecretKeyError: no usable key (and ``create`` is false, or the file is bad).
     """
     path = key_path("audit")  # the data dir of experiments' settings, as every other key
     ident = (os.environ.get("BIOVERSE_AUDIT_KEY", ""), str(path), create)

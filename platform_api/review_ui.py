@@ -16,7 +16,8 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from experiments.errors import ReviewError
-from experiments.registry import ModelRegistry, VersionInfo
+from experiments.registry import ModelRegistry
+from experiments.review_records import VersionInfo
 from platform_api.auth import Principal, authenticate, issue_token_for, signing_key
 from platform_api.db import DatabaseUrl, session_factory
 from platform_api.deps import RateLimitsDep, RegistryDep, ReviewsDep, client_address

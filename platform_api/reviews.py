@@ -11,7 +11,8 @@ from platform_api.audit import audited
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from experiments.registry import Decision, ModelRegistry
+    from experiments.registry import ModelRegistry
+    from experiments.review_records import Decision
     from platform_api.auth import Principal
 
 __all__ = ["ReviewService"]

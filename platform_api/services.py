@@ -162,7 +162,7 @@ def get_terminology() -> TerminologyService:
 
 def _audit_refusal(version: str, reason: str) -> None:
     """Append the gate's refusal to the audit log (actor ``gate``, role ``system``)."""
-    from experiments.registry import audit_action
+    from experiments.review_records import audit_action
     from platform_api.audit import audited
     from platform_api.auth import Principal
     from platform_api.db import session_factory

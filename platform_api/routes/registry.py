@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from experiments.registry import Decision, VersionInfo
+from experiments.review_records import Decision, VersionInfo
 from platform_api.auth import Principal
 from platform_api.deps import RegistryDep, ReviewsDep, SessionDep, require_roles
 from platform_api.errors import NotFound

@@ -39,7 +39,9 @@ from experiments.errors import (
     WrongScope,
 )
 from experiments.gate import APPROVAL_TAG, TENANT_TAG, Identity, issue_receipt
-from experiments.registry import HISTORY_TAG, QUALITY_TAG, ModelRegistry, audit_action
+from experiments.registry import HISTORY_TAG, ModelRegistry
+from experiments.registry_reader import QUALITY_TAG
+from experiments.review_records import audit_action
 from experiments.tracking import RunTracker
 from tests.integration.conftest import clear_platform_caches, register_risk_models, tracking_uri
 
