@@ -25,7 +25,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from _results import machine, table, write_section
-from training.imaging.synth import ImageSiteProfile, _patients, render_images
+from training.imaging.synth import ImageSiteProfile, draw_patients, render_images
 from training.imaging.local import predict_vision, train_vision_locally
 from training.imaging.vision import build_vision_model
 from training.privacy import DPConfig
@@ -62,7 +62,7 @@ def hospitals(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarra
         profile = ImageSiteProfile(brightness=float(rng.uniform(-0.08, 0.08)), contrast=float(rng.uniform(0.8, 1.2)),
                                    noise=float(rng.uniform(0.02, 0.06)), blur=float(rng.uniform(0.0, 0.03)),
                                    tint=(1.0, 1.0, 1.0), prevalence=PREVALENCE)
-        patients, labels = _patients(n, profile.prevalence, rng, "p")
+        patients, labels = draw_patients(n, profile.prevalence, rng, "p")
         images = render_images(labels, patients, profile, size=28, channels=1, patterns=("none", "blob"), rng=rng)
         ids = rng.permutation(np.unique(patients))
         test = np.isin(patients, ids[: len(ids) // 5])
@@ -125,7 +125,7 @@ def run(setting: Setting, data: list, rounds: int, seed: int) -> tuple[list[floa
 
 def settings() -> list[Setting]:
     """Before (the issue's settings), the new defaults, and their variations."""
-    from experiments.dp_defaults import DP_IMAGE_DEFAULTS
+    from training.imaging.spec import DP_IMAGE_DEFAULTS
 
     t, p = DP_IMAGE_DEFAULTS["training"], DP_IMAGE_DEFAULTS["privacy"]
     new = Setting(f"DP defaults: sgd {t['learning_rate']:g}, b{t['batch_size']}, C={p['max_grad_norm']:g}", t["optimizer"],

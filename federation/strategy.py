@@ -13,10 +13,10 @@ from typing import Any, Protocol
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 
-from experiments.spec import StrategySpec
+from experiments.spec_sections import StrategySpec
 from federation.errors import TooFewHospitalsError
 
-__all__ = ["CLIP_BOUND", "HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy", "remote_reason"]
+__all__ = ["CLIP_BOUND", "HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy", "remote_reason", "selection_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +191,13 @@ class _Observed:
         metrics = aggregate_metrics([m.content for m in usable], self.weighted_by_key) if usable else None  # type: ignore[attr-defined]
         self.observer.on_round("evaluate", server_round, outcomes, dict(metrics or {}))
         select = getattr(self.observer, "on_selection", None)
-        if select is not None and select(server_round, _selection_parts(usable, self.node_names), self._evaluated):
+        if select is not None and select(server_round, selection_parts(usable, self.node_names), self._evaluated):
             self.stopped_after = server_round
             log.info("early stopping after round %d", server_round)
         return metrics
 
 
-def _selection_parts(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:
+def selection_parts(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:
     """The val releases in an evaluate round's usable replies, by hospital (unreadable ones skipped)."""
     parts: dict[str, dict[str, Any]] = {}
     for msg in replies:

@@ -12,12 +12,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from experiments.errors import SpecError
-from experiments.spec import StrategySpec
+from experiments.spec_sections import StrategySpec
 from federation.errors import BudgetExceededError
 from federation.ledger import PrivacyLedger
 from federation.selection import NO_VAL_PART, RoundSelection, charge_selection, selection_noise
 from federation.site import Site
-from federation.strategy import _selection_parts, build_strategy
+from federation.strategy import selection_parts, build_strategy
 from tests.conftest import make_spec
 from training.selection import (
     LOSS_CLIP,
@@ -159,7 +159,7 @@ def test_round_selection_keeps_the_best_round_model_and_tags_it(hospital_files: 
 
 
 def _has_val_fraction() -> bool:
-    from experiments.spec import DataSpec
+    from training.tabular.spec import DataSpec
 
     return "val_fraction" in DataSpec.model_fields
 
@@ -228,7 +228,7 @@ def test_strategy_sends_nothing_after_early_stopping() -> None:
     reply = Message(RecordDict({"site": ConfigRecord({"hospital-id": "h1", "status": "ok", "reason": ""}),
                                 "metrics": MetricRecord({"num-examples": 10.0, "val-loss": 0.5}),
                                 "selection": ConfigRecord({"aggregates": json.dumps(part)})}), reply_to=sent)
-    assert _selection_parts([reply], {}) == {"h1": part}
+    assert selection_parts([reply], {}) == {"h1": part}
     strategy.aggregate_evaluate(1, [reply])
     assert observer.seen == [(1, {"h1": part})] and strategy.stopped_after == 1
     assert list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), None)) == []

@@ -15,7 +15,7 @@ from PIL import Image
 
 from training.atomic_write import atomic_write
 
-__all__ = ["LAYOUTS", "PATTERNS", "ImageSiteProfile", "render_images", "synthesize_image_hospitals"]
+__all__ = ["LAYOUTS", "PATTERNS", "ImageSiteProfile", "draw_patients", "render_images", "synthesize_image_hospitals"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def render_images(labels: np.ndarray, patients: np.ndarray, profile: ImageSitePr
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def _patients(n_images: int, prevalence: tuple[float, ...], rng: np.random.Generator, prefix: str
+def draw_patients(n_images: int, prevalence: tuple[float, ...], rng: np.random.Generator, prefix: str
               ) -> tuple[np.ndarray, np.ndarray]:
     """Per image: patient id and class (a patient has one class and 1-4 images)."""
     ids: list[str] = []
@@ -285,7 +285,7 @@ def synthesize_image_hospitals(
         if majority is not None:
             rest = (1.0 - majority) / (len(classes) - 1)
             profile = replace(profile, prevalence=(majority, *([rest] * (len(classes) - 1))))
-        patients, labels = _patients(images_per_hospital, profile.prevalence, rng, f"h{index:0{width}d}")
+        patients, labels = draw_patients(images_per_hospital, profile.prevalence, rng, f"h{index:0{width}d}")
         images = render_images(labels, patients, profile, size=size, channels=channels,
                                patterns=PATTERNS[: len(classes)], rng=rng, lesion_strength=lesion_strength)
         fmt = "JPEG" if index == _JPEG_SITE else "PNG"
