@@ -37,7 +37,10 @@ import torch
 from torch import nn
 
 from _results import machine, table, write_section
-from experiments.spec import DataSpec, ExperimentSpec, ImageDataSpec, TrainingSpec, ValidationSpec, parse_spec
+from experiments.spec import ExperimentSpec, parse_spec
+from experiments.spec_sections import TrainingSpec, ValidationSpec
+from training.imaging.spec import ImageDataSpec
+from training.tabular.spec import DataSpec
 from federation.launcher import LaunchOptions, run_experiment
 from training.tabular.data import HospitalDataModule
 from training.imaging.data import load_image_split

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from experiments.errors import LocalValidationError
-from experiments.spec import DataSpec, ExperimentSpec, ImageDataSpec
+from experiments.spec import ExperimentSpec
+from training.imaging.spec import ImageDataSpec
+from training.tabular.spec import DataSpec
 from training.fingerprint import dataset_fingerprint
 from training.imaging.data import load_image_split
 from training.imaging.splits import ImageSplit

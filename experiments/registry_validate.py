@@ -94,7 +94,7 @@ def select_local_validation(registry: ModelRegistry, name: str, version: str, so
 
 def _held_out(source: Path, spec: ExperimentSpec, tags: dict[str, str], part: str) -> tuple[Any, HeldOut, str]:
     from experiments.local_validation import held_out_images, held_out_rows
-    from experiments.spec import ImageDataSpec
+    from training.imaging.spec import ImageDataSpec
 
     if isinstance(spec.data, ImageDataSpec):
         split, held = held_out_images(source, spec, tags, part)  # type: ignore[arg-type]

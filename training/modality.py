@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from training.data_section import DataSection
 from training.errors import UnknownModalityError
 from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
@@ -108,6 +109,11 @@ class Modality(Protocol):
     name: str
     multiclass_aggregates: bool
     uses_gpu: bool
+
+    @property
+    def data_spec(self) -> type[DataSection]:
+        """The pydantic model of the spec's ``data:`` section for this kind of data."""
+        ...
 
     # ---- the model ----
     def class_names(self, spec: Any) -> list[str]:

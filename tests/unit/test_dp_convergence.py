@@ -13,8 +13,9 @@ import pytest
 import torch
 from flwr.serverapp.strategy import FedAvgM
 
-from experiments.dp_defaults import DP_IMAGE_DEFAULTS
-from experiments.spec import StrategySpec, parse_spec
+from training.imaging.spec import DP_IMAGE_DEFAULTS
+from experiments.spec import parse_spec
+from experiments.spec_sections import StrategySpec
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from federation.coordinator import Coordinator
 from federation.hospital import charge_round

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from experiments.errors import SpecError
-from experiments.spec import ImageDataSpec, parse_spec
+from experiments.spec import parse_spec
+from training.imaging.spec import ImageDataSpec
 
 
 def image_spec_dict(**overrides: Any) -> dict[str, Any]:
@@ -26,7 +27,7 @@ def image_spec_dict(**overrides: Any) -> dict[str, Any]:
 
 def test_an_image_spec_gets_an_image_model_and_per_sample_hooks() -> None:
     spec = parse_spec(image_spec_dict())
-    assert spec.is_imaging and isinstance(spec.data, ImageDataSpec)
+    assert spec.modality.name == "images" and isinstance(spec.data, ImageDataSpec)
     assert spec.model.kind == "cnn"  # the default for images, not the tabular mlp
     assert spec.privacy.grad_sample_mode == "hooks"  # fused clipping is Linear-only
     contract = spec.data.contract
@@ -51,7 +52,7 @@ def test_tabular_specs_are_unchanged_by_the_modality() -> None:
     from tests.conftest import spec_dict
 
     spec = parse_spec(spec_dict([Path("a.csv"), Path("b.csv")]))
-    assert not spec.is_imaging and spec.data.modality == "tabular" and spec.privacy.grad_sample_mode == "fused"
+    assert spec.modality.name == "tabular" and spec.data.modality == "tabular" and spec.privacy.grad_sample_mode == "fused"
 
 
 @pytest.mark.parametrize(

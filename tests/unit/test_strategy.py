@@ -8,7 +8,7 @@ import pytest
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
-from experiments.spec import StrategySpec
+from experiments.spec_sections import StrategySpec
 from federation.strategy import aggregate_metrics, build_strategy
 
 

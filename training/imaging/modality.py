@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from training.imaging.registry_side import ImagingRegistrySide
+from training.data_section import DataSection
 from training.modality import LocalRound, LocalSite, Preprocessor, RoundCharge, RoundOutcome, StatisticsCharge, StatisticsReview
 
 __all__ = ["IMAGING", "ImagingModality"]
@@ -18,10 +19,17 @@ class ImagingModality(ImagingRegistrySide):
     multiclass_aggregates = True
     uses_gpu = True
 
+    @property
+    def data_spec(self) -> type[DataSection]:
+        """:class:`training.imaging.spec.ImageDataSpec`."""
+        from training.imaging.spec import ImageDataSpec
+
+        return ImageDataSpec
+
     # ---- the model ----
     def class_names(self, spec: Any) -> list[str]:
         """The spec's classes, in the order of the model's outputs."""
-        return list(spec.data.classes)
+        return spec.data.class_names()
 
     def model_hparams(self, spec: Any) -> dict[str, Any]:
         """Learning rate and optimiser; the first stage's width when the spec sets it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from training.data_section import DataSection
 from training.modality import LocalRound, LocalSite, Preprocessor, RoundCharge, RoundOutcome, StatisticsCharge, StatisticsReview
 from training.tabular.registry_side import TabularRegistrySide
 
@@ -18,10 +19,17 @@ class TabularModality(TabularRegistrySide):
     multiclass_aggregates = False
     uses_gpu = False
 
+    @property
+    def data_spec(self) -> type[DataSection]:
+        """:class:`training.tabular.spec.DataSpec`."""
+        from training.tabular.spec import DataSpec
+
+        return DataSpec
+
     # ---- the model ----
     def class_names(self, spec: Any) -> list[str]:
         """A risk model's two classes, ``0`` and ``1``."""
-        return ["0", "1"]
+        return spec.data.class_names()
 
     def model_hparams(self, spec: Any) -> dict[str, Any]:
         """Learning rate and optimiser; an MLP's hidden layers and dropout."""

@@ -1,0 +1,71 @@
+"""The modality registry: lookup by the spec's data.modality, the Protocol, runtime registration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import pytest
+
+from experiments.errors import SpecError
+from experiments.spec import parse_spec
+from tests.conftest import spec_dict
+from training import modality as registry
+from training.errors import UnknownModalityError
+from training.modality import REGISTRY, Modality, get_modality, register_modality
+from training.tabular.modality import TabularModality
+from training.tabular.spec import DataSpec
+
+
+class SurvivalDataSpec(DataSpec):
+    """A stand-in third kind of data: a tabular table under another modality name."""
+
+    modality: Literal["survival"]  # type: ignore[assignment]
+    model_kinds: ClassVar[tuple[str, ...]] = ("logistic",)
+
+
+class SurvivalModality(TabularModality):
+    """The stand-in's modality: tabular behaviour, its own name and data section."""
+
+    name = "survival"
+
+    @property
+    def data_spec(self) -> type[SurvivalDataSpec]:
+        return SurvivalDataSpec
+
+
+SURVIVAL = SurvivalModality()
+
+
+def test_an_unknown_modality_name_is_a_clear_error() -> None:
+    with pytest.raises(UnknownModalityError, match=r"unknown modality 'video' \(registered: images, tabular\)"):
+        get_modality("video")
+    with pytest.raises(SpecError, match="data: modality must be tabular or images"):
+        parse_spec(spec_dict([Path("a.csv"), Path("b.csv")], data={"modality": "video"}))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_modality_satisfies_the_protocol(name: str) -> None:
+    modality = get_modality(name)
+    assert isinstance(modality, Modality)
+    assert modality.name == name
+    assert modality.data_spec.model_fields["modality"].annotation == Literal[name]  # type: ignore[valid-type]
+
+
+def test_the_spec_looks_its_modality_up_in_the_registry() -> None:
+    spec = parse_spec(spec_dict([Path("a.csv"), Path("b.csv")]))
+    assert spec.modality is get_modality("tabular") and spec.modality.class_names(spec) == ["0", "1"]
+
+
+def test_a_modality_registered_at_runtime_is_used_by_the_spec_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "REGISTRY", dict(REGISTRY))
+    register_modality("survival", f"{__name__}:SURVIVAL")
+    data = spec_dict([Path("a.csv"), Path("b.csv")])
+    data["data"] = {**data["data"], "modality": "survival"}
+    spec = parse_spec(data)
+    assert isinstance(spec.data, SurvivalDataSpec) and spec.modality is SURVIVAL
+    assert spec.model.kind == "logistic"  # the data section's default model kind
+    assert parse_spec(spec.model_dump(mode="json")).data == spec.data  # the run config's round trip
+    with pytest.raises(SpecError, match="model.kind: mlp is for images"):
+        parse_spec({**data, "model": {"kind": "mlp"}})
+
