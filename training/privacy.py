@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-
-import torch
-from opacus.accountants import create_accountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
+from typing import TYPE_CHECKING
 
 from training.errors import PrivacyConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CLIPPING_MODES", "COUNT_NOISE_FACTOR", "DPConfig", "GRAD_SAMPLE_MODES", "QuantileClipper", "adaptive_noise",
@@ -123,6 +122,8 @@ def noise_for_budget(*, target_epsilon: float, delta: float, sample_rate: float,
     if not math.isfinite(target_epsilon) or target_epsilon <= 0:
         raise PrivacyConfigError(f"target epsilon must be a positive finite number, not {target_epsilon}")
     if accountant != "rdp":
+        from opacus.accountants.utils import get_noise_multiplier
+
         try:
             return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
                                               sample_rate=sample_rate, steps=steps, accountant=accountant))
@@ -151,9 +152,13 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
     if steps <= 0:
         return 0.0
     if accountant == "rdp":
+        from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
         rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=RDP_ORDERS)
         eps, _ = get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
     else:
+        from opacus.accountants import create_accountant
+
         acc = create_accountant(accountant)
         acc.history = [(noise_multiplier, sample_rate, steps)]
         eps = acc.get_epsilon(delta=delta)
@@ -205,6 +210,8 @@ class QuantileClipper:
     def update(self, norms: torch.Tensor | None) -> float:
         """Release the noisy unclipped count of one step's per-sample gradient ``norms``
         (None or empty for an empty batch) and move the bound; returns the new bound."""
+        import torch
+
         unclipped = 0.0 if norms is None else float((norms <= self.bound).sum())
         device = self.generator.device if self.generator is not None else "cpu"
         noise = float(torch.normal(0.0, self.count_std, (1,), generator=self.generator, device=device))
