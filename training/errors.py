@@ -8,7 +8,8 @@ Hierarchy::
     │   ├── ImageDataError     a hospital's images break the image contract
     │   └── ImageDecodeError   bytes that are not a readable PNG or JPEG image
     ├── PrivacyConfigError     DP settings that cannot be met
-    ├── ScoringInputError      a feature value a packaged model cannot take (also a ValueError)
+    ├── ScoringInputError      a feature value or image a packaged model cannot take (also a ValueError)
+    ├── SynthOptionsError      synthetic-hospital options that cannot be met (also a ValueError)
     ├── UnknownModalityError   no modality registered under a spec's data.modality (also a ValueError)
     └── ValidationInputError   malformed predictions, labels or aggregates for a validation
                                report (also a ValueError)
@@ -19,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["DataContractError", "DataSplitError", "ImageDataError", "ImageDecodeError", "PrivacyConfigError",
-           "ScoringInputError", "TrainingError", "UnknownModalityError", "ValidationInputError"]
+           "ScoringInputError", "SynthOptionsError", "TrainingError", "UnknownModalityError", "ValidationInputError"]
 
 
 class TrainingError(Exception):
@@ -71,7 +72,12 @@ class ImageDecodeError(DataContractError):
 
 
 class ScoringInputError(TrainingError, ValueError):
-    """A feature value the model cannot take (wrong type, unknown feature, missing column)."""
+    """A feature value the model cannot take (wrong type, unknown feature, missing column), or
+    images of the wrong shape for an image classifier."""
+
+
+class SynthOptionsError(TrainingError, ValueError):
+    """Options of ``bioverse data synth`` / ``synth-images`` that cannot be met (names the option)."""
 
 
 class ValidationInputError(TrainingError, ValueError):

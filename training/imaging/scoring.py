@@ -14,17 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.decision import DECISION_FILE, Decision
+from training.artifacts import DECISION_FILE, MODEL_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE
+from training.decision import Decision
+from training.errors import ScoringInputError
 from training.imaging.decode import decode_image
-from training.imaging.preprocessing import ImagePreprocessor
 from training.imaging.local import predict_vision
+from training.imaging.preprocessing import ImagePreprocessor
 from training.imaging.vision import VisionModel, build_vision_model, default_device
 
 __all__ = ["VisionScorer"]
 
-PREPROCESSOR_FILE = "preprocessor.json"
-MODEL_FILE = "model.json"
-WEIGHTS_FILE = "weights.pt"
 
 
 class VisionScorer:
@@ -81,7 +80,7 @@ class VisionScorer:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) of decoded uint8 images (N, C, H, W)."""
         if images.ndim != 4 or images.shape[1:] != (self.preprocessor.channels, self.preprocessor.size, self.preprocessor.size):
-            raise ValueError(f"expected images of shape (N, {self.preprocessor.channels}, {self.preprocessor.size}, "
+            raise ScoringInputError(f"expected images of shape (N, {self.preprocessor.channels}, {self.preprocessor.size}, "
                              f"{self.preprocessor.size}), got {images.shape}")
         with self._lock:
             return predict_vision(self.model, images, mean=self.preprocessor.mean, std=self.preprocessor.std,

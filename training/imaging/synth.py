@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from training.atomic_write import atomic_write
+from training.errors import SynthOptionsError
 
 __all__ = ["LAYOUTS", "PATTERNS", "ImageSiteProfile", "draw_patients", "render_images", "synthesize_image_hospitals"]
 
@@ -200,26 +201,26 @@ def _write_npz(path: Path, images: np.ndarray, labels: np.ndarray, patients: np.
 def _check(n_hospitals: int, images_per_hospital: int, size: int, channels: int, classes: tuple[str, ...],
            layout: str, majority: float | None = None, split_column: str | None = None) -> None:
     if n_hospitals < 1:
-        raise ValueError(f"n_hospitals must be >= 1, got {n_hospitals}")
+        raise SynthOptionsError(f"n_hospitals must be >= 1, got {n_hospitals}")
     if images_per_hospital < _MIN_IMAGES:
-        raise ValueError(f"images_per_hospital must be >= {_MIN_IMAGES}, got {images_per_hospital}")
+        raise SynthOptionsError(f"images_per_hospital must be >= {_MIN_IMAGES}, got {images_per_hospital}")
     if not 8 <= size <= 512:
-        raise ValueError(f"size must be between 8 and 512 pixels, got {size}")
+        raise SynthOptionsError(f"size must be between 8 and 512 pixels, got {size}")
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise SynthOptionsError(f"channels must be 1 or 3, got {channels}")
     if not 2 <= len(classes) <= len(PATTERNS) or len(set(classes)) != len(classes) or not all(classes):
-        raise ValueError(f"classes must be 2 to {len(PATTERNS)} distinct, non-empty names, got {list(classes)}")
+        raise SynthOptionsError(f"classes must be 2 to {len(PATTERNS)} distinct, non-empty names, got {list(classes)}")
     if any("," in c or '"' in c for c in classes):
-        raise ValueError(f"class names cannot hold commas or quotes, got {list(classes)}")
+        raise SynthOptionsError(f"class names cannot hold commas or quotes, got {list(classes)}")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+        raise SynthOptionsError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     if majority is not None and not 1.0 / len(classes) <= majority < 1.0:
-        raise ValueError(f"majority must be at least 1/{len(classes)} and below 1, got {majority}")
+        raise SynthOptionsError(f"majority must be at least 1/{len(classes)} and below 1, got {majority}")
     if split_column is not None:
         if layout != "folder":
-            raise ValueError("split_column is for the folder layout (a .npz holds its parts as train_/val_/test_ arrays)")
+            raise SynthOptionsError("split_column is for the folder layout (a .npz holds its parts as train_/val_/test_ arrays)")
         if split_column in ("image", "patient_id", "label", "sex", "age") or not split_column or "," in split_column:
-            raise ValueError(f"split_column must be a new column name, got {split_column!r}")
+            raise SynthOptionsError(f"split_column must be a new column name, got {split_column!r}")
 
 
 def synthesize_image_hospitals(
@@ -265,14 +266,14 @@ def synthesize_image_hospitals(
         Per hospital, its folder (holding ``labels.csv``) or its ``.npz`` file.
 
     Raises:
-        ValueError: If an argument is out of range.
+        SynthOptionsError: If an argument is out of range (also a ValueError).
     """
     classes = tuple(str(c).strip() for c in classes)
     _check(n_hospitals, images_per_hospital, size, channels, classes, layout, majority, split_column)
     if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0 or parts[2] <= 0 or abs(sum(parts) - 1.0) > 1e-9:
-        raise ValueError(f"parts must be three shares (train > 0, val, test > 0) summing to 1, got {list(parts)}")
+        raise SynthOptionsError(f"parts must be three shares (train > 0, val, test > 0) summing to 1, got {list(parts)}")
     if not 0.0 < lesion_strength <= 1.0:
-        raise ValueError(f"lesion_strength must be in (0, 1], got {lesion_strength}")
+        raise SynthOptionsError(f"lesion_strength must be in (0, 1], got {lesion_strength}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(n_hospitals)))

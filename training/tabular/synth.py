@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from training.atomic_write import atomic_write
+from training.errors import SynthOptionsError
 
 __all__ = [
     "FEATURES_CATEGORICAL",
@@ -109,18 +110,18 @@ class Messiness:
     missing_code_column: str = "cholesterol"
 
     def check(self, n_hospitals: int) -> None:
-        """Raise ValueError naming the field at fault."""
+        """Raise SynthOptionsError naming the field at fault."""
         for name in ("respell_site", "missing_code_site"):
             site = getattr(self, name)
             if site is not None and not 1 <= site <= n_hospitals:
-                raise ValueError(f"{name} must be between 1 and {n_hospitals}, got {site}")
+                raise SynthOptionsError(f"{name} must be between 1 and {n_hospitals}, got {site}")
         if self.split_column is not None and self.split_column in COLUMNS:
-            raise ValueError(f"split_column {self.split_column!r} is already a column of the file")
+            raise SynthOptionsError(f"split_column {self.split_column!r} is already a column of the file")
         fractions = self.split_fractions
         if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9 or fractions[0] == 0:
-            raise ValueError(f"split_fractions must be three shares (train > 0, val, test) summing to 1, got {list(fractions)}")
+            raise SynthOptionsError(f"split_fractions must be three shares (train > 0, val, test) summing to 1, got {list(fractions)}")
         if self.missing_code_column not in _MISSABLE or self.missing_code_column == "smoking":
-            raise ValueError(f"missing_code_column must be one of {[c for c in _MISSABLE if c != 'smoking']}, "
+            raise SynthOptionsError(f"missing_code_column must be one of {[c for c in _MISSABLE if c != 'smoking']}, "
                              f"got {self.missing_code_column!r}")
 
     def apply(self, frame: pd.DataFrame, site: int, seed: int) -> pd.DataFrame:
@@ -303,15 +304,15 @@ def synthesize_hospitals(
         One `SyntheticHospital` per written file, ordered by hospital id.
 
     Raises:
-        ValueError: If an argument is out of range.
+        SynthOptionsError: If an argument is out of range (also a ValueError).
     """
     if n_hospitals < 1:
-        raise ValueError(f"n_hospitals must be >= 1, got {n_hospitals}")
+        raise SynthOptionsError(f"n_hospitals must be >= 1, got {n_hospitals}")
     if n_patients < _MIN_PER_HOSPITAL * n_hospitals:
-        raise ValueError(f"n_patients must be >= {_MIN_PER_HOSPITAL} per hospital "
+        raise SynthOptionsError(f"n_patients must be >= {_MIN_PER_HOSPITAL} per hospital "
                          f"({_MIN_PER_HOSPITAL * n_hospitals} for {n_hospitals} hospitals), got {n_patients}")
     if file_format not in _FORMATS:
-        raise ValueError(f"file_format must be one of {sorted(_FORMATS)}, got {file_format!r}")
+        raise SynthOptionsError(f"file_format must be one of {sorted(_FORMATS)}, got {file_format!r}")
     if messiness is not None:
         messiness.check(n_hospitals)
 
