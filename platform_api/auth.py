@@ -21,7 +21,7 @@ from platform_api.models import ROLES, ApiKey, Tenant
 from platform_api.settings import get_settings
 
 __all__ = [
-    "Principal", "PrincipalCache", "authenticate", "authenticate_cached", "create_key", "decode_access_token",
+    "Principal", "PrincipalCache", "TenantPrincipal", "authenticate", "authenticate_cached", "create_key", "decode_access_token",
     "issue_access_token", "issue_token_for", "principal_cache", "revoke", "signing_key",
 ]
 
@@ -39,6 +39,13 @@ class Principal:
     def identity(self) -> Identity:
         """The caller as the review gate compares people (``launched_by``, ``review.decided_by``)."""
         return Identity("key", self.name, self.key_id, self.tenant_id)
+
+
+@dataclass(frozen=True)
+class TenantPrincipal(Principal):
+    """A caller bound to a tenant, checked once (:func:`platform_api.deps.require_tenant_roles`)."""
+
+    tenant_id: str
 
 
 def _sha256(secret: str) -> str:

@@ -16,7 +16,7 @@ from platform_api.schemas import TwinCreate, TwinUpdate
 __all__ = [
     "paginate",
     "acknowledge_alert", "alert_priority", "create_twin", "get_prediction", "get_twin", "latest_prediction", "list_alerts",
-    "list_image_predictions", "list_predictions", "list_twins", "update_twin",
+    "list_image_predictions", "list_predictions", "list_twins", "twin_patients", "update_twin",
 ]
 
 
@@ -24,6 +24,12 @@ def paginate(session: Session, query: Select[Any], order_by: tuple[Any, ...], *,
     """One page of ``query`` in ``order_by`` order, and the total number of rows it matches."""
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     return list(session.scalars(query.order_by(*order_by).limit(limit).offset(offset)).all()), total
+
+
+def twin_patients(*, session: Session, tenant_id: str, twin_ids: list[str]) -> dict[str, str]:
+    """twin id -> patient id, for those of ``twin_ids`` that are the tenant's."""
+    rows = session.execute(select(Twin.id, Twin.patient_id).where(Twin.tenant_id == tenant_id, Twin.id.in_(twin_ids)))
+    return {twin_id: patient_id for twin_id, patient_id in rows}
 
 
 def create_twin(*, session: Session, tenant_id: str, twin_in: TwinCreate) -> Twin:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from experiments.registry import ModelRegistry
 from platform_api import services
-from platform_api.auth import Principal, authenticate, authenticate_cached
+from platform_api.auth import Principal, TenantPrincipal, authenticate, authenticate_cached
 from platform_api.cache import LocalCache, TTLStore
 from platform_api.db import DatabaseUrl, get_session, session_factory
 from platform_api.errors import Forbidden, NotAuthenticated, TooManyRequests
@@ -22,26 +21,21 @@ from platform_api.metrics import ApiMetrics
 from platform_api.ratelimit import RateLimits
 from platform_api.recorder import Recorder
 from platform_api.reviews import ReviewService
+from platform_api.scoring import ImageScorer, RiskScorer, TwinPatients
 from platform_api.settings import get_settings
+from platform_api.vision import VisionClient, get_vision
 
-__all__ = ["CallerDep", "FeaturesDep", "LimitQuery", "MetricsDep", "ModelsDep", "OffsetQuery", "PatientReader",
+__all__ = ["CallerDep", "FeaturesDep", "ImageScorerDep", "LimitQuery", "MetricsDep", "ModelsDep", "OffsetQuery", "PatientReader", "PatientsDep",
            "PatientWriter", "PredictionCacheDep", "RateLimitsDep", "RecorderDep", "RegistryDep", "ReviewsDep",
-           "SessionDep", "TenantPrincipal", "TerminologyDep", "TwinIndexDep", "bearer_scheme", "client_address",
+           "RiskScorerDep", "SessionDep", "TerminologyDep", "TwinIndexDep", "VisionDep", "bearer_scheme", "client_address",
            "get_feature_service", "get_metrics", "get_model_service", "get_prediction_cache", "get_rate_limits",
            "get_recorder", "get_registry", "get_review_service", "get_terminology_service", "get_twin_index",
+           "get_image_scorer", "get_risk_scorer", "get_twin_patients", "get_vision_client",
            "identify_caller", "registry_at", "require_roles", "require_tenant_roles"]
 
 SessionDep = Annotated[Session, Depends(get_session)]
 bearer_scheme = HTTPBearer(auto_error=False,
                            description="An API key `bv_<id>_<secret>`, or an access token from `POST /v1/oauth/token`")
-
-
-@dataclass(frozen=True)
-class TenantPrincipal(Principal):
-    """A caller bound to a tenant: checked once by :func:`require_tenant_roles`, so routes
-    never test ``tenant_id`` again."""
-
-    tenant_id: str
 
 
 def _authenticate(url: str, token: str | None) -> Principal:
@@ -182,6 +176,11 @@ async def get_review_service(registry: RegistryDep) -> ReviewService:
     return ReviewService(registry)
 
 
+async def get_vision_client() -> VisionClient:
+    """The client of the VisionClassifier deployment."""
+    return get_vision()
+
+
 FeaturesDep = Annotated[services.FeatureService, Depends(get_feature_service)]
 ModelsDep = Annotated[services.ModelService, Depends(get_model_service)]
 TerminologyDep = Annotated[services.TerminologyService, Depends(get_terminology_service)]
@@ -189,3 +188,29 @@ PredictionCacheDep = Annotated[TTLStore, Depends(get_prediction_cache)]
 TwinIndexDep = Annotated[LocalCache, Depends(get_twin_index)]
 RecorderDep = Annotated[Recorder, Depends(get_recorder)]
 ReviewsDep = Annotated[ReviewService, Depends(get_review_service)]
+VisionDep = Annotated[VisionClient, Depends(get_vision_client)]
+
+
+async def get_twin_patients(url: DatabaseUrl, twins: TwinIndexDep) -> TwinPatients:
+    """Which patient each of a tenant's twins is."""
+    return TwinPatients(url=url, twins=twins)
+
+
+PatientsDep = Annotated[TwinPatients, Depends(get_twin_patients)]
+
+
+async def get_risk_scorer(patients: PatientsDep, recorder: RecorderDep, features: FeaturesDep, models: ModelsDep,
+                          predictions: PredictionCacheDep, metrics: MetricsDep) -> RiskScorer:
+    """Risk predictions of the caller's tenant's twins, from the services above."""
+    return RiskScorer(patients=patients, recorder=recorder, features=features, models=models, predictions=predictions,
+                      metrics=metrics, threshold=get_settings().alert_threshold)
+
+
+async def get_image_scorer(patients: PatientsDep, recorder: RecorderDep, vision: VisionDep,
+                           metrics: MetricsDep) -> ImageScorer:
+    """Image classifications of the caller's tenant's twins."""
+    return ImageScorer(patients=patients, recorder=recorder, vision=vision, metrics=metrics)
+
+
+RiskScorerDep = Annotated[RiskScorer, Depends(get_risk_scorer)]
+ImageScorerDep = Annotated[ImageScorer, Depends(get_image_scorer)]

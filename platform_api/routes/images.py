@@ -1,27 +1,18 @@
-"""Images of twins: an upload is classified by the VisionClassifier deployment and the
-result (label, probabilities, model version, the image's hash) stored on the twin."""
+"""Images of twins: uploads classified by the VisionClassifier deployment, results stored on the twin."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import uuid
-from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, File, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Response, UploadFile, status
 
 from platform_api import crud
 from platform_api.audit import audited
-from platform_api.db import DatabaseUrl
-from platform_api.deps import LimitQuery, OffsetQuery, PatientReader, PatientWriter, SessionDep
+from platform_api.deps import ImageScorerDep, LimitQuery, OffsetQuery, PatientReader, PatientWriter, SessionDep
 from platform_api.errors import PayloadTooLarge, UnsupportedMedia
-from platform_api.recorder import Unit
-from platform_api.routes.predictions import patients_of
 from platform_api.schemas import ImagePredictionPage, ImagePredictionPublic
-from platform_api.services import get_recorder
 from platform_api.settings import get_settings
-from platform_api.vision import IMAGE_SIGNATURES, get_vision, sniff_image_type
+from platform_api.vision import IMAGE_SIGNATURES, sniff_image_type
 
 __all__ = ["router"]
 
@@ -52,39 +43,13 @@ async def _read_image(image: UploadFile) -> tuple[bytes, str]:
                         503: {"description": "The vision service does not answer"}},
              openapi_extra={"requestBody": {"content": {"multipart/form-data": {
                  "encoding": {"image": {"contentType": "image/png, image/jpeg"}}}}}})
-async def classify_image(twin_id: str, image: ImageUpload, request: Request, url: DatabaseUrl,
-                         caller: PatientWriter) -> Response:
+async def classify_image(twin_id: str, image: ImageUpload, caller: PatientWriter, scorer: ImageScorerDep) -> Response:
     """Classify an image of the twin's patient with the production image classifier.
 
     The result is stored on the twin with the model version that made it and the image's
     SHA-256; the image itself is not kept. Multipart form, field ``image``.
     """
-    tenant = caller.tenant_id
-    audit: dict[str, Any] = {"actor": caller.key_id, "role": caller.role, "tenant_id": tenant, "patient_id": None,
-                             "action": f"image_prediction.create:{twin_id[:40]}", "outcome": "ok"}
-    recorder = get_recorder(url)
-    try:
-        patients = await patients_of(url, tenant, [twin_id])
-        audit["patient_id"] = patients[twin_id]
-        data, kind = await _read_image(image)
-        result = await get_vision().classify(data, kind)
-    except Exception as err:
-        audit["outcome"] = type(err).__name__.lower()
-        await asyncio.wrap_future(recorder.submit(Unit(audit)))
-        raise
-    row = {
-        "id": str(uuid.uuid4()), "twin_id": twin_id, "tenant_id": tenant,
-        "model_name": str(result["model_name"]), "model_version": str(result["model_version"]),
-        "label": str(result["label"]), "probability": float(result["probability"]),
-        "probabilities": {str(k): float(v) for k, v in result["probabilities"].items()},
-        "image_sha256": hashlib.sha256(data).hexdigest(), "image_bytes": len(data), "content_type": kind,
-        "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
-    }
-    await asyncio.wrap_future(recorder.submit(Unit(audit, image_predictions=[row])))
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.observe_prediction(row["model_name"], row["model_version"], 1)
-    public = ImagePredictionPublic(**{k: v for k, v in row.items() if k != "tenant_id"})
+    public = await scorer.classify(caller, twin_id, lambda: _read_image(image))
     return Response(content=public.model_dump_json(), status_code=status.HTTP_201_CREATED, media_type="application/json")
 
 

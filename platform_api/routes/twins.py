@@ -10,9 +10,17 @@ from sqlalchemy.orm import Session
 from feature_store.errors import FeatureStoreError
 from platform_api import crud
 from platform_api.audit import audited
-from platform_api.deps import LimitQuery, OffsetQuery, PatientReader, PatientWriter, SessionDep
+from platform_api.cache import TTLStore
+from platform_api.deps import (
+    FeaturesDep,
+    LimitQuery,
+    OffsetQuery,
+    PatientReader,
+    PatientWriter,
+    PredictionCacheDep,
+    SessionDep,
+)
 from platform_api.schemas import PredictionPublic, TwinCreate, TwinDetail, TwinPage, TwinPublic, TwinUpdate
-from platform_api.services import get_features, get_prediction_cache
 
 __all__ = ["router"]
 
@@ -45,7 +53,8 @@ def list_twins(
 
 
 @router.get("/{twin_id}", response_model=TwinDetail)
-def read_twin(twin_id: str, session: SessionDep, caller: PatientReader) -> TwinDetail:
+def read_twin(twin_id: str, session: SessionDep, caller: PatientReader, features_service: FeaturesDep,
+              cache: PredictionCacheDep) -> TwinDetail:
     """One twin of the caller's tenant (any other answers 404): identity, current features
     from the online store (cached 60 s) and the latest prediction."""
     with audited(session, caller, f"twin.read:{twin_id[:40]}") as target:
@@ -53,17 +62,16 @@ def read_twin(twin_id: str, session: SessionDep, caller: PatientReader) -> TwinD
         target["patient_id"] = twin.patient_id
         features, unavailable = None, None
         try:
-            features = get_features().current(caller.tenant_id, [twin.patient_id])[twin.patient_id]
+            features = features_service.current(caller.tenant_id, [twin.patient_id])[twin.patient_id]
         except FeatureStoreError as err:
             unavailable = str(err)
         detail = TwinDetail(**TwinPublic.model_validate(twin).model_dump(), features=features, features_unavailable=unavailable,
-                            latest_prediction=_latest_prediction(session, twin.id))
+                            latest_prediction=_latest_prediction(session, cache, twin.id))
     return detail
 
 
-def _latest_prediction(session: Session, twin_id: str) -> PredictionPublic | None:
+def _latest_prediction(session: Session, cache: TTLStore, twin_id: str) -> PredictionPublic | None:
     """The twin's latest prediction: from the prediction cache (300 s), else the database."""
-    cache = get_prediction_cache()
     cached = cache.get_many([twin_id]).get(twin_id)
     if cached is not None:
         return PredictionPublic.model_validate(cached)

@@ -163,3 +163,42 @@ def test_twin_reads_without_a_feature_store_but_cannot_be_scored(api: dict) -> N
     assert state["features"] is None and "bioverse features init" in state["features_unavailable"]
     scored = client.post(f"/v1/twins/{twin['id']}/predictions", headers=_auth(keys["app1"]))
     assert scored.status_code == 503 and "feature store is not set up" in scored.json()["detail"]
+
+
+class _FakeVision:
+    """Stands in for the VisionClassifier deployment (through ``app.dependency_overrides``)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str]] = []
+
+    async def classify(self, image: bytes, content_type: str) -> dict[str, object]:
+        self.seen.append((len(image), content_type))
+        return {"model_name": "chest-xray", "model_version": "3", "label": "normal", "probability": 0.9,
+                "probabilities": {"normal": 0.9, "pneumonia": 0.1}}
+
+
+def test_an_overridden_vision_service_classifies_an_upload_audited_and_stored(api: dict) -> None:
+    from platform_api.deps import get_vision_client
+    from platform_api.vision import IMAGE_SIGNATURES
+
+    client, keys = api["client"], api["keys"]
+    vision = _FakeVision()
+    client.app.dependency_overrides[get_vision_client] = lambda: vision
+    try:
+        twin = client.post("/v1/twins", json={"patient_id": "p-img"}, headers=_auth(keys["app1"])).json()
+        png = IMAGE_SIGNATURES["image/png"] + b"\0" * 64
+        answer = client.post(f"/v1/twins/{twin['id']}/images", files={"image": ("s.png", png, "image/png")},
+                             headers=_auth(keys["app1"]))
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["label"] == "normal" and answer.json()["model_version"] == "3"
+        assert vision.seen == [(len(png), "image/png")]
+        other = client.post(f"/v1/twins/{twin['id']}/images", files={"image": ("s.png", png, "image/png")},
+                            headers=_auth(keys["hosp2"]))
+        assert other.status_code == 404 and len(vision.seen) == 1  # another tenant's twin never reaches the service
+    finally:
+        client.app.dependency_overrides.clear()
+    history = client.get(f"/v1/twins/{twin['id']}/images", headers=_auth(keys["app1"])).json()
+    assert history["total"] == 1 and history["items"][0]["probabilities"] == {"normal": 0.9, "pneumonia": 0.1}
+    with api["session"]() as session:
+        outcomes = session.execute(text("SELECT outcome FROM audit_events WHERE action LIKE 'image_prediction.create:%'"))
+        assert sorted(outcomes.scalars()) == ["notfound", "ok"]

@@ -1,0 +1,170 @@
+"""Scoring a tenant's twins (risk in process, images through the vision deployment), recorded with their audit events."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+
+from feature_store.contract import violations
+from feature_store.errors import StoredValueError
+from platform_api import crud
+from platform_api.auth import TenantPrincipal
+from platform_api.cache import LocalCache, TTLStore
+from platform_api.db import session_factory
+from platform_api.errors import NotFound
+from platform_api.metrics import ApiMetrics
+from platform_api.recorder import Recorder, Unit
+from platform_api.schemas import ImagePredictionPublic, PredictionPublic
+from platform_api.services import FeatureService, ModelService
+from platform_api.vision import VisionClient
+
+__all__ = ["ImageScorer", "RiskScorer", "TwinPatients"]
+
+
+def _audit(caller: TenantPrincipal, action: str) -> dict[str, Any]:
+    return {"actor": caller.key_id, "role": caller.role, "tenant_id": caller.tenant_id, "patient_id": None,
+            "action": action, "outcome": "ok"}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class TwinPatients:
+    """Which patient each of a tenant's twins is, from the twin index, else the database."""
+
+    url: str
+    twins: LocalCache
+
+    def _lookup(self, tenant_id: str, twin_ids: list[str]) -> dict[str, str]:
+        with session_factory(self.url)() as session:
+            return crud.twin_patients(session=session, tenant_id=tenant_id, twin_ids=twin_ids)
+
+    async def of(self, tenant_id: str, twin_ids: list[str]) -> dict[str, str]:
+        """twin id -> patient id for the tenant's twins (another tenant's twin is not found)."""
+        keys = {f"{tenant_id}|{t}": t for t in twin_ids}
+        found = {keys[k]: v["patient_id"] for k, v in self.twins.get_many(keys).items()}
+        missing = [t for t in twin_ids if t not in found]
+        if missing:
+            fresh = await run_in_threadpool(self._lookup, tenant_id, missing)
+            self.twins.set_many({f"{tenant_id}|{t}": {"patient_id": p} for t, p in fresh.items()})
+            found.update(fresh)
+            unknown = [t for t in missing if t not in fresh]
+            if unknown:
+                raise NotFound(f"no twin {unknown[0]}")
+        return found
+
+
+async def _record(recorder: Recorder, unit: Unit) -> None:
+    """Hand ``unit`` to the recorder; back once it is committed."""
+    await asyncio.wrap_future(recorder.submit(unit))
+
+
+@dataclass(frozen=True)
+class RiskScorer:
+    """Risk predictions of a tenant's twins with the served model. Predictions, alerts and the
+    request's audit event are committed together by the recorder (answered once durable); a
+    refusal is audited with the error's name."""
+
+    patients: TwinPatients
+    recorder: Recorder
+    features: FeatureService
+    models: ModelService
+    predictions: TTLStore
+    metrics: ApiMetrics | None
+    threshold: float
+
+    async def predict(self, caller: TenantPrincipal, action: str, twin_ids: list[str]) -> list[PredictionPublic]:
+        """Features of the twins, one model call for all, then the stored predictions and alerts."""
+        audit = _audit(caller, action)
+        try:
+            model, inputs, risks = await self._risks(caller.tenant_id, twin_ids, audit)
+        except Exception as err:
+            audit["outcome"] = type(err).__name__.lower()
+            await _record(self.recorder, Unit(audit))
+            raise
+        unit, now = Unit(audit), _now()
+        out = [self._prediction(unit, caller.tenant_id, model, (twin_id, now), used, float(risk))
+               for twin_id, used, risk in zip(twin_ids, inputs, risks, strict=True)]
+        await _record(self.recorder, unit)
+        self.predictions.set_many({p.twin_id: p.model_dump(mode="json") for p in out})
+        if self.metrics is not None:
+            self.metrics.observe_prediction(model.name, model.version, len(out))
+            self.metrics.observe_unknown_categories(model.unknown_categories(inputs))
+            for alert in unit.alerts:
+                self.metrics.observe_alert(alert["priority"])
+        return out
+
+    async def _risks(self, tenant: str, twin_ids: list[str], audit: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], Any]:
+        """The served model, the inputs each twin is scored on, and the risks."""
+        patients = await self.patients.of(tenant, twin_ids)
+        if len(twin_ids) == 1:
+            audit["patient_id"] = patients[twin_ids[0]]
+        features, missing = self.features.cached(tenant, list(patients.values()))
+        if missing:
+            features.update(await run_in_threadpool(self.features.fetch, tenant, missing))
+        model = self.models.fresh() or await run_in_threadpool(self.models.current)
+        inputs = [{k: features.get(patients[t], {}).get(k) for k in model.features} for t in twin_ids]
+        for twin_id, used in zip(twin_ids, inputs, strict=True):
+            problems = violations(used)  # values stored before the contracts, or around them
+            if problems:
+                raise StoredValueError(f"twin {twin_id}", problems)
+        return model, inputs, model.predict(inputs)
+
+    def _prediction(self, unit: Unit, tenant: str, model: Any, at: tuple[str, datetime], used: dict[str, Any],
+                    risk: float) -> PredictionPublic:
+        """One prediction of twin ``at[0]`` made at ``at[1]`` (and its alert above the threshold) added to ``unit``."""
+        twin_id, now = at
+        prediction = {"id": str(uuid.uuid4()), "twin_id": twin_id, "tenant_id": tenant, "model_name": model.name,
+                      "model_version": model.version, "risk": risk, "inputs": used, "created_at": now}
+        unit.predictions.append(prediction)
+        priority = crud.alert_priority(risk, self.threshold)
+        if priority is not None:
+            unit.alerts.append({"id": str(uuid.uuid4()), "prediction_id": prediction["id"], "twin_id": twin_id,
+                                "tenant_id": tenant, "priority": priority, "status": "open", "created_at": now,
+                                "acknowledged_at": None, "acknowledged_by": None})
+        return PredictionPublic(**{k: v for k, v in prediction.items() if k != "tenant_id"}, alert_priority=priority,
+                                decision=risk >= model.threshold, threshold=model.threshold)
+
+
+@dataclass(frozen=True)
+class ImageScorer:
+    """Image classifications of a tenant's twins by the vision deployment, recorded like predictions."""
+
+    patients: TwinPatients
+    recorder: Recorder
+    vision: VisionClient
+    metrics: ApiMetrics | None
+
+    async def classify(self, caller: TenantPrincipal, twin_id: str,
+                       read: Callable[[], Awaitable[tuple[bytes, str]]]) -> ImagePredictionPublic:
+        """Classify an image of the twin's patient (``read`` gives its bytes and type) and store the result."""
+        audit = _audit(caller, f"image_prediction.create:{twin_id[:40]}")
+        try:
+            audit["patient_id"] = (await self.patients.of(caller.tenant_id, [twin_id]))[twin_id]
+            data, kind = await read()
+            result = await self.vision.classify(data, kind)
+        except Exception as err:
+            audit["outcome"] = type(err).__name__.lower()
+            await _record(self.recorder, Unit(audit))
+            raise
+        row = {
+            "id": str(uuid.uuid4()), "twin_id": twin_id, "tenant_id": caller.tenant_id,
+            "model_name": str(result["model_name"]), "model_version": str(result["model_version"]),
+            "label": str(result["label"]), "probability": float(result["probability"]),
+            "probabilities": {str(k): float(v) for k, v in result["probabilities"].items()},
+            "image_sha256": hashlib.sha256(data).hexdigest(), "image_bytes": len(data), "content_type": kind,
+            "created_at": _now(),
+        }
+        await _record(self.recorder, Unit(audit, image_predictions=[row]))
+        if self.metrics is not None:
+            self.metrics.observe_prediction(row["model_name"], row["model_version"], 1)
+        return ImagePredictionPublic(**{k: v for k, v in row.items() if k != "tenant_id"})
