@@ -1,1 +1,2 @@
-"""The Flower apps: coordinator (ServerApp), hospital (ClientApp), ledger and launcher."""
+"""The Flower apps and what they share: ServerApp (coordinator), ClientApp (hospital site glue), strategies,
+privacy ledger, site config, model selection, launcher and progress (docs/federation.md)."""

@@ -1,19 +1,6 @@
 """Canonical category values: one spelling per category, whichever way a site wrote it.
 
-The rule (documented in ``docs/data.md``):
-
-* ``None``, NaN and text that is empty after stripping are missing (``None``).
-* Text is stripped and runs of whitespace become one space.
-* A number, or text that reads as a decimal number (``4``, ``4.0``, `` 4 ``, ``+4``,
-  ``04``, ``4.00``, ``4e0``), is written in its shortest decimal form: ``4``; ``2.50`` is
-  ``2.5``; ``-0`` is ``0``. ``nan``, ``inf`` and ``1_000`` are text, not numbers.
-* Booleans (Python or NumPy ``bool``) are ``true`` / ``false``.
-* Other text keeps its case. Against a declared list of values (``data.categories``)
-  text is compared case-insensitively and returned in the declared spelling.
-
-At encoding time (:class:`CategoryLookup`) a value matches a vocabulary entry by its
-exact text first (versions trained before this rule keep their slots), then by its
-canonical form, then case-insensitively where exactly one entry has that spelling.
+The canonicalisation rule and how :class:`CategoryLookup` matches a value are in docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
-"""Decision rules of a registered model: the threshold on the risk (or on the positive class's
-probability) chosen on federated validation aggregates, or a prior correction of the argmax.
+"""Decision rules of a registered model: a threshold chosen on federated validation histograms, or a prior correction.
 
-A threshold is chosen from the logit-scale score histograms of :mod:`training.tabular.validation`
-(counts per bin, summed over hospitals): every candidate is a bin's lower edge
-``expit(logit_min + c * width)``, at which the counts of ``score >= threshold`` are exact,
-so sensitivity and specificity at the chosen threshold are exact on any other aggregates
-with the same histogram (the held-out test part). Rules:
-
-* ``youden``: maximise ``sensitivity + specificity - 1``; among equal cut-offs, the middle
-  of the run of bins that ties (a threshold between the data, not on it);
-* ``sensitivity``: the highest threshold whose sensitivity reaches ``target``;
-* ``fixed``: ``value`` as given (its rates are read at the bin that holds it, within
-  one bin width: 0.01 on the logit scale);
-* ``prior`` (no val part, or more than two classes): no threshold chosen on data; the
-  served label is ``argmax_k p_k / pi_k``, with ``pi_k`` the class prior the model was
-  trained under (federation class counts times class weights). For two classes this is
-  the threshold ``pi_1`` on ``p_1``; after ``balanced`` weighting it is 0.5 / the argmax.
+Rules ``youden``, ``sensitivity``, ``fixed`` and ``prior`` (argmax of ``p_k / pi_k``), and why the rates at a
+chosen threshold are exact: docs/imbalance.md ("The decision threshold").
 """
 
 from __future__ import annotations
@@ -28,11 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DECISION_FILE", "Decision", "choose_threshold", "decision_on_scores", "prior_decision", "rates_at"]
-
-#: The decision rule inside a model package (covered by the approval's artifact digest).
-DECISION_FILE = "decision.json"
-
+__all__ = ["Decision", "choose_threshold", "decision_on_scores", "prior_decision", "rates_at"]
 
 @dataclass(frozen=True)
 class Decision:

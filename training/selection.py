@@ -1,18 +1,6 @@
 """Model selection on the val part: per-round aggregates, their DP release, early stopping.
 
-Each round, a hospital scores the round's global model on its val rows and releases only
-the aggregates the selection metric needs (:func:`selection_aggregates`): for ``loss``
-the row count and the sum of per-row cross-entropy clipped to :data:`LOSS_CLIP`; for
-``auroc`` per one-vs-rest class two histograms (rows of the class, rows of the others) of
-the class's predicted probability on the logit scale, :data:`SCORE_BINS` bins; for
-``balanced_accuracy`` the confusion counts (true class x argmax class). With DP the
-release is one Gaussian mechanism (:func:`noise_selection_aggregates`): one row added or
-removed changes ``n`` by 1 and the loss sum by at most ``LOSS_CLIP`` (loss), one cell of
-each one-vs-rest histogram pair by 1 (auroc), or one confusion cell by 1
-(balanced_accuracy); each coordinate is noised in proportion to its bound, and the
-run's releases compose under the RDP accountant like DP-SGD steps at sampling rate 1. The
-coordinator sums the hospitals' aggregates (:func:`merge_selection_aggregates`), reads the
-metric (:func:`selection_value`) and :class:`EarlyStopping` keeps the best round.
+What each metric releases and how it is noised: docs/model-selection.md.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Medical images: contract and loading, splits, image classifiers, local DP rounds, validation, scoring."""
+"""Medical images: contract, loading and decoding, splits, classifiers, local DP rounds, validation, scoring, synth."""

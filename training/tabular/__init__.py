@@ -1,1 +1,1 @@
-"""Tabular clinical data: contracts, federated preprocessing, risk models, local DP rounds, validation, scoring."""
+"""Tabular clinical data: contract, preprocessing, risk models, local DP rounds, validation, scoring, packaging, synth."""

@@ -1,14 +1,6 @@
-"""Fused DP-SGD for Linear-only models: per-sample clipping in one backward pass.
+"""Fused DP-SGD for Linear-only models: per-sample clipping in one backward pass (ghost norms, two matmuls).
 
-For a Linear layer ``z = a W^T + b`` on 2-D input, patient i's gradient is the outer
-product ``g_i a_i^T`` (``g_i = dL_i/dz_i``), whose norm is ``||g_i|| * ||a_i||``: Opacus's
-"ghost norm". So one backward pass to the layer *outputs* yields every per-sample norm,
-and the clipped sum of gradients is ``(c * G)^T A``, two small matmuls, where Opacus's
-ghost clipping needs a second backward pass and its hooks mode materialises per-sample
-gradients. Clipping, Gaussian noise (std ``noise_multiplier * max_grad_norm``) and the
-division by the expected batch size follow Opacus's ``DPOptimizer`` exactly, so Opacus's
-accountants apply unchanged; ``tests/unit/test_fused_dp.py`` checks the clipped gradients
-against Opacus's.
+Equal to Opacus's ``DPOptimizer`` step, so its accountants apply; the derivation is in docs/privacy.md.
 """
 
 from __future__ import annotations
