@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from training.data_section import DataSection, StrictSection
 from training.errors import PrivacyConfigError
+from training.modality import REGISTRY, get_modality
 
 if TYPE_CHECKING:
     from training.privacy import DPConfig
@@ -19,12 +21,22 @@ __all__ = [
 
 
 class ModelSpec(StrictSection):
-    """Which model to train: ``logistic``/``mlp`` on tabular data, ``cnn``/``resnet18`` on images."""
+    """Which model to train: one of the data section's ``model_kinds`` (``logistic``/``mlp``
+    on tabular data, ``cnn``/``resnet18`` on images; the spec checks it against the data)."""
 
-    kind: Literal["logistic", "mlp", "cnn", "resnet18"] = "mlp"
+    kind: str = Field(default="mlp", min_length=1, max_length=64)
     hidden: list[Annotated[int, Field(gt=0, le=4096)]] = [64, 32]
     dropout: float = Field(default=0.1, ge=0, lt=1)
     width: int | None = Field(default=None, ge=4, le=256, description="cnn/resnet18: channels of the first stage")
+
+    @field_validator("kind")
+    @classmethod
+    def _a_registered_kind(cls, kind: str) -> str:
+        kinds = [k for name in REGISTRY for k in get_modality(name).data_spec.model_kinds]
+        if kind not in kinds:
+            expected = ", ".join(repr(k) for k in kinds[:-1]) + f" or {kinds[-1]!r}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return kind
 
 
 class StrategySpec(StrictSection):

@@ -286,8 +286,8 @@ def run_experiment(
 
 
 def simulation_gpus(spec: ExperimentSpec) -> float:
-    """GPUs per simulated hospital by default: image models share the machine's GPUs
-    (at most one each); tabular models take none (they are faster on the CPU)."""
+    """GPUs per simulated hospital by default: where the modality uses the GPU (images) the
+    hospitals share the machine's GPUs (at most one each); else none (tabular is faster on the CPU)."""
     if not spec.modality.uses_gpu:
         return 0.0
     import torch

@@ -1,10 +1,6 @@
 """Model selection on the val part: each round's release at a hospital, the coordinator's choice.
 
-A hospital with val rows scores each round's global model on them and releases the
-selection metric's aggregates (:mod:`training.selection`), noised and charged to its
-ledger under ``<run>/selection`` with DP on; the test part is left for the final
-validation report. :class:`RoundSelection` merges the releases per round, keeps the best
-round's model and says when early stopping ends training.
+Releases are noised and charged under ``<run>/selection`` with DP on (docs/model-selection.md).
 """
 
 from __future__ import annotations

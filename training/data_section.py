@@ -67,7 +67,8 @@ class DataSection(StrictSection):
     ``test_fraction``, ``val_fraction``, ``split_column`` and ``hospitals``.
 
     Attributes:
-        model_kinds: The ``model.kind`` values this data takes; the first is the default.
+        model_kinds: The ``model.kind`` values this data takes; the first replaces ``model.kind``'s
+            default (``mlp``) where that does not fit.
         fused_dp: Whether the fused (Linear-only) DP-SGD mode fits its models.
         dp_defaults: DP-safe values per spec section for fields a DP run leaves out.
         subgroup_source: What ``validation.subgroups`` columns must be (in error messages).
@@ -93,7 +94,7 @@ class DataSection(StrictSection):
 
     def model_kind_problem(self, kind: str) -> str:
         """Why ``model.kind`` ``kind`` (not in ``model_kinds``) does not fit this data."""
-        return f"model.kind: {kind} does not fit {self.modality} data; use {' or '.join(self.model_kinds)}"
+        return f"model.kind: {kind} is not a model for {self.modality} data; use {' or '.join(self.model_kinds)}"
 
     def subgroup_candidates(self) -> list[str]:
         """The columns ``validation.subgroups`` may name."""

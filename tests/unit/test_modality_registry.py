@@ -10,7 +10,6 @@ import pytest
 from experiments.errors import SpecError
 from experiments.spec import parse_spec
 from tests.conftest import spec_dict
-from training import modality as registry
 from training.errors import UnknownModalityError
 from training.modality import REGISTRY, Modality, get_modality, register_modality
 from training.tabular.modality import TabularModality
@@ -57,8 +56,13 @@ def test_the_spec_looks_its_modality_up_in_the_registry() -> None:
     assert spec.modality is get_modality("tabular") and spec.modality.class_names(spec) == ["0", "1"]
 
 
+def test_a_model_kind_no_registered_modality_takes_lists_the_registered_kinds() -> None:
+    with pytest.raises(SpecError, match="model.kind: Input should be 'logistic', 'mlp', 'cnn' or 'resnet18'"):
+        parse_spec(spec_dict([Path("a.csv"), Path("b.csv")], model={"kind": "coxph"}))
+
+
 def test_a_modality_registered_at_runtime_is_used_by_the_spec_parser(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "REGISTRY", dict(REGISTRY))
+    monkeypatch.setitem(REGISTRY, "survival", "")  # undone after the test
     register_modality("survival", f"{__name__}:SURVIVAL")
     data = spec_dict([Path("a.csv"), Path("b.csv")])
     data["data"] = {**data["data"], "modality": "survival"}
@@ -66,6 +70,6 @@ def test_a_modality_registered_at_runtime_is_used_by_the_spec_parser(monkeypatch
     assert isinstance(spec.data, SurvivalDataSpec) and spec.modality is SURVIVAL
     assert spec.model.kind == "logistic"  # the data section's default model kind
     assert parse_spec(spec.model_dump(mode="json")).data == spec.data  # the run config's round trip
-    with pytest.raises(SpecError, match="model.kind: mlp is for images"):
+    with pytest.raises(SpecError, match="model.kind: mlp is not a model for survival data; use logistic"):
         parse_spec({**data, "model": {"kind": "mlp"}})
 

@@ -123,8 +123,10 @@ class ImageDataSpec(DataSection):
         return list(self.classes)
 
     def model_kind_problem(self, kind: str) -> str:
-        """A tabular model on images."""
-        return f"model.kind: {kind} is for tabular data; images take cnn or resnet18"
+        """A tabular model (or an unknown kind) on images."""
+        if kind in ("logistic", "mlp"):
+            return f"model.kind: {kind} is for tabular data; images take cnn or resnet18"
+        return super().model_kind_problem(kind)
 
     def subgroup_candidates(self) -> list[str]:
         """The declared ``metadata`` columns."""

@@ -47,7 +47,7 @@ class DataSpec(DataSection):
     missing_codes: dict[str, list[CategoryValue]] = {}
     hospitals: list[HospitalSpec] = Field(min_length=1)
 
-    model_kinds: ClassVar[tuple[str, ...]] = ("mlp", "logistic")
+    model_kinds: ClassVar[tuple[str, ...]] = ("logistic", "mlp")
 
     @model_validator(mode="after")
     def _columns(self) -> DataSpec:
@@ -114,8 +114,10 @@ class DataSpec(DataSection):
         return ["0", "1"]
 
     def model_kind_problem(self, kind: str) -> str:
-        """An image model on tabular data."""
-        return f"model.kind: {kind} is for images; set data.modality: images or use logistic or mlp"
+        """An image model (or an unknown kind) on tabular data."""
+        if kind in ("cnn", "resnet18"):
+            return f"model.kind: {kind} is for images; set data.modality: images or use logistic or mlp"
+        return super().model_kind_problem(kind)
 
     def subgroup_candidates(self) -> list[str]:
         """The feature columns."""
