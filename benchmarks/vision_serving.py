@@ -81,8 +81,8 @@ def register(uri: str, name: str, model: Any, preprocessor: Any, kind: str, hpar
     from mlflow.tracking import MlflowClient
 
     from experiments.gate import mark_approved
-    from experiments.model_package import VisionModelPackage, save_vision_package_files
-    from experiments.tracking import _requirements, vision_example, vision_signature
+    from experiments.tracking import pip_requirements
+    from training.imaging.package import VisionModelPackage, save_vision_package_files, vision_example, vision_signature
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -91,7 +91,7 @@ def register(uri: str, name: str, model: Any, preprocessor: Any, kind: str, hpar
         artifacts = save_vision_package_files(Path(tmp), model, preprocessor, kind, hparams)
         info = mlflow.pyfunc.log_model(name="model", python_model=VisionModelPackage(), artifacts=artifacts,
                                        signature=vision_signature(preprocessor), input_example=vision_example(preprocessor),
-                                       pip_requirements=_requirements())
+                                       pip_requirements=pip_requirements())
     version = str(mlflow.register_model(info.model_uri, name).version)
     os.environ.setdefault("BIOVERSE_GATE_KEY", secrets.token_hex(32))  # shared with the Serve replicas
     mark_approved(uri, name, version)  # production serves gate-signed versions only (docs/review.md)
@@ -102,8 +102,8 @@ def register(uri: str, name: str, model: Any, preprocessor: Any, kind: str, hpar
 def prepare(case: tuple[str, str, int, int, int, int, int], work: Path, uri: str) -> Bench:
     """Synthesize one hospital, train the model for a few plain epochs, register it."""
     from training.imaging.data import ImageContract, load_image_split
-    from training.imaging.preprocessing import ImagePreprocessor, pixel_statistics
     from training.imaging.local import train_vision_locally
+    from training.imaging.preprocessing import ImagePreprocessor, pixel_statistics
     from training.imaging.synth import synthesize_image_hospitals
     from training.imaging.vision import build_vision_model
 

@@ -12,13 +12,13 @@ import pandas as pd
 
 from experiments.errors import LocalValidationError
 from experiments.spec import ExperimentSpec
-from training.imaging.spec import ImageDataSpec
-from training.tabular.spec import DataSpec
 from training.fingerprint import dataset_fingerprint
 from training.imaging.data import load_image_split
+from training.imaging.spec import ImageDataSpec
 from training.imaging.splits import ImageSplit
 from training.tabular.contract import DataContract, load_hospital_table
 from training.tabular.data import load_split
+from training.tabular.spec import DataSpec
 
 __all__ = ["PARTS", "HeldOut", "Part", "held_out_images", "held_out_rows", "training_hospital"]
 

@@ -16,24 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, DataType, Schema
 from mlflow.tracking import MlflowClient
 
 from experiments.errors import TrackingError
-from experiments.model_package import RiskModelPackage, VisionModelPackage, save_package_files, save_vision_package_files
 from experiments.names import CANDIDATE_ALIAS, VALIDATION_DIR
 from experiments.spec import ExperimentSpec
 from training.decision import Decision
-from training.imaging.preprocessing import ImagePreprocessor
-from training.tabular.models import RiskModel
-from training.tabular.preprocessing import FeatureEncoder
-from training.imaging.vision import VisionModel
+from training.modality import Modality, Preprocessor, get_modality
 
-__all__ = ["CANDIDATE_ALIAS", "VALIDATION_DIR", "RunTracker", "code_version", "embedded_artifact_location", "example_input", "flatten", "mark_run_ended", "model_signature", "reconcile_runs"]
+__all__ = ["CANDIDATE_ALIAS", "VALIDATION_DIR", "RunTracker", "code_version", "embedded_artifact_location", "flatten", "mark_run_ended", "pip_requirements",
+           "reconcile_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -182,45 +176,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def example_input(encoder: FeatureEncoder, rows: int = 2) -> pd.DataFrame:
-    """A made-up input example built from federation statistics, never a real patient."""
-    data: dict[str, list[Any]] = {}
-    for column, mean, std in zip(encoder.numeric, encoder.means, encoder.stds, strict=True):
-        data[column] = [round(mean + k * std / 2, 2) for k in range(rows)]
-    for column, values in zip(encoder.categorical, encoder.vocabulary, strict=True):
-        data[column] = [values[k % len(values)] if values else None for k in range(rows)]
-    return pd.DataFrame(data)
-
-
-def model_signature(encoder: FeatureEncoder) -> ModelSignature:
-    """Raw features in (numeric as double, categorical as string, all optional: missing
-    values are part of the data contract), one ``risk`` probability and the ``decision`` at
-    the version's threshold out."""
-    inputs = [ColSpec(DataType.double, c, required=False) for c in encoder.numeric]
-    inputs += [ColSpec(DataType.string, c, required=False) for c in encoder.categorical]
-    return ModelSignature(inputs=Schema(inputs),
-                          outputs=Schema([ColSpec(DataType.double, "risk"), ColSpec(DataType.boolean, "decision")]))
-
-
-def vision_signature(preprocessor: ImagePreprocessor) -> ModelSignature:
-    """PNG or JPEG bytes in (column ``image``); the predicted label and one probability per class out."""
-    outputs = [ColSpec(DataType.string, "label")] + [ColSpec(DataType.double, f"p_{c}") for c in preprocessor.classes]
-    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, "image")]), outputs=Schema(outputs))
-
-
-def vision_example(preprocessor: ImagePreprocessor) -> pd.DataFrame:
-    """A made-up input example: a mid-grey PNG of the model's size, never a patient's image."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    mode = "L" if preprocessor.channels == 1 else "RGB"
-    Image.new(mode, (preprocessor.size, preprocessor.size), color=128 if mode == "L" else (128, 128, 128)).save(buffer, "PNG")
-    return pd.DataFrame({"image": [buffer.getvalue()]})
-
-
-def _requirements() -> list[str]:
+def pip_requirements() -> list[str]:
+    """The pinned packages a registered model's environment needs."""
     wanted = ("torch", "pandas", "numpy", "scikit-learn", "pytorch-lightning", "opacus", "mlflow", "pillow")
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in wanted]
 
@@ -334,14 +291,15 @@ class RunTracker:
     def register(
         self,
         *,
-        model: RiskModel | VisionModel,
-        encoder: FeatureEncoder | ImagePreprocessor,
+        model: Any,
+        encoder: Preprocessor,
         kind: str,
         hparams: dict[str, Any],
         model_name: str,
         tags: dict[str, str],
         candidate: bool = True,
         decision: Decision | None = None,
+        modality: Modality | None = None,
     ) -> str:
         """Log the global model (signature, input example) and register a new version.
 
@@ -349,33 +307,26 @@ class RunTracker:
         holds an untagged version; the ``candidate`` alias then moves to it, unless
         ``candidate`` is False (a version below the quality floor). ``decision`` (the
         served threshold or prior correction) goes into the package's ``decision.json``,
-        so the approval's artifact digest covers it, and into the version's tags. Returns
-        the new version number.
+        so the approval's artifact digest covers it, and into the version's tags. ``modality``
+        (default: tabular) packages the model. Returns the new version number.
         """
         run_id = self._run()
         self.flush()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         with tempfile.TemporaryDirectory() as tmp:
-            if isinstance(encoder, ImagePreprocessor):
-                assert isinstance(model, VisionModel)
-                artifacts = save_vision_package_files(Path(tmp), model, encoder, kind, hparams, decision=decision)
-                package: mlflow.pyfunc.PythonModel = VisionModelPackage()
-                signature, example = vision_signature(encoder), vision_example(encoder)
-            else:
-                assert isinstance(model, RiskModel)
-                artifacts = save_package_files(Path(tmp), model, encoder, kind, hparams, decision=decision)
-                package, signature, example = RiskModelPackage(), model_signature(encoder), example_input(encoder)
+            package = (modality or get_modality("tabular")).package_model(Path(tmp), model, encoder, kind, hparams,
+                                                                           decision)
             with mlflow.start_run(run_id=run_id):
                 info = self._call(
                     "log model",
                     mlflow.pyfunc.log_model,
                     name="model",
-                    python_model=package,
-                    artifacts=artifacts,
-                    signature=signature,
-                    input_example=example,
-                    pip_requirements=_requirements(),
+                    python_model=package.python_model,
+                    artifacts=package.artifacts,
+                    signature=package.signature,
+                    input_example=package.example,
+                    pip_requirements=pip_requirements(),
                 )
         version = self._call("register model", mlflow.register_model, info.model_uri, model_name,
                              tags={**tags, **(decision.tags() if decision else {}), "launched_by": self.launched_by})

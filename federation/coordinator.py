@@ -169,17 +169,13 @@ class Coordinator:
                 break
             time.sleep(0.2)
         if len(nodes) < self.spec.strategy.min_hospitals:
-            raise TooFewHospitalsError(
-                f"{len(nodes)} hospitals connected within {self.spec.strategy.join_timeout:.0f} s, "
-                f"the minimum is {self.spec.strategy.min_hospitals}"
-            )
+            raise TooFewHospitalsError(f"{len(nodes)} hospitals connected within {self.spec.strategy.join_timeout:.0f} s, "
+                                       f"the minimum is {self.spec.strategy.min_hospitals}")
         return nodes
 
     def _federated_encoder(self, grid: Grid, nodes: list[int], run_key: str) -> tuple[Preprocessor, dict[int, str]]:
-        messages = [
-            Message(RecordDict({"config": ConfigRecord({"run-key": run_key})}), dst_node_id=n, message_type=MessageType.QUERY)
-            for n in nodes
-        ]
+        messages = [Message(RecordDict({"config": ConfigRecord({"run-key": run_key})}), dst_node_id=n,
+                            message_type=MessageType.QUERY) for n in nodes]
         replies = grid.send_and_receive(messages, timeout=self.spec.strategy.round_timeout)
         stats: dict[str, dict[str, Any]] = {}
         names, outcome = {}, {}
@@ -291,6 +287,7 @@ class Coordinator:
                       **report_tags},
                 candidate=candidate,
                 decision=self.decision,
+                modality=self.modality,
             )
             self.tracker.log_metrics({"wall_seconds": time.perf_counter() - started}, step=spec.training.rounds)
             self.tracker.end("FINISHED")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from serving.errors import PredictionInputError
+from training.artifacts import ENCODER_FILE, MODEL_FILE
 from training.errors import ScoringInputError
 from training.tabular.scoring import RiskScorer
 
@@ -22,7 +23,6 @@ __all__ = ["IMAGES_MODALITY", "LoadedModel", "LoadedVisionModel", "ServedModel",
 
 #: ``model.json``'s ``modality`` of an image classifier package; packages without the key are risk models.
 IMAGES_MODALITY = "images"
-_MODEL_FILE = "model.json"
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,14 @@ def package_folder(local: Path) -> Path:
 
     meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").exists() else {}
     listed = (meta.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
-    entry = listed.get(_MODEL_FILE) or listed.get("encoder.json")
+    entry = listed.get(MODEL_FILE) or listed.get(ENCODER_FILE)
     return (local / entry["path"]).parent if entry and entry.get("path") else local / "artifacts"
 
 
 def package_modality(folder: Path) -> str:
     """What kind of model the package in ``folder`` says it is (``model.json``'s ``modality``;
     ``tabular`` for packages without one)."""
-    path = folder / _MODEL_FILE
+    path = folder / MODEL_FILE
     meta = json.loads(path.read_text()) if path.exists() else {}
     return str(meta.get("modality", "tabular")) if isinstance(meta, dict) else "tabular"
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from training.data_section import DataSection
 from training.errors import UnknownModalityError
+from training.packaging import PackagedModel
 from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
 
@@ -188,6 +189,16 @@ class Modality(Protocol):
 
     def report_renderer(self) -> ReportRenderer:
         """The validation report's renderer (model card, HTML page, plots) for reports this modality builds."""
+        ...
+
+    def package_model(self, directory: Path, model: Any, preprocessor: Preprocessor, kind: str,
+                      hparams: dict[str, Any], decision: Any | None = None) -> PackagedModel:
+        """Registration: the model's package files written into ``directory``, its MLflow pyfunc,
+        signature and input example (``decision``: a ``training.decision.Decision``)."""
+        ...
+
+    def load_scorer(self, directory: Path) -> Any:
+        """The scorer of a package this modality wrote (``model.json`` names the modality)."""
         ...
 
 

@@ -16,10 +16,10 @@ from mlflow.tracking import MlflowClient
 from experiments.gate import download_version
 from tests.conftest import LABEL, spec_dict
 from tests.integration.conftest import BIOVERSE, run_experiment_cli
-from training.decision import DECISION_FILE
-from training.tabular.scoring import RiskScorer
-from training.imaging.synth import synthesize_image_hospitals
+from training.artifacts import DECISION_FILE
 from training.imaging.scoring import VisionScorer
+from training.imaging.synth import synthesize_image_hospitals
+from training.tabular.scoring import RiskScorer
 
 pytestmark = pytest.mark.integration
 

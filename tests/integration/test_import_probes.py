@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.model_package import save_package_files
 from training.tabular.contract import DataContract
 from training.tabular.models import build_model
+from training.tabular.package import save_package_files
 from training.tabular.preprocessing import FeatureEncoder, local_statistics
 from training.tabular.scoring import RiskScorer
 from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID

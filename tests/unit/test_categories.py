@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.model_package import save_package_files
 from training.categories import CategoryLookup, canonical, canonical_series
 from training.tabular.contract import DataContract, load_hospital_table
 from training.tabular.dp_statistics import dp_table_statistics
 from training.tabular.models import build_model
+from training.tabular.package import save_package_files
 from training.tabular.preprocessing import FeatureEncoder, local_statistics
 from training.tabular.scoring import RiskScorer
 

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from experiments.gate import artifact_digest
-from experiments.model_package import save_package_files, save_vision_package_files
 from experiments.spec import parse_spec
 from federation.imbalance import choose_decision, decision_section, federation_class_weights
 from tests.conftest import make_spec
 from tests.unit.test_spec_images import image_spec_dict
-from training.decision import DECISION_FILE, Decision, choose_threshold, decision_on_scores, prior_decision, rates_at
+from training.artifacts import DECISION_FILE
+from training.decision import Decision, choose_threshold, decision_on_scores, prior_decision, rates_at
 from training.imaging.hospital import served_confusion
+from training.imaging.package import save_vision_package_files
 from training.imaging.preprocessing import ImagePreprocessor
 from training.imaging.scoring import VisionScorer
 from training.imaging.validation import local_multiclass_aggregates, merge_multiclass_aggregates
@@ -25,6 +26,7 @@ from training.imaging.vision import SmallCNN
 from training.imbalance import resolve_class_weights
 from training.report_render import decision_rows
 from training.tabular.models import build_model
+from training.tabular.package import save_package_files
 from training.tabular.preprocessing import FeatureEncoder
 from training.tabular.scoring import RiskScorer
 from training.tabular.validation import local_aggregates, merge_aggregates

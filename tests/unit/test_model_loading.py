@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.model_package import save_package_files
 from serving.errors import ModelNotReadyError, UnapprovedVersion
 from serving.follow import AliasFollower
 from serving.loaded import LoadedModel, LoadedVisionModel, load_package, package_folder, package_modality
 from serving.model_source import RegistryModel
 from training.tabular.contract import DataContract
 from training.tabular.models import build_model
+from training.tabular.package import save_package_files
 from training.tabular.preprocessing import FeatureEncoder, local_statistics
 
 MODEL = "unit-risk"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from training.packaging import PackagedModel
 from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
 
@@ -31,3 +33,16 @@ class ImagingRegistrySide:
         from training.imaging.report_plots import render_multiclass_plots
 
         return ReportRenderer(model_card=multiclass_model_card, render_html=render_multiclass_html, render_plots=render_multiclass_plots)
+
+    def package_model(self, directory: Path, model: Any, preprocessor: Any, kind: str, hparams: dict[str, Any],
+                      decision: Any | None = None) -> PackagedModel:
+        """The model's package files written into ``directory``, its MLflow pyfunc, signature and example."""
+        from training.imaging.package import package_vision_model
+
+        return package_vision_model(directory, model, preprocessor, kind, hparams, decision)
+
+    def load_scorer(self, directory: Path) -> Any:
+        """The scorer of a package written by :meth:`package_model`."""
+        from training.imaging.scoring import VisionScorer
+
+        return VisionScorer.from_files(directory)

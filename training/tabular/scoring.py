@@ -18,18 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from training.artifacts import ARRAYS_FILE, DECISION_FILE, ENCODER_FILE, MODEL_FILE, WEIGHTS_FILE
 from training.categories import CategoryLookup
-from training.decision import DECISION_FILE, Decision
+from training.decision import Decision
 from training.errors import ScoringInputError
 from training.tabular.columns import MISSING_CODE, OTHER_CODE, as_series, category_codes, category_slot, number_rows
 from training.tabular.preprocessing import FeatureEncoder
 
 __all__ = ["RiskScorer"]
 
-ENCODER_FILE = "encoder.json"
-WEIGHTS_FILE = "weights.pt"
-ARRAYS_FILE = "weights.npz"
-MODEL_FILE = "model.json"
 CHUNK = 16_384  # rows per encode/score step: the encoded chunk stays in cache
 
 
