@@ -89,7 +89,7 @@ class RoundObserver(Protocol):
 def aggregate_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Weighted mean of each metric over hospitals, skipping NaN; epsilon takes the max."""
     metrics = [next(iter(r.metric_records.values())) for r in records]
-    keys = {k for m in metrics for k in m.keys()}
+    keys = {k for m in metrics for k in m}
     out: dict[str, float] = {}
     for key in sorted(keys):
         pairs = [(float(m[key]), float(m.get(weighted_by_key, 1.0))) for m in metrics if key in m]

@@ -7,6 +7,7 @@ Hierarchy::
     │   ├── DataSplitError     `bioverse data split` cannot split a dataset as asked
     │   ├── ImageDataError     a hospital's images break the image contract
     │   └── ImageDecodeError   bytes that are not a readable PNG or JPEG image
+    ├── LocalValidationError   a validator's file has nothing held out to score (`registry validate`)
     ├── PrivacyConfigError     DP settings that cannot be met
     ├── ScoringInputError      a feature value or image a packaged model cannot take (also a ValueError)
     ├── SynthOptionsError      synthetic-hospital options that cannot be met (also a ValueError)
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DataContractError", "DataSplitError", "ImageDataError", "ImageDecodeError", "PrivacyConfigError",
+__all__ = ["DataContractError", "DataSplitError", "ImageDataError", "ImageDecodeError", "LocalValidationError",
+           "PrivacyConfigError",
            "ScoringInputError", "SynthOptionsError", "TrainingError", "UnknownModalityError", "ValidationInputError"]
 
 
@@ -57,6 +59,11 @@ class DataContractError(TrainingError):
 class DataSplitError(DataContractError):
     """A dataset cannot be split into simulated hospitals as asked (``bioverse data split``):
     unreadable, a column missing or blank, a patient under two centres, too many hospitals."""
+
+
+class LocalValidationError(TrainingError):
+    """``registry validate`` cannot score the part asked for: it is empty, or it holds data
+    the version was trained on (the message names the file and the part)."""
 
 
 class PrivacyConfigError(TrainingError):

@@ -13,8 +13,14 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "CLIPPING_MODES", "COUNT_NOISE_FACTOR", "DPConfig", "GRAD_SAMPLE_MODES", "QuantileClipper", "adaptive_noise",
-    "epsilon_after", "noise_for_budget",
+    "CLIPPING_MODES",
+    "COUNT_NOISE_FACTOR",
+    "GRAD_SAMPLE_MODES",
+    "DPConfig",
+    "QuantileClipper",
+    "adaptive_noise",
+    "epsilon_after",
+    "noise_for_budget",
 ]
 
 #: Per-sample clipping implementations: ``fused`` (ours, Linear-only models, one

@@ -65,7 +65,7 @@ def decode_image(data: bytes, *, size: int, channels: int, name: str = "upload")
     """
     if not data:
         raise ImageDecodeError(name, "empty file")
-    if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
+    if not data.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
         raise ImageDecodeError(name, "not a PNG or JPEG image")
     try:
         image = Image.open(io.BytesIO(data))

@@ -11,7 +11,7 @@ from torch import nn
 
 from training.classifier import ClassifierModule
 
-__all__ = ["HEAD_GRID", "LARGE_INPUT", "ResNet18", "SmallCNN", "VISION_KINDS", "VisionModel", "build_vision_model", "default_device"]
+__all__ = ["HEAD_GRID", "LARGE_INPUT", "VISION_KINDS", "ResNet18", "SmallCNN", "VisionModel", "build_vision_model", "default_device"]
 
 LARGE_INPUT = 64
 

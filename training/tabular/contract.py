@@ -13,7 +13,7 @@ import pandas as pd
 from training.categories import canonical, canonical_series
 from training.errors import DataContractError
 
-__all__ = ["DataContract", "SPLIT_PARTS", "load_hospital_table", "missing_code_counts", "schema_fingerprint"]
+__all__ = ["SPLIT_PARTS", "DataContract", "load_hospital_table", "missing_code_counts", "schema_fingerprint"]
 
 #: The values of a split column (after canonicalisation, case-insensitive) and the part each names.
 SPLIT_PARTS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

@@ -14,8 +14,8 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
-from training.tabular.contract import DataContract, load_hospital_table
 from training.errors import DataContractError
+from training.tabular.contract import DataContract, load_hospital_table
 from training.tabular.preprocessing import FeatureEncoder, local_statistics
 
 __all__ = ["HospitalDataModule", "HospitalSplit", "TabularDataset", "load_split"]

@@ -9,7 +9,7 @@ from torch import nn
 
 from training.classifier import ClassifierModule
 
-__all__ = ["LogisticRiskModel", "MLPRiskModel", "RiskModel", "build_model", "MODEL_KINDS"]
+__all__ = ["MODEL_KINDS", "LogisticRiskModel", "MLPRiskModel", "RiskModel", "build_model"]
 
 
 class RiskModel(ClassifierModule):

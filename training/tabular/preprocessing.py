@@ -14,7 +14,7 @@ import pandas as pd
 from training.categories import CategoryLookup, canonical_series
 from training.tabular.contract import DataContract
 
-__all__ = ["FeatureEncoder", "local_statistics", "merge_statistics", "MIN_CATEGORY_COUNT"]
+__all__ = ["MIN_CATEGORY_COUNT", "FeatureEncoder", "local_statistics", "merge_statistics"]
 
 #: A category seen in fewer patients than this, over the whole federation, is folded
 #: into "other": rare values identify people and carry little signal.

@@ -15,17 +15,17 @@ from training.atomic_write import atomic_write
 from training.errors import SynthOptionsError
 
 __all__ = [
+    "COLUMNS",
     "FEATURES_CATEGORICAL",
-    "FEATURE_RANGES",
     "FEATURES_NUMERIC",
+    "FEATURE_RANGES",
     "LABEL",
     "PATIENT_ID",
-    "TRUE_RISK",
-    "COLUMNS",
-    "HospitalProfile",
-    "Messiness",
     "SMOKING_CODES",
     "SPLIT_PARTS",
+    "TRUE_RISK",
+    "HospitalProfile",
+    "Messiness",
     "SyntheticHospital",
     "draw_hospital_profile",
     "generate_hospital_frame",
