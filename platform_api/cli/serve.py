@@ -15,26 +15,6 @@ __all__ = ["serve_app"]
 serve_app = typer.Typer(help="Ray Serve: the model deployments.", no_args_is_help=True)
 
 
-def _servable_vision(uri: str, vision_model: str, alias: str) -> str | None:
-    """The vision model's version under ``alias`` if it may be served; else None, said on the console."""
-    from serving.errors import ModelNotReadyError, UnapprovedVersion
-    from serving.model_source import RegistryModel
-
-    if vision_model.lower() == "none":
-        return None
-    try:
-        vision = RegistryModel(uri, vision_model, alias)
-        version = vision.current_version()
-        vision.check_servable(version)
-    except UnapprovedVersion as refused:
-        out.print(f"Not serving the vision application: {refused}", highlight=False)
-        return None
-    except ModelNotReadyError:
-        out.print(f"No {vision_model}@{alias}: serving without the vision application", highlight=False)
-        return None
-    return version
-
-
 @serve_app.command("up")
 @one_line_errors
 def serve_up(
@@ -50,25 +30,16 @@ def serve_up(
     vision application (POST /vision with a PNG/JPEG body), each following the alias."""
     import yaml
 
-    import serving
     from experiments.settings import get_settings
-    from serving.model_source import RegistryModel
+    from serving.local_config import PACKAGED_CONFIG, local_serve_config, servable_version, vision_to_serve
 
     uri = tracking_uri or get_settings().resolved_tracking_uri()
-    risk = RegistryModel(uri, model, alias)
-    version = risk.current_version()  # fail here, in one line, not in a replica
-    risk.check_servable(version)  # an alias moved past the review gate: refused here too
-    vision_version = _servable_vision(uri, vision_model, alias)
-    source = config or Path(serving.__file__).resolve().parent / "serve_config.yaml"
-    settings = yaml.safe_load(source.read_text())
-    settings.setdefault("http_options", {})["port"] = port
-    if vision_version is None:
-        settings["applications"] = [a for a in settings["applications"] if a["name"] != "vision"]
-    for application in settings["applications"]:
-        if application["name"] == "risk":
-            application.setdefault("args", {}).update(model_name=model, alias=alias, tracking_uri=uri)
-        if application["name"] == "vision":
-            application.setdefault("args", {}).update(model_name=vision_model, alias=alias, tracking_uri=uri)
+    version = servable_version(uri, model, alias)  # fail here, in one line, not in a replica
+    vision_version, left_out = vision_to_serve(uri, vision_model, alias)
+    if left_out:
+        out.print(left_out, highlight=False)
+    settings = local_serve_config(config or PACKAGED_CONFIG, port=port, tracking_uri=uri, alias=alias, risk_model=model,
+                                  vision_model=vision_model if vision_version is not None else None)
     run_dir = get_settings().data_dir / "serve"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "serve_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))

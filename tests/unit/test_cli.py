@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -147,3 +149,36 @@ def test_data_check_reports_split_missing_codes_and_unshared_categories(tmp_path
     assert refused.exit_code == 1
     assert "error: h2: smoking: 1 value outside the declared list: 'x' (6) (data.unknown_categories: refuse)" \
         in refused.output
+
+
+def test_serve_up_writes_the_packaged_config_pointed_at_the_models(isolated_home: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from platform_api.cli import serve
+    from serving import local_config
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(serve, "exec_server", started.append)
+    monkeypatch.setattr(local_config, "servable_version", lambda uri, model, alias: "7")
+    monkeypatch.setattr(local_config, "vision_to_serve", lambda uri, model, alias: (None, f"No {model}@{alias}: serving "
+                                                                                      "without the vision application"))
+    result = runner.invoke(app, ["serve", "up", "--model", "m", "--alias", "staging", "--port", "8123",
+                                 "--tracking-uri", "sqlite:///x.db"])
+    assert result.exit_code == 0, result.output
+    assert "No chest-xray@staging: serving without the vision application" in result.output
+    assert "Serving m@staging (version 7) on http://127.0.0.1:8123/risk" in result.output
+    written = isolated_home / "serve" / "serve_config.yaml"
+    assert started == [[str(Path(sys.executable).parent / "serve"), "run", str(written)]]
+    config = yaml.safe_load(written.read_text())
+    assert config["http_options"]["port"] == 8123 and [a["name"] for a in config["applications"]] == ["risk"]
+    assert {k: config["applications"][0]["args"][k] for k in ("model_name", "alias", "tracking_uri")} == {
+        "model_name": "m", "alias": "staging", "tracking_uri": "sqlite:///x.db"}
+    assert config["applications"][0]["args"]["poll_seconds"] == 5  # the rest of the packaged config kept
+
+
+def test_the_serve_config_keeps_vision_when_it_is_served() -> None:
+    from serving.local_config import PACKAGED_CONFIG, local_serve_config
+
+    config = local_serve_config(PACKAGED_CONFIG, port=9000, tracking_uri="u", alias="production", risk_model="r",
+                                vision_model="v")
+    assert [(a["name"], a["args"]["model_name"], a["args"]["tracking_uri"]) for a in config["applications"]] == [
+        ("risk", "r", "u"), ("vision", "v", "u")]
