@@ -6,7 +6,6 @@ Hierarchy::
     ├── SpecError             an experiment spec is unreadable or invalid
     │   └── FhirSectionError  a logged spec's fhir section is invalid (also a ValueError)
     ├── TrackingError         MLflow tracking or the registry failed
-    ├── LocalValidationError  a validator's file has nothing held out to score
     ├── SecretKeyError        a secret key file that cannot be used
     ├── ReceiptInvalid        a read receipt that is missing, forged, expired or someone else's
     └── ReviewError           a review or promotion refused, in one line
@@ -22,7 +21,6 @@ __all__ = [
     "ExperimentError",
     "FhirSectionError",
     "LauncherUnknown",
-    "LocalValidationError",
     "NotApproved",
     "NotPending",
     "NothingToRollBack",
@@ -61,11 +59,6 @@ class FhirSectionError(SpecError, ValueError):
 
 class TrackingError(ExperimentError):
     """MLflow tracking or model registration failed; nothing was registered."""
-
-
-class LocalValidationError(ExperimentError):
-    """``registry validate`` cannot score the part asked for: it is empty, or it holds data
-    the version was trained on (the message names the file and the part)."""
 
 
 class SecretKeyError(ExperimentError):

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from training.data_section import DataSection
 from training.errors import UnknownModalityError
+from training.held_out import HeldOut, LocalScores
 from training.packaging import PackagedModel
 from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
@@ -199,6 +200,15 @@ class Modality(Protocol):
 
     def load_scorer(self, directory: Path) -> Any:
         """The scorer of a package this modality wrote (``model.json`` names the modality)."""
+        ...
+
+    def select_held_out(self, spec: Any, source: Path, tags: dict[str, str], part: str) -> tuple[Any, HeldOut, str]:
+        """``registry validate``: the part of a validator's ``source`` the version did not train on
+        (``tags``: the version's, naming its training datasets), what it is, and its unit (``patients``)."""
+        ...
+
+    def score_held_out(self, spec: Any, data: Any, source: Path, scorer: Any) -> LocalScores:
+        """``registry validate``: the selected data scored by the version's ``scorer``, as a validation report."""
         ...
 
 

@@ -42,9 +42,9 @@ def registry_validate(
     the part a training hospital's run held out (the file is one of the version's training
     datasets), or every row of a file the registry does not know. The output says which.
     """
-    from experiments.local_validation import PARTS
     from experiments.registry_validate import run_local_validation, select_local_validation
     from serving.model_source import RegistryModel
+    from training.held_out import PARTS
 
     if part not in PARTS:  # refused before MLflow is opened (and its tables created)
         raise CliInputError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")

@@ -10,14 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.errors import LocalValidationError
-from experiments.local_validation import held_out_images, held_out_rows, training_hospital
 from experiments.spec import ExperimentSpec, parse_spec
 from tests.conftest import make_spec
-from training.tabular.data import load_split
+from training.errors import LocalValidationError
 from training.fingerprint import dataset_fingerprint
+from training.held_out import training_hospital
 from training.imaging.data_check import image_split
+from training.imaging.held_out import held_out_images
 from training.imaging.synth import synthesize_image_hospitals
+from training.tabular.data import load_split
+from training.tabular.held_out import held_out_rows
 
 CLASSES = ["normal", "nodule", "opacity"]
 

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.errors import LocalValidationError
-from experiments.registry_validate import run_local_validation, select_local_validation, unknown_category_lines
+from experiments.registry_validate import run_local_validation, select_local_validation
 from experiments.review_records import VersionInfo
 from tests.conftest import spec_dict
 from training.decision import Decision
+from training.errors import LocalValidationError
+from training.tabular.held_out import unknown_category_lines
 
 
 class _Registry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from training.held_out import HeldOut, LocalScores
 from training.packaging import PackagedModel
 from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
@@ -46,3 +47,16 @@ class ImagingRegistrySide:
         from training.imaging.scoring import VisionScorer
 
         return VisionScorer.from_files(directory)
+
+    def select_held_out(self, spec: Any, source: Path, tags: dict[str, str], part: str) -> tuple[Any, HeldOut, str]:
+        """The images of ``source`` that ``registry validate`` scores, what they are, and the unit (``images``)."""
+        from training.imaging.held_out import held_out_images
+
+        data, held = held_out_images(source, spec, tags, part)  # type: ignore[arg-type]
+        return data, held, "images"
+
+    def score_held_out(self, spec: Any, data: Any, source: Path, scorer: Any) -> LocalScores:
+        """The selected images scored by the version's ``scorer``, as a validation report."""
+        from training.imaging.held_out import score_held_out_images
+
+        return score_held_out_images(spec, data, source, scorer)
