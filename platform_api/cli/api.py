@@ -29,9 +29,14 @@ def api(
     """Start the platform API (migrating its database first)."""
     if ctx.invoked_subcommand is not None:
         return
+    from pydantic import ValidationError
+
     from platform_api.settings import get_settings as api_settings
 
-    api_settings()  # check the settings before starting: a bad one is one line, not a traceback
+    try:  # check the settings before starting: a bad one is one line, not a traceback
+        api_settings()
+    except ValidationError as e:  # stop-gap: platform_api.settings has no domain error for a bad setting yet
+        raise CliInputError(str(e)) from e
     out.print(f"BioVerse platform API on http://{host}:{port} (docs at /docs)", highlight=False)
     # the server process keeps PyTorch out (platform_api.asgi): about 230 MB less resident memory
     exec_server([str(Path(sys.executable).parent / "uvicorn"), "platform_api.asgi:app", "--host", host, "--port", str(port),

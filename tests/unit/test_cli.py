@@ -182,3 +182,30 @@ def test_the_serve_config_keeps_vision_when_it_is_served() -> None:
                                 vision_model="v")
     assert [(a["name"], a["args"]["model_name"], a["args"]["tracking_uri"]) for a in config["applications"]] == [
         ("risk", "r", "u"), ("vision", "v", "u")]
+
+
+def test_a_bug_keeps_its_traceback_and_only_the_users_own_paths_are_one_line(tmp_path: Path) -> None:
+    import typer
+
+    from platform_api.cli.output import one_line_errors
+
+    elsewhere = tmp_path / "not-given.txt"
+
+    @one_line_errors
+    def read(path: Path, other: bool = False) -> None:
+        (elsewhere if other else path).read_text()
+
+    @one_line_errors
+    def broken() -> None:
+        raise ValueError("a bug, not a user error")
+
+    local = typer.Typer()
+    local.command("read")(read)
+    local.command("broken")(broken)
+    given = tmp_path / "given" / "file.csv"
+    line = _one_error_line(runner.invoke(local, ["read", str(given)]))
+    assert "No such file or directory" in line and str(given) in line
+    failed = runner.invoke(local, ["read", str(given), "--other"])  # the OS refusing a path the user did not give
+    assert isinstance(failed.exception, FileNotFoundError) and "error:" not in failed.output
+    bug = runner.invoke(local, ["broken"])
+    assert isinstance(bug.exception, ValueError) and bug.exception.__traceback__ is not None and "error:" not in bug.output
