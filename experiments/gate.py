@@ -1,21 +1,4 @@
-"""The review gate's proofs: who decided (identities), that the validator fetched the report
-(read receipts), and that the gate approved a version (approval MACs every loader checks).
-
-Both MACs use :func:`experiments.keys.secret_key` ``("gate")``, a key kept outside MLflow and
-the platform database: whoever can write registry tags cannot forge an approval or a receipt.
-
-* An **identity** is a tag value. ``key:<key id>/<person>`` is an authenticated principal
-  (an API key checked against the platform database; ``person`` is the key's name);
-  ``os:<login>`` is an unauthenticated OS login, kept for the record but never comparable to
-  a key, so a version launched that way cannot be decided (fail closed).
-* A **receipt** is ``<report sha256>.<expiry>.<mac>``, the MAC over the reader's key id, the
-  model, the version, the report's sha256 and the expiry. The report routes hand one out with
-  the report; approval takes it instead of a hash that could be copied without reading.
-* An **approval** is the version tag ``review.approval`` = ``v1 <scope> <artifact digest> <mac>``,
-  the MAC over model name, version, model source, artifact digest, report sha256 and scope
-  (``platform`` or ``tenant:<id>``). The digest is the SHA-256 of the version's downloaded
-  model files, so swapped artifacts or a copied tag do not verify.
-"""
+"""The review gate's proofs: identities, read receipts and approval MACs (docs/review.md)."""
 
 from __future__ import annotations
 

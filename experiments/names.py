@@ -1,5 +1,4 @@
-"""Names the registry, tracking, serving and the API share, in a module that imports
-nothing heavy: the API server process must not import PyTorch (see ``platform_api.asgi``)."""
+"""Names the registry, tracking, serving and the API share; imports nothing heavy (the API process keeps PyTorch out)."""
 
 from __future__ import annotations
 

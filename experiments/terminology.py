@@ -1,14 +1,4 @@
-"""Standard codes of a model's outcome and inputs (the spec's ``fhir`` section), as the
-FHIR output of its predictions uses them.
-
-A code is written by the data scientist, never guessed: a spec may name the outcome's
-SNOMED CT (or LOINC) code, each feature's LOINC code, UCUM unit and value codes, and the
-prediction horizon. LOINC codes are checked with their mod-10 check digit and SNOMED CT
-identifiers with their Verhoeff check digit, so a mistyped code is refused at
-``experiment validate``. The platform's own feature-store columns (``age``, ``sex``,
-``systolic_bp``, ...) carry built-in LOINC codes (:data:`DEFAULT_FEATURE_CODES`) that a spec
-may override.
-"""
+"""Standard codes of a model's outcome and inputs (the spec's ``fhir`` section), as its FHIR output uses them (docs/fhir.md)."""
 
 from __future__ import annotations
 
