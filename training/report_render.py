@@ -72,7 +72,7 @@ def _json_default(obj: Any) -> Any:
 def canonical_json(report: Mapping[str, Any]) -> bytes:
     """The report as canonical JSON bytes (sorted keys, no whitespace, ASCII); NaN/inf raise ValueError.
 
-    Same text as ``training.tabular.validation.report_hash`` hashes, so both hashes agree.
+    Same text as ``training.validation_cells.report_hash`` hashes, so both hashes agree.
     """
     text = json.dumps(report, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
     return text.encode("utf-8")
