@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from platform_api.cli.output import bare_value_errors_as_input, err, error_line, one_line_errors, out, warn
+from platform_api.cli.output import err, error_line, one_line_errors, out, warn
 
 __all__ = ["data_app"]
 
@@ -35,11 +35,10 @@ def data_synth(
     from training.tabular.synth import Messiness, synthesize_hospitals
 
     messy = respell_site is not None or split_column is not None or missing_code_site is not None
-    with bare_value_errors_as_input():  # training.tabular.synth refuses arguments with a bare ValueError
-        messiness = Messiness(respell_site=respell_site, split_column=split_column, missing_code_site=missing_code_site,
-                              missing_code=missing_code) if messy else None
-        written = synthesize_hospitals(n_hospitals=hospitals, n_patients=patients, seed=seed, out_dir=out_dir,
-                                       file_format=file_format, messiness=messiness)
+    messiness = Messiness(respell_site=respell_site, split_column=split_column, missing_code_site=missing_code_site,
+                          missing_code=missing_code) if messy else None
+    written = synthesize_hospitals(n_hospitals=hospitals, n_patients=patients, seed=seed, out_dir=out_dir,
+                                   file_format=file_format, messiness=messiness)
     for h in written:
         out.print(f"{h.hospital_id}  {h.n_patients:>7} patients  prevalence {h.prevalence:6.1%}  {h.path}")
 
@@ -64,10 +63,9 @@ def data_synth_images(
     from training.imaging.synth import synthesize_image_hospitals
 
     names = tuple(c.strip() for c in classes.split(","))
-    with bare_value_errors_as_input():  # training.imaging.synth refuses arguments with a bare ValueError
-        written = synthesize_image_hospitals(out_dir, n_hospitals=hospitals, images_per_hospital=images, size=size,
-                                             channels=channels, classes=names, layout=layout, seed=seed, majority=majority,
-                                             split_column=split_column)
+    written = synthesize_image_hospitals(out_dir, n_hospitals=hospitals, images_per_hospital=images, size=size,
+                                         channels=channels, classes=names, layout=layout, seed=seed, majority=majority,
+                                         split_column=split_column)
     for path in written:
         out.print(f"{path.stem}  {images:>6} images  {size}x{size}x{channels}  {path}", highlight=False)
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["MAX_ERROR_LINE", "bare_value_errors_as_input", "err", "error_line", "exec_server", "is_user_error",
+__all__ = ["DOMAIN_ERRORS", "MAX_ERROR_LINE", "err", "error_line", "exec_server",
            "one_line_errors", "out", "warn"]
 
 out = Console(soft_wrap=True)
@@ -56,7 +55,7 @@ def _opens_a_given_path(e: OSError, given: set[Path]) -> bool:
     return any(failed == path or path in failed.parents for path in given)
 
 
-def is_user_error(e: BaseException, arguments: dict[str, Any] | None = None) -> bool:
+def _is_user_error(e: BaseException, arguments: dict[str, Any] | None = None) -> bool:
     """A domain error of a package, or the OS refusing a path among ``arguments``: one line, not a bug."""
     if isinstance(e, _domain_error_types()):
         return True
@@ -108,28 +107,13 @@ def one_line_errors(fn: F) -> F:
             err.print("[bold red]interrupted:[/] stopped; an unfinished run is marked KILLED in MLflow", highlight=False)
             raise typer.Exit(130) from None
         except Exception as e:
-            if not is_user_error(e, kwargs):
+            if not _is_user_error(e, kwargs):
                 raise
             for line in _error_lines(e):
                 err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def bare_value_errors_as_input() -> Iterator[None]:
-    """Stop-gap around one library call that still refuses a user's argument with a bare ``ValueError``
-    (named in the redesign's report): that refusal becomes a :class:`CliInputError`. Remove it once the
-    library raises its package's domain error."""
-    from platform_api.cli.errors import CliInputError
-
-    try:
-        yield
-    except ValueError as e:
-        if is_user_error(e):
-            raise
-        raise CliInputError(str(e)) from e
 
 
 def warn(message: str) -> None:
