@@ -1,1 +1,1 @@
-"""The platform's edge: the ``bioverse`` CLI (and, later, the FastAPI app)."""
+"""The platform's edge: the FastAPI app (routes, auth, audit, services, the review page) and the ``bioverse`` CLI."""

@@ -1,11 +1,4 @@
-"""The API server process's entry point: ``uvicorn platform_api.asgi:app``.
-
-The API scores with NumPy (``training.tabular.scoring``) and never needs PyTorch, but Feast
-imports it when it can (for an optional ``to_tensor``), which costs about 230 MB of
-resident memory. A server process started here therefore keeps ``torch`` out: Feast
-sees it as not installed. A model version saved without NumPy weights still loads
-(``RiskScorer.from_files`` then imports PyTorch for real).
-"""
+"""The API server process's entry point (``uvicorn platform_api.asgi:app``); it keeps torch out (docs/api.md)."""
 
 from __future__ import annotations
 

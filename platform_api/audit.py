@@ -1,14 +1,4 @@
-"""The audit trail: every access to patient data, append-only, MAC-chained and anchored outside the database.
-
-Each event's ``hash`` is ``HMAC-SHA256(audit key, prev_hash + canonical JSON of its fields)``
-(events written before migration 0004 keep plain ``SHA-256`` and are checked as such up to
-``audit_chain.legacy_until``). Appends take the database's write lock before reading the
-head (PostgreSQL: an advisory transaction lock; SQLite: the write lock, taken by a no-op
-write before the read), so the API, the recorder and the CLI in other processes write one
-order; a unique ``prev_hash`` makes a fork impossible even for a writer that skips the lock.
-Signed checkpoints of the head go to a file outside the database
-(:mod:`platform_api.audit_checkpoints`); :func:`verify` checks the chain against them.
-"""
+"""The audit trail: every access to patient data, append-only, MAC-chained and anchored outside the database (docs/audit.md)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""Signed checkpoints of the audit chain's head, kept in a file outside the database.
-
-A checkpoint says "database D held N events, the newest id L with hash H, at time T",
-MACed with the audit key (``experiments.keys``). Whoever can write the database but not
-read the key can neither forge a checkpoint nor re-hash the chain to match one, so a
-verifier that reads the file notices dropped tails, truncation and rewritten events.
-Lines are appended (one ``write`` each, under ``flock``) by every process that writes the
-chain: every ``audit_checkpoint_events`` events or ``audit_checkpoint_seconds`` seconds (the
-recorder's idle thread sees to the latter), when a recorder closes, and by
-``bioverse audit checkpoint``.
-"""
+"""Signed checkpoints of the audit chain's head, kept in a file outside the database (docs/audit.md)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,4 @@
-"""TTL caches of the platform API: in-process by default, Redis when configured.
-
-Two caches follow the deployment guide: twin state (a patient's current features, 60 s)
-and prediction results (a twin's latest prediction, 300 s). In-process caches serve one
-API process; with ``BIOVERSE_API_CACHE_URL=redis://...`` every API process shares them,
-and an observation or a new prediction in one process is seen by all.
-
-Values are JSON documents (dicts of plain values), so both backends store the same thing.
-
-Redis is an accelerator, never a source of truth: when it does not answer, a read is a
-miss, a write or a delete is skipped, the error is logged (at most once per
-``RETRY_SECONDS`` per cache) and counted in ``bioverse_cache_errors_total``, and Redis
-is not asked again for ``RETRY_SECONDS`` (so requests do not each wait for a timeout).
-Requests are served from the sources of truth meanwhile; ``/readyz`` says the cache is
-down. A delete skipped during an outage can leave a stale entry for at most the cache's
-TTL after Redis comes back.
-"""
+"""TTL caches of the platform API (twin state, prediction results): in-process, or Redis when configured (docs/api.md)."""
 
 from __future__ import annotations
 

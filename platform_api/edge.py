@@ -1,16 +1,4 @@
-"""The API's edge: offline API docs, ``Allow`` on OPTIONS and 405, and who may scrape ``/metrics``.
-
-* ``/docs`` (Swagger UI) and ``/redoc`` are served with the assets of the installed
-  ``fastapi-offline`` package under ``/docs-assets``: no CDN, so they work on a hospital
-  network without Internet access.
-* A path that exists but not for the method asked: ``OPTIONS`` answers 204 and any
-  other method 405, both with ``Allow`` listing every method of the path (Starlette
-  lists only the methods of the first route it tried).
-* A query parameter the route does not take answers 422 naming it (``?limt=5`` is a
-  typo, not a request for the default page size).
-* ``/metrics`` answers a configured metrics token (``BIOVERSE_API_METRICS_TOKEN``, what
-  Prometheus sends as its bearer credential) or a platform admin's key; anyone else 401/403.
-"""
+"""The API's edge: offline API docs, ``Allow`` on OPTIONS and 405, unknown query parameters, who may scrape ``/metrics``."""
 
 from __future__ import annotations
 

@@ -1,32 +1,4 @@
-"""A stored prediction as a FHIR R4 ``RiskAssessment``.
-
-The resource is built and validated with ``fhir.resources`` (8.x). Its default
-package is FHIR R5, so the model comes from the ``fhir.resources.R4B`` sub-package:
-R4B (4.3.0) changed nothing in ``RiskAssessment`` or the data types it uses, so the
-JSON is valid R4 (4.0.1) as well.
-
-``fhir.resources`` costs about 0.2 s and some MB to import, so it is imported inside
-:func:`risk_assessment`, on the first call, never when the API starts.
-
-Mapping (``prediction`` -> ``RiskAssessment``; codes in docs/fhir.md):
-
-* ``id`` = prediction id; ``identifier`` = ``urn:bioverse:prediction`` | prediction id;
-  ``status`` = ``final``; ``code`` = SNOMED CT 225338004 *Risk assessment*.
-* ``subject`` = the tenant's patient (logical identifier, plus ``Patient/<id>`` when the
-  patient id is a FHIR id, absolute under ``base_url``).
-* ``occurrenceDateTime`` = ``created_at`` in UTC; ``method`` = the model
-  (``urn:bioverse:model`` | ``<name>/<version>``); ``performer`` = a contained ``Device``
-  naming the model and its version.
-* ``basis`` = one contained ``Observation`` per input the model used (LOINC code and UCUM
-  unit where the model's terminology has one, else the feature name as text; a missing
-  value is a ``dataAbsentReason``), referenced as ``#obs-1``, ``#obs-2``, ...
-* ``prediction[0]``: ``outcome`` = the model's outcome code (spec ``fhir.outcome``; text
-  only without one, never a made-up code), ``probabilityDecimal`` = risk, ``whenPeriod`` =
-  the occurrence to ``fhir.horizon_days`` later, ``qualitativeRisk`` high/low at the
-  decision threshold (the prediction's stored one, else the version's; stated in
-  ``rationale``), else from the alert priority.
-* ``note``: the inputs in one line, for a reader.
-"""
+"""A stored prediction as a FHIR R4 ``RiskAssessment`` (mapping and codes: docs/fhir.md)."""
 
 from __future__ import annotations
 

@@ -106,8 +106,9 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     install_openapi(app)  # every status a route can answer, with the body sent
     install_docs(app)  # /docs and /redoc from local assets
 
-    app.state.metrics = ApiMetrics()
-    app.state.metrics.registry.register(CacheErrorCollector())  # bioverse_cache_errors_total
+    api_metrics = ApiMetrics()
+    api_metrics.registry.register(CacheErrorCollector())  # bioverse_cache_errors_total
+    app.state.metrics = api_metrics  # what deps.get_metrics hands the routes
     shared = settings.cache_url if settings.cache_url.startswith(("redis", "unix")) else None
     app.state.rate_limits = RateLimits(  # shared through Redis by the API processes of one platform database
         per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst, redis_url=shared,
@@ -115,7 +116,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
         if shared else "bioverse:ratelimit")
     app.add_middleware(AllowMiddleware)  # OPTIONS 204 and 405, both with Allow
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times every answer, 413s too
+    app.add_middleware(MetricsMiddleware, metrics=api_metrics)  # outermost: times every answer, 413s too
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -134,7 +135,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     def metrics(request: Request) -> Response:
         """Prometheus metrics: request latency by route, predictions by model version, alerts
         (for the metrics token or a platform admin's key)."""
-        return metrics_response(app.state.metrics, accept=request.headers.get("accept"))
+        return metrics_response(api_metrics, accept=request.headers.get("accept"))
 
     app.include_router(oauth.router)
     app.include_router(twins.router)

@@ -1,26 +1,4 @@
-"""Prometheus metrics of the platform API: request latency, predictions, alerts, unknown categories.
-
-Each app gets its own :class:`ApiMetrics` (its own ``CollectorRegistry``, not the
-process-global default one), so tests and several apps in one process never collide.
-
-Wiring (in ``create_app``)::
-
-    metrics = ApiMetrics()
-    app.state.metrics = metrics
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-
-    @app.get("/metrics", include_in_schema=False)
-    def prometheus_metrics(request: Request) -> Response:
-        return metrics_response(metrics, accept=request.headers.get("accept"))
-
-:class:`MetricsMiddleware` is a pure ASGI middleware (no ``BaseHTTPMiddleware``). The
-``route`` label is the route *template* (``/v1/twins/{twin_id}/predictions``), never
-the raw path; requests that match no route are labelled ``<unmatched>`` and unusual
-HTTP methods ``OTHER``, so the label sets stay bounded whatever clients send.
-
-The registry is per process: with several uvicorn workers each worker reports its
-own numbers (prometheus_client's multiprocess mode is not used).
-"""
+"""Prometheus metrics of the platform API: request latency, predictions, alerts, unknown categories (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the platform: tenants, API keys, twins and the audit chain."""
+"""SQLAlchemy models of the platform: tenants, API keys, twins, predictions, alerts, image results and the audit chain."""
 
 from __future__ import annotations
 

@@ -1,24 +1,4 @@
-"""The OpenAPI document lists every status a route can answer, with the body actually sent.
-
-FastAPI documents only the success answer and request validation (422). The errors of
-:mod:`platform_api.errors` (``{"detail": "..."}``) are added here from what an operation
-is made of, so a new route is documented the same way without remembering to:
-
-=========================  =============================================================
-operation has              documented answers
-=========================  =============================================================
-a bearer credential        401 (with ``WWW-Authenticate``), 403, 429 (``Retry-After``),
-                           503 (the database, the model or the feature store is down)
-a path parameter           404 (unknown, or another tenant's: the same answer)
-a request body             400 (unparseable), 413 (over the size limit), 422
-any operation              422 (a query parameter it does not take)
-any 400 or 422             FastAPI's own answer, or the route's (validation list, domain detail)
-=========================  =============================================================
-
-Statuses particular to a route (409 on create or review decisions, 415 on image upload)
-are declared on the route with ``responses=``; their body schema is filled in here when
-the route gave only a description.
-"""
+"""The OpenAPI document lists every status a route can answer, with the body actually sent (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,24 +1,4 @@
-"""Rate limits at the edge: token buckets for the OAuth2 token endpoint and failed key checks.
-
-Two limits, both in process (each API process counts on its own):
-
-* ``POST /v1/oauth/token``: every request takes a token from the bucket of its source
-  address and from the bucket of the client id it names; either empty answers 429.
-* Failed credential checks (401) anywhere: each failure takes a token from the bucket of
-  its source address; while that bucket is empty, credentials the process has not already
-  verified answer 429 without reaching the database (verified ones, in the principal
-  cache, still pass, so a valid key behind the same address keeps working).
-
-A bucket holds ``burst`` tokens and refills ``per_minute`` tokens a minute; a 429 carries
-``Retry-After`` (whole seconds until a token is back). Buckets idle long enough to be full
-again are forgotten, so memory stays bounded whatever addresses send.
-
-The buckets live in the process by default. With a Redis URL (the API passes
-``BIOVERSE_API_CACHE_URL`` when it is one) every API process shares them: one Lua script
-per request refills and takes atomically on Redis's clock. Redis is not a source of
-truth here either: when it does not answer, the process's own buckets take over for
-``RETRY_SECONDS`` (a limit per process is better than none, and better than a 500).
-"""
+"""Rate limits at the edge: token buckets for the OAuth2 token endpoint and failed key checks (docs/api.md)."""
 
 from __future__ import annotations
 

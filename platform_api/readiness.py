@@ -1,9 +1,4 @@
-"""Readiness (``/readyz``): each dependency the API is configured with answers now.
-
-A dependency that is configured but does not answer makes the API not ready (503, naming
-it). What is merely not set up yet (no Feast repo, no approved model version) is reported
-but does not: the API serves twins meanwhile, and the routes that need it answer 503.
-"""
+"""Readiness (``/readyz``): each dependency the API is configured with answers now (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,4 @@
-"""Group commit of predictions, alerts and their audit events.
-
-Scoring a twin takes microseconds; committing a transaction takes a disk sync. The
-prediction routes therefore hand their rows to one recorder thread per process, which
-writes everything that arrived while the previous commit was running in ONE transaction:
-the predictions, their alerts and one audit event per request, chained in order under the
-chain lock. A request is answered only after its transaction committed (its future
-resolves), so nothing acknowledged can be lost; under load, one disk sync serves many
-requests. If a batch fails, its units are retried one by one so that one bad unit fails
-alone, with its error; that unit's audit event is then written in a transaction of its own,
-its outcome the error's name (a refused row never takes its audit event down with it).
-Each event's link is an HMAC under the audit key (:mod:`platform_api.audit`); a batch that
-loses a race for the chain's head (a unique ``prev_hash``) is retried on the new head; a
-signed checkpoint of the head is written every thousand events or ten seconds (never per
-event), also while the thread idles, and when it closes.
-"""
+"""Group commit of predictions, alerts and their audit events by one recorder thread per process (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The API's client of the Ray Serve ``VisionClassifier``: image uploads are classified
-there (on a GPU where the cluster has one), not in the API process."""
+"""The API's client of the Ray Serve ``VisionClassifier`` (images are classified there, not in the API process)."""
 
 from __future__ import annotations
 

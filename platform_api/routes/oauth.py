@@ -1,5 +1,4 @@
-"""OAuth2 client credentials (RFC 6749 §4.4): an API key's id and secret buy a short-lived
-bearer token, for apps whose HTTP stack speaks OAuth2 rather than static keys."""
+"""OAuth2 client credentials (RFC 6749 §4.4): an API key's id and secret buy a short-lived bearer token."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from pydantic import BaseModel
 
 from platform_api.auth import issue_access_token
 from platform_api.db import DatabaseUrl, session_factory
-from platform_api.deps import client_address
+from platform_api.deps import RateLimitsDep, client_address
 from platform_api.errors import NotAuthenticated
 
 __all__ = ["router"]
@@ -74,6 +73,7 @@ _ERRORS = {
 async def token(
     request: Request,
     url: DatabaseUrl,
+    limits: RateLimitsDep,
     grant_type: Annotated[str, Form(min_length=1, max_length=64, json_schema_extra={"enum": ["client_credentials"]})],
     client_id: Annotated[str | None, Form(max_length=64)] = None,
     client_secret: Annotated[str | None, Form(max_length=256)] = None,
@@ -84,7 +84,6 @@ async def token(
     basic = _basic(authorization)
     if basic is not None:
         client_id, client_secret = basic
-    limits = getattr(request.app.state, "rate_limits", None)
     wait = limits.token_request(client_address(request), client_id) if limits is not None else 0
     if wait:
         return _oauth_error(429, "too_many_requests", f"too many token requests; retry in {wait} s", wait)
