@@ -17,9 +17,10 @@ from flwr.app import ArrayRecord
 from sklearn.metrics import roc_auc_score
 
 from experiments.spec import ExperimentSpec
-from federation.hospital import Preprocessor, evaluate_global, site_ledger, val_scores
+from federation.hospital import evaluate_global, site_ledger, val_scores
 from federation.site import Site
 from training.metrics import risk_metrics
+from training.modality import Preprocessor
 from training.selection import (
     HIGHER_IS_BETTER,
     EarlyStopping,
