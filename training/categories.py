@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["CategoryLookup", "VocabularyFinding", "canonical", "canonical_series", "declared_spelling", "outside_declared",
            "vocabulary_findings"]
@@ -33,6 +36,12 @@ def _number_text(number: Decimal) -> str:
     return format(normal, "f")
 
 
+def _pandas_missing(value: Any) -> bool:
+    """``pd.NA`` or ``pd.NaT`` (without importing pandas: such a value exists only once pandas is loaded)."""
+    pd = sys.modules.get("pandas")
+    return pd is not None and (value is pd.NA or value is pd.NaT)
+
+
 def canonical(value: Any) -> str | None:
     """The canonical spelling of one category value, or None for missing.
 
@@ -40,7 +49,7 @@ def canonical(value: Any) -> str | None:
         ``canonical(" 4.0 ") == "4"``, ``canonical(2.50) == "2.5"``,
         ``canonical("  chest   pain ") == "chest pain"``, ``canonical("") is None``.
     """
-    if value is None or value is pd.NA or value is pd.NaT:
+    if value is None:
         return None
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
@@ -52,6 +61,8 @@ def canonical(value: Any) -> str | None:
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
         return _number_text(Decimal(repr(float(value))))
+    if _pandas_missing(value):
+        return None
     text = _SPACES.sub(" ", str(value)).strip()
     if not text:
         return None
@@ -76,6 +87,8 @@ def declared_spelling(value: str | None, declared: Sequence[str] | None) -> str 
 
 def canonical_series(values: pd.Series, declared: Sequence[str] | None = None) -> pd.Series:
     """Canonicalise a column (object dtype, None where missing), once per distinct value."""
+    import pandas as pd
+
     series = values if isinstance(values, pd.Series) else pd.Series(values)
     absent = series.isna().to_numpy()
     if absent.all():

@@ -5,13 +5,17 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["dataset_fingerprint"]
 
-_TABLES = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+#: Table suffixes and the pandas reader of each (pandas is imported on first use: spec parsing reaches this module).
+_TABLES = {".csv": "read_csv", ".parquet": "read_parquet", ".pq": "read_parquet"}
 
 
 def dataset_fingerprint(path: Path | str) -> str:
@@ -37,17 +41,23 @@ def _cached(path: str, size: int, mtime: int) -> str:
     where = Path(path)
     reader = _TABLES.get(where.suffix.lower())
     if reader is not None and where.is_file():
-        return _table_fingerprint(reader(where))
+        import pandas as pd
+
+        return _table_fingerprint(getattr(pd, reader)(where))
     return _bytes_fingerprint(where)
 
 
 def _canonical(column: pd.Series) -> pd.Series:
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
         return column.astype("float64")
     return column.map(lambda v: None if pd.isna(v) else str(v)).astype("object")
 
 
 def _table_fingerprint(frame: pd.DataFrame) -> str:
+    import pandas as pd
+
     columns = sorted(str(c) for c in frame.columns)
     canonical = pd.DataFrame({c: _canonical(frame[c]).to_numpy() for c in columns})
     rows = np.sort(pd.util.hash_pandas_object(canonical, index=False).to_numpy(dtype=np.uint64))
