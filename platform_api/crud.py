@@ -1,4 +1,4 @@
-"""Database operations on twins; every one is scoped to a tenant."""
+"""Database operations of the API (twins, predictions, alerts, image results, audit events), each scoped to a tenant."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from platform_api.errors import Conflict, NotFound
-from platform_api.models import Alert, ImagePrediction, Prediction, Twin
+from platform_api.models import Alert, AuditEvent, ImagePrediction, Prediction, Twin
 from platform_api.schemas import TwinCreate, TwinUpdate
 
 __all__ = [
     "paginate",
-    "acknowledge_alert", "alert_priority", "create_twin", "get_prediction", "get_twin", "latest_prediction", "list_alerts",
+    "acknowledge_alert", "alert_priority", "list_audit_events", "create_twin", "get_prediction", "get_twin", "latest_prediction", "list_alerts",
     "list_image_predictions", "list_predictions", "list_twins", "twin_patients", "update_twin",
 ]
 
@@ -125,3 +125,11 @@ def acknowledge_alert(*, session: Session, tenant_id: str, alert_id: str, by: st
         alert.acknowledged_by = by
         session.flush()
     return alert
+
+
+def list_audit_events(*, session: Session, tenant_id: str | None, limit: int, offset: int) -> tuple[list[AuditEvent], int]:
+    """Audit events, newest first: the tenant's, or every tenant's for ``tenant_id=None`` (a platform admin)."""
+    query = select(AuditEvent)
+    if tenant_id is not None:
+        query = query.where(AuditEvent.tenant_id == tenant_id)
+    return paginate(session, query, (AuditEvent.id.desc(),), limit=limit, offset=offset)

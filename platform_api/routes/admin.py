@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import select
 
+from platform_api import crud
 from platform_api.auth import Principal
-from platform_api.crud import paginate
 from platform_api.deps import SessionDep, require_roles
-from platform_api.models import AuditEvent
 from platform_api.schemas import AuditEventPublic, AuditPage
 
 __all__ = ["router"]
@@ -27,8 +25,5 @@ def list_audit(
     offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
 ) -> AuditPage:
     """Audit events, newest first: a tenant's admin sees its tenant's, the platform admin all."""
-    query = select(AuditEvent)
-    if caller.tenant_id is not None:
-        query = query.where(AuditEvent.tenant_id == caller.tenant_id)
-    items, total = paginate(session, query, (AuditEvent.id.desc(),), limit=limit, offset=offset)
+    items, total = crud.list_audit_events(session=session, tenant_id=caller.tenant_id, limit=limit, offset=offset)
     return AuditPage(items=[AuditEventPublic.model_validate(e) for e in items], total=total, limit=limit, offset=offset)
