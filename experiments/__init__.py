@@ -1,1 +1,2 @@
-"""Experiment specs, MLflow tracking and the model registry."""
+"""Experiment specs, MLflow tracking and registration, the registry's review workflow and gate, the validation
+report writer, and the library behind ``bioverse data check`` and ``bioverse registry validate``."""

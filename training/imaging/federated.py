@@ -21,9 +21,9 @@ def federated_preprocessor(spec: Any, stats: list[Mapping[str, Any]]) -> ImagePr
 
 
 def validation_report(parts: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The merged multi-class validation aggregates and the report built from them."""
+    """The merged multi-class validation aggregates and the report built from them (``modality``: images)."""
     merged = merge_multiclass_aggregates(parts)
-    return merged, build_multiclass_report(merged)
+    return merged, {**build_multiclass_report(merged), "modality": "images"}
 
 
 def report_meta(spec: Any, preprocessor: ImagePreprocessor, class_counts: Mapping[str, list[int]]) -> dict[str, Any]:

@@ -44,6 +44,6 @@ def vocabulary_review(spec: Any, stats: Mapping[str, Mapping[str, Any]]) -> Stat
 
 
 def validation_report(spec: Any, parts: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The merged binary validation aggregates and the report at the spec's thresholds."""
+    """The merged binary validation aggregates and the report at the spec's thresholds (``modality``: tabular)."""
     merged = merge_aggregates(parts)
-    return merged, build_report(merged, thresholds=spec.validation.thresholds)
+    return merged, {**build_report(merged, thresholds=spec.validation.thresholds), "modality": "tabular"}
