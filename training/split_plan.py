@@ -12,11 +12,10 @@ import pandas as pd
 
 from training.categories import canonical
 from training.errors import DataSplitError
-from training.tabular.contract import SPLIT_PARTS
+from training.split_parts import PART_NAMES, PARTS
 
-__all__ = ["PARTS", "UNSAFE_ID_CHARS", "SplitOptions", "assign_units", "column_values", "label_mix", "part_counts", "plan_hospitals"]
+__all__ = ["UNSAFE_ID_CHARS", "SplitOptions", "assign_units", "column_values", "label_mix", "part_counts", "plan_hospitals"]
 
-PARTS = ("train", "val", "test")
 
 #: Characters a hospital id may not hold (replaced by ``-``).
 UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -67,7 +66,7 @@ def column_values(frame: pd.DataFrame, path: Path, name: str, option: str, *, bl
 
 def _parts(frame: pd.DataFrame, path: Path, column: str) -> list[str]:
     values = column_values(frame, path, column, "--split-column")
-    parts = [SPLIT_PARTS.get(v.casefold()) for v in values if v is not None]
+    parts = [PART_NAMES.get(v.casefold()) for v in values if v is not None]
     if None in parts:
         row = parts.index(None)
         raise DataSplitError(path, f"split value {values[row]!r} is not train, val or test", column=column, row=row + 1)

@@ -16,8 +16,8 @@ import pandas as pd
 import yaml
 
 from training.errors import DataSplitError
+from training.split_parts import PARTS
 from training.split_plan import (
-    PARTS,
     UNSAFE_ID_CHARS,
     SplitOptions,
     assign_units,

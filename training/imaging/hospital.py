@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from training.decision import Decision
-from training.imaging.dp_statistics import dp_pixel_statistics
 from training.errors import ImageDataError
 from training.imaging.batches import Augment
 from training.imaging.data import image_fingerprint, load_image_split
+from training.imaging.dp_statistics import dp_pixel_statistics
+from training.imaging.local import evaluate_vision, predict_vision, train_vision_locally
 from training.imaging.preprocessing import ImagePreprocessor, class_counts, pixel_statistics
 from training.imaging.splits import ImageSplit
-from training.imaging.local import evaluate_vision, predict_vision, train_vision_locally
 from training.imaging.validation import local_multiclass_aggregates
 from training.imaging.vision import VisionModel, build_vision_model
 from training.local_rounds import clip_metrics, round_dp_config, round_seed

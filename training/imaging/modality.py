@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from training.imaging.registry_side import ImagingRegistrySide
 from training.data_section import DataSection
+from training.imaging.registry_side import ImagingRegistrySide
 from training.modality import LocalRound, LocalSite, Preprocessor, RoundCharge, RoundOutcome, StatisticsCharge, StatisticsReview
 
 __all__ = ["IMAGING", "ImagingModality"]

@@ -12,8 +12,9 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from training.errors import ImageDataError
+from training.split_parts import PART_NAMES, PARTS
 
-__all__ = ["SPLIT_VALUES", "ImageSplit", "SplitSource", "column_split", "name_some", "patient_split", "split_values"]
+__all__ = ["ImageSplit", "SplitSource", "column_split", "name_some", "patient_split", "split_values"]
 
 _MAX_NAMED = 5
 
@@ -23,8 +24,6 @@ _MAX_NAMED = 5
 SplitSource = Literal["npz", "column", "fraction", "unsplit"]
 
 #: Spellings of a split column's values (after trimming and lower-casing).
-SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_PARTS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -60,13 +59,13 @@ class ImageSplit:
 
     def part(self, name: str) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[str | None, ...]] | None]:
         """Images, labels and metadata of ``train``, ``val`` or ``test``."""
-        if name not in _PARTS:
-            raise ValueError(f"part must be one of {', '.join(_PARTS)}, got {name!r}")
+        if name not in PARTS:
+            raise ValueError(f"part must be one of {', '.join(PARTS)}, got {name!r}")
         return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels"), getattr(self, f"{name}_metadata")
 
     def counts(self) -> dict[str, int]:
         """Images per part: ``{"train": n, "val": n, "test": n}``."""
-        return {name: len(self.part(name)[1]) for name in _PARTS}
+        return {name: len(self.part(name)[1]) for name in PARTS}
 
 
 def name_some(items: Sequence[str], limit: int = _MAX_NAMED) -> str:
@@ -77,7 +76,7 @@ def name_some(items: Sequence[str], limit: int = _MAX_NAMED) -> str:
 
 def split_values(csv_path: Path, values: pd.Series, column: str) -> np.ndarray:
     """The split column canonicalised to train/val/test; a blank or other value is refused."""
-    canonical = values.str.lower().map(SPLIT_VALUES)
+    canonical = values.str.lower().map(PART_NAMES)
     bad = np.flatnonzero(canonical.isna().to_numpy())
     if bad.size:
         row, raw = int(bad[0]) + 1, values.iloc[int(bad[0])]

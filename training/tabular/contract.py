@@ -12,12 +12,10 @@ import pandas as pd
 
 from training.categories import canonical, canonical_series
 from training.errors import DataContractError
+from training.split_parts import PART_NAMES
 
-__all__ = ["SPLIT_PARTS", "DataContract", "load_hospital_table", "missing_code_counts", "schema_fingerprint"]
+__all__ = ["DataContract", "load_hospital_table", "missing_code_counts", "schema_fingerprint"]
 
-#: The values of a split column (after canonicalisation, case-insensitive) and the part each names.
-SPLIT_PARTS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "test": "test"}
 
 _READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _TRUE = {"1", "1.0", "true", "yes", "y"}
@@ -175,7 +173,7 @@ def _label(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
 
 def _split(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
     values = canonical_series(frame[column])
-    parts = values.map(lambda v: SPLIT_PARTS.get(v.casefold()) if v is not None else None)
+    parts = values.map(lambda v: PART_NAMES.get(v.casefold()) if v is not None else None)
     bad = parts.isna()
     if bad.any():
         row = _first_bad_row(bad)

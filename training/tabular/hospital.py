@@ -11,11 +11,11 @@ import pandas as pd
 import torch
 
 from training.categories import outside_declared
-from training.tabular.dp_statistics import dp_table_statistics
 from training.local_rounds import clip_metrics, round_dp_config, round_seed
 from training.modality import LocalRound, LocalSite, RoundCharge, RoundOutcome, StatisticsCharge
 from training.tabular.contract import schema_fingerprint
 from training.tabular.data import HospitalDataModule
+from training.tabular.dp_statistics import dp_table_statistics
 from training.tabular.local import evaluate_model, train_locally
 from training.tabular.models import RiskModel, build_model
 from training.tabular.preprocessing import FeatureEncoder

@@ -13,6 +13,7 @@ import pandas as pd
 
 from training.atomic_write import atomic_write
 from training.errors import SynthOptionsError
+from training.split_parts import PARTS
 
 __all__ = [
     "COLUMNS",
@@ -22,7 +23,6 @@ __all__ = [
     "LABEL",
     "PATIENT_ID",
     "SMOKING_CODES",
-    "SPLIT_PARTS",
     "TRUE_RISK",
     "HospitalProfile",
     "Messiness",
@@ -55,7 +55,6 @@ _MISSABLE: tuple[str, ...] = ("systolic_bp", "cholesterol", "glucose", "heart_ra
 _SMOKING_LEVELS: tuple[str, ...] = ("never", "former", "current")
 #: How smoking is written when sites code it (``Messiness.respell_site``): never 1, former 2, current 3.
 SMOKING_CODES: dict[str, int] = {"never": 1, "former": 2, "current": 3}
-SPLIT_PARTS: tuple[str, ...] = ("train", "val", "test")
 
 # Ground-truth logistic model on features standardised with fixed population references.
 _REFERENCE: dict[str, tuple[float, float]] = {
@@ -138,7 +137,7 @@ class Messiness:
             frame[column] = frame[column].fillna(self.missing_code)
         if self.split_column is not None:  # an own stream: the drawn values stay those of the clean cohort
             rng = np.random.default_rng([seed, site, 11])
-            frame[self.split_column] = np.asarray(SPLIT_PARTS, dtype=object)[
+            frame[self.split_column] = np.asarray(PARTS, dtype=object)[
                 rng.choice(3, size=len(frame), p=np.asarray(self.split_fractions))]
         return frame
 
