@@ -3,6 +3,7 @@
 Hierarchy::
 
     TrainingError
+    ├── ClassWeightsError      the spec's class_weights cannot be resolved (also a ValueError)
     ├── DataContractError      a hospital file breaks the data contract
     │   ├── DataSplitError     `bioverse data split` cannot split a dataset as asked
     │   ├── ImageDataError     a hospital's images break the image contract
@@ -20,13 +21,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DataContractError", "DataSplitError", "ImageDataError", "ImageDecodeError", "LocalValidationError",
-           "PrivacyConfigError",
-           "ScoringInputError", "SynthOptionsError", "TrainingError", "UnknownModalityError", "ValidationInputError"]
+__all__ = [
+    "ClassWeightsError",
+    "DataContractError",
+    "DataSplitError",
+    "ImageDataError",
+    "ImageDecodeError",
+    "LocalValidationError",
+    "PrivacyConfigError",
+    "ScoringInputError",
+    "SynthOptionsError",
+    "TrainingError",
+    "UnknownModalityError",
+    "ValidationInputError",
+]
 
 
 class TrainingError(Exception):
     """Base class of every error raised by :mod:`training`."""
+
+
+class ClassWeightsError(TrainingError, ValueError):
+    """``training.class_weights`` cannot be resolved: ``balanced`` without class counts, a weight
+    for a class the model does not have, or a weight that is not a positive number."""
 
 
 class DataContractError(TrainingError):

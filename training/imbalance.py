@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.errors import TrainingError
+from training.errors import ClassWeightsError, TrainingError
 
 __all__ = ["WeightedBCE", "WeightedCrossEntropy", "balanced_weights", "received_class_weights", "resolve_class_weights"]
 
@@ -39,21 +39,21 @@ def resolve_class_weights(setting: str | Mapping[str, float], classes: Sequence[
         counts: Federation-wide training counts per class (needed for ``balanced``).
 
     Raises:
-        ValueError: ``balanced`` without counts, or a weight for a class not in ``classes``.
+        ClassWeightsError: ``balanced`` without counts, or a weight for a class not in ``classes``.
     """
     if setting == "none":
         return None
     if setting == "balanced":
         if counts is None or len(counts) != len(classes):
-            raise ValueError("class_weights balanced needs the federation's class counts (statistics round)")
+            raise ClassWeightsError("class_weights balanced needs the federation's class counts (statistics round)")
         return balanced_weights(counts)
     assert not isinstance(setting, str)
     unknown = [c for c in setting if c not in classes]
     if unknown:
-        raise ValueError(f"class_weights: {unknown[0]} is not a class ({', '.join(classes)})")
+        raise ClassWeightsError(f"class_weights: {unknown[0]} is not a class ({', '.join(classes)})")
     weights = [float(setting.get(c, 1.0)) for c in classes]
     if not all(math.isfinite(w) and w > 0 for w in weights):
-        raise ValueError("class_weights: every weight must be a positive number")
+        raise ClassWeightsError("class_weights: every weight must be a positive number")
     return weights
 
 
