@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -61,17 +60,10 @@ def score(
 
     Writes tenant_id, patient_id, risk, model_name, model_version, scored_at per twin.
     """
-    from experiments.settings import get_settings
-    from feature_store.settings import get_settings as feature_settings
-    from platform_api.settings import get_settings as api_settings
-    from serving.bulk import score_offline_store
+    from platform_api.bulk_scoring import score_twins
 
-    settings = api_settings()
-    name = model or settings.model_name
-    target = output or get_settings().data_dir / "scores" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.parquet"
-    result = score_offline_store(tracking_uri=tracking_uri or settings.resolved_tracking_uri(), model=name,
-                                 alias=alias or settings.model_alias, feature_repo=feature_repo or feature_settings().repo_dir,
-                                 output=target, tenant=tenant)
+    result = score_twins(output=output, model=model, alias=alias, tracking_uri=tracking_uri, feature_repo=feature_repo,
+                         tenant=tenant)
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items() if k != "model")
     out.print(f"[bold green]scored[/] {result.rows:,} twins with {result.model_name} version {result.model_version} "
               f"in {result.data_seconds:.2f} s: {result.predictions_per_second:,.0f} predictions/s", highlight=False)
