@@ -4,6 +4,8 @@ Hierarchy::
 
     FederationError
     ├── BudgetExceededError    a hospital's privacy ledger refuses to train
+    ├── LedgerError            a privacy ledger is unreadable, another hospital's, or a run
+    │                          was charged on another dataset
     ├── SitePolicyRefusal      a hospital's policy refuses a release (e.g. statistics)
     ├── SiteConfigError        a hospital's node config is incomplete or wrong
     ├── TooFewHospitalsError   fewer hospitals answered than the spec's minimum
@@ -13,8 +15,16 @@ Hierarchy::
 
 from __future__ import annotations
 
-__all__ = ["BudgetExceededError", "FederationError", "LaunchError", "SiteConfigError", "SitePolicyRefusal", "TooFewHospitalsError",
-           "VocabularyError"]
+__all__ = [
+    "BudgetExceededError",
+    "FederationError",
+    "LaunchError",
+    "LedgerError",
+    "SiteConfigError",
+    "SitePolicyRefusal",
+    "TooFewHospitalsError",
+    "VocabularyError",
+]
 
 
 class FederationError(Exception):
@@ -31,6 +41,11 @@ class BudgetExceededError(FederationError):
             f"privacy budget exhausted: {spent:.3f} spent in earlier runs + {requested:.3f} "
             f"for this run > budget {budget:.3f}"
         )
+
+
+class LedgerError(FederationError):
+    """A hospital's privacy ledger cannot be used: unreadable, written by another hospital, or
+    holding this run's charges against another dataset. Nothing is charged."""
 
 
 class SitePolicyRefusal(FederationError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from federation.errors import BudgetExceededError, FederationError
+from federation.errors import BudgetExceededError, LedgerError
 
 __all__ = ["ANY_DATASET", "LedgerEntry", "PrivacyLedger"]
 
@@ -83,9 +83,9 @@ class PrivacyLedger:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError) as err:
-            raise FederationError(f"privacy ledger {self.path} is unreadable: {err}") from err
+            raise LedgerError(f"privacy ledger {self.path} is unreadable: {err}") from err
         if data.get("hospital_id") != self.hospital_id:
-            raise FederationError(
+            raise LedgerError(
                 f"privacy ledger {self.path} belongs to {data.get('hospital_id')!r}, not {self.hospital_id!r}"
             )
         return data
@@ -138,14 +138,14 @@ class PrivacyLedger:
         Raises:
             BudgetExceededError: earlier runs on this dataset plus this run's new total
                 exceed the budget; nothing is written.
-            FederationError: the run was recorded against another dataset.
+            LedgerError: the run was recorded against another dataset.
         """
         dataset = self.dataset or ANY_DATASET
         with self._locked():
             data = self._read()
             previous = data["runs"].get(run)
             if previous is not None and previous.get("dataset", ANY_DATASET) != dataset:
-                raise FederationError(f"run {run} was charged on another dataset at {self.hospital_id}")
+                raise LedgerError(f"run {run} was charged on another dataset at {self.hospital_id}")
             others = sum(v["epsilon"] for k, v in data["runs"].items() if k != run and self._counts(v))
             if others + epsilon > budget + 1e-9:
                 raise BudgetExceededError(self.hospital_id, others, epsilon, budget)
