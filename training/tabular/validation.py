@@ -182,6 +182,54 @@ def merge_aggregates(parts: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[s
     return merge_parts(parts, schema=SCHEMA, same=("histogram", "calibration_bins", "thresholds"), sum_cells=_sum_cells)
 
 
+def _net_benefit(tp: float, fp: float, n: int, t: float) -> float | None:
+    return tp / n - fp / n * t / (1.0 - t) if n else None
+
+
+def _treat_all(prevalence: float | None, t: float) -> float | None:
+    return prevalence - (1.0 - prevalence) * t / (1.0 - t) if prevalence is not None else None
+
+
+def _threshold_rows(conf: Mapping[str, Sequence[int]], thresholds: list[float], columns: list[int], n: int,
+                    prevalence: float | None) -> list[dict[str, Any]]:
+    """Exact confusion counts, rates and net benefit at each requested (declared) threshold."""
+    rows = []
+    for t, j in zip(thresholds, columns):
+        tp, fp, tn, fn = (int(conf[key][j]) for key in ("tp", "fp", "tn", "fn"))
+        rows.append({
+            "threshold": t, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+            "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
+            "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn),
+            "net_benefit": _net_benefit(tp, fp, n, t), "net_benefit_treat_all": _treat_all(prevalence, t),
+        })
+    return rows
+
+
+def _decision_curve(hp: np.ndarray, hn: np.ndarray, centres: np.ndarray, n: int,
+                    prevalence: float | None) -> dict[str, list[float | None]]:
+    """Net benefit over 0.01..0.99 from the histogram: a bin counts as "treat" when its centre is >= logit(t)."""
+    dts = np.asarray(DECISION_THRESHOLDS)
+    cut = np.searchsorted(centres, np.log(dts / (1.0 - dts)), side="left")
+    tp_above = np.concatenate([np.cumsum(hp[::-1])[::-1], [0.0]])
+    fp_above = np.concatenate([np.cumsum(hn[::-1])[::-1], [0.0]])
+    return {
+        "threshold": [float(t) for t in dts],
+        "model": [json_number(_net_benefit(tp_above[c], fp_above[c], n, t)) for c, t in zip(cut, dts)],
+        "treat_all": [json_number(_treat_all(prevalence, t)) for t in dts],
+        "treat_none": [0.0 for _ in dts],
+    }
+
+
+def _calibration(cell: Mapping[str, Any], n: int) -> tuple[list[dict[str, Any]], float | None, float | None]:
+    """The exact calibration curve, ECE and Brier score of a cell."""
+    cb = cell["calibration_bins"]
+    curve = [{"mean_predicted": float(sp) / cnt, "observed": float(sy) / cnt, "n": int(cnt)}
+             for cnt, sp, sy in zip(cb["n"], cb["sum_p"], cb["sum_y"]) if cnt > 0]
+    ece = math.fsum(abs(float(sy) - float(sp)) for sp, sy in zip(cb["sum_p"], cb["sum_y"])) / n if n else None
+    brier = max(0.0, (float(cell["sum_p2"]) - 2.0 * float(cell["sum_py"]) + float(cell["sum_y"])) / n) if n else None
+    return curve, ece, brier
+
+
 def _cell_metrics(cell: Mapping[str, Any], columns: list[int], thresholds: list[float],
                   centres: np.ndarray, curve_points: int) -> dict[str, Any]:
     n, n_pos = int(cell["n"]), int(cell["positives"])
@@ -191,42 +239,7 @@ def _cell_metrics(cell: Mapping[str, Any], columns: list[int], thresholds: list[
     prevalence = ratio(n_pos, n)
     auroc, se = auroc_se(hp, hn)
     intercept, slope = calibration_fit(hp, hn, centres)
-
-    cb = cell["calibration_bins"]
-    curve = [{"mean_predicted": float(sp) / cnt, "observed": float(sy) / cnt, "n": int(cnt)}
-             for cnt, sp, sy in zip(cb["n"], cb["sum_p"], cb["sum_y"]) if cnt > 0]
-    ece = math.fsum(abs(float(sy) - float(sp)) for sp, sy in zip(cb["sum_p"], cb["sum_y"])) / n if n else None
-    brier = max(0.0, (float(cell["sum_p2"]) - 2.0 * float(cell["sum_py"]) + float(cell["sum_y"])) / n) if n else None
-
-    def net_benefit(tp: float, fp: float, t: float) -> float | None:
-        return tp / n - fp / n * t / (1.0 - t) if n else None
-
-    def treat_all(t: float) -> float | None:
-        return prevalence - (1.0 - prevalence) * t / (1.0 - t) if prevalence is not None else None
-
-    conf = cell["confusion"]
-    rows = []
-    for t, j in zip(thresholds, columns):
-        tp, fp, tn, fn = (int(conf[key][j]) for key in ("tp", "fp", "tn", "fn"))
-        rows.append({
-            "threshold": t, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-            "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
-            "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn),
-            "net_benefit": net_benefit(tp, fp, t), "net_benefit_treat_all": treat_all(t),
-        })
-
-    # Decision curve from the histogram: a bin counts as "treat" when its centre is >= logit(t).
-    dts = np.asarray(DECISION_THRESHOLDS)
-    cut = np.searchsorted(centres, np.log(dts / (1.0 - dts)), side="left")
-    tp_above = np.concatenate([np.cumsum(hp[::-1])[::-1], [0.0]])
-    fp_above = np.concatenate([np.cumsum(hn[::-1])[::-1], [0.0]])
-    decision = {
-        "threshold": [float(t) for t in dts],
-        "model": [json_number(net_benefit(tp_above[c], fp_above[c], t)) for c, t in zip(cut, dts)],
-        "treat_all": [json_number(treat_all(t)) for t in dts],
-        "treat_none": [0.0 for _ in dts],
-    }
-
+    curve, ece, brier = _calibration(cell, n)
     return {
         "n": n,
         "positives": n_pos,
@@ -239,8 +252,8 @@ def _cell_metrics(cell: Mapping[str, Any], columns: list[int], thresholds: list[
         "calibration_intercept": json_number(intercept),
         "calibration_slope": json_number(slope),
         "calibration_curve": curve,
-        "at_thresholds": rows,
-        "decision_curve": decision,
+        "at_thresholds": _threshold_rows(cell["confusion"], thresholds, columns, n, prevalence),
+        "decision_curve": _decision_curve(hp, hn, centres, n, prevalence),
         "roc": roc_curve(hp, hn, n_pos, n_neg, curve_points),
         "pr": pr_curve(hp, hn, n_pos, n_neg, curve_points),
     }
