@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
@@ -53,7 +53,7 @@ _MAX_HISTORY = 5000  # registered-model tag values are VARCHAR(5000)
 
 def _now() -> str:
     """UTC, ISO 8601 with ``Z``: the spelling of every timestamp the platform API answers."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class ModelRegistry(RegistryReader):

@@ -6,7 +6,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -168,7 +168,7 @@ class RegistryReader:
         return VersionInfo(
             name=mv.name,
             version=str(mv.version),
-            created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc),
+            created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC),
             review_status=status,
             validation_status=tags.get("validation.status", "missing"),
             auroc=_float(tags.get("validation.auroc")),

@@ -118,7 +118,7 @@ def page_source(*, subtitle: str, population: str, results: str, subgroup_table:
     return PAGE_TEMPLATE.substitute(css=css, subtitle=subtitle, population=population, results=results, subgroup_table=subgroup_table)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jinja_template(source: str) -> Any:
     """``source`` compiled as an autoescaping Jinja2 template, once per source (Jinja2 imported on first use)."""
     import jinja2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from typing import Any
 
 import pytest
@@ -100,7 +100,7 @@ def test_occurrence_is_timezone_aware_utc() -> None:
     # an aware value in another zone is converted to UTC
     cet = timezone(timedelta(hours=1))
     res = risk_assessment(Prediction(created_at=datetime(2025, 3, 4, 6, 6, 7, tzinfo=cet)), Twin())
-    assert RiskAssessment.model_validate(res).occurrenceDateTime == datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    assert RiskAssessment.model_validate(res).occurrenceDateTime == datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("risk", [0.0, 1.0, 0.123456789012345])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +28,7 @@ class _Registry:
         self.client = SimpleNamespace(download_artifacts=self._download)
 
     def show(self, name: str, version: str) -> VersionInfo:
-        return VersionInfo(name=name, version=version, created=datetime.now(timezone.utc), review_status="pending",
+        return VersionInfo(name=name, version=version, created=datetime.now(UTC), review_status="pending",
                            validation_status="complete", auroc=None, calibration_slope=None, epsilon=None, aliases=(),
                            launched_by=None, run_id=self.run_id, experiment="exp", decided_by=None, decided_at=None,
                            rationale=None)

@@ -270,7 +270,7 @@ table.sg td.flags { white-space: normal; }
 {% endfor %}</table>
 {% endfor %}</div>
 """,
-    results="""
+    results=r"""
 <h3>Per class</h3>
 <p class="sub">One-vs-rest. Sensitivity, specificity, PPV, NPV and F1 at the predicted (most probable) class.</p>
 <table>
