@@ -93,14 +93,7 @@ def train_vision_locally(
     private = dp is not None and dp.enabled
     if private:
         assert dp is not None
-        if noise_multiplier is None:
-            raise ValueError("DP-SGD needs the run's noise multiplier")
-        if dp.grad_sample_mode not in ("hooks", "ghost", "functorch"):
-            raise PrivacyConfigError(
-                f"grad_sample_mode {dp.grad_sample_mode!r} is for tabular models; images use 'ghost', 'hooks' or 'functorch'")
-        errors = ModuleValidator.validate(model, strict=False)
-        if errors:
-            raise PrivacyConfigError(f"Opacus cannot privatise this model: {errors[0]}")
+        _check_private(model, dp, noise_multiplier)
     target = torch.device(device) if device is not None else default_device()
     data = DeviceImages(images, mean, std, target)
     if len(data) == 0:
@@ -126,6 +119,18 @@ def train_vision_locally(
         model.to("cpu")
     bound = clipper.bound if clipper is not None else None
     return LocalTrainingResult(mean_loss, steps, len(data), time.perf_counter() - started, clip_bound=bound)
+
+
+def _check_private(model: VisionModel, dp: DPConfig, noise_multiplier: float | None) -> None:
+    """Refuse DP-SGD settings images cannot train with, before anything moves to the device."""
+    if noise_multiplier is None:
+        raise ValueError("DP-SGD needs the run's noise multiplier")
+    if dp.grad_sample_mode not in ("hooks", "ghost", "functorch"):
+        raise PrivacyConfigError(
+            f"grad_sample_mode {dp.grad_sample_mode!r} is for tabular models; images use 'ghost', 'hooks' or 'functorch'")
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise PrivacyConfigError(f"Opacus cannot privatise this model: {errors[0]}")
 
 
 def _train_plain(
@@ -157,6 +162,25 @@ def _noise_only_step(optimizer: DPOptimizer) -> None:
     optimizer.original_optimizer.step()
 
 
+def _private_step(
+    model: VisionModel, mode: str, noise: float, clip: float, expected: float, noise_gen: torch.Generator,
+    class_weights: Sequence[float] | None,
+) -> tuple[GradSampleModule | GhostClipping, DPOptimizer, Callable[..., Any]]:
+    """The per-sample-gradient module, DP optimiser and loss of one DP-SGD mode (``ghost``, ``hooks``, ``functorch``)."""
+    # mean over the batch size: Opacus rescales per-sample gradients by it, so each image's
+    # gradient is its class weight times its loss gradient before clipping
+    criterion = WeightedCrossEntropy(class_weights)
+    if mode == "ghost":
+        ghost = GhostClipping(model, batch_first=True, loss_reduction="mean", max_grad_norm=clip)
+        fast = DPOptimizerFastGradientClipping(model.configure_optimizers(), noise_multiplier=noise, max_grad_norm=clip,
+                                               expected_batch_size=expected, generator=noise_gen)
+        return ghost, fast, DPLossFastGradientClipping(ghost, fast, criterion, "mean")
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch")
+    optimizer = DPOptimizer(model.configure_optimizers(), noise_multiplier=noise, max_grad_norm=clip,
+                            expected_batch_size=expected, generator=noise_gen)
+    return gsm, optimizer, criterion
+
+
 def _train_dp(
     model: VisionModel, n: int, batch: _BatchFn, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float,
     device: torch.device, class_weights: Sequence[float] | None = None, clipper: QuantileClipper | None = None,
@@ -167,22 +191,7 @@ def _train_dp(
     clip, expected = dp.max_grad_norm, q * n
     if clipper is not None:  # adaptive clipping: the gradient's share of the step's noise
         noise = adaptive_noise(noise)[0]
-    # mean over the batch size: Opacus rescales per-sample gradients by it, so each image's
-    # gradient is its class weight times its loss gradient before clipping
-    criterion = WeightedCrossEntropy(class_weights)
-    gsm: GradSampleModule | GhostClipping
-    loss_fn: Callable[..., Any]
-    optimizer: DPOptimizer
-    if dp.grad_sample_mode == "ghost":
-        gsm = GhostClipping(model, batch_first=True, loss_reduction="mean", max_grad_norm=clip)
-        optimizer = DPOptimizerFastGradientClipping(model.configure_optimizers(), noise_multiplier=noise, max_grad_norm=clip,
-                                                    expected_batch_size=expected, generator=noise_gen)
-        loss_fn = DPLossFastGradientClipping(gsm, optimizer, criterion, "mean")
-    else:
-        gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=dp.grad_sample_mode == "functorch")
-        optimizer = DPOptimizer(model.configure_optimizers(), noise_multiplier=noise, max_grad_norm=clip,
-                                expected_batch_size=expected, generator=noise_gen)
-        loss_fn = criterion
+    gsm, optimizer, loss_fn = _private_step(model, dp.grad_sample_mode, noise, clip, expected, noise_gen, class_weights)
     pull, losses, steps = ProximalPull(model, mu), [], 0  # type: ignore[arg-type]
     gsm.train()
     try:
