@@ -9,7 +9,7 @@ import json
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def record(session: Session, *, actor: str, role: str, tenant_id: str | None, pa
     """Append one event to the chain (flushed with the caller's transaction; hold CHAIN_LOCK)."""
     key = audit_key()
     prev = lock_chain(session)
-    event = AuditEvent(at=datetime.now(timezone.utc).replace(tzinfo=None), actor=actor, role=role, tenant_id=tenant_id,
+    event = AuditEvent(at=datetime.now(UTC).replace(tzinfo=None), actor=actor, role=role, tenant_id=tenant_id,
                        patient_id=patient_id, action=action, outcome=outcome, prev_hash=prev)
     event.hash = event_mac(key, prev, _fields(event))
     session.add(event)

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,7 @@ def write_checkpoint(bind: Engine | Connection, *, path: Path | None = None, key
     if row is None:
         return None
     record = {"db": database_id(bind.engine.url), "events": (after.events if after else 0) + int(row[2]),
-              "last_id": int(row[0]), "head": row[1], "legacy_until": int(row[3] or 0), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "last_id": int(row[0]), "head": row[1], "legacy_until": int(row[3] or 0), "at": datetime.now(UTC).isoformat(timespec="seconds")}
     record["mac"] = mac(key or audit_key(), _message(record))
     target = path or checkpoint_path()
     target.parent.mkdir(parents=True, exist_ok=True)

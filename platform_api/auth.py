@@ -8,7 +8,7 @@ import hmac
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cachetools import TTLCache
@@ -194,7 +194,7 @@ def issue_token_for(principal: Principal) -> tuple[str, int]:
     import jwt
 
     lifetime = get_settings().token_lifetime_seconds
-    now = int(datetime.now(timezone.utc).timestamp())
+    now = int(datetime.now(UTC).timestamp())
     claims = {"iss": ISSUER, "sub": principal.key_id, "role": principal.role, "tenant": principal.tenant_id,
               "iat": now, "exp": now + lifetime, "jti": secrets.token_hex(8)}
     return jwt.encode(claims, signing_key(), algorithm="HS256"), lifetime
@@ -224,7 +224,7 @@ def revoke(session: Session, key_id: str, *, commit: bool = True) -> bool:
     key = session.scalar(select(ApiKey).where(ApiKey.key_id == key_id, ApiKey.revoked_at.is_(None)))
     if key is None:
         return False
-    key.revoked_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    key.revoked_at = datetime.now(UTC).replace(tzinfo=None)
     session.commit() if commit else session.flush()
     principal_cache().forget(key_id)
     return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, func, select
@@ -14,9 +14,20 @@ from platform_api.models import Alert, AuditEvent, ImagePrediction, Prediction, 
 from platform_api.schemas import TwinCreate, TwinUpdate
 
 __all__ = [
+    "acknowledge_alert",
+    "alert_priority",
+    "create_twin",
+    "get_prediction",
+    "get_twin",
+    "latest_prediction",
+    "list_alerts",
+    "list_audit_events",
+    "list_image_predictions",
+    "list_predictions",
+    "list_twins",
     "paginate",
-    "acknowledge_alert", "alert_priority", "list_audit_events", "create_twin", "get_prediction", "get_twin", "latest_prediction", "list_alerts",
-    "list_image_predictions", "list_predictions", "list_twins", "twin_patients", "update_twin",
+    "twin_patients",
+    "update_twin",
 ]
 
 
@@ -29,7 +40,7 @@ def paginate(session: Session, query: Select[Any], order_by: tuple[Any, ...], *,
 def twin_patients(*, session: Session, tenant_id: str, twin_ids: list[str]) -> dict[str, str]:
     """twin id -> patient id, for those of ``twin_ids`` that are the tenant's."""
     rows = session.execute(select(Twin.id, Twin.patient_id).where(Twin.tenant_id == tenant_id, Twin.id.in_(twin_ids)))
-    return {twin_id: patient_id for twin_id, patient_id in rows}
+    return dict(rows.tuples().all())
 
 
 def create_twin(*, session: Session, tenant_id: str, twin_in: TwinCreate) -> Twin:
@@ -121,7 +132,7 @@ def acknowledge_alert(*, session: Session, tenant_id: str, alert_id: str, by: st
         raise NotFound(f"no alert {alert_id}")
     if alert.status != "acknowledged":
         alert.status = "acknowledged"
-        alert.acknowledged_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        alert.acknowledged_at = datetime.now(UTC).replace(tzinfo=None)
         alert.acknowledged_by = by
         session.flush()
     return alert

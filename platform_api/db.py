@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from pathlib import Path
-
 from typing import Annotated
 
 from alembic import command
-from fastapi import Depends
 from alembic.config import Config
+from fastapi import Depends
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 

@@ -22,7 +22,14 @@ def prepare_demo(directory: Path, *, hospitals: int, patients: int, rounds: int,
     Returns:
         The loaded spec and the demo hospitals' ledger folder.
     """
-    from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
+    from training.tabular.synth import (
+        FEATURE_RANGES,
+        FEATURES_CATEGORICAL,
+        FEATURES_NUMERIC,
+        LABEL,
+        PATIENT_ID,
+        synthesize_hospitals,
+    )
 
     data_dir, ledgers = directory / "hospitals", directory / "ledgers"
     shutil.rmtree(ledgers, ignore_errors=True)
@@ -238,6 +245,7 @@ def _start_serving(tracking_uri: str, model_name: str, console: Console, port: i
                    vision_model: str | None = None) -> object | None:
     """The RiskPredictor (and the VisionClassifier) on a local Ray (in-process), following
     the candidate alias, HTTP on ``port``."""
+    import logging
     import os
     import time
 
@@ -247,8 +255,6 @@ def _start_serving(tracking_uri: str, model_name: str, console: Console, port: i
 
     from experiments.tracking import CANDIDATE_ALIAS
     from serving.app import build_risk_app, build_vision_app
-
-    import logging
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("ray", "ray.serve"):

@@ -12,15 +12,15 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from platform_api import review_ui
 from platform_api.cache import CacheErrorCollector
 from platform_api.db import migrate
 from platform_api.edge import AllowMiddleware, install_docs, known_query_only, metrics_access
 from platform_api.errors import BodyTooLarge, install_error_handlers
 from platform_api.metrics import ApiMetrics, MetricsMiddleware, metrics_response
-from platform_api.readiness import check_readiness
 from platform_api.openapi import install_openapi
 from platform_api.ratelimit import RateLimits
-from platform_api import review_ui
+from platform_api.readiness import check_readiness
 from platform_api.routes import admin, alerts, images, oauth, predictions, registry, twins
 from platform_api.services import close_recorders
 from platform_api.settings import get_settings

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Alert", "ApiKey", "AuditChain", "AuditEvent", "Base", "ImagePrediction", "Prediction", "ROLES", "Tenant", "Twin"]
+__all__ = ["ROLES", "Alert", "ApiKey", "AuditChain", "AuditEvent", "Base", "ImagePrediction", "Prediction", "Tenant", "Twin"]
 
 #: Roles a key can carry.
 ROLES = ("admin", "data_scientist", "hospital", "app", "clinical_validator")
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):

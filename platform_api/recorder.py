@@ -7,7 +7,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, insert
@@ -58,7 +58,7 @@ class Recorder:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="bioverse-recorder", daemon=True)
                     self._thread.start()
-        unit.audit.setdefault("at", datetime.now(timezone.utc).replace(tzinfo=None))
+        unit.audit.setdefault("at", datetime.now(UTC).replace(tzinfo=None))
         self._queue.put(unit)
         return unit.future
 

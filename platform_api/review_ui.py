@@ -6,6 +6,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -226,40 +227,16 @@ def logout(session: SessionCookie, csrf: Annotated[str, Form()] = "") -> Respons
     return response
 
 
-def _versions(reg: ModelRegistry, name: str) -> list[VersionInfo]:
-    try:
-        return reg.versions(name)
-    except ReviewError:  # no such model yet
-        return []
-
-
-def _overview(reg: ModelRegistry, served: str) -> dict[str, Any]:
-    """Every registered model's pending versions and hand-moved production aliases, and the
-    served model's versions."""
-    names: list[str] = []
-    token: str | None = None
-    while True:
-        page = reg.client.search_registered_models(page_token=token)
-        names.extend(m.name for m in page)
-        token = page.token
-        if not token:
-            break
-    every = {name: _versions(reg, name) for name in sorted(set(names))}
-    flat = [v for versions in every.values() for v in versions]
-    return {"pending": [v for v in flat if v.review_status == "pending"], "gated": [v for v in flat if v.gate_warning],
-            "versions": every.get(served) or _versions(reg, served)}
-
-
 @router.get("", response_class=HTMLResponse)
-async def versions_page(session: SessionCookie, reg: RegistryDep, m: str | None = None, e: str | None = None) -> Response:
+async def versions_page(session: SessionCookie, reviews: ReviewsDep, m: str | None = None, e: str | None = None) -> Response:
     """Every model's pending versions, then every version of the served model, newest first."""
     if session is None:
         return _to_login()
     who, csrf = session
     name = get_settings().model_name
-    overview = await run_in_threadpool(_overview, reg, name)
+    overview = await run_in_threadpool(reviews.overview, name)
     return _render("Pending review", _LIST, who=who, csrf=csrf, name=name, flash=m or e,
-                   flash_kind="err" if e else "ok", **overview)
+                   flash_kind="err" if e else "ok", **asdict(overview))
 
 
 def _version_context(reg: ModelRegistry, name: str, version: str, who: Principal) -> dict[str, Any]:

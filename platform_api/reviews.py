@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from experiments.review_records import audit_action
+from experiments.errors import ReviewError
+from experiments.review_records import VersionInfo, audit_action
 from platform_api.audit import audited
 
 if TYPE_CHECKING:
@@ -15,7 +17,17 @@ if TYPE_CHECKING:
     from experiments.review_records import Decision
     from platform_api.auth import Principal
 
-__all__ = ["ReviewService"]
+__all__ = ["ReviewOverview", "ReviewService"]
+
+
+@dataclass(frozen=True)
+class ReviewOverview:
+    """What awaits review: every model's pending versions, those whose production alias was
+    moved by hand (``gate_warning``), and every version of the served model, newest first."""
+
+    pending: list[VersionInfo]
+    gated: list[VersionInfo]
+    versions: list[VersionInfo]
 
 
 class ReviewService:
@@ -50,6 +62,28 @@ class ReviewService:
         """Move ``production`` back to ``to_version`` (default: the previous approved production version)."""
         return self._audited(session, who, "rollback", (name, to_version or "previous"),
                              lambda: self.registry.rollback(name, actor=who.identity.display, to_version=to_version))
+
+    def overview(self, served: str) -> ReviewOverview:
+        """Every registered model's pending and hand-moved versions, and the served model's versions."""
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            page = self.registry.client.search_registered_models(page_token=token)
+            names.extend(m.name for m in page)
+            token = page.token
+            if not token:
+                break
+        every = {name: self._versions(name) for name in sorted(set(names))}
+        flat = [v for versions in every.values() for v in versions]
+        return ReviewOverview(pending=[v for v in flat if v.review_status == "pending"],
+                              gated=[v for v in flat if v.gate_warning],
+                              versions=every.get(served) or self._versions(served))
+
+    def _versions(self, name: str) -> list[VersionInfo]:
+        try:
+            return self.registry.versions(name)
+        except ReviewError:  # no such model yet
+            return []
 
     @staticmethod
     def _audited(session: Session, who: Principal, action: str, target: tuple[str, str],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator
@@ -19,7 +19,7 @@ __all__ = [
 
 def _as_utc(value: datetime) -> datetime:
     """Naive datetimes are UTC (the database stores UTC; SQLite drops the zone on the way back)."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 #: A timestamp the API answers with: always UTC, written ``2026-01-31T12:00:00Z`` (``date-time``).
@@ -201,7 +201,7 @@ class ObservationCreate(BaseModel):
     @field_validator("observed_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else value.astimezone(timezone.utc)  # the feature store refuses future times
+        return None if value is None else value.astimezone(UTC)  # the feature store refuses future times
 
 
 class ObservationResult(BaseModel):

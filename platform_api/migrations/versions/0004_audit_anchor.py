@@ -14,7 +14,7 @@ Revises: 0003
   ``audit_chain`` gets the same append-only triggers.
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -62,7 +62,7 @@ def upgrade() -> None:
     )
     legacy_until = bind.scalar(sa.text("SELECT COALESCE(MAX(id), 0) FROM audit_events")) or 0
     op.bulk_insert(chain, [{"id": 1, "legacy_until": legacy_until,
-                            "created_at": datetime.now(timezone.utc).replace(tzinfo=None)}])
+                            "created_at": datetime.now(UTC).replace(tzinfo=None)}])
     forked = bind.scalar(sa.text("SELECT prev_hash FROM audit_events GROUP BY prev_hash HAVING COUNT(*) > 1 LIMIT 1"))
     where = sa.text(f"id > {int(legacy_until)}") if forked is not None else None
     op.create_index("uq_audit_events_prev_hash", "audit_events", ["prev_hash"], unique=True,
