@@ -7,6 +7,7 @@ a hospital, disclosure control and accuracy: docs/validation.md ("Statistics").
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,6 +59,50 @@ def _check_thresholds(thresholds: Sequence[float]) -> list[float]:
     return out
 
 
+def _checked_risk_label(risk: Sequence[float] | np.ndarray, label: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Risks as float64 in [0, 1] and labels as int64 0/1, of equal length."""
+    p = np.asarray(risk, dtype=float).ravel()
+    y_raw = np.asarray(label).ravel()
+    if p.shape != y_raw.shape:
+        raise ValidationInputError(f"risk and label differ in length: {p.size} vs {y_raw.size}")
+    if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValidationInputError("risk must be finite and within [0, 1]")
+    y = y_raw.astype(float)
+    if not np.all((y == 0) | (y == 1)):
+        raise ValidationInputError("label must be 0/1")
+    return p, y.astype(np.int64)
+
+
+def _binary_cell(mask: np.ndarray, *, p: np.ndarray, y: np.ndarray, hbin: np.ndarray, cbin: np.ndarray, above: np.ndarray,
+                 bins: int) -> dict[str, Any]:
+    """The aggregates of the patients in ``mask``: counts, histograms, exact sums, confusion and calibration bins."""
+    pm, ym = p[mask], y[mask]
+    pos = ym == 1
+    hb, cb, ab = hbin[mask], cbin[mask], above[mask]
+    tp = ab[pos].sum(axis=0)
+    fp = ab[~pos].sum(axis=0)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return {
+        "n": int(pm.size),
+        "positives": n_pos,
+        "hist_pos": np.bincount(hb[pos], minlength=bins).tolist(),
+        "hist_neg": np.bincount(hb[~pos], minlength=bins).tolist(),
+        "sum_p": math.fsum(pm.tolist()),
+        "sum_p2": math.fsum((pm * pm).tolist()),
+        "sum_py": math.fsum(pm[pos].tolist()),
+        "sum_y": n_pos,
+        "confusion": {
+            "tp": [int(v) for v in tp], "fp": [int(v) for v in fp],
+            "tn": [int(n_neg - v) for v in fp], "fn": [int(n_pos - v) for v in tp],
+        },
+        "calibration_bins": {
+            "n": np.bincount(cb, minlength=CALIBRATION_BINS).tolist(),
+            "sum_p": [math.fsum(pm[cb == k].tolist()) for k in range(CALIBRATION_BINS)],
+            "sum_y": np.bincount(cb[pos], minlength=CALIBRATION_BINS).tolist(),
+        },
+    }
+
+
 def local_aggregates(
     risk: Sequence[float] | np.ndarray,
     label: Sequence[int] | np.ndarray,
@@ -83,16 +128,7 @@ def local_aggregates(
     Raises:
         ValidationInputError: On malformed input.
     """
-    p = np.asarray(risk, dtype=float).ravel()
-    y_raw = np.asarray(label).ravel()
-    if p.shape != y_raw.shape:
-        raise ValidationInputError(f"risk and label differ in length: {p.size} vs {y_raw.size}")
-    if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
-        raise ValidationInputError("risk must be finite and within [0, 1]")
-    y = y_raw.astype(float)
-    if not np.all((y == 0) | (y == 1)):
-        raise ValidationInputError("label must be 0/1")
-    y = y.astype(np.int64)
+    p, y = _checked_risk_label(risk, label)
     ths = _check_thresholds(thresholds)
     bins, lo, hi = histogram_spec(hist_bins, logit_range, min_cell)
 
@@ -100,33 +136,7 @@ def local_aggregates(
     cbin = np.minimum((p * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
     above = p[:, None] >= np.asarray(ths, dtype=float)[None, :] if ths else np.zeros((p.size, 0), bool)
 
-    def cell(mask: np.ndarray) -> dict[str, Any]:
-        pm, ym = p[mask], y[mask]
-        pos = ym == 1
-        hb, cb, ab = hbin[mask], cbin[mask], above[mask]
-        tp = ab[pos].sum(axis=0)
-        fp = ab[~pos].sum(axis=0)
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        return {
-            "n": int(pm.size),
-            "positives": n_pos,
-            "hist_pos": np.bincount(hb[pos], minlength=bins).tolist(),
-            "hist_neg": np.bincount(hb[~pos], minlength=bins).tolist(),
-            "sum_p": math.fsum(pm.tolist()),
-            "sum_p2": math.fsum((pm * pm).tolist()),
-            "sum_py": math.fsum(pm[pos].tolist()),
-            "sum_y": n_pos,
-            "confusion": {
-                "tp": [int(v) for v in tp], "fp": [int(v) for v in fp],
-                "tn": [int(n_neg - v) for v in fp], "fn": [int(n_pos - v) for v in tp],
-            },
-            "calibration_bins": {
-                "n": np.bincount(cb, minlength=CALIBRATION_BINS).tolist(),
-                "sum_p": [math.fsum(pm[cb == k].tolist()) for k in range(CALIBRATION_BINS)],
-                "sum_y": np.bincount(cb[pos], minlength=CALIBRATION_BINS).tolist(),
-            },
-        }
-
+    cell = functools.partial(_binary_cell, p=p, y=y, hbin=hbin, cbin=cbin, above=above, bins=bins)
     cells: dict[str, Any] = {ALL: cell(np.ones(p.size, dtype=bool))}
     reported, suppressed = subgroup_cells(subgroups, p.size, min_cell, cell)
     cells.update(reported)
