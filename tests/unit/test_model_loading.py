@@ -75,6 +75,10 @@ def test_the_package_says_what_it_is(package: Path) -> None:
     folder = package_folder(package)
     assert folder == package / "artifacts" and package_modality(folder) == "tabular"
     assert isinstance(load_package(MODEL, "1", folder), LoadedModel)
+    images = package.parent / "images"
+    images.mkdir()
+    (images / "model.json").write_text('{"modality": "images", "kind": "cnn"}')
+    assert package_modality(images) == "images"
 
 
 def test_an_unapproved_production_version_is_refused_for_the_api_serve_and_bulk(
