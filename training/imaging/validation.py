@@ -7,6 +7,7 @@ macro-AUROC interval: docs/validation.md ("Statistics").
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -86,6 +87,28 @@ def _check_inputs(probs: Any, labels: Any, k: int) -> tuple[np.ndarray, np.ndarr
     return p, y.astype(np.int64)
 
 
+def _multiclass_cell(mask: np.ndarray, *, y: np.ndarray, pred: np.ndarray, hbin: np.ndarray, onehot: np.ndarray,
+                     cbin: np.ndarray, correct: np.ndarray, conf: np.ndarray, brier: np.ndarray, log_loss: np.ndarray,
+                     k: int, bins: int) -> dict[str, Any]:
+    """The aggregates of the patients in ``mask``: support, confusion, one-vs-rest histograms, sums, calibration bins."""
+    ym, pm, hb, oh = y[mask], pred[mask], hbin[mask], onehot[mask]
+    cb, cm, cf = cbin[mask], correct[mask], conf[mask]
+    return {
+        "n": int(ym.size),
+        "support": np.bincount(ym, minlength=k).tolist(),
+        "confusion": np.bincount(ym * k + pm, minlength=k * k).reshape(k, k).tolist(),
+        "hist_pos": [np.bincount(hb[oh[:, j], j], minlength=bins).tolist() for j in range(k)],
+        "hist_neg": [np.bincount(hb[~oh[:, j], j], minlength=bins).tolist() for j in range(k)],
+        "sum_brier": math.fsum(brier[mask].tolist()),
+        "sum_log_loss": math.fsum(log_loss[mask].tolist()),
+        "calibration_bins": {
+            "n": np.bincount(cb, minlength=CALIBRATION_BINS).tolist(),
+            "sum_conf": [math.fsum(cf[cb == b].tolist()) for b in range(CALIBRATION_BINS)],
+            "correct": np.bincount(cb[cm], minlength=CALIBRATION_BINS).tolist(),
+        },
+    }
+
+
 def local_multiclass_aggregates(
     probs: Sequence[Sequence[float]] | np.ndarray,
     labels: Sequence[int] | np.ndarray,
@@ -126,24 +149,8 @@ def local_multiclass_aggregates(
     brier = ((p - onehot) ** 2).sum(axis=1)
     log_loss = -np.log(np.clip(p[np.arange(n_all), y], _EPS, 1.0 - _EPS))
 
-    def cell(mask: np.ndarray) -> dict[str, Any]:
-        ym, pm, hb, oh = y[mask], pred[mask], hbin[mask], onehot[mask]
-        cb, cm, cf = cbin[mask], correct[mask], conf[mask]
-        return {
-            "n": int(ym.size),
-            "support": np.bincount(ym, minlength=k).tolist(),
-            "confusion": np.bincount(ym * k + pm, minlength=k * k).reshape(k, k).tolist(),
-            "hist_pos": [np.bincount(hb[oh[:, j], j], minlength=bins).tolist() for j in range(k)],
-            "hist_neg": [np.bincount(hb[~oh[:, j], j], minlength=bins).tolist() for j in range(k)],
-            "sum_brier": math.fsum(brier[mask].tolist()),
-            "sum_log_loss": math.fsum(log_loss[mask].tolist()),
-            "calibration_bins": {
-                "n": np.bincount(cb, minlength=CALIBRATION_BINS).tolist(),
-                "sum_conf": [math.fsum(cf[cb == b].tolist()) for b in range(CALIBRATION_BINS)],
-                "correct": np.bincount(cb[cm], minlength=CALIBRATION_BINS).tolist(),
-            },
-        }
-
+    cell = functools.partial(_multiclass_cell, y=y, pred=pred, hbin=hbin, onehot=onehot, cbin=cbin, correct=correct,
+                             conf=conf, brier=brier, log_loss=log_loss, k=k, bins=bins)
     cells: dict[str, Any] = {ALL: cell(np.ones(n_all, dtype=bool))}
     reported, suppressed = subgroup_cells(subgroups, n_all, int(min_cell), cell)
     cells.update(reported)
