@@ -7,6 +7,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,14 +136,11 @@ def _train_fused(
     return losses, steps
 
 
-def _train_opacus(
-    model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float,
-    class_weights: Sequence[float] | None = None, clipper: QuantileClipper | None = None,
-) -> tuple[list[float], int]:
+def _make_private(model: RiskModel, data: TabularDataset, batch_size: int, dp: DPConfig, noise: float,
+                  class_weights: Sequence[float] | None) -> tuple[nn.Module, Any, nn.Module, DataLoader]:
+    """Opacus's private module, optimiser, loss and Poisson loader for one round."""
     optimizer = model.configure_optimizers()
     criterion: nn.Module = WeightedBCE(class_weights)  # mean over the batch size: see WeightedBCE
-    if clipper is not None:  # adaptive clipping: the gradient's share of the step's noise
-        noise = adaptive_noise(noise)[0]
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=keep_batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about its non-secure default RNG
@@ -155,6 +153,16 @@ def _train_opacus(
         trained, optimizer, criterion, loader = wrapped
     else:
         trained, optimizer, loader = wrapped
+    return trained, optimizer, criterion, loader
+
+
+def _train_opacus(
+    model: RiskModel, data: TabularDataset, epochs: int, batch_size: int, dp: DPConfig, noise: float, mu: float,
+    class_weights: Sequence[float] | None = None, clipper: QuantileClipper | None = None,
+) -> tuple[list[float], int]:
+    if clipper is not None:  # adaptive clipping: the gradient's share of the step's noise
+        noise = adaptive_noise(noise)[0]
+    trained, optimizer, criterion, loader = _make_private(model, data, batch_size, dp, noise, class_weights)
     pull, losses, steps = ProximalPull(model, mu), [], 0
     trained.train()
     try:
