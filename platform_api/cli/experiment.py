@@ -37,17 +37,13 @@ def experiment_validate(spec_path: Annotated[Path, typer.Argument(help="Experime
 def launch(spec: ExperimentSpec, *, tracking_uri: str | None, engine: str, superlink: str | None,
            client_cpus: float, timeout: float, ledger_dir: Path | None, quiet: bool) -> dict[str, Any]:
     """Run ``spec`` federated, reporting progress on the console; returns the run's summary."""
-    from experiments.settings import get_settings
-    from federation.launcher import LaunchOptions, run_experiment
+    from federation.launch_defaults import launch_options
+    from federation.launcher import run_experiment
     from platform_api.reporting import RunReporter
 
-    settings = get_settings()
-    uri = tracking_uri or settings.resolved_tracking_uri()
-    run_dir = settings.data_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
-    options = LaunchOptions(engine=engine,  # type: ignore[arg-type]
-                            run_dir=run_dir, tracking_uri=uri, superlink=superlink,
-                            ledger_dir=ledger_dir or settings.data_dir / "ledgers", client_cpus=client_cpus, timeout=timeout,
-                            launched_by=launched_by())
+    options = launch_options(spec.name, engine=engine,  # type: ignore[arg-type]
+                             tracking_uri=tracking_uri, superlink=superlink, client_cpus=client_cpus, timeout=timeout,
+                             ledger_dir=ledger_dir, launched_by=launched_by())
     reporter = RunReporter(out, spec, quiet=quiet)
     started = time.perf_counter()
     with reporter:
