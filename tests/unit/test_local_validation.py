@@ -1,4 +1,4 @@
-"""`registry validate` row selection (experiments.local_validation): only held-out data is scored."""
+"""`registry validate` row and image selection (training/held_out.py and each modality's held_out.py): only held-out data is scored."""
 
 from __future__ import annotations
 
