@@ -42,10 +42,10 @@ class AliasFollower(Generic[M]):
                  on_refused: Callable[[str, str], None] | None = None,
                  on_loaded: Callable[[M], None] | None = None, background: bool = True) -> None:
         self.source = source
-        self.kind = kind
+        self.kind: type[M] = kind
         self.poll_seconds = poll_seconds
         self.on_refused = on_refused
-        self.on_loaded = on_loaded
+        self.on_loaded: Callable[[M], None] | None = on_loaded
         self.refused: dict[tuple[str, str], str] = {}  # (version, approval tag) -> why serving refused it
         self._failed: tuple[str, str] | None = None  # the marker whose load failed last
         self._model: M | None = None
