@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from platform_api.audit import GENESIS, FIELDS, audited, digest, event_mac, verify
+from platform_api.audit import FIELDS, GENESIS, audited, digest, event_mac, verify
 from platform_api.audit_checkpoints import write_checkpoint
 from platform_api.auth import Principal
 from platform_api.db import get_engine, migrate
@@ -272,7 +272,7 @@ def _twin(engine: Engine) -> None:
 
 
 def _prediction_unit(inputs: dict[str, float]) -> Unit:
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     row = {"id": str(uuid.uuid4()), "twin_id": "twin-1", "tenant_id": "t1", "model_name": "m", "model_version": "1",
            "risk": 0.5, "inputs": inputs, "created_at": now}
     return Unit({"actor": "k1", "role": "app", "tenant_id": "t1", "patient_id": "p1", "action": "prediction.create:x",

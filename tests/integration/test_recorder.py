@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -38,7 +38,7 @@ def engine(request: pytest.FixtureRequest, tmp_path) -> Iterator[Engine]:  # typ
 
 
 def _unit(twin_id: str = "twin-1", alert: bool = False) -> Unit:
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     prediction = {"id": str(uuid.uuid4()), "twin_id": twin_id, "tenant_id": "t1", "model_name": "m", "model_version": "1",
                   "risk": 0.5, "inputs": {"age": 60.0, "sex": None}, "created_at": now}
     alerts = [{"id": str(uuid.uuid4()), "prediction_id": prediction["id"], "twin_id": twin_id, "tenant_id": "t1",

@@ -59,7 +59,7 @@ RATIONALE = {"rationale": "Discrimination and calibration acceptable in every su
 
 
 def test_review_promote_and_rollback_over_http(api: dict[str, Any]) -> None:
-    http, keys, hashes, client = api["http"], api["keys"], api["hashes"], api["client"]
+    http, keys, client = api["http"], api["keys"], api["client"]
     base = f"/v1/registry/models/{MODEL}"
     assert http.get(f"{base}/versions", headers=_h(keys["app"])).status_code == 403  # apps see no registry
     listed = http.get(f"{base}/versions", headers=_h(keys["ds"])).json()

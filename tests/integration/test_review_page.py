@@ -57,8 +57,8 @@ def site(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
     from platform_api import db
     from platform_api.auth import create_key
     from platform_api.db import migrate
-    from platform_api.main import create_app
     from platform_api.deps import registry_at
+    from platform_api.main import create_app
 
     registry_at.cache_clear()
     migrate(f"sqlite:///{tmp_path / 'platform.db'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -63,7 +63,7 @@ def _append(engine: Engine, n: int) -> None:
 
 
 def _legacy_event(prev: str, outcome: str = "ok") -> dict:
-    event = {"at": datetime.now(timezone.utc).replace(tzinfo=None), "actor": "k0", "role": "app", "tenant_id": "t1",
+    event = {"at": datetime.now(UTC).replace(tzinfo=None), "actor": "k0", "role": "app", "tenant_id": "t1",
              "patient_id": "p1", "action": "twin.read", "outcome": outcome, "prev_hash": prev}
     event["hash"] = digest(prev, event)
     return event
@@ -175,7 +175,7 @@ def test_the_canonical_form_is_the_documented_json() -> None:
     values = [None, "x", 'quote " and \\ backslash', "é日本\u2028", "nul\x00", ""]
     for i in range(300):
         fields = {k: values[(i + j) % len(values)] for j, k in enumerate(FIELDS)}
-        fields["at"] = datetime(2026, 1, 2, 3, 4, 5, (i * 7919) % 1_000_000, tzinfo=timezone.utc if i % 2 else None)
+        fields["at"] = datetime(2026, 1, 2, 3, 4, 5, (i * 7919) % 1_000_000, tzinfo=UTC if i % 2 else None)
         documented = {k: fields[k] for k in FIELDS}
         documented["at"] = fields["at"].replace(tzinfo=None).isoformat(timespec="microseconds")
         assert _canonical(fields) == json.dumps(documented, sort_keys=True)
