@@ -98,7 +98,8 @@ def test_the_noise_sd_of_a_merged_value_is_estimated_and_shrinks_with_more_rows(
     sds = []
     for n in (300, 3000):
         probs, y = _scores(n, 2, seed=5)
-        parts = {h: noise_selection_aggregates(selection_aggregates(probs, y, "loss"), noise_multiplier=z) for h in "ab"}
+        parts = {h: noise_selection_aggregates(selection_aggregates(probs, y, "loss"), noise_multiplier=z,
+                                           rng=np.random.default_rng(seed)) for seed, h in enumerate("ab")}
         merged = merge_selection_aggregates(parts)
         sd = selection_noise_sd(merged, [p["dp"]["noise_scale"] for p in parts.values()])
         # delta method: sqrt(2 hospitals) * z * sqrt(2) * sqrt(LOSS_CLIP^2 + loss^2) / rows
@@ -323,7 +324,8 @@ def test_an_image_hospital_selects_on_its_npz_val_part_without_dp(tmp_path: Path
 def test_a_round_selection_warns_when_dp_noise_can_decide_the_round(hospital_files: list[Path]) -> None:
     probs, y = _scores(200, 2, seed=7)
     z = selection_noise_multiplier(epsilon=0.5, delta=1e-5, releases=5)
-    parts = {h: noise_selection_aggregates(selection_aggregates(probs, y, "loss"), noise_multiplier=z) for h in "ab"}
+    parts = {h: noise_selection_aggregates(selection_aggregates(probs, y, "loss"), noise_multiplier=z,
+                                           rng=np.random.default_rng(seed)) for seed, h in enumerate("ab")}
     for min_delta, warns in ((0.0, True), (5.0, False)):
         spec = make_spec(hospital_files, data={"val_fraction": 0.2}, training={"rounds": 5},
                          selection={"patience": 2, "min_delta": min_delta})
