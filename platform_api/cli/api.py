@@ -63,7 +63,7 @@ def key_create(
         with api_session() as session:
             token = create_key_audited(session, role=role, tenant_id=tenant, name=name)
     except SQLAlchemyError as e:
-        raise PlatformStoreError(f"cannot write the key and its audit event: {' '.join(str(getattr(e, 'orig', None) or e).split())}") from e
+        raise PlatformStoreError.caused_by("cannot write the key and its audit event", e) from e
     out.print(token, highlight=False)
 
 

@@ -26,7 +26,7 @@ def _reading_the_log() -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as e:
-        raise PlatformStoreError(f"cannot read the audit log: {' '.join(str(getattr(e, 'orig', None) or e).split())}") from None
+        raise PlatformStoreError.caused_by("cannot read the audit log", e) from None
     except OSError as e:  # stop-gap: platform_api.audit_checkpoints refuses an unreadable checkpoints file with a bare OSError
         raise CliInputError(str(e)) from e
 

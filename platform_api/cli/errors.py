@@ -26,3 +26,9 @@ class CliInputError(CliError, ValueError):
 
 class PlatformStoreError(CliError):
     """The platform database cannot be read or written: the cause in one line, not a traceback."""
+
+    @classmethod
+    def caused_by(cls, what: str, error: BaseException) -> PlatformStoreError:
+        """``<what>: <the database driver's message>``, whitespace collapsed."""
+        cause = getattr(error, "orig", None) or error
+        return cls(f"{what}: {' '.join(str(cause).split())}")
