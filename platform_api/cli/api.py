@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +45,17 @@ def api(
                  "--log-level", "warning", "--no-access-log"])
 
 
+@contextlib.contextmanager
+def _writing_keys() -> Iterator[None]:
+    """A database that refuses the key change or its audit event (down, audit log read-only) becomes one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as e:
+        raise PlatformStoreError.caused_by("cannot write the key and its audit event", e) from e
+
+
 @key_app.command("create")
 @one_line_errors
 def key_create(
@@ -53,17 +66,12 @@ def key_create(
                                            "(the review gate compares people by it), else the app or site.")] = "",
 ) -> None:
     """Create an API key and print its token (once)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     from platform_api.key_admin import create_key_audited
 
     if role in ("clinical_validator", "data_scientist") and not name.strip():
         raise CliInputError(f"a {role} key needs --name: the person it belongs to (reviews are independent of launches by person)")
-    try:
-        with api_session() as session:
-            token = create_key_audited(session, role=role, tenant_id=tenant, name=name)
-    except SQLAlchemyError as e:
-        raise PlatformStoreError.caused_by("cannot write the key and its audit event", e) from e
+    with _writing_keys(), api_session() as session:
+        token = create_key_audited(session, role=role, tenant_id=tenant, name=name)
     out.print(token, highlight=False)
 
 
@@ -73,7 +81,7 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part 
     """Revoke an API key."""
     from platform_api.key_admin import revoke_key_audited
 
-    with api_session() as session:
+    with _writing_keys(), api_session() as session:
         if not revoke_key_audited(session, key_id):
             raise CliInputError(f"no active key {key_id}")
     out.print(f"revoked {key_id}", highlight=False)
