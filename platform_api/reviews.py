@@ -42,7 +42,7 @@ class ReviewService:
         self.registry = registry
 
     def approve(self, session: Session, who: Principal, name: str, version: str, *, rationale: str,
-                receipt: str | None) -> Decision:
+                receipt: str) -> Decision:
         """Approve a pending version with the validator's read receipt of its current report."""
         return self._audited(session, who, "approve", (name, version), lambda: self.registry.approve(
             name, version, validator=who.identity, rationale=rationale, receipt=receipt))

@@ -111,7 +111,9 @@ class RiskScorer:
         features, missing = self.features.cached(tenant, list(patients.values()))
         if missing:
             features.update(await run_in_threadpool(self.features.fetch, tenant, missing))
-        model = self.models.fresh() or await run_in_threadpool(self.models.current)
+        model = self.models.fresh()
+        if model is None:
+            model = await run_in_threadpool(self.models.current)
         inputs = [{k: features.get(patients[t], {}).get(k) for k in model.features} for t in twin_ids]
         for twin_id, used in zip(twin_ids, inputs, strict=True):
             problems = violations(used)  # values stored before the contracts, or around them
@@ -156,7 +158,7 @@ class ImageScorer:
             audit["outcome"] = type(err).__name__.lower()
             await _record(self.recorder, Unit(audit))
             raise
-        row = {
+        row: dict[str, Any] = {
             "id": str(uuid.uuid4()), "twin_id": twin_id, "tenant_id": caller.tenant_id,
             "model_name": str(result["model_name"]), "model_version": str(result["model_version"]),
             "label": str(result["label"]), "probability": float(result["probability"]),
