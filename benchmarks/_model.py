@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 from experiments.gate import mark_approved
 from experiments.spec import parse_spec
 from experiments.tracking import RunTracker, embedded_artifact_location
-from training.tabular.hospital import model_hparams
 from training.tabular.data import HospitalDataModule
+from training.tabular.hospital import model_hparams
 from training.tabular.local import train_locally
 from training.tabular.models import build_model
 from training.tabular.preprocessing import FeatureEncoder

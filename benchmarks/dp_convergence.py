@@ -25,11 +25,11 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from _results import machine, table, write_section
-from training.imaging.synth import ImageSiteProfile, draw_patients, render_images
+from training.dp_loop import sample_rate, steps_per_epoch
 from training.imaging.local import predict_vision, train_vision_locally
+from training.imaging.synth import ImageSiteProfile, draw_patients, render_images
 from training.imaging.vision import build_vision_model
 from training.privacy import DPConfig
-from training.dp_loop import sample_rate, steps_per_epoch
 
 EPSILON = 8.0
 DELTA = 1e-5

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from _results import machine, table, write_section
+from training.privacy import DPConfig
 from training.tabular.data import TabularDataset
 from training.tabular.local import train_locally
 from training.tabular.models import build_model
-from training.privacy import DPConfig
 
 MODES = ["fused", "ghost", "hooks", "functorch"]
 

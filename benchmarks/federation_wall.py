@@ -23,9 +23,9 @@ import torch
 
 from _results import machine, table, write_section
 from experiments.spec import parse_spec
-from training.tabular.hospital import model_hparams
 from federation.launcher import LaunchOptions, run_experiment
 from training.tabular.data import HospitalDataModule
+from training.tabular.hospital import model_hparams
 from training.tabular.local import evaluate_model, train_locally
 from training.tabular.models import build_model
 from training.tabular.preprocessing import FeatureEncoder, local_statistics, merge_statistics

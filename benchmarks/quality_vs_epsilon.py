@@ -39,16 +39,24 @@ from torch import nn
 from _results import machine, table, write_section
 from experiments.spec import ExperimentSpec, parse_spec
 from experiments.spec_sections import TrainingSpec, ValidationSpec
-from training.imaging.spec import ImageDataSpec
-from training.tabular.spec import DataSpec
 from federation.launcher import LaunchOptions, run_experiment
-from training.tabular.data import HospitalDataModule
 from training.imaging.data import load_image_split
-from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, Messiness, synthesize_hospitals
-from training.imaging.synth import synthesize_image_hospitals
-from training.tabular.validation import local_report
 from training.imaging.local import predict_vision
+from training.imaging.spec import ImageDataSpec
+from training.imaging.synth import synthesize_image_hospitals
 from training.imaging.vision import build_vision_model
+from training.tabular.data import HospitalDataModule
+from training.tabular.spec import DataSpec
+from training.tabular.synth import (
+    FEATURE_RANGES,
+    FEATURES_CATEGORICAL,
+    FEATURES_NUMERIC,
+    LABEL,
+    PATIENT_ID,
+    Messiness,
+    synthesize_hospitals,
+)
+from training.tabular.validation import local_report
 
 EPSILONS: list[float | None] = [1.0, 3.0, 8.0, None]
 SPLIT = "split"

@@ -131,9 +131,9 @@ def register_risk_models(uri: str, name: str, hospital_paths: list[Path], versio
     from mlflow.tracking import MlflowClient
 
     from experiments.tracking import RunTracker, embedded_artifact_location
-    from training.tabular.hospital import model_hparams
     from tests.conftest import make_spec
     from training.tabular.data import HospitalDataModule
+    from training.tabular.hospital import model_hparams
     from training.tabular.local import train_locally
     from training.tabular.models import build_model
     from training.tabular.preprocessing import FeatureEncoder
@@ -194,8 +194,8 @@ def review_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str, model:
     clear_platform_caches()
     from platform_api import db
     from platform_api.auth import create_key
-    from platform_api.main import create_app
     from platform_api.deps import registry_at
+    from platform_api.main import create_app
 
     registry_at.cache_clear()
     try:
