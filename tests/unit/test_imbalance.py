@@ -96,8 +96,11 @@ def test_every_tabular_path_applies_the_class_weights(mode: str) -> None:
         train_locally(model, data, epochs=3, batch_size=64, dp=dp, noise_multiplier=0.0 if dp else None,
                       class_weights=weights)
         mean_risk[name] = float(model.predict_proba(data.x).mean())
+    # DP paths draw their Poisson batches from an unpredictable seed, so the weighted mean risk
+    # varies run to run (fused: 0.36-0.43 over 20 runs); the bounds sit well outside that spread.
     assert mean_risk["none"] < 0.2  # the prevalence
-    assert mean_risk["balanced"] > 0.35  # weighted: the classes count equally
+    assert mean_risk["balanced"] > 0.3  # weighted: the classes count (nearly) equally
+    assert mean_risk["balanced"] - mean_risk["none"] > 0.15
 
 
 def _one_full_batch_step(mode: str, weights: list[float] | None, images: np.ndarray, labels: np.ndarray) -> list[torch.Tensor]:
