@@ -106,7 +106,7 @@ class PrivacySpec(StrictSection):
         if self.noise_multiplier is not None and "target_epsilon" not in self.model_fields_set:
             object.__setattr__(self, "target_epsilon", None)
         try:
-            self.dp_config
+            _ = self.dp_config  # builds the DPConfig: its own checks run here
         except PrivacyConfigError as err:
             raise ValueError(str(err)) from err
         return self

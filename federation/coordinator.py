@@ -7,7 +7,7 @@ import logging
 import math
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,7 @@ class Coordinator:
                                               served_confusion=served_confusion if scale else None)
         meta = {
             "model_name": spec.model_name, "version": "(assigned at registration)", "experiment": spec.name,
-            "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "privacy": {"epsilon": max(self.epsilon.values()) if self.epsilon else None,
                         "delta": spec.privacy.target_delta if spec.privacy.enabled else 0.0,
                         "accountant": spec.privacy.accountant if spec.privacy.enabled else "none"},

@@ -25,7 +25,7 @@ from experiments.tracking import mark_run_ended, reconcile_runs
 from federation.errors import LaunchError
 from federation.progress import read_events
 
-__all__ = ["launcher_identity", "LaunchOptions", "child_env", "free_port", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "superlink_command", "supernode_command", "wait_for_port"]
+__all__ = ["LaunchOptions", "child_env", "free_port", "launcher_identity", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "superlink_command", "supernode_command", "wait_for_port"]
 
 Engine = Literal["simulation", "deployment"]
 _CONNECTION = "bioverse"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from training.imaging.spec import DP_IMAGE_DEFAULTS
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from tests.integration.conftest import run_experiment_cli
+from training.imaging.spec import DP_IMAGE_DEFAULTS
 from training.imaging.synth import synthesize_image_hospitals
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from tests.integration.conftest import clear_platform_caches, register_risk_mode
 
 pytestmark = pytest.mark.integration
 MODEL = "contract-risk"
-T0 = datetime(2026, 1, 10, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 
 
 def _h(token: str) -> dict[str, str]:
@@ -264,7 +264,7 @@ def test_observed_at_naive_refused_aware_normalised_backdated_not_applied(make_a
     path = f"/v1/twins/{twin}/observations"
     naive = api.call("post", path, json={"values": {"systolic_bp": 150.0}, "observed_at": "2026-01-10T10:00:00"})
     assert naive.status_code == 422 and naive.json()["detail"][0]["loc"] == ["body", "observed_at"]
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     ahead = api.call("post", path, json={"values": {"systolic_bp": 150.0}, "observed_at": future})
     assert ahead.status_code == 422 and "observed_at" in ahead.text and "future" in ahead.text
     ancient = api.call("post", path, json={"values": {"systolic_bp": 150.0}, "observed_at": "0001-01-01T00:00:00Z"})

@@ -110,8 +110,8 @@ def test_registered_package_scores_png_bytes_like_the_scorer(vision_run: dict[st
 
 
 def test_a_validator_runs_the_report_on_held_out_images_only(vision_run: dict[str, Any], tmp_path: Path) -> None:
-    from training.imaging.data_check import image_split
     from experiments.spec import load_spec
+    from training.imaging.data_check import image_split
 
     bioverse = Path(sys.executable).parent / "bioverse"
     env = {**os.environ, "BIOVERSE_DATA_DIR": str(tmp_path / "home")}

@@ -9,12 +9,11 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from federation import client_app
-from training.tabular.hospital import model_hparams
 from federation.ledger import PrivacyLedger
 from tests.conftest import make_spec, spec_json
+from training.tabular.hospital import model_hparams
 from training.tabular.models import build_model
 from training.tabular.preprocessing import FeatureEncoder, merge_statistics
-
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from training.errors import DataContractError
 from training.tabular.contract import DataContract, load_hospital_table, missing_code_counts, schema_fingerprint
 from training.tabular.data import load_split
-from training.errors import DataContractError
 
 CONTRACT = DataContract("pid", "event", ("age", "sbp"), ("sex",))
 

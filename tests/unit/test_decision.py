@@ -205,5 +205,5 @@ def test_a_multiclass_report_shows_the_served_labels_balanced_accuracy() -> None
     section = decision_section(decision, {}, multiclass=True, served_confusion=per_hospital)
     assert section["test"] == {"n": 4, "accuracy": 1.0, "balanced_accuracy": 1.0,
                                "confusion": [[1, 0, 0], [0, 2, 0], [0, 0, 1]]}
-    rows = dict((name, value) for name, value, _ in decision_rows({"decision": section}))
+    rows = {name: value for name, value, _ in decision_rows({"decision": section})}
     assert rows["Decision rule"] == "prior-corrected argmax" and rows["Balanced accuracy (served labels)"] == "1.000"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -79,15 +79,15 @@ def test_observation_times_need_a_zone_are_utc_and_not_in_the_future() -> None:
         ObservationCreate.model_validate_json('{"values": {"bmi": 22}, "observed_at": "2026-01-10T10:00:00"}')
     assert info.value.errors()[0]["loc"] == ("observed_at",)
     aware = ObservationCreate.model_validate_json('{"values": {"bmi": 22}, "observed_at": "2026-01-10T12:00:00+02:00"}')
-    assert aware.observed_at == datetime(2026, 1, 10, 10, 0, tzinfo=timezone.utc) and aware.observed_at.utcoffset() == timedelta(0)
-    now = datetime(2026, 1, 10, 12, 0, tzinfo=timezone.utc)
+    assert aware.observed_at == datetime(2026, 1, 10, 10, 0, tzinfo=UTC) and aware.observed_at.utcoffset() == timedelta(0)
+    now = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
     assert check_observed_at(None, now=now) == now
     assert check_observed_at(now + timedelta(minutes=4), now=now) == now + timedelta(minutes=4)  # clock skew
-    for bad in (now + timedelta(minutes=6), datetime(1, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 10, 11, 0)):
+    for bad in (now + timedelta(minutes=6), datetime(1, 1, 1, tzinfo=UTC), datetime(2026, 1, 10, 11, 0)):
         with pytest.raises(FeatureValueError, match="^observed_at: "):
             check_observed_at(bad, now=now)
     # an offline batch may be dated ahead (it becomes current at its time); naive or ancient still not
     assert check_observed_at(now + timedelta(days=1), now=now, allow_future=True) == now + timedelta(days=1)
-    for bad in (datetime(1, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 10, 11, 0)):
+    for bad in (datetime(1, 1, 1, tzinfo=UTC), datetime(2026, 1, 10, 11, 0)):
         with pytest.raises(FeatureValueError, match="^observed_at: "):
             check_observed_at(bad, now=now, allow_future=True)

@@ -11,8 +11,8 @@ from experiments.spec import parse_spec
 from federation.hospital import train_round
 from federation.ledger import PrivacyLedger
 from federation.site import Site
-from training.imaging.preprocessing import ImagePreprocessor
 from training.dp_loop import sample_rate, steps_per_epoch
+from training.imaging.preprocessing import ImagePreprocessor
 from training.privacy import epsilon_after
 
 CLASSES = ("normal", "nodule", "opacity")

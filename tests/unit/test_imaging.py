@@ -15,8 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.errors import DataContractError
-from training.errors import ImageDataError, ImageDecodeError
+from training.errors import DataContractError, ImageDataError, ImageDecodeError
 from training.imaging.data import ImageContract, image_fingerprint, load_image_split
 from training.imaging.decode import decode_image
 from training.imaging.preprocessing import ImagePreprocessor, class_counts, pixel_statistics

@@ -19,8 +19,6 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from training.tabular.validation import local_report
-from training.validation_cells import report_hash
 from training.imaging.validation import (
     MULTICLASS_SCHEMA,
     build_multiclass_report,
@@ -28,6 +26,8 @@ from training.imaging.validation import (
     local_multiclass_report,
     merge_multiclass_aggregates,
 )
+from training.tabular.validation import local_report
+from training.validation_cells import report_hash
 
 CLASSES = ["normal", "nodule", "opacity", "effusion"]
 TOL_AUROC = 0.002
@@ -172,7 +172,7 @@ def test_small_cells_and_complementary_suppression() -> None:
 
 def test_federation_suppresses_the_rare_scanner(federation: dict[str, Any]) -> None:
     suppressed = federation["report"]["suppressed"]
-    for hid, agg in federation["aggregates"].items():
+    for hid in federation["aggregates"]:
         rare = sum(v == "vendor-c" for v in federation["sites"][hid]["subgroups"]["scanner"])
         assert 0 < rare < 10
         # vendor-c is small, and vendor-b would reveal it by subtraction: both withheld.

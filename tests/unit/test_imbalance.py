@@ -9,14 +9,14 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from training.tabular.data import TabularDataset
-from training.tabular.fused_dp import FusedDPSGD
-from training.imbalance import WeightedBCE, WeightedCrossEntropy, balanced_weights, resolve_class_weights
-from training.tabular.local import train_locally
-from training.tabular.models import LogisticRiskModel
-from training.privacy import DPConfig
 from training.imaging.local import train_vision_locally
 from training.imaging.vision import SmallCNN
+from training.imbalance import WeightedBCE, WeightedCrossEntropy, balanced_weights, resolve_class_weights
+from training.privacy import DPConfig
+from training.tabular.data import TabularDataset
+from training.tabular.fused_dp import FusedDPSGD
+from training.tabular.local import train_locally
+from training.tabular.models import LogisticRiskModel
 
 
 def test_balanced_weights_equalise_the_classes_and_average_one() -> None:

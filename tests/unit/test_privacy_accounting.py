@@ -15,15 +15,14 @@ from federation import client_app
 from federation.errors import BudgetExceededError
 from federation.ledger import ANY_DATASET, PrivacyLedger
 from tests.conftest import make_spec, spec_json
-from training.tabular.contract import DataContract, load_hospital_table
 from training.dp_statistics import gaussian_noise_scale
-from training.imaging.dp_statistics import dp_pixel_statistics
-from training.tabular.dp_statistics import dp_table_statistics
 from training.fingerprint import dataset_fingerprint
-from training.tabular.preprocessing import local_statistics
+from training.imaging.dp_statistics import dp_pixel_statistics
 from training.privacy import epsilon_after, noise_for_budget
+from training.tabular.contract import DataContract, load_hospital_table
+from training.tabular.dp_statistics import dp_table_statistics
+from training.tabular.preprocessing import local_statistics
 from training.tabular.synth import FEATURE_RANGES
-
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 

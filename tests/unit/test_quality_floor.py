@@ -7,8 +7,8 @@ from rich.console import Console
 
 from experiments.quality import quality_warning
 from platform_api.reporting import render_summary
-from training.tabular.validation import build_report, local_aggregates, merge_aggregates
 from training.imaging.validation import build_multiclass_report, local_multiclass_aggregates, merge_multiclass_aggregates
+from training.tabular.validation import build_report, local_aggregates, merge_aggregates
 
 
 def _binary(risk: np.ndarray, label: np.ndarray) -> dict:

@@ -17,7 +17,7 @@ from federation.errors import BudgetExceededError
 from federation.ledger import PrivacyLedger
 from federation.selection import NO_VAL_PART, RoundSelection, charge_selection, selection_noise
 from federation.site import Site
-from federation.strategy import selection_parts, build_strategy
+from federation.strategy import build_strategy, selection_parts
 from tests.conftest import make_spec
 from training.selection import (
     LOSS_CLIP,

@@ -11,8 +11,8 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from platform_api.cli import app
 from experiments.spec import load_spec
+from platform_api.cli import app
 from training.errors import DataSplitError
 from training.imaging.data import ImageContract, load_image_split
 from training.split_plan import SplitOptions

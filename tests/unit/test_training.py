@@ -11,15 +11,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from training.dp_loop import sample_rate, steps_per_epoch
+from training.errors import PrivacyConfigError
+from training.metrics import risk_metrics
+from training.privacy import DPConfig, epsilon_after, noise_for_budget
 from training.tabular.contract import DataContract
 from training.tabular.data import HospitalDataModule, TabularDataset
-from training.errors import PrivacyConfigError
-from training.dp_loop import sample_rate, steps_per_epoch
 from training.tabular.local import evaluate_model, train_locally
-from training.metrics import risk_metrics
 from training.tabular.models import LogisticRiskModel, MLPRiskModel, build_model
 from training.tabular.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, local_statistics, merge_statistics
-from training.privacy import DPConfig, epsilon_after, noise_for_budget
 from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID
 
 CONTRACT = DataContract(PATIENT_ID, LABEL, FEATURES_NUMERIC, FEATURES_CATEGORICAL)

@@ -14,11 +14,11 @@ from torch.func import functional_call, grad, vmap
 
 import training.imaging.local as local_training
 from training.errors import PrivacyConfigError
-from training.privacy import DPConfig
 from training.imaging.batches import Augment, augment_batch
 from training.imaging.ghost_clipping import GhostClipping
 from training.imaging.local import evaluate_vision, predict_vision, train_vision_locally
 from training.imaging.vision import ResNet18, SmallCNN, VisionModel, build_vision_model, default_device
+from training.privacy import DPConfig
 
 
 def _task(n: int = 120, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +103,7 @@ def test_augmentation_keeps_shape_dtype_and_range_and_is_seeded() -> None:
     b = augment_batch(x, aug, torch.Generator().manual_seed(1))
     c = augment_batch(x, aug, torch.Generator().manual_seed(2))
     assert a.shape == x.shape and a.dtype == x.dtype
-    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -223,7 +223,7 @@ def test_conv_ghost_norms_equal_the_norms_of_materialised_per_sample_gradients(s
     x, y = torch.randn(5, 3, size, size), torch.tensor([0, 1, 2, 0, 1])
     hooks = GradSampleModule(model)
     nn.functional.cross_entropy(hooks(x), y).backward()
-    expected = torch.stack([getattr(p, "grad_sample").reshape(5, -1).norm(dim=1) for p in model.parameters()], 1).norm(dim=1)
+    expected = torch.stack([p.grad_sample.reshape(5, -1).norm(dim=1) for p in model.parameters()], 1).norm(dim=1)
     hooks._close()
     ghost = GhostClipping(model, max_grad_norm=1.0)
     nn.functional.cross_entropy(ghost(x), y).backward()
