@@ -11,6 +11,7 @@ from rich.status import Status
 from rich.table import Table
 
 from experiments.spec import ExperimentSpec
+from training.modality import get_modality
 
 __all__ = ["RunReporter", "render_summary"]
 
@@ -130,20 +131,20 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
     run = summary.get("rounds_run", summary["rounds"])
     rounds = f"{run} of {summary['rounds']} rounds" if run != summary["rounds"] else f"{run} rounds"
     table = Table(title=f"{summary['experiment']}: {rounds}, {summary['strategy']}")
-    # an image classifier: accuracy and macro AUROC, no AUPRC/Brier (tabular runs have class counts too)
-    images = summary.get("modality", "images" if "class_counts" in summary else "tabular") == "images"
+    # the modality that trained the run says which metrics its hospitals report (a summary
+    # written before summaries named it: class counts meant an image classifier)
+    modality = get_modality(summary.get("modality", "images" if "class_counts" in summary else "tabular"))
+    metrics = modality.summary_metrics
     # the last round's metrics: on the val part when hospitals have one (the test part is the report's)
     part = "val" if any(k.startswith("val-") for m in summary["hospital_metrics"].values() for k in m) else "held-out"
     prefix = "val-" if part == "val" else ""
-    columns = ("hospital", f"{part} accuracy", "macro AUROC", "loss", "epsilon spent") if images else \
-        ("hospital", f"{part} AUROC", "AUPRC", "Brier", "epsilon spent")
+    columns = ("hospital", *(header.format(part=part) for header, _ in metrics), "epsilon spent")
     for column in columns:
         table.add_column(column, justify="left" if column == "hospital" else "right")
     hospitals = sorted(set(summary["hospital_metrics"]) | set(summary["epsilon"]))
     for hospital in hospitals:
         m = summary["hospital_metrics"].get(hospital, {})
-        keys = ("accuracy", "auroc", "loss") if images else ("auroc", "auprc", "brier")
-        table.add_row(hospital, *(_fmt(m.get(prefix + k)) for k in keys), _fmt(summary["epsilon"].get(hospital), "{:.3f}"))
+        table.add_row(hospital, *(_fmt(m.get(prefix + key)) for _, key in metrics), _fmt(summary["epsilon"].get(hospital), "{:.3f}"))
     console.print(table)
     eps = max(summary["epsilon"].values(), default=None)
     privacy = f"epsilon {eps:.3f}, delta {summary['delta']:g}" if eps is not None else "no differential privacy"
@@ -162,17 +163,10 @@ def render_summary(console: Console, summary: dict[str, Any], demo: bool = False
             console.print(f"Model selection warning: {selection['warning']}", highlight=False, markup=False,
                           style="yellow")
     validation = summary.get("validation", {})
-    if validation.get("validation.status") == "complete" and images:
-        console.print(f"Validation report (pending clinical review): accuracy {validation.get('validation.accuracy', 'n/a')}, "
-                      f"balanced accuracy {validation.get('validation.balanced_accuracy', 'n/a')}, "
-                      f"macro AUROC {validation.get('validation.auroc', 'n/a')}, ECE {validation.get('validation.ece', 'n/a')} "
-                      f"on {validation['validation.n']} held-out images; "
-                      f"report sha256 {validation['validation.report_sha256'][:12]}", highlight=False)
-    elif validation.get("validation.status") == "complete":
-        console.print(f"Validation report (pending clinical review): AUROC {validation.get('validation.auroc', 'n/a')}, "
-                      f"calibration slope {validation.get('validation.calibration_slope', 'n/a')}, "
-                      f"Brier {validation.get('validation.brier', 'n/a')} on {validation['validation.n']} held-out patients; "
-                      f"report sha256 {validation['validation.report_sha256'][:12]}", highlight=False)
+    if validation.get("validation.status") == "complete":
+        scores = ", ".join(f"{label} {validation.get(tag, 'n/a')}" for label, tag in modality.summary_validation)
+        console.print(f"Validation report (pending clinical review): {scores} on {validation['validation.n']} held-out "
+                      f"{modality.unit}; report sha256 {validation['validation.report_sha256'][:12]}", highlight=False)
     elif validation:
         console.print("Validation report: missing (no hospital returned aggregates); the version cannot be approved",
                       highlight=False)

@@ -106,11 +106,18 @@ class Modality(Protocol):
         name: The spec's ``data.modality``.
         multiclass_aggregates: Validation aggregates hold one histogram per class.
         uses_gpu: Simulated hospitals share the machine's GPUs by default.
+        summary_metrics: The run summary's per-hospital columns: (header, metric key); a
+            header's ``{part}`` is the part scored (``val`` or ``held-out``).
+        summary_validation: The run summary's validation line: (label, run tag) of each metric.
+        unit: What a hospital's rows are (``patients``, ``images``).
     """
 
     name: str
     multiclass_aggregates: bool
     uses_gpu: bool
+    summary_metrics: tuple[tuple[str, str], ...]
+    summary_validation: tuple[tuple[str, str], ...]
+    unit: str
 
     @property
     def data_spec(self) -> type[DataSection]:

@@ -18,6 +18,10 @@ class ImagingModality(ImagingRegistrySide):
     name = "images"
     multiclass_aggregates = True
     uses_gpu = True
+    summary_metrics = (("{part} accuracy", "accuracy"), ("macro AUROC", "auroc"), ("loss", "loss"))
+    summary_validation = (("accuracy", "validation.accuracy"), ("balanced accuracy", "validation.balanced_accuracy"),
+                          ("macro AUROC", "validation.auroc"), ("ECE", "validation.ece"))
+    unit = "images"
 
     @property
     def data_spec(self) -> type[DataSection]:

@@ -18,6 +18,10 @@ class TabularModality(TabularRegistrySide):
     name = "tabular"
     multiclass_aggregates = False
     uses_gpu = False
+    summary_metrics = (("{part} AUROC", "auroc"), ("AUPRC", "auprc"), ("Brier", "brier"))
+    summary_validation = (("AUROC", "validation.auroc"), ("calibration slope", "validation.calibration_slope"),
+                          ("Brier", "validation.brier"))
+    unit = "patients"
 
     @property
     def data_spec(self) -> type[DataSection]:
