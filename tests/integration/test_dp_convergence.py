@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_small_imbalanced_dp_image_run_with_the_defaults_does_not_raise_its_loss(tmp_path: Path) -> None:
-    folders = synthesize_image_hospitals(tmp_path / "data", n_hospitals=2, images_per_hospital=200, size=16, channels=1,
+    folders = synthesize_image_hospitals(tmp_path / "data", n_hospitals=2, images_per_hospital=400, size=16, channels=1,
                                          classes=("normal", "nodule"), layout="folder", seed=4, majority=0.9)
     spec = {"name": "it-dp-defaults", "registered_model": "it-dp-defaults", "seed": 2,
             "data": {"modality": "images", "classes": ["normal", "nodule"], "image_size": 16, "augment": None,
