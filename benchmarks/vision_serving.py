@@ -289,7 +289,7 @@ def start_serve(benches: list[Bench], uri: str) -> tuple[int, int, str]:
     import ray
     from ray import serve
 
-    from federation.launcher import free_port
+    from federation.processes import free_port
     from serving.app import build_vision_app
 
     started = time.perf_counter()

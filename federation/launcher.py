@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,9 +18,11 @@ from experiments.errors import SpecError, TrackingError
 from experiments.spec import ExperimentSpec
 from experiments.tracking import mark_run_ended, reconcile_runs
 from federation.errors import LaunchError
+from federation.processes import child_env, flower_bin, free_port, launcher_identity, stop, wait_for_port
 from federation.progress import read_events
+from federation.superlink import start_superlink
 
-__all__ = ["LaunchOptions", "child_env", "free_port", "launcher_identity", "node_config_arg", "run_experiment", "start_superlink", "start_supernode", "stop", "superlink_command", "supernode_command", "wait_for_port"]
+__all__ = ["Engine", "LaunchOptions", "run_experiment", "simulation_gpus"]
 
 Engine = Literal["simulation", "deployment"]
 _CONNECTION = "bioverse"
@@ -63,128 +60,6 @@ class LaunchOptions:
     client_gpus: float | None = None
     timeout: float = 3600.0
     launched_by: str | None = None
-
-
-def launcher_identity() -> str:
-    """The OS user launching the experiment, ``os:<login>`` (``unknown`` where there is none):
-    unauthenticated, kept for the record; an authenticated launch passes ``launched_by``."""
-    import getpass
-
-    from experiments.gate import os_identity
-
-    try:
-        return os_identity(getpass.getuser()).tag
-    except (OSError, KeyError):
-        return "unknown"
-
-
-def free_port() -> int:
-    """A TCP port on loopback nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
-    """Block until something accepts connections on ``127.0.0.1:port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise LaunchError(f"process exited with code {process.returncode} before listening on port {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise LaunchError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for Flower processes: this interpreter's bin folder first on PATH (the
-    SuperLink and SuperNode spawn ``flower-superexec`` and app processes by name, and the
-    virtual environment need not be activated), update checks off."""
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "")
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir,
-            "FLWR_DISABLE_UPDATE_CHECK": "1", **(extra or {})}
-
-
-def _bin(name: str) -> str:
-    """A Flower executable from this interpreter's environment."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
-
-
-def superlink_command(*, host: str = "127.0.0.1", port: int, simulation: bool) -> list[str]:
-    """The ``flower-superlink`` command line; all its APIs share ``port`` (HTTP).
-
-    Runtime dependency installation is off: the apps run in this environment, where
-    BioVerse is installed.
-    """
-    command = [
-        _bin("flower-superlink"),
-        "--insecure",
-        "--isolation", "subprocess",
-        "--disable-runtime-dependency-installation",
-        "--host", host,
-        "--port", str(port),
-    ]
-    return command + (["--simulation"] if simulation else [])
-
-
-def start_superlink(*, port: int, log_file: Path, simulation: bool, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a ``flower-superlink`` on loopback as a child process."""
-    command = superlink_command(port=port, simulation=simulation)
-    env = child_env(extra_env)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def node_config_arg(values: dict[str, str | float | int]) -> str:
-    """Format a SuperNode's ``--node-config`` (TOML values: strings quoted)."""
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, str):
-            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-            parts.append(f'{key}="{escaped}"')
-        else:
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
-
-
-def supernode_command(*, superlink: str, port: int, node_config: dict[str, str | float | int]) -> list[str]:
-    """The ``flower-supernode`` command line of one hospital (insecure, on loopback)."""
-    return [
-        _bin("flower-supernode"),
-        "--insecure",
-        "--superlink", superlink,
-        "--isolation", "subprocess",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--node-config", node_config_arg(node_config),
-    ]
-
-
-def start_supernode(*, superlink: str, port: int, node_config: dict[str, str | float | int], log_file: Path) -> subprocess.Popen:
-    """Start one hospital's ``flower-supernode`` as a separate process."""
-    env = child_env({"PYTHONWARNINGS": "ignore"})
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
-    command = supernode_command(superlink=superlink, port=port, node_config=node_config)
-    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def stop(process: subprocess.Popen | None, grace: float = 10.0) -> None:
-    """Stop a child process and its group: SIGTERM, then SIGKILL."""
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
 
 
 def _write_app(app_dir: Path) -> None:
@@ -301,7 +176,7 @@ def _stop_flower_run(log_path: Path, env: dict[str, str]) -> None:
     found = re.search(r"Successfully started run (\d+)", log_path.read_text(errors="replace")) if log_path.exists() else None
     if found:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([_bin("flwr"), "stop", found.group(1), _CONNECTION], env=env, capture_output=True, timeout=30)
+            subprocess.run([flower_bin("flwr"), "stop", found.group(1), _CONNECTION], env=env, capture_output=True, timeout=30)
 
 
 def _run_and_follow(
@@ -314,7 +189,7 @@ def _run_and_follow(
     federation_config: list[str],
     tracking_uri: str,
 ) -> dict[str, Any]:
-    command = [_bin("flwr"), "run", str(app_dir), _CONNECTION, "--run-config", str(run_dir / "run-config.toml"), "--stream"]
+    command = [flower_bin("flwr"), "run", str(app_dir), _CONNECTION, "--run-config", str(run_dir / "run-config.toml"), "--stream"]
     for item in federation_config:
         command += ["--federation-config", item]
     log_path = run_dir / "flwr-run.log"

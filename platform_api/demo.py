@@ -115,7 +115,7 @@ def showcase(*, spec: ExperimentSpec, tracking_uri: str, console: Console,
     from experiments.tracking import CANDIDATE_ALIAS
     from feature_store.repo import FeatureRepo
     from feature_store.settings import get_settings as feature_settings
-    from federation.launcher import free_port
+    from federation.processes import free_port
     from platform_api import services
     from platform_api.auth import create_key
     from platform_api.db import migrate, session_factory

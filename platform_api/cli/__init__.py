@@ -8,10 +8,12 @@ import typer
 
 from platform_api.cli.api import api_app
 from platform_api.cli.audit import audit_app
+from platform_api.cli.coordinator import coordinator_app
 from platform_api.cli.data import data_app
 from platform_api.cli.experiment import experiment_app
 from platform_api.cli.features import features_app
 from platform_api.cli.federation import federation_app
+from platform_api.cli.hospital import hospital_app
 from platform_api.cli.ledger import ledger_app
 from platform_api.cli.registry import registry_app
 from platform_api.cli.serve import serve_app
@@ -25,6 +27,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(federation_app, name="federation")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(hospital_app, name="hospital")
 app.add_typer(features_app, name="features")
 app.add_typer(serve_app, name="serve")
 app.add_typer(api_app, name="api")

@@ -23,7 +23,7 @@ def federation_superlink(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Run the coordinator's SuperLink (insecure mode: loopback or a private network only)."""
-    from federation.launcher import superlink_command
+    from federation.superlink import superlink_command
 
     exec_server(superlink_command(host=host, port=port, simulation=False))
 
@@ -44,7 +44,7 @@ def federation_supernode(
 ) -> None:
     """Join a federation as one hospital: train on local data with DP, keep the privacy ledger."""
     from federation.errors import FederationError
-    from federation.launcher import supernode_command
+    from federation.supernode import supernode_command
 
     if not data_path.is_file():
         raise FederationError(f"{data_path}: no such data file")

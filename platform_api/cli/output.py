@@ -123,7 +123,7 @@ def warn(message: str) -> None:
 
 def exec_server(command: list[str]) -> None:
     """Replace this process with a server process (it keeps the terminal and signals)."""
-    from federation.launcher import child_env
+    from federation.processes import child_env
 
     out.print(" ".join(command), highlight=False)
     os.execve(command[0], command, child_env())

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from federation.launcher import free_port, stop, wait_for_port
 from federation.ledger import PrivacyLedger
+from federation.processes import free_port, stop, wait_for_port
 from tests.conftest import spec_dict
 
 pytestmark = pytest.mark.integration

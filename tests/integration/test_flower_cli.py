@@ -13,7 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from federation.errors import LaunchError
-from federation.launcher import free_port, start_superlink, stop, wait_for_port
+from federation.processes import free_port, stop, wait_for_port
+from federation.superlink import start_superlink
 from tests.conftest import make_spec
 from tests.integration.conftest import tracking_uri
 from training.tabular.synth import synthesize_hospitals

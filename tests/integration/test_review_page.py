@@ -17,7 +17,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from federation.launcher import free_port
+from federation.processes import free_port
 from tests.integration.conftest import clear_platform_caches, register_risk_models
 
 # Skipped where Debian's chromium is missing, except in CI (.ci/run installs it and sets

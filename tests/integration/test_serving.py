@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from federation.launcher import free_port
+from federation.processes import free_port
 from serving.errors import ModelNotReadyError
 from serving.model_source import RegistryModel
 from tests.integration.conftest import register_risk_models, sign_approved

@@ -69,7 +69,7 @@ def test_registered_version_carries_tags_and_predicts_well(cli_run: dict) -> Non
     assert tags["experiment"] == "it-cardiac" and tags["rounds"] == "2" and tags["strategy"] == "fedavg"
     assert 0 < float(tags["epsilon"]) <= 2.0 and float(tags["delta"]) == 1e-5
     assert tags["hospitals"] == "hospital-01,hospital-02,hospital-03"
-    from federation.launcher import launcher_identity
+    from federation.processes import launcher_identity
 
     assert tags["launched_by"] == launcher_identity()  # who launched it may not approve it
     assert {f"schema.hospital-0{i}" for i in (1, 2, 3)} <= set(tags)

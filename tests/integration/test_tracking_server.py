@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
 
-from federation.launcher import free_port, stop, wait_for_port
+from federation.processes import free_port, stop, wait_for_port
 from tests.conftest import make_spec
 from tests.integration.conftest import PostgresDatabase
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from experiments.registry import ModelRegistry
-from federation.launcher import free_port
+from federation.processes import free_port
 from serving.model_source import RegistryModel
 from tests.integration.conftest import clear_platform_caches, sign_approved
 from training.imaging.synth import synthesize_image_hospitals
