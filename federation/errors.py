@@ -9,6 +9,9 @@ Hierarchy::
     ├── SitePolicyRefusal      a hospital's policy refuses a release (e.g. statistics)
     ├── SiteConfigError        a hospital's node config is incomplete or wrong
     ├── TooFewHospitalsError   fewer hospitals answered than the spec's minimum
+    ├── CertificateError       a certificate or node key is missing, garbled, expired or
+    │                          does not match (CA, address)
+    ├── CoordinatorError       the coordinator's folder, proxy or SuperLink is unusable
     ├── VocabularyError        a hospital's categorical values are not shared (policy refuse)
     └── LaunchError            the Flower engine could not start or run the app
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 __all__ = [
     "BudgetExceededError",
+    "CertificateError",
+    "CoordinatorError",
     "FederationError",
     "LaunchError",
     "LedgerError",
@@ -71,3 +76,12 @@ class LaunchError(FederationError):
 class VocabularyError(FederationError):
     """A hospital reported categorical values no other hospital has, or values outside the
     declared list, and the spec's ``data.unknown_categories`` is ``refuse``."""
+
+
+class CertificateError(FederationError):
+    """A certificate or a node key is missing, garbled, expired, or does not match its CA or
+    the address dialled."""
+
+
+class CoordinatorError(FederationError):
+    """The coordinator's folder, reverse proxy or SuperLink cannot be set up or started."""
