@@ -49,6 +49,9 @@ class LaunchOptions:
             :class:`experiments.gate.Identity`), tagged on the registered version so that they
             cannot approve it; default: ``os:<login>``, which no validator can be compared
             with, so such a version cannot be approved (fail closed).
+        root_certificates: The federation's CA certificate: the deployed SuperLink's Control
+            API is reached over TLS verified against it (``bioverse coordinator``); None:
+            plain HTTP (a loopback SuperLink started with ``--insecure``).
     """
 
     engine: Engine
@@ -60,6 +63,7 @@ class LaunchOptions:
     client_gpus: float | None = None
     timeout: float = 3600.0
     launched_by: str | None = None
+    root_certificates: Path | None = None
 
 
 def _write_app(app_dir: Path) -> None:
@@ -86,8 +90,12 @@ def _write_app(app_dir: Path) -> None:
     (app_dir / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
 
 
-def _write_flower_home(home: Path, address: str) -> None:
-    connection: dict[str, Any] = {"address": address, "insecure": True}
+def _write_flower_home(home: Path, address: str, root_certificates: Path | None = None) -> None:
+    connection: dict[str, Any] = {"address": address}
+    if root_certificates is not None:
+        connection["root-certificates"] = str(root_certificates.resolve())
+    else:
+        connection["insecure"] = True
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": _CONNECTION, _CONNECTION: connection}}))
 
@@ -150,7 +158,7 @@ def run_experiment(
             raise LaunchError("deployment needs the SuperLink's address (--superlink host:port)")
         link = contextlib.nullcontext(options.superlink)
     with link as address:
-        _write_flower_home(home, address)
+        _write_flower_home(home, address, options.root_certificates if options.engine == "deployment" else None)
         federation: list[str] = []
         if options.engine == "simulation":
             cpus = int(options.client_cpus) if float(options.client_cpus).is_integer() else options.client_cpus

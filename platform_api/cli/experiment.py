@@ -35,15 +35,27 @@ def experiment_validate(spec_path: Annotated[Path, typer.Argument(help="Experime
 
 
 def launch(spec: ExperimentSpec, *, tracking_uri: str | None, engine: str, superlink: str | None,
-           client_cpus: float, timeout: float, ledger_dir: Path | None, quiet: bool) -> dict[str, Any]:
-    """Run ``spec`` federated, reporting progress on the console; returns the run's summary."""
+           client_cpus: float, timeout: float, ledger_dir: Path | None, quiet: bool,
+           coordinator: Path | None = None) -> dict[str, Any]:
+    """Run ``spec`` federated, reporting progress on the console; returns the run's summary.
+    ``coordinator`` (a ``bioverse coordinator`` folder) gives the SuperLink's loopback address
+    and the CA its Control API is verified against."""
+    import dataclasses
+
     from federation.launch_defaults import launch_options
     from federation.launcher import run_experiment
     from platform_api.reporting import RunReporter
 
+    root_certificates = None
+    if coordinator is not None:
+        from federation.coordinator_setup import load_coordinator
+
+        config = load_coordinator(coordinator)
+        superlink, root_certificates = config.superlink_address, config.ca_cert
     options = launch_options(spec.name, engine=engine,  # type: ignore[arg-type]
                              tracking_uri=tracking_uri, superlink=superlink, client_cpus=client_cpus, timeout=timeout,
                              ledger_dir=ledger_dir, launched_by=launched_by())
+    options = dataclasses.replace(options, root_certificates=root_certificates)
     reporter = RunReporter(out, spec, quiet=quiet)
     started = time.perf_counter()
     with reporter:
@@ -62,6 +74,8 @@ def experiment_run(
     client_cpus: Annotated[float, typer.Option(help="CPUs per simulated hospital.")] = 1.0,
     timeout: Annotated[float, typer.Option(help="Seconds before the run is stopped.")] = 3600.0,
     quiet: Annotated[bool, typer.Option(help="Print only the summary.")] = False,
+    coordinator: Annotated[Path | None, typer.Option(
+        help="A 'bioverse coordinator' folder: run on its SuperLink (TLS, on this machine); implies --engine deployment.")] = None,
 ) -> None:
     """Run a federated experiment, track it in MLflow and register the model."""
     from experiments.spec import load_spec
@@ -69,9 +83,13 @@ def experiment_run(
 
     if engine not in ("simulation", "deployment"):
         raise CliInputError(f"--engine must be simulation or deployment, not {engine!r}")
+    if coordinator is not None:
+        if superlink:
+            raise CliInputError("give --coordinator or --superlink, not both")
+        engine = "deployment"
     spec = load_spec(spec_path)
     summary = launch(spec, tracking_uri=tracking_uri, engine=engine, superlink=superlink,
-                     client_cpus=client_cpus, timeout=timeout, ledger_dir=None, quiet=quiet)
+                     client_cpus=client_cpus, timeout=timeout, ledger_dir=None, quiet=quiet, coordinator=coordinator)
     render_summary(out, summary)
 
 
