@@ -19,6 +19,7 @@ from federation.errors import BudgetExceededError, FederationError, SitePolicyRe
 from federation.hospital import encoder_from_config, site_statistics, train_round, validation_aggregates
 from federation.selection import evaluate_round
 from federation.site import Site, resolve_site, spec_from_run_config
+from federation.site_guard import audited, enforce_policy
 from federation.strategy import CLIP_BOUND
 from training.errors import TrainingError
 from training.imbalance import received_class_weights
@@ -35,9 +36,12 @@ app = ClientApp()
 _SITE_ERRORS = (TrainingError, FederationError, ExperimentError, OSError)
 
 
-def _site(context: Context) -> tuple[Site, ExperimentSpec]:
+def _site(context: Context, message: Message) -> tuple[Site, ExperimentSpec]:
+    """Who this hospital is and the run's spec, once its site policy allows the run (before any work)."""
     spec = spec_from_run_config(dict(context.run_config))
     site = resolve_site(dict(context.node_config), spec, str(context.run_config.get("ledger-dir", "")))
+    config = message.content.config_records.get("config")
+    enforce_policy(site, spec, str(config.get("run-key", "")) if config else "")
     return site, spec
 
 
@@ -53,12 +57,13 @@ def _hospital_id(context: Context, site: Site | None) -> str:
 
 
 @app.query()
+@audited("statistics")
 def statistics(message: Message, context: Context) -> Message:
     """Send sufficient statistics of local training rows for federated preprocessing: with
     DP, noised and charged to the privacy ledger (refused when the budget is spent)."""
     site: Site | None = None
     try:
-        site, spec = _site(context)
+        site, spec = _site(context, message)
         config = message.content.config_records.get("config")
         found = site_statistics(site, spec, str(config.get("run-key", "")) if config else "")
     except (BudgetExceededError, SitePolicyRefusal) as err:
@@ -75,12 +80,13 @@ def statistics(message: Message, context: Context) -> Message:
 
 
 @app.train()
+@audited("train")
 def train(message: Message, context: Context) -> Message:
     """Train the global model on local data with DP-SGD, if the privacy ledger allows."""
     config = message.content["config"]
     site: Site | None = None
     try:
-        site, spec = _site(context)
+        site, spec = _site(context, message)
         outcome = train_round(
             site=site,
             spec=spec,
@@ -93,7 +99,7 @@ def train(message: Message, context: Context) -> Message:
             if "class-weights" in config else None,
             clip_bound=float(config[CLIP_BOUND]) if CLIP_BOUND in config else None,
         )
-    except BudgetExceededError as err:
+    except (BudgetExceededError, SitePolicyRefusal) as err:
         log.warning("%s refuses to train: %s", err.hospital_id, err)
         return _status(message, err.hospital_id, "refused", str(err))
     except _SITE_ERRORS as err:
@@ -111,19 +117,23 @@ def _with_global_model(message: Message, context: Context, what: str,
     carries; a site failure becomes an ``error`` status reply (returned instead)."""
     site: Site | None = None
     try:
-        site, spec = _site(context)
+        site, spec = _site(context, message)
         return site, handler(
             site=site,
             spec=spec,
             encoder=encoder_from_config(dict(message.content["config"]), spec),
             state=message.content["arrays"].to_torch_state_dict(),
         )
+    except SitePolicyRefusal as err:
+        log.warning("%s refuses %s: %s", err.hospital_id, what, err)
+        return _status(message, err.hospital_id, "refused", str(err))
     except _SITE_ERRORS as err:
         log.warning("%s failed: %s", what, err)
         return _status(message, _hospital_id(context, site), "error", str(err))
 
 
 @app.evaluate()
+@audited("evaluate")
 def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the round's global model on the hospital's val rows and release the model
     selection's aggregates (noised and charged with DP); without val rows, on its test
@@ -131,11 +141,11 @@ def evaluate(message: Message, context: Context) -> Message:
     config = message.content["config"]
     site: Site | None = None
     try:
-        site, spec = _site(context)
+        site, spec = _site(context, message)
         metrics, release = evaluate_round(site=site, spec=spec, encoder=encoder_from_config(dict(config), spec),
                                           state=message.content["arrays"].to_torch_state_dict(),
                                           run_key=str(config.get("run-key", "unnamed-run")))
-    except BudgetExceededError as err:
+    except (BudgetExceededError, SitePolicyRefusal) as err:
         log.warning("%s refuses the val release: %s", err.hospital_id, err)
         return _status(message, err.hospital_id, "refused", str(err))
     except _SITE_ERRORS as err:
@@ -149,6 +159,7 @@ def evaluate(message: Message, context: Context) -> Message:
 
 
 @app.query("validate")
+@audited("validate")
 def validate(message: Message, context: Context) -> Message:
     """Validation aggregates of the final model on the hospital's held-out rows (counts only)."""
     config = message.content["config"]

@@ -8,23 +8,29 @@ Hierarchy::
     │                          was charged on another dataset
     ├── SitePolicyRefusal      a hospital's policy refuses a release (e.g. statistics)
     ├── SiteConfigError        a hospital's node config is incomplete or wrong
+    ├── AuditLogError          a hospital's audit log cannot be read or written
+    ├── CoordinatorCheckError  a hospital cannot reach or trust its coordinator
     ├── TooFewHospitalsError   fewer hospitals answered than the spec's minimum
     ├── CertificateError       a certificate or node key is missing, garbled, expired or
     │                          does not match (CA, address)
     ├── CoordinatorError       the coordinator's folder, proxy or SuperLink is unusable
     ├── VocabularyError        a hospital's categorical values are not shared (policy refuse)
+    ├── ResumeError            a run cannot be resumed (unknown, finished, no checkpoint)
     └── LaunchError            the Flower engine could not start or run the app
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuditLogError",
     "BudgetExceededError",
     "CertificateError",
+    "CoordinatorCheckError",
     "CoordinatorError",
     "FederationError",
     "LaunchError",
     "LedgerError",
+    "ResumeError",
     "SiteConfigError",
     "SitePolicyRefusal",
     "TooFewHospitalsError",
@@ -65,6 +71,14 @@ class SiteConfigError(FederationError):
     """A hospital's node config (or the simulation's hospital list) is unusable."""
 
 
+class AuditLogError(FederationError):
+    """A hospital's audit log cannot be read or written (nothing is released unaudited)."""
+
+
+class CoordinatorCheckError(FederationError):
+    """A hospital cannot reach its coordinator, or the certificate it shows is not to be trusted."""
+
+
 class TooFewHospitalsError(FederationError):
     """Fewer hospitals answered a round than the experiment's minimum."""
 
@@ -85,3 +99,8 @@ class CertificateError(FederationError):
 
 class CoordinatorError(FederationError):
     """The coordinator's folder, reverse proxy or SuperLink cannot be set up or started."""
+
+
+class ResumeError(FederationError):
+    """A run cannot be resumed: unknown, already finished or still running, without a
+    checkpoint, or resumed with another spec than it ran."""

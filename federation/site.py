@@ -26,6 +26,8 @@ class Site:
     ledger_path: Path
     dataset_id: str | None = None  # pinned by the node config; else the data's fingerprint
     statistics: str = "dp"  # the site's policy for the statistics round: dp (noised, charged) or refuse
+    policy_file: Path | None = None  # a node config whose [policy] table every request is checked against
+    audit_log: Path | None = None  # the hash-chained log of every request on its data
 
 
 def spec_from_run_config(run_config: dict[str, Any]) -> ExperimentSpec:
@@ -53,9 +55,10 @@ def resolve_site(node_config: dict[str, Any], spec: ExperimentSpec, ledger_dir: 
 
     Deployment: the SuperNode's ``--node-config`` names it (``hospital-id``,
     ``data-path``, and optionally ``privacy-budget``, ``ledger-path``, ``dataset-id``,
-    which pins the dataset the budget belongs to instead of the data's fingerprint, and
-    ``statistics`` = ``dp`` (default: noised and charged) or ``refuse``); the ledger
-    lives beside the data unless told otherwise. Simulation: ``partition-id`` picks the
+    which pins the dataset the budget belongs to instead of the data's fingerprint,
+    ``statistics`` = ``dp`` (default: noised and charged) or ``refuse``, ``policy-file``,
+    a node config whose ``[policy]`` table is the site policy, and ``audit-log``); the
+    ledger lives beside the data unless told otherwise. Simulation: ``partition-id`` picks the
     spec's n-th hospital, whose ledger lives in ``ledger_dir``.
 
     Raises:
@@ -80,7 +83,10 @@ def resolve_site(node_config: dict[str, Any], spec: ExperimentSpec, ledger_dir: 
         statistics = str(node_config.get("statistics", "dp"))
         if statistics not in ("dp", "refuse"):
             raise SiteConfigError(f"{hospital_id}: node config statistics must be dp or refuse, not {statistics!r}")
-        return Site(hospital_id, data_path, budget, Path(str(ledger)), dataset_id, statistics)
+        policy = str(node_config.get("policy-file", "") or "")
+        audit = str(node_config.get("audit-log", "") or "")
+        return Site(hospital_id, data_path, budget, Path(str(ledger)), dataset_id, statistics,
+                    Path(policy) if policy else None, Path(audit) if audit else None)
     if "partition-id" not in node_config:
         raise SiteConfigError("node config names no hospital-id (deployment) or partition-id (simulation)")
     index = int(node_config["partition-id"])

@@ -1,0 +1,214 @@
+"""A hospital's tamper-evident audit log: one hash-chained JSON line per request on its data."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from federation.errors import AuditLogError
+
+__all__ = ["GENESIS", "AuditProblem", "AuditRow", "append_row", "read_rows", "row_hash", "spec_fingerprint", "verify_log"]
+
+GENESIS = "0" * 64
+#: The fields of a row, in the order each line carries them (``hash`` last).
+FIELDS = ("seq", "at", "hospital", "run", "flower_run", "round", "message", "spec", "launcher", "epsilon",
+          "outcome", "reason", "prev")
+
+
+def spec_fingerprint(spec_json: str) -> str:
+    """sha256 of the spec's canonical JSON (keys sorted, no spaces): the same spec, the same
+    fingerprint, however the launcher spelled it; ``""`` (the packaged spec) hashes as is."""
+    text = spec_json.strip()
+    if text:
+        text = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """sha256 of the row's canonical JSON without its own ``hash`` (its ``prev`` included)."""
+    body = {k: v for k, v in row.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """What one request did at this hospital (``outcome``: accepted, refused or error)."""
+
+    run: str
+    round: str
+    message: str
+    spec: str
+    launcher: str
+    epsilon: float
+    outcome: str
+    reason: str = ""
+    hospital: str = ""
+    flower_run: str = ""
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    """Where the chain breaks: a 1-based line number (0: the log as a whole) and what is wrong."""
+
+    line: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.what}" if self.line else self.what
+
+
+def _head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _last_whole_line(path: Path) -> tuple[dict[str, Any] | None, int]:
+    """The last complete row and the byte length of the whole lines (a writer killed
+    mid-line leaves a tail without a newline: never part of the chain)."""
+    if not path.exists():
+        return None, 0
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end == 0:
+        return None, 0
+    start = data.rfind(b"\n", 0, end - 1) + 1
+    try:
+        return json.loads(data[start:end]), end
+    except ValueError as err:
+        raise AuditLogError(f"audit log {path}: its last row is not JSON ({err}); run 'bioverse hospital audit verify'") from err
+
+
+def _write_head(path: Path, seq: int, digest: str) -> None:
+    head = _head_path(path)
+    fd, tmp = tempfile.mkstemp(dir=head.parent, prefix=f".{head.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"rows": seq, "hash": digest}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, head)
+
+
+def append_row(path: Path, row: AuditRow) -> str:
+    """Append one row to the chain under an exclusive file lock and return its hash.
+
+    The line is written whole with one ``write`` and fsync'ed before the head file (row
+    count and last hash, the anchor that shows a truncated log) moves on; a partial line
+    left by a writer that was killed is cut off first, since it never joined the chain.
+
+    Raises:
+        AuditLogError: the log cannot be read or written.
+    """
+    try:
+        with _locked(path):
+            last, whole = _last_whole_line(path)
+            if path.exists() and path.stat().st_size != whole:
+                os.truncate(path, whole)
+            seq = int(last["seq"]) + 1 if last else 1
+            record: dict[str, Any] = {"seq": seq, "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+                                      "hospital": row.hospital, "run": row.run, "flower_run": row.flower_run,
+                                      "round": row.round, "message": row.message, "spec": row.spec,
+                                      "launcher": row.launcher, "epsilon": round(float(row.epsilon), 9),
+                                      "outcome": row.outcome, "reason": row.reason[:500],
+                                      "prev": str(last["hash"]) if last else GENESIS}
+            record["hash"] = row_hash(record)
+            line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _write_head(path, seq, record["hash"])
+            return str(record["hash"])
+    except OSError as err:
+        raise AuditLogError(f"audit log {path} cannot be written: {err.strerror or err}") from err
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Every complete row of the log (no checks: :func:`verify_log` checks)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows
+
+
+def _check_line(seq: int, text: str, prev: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A parsed row and what is wrong with it (None: nothing), given the row number due and
+    the previous row's hash."""
+    try:
+        row = json.loads(text)
+    except ValueError:
+        return None, "not a JSON row (edited or cut short)"
+    if not isinstance(row, dict) or set(row) != {*FIELDS, "hash"}:
+        return None, "not an audit row (fields added or removed)"
+    if row["seq"] != seq:
+        return row, f"row number {row['seq']} where {seq} was due (a row was deleted, inserted or moved)"
+    if row["prev"] != prev:
+        return row, "its previous-row hash does not match the row before it (a row was deleted, inserted or moved)"
+    if row_hash(row) != row["hash"]:
+        return row, "its hash does not match its fields (the row was edited)"
+    return row, None
+
+
+def verify_log(path: Path) -> tuple[int, list[AuditProblem]]:
+    """Check the whole chain: every row's number, link to the row before and own hash, and
+    the head file's row count and hash (a log cut short, or rows removed from its end).
+
+    Returns the number of rows and the problems found (empty: the chain holds); the first
+    broken line is named, and checking goes on from it so later breaks are named too.
+    """
+    if not path.exists():
+        return 0, [AuditProblem(0, f"{path}: no audit log")]
+    problems: list[AuditProblem] = []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    elif lines:  # no newline at the end: a writer interrupted mid-row, or the file cut
+        problems.append(AuditProblem(len(lines), "incomplete last row (a writer was interrupted, or the file was cut)"))
+        lines.pop()
+    prev, seq, hashes = GENESIS, 0, []
+    for number, raw in enumerate(lines, start=1):
+        row, what = _check_line(seq + 1, raw.decode("utf-8", "replace"), prev)
+        if what:
+            problems.append(AuditProblem(number, what))
+        if row is not None:
+            prev, seq = str(row.get("hash")), int(row["seq"]) if isinstance(row.get("seq"), int) else seq + 1
+        else:
+            seq += 1
+        hashes.append(prev)
+    head = _head_path(path)
+    try:
+        anchor = json.loads(head.read_text())
+        rows, digest = int(anchor["rows"]), str(anchor["hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        problems.append(AuditProblem(0, f"{head}: the head file (row count and last hash) is missing or unreadable"))
+        return len(hashes), problems
+    if rows > len(hashes):
+        problems.append(AuditProblem(len(hashes) + 1, f"missing: the head records {rows} rows, the log holds "
+                                                       f"{len(hashes)} (rows were removed from its end)"))
+    elif rows and hashes[rows - 1] != digest:
+        problems.append(AuditProblem(rows, "does not match the hash the head file recorded for it"))
+    return len(hashes), problems

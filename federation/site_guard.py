@@ -1,0 +1,119 @@
+"""The hospital's guard around each ClientApp request: its site policy before any work, an audit row after."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from experiments.errors import ExperimentError
+from federation.errors import FederationError
+from federation.hospital import site_ledger
+from federation.ledger import PrivacyLedger
+from federation.site import Site, resolve_site, spec_from_run_config
+from federation.site_audit import AuditRow, append_row, spec_fingerprint
+from federation.site_policy import check_policy, load_policy
+
+__all__ = ["audited", "enforce_policy", "run_spent"]
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Message, Context], Message]
+OUTCOMES = {"ok": "accepted", "refused": "refused"}
+
+
+def _of_run(entry: str, run_key: str) -> bool:
+    """Whether a ledger entry (``<run>`` or ``<run>/<release>``) belongs to the run."""
+    return entry == run_key or entry.startswith(run_key + "/")
+
+
+def run_spent(site: Site, run_key: str) -> float:
+    """Epsilon the run has been charged at this hospital so far, all its releases together."""
+    entries = PrivacyLedger(site.ledger_path, site.hospital_id).entries(every_dataset=True)
+    return sum(e.epsilon for e in entries if _of_run(e.run, run_key))
+
+
+def enforce_policy(site: Site, spec: Any, run_key: str) -> None:
+    """Check the run against the site's policy (its node config's ``[policy]``), if it has
+    one, before any work on its data: the rules, and whether the run fits in what other
+    runs left of its budget.
+
+    Raises:
+        SitePolicyRefusal: the policy does not allow the run.
+        SiteConfigError: the policy file is unreadable or invalid.
+    """
+    if site.policy_file is None:
+        return
+    policy = load_policy(site.policy_file)
+    spent = sum(e.epsilon for e in site_ledger(site).entries() if not _of_run(e.run, run_key))
+    check_policy(policy, spec, site.hospital_id, spent)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(spec_json: str) -> str:
+    try:
+        return spec_fingerprint(spec_json)
+    except ValueError:
+        return "unparsable"
+
+
+def _request(message: Message, context: Context) -> tuple[str, str]:
+    """The run key and round a request names (``server-round`` in its config, else its group)."""
+    config = message.content.config_records.get("config")
+    run_key = str(config.get("run-key", "")) if config else ""
+    round_ = config.get("server-round") if config else None
+    return run_key, str(round_ if round_ is not None else message.metadata.group_id or "")
+
+
+def _site_or_none(context: Context) -> Site | None:
+    try:
+        return resolve_site(dict(context.node_config), spec_from_run_config(dict(context.run_config)))
+    except (FederationError, ExperimentError, ValueError):
+        return None
+
+
+def audited(kind: str) -> Callable[[Handler], Handler]:
+    """Record every request of ``kind`` on this hospital's data in its audit log (node config
+    ``audit-log``), accepted or refused, with the epsilon it charged; without a log, as is.
+
+    A reply whose row cannot be written is replaced by an ``error`` status: nothing leaves
+    the hospital unaudited. The reply's ``site`` record carries the chain's new head hash
+    (``audit-head``), so the coordinator holds an anchor outside the hospital.
+    """
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def guarded(message: Message, context: Context) -> Message:
+            where = str(context.node_config.get("audit-log", "") or "")
+            if not where:
+                return handler(message, context)
+            run_key, round_ = _request(message, context)
+            site = _site_or_none(context)
+            before = run_spent(site, run_key) if site and run_key else 0.0
+            reply = handler(message, context)
+            record = reply.content.config_records.get("site")
+            status = str(record.get("status", "error")) if record else "error"
+            try:
+                after = run_spent(site, run_key) if site and run_key else 0.0
+                head = append_row(Path(where), AuditRow(
+                    run=run_key, round=round_, message=kind,
+                    spec=_fingerprint(str(context.run_config.get("spec", "") or "")),
+                    launcher=str(context.run_config.get("launched-by", "") or ""), epsilon=max(after - before, 0.0),
+                    outcome=OUTCOMES.get(status, "error"), reason=str(record.get("reason", "")) if record else "",
+                    hospital=site.hospital_id if site else str(context.node_config.get("hospital-id", "")),
+                    flower_run=str(context.run_id)))
+            except (FederationError, OSError) as err:
+                log.error("%s not sent: %s", kind, err)
+                hospital = site.hospital_id if site else str(context.node_config.get("hospital-id", ""))
+                return Message(RecordDict({"site": ConfigRecord(
+                    {"hospital-id": hospital, "status": "error", "reason": f"audit log: {err}"[:1000]})}), reply_to=message)
+            if record is not None:
+                record["audit-head"] = head
+            return reply
+
+        return guarded
+
+    return wrap
