@@ -87,7 +87,7 @@ def select_local_validation(registry: ModelRegistry, name: str, version: str, so
                                    f"{source} against")
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = registry.client.download_artifacts(info.run_id, "spec.json", tmp)
-        spec = parse_spec(json.loads(Path(spec_path).read_text()), f"{name} v{version}")
+        spec = parse_spec(json.loads(Path(spec_path).read_text()), f"{name} v{version}", stored=True)
     data, held, unit = spec.modality.select_held_out(spec, Path(source), info.tags, part)
     return LocalSelection(name, version, info, spec, Path(source), data, held, unit)
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import PrivateAttr, SerializeAsAny, ValidationError, ValidatorFunctionWrapHandler, WrapValidator, model_validator
+from pydantic import (
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from experiments.dp_defaults import dp_defaults
 from experiments.errors import SpecError
 from experiments.spec_sections import (
-    ModelSpec,
     PrivacySpec,
     RegistrySpec,
     SelectionSpec,
@@ -24,14 +31,20 @@ from experiments.terminology import FhirSpec
 from training.data_section import DataSection, HospitalSpec, Name, StrictSection
 from training.errors import UnknownModalityError
 from training.modality import REGISTRY, Modality, get_modality
+from training.model_section import ModelSection, one_of
 
 __all__ = ["ExperimentSpec", "load_spec", "parse_spec"]
+
+
+def _modality_name(data: Any) -> str:
+    """The modality a raw ``data:`` section names (default ``tabular``)."""
+    return str(data.get("modality", "tabular") if isinstance(data, dict) else getattr(data, "modality", "tabular"))
 
 
 def _data_section(value: Any, handler: ValidatorFunctionWrapHandler) -> DataSection:
     """Validate ``data:`` as its modality's section (``data.modality``, default ``tabular``),
     looked up in the modality registry."""
-    name = value.get("modality", "tabular") if isinstance(value, dict) else getattr(value, "modality", "tabular")
+    name = _modality_name(value)
     try:
         section = get_modality(str(name)).data_spec
     except UnknownModalityError as err:
@@ -40,6 +53,36 @@ def _data_section(value: Any, handler: ValidatorFunctionWrapHandler) -> DataSect
 
 
 AnyDataSpec = Annotated[SerializeAsAny[DataSection], WrapValidator(_data_section)]
+
+
+@dataclass(frozen=True)
+class _ModelInput:
+    """The raw ``model:`` section with the modality the raw ``data:`` names (``ExperimentSpec`` pairs them)."""
+
+    modality: str
+    value: Any
+
+
+def registered(member: str) -> list[str]:
+    """Every registered modality's model-section ``member`` (``kinds``, ``grad_sample_modes``), in registry order."""
+    found: list[str] = []
+    for name in REGISTRY:
+        found += [v for v in getattr(get_modality(name).model_spec, member) if v not in found]
+    return found
+
+
+def _model_section(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate ``model:`` as the section of the modality ``data.modality`` names; with an
+    unknown modality (``data:``'s error) the model is left unchecked."""
+    name, value = (value.modality, value.value) if isinstance(value, _ModelInput) else ("tabular", value)
+    try:
+        section = get_modality(name).model_spec
+    except UnknownModalityError:
+        return value
+    return section.model_validate(value, context={"modality": name, "model_kinds": registered("kinds")})
+
+
+AnyModelSpec = Annotated[SerializeAsAny[ModelSection], WrapValidator(_model_section)]
 
 
 def _check(fn: Any) -> Any:
@@ -57,7 +100,8 @@ class ExperimentSpec(StrictSection):
     description: str = ""
     seed: int = 0
     data: AnyDataSpec
-    model: ModelSpec = ModelSpec()
+    #: The modality's model section (``data.modality``'s ``Modality.model_spec``).
+    model: AnyModelSpec
     strategy: StrategySpec = StrategySpec()
     training: TrainingSpec = TrainingSpec()
     privacy: PrivacySpec = PrivacySpec()
@@ -84,20 +128,25 @@ class ExperimentSpec(StrictSection):
         """The registered :class:`training.modality.Modality` of the spec's ``data.modality``."""
         return get_modality(self.data.modality)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_of_the_data(cls, values: Any) -> Any:
+        """Pair ``model:`` with the modality ``data:`` names: the model section is that modality's."""
+        if isinstance(values, dict):
+            values = {**values, "model": _ModelInput(_modality_name(values.get("data")), values.get("model", {}))}
+        return values
+
     @_check
-    def _model_fits_data(self) -> ExperimentSpec:
-        kinds = self.data.model_kinds
-        if "kind" not in self.model.model_fields_set:
-            if self.model.kind not in kinds:
-                object.__setattr__(self, "model", self.model.model_copy(update={"kind": kinds[0]}))
-        elif self.model.kind not in kinds:
-            raise ValueError(self.data.model_kind_problem(self.model.kind))
-        privacy = self.privacy
-        if not self.data.fused_dp and privacy.enabled and privacy.grad_sample_mode == "fused":
-            if "grad_sample_mode" in privacy.model_fields_set:
-                raise ValueError(f"privacy.grad_sample_mode: fused is for Linear-only models; {self.data.modality} "
-                                 "take hooks, ghost or functorch")
-            object.__setattr__(self, "privacy", privacy.model_copy(update={"grad_sample_mode": "hooks"}))
+    def _privacy_fits_the_model(self) -> ExperimentSpec:
+        privacy, modes = self.privacy, self.model.grad_sample_modes
+        mode = privacy.grad_sample_mode
+        if mode is None:  # the model section's default
+            object.__setattr__(self, "privacy", privacy.model_copy(update={"grad_sample_mode": modes[0]}))
+        elif mode not in modes:
+            if mode not in (known := registered("grad_sample_modes")):
+                raise ValueError(f"privacy.grad_sample_mode: Input should be {one_of(known)}")
+            if privacy.enabled:
+                raise ValueError(f"privacy.grad_sample_mode: {self.model.grad_sample_mode_problem(mode, self.data.modality)}")
         return self
 
     @_check
@@ -169,6 +218,9 @@ class ExperimentSpec(StrictSection):
                 f"strategy.min_hospitals is {self.strategy.min_hospitals} but only "
                 f"{len(self.data.hospitals)} hospitals are listed"
             )
+        if self.strategy.secure_aggregation and len(self.data.hospitals) < 3:
+            raise ValueError(f"strategy.secure_aggregation needs at least 3 hospitals (their sum hides each one's "
+                             f"update), {len(self.data.hospitals)} are listed")
         return self
 
     @model_validator(mode="after")
@@ -197,30 +249,65 @@ class ExperimentSpec(StrictSection):
         return next((h for h in self.data.hospitals if h.id == hospital_id), None)
 
 
-def _describe(err: ValidationError) -> list[str]:
+def _describe(err: ValidationError, data: dict[str, Any]) -> list[str]:
     """Every problem of a failed validation, one line each: ``field.path: problem``."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "spec"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = "unknown field" + _model_fields_hint(e["loc"], data)
         parts += [f"{loc}: {line}" if loc != "spec" else line for line in msg.splitlines() if line.strip()]
     return parts
 
 
-def parse_spec(data: object, source: str = "spec") -> ExperimentSpec:
+def _model_fields_hint(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """``: images models take kind, width`` for an unknown field of ``model:`` (else nothing)."""
+    if len(loc) != 2 or loc[0] != "model":
+        return ""
+    name = _modality_name(data.get("data"))
+    try:
+        fields = get_modality(name).model_spec.model_fields
+    except UnknownModalityError:
+        return ""
+    return f": {name} models take {', '.join(fields)}"
+
+
+#: The fields of the model section every modality shared before each had its own: a spec
+#: stored by an earlier version (a registered version's ``spec.json``) carries them all.
+_FORMER_MODEL_FIELDS = ("hidden", "dropout", "width")
+
+
+def _stored_model_section(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the former shared model fields its modality's model section lacks."""
+    model = data.get("model")
+    try:
+        fields = get_modality(_modality_name(data.get("data"))).model_spec.model_fields
+    except UnknownModalityError:
+        return data
+    if not isinstance(model, dict):
+        return data
+    return {**data, "model": {k: v for k, v in model.items() if k in fields or k not in _FORMER_MODEL_FIELDS}}
+
+
+def parse_spec(data: object, source: str = "spec", *, stored: bool = False) -> ExperimentSpec:
     """Validate a mapping (parsed YAML or JSON) as a spec.
+
+    ``stored``: the mapping is a spec an earlier run wrote (a registered version's
+    ``spec.json``): the model fields an earlier version wrote for every modality
+    (``hidden``/``dropout`` on images, ``width`` on tables) are dropped, not refused.
 
     Raises:
         SpecError: one line per problem, each naming the source and the field at fault.
     """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of fields at the top level")
+    if stored:
+        data = _stored_model_section(data)
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError("\n".join(f"{source}: {problem}" for problem in _describe(err))) from err
+        raise SpecError("\n".join(f"{source}: {problem}" for problem in _describe(err, data))) from err
 
 
 def load_spec(path: Path | str) -> ExperimentSpec:

@@ -1,42 +1,21 @@
-"""The experiment spec's sections besides ``data:``: model, strategy, training, privacy, validation, selection, registry."""
+"""The experiment spec's sections besides ``data:`` and ``model:``: strategy, training, privacy, validation, selection, registry."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
 from training.data_section import DataSection, StrictSection
 from training.errors import PrivacyConfigError
-from training.modality import REGISTRY, get_modality
 
 if TYPE_CHECKING:
     from training.privacy import DPConfig
 
 __all__ = [
-    "ModelSpec", "PrivacySpec", "RegistrySpec", "SelectionSpec", "StrategySpec", "ThresholdSpec", "TrainingSpec",
+    "PrivacySpec", "RegistrySpec", "SelectionSpec", "StrategySpec", "ThresholdSpec", "TrainingSpec",
     "ValidationSpec",
 ]
-
-
-class ModelSpec(StrictSection):
-    """Which model to train: one of the data section's ``model_kinds`` (``logistic``/``mlp``
-    on tabular data, ``cnn``/``resnet18`` on images; the spec checks it against the data)."""
-
-    kind: str = Field(default="mlp", min_length=1, max_length=64)
-    hidden: list[Annotated[int, Field(gt=0, le=4096)]] = [64, 32]
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    width: int | None = Field(default=None, ge=4, le=256, description="cnn/resnet18: channels of the first stage")
-
-    @field_validator("kind")
-    @classmethod
-    def _a_registered_kind(cls, kind: str) -> str:
-        kinds = [k for name in REGISTRY for k in get_modality(name).data_spec.model_kinds]
-        if kind not in kinds:
-            expected = ", ".join(repr(k) for k in kinds[:-1]) + f" or {kinds[-1]!r}"
-            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
-        return kind
 
 
 class StrategySpec(StrictSection):
@@ -52,6 +31,9 @@ class StrategySpec(StrictSection):
     min_hospitals: int = Field(default=2, ge=1, description="a round fails with fewer answers")
     round_timeout: float = Field(default=600, gt=0, description="seconds to wait for a round's replies")
     join_timeout: float = Field(default=120, gt=0, description="seconds to wait for all hospitals to connect")
+    secure_aggregation: bool = Field(
+        default=False, description="SecAgg+: the coordinator learns only the sum of the hospitals' (DP-noised) updates; "
+                                   "needs 3 hospitals or more (docs/secure-aggregation.md)")
 
 
 class TrainingSpec(StrictSection):
@@ -92,7 +74,10 @@ class PrivacySpec(StrictSection):
         default="fixed", description="adaptive: the bound follows target_quantile of the per-sample gradient norms")
     target_quantile: float = Field(default=0.5, gt=0, lt=1, description="adaptive clipping: share of gradients unclipped")
     clip_learning_rate: float = Field(default=0.2, gt=0, le=1, description="adaptive clipping: geometric step per DP step")
-    grad_sample_mode: Literal["fused", "hooks", "ghost", "functorch"] = "fused"
+    grad_sample_mode: str | None = Field(
+        default=None, min_length=1, max_length=32,
+        description="per-sample gradients: one of the model section's grad_sample_modes (default: its first; tabular "
+                    "fused, images hooks); the spec checks it")
     accountant: Literal["rdp", "prv"] = "rdp"
     hospital_budget: float = Field(default=10.0, gt=0, description="default total epsilon per hospital")
     statistics_epsilon: float = Field(default=1.0, gt=0, le=10,
@@ -106,14 +91,20 @@ class PrivacySpec(StrictSection):
         if self.noise_multiplier is not None and "target_epsilon" not in self.model_fields_set:
             object.__setattr__(self, "target_epsilon", None)
         try:
-            _ = self.dp_config  # builds the DPConfig: its own checks run here
+            # builds a DPConfig: its own checks run here (the mode is the model section's to check)
+            _ = self._dp_config(grad_sample_mode="hooks")
         except PrivacyConfigError as err:
             raise ValueError(str(err)) from err
         return self
 
     @property
     def dp_config(self) -> DPConfig:
-        """The training layer's DP settings."""
+        """The training layer's DP settings (``grad_sample_mode`` as the spec resolved it)."""
+        if self.grad_sample_mode is None:
+            raise PrivacyConfigError("privacy.grad_sample_mode is resolved by the experiment spec (its model section)")
+        return self._dp_config(self.grad_sample_mode)
+
+    def _dp_config(self, grad_sample_mode: str) -> DPConfig:
         from training.privacy import DPConfig
 
         return DPConfig(
@@ -122,7 +113,7 @@ class PrivacySpec(StrictSection):
             target_delta=self.target_delta,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
-            grad_sample_mode=self.grad_sample_mode,
+            grad_sample_mode=grad_sample_mode,
             accountant=self.accountant,
             clipping=self.clipping,
             target_quantile=self.target_quantile,

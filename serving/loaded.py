@@ -1,4 +1,4 @@
-"""A registered model version loaded for scoring: the two kinds, and the one place a package's kind is read."""
+"""A registered model version loaded for scoring: the served kinds, and the one place a package's modality is read."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -18,15 +18,28 @@ from training.tabular.scoring import RiskScorer
 if TYPE_CHECKING:
     from training.imaging.scoring import VisionScorer
 
-__all__ = ["IMAGES_MODALITY", "LoadedModel", "LoadedVisionModel", "ServedModel", "load_package", "package_folder",
-           "package_modality"]
-
-#: ``model.json``'s ``modality`` of an image classifier package; packages without the key are risk models.
-IMAGES_MODALITY = "images"
+__all__ = ["SERVED_KINDS", "LoadedModel", "LoadedPackage", "LoadedVisionModel", "ServedModel", "load_package",
+           "package_folder", "package_modality"]
 
 
 @dataclass(frozen=True)
-class LoadedModel:
+class LoadedPackage:
+    """One registered version of any modality: the scorer its modality's ``load_scorer`` built.
+
+    Attributes:
+        modality: The ``model.json`` modality a served kind (a subclass) holds; the API and
+            the Serve deployments serve one kind each.
+    """
+
+    name: str
+    version: str
+    scorer: Any
+
+    modality: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class LoadedModel(LoadedPackage):
     """One registered risk model version, ready to score raw feature rows.
 
     Scoring goes through :class:`RiskScorer` (the encoder and weights as NumPy arrays),
@@ -34,9 +47,9 @@ class LoadedModel:
     row and without importing the training stack into serving processes.
     """
 
-    name: str
-    version: str
     scorer: RiskScorer
+
+    modality: ClassVar[str] = "tabular"
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -76,16 +89,18 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
-class LoadedVisionModel:
+class LoadedVisionModel(LoadedPackage):
     """One registered image classifier version, on the device this process sees."""
 
-    name: str
-    version: str
     scorer: VisionScorer
 
+    modality: ClassVar[str] = "images"
 
+
+#: The kinds a version loads as, by its package's modality (any other: :class:`LoadedPackage`).
+SERVED_KINDS: tuple[type[LoadedPackage], ...] = (LoadedModel, LoadedVisionModel)
 #: What a registered version loads as.
-ServedModel = LoadedModel | LoadedVisionModel
+ServedModel = LoadedModel | LoadedVisionModel | LoadedPackage
 M = TypeVar("M", LoadedModel, LoadedVisionModel)
 
 
@@ -109,14 +124,16 @@ def package_modality(folder: Path) -> str:
 
 
 def load_package(name: str, version: str, folder: Path) -> ServedModel:
-    """Build the scorer the package in ``folder`` calls for: a risk scorer, or an image
-    classifier on this process's device.
+    """Build the scorer the package in ``folder`` calls for, through its modality's
+    ``load_scorer`` (a risk scorer, an image classifier on this process's device, ...).
 
     Raises:
-        OSError, KeyError, ValueError, RuntimeError: the files are not a BioVerse model package.
+        OSError, KeyError, ValueError, RuntimeError: the files are not a BioVerse model package
+            (an unknown modality is a ``ValueError``).
     """
-    if package_modality(folder) == IMAGES_MODALITY:
-        from training.imaging.scoring import VisionScorer
+    from training.modality import get_modality
 
-        return LoadedVisionModel(name, version, VisionScorer.from_files(folder))
-    return LoadedModel(name, version, RiskScorer.from_files(folder))
+    modality = package_modality(folder)
+    scorer = get_modality(modality).load_scorer(folder)
+    kind = next((k for k in SERVED_KINDS if k.modality == modality), LoadedPackage)
+    return kind(name, version, scorer)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -9,12 +11,12 @@ from torch import nn
 __all__ = ["ClassifierModule"]
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(pl.LightningModule, ABC):
     """What every BioVerse model shares: the loss step logged per stage, the optimiser
     (Adam, or SGD with momentum, from ``hparams``) and class probabilities.
 
     Subclasses set ``self.criterion`` and ``self.net`` and say how logits become
-    probabilities (:meth:`probabilities`).
+    probabilities (:meth:`probabilities`, abstract: the class itself is never built).
     """
 
     criterion: nn.Module
@@ -44,9 +46,9 @@ class ClassifierModule(pl.LightningModule):
             return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=0.9)
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
+    @abstractmethod
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities from this model's logits."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -66,10 +67,10 @@ class DataSection(StrictSection):
     ``modality`` (a ``Literal`` of its registered name), ``patient_id``, ``label``,
     ``test_fraction``, ``val_fraction``, ``split_column`` and ``hospitals``.
 
+    The models this data takes are the modality's ``model:`` section
+    (:class:`training.model_section.ModelSection`).
+
     Attributes:
-        model_kinds: The ``model.kind`` values this data takes; the first replaces ``model.kind``'s
-            default (``mlp``) where that does not fit.
-        fused_dp: Whether the fused (Linear-only) DP-SGD mode fits its models.
         dp_defaults: DP-safe values per spec section for fields a DP run leaves out.
         subgroup_source: What ``validation.subgroups`` columns must be (in error messages).
     """
@@ -83,18 +84,12 @@ class DataSection(StrictSection):
         split_column: str | None
         hospitals: list[HospitalSpec]
 
-    model_kinds: ClassVar[tuple[str, ...]] = ()
-    fused_dp: ClassVar[bool] = True
     dp_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     subgroup_source: ClassVar[str] = "feature column"
 
+    @abstractmethod
     def class_names(self) -> list[str]:
         """The model's classes in output order."""
-        raise NotImplementedError
-
-    def model_kind_problem(self, kind: str) -> str:
-        """Why ``model.kind`` ``kind`` (not in ``model_kinds``) does not fit this data."""
-        return f"model.kind: {kind} is not a model for {self.modality} data; use {' or '.join(self.model_kinds)}"
 
     def subgroup_candidates(self) -> list[str]:
         """The columns ``validation.subgroups`` may name."""

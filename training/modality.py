@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from training.data_section import DataSection
 from training.errors import UnknownModalityError
 from training.held_out import HeldOut, LocalScores
+from training.model_section import ModelSection
 from training.packaging import PackagedModel
 from training.report_render import ReportRenderer
 from training.site_check import SiteCheck, SitesReview
@@ -124,13 +125,19 @@ class Modality(Protocol):
         """The pydantic model of the spec's ``data:`` section for this kind of data."""
         ...
 
+    @property
+    def model_spec(self) -> type[ModelSection]:
+        """The pydantic model of the spec's ``model:`` section: its kinds, hyperparameters and DP modes."""
+        ...
+
     # ---- the model ----
     def class_names(self, spec: Any) -> list[str]:
         """The model's classes in output order."""
         ...
 
     def model_hparams(self, spec: Any) -> dict[str, Any]:
-        """Hyperparameters of the spec's model, as :meth:`build_model` passes them on."""
+        """Hyperparameters of the spec's model, as :meth:`build_model` passes them on (the training
+        section's learning rate and optimiser, and the model section's :meth:`ModelSection.hparams`)."""
         ...
 
     def build_model(self, spec: Any, preprocessor: Preprocessor) -> Any:

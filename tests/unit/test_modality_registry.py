@@ -10,8 +10,10 @@ import pytest
 from experiments.errors import SpecError
 from experiments.spec import parse_spec
 from tests.conftest import spec_dict
+from training.data_section import DataSection
 from training.errors import UnknownModalityError
 from training.modality import REGISTRY, Modality, get_modality, register_modality
+from training.model_section import ModelSection
 from training.tabular.modality import TabularModality
 from training.tabular.spec import DataSpec
 
@@ -20,11 +22,18 @@ class SurvivalDataSpec(DataSpec):
     """A stand-in third kind of data: a tabular table under another modality name."""
 
     modality: Literal["survival"]  # type: ignore[assignment]
-    model_kinds: ClassVar[tuple[str, ...]] = ("logistic",)
+
+
+class SurvivalModelSpec(ModelSection):
+    """The stand-in's model section: its own kind, default and hyperparameter."""
+
+    kind: str = "logistic"
+    ties: Literal["breslow", "efron"] = "efron"
+    kinds: ClassVar[tuple[str, ...]] = ("logistic",)
 
 
 class SurvivalModality(TabularModality):
-    """The stand-in's modality: tabular behaviour, its own name and data section."""
+    """The stand-in's modality: tabular behaviour, its own name, data and model sections."""
 
     name = "survival"
 
@@ -32,8 +41,22 @@ class SurvivalModality(TabularModality):
     def data_spec(self) -> type[SurvivalDataSpec]:
         return SurvivalDataSpec
 
+    @property
+    def model_spec(self) -> type[SurvivalModelSpec]:
+        return SurvivalModelSpec
+
 
 SURVIVAL = SurvivalModality()
+
+
+def test_a_data_section_must_name_its_classes() -> None:
+    class NoClasses(DataSection):
+        """Forgets :meth:`DataSection.class_names`."""
+
+        modality: Literal["x"] = "x"
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoClasses()
 
 
 def test_an_unknown_modality_name_is_a_clear_error() -> None:
@@ -68,8 +91,15 @@ def test_a_modality_registered_at_runtime_is_used_by_the_spec_parser(monkeypatch
     data["data"] = {**data["data"], "modality": "survival"}
     spec = parse_spec(data)
     assert isinstance(spec.data, SurvivalDataSpec) and spec.modality is SURVIVAL
-    assert spec.model.kind == "logistic"  # the data section's default model kind
-    assert parse_spec(spec.model_dump(mode="json")).data == spec.data  # the run config's round trip
+    assert isinstance(spec.model, SurvivalModelSpec) and spec.model.kind == "logistic"  # its model section's default
+    assert spec.privacy.grad_sample_mode == "hooks"  # the model section's first mode
+    round_trip = parse_spec(spec.model_dump(mode="json"))  # the run config's round trip
+    assert round_trip.data == spec.data and round_trip.model == spec.model
+    assert parse_spec({**data, "model": {"ties": "breslow"}}).model == SurvivalModelSpec(ties="breslow")
     with pytest.raises(SpecError, match="model.kind: mlp is not a model for survival data; use logistic"):
         parse_spec({**data, "model": {"kind": "mlp"}})
+    with pytest.raises(SpecError, match="model.hidden: unknown field: survival models take kind, ties"):
+        parse_spec({**data, "model": {"hidden": [8]}})
+    with pytest.raises(SpecError, match="privacy.grad_sample_mode: fused does not fit survival models; they take hooks"):
+        parse_spec({**data, "privacy": {"grad_sample_mode": "fused"}})
 

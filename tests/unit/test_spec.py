@@ -38,6 +38,9 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:
         ({"privacy": {"target_delta": 2}}, "privacy.target_delta: Input should be less than 1"),
         ({"name": "bad name!"}, "name: String should match pattern"),
         ({"model": {"kind": "transformer"}}, "model.kind: Input should be 'logistic', 'mlp', 'cnn' or 'resnet18'"),
+        ({"model": {"width": 8}}, "model.width: unknown field: tabular models take kind, hidden, dropout"),
+        ({"model": {"hidden": [0]}}, "model.hidden.0: Input should be greater than 0"),
+        ({"privacy": {"grad_sample_mode": "ew"}}, "privacy.grad_sample_mode: Input should be 'fused', 'hooks', 'ghost' or 'functorch'"),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict, message: str) -> None:

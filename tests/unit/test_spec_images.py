@@ -60,6 +60,8 @@ def test_tabular_specs_are_unchanged_by_the_modality() -> None:
     [
         ({"model": {"kind": "mlp"}}, "model.kind: mlp is for tabular data; images take cnn or resnet18"),
         ({"privacy": {"grad_sample_mode": "fused"}}, "fused is for Linear-only models"),
+        ({"model": {"hidden": [8]}}, "model.hidden: unknown field: images models take kind, width"),
+        ({"model": {"width": 2}}, "model.width: Input should be greater than or equal to 4"),
         ({"data": {"classes": ["normal"]}}, "data.classes: List should have at least 2 items"),
         ({"data": {"classes": ["a", "b", "a"]}}, "data: class listed twice: a"),
         ({"data": {"channels": 2}}, "data.channels: Input should be 1 or 3"),
@@ -83,6 +85,21 @@ def test_invalid_image_specs_name_the_field(change: dict, message: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(data, "x.yaml")
     assert message in str(info.value)
+
+
+def test_a_stored_spec_of_an_earlier_version_keeps_parsing() -> None:
+    # spec.json of a version registered before each modality had its own model section
+    stored = image_spec_dict(model={"kind": "resnet18", "hidden": [64, 32], "dropout": 0.1, "width": 16})
+    spec = parse_spec(stored, "v1", stored=True)
+    assert spec.model.kind == "resnet18" and spec.model.width == 16
+    assert spec.modality.model_hparams(spec) == {"lr": 0.002, "optimizer": "adam", "width": 16}
+    with pytest.raises(SpecError, match="model.hidden: unknown field"):
+        parse_spec(stored, "spec.yaml")  # a spec a user writes gets no such leniency
+
+
+def test_fused_dp_is_refused_on_images_only_when_private() -> None:
+    spec = parse_spec(image_spec_dict(privacy={"enabled": False, "grad_sample_mode": "fused"}))
+    assert spec.privacy.grad_sample_mode == "fused"  # not used without DP
 
 
 def test_a_split_column_and_a_val_fraction_reach_the_contract() -> None:

@@ -42,6 +42,16 @@ def test_models_give_one_logit_per_patient() -> None:
         build_model("cnn", 7)
 
 
+def test_a_model_must_say_how_its_logits_become_probabilities() -> None:
+    from training.classifier import ClassifierModule
+
+    class NoProbabilities(ClassifierModule):
+        """Forgets :meth:`ClassifierModule.probabilities`."""
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoProbabilities()
+
+
 def test_merged_statistics_equal_pooled_statistics(hospitals_dir: Path) -> None:
     frames = [pd.read_csv(p) for p in sorted(hospitals_dir.glob("hospital-*.csv"))]
     merged = merge_statistics([local_statistics(f, CONTRACT) for f in frames])

@@ -34,10 +34,7 @@ log = logging.getLogger(__name__)
 
 def model_hparams(spec: Any) -> dict[str, Any]:
     """Hyperparameters of the spec's image model, as :func:`build_vision_model` takes them."""
-    hparams: dict[str, Any] = {"lr": spec.training.learning_rate, "optimizer": spec.training.optimizer}
-    if spec.model.width is not None:
-        hparams["width"] = spec.model.width
-    return hparams
+    return {"lr": spec.training.learning_rate, "optimizer": spec.training.optimizer, **spec.model.hparams()}
 
 
 def build_model(spec: Any, preprocessor: ImagePreprocessor) -> VisionModel:

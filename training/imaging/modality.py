@@ -8,6 +8,7 @@ from typing import Any
 from training.data_section import DataSection
 from training.imaging.registry_side import ImagingRegistrySide
 from training.modality import LocalRound, LocalSite, Preprocessor, RoundCharge, RoundOutcome, StatisticsCharge, StatisticsReview
+from training.model_section import ModelSection
 
 __all__ = ["IMAGING", "ImagingModality"]
 
@@ -29,6 +30,13 @@ class ImagingModality(ImagingRegistrySide):
         from training.imaging.spec import ImageDataSpec
 
         return ImageDataSpec
+
+    @property
+    def model_spec(self) -> type[ModelSection]:
+        """:class:`training.imaging.spec.ImageModelSpec`."""
+        from training.imaging.spec import ImageModelSpec
+
+        return ImageModelSpec
 
     # ---- the model ----
     def class_names(self, spec: Any) -> list[str]:

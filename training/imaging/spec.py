@@ -1,4 +1,4 @@
-"""The imaging ``data:`` section of an experiment spec (``data.modality: images``) and its DP defaults."""
+"""The imaging ``data:`` and ``model:`` sections of an experiment spec (``data.modality: images``) and its DP defaults."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from training.data_section import DataSection, HospitalSpec, StrictSection, unique_hospitals
+from training.model_section import ModelSection
 
 if TYPE_CHECKING:
     from training.imaging.data import ImageContract
 
-__all__ = ["DP_IMAGE_DEFAULTS", "AugmentSpec", "ImageDataSpec"]
+__all__ = ["DP_IMAGE_DEFAULTS", "AugmentSpec", "ImageDataSpec", "ImageModelSpec"]
 
 #: DP-SGD on images (docs/dp-training.md gives the measurements): a clipping bound near a
 #: fresh CNN's per-image gradient norms (10), SGD at a small learning rate rather than Adam,
@@ -78,8 +79,6 @@ class ImageDataSpec(DataSection):
     metadata: list[str] = []
     hospitals: list[HospitalSpec] = Field(min_length=1)
 
-    model_kinds: ClassVar[tuple[str, ...]] = ("cnn", "resnet18")
-    fused_dp: ClassVar[bool] = False
     dp_defaults: ClassVar[dict[str, dict[str, Any]]] = DP_IMAGE_DEFAULTS
     subgroup_source: ClassVar[str] = "data.metadata column"
 
@@ -122,12 +121,6 @@ class ImageDataSpec(DataSection):
         """The classes, in the order of the model's outputs."""
         return list(self.classes)
 
-    def model_kind_problem(self, kind: str) -> str:
-        """A tabular model (or an unknown kind) on images."""
-        if kind in ("logistic", "mlp"):
-            return f"model.kind: {kind} is for tabular data; images take cnn or resnet18"
-        return super().model_kind_problem(kind)
-
     def subgroup_candidates(self) -> list[str]:
         """The declared ``metadata`` columns."""
         return list(self.metadata)
@@ -135,3 +128,35 @@ class ImageDataSpec(DataSection):
     def may_have_val_part(self) -> bool:
         """Always: a ``.npz`` file's ``val_*`` arrays are a val part the spec cannot see."""
         return True
+
+
+class ImageModelSpec(ModelSection):
+    """The ``model:`` section for images: a small CNN or a ResNet-18 (GroupNorm, no BatchNorm).
+
+    Attributes:
+        width: Channels of the first stage (None: the network's default).
+    """
+
+    kind: str = Field(default="cnn", min_length=1, max_length=64)
+    width: int | None = Field(default=None, ge=4, le=256, description="cnn/resnet18: channels of the first stage")
+
+    kinds: ClassVar[tuple[str, ...]] = ("cnn", "resnet18")
+    grad_sample_modes: ClassVar[tuple[str, ...]] = ("hooks", "ghost", "functorch")
+
+    @classmethod
+    def kind_problem(cls, kind: str, modality: str) -> str:
+        """A tabular model on images."""
+        if kind in ("logistic", "mlp"):
+            return f"{kind} is for tabular data; images take cnn or resnet18"
+        return super().kind_problem(kind, modality)
+
+    @classmethod
+    def grad_sample_mode_problem(cls, mode: str, modality: str) -> str:
+        """Fused DP-SGD on a convolutional network."""
+        if mode == "fused":
+            return f"fused is for Linear-only models; {modality} take hooks, ghost or functorch"
+        return super().grad_sample_mode_problem(mode, modality)
+
+    def hparams(self) -> dict[str, Any]:
+        """The first stage's channels, where set."""
+        return {"width": self.width} if self.width is not None else {}

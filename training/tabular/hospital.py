@@ -30,10 +30,7 @@ log = logging.getLogger(__name__)
 
 def model_hparams(spec: Any) -> dict[str, Any]:
     """Hyperparameters of the spec's model, as :func:`training.tabular.models.build_model` takes them."""
-    hparams: dict[str, Any] = {"lr": spec.training.learning_rate, "optimizer": spec.training.optimizer}
-    if spec.model.kind == "mlp":
-        hparams.update(hidden=tuple(spec.model.hidden), dropout=spec.model.dropout)
-    return hparams
+    return {"lr": spec.training.learning_rate, "optimizer": spec.training.optimizer, **spec.model.hparams()}
 
 
 def _data(site: LocalSite, spec: Any, encoder: FeatureEncoder | None = None) -> HospitalDataModule:

@@ -7,6 +7,7 @@ from typing import Any
 
 from training.data_section import DataSection
 from training.modality import LocalRound, LocalSite, Preprocessor, RoundCharge, RoundOutcome, StatisticsCharge, StatisticsReview
+from training.model_section import ModelSection
 from training.tabular.registry_side import TabularRegistrySide
 
 __all__ = ["TABULAR", "TabularModality"]
@@ -29,6 +30,13 @@ class TabularModality(TabularRegistrySide):
         from training.tabular.spec import DataSpec
 
         return DataSpec
+
+    @property
+    def model_spec(self) -> type[ModelSection]:
+        """:class:`training.tabular.spec.TabularModelSpec`."""
+        from training.tabular.spec import TabularModelSpec
+
+        return TabularModelSpec
 
     # ---- the model ----
     def class_names(self, spec: Any) -> list[str]:

@@ -1,18 +1,19 @@
-"""The tabular ``data:`` section of an experiment spec (``data.modality: tabular``, the default)."""
+"""The tabular ``data:`` and ``model:`` sections of an experiment spec (``data.modality: tabular``, the default)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from training.categories import canonical
 from training.data_section import CategoryValue, DataSection, HospitalSpec, unique_hospitals
+from training.model_section import ModelSection
 
 if TYPE_CHECKING:
     from training.tabular.contract import DataContract
 
-__all__ = ["DataSpec"]
+__all__ = ["DataSpec", "TabularModelSpec"]
 
 
 class DataSpec(DataSection):
@@ -46,8 +47,6 @@ class DataSpec(DataSection):
     unknown_categories: Literal["warn", "refuse"] = "warn"
     missing_codes: dict[str, list[CategoryValue]] = {}
     hospitals: list[HospitalSpec] = Field(min_length=1)
-
-    model_kinds: ClassVar[tuple[str, ...]] = ("logistic", "mlp")
 
     @model_validator(mode="after")
     def _columns(self) -> DataSpec:
@@ -113,12 +112,6 @@ class DataSpec(DataSection):
         """A risk model's two classes, ``0`` and ``1``."""
         return ["0", "1"]
 
-    def model_kind_problem(self, kind: str) -> str:
-        """An image model (or an unknown kind) on tabular data."""
-        if kind in ("cnn", "resnet18"):
-            return f"model.kind: {kind} is for images; set data.modality: images or use logistic or mlp"
-        return super().model_kind_problem(kind)
-
     def subgroup_candidates(self) -> list[str]:
         """The feature columns."""
         return self.feature_columns()
@@ -138,3 +131,31 @@ class DataSpec(DataSection):
             return [f"data.ranges: declare [min, max] for numeric column {missing[0]} "
                     "(the DP statistics round clips each value to it)"]
         return []
+
+
+class TabularModelSpec(ModelSection):
+    """The ``model:`` section for tabular data: logistic regression or an MLP.
+
+    Attributes:
+        hidden: The MLP's hidden layer widths (unused by ``logistic``).
+        dropout: The MLP's dropout (unused by ``logistic``).
+    """
+
+    kind: str = Field(default="mlp", min_length=1, max_length=64)
+    hidden: list[Annotated[int, Field(gt=0, le=4096)]] = [64, 32]
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+
+    kinds: ClassVar[tuple[str, ...]] = ("logistic", "mlp")
+    #: ``fused``: BioVerse's one-pass DP-SGD for Linear-only models (training/tabular/fused_dp.py).
+    grad_sample_modes: ClassVar[tuple[str, ...]] = ("fused", "hooks", "ghost", "functorch")
+
+    @classmethod
+    def kind_problem(cls, kind: str, modality: str) -> str:
+        """An image model on tabular data."""
+        if kind in ("cnn", "resnet18"):
+            return f"{kind} is for images; set data.modality: images or use logistic or mlp"
+        return super().kind_problem(kind, modality)
+
+    def hparams(self) -> dict[str, Any]:
+        """An MLP's hidden layers and dropout (nothing for ``logistic``)."""
+        return {"hidden": tuple(self.hidden), "dropout": self.dropout} if self.kind == "mlp" else {}
