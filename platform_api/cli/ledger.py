@@ -34,6 +34,8 @@ def ledger_show(
     hospital_id: Annotated[str, typer.Option(help="The hospital the ledger belongs to.")],
     budget: Annotated[float | None, typer.Option(help="The hospital's budget, to show what is left per dataset.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI: also show each run's status there.")] = None,
+    empty_ok: Annotated[bool, typer.Option(
+        help="A missing ledger in an existing folder is a hospital not charged yet, not a mistyped path.")] = False,
 ) -> None:
     """Show the epsilon each run has spent at a hospital, per dataset (the budget belongs to
     the hospital and the data it protects)."""
@@ -42,7 +44,12 @@ def ledger_show(
     from federation.ledger_summary import spent_per_dataset
 
     if not path.exists():
-        raise FederationError(f"{path}: no ledger (nothing spent yet)")
+        if empty_ok and path.parent.is_dir():
+            out.print(f"{path}: no charges yet: total epsilon spent: 0.000", highlight=False, markup=False)
+            return
+        folder = "" if path.parent.is_dir() else f" (nor its folder {path.parent})"
+        raise FederationError(f"no such ledger file: {path}{folder}; check the path (a hospital never charged "
+                              "has none: pass --empty-ok)")
     entries = PrivacyLedger(path, hospital_id).entries()
     status: dict[str, str] = {}
     if tracking_uri:

@@ -63,6 +63,16 @@ def test_ledger_show(tmp_path: Path) -> None:
     _one_error_line(runner.invoke(app, ["ledger", "show", str(tmp_path / "l.json"), "--hospital-id", "h2"]))
 
 
+def test_ledger_show_of_a_mistyped_path_is_an_error_not_an_empty_ledger(tmp_path: Path) -> None:
+    line = _one_error_line(runner.invoke(app, ["ledger", "show", str(tmp_path / "typo.json"), "--hospital-id", "h1"]))
+    assert f"no such ledger file: {tmp_path / 'typo.json'}" in line and "nothing spent" not in line
+    line = _one_error_line(runner.invoke(app, ["ledger", "show", str(tmp_path / "nope" / "l.json"), "--hospital-id", "h1",
+                                               "--empty-ok"]))
+    assert f"nor its folder {tmp_path / 'nope'}" in line
+    empty = runner.invoke(app, ["ledger", "show", str(tmp_path / "l.json"), "--hospital-id", "h1", "--empty-ok"])
+    assert empty.exit_code == 0 and "no charges yet" in empty.output
+
+
 def test_run_with_a_missing_hospital_file_fails_before_starting_flower(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("x\n")
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_dict([Path("a.csv"), Path("gone.csv")])))
