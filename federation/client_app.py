@@ -17,6 +17,7 @@ from experiments.errors import ExperimentError
 from experiments.spec import ExperimentSpec
 from federation.errors import BudgetExceededError, FederationError, SitePolicyRefusal
 from federation.hospital import encoder_from_config, site_statistics, train_round, validation_aggregates
+from federation.replay import replayed
 from federation.selection import evaluate_round
 from federation.site import Site, resolve_site, spec_from_run_config
 from federation.site_guard import audited, enforce_policy
@@ -81,6 +82,7 @@ def statistics(message: Message, context: Context) -> Message:
 
 @app.train()
 @audited("train")
+@replayed("train")
 def train(message: Message, context: Context) -> Message:
     """Train the global model on local data with DP-SGD, if the privacy ledger allows."""
     config = message.content["config"]
@@ -134,6 +136,7 @@ def _with_global_model(message: Message, context: Context, what: str,
 
 @app.evaluate()
 @audited("evaluate")
+@replayed("evaluate")
 def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the round's global model on the hospital's val rows and release the model
     selection's aggregates (noised and charged with DP); without val rows, on its test

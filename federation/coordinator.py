@@ -5,28 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from experiments.quality import QUALITY_WARNING_TAG, quality_warning
-from experiments.report import write_report_artifacts
 from experiments.spec import ExperimentSpec
-from experiments.tracking import VALIDATION_DIR, RunTracker, code_version
+from experiments.tracking import RunTracker
+from federation.checkpoint import Checkpoint, reopen_run, save_checkpoint
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from federation.errors import TooFewHospitalsError, VocabularyError
-from federation.imbalance import choose_decision, decision_section, federation_class_weights, served_scale, total_counts
+from federation.imbalance import federation_class_weights
 from federation.progress import ProgressLog
-from federation.run_tags import validation_tags, version_tags
+from federation.run_tags import version_tags
 from federation.selection import RoundSelection
-from federation.strategy import HospitalReply, build_strategy, remote_reason
+from federation.strategy import HospitalReply, build_strategy, remote_reason, reply_node
+from federation.validation_round import validate_final
 from training.decision import Decision
-from training.modality import SERVED_KEY, VAL_KEY, Preprocessor, StatisticsReview
+from training.modality import Preprocessor, StatisticsReview
 
 __all__ = ["Coordinator"]
 
@@ -40,9 +37,10 @@ class Coordinator:
         spec: The validated experiment.
         tracker: MLflow tracking for this run.
         progress: Where live progress events go.
+        resume_run: A run to resume from its last checkpoint (:mod:`federation.checkpoint`).
     """
 
-    def __init__(self, spec: ExperimentSpec, tracker: RunTracker, progress: ProgressLog) -> None:
+    def __init__(self, spec: ExperimentSpec, tracker: RunTracker, progress: ProgressLog, resume_run: str | None = None) -> None:
         self.spec = spec
         self.modality = spec.modality
         self.tracker = tracker
@@ -64,6 +62,10 @@ class Coordinator:
         self.loss_warning: str | None = None
         self.selection = RoundSelection(spec)
         self._noise_warned = False
+        self.resume_run = resume_run
+        self.checkpoint: Checkpoint | None = None
+        self.node_names: dict[int, str] = {}
+        self._encoder: Preprocessor | None = None
 
     # ---- RoundObserver ----
     def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, float]) -> None:
@@ -76,8 +78,8 @@ class Coordinator:
                 self.epsilon[reply.hospital_id] = reply.metrics["epsilon"]
             if stage == "evaluate" and "selection-epsilon" in reply.metrics:
                 self.selection.epsilon[reply.hospital_id] = reply.metrics["selection-epsilon"]
-            if stage == "evaluate" and reply.status == "ok":
-                self.final_eval[reply.hospital_id] = reply.metrics
+        if stage == "evaluate":  # the last evaluate round's: a hospital gone since shows none
+            self.final_eval = {r.hospital_id: r.metrics for r in replies if r.status == "ok"}
         round_record = self.participation.setdefault(str(server_round), {})
         round_record[stage] = {r.hospital_id: {"status": r.status, "reason": r.reason} for r in replies}
         ok = [r.hospital_id for r in replies if r.status == "ok"]
@@ -148,6 +150,10 @@ class Coordinator:
                                warning=warning)
         return self.selection.should_stop
 
+    def on_round_end(self, server_round: int, strategy: Any, arrays: ArrayRecord | None) -> None:
+        """Checkpoint the completed round to the run (:mod:`federation.checkpoint`)."""
+        save_checkpoint(self, strategy, server_round, arrays, self._encoder)  # type: ignore[arg-type]
+
     def on_round_start(self, server_round: int) -> None:
         """Record that a round is starting (hospitals charge it as they receive it) and renew
         the run's lease for the round."""
@@ -180,7 +186,7 @@ class Coordinator:
         stats: dict[str, dict[str, Any]] = {}
         names, outcome = {}, {}
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = reply_node(msg, {m.metadata.message_id: m.metadata.dst_node_id for m in messages})
             if msg.has_error():
                 outcome[f"node-{node}"] = {"status": "failed", "reason": remote_reason(msg.error.reason)}
                 continue
@@ -236,36 +242,46 @@ class Coordinator:
         spec = self.spec
         started = time.perf_counter()
         self.tracker.lease_seconds = spec.strategy.join_timeout + self._lease()
-        run_id = self.tracker.start(spec)
-        self.progress.emit("start", run_id=run_id, experiment=spec.name, rounds=spec.training.rounds,
-                           hospitals=[h.id for h in spec.data.hospitals])
+        run_id = self.tracker.start(spec) if self.resume_run is None else self.resume_run
         try:
+            if self.resume_run is not None:
+                self.checkpoint = reopen_run(self.tracker, spec, self.resume_run)
+            self.progress.emit("start", run_id=run_id, experiment=spec.name, rounds=spec.training.rounds,
+                               hospitals=[h.id for h in spec.data.hospitals],
+                               resumed_after=self.checkpoint.server_round if self.checkpoint else None)
             nodes = self._wait_for_hospitals(grid)
-            encoder, names = self._federated_encoder(grid, nodes, run_id)
-            self._log_statistics_release()
+            if self.checkpoint is None:
+                encoder, names = self._federated_encoder(grid, nodes, run_id)
+                self._log_statistics_release()
+            else:  # the statistics round's results come from the checkpoint: no new release
+                encoder, names = self.checkpoint.restore_coordinator(self), {}
+            self._encoder = encoder
             setup_seconds = time.perf_counter() - started
             model = self.modality.build_model(spec, encoder)
             strategy = build_strategy(spec.strategy, observer=self, min_available=spec.strategy.min_hospitals,
                                       learning_rate=spec.training.learning_rate)
             strategy.node_names.update(names)  # type: ignore[attr-defined]
+            self.node_names = strategy.node_names  # type: ignore[attr-defined]
             self.class_weights = federation_class_weights(spec, self.class_counts)
             config = ConfigRecord({"encoder": encoder.to_json(), "run-key": run_id,
                                    **({"class-weights": json.dumps(self.class_weights)} if self.class_weights else {})})
             if self.class_weights:
                 self.tracker.set_tags({"class_weights": ",".join(f"{w:.4g}" for w in self.class_weights)})
             self._round_started = time.perf_counter()
+            initial = ArrayRecord(model.state_dict()) if self.checkpoint is None else self.checkpoint.restore_strategy(strategy)
             result = strategy.start(
                 grid=grid,
-                initial_arrays=ArrayRecord(model.state_dict()),
+                initial_arrays=initial,
                 num_rounds=spec.training.rounds,
                 timeout=spec.strategy.round_timeout,
                 train_config=config,
                 evaluate_config=ConfigRecord(dict(config)),
             )
-            model.load_state_dict(self.selection.best_state if self.selection.chosen else result.arrays.to_torch_state_dict())
+            final = result.arrays if len(result.arrays) else initial  # a resumed run with no round left: its checkpoint's
+            model.load_state_dict(self.selection.best_state if self.selection.chosen else final.to_torch_state_dict())
             log.info("model selection: %s", self.selection.reason())
             self.tracker.set_tags(self.selection.tags())
-            report_tags = self._validate(grid, nodes, encoder, model, run_id)
+            report_tags = self._validate(grid, sorted(set(nodes) | set(grid.get_node_ids())), encoder, model, run_id)
             summary = self._summary(run_id, started, setup_seconds)
             summary["validation"] = report_tags
             summary["selection"] = self.selection.summary()
@@ -309,69 +325,8 @@ class Coordinator:
             self.tracker.set_tags({f"dataset.{h}": d for h, d in sorted(self.datasets.items())})
 
     def _validate(self, grid: Grid, nodes: list[int], encoder: Preprocessor, model: Any, run_id: str) -> dict[str, str]:
-        """The clinical validation report of the final model, from the hospitals' aggregates.
-
-        Each hospital scores its held-out rows and returns counts only; the report and its
-        artifacts (report.json, plots, model card, HTML) go to the run under
-        ``validation/``. Returns the version tags that pin the report (its SHA-256).
-        """
-        spec = self.spec
-        started = time.perf_counter()
-        # a multi-class model's served rule (the prior correction) is known before validation:
-        # hospitals also count the confusion of the labels it serves on their test part
-        scale = served_scale(spec, self.class_counts, self.class_weights)
-        served = {"class-scale": json.dumps(scale)} if scale else {}
-        messages = [
-            Message(RecordDict({"config": ConfigRecord({"encoder": encoder.to_json(), "run-key": run_id, **served}),
-                                "arrays": ArrayRecord(model.state_dict())}),
-                    dst_node_id=n, message_type=f"{MessageType.QUERY}.validate")
-            for n in nodes
-        ]
-        parts, outcome = {}, {}
-        for msg in grid.send_and_receive(messages, timeout=spec.strategy.round_timeout):
-            if msg.has_error():
-                outcome[f"node-{msg.metadata.src_node_id}"] = {"status": "failed", "reason": remote_reason(msg.error.reason)}
-                continue
-            site = msg.content["site"]
-            hospital = str(site["hospital-id"])
-            outcome[hospital] = {"status": str(site["status"]), "reason": remote_reason(str(site["reason"]))}
-            if site["status"] == "ok":
-                parts[hospital] = json.loads(str(msg.content["validation"]["aggregates"]))
-        self.participation["validation"] = outcome
-        self.progress.emit("validation", hospitals={h: o["status"] for h, o in outcome.items()},
-                           reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
-        val_parts = {h: p.pop(VAL_KEY) for h, p in parts.items() if VAL_KEY in p}
-        served_confusion = [p.pop(SERVED_KEY) for p in parts.values() if SERVED_KEY in p]
-        self.decision = choose_decision(spec, val_parts, total_counts(self.class_counts), self.class_weights)
-        log.info("decision rule: %s (%s)", self.decision.rule, self.decision.source)
-        if not parts:
-            return {"validation.status": "missing", **self.decision.tags()}
-        merged, report = self.modality.validation_report(spec, parts)
-        report["decision"] = decision_section(self.decision, merged, multiclass=self.modality.multiclass_aggregates,
-                                              served_confusion=served_confusion if scale else None)
-        meta = {
-            "model_name": spec.model_name, "version": "(assigned at registration)", "experiment": spec.name,
-            "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "privacy": {"epsilon": max(self.epsilon.values()) if self.epsilon else None,
-                        "delta": spec.privacy.target_delta if spec.privacy.enabled else 0.0,
-                        "accountant": spec.privacy.accountant if spec.privacy.enabled else "none"},
-            "strategy": spec.strategy.name, "rounds": self.selection.rounds_text(), "hospitals": sorted(parts),
-            "schema_fingerprints": dict(sorted(self.fingerprints.items())), "code_version": code_version(),
-            "model_kind": spec.model.kind,
-            "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in self.modality.model_hparams(spec).items()},
-            "label": spec.data.label,
-            **self.modality.report_meta(spec, encoder, self.class_counts),
-        }
-        with tempfile.TemporaryDirectory(prefix="bioverse-report-") as tmp:
-            write_report_artifacts(report, meta, Path(tmp))
-            self.tracker.log_artifacts(Path(tmp), VALIDATION_DIR)
-        tags = validation_tags(report, list(parts), self.decision)
-        self.quality_warning = quality_warning(report)
-        if self.quality_warning is not None:
-            tags[QUALITY_WARNING_TAG] = self.quality_warning
-            log.warning("quality floor: %s", self.quality_warning)
-        log.info("validation report from %d hospitals in %.2f s", len(parts), time.perf_counter() - started)
-        return tags
+        """The clinical validation report of the final model (:func:`federation.validation_round.validate_final`)."""
+        return validate_final(self, grid, nodes, encoder, model, run_id)
 
     def _summary(self, run_id: str, started: float, setup_seconds: float) -> dict[str, Any]:
         spec = self.spec

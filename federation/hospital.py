@@ -72,13 +72,16 @@ def site_statistics(site: Site, spec: ExperimentSpec, run_key: str = "") -> dict
     return {**found, "dataset": site_dataset(site)}
 
 
-def charge_round(site: Site, spec: ExperimentSpec, n: int, run_key: str) -> tuple[float | None, dict[str, float]]:
+def charge_round(site: Site, spec: ExperimentSpec, n: int, run_key: str,
+                 server_round: int | None = None) -> tuple[float | None, dict[str, float]]:
     """Charge the hospital's privacy ledger for one round over ``n`` training examples.
 
     The noise is calibrated once per run, so that ``rounds`` rounds spend the spec's target
     epsilon; the ledger keeps this run's running total (steps and epsilon), so a restarted
-    hospital resumes its accounting where it was. Returns the run's noise multiplier (None
-    without DP) and the round's privacy metrics.
+    hospital resumes its accounting where it was. Charges are idempotent per run and
+    ``server_round``: a round the ledger already holds (a resumed coordinator asking it
+    again, whose first reply never left) is not charged again. Returns the run's noise
+    multiplier (None without DP) and the round's privacy metrics.
 
     Raises:
         BudgetExceededError: the round would exceed the hospital's budget; nothing charged.
@@ -92,10 +95,12 @@ def charge_round(site: Site, spec: ExperimentSpec, n: int, run_key: str) -> tupl
     noise = dp.noise_multiplier_for(sample_rate=q, total_steps=round_steps * spec.training.rounds)
     ledger = site_ledger(site)
     previous = ledger.entry(run_key)
+    if previous is not None and server_round is not None and previous.last_round >= server_round:
+        return noise, {"epsilon": previous.epsilon, "noise-multiplier": noise, "budget-left": site.budget - ledger.spent()}
     steps = (previous.steps if previous else 0) + round_steps
     epsilon = epsilon_after(noise_multiplier=noise, sample_rate=q, steps=steps, delta=dp.target_delta, accountant=dp.accountant)
     ledger.charge(run=run_key, experiment=spec.name, epsilon=epsilon, delta=dp.target_delta, steps=steps, budget=site.budget,
-                  rounds=(previous.rounds if previous else 0) + 1)
+                  rounds=(previous.rounds if previous else 0) + 1, last_round=server_round or 0)
     return noise, {"epsilon": epsilon, "noise-multiplier": noise, "budget-left": site.budget - ledger.spent()}
 
 
@@ -114,7 +119,7 @@ def train_round(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, stat
     """
     plan = LocalRound(server_round=server_round, proximal_mu=proximal_mu, class_weights=class_weights,
                       clip_bound=clip_bound)
-    return spec.modality.train_round(spec, site, encoder, state, plan, lambda n: charge_round(site, spec, n, run_key))
+    return spec.modality.train_round(spec, site, encoder, state, plan, lambda n: charge_round(site, spec, n, run_key, server_round))
 
 
 def evaluate_global(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, state: dict[str, Any]) -> dict[str, float]:

@@ -22,7 +22,7 @@ from federation.processes import child_env, flower_bin, free_port, launcher_iden
 from federation.progress import read_events
 from federation.superlink import start_superlink
 
-__all__ = ["Engine", "LaunchOptions", "run_experiment", "simulation_gpus"]
+__all__ = ["Engine", "LaunchOptions", "resume_experiment", "run_experiment", "simulation_gpus"]
 
 Engine = Literal["simulation", "deployment"]
 _CONNECTION = "bioverse"
@@ -82,7 +82,8 @@ def _write_app(app_dir: Path) -> None:
                 "app": {
                     "publisher": "bioverse",
                     "components": {"serverapp": "federation.server_app:app", "clientapp": "federation.client_app:app"},
-                    "config": {"spec": "", "tracking-uri": "", "progress-file": "", "ledger-dir": "", "launched-by": ""},
+                    "config": {"spec": "", "tracking-uri": "", "progress-file": "", "ledger-dir": "", "launched-by": "",
+                               "resume-run": ""},
                 }
             }
         },
@@ -115,11 +116,13 @@ def run_experiment(
     spec: ExperimentSpec,
     options: LaunchOptions,
     on_event: Callable[[dict[str, Any]], None] = lambda event: None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` to the end and return the coordinator's summary.
 
     Progress events (``start``, ``statistics``, ``train``, ``evaluate``, ``done``,
-    ``error``) are passed to ``on_event`` as the coordinator writes them.
+    ``error``) are passed to ``on_event`` as the coordinator writes them. ``resume`` (a run
+    id) continues that run from its last checkpoint instead (:func:`resume_experiment`).
 
     Raises:
         LaunchError: the engine failed, the run failed (with the coordinator's reason),
@@ -143,6 +146,7 @@ def run_experiment(
         "progress-file": str(progress),
         "ledger-dir": str(options.ledger_dir or ""),
         "launched-by": options.launched_by or launcher_identity(),
+        "resume-run": resume or "",
     }
     (run_dir / "run-config.toml").write_text(tomli_w.dumps(overrides))
     env = child_env({
@@ -166,6 +170,28 @@ def run_experiment(
             resources = f"client-resources-num-cpus={cpus}" + (f" client-resources-num-gpus={gpus:g}" if gpus > 0 else "")
             federation = [f"num-supernodes={len(spec.data.hospitals)} {resources}"]
         return _run_and_follow(app_dir, run_dir, progress, env, options.timeout, on_event, federation, options.tracking_uri)
+
+
+def resume_experiment(
+    run_id: str,
+    options: LaunchOptions,
+    on_event: Callable[[dict[str, Any]], None] = lambda event: None,
+    expected: ExperimentSpec | None = None,
+) -> dict[str, Any]:
+    """Continue a run whose coordinator died from its last checkpoint, under the same MLflow
+    run (rounds keep their numbers); returns the coordinator's summary.
+
+    Raises:
+        ResumeError: unknown run, finished or still running, no checkpoint, or ``expected``
+            (the spec the caller means) differs from the spec the run started with.
+        LaunchError: as :func:`run_experiment`.
+    """
+    from federation.checkpoint import resumable_spec
+
+    with contextlib.suppress(TrackingError):  # a run whose coordinator was killed is marked FAILED first
+        reconcile_runs(options.tracking_uri)
+    spec, _ = resumable_spec(options.tracking_uri, run_id, expected)
+    return run_experiment(spec, options, on_event, resume=run_id)
 
 
 def simulation_gpus(spec: ExperimentSpec) -> float:

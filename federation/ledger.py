@@ -28,7 +28,9 @@ class LedgerEntry:
 
     ``kind`` is ``training`` (DP-SGD rounds) or ``statistics`` (the DP statistics round);
     ``rounds`` counts the training rounds charged (a round is charged before it trains,
-    so a run that died shows the rounds it paid for).
+    so a run that died shows the rounds it paid for); ``last_round`` is the last training
+    round charged (a round asked again is not charged again: charges are idempotent per
+    run and round).
     """
 
     run: str
@@ -40,6 +42,7 @@ class LedgerEntry:
     dataset: str = ANY_DATASET
     kind: str = "training"
     rounds: int = 0
+    last_round: int = 0
 
 
 class PrivacyLedger:
@@ -110,7 +113,7 @@ class PrivacyLedger:
 
     @staticmethod
     def _entry(run: str, record: dict[str, Any]) -> LedgerEntry:
-        fields = {"experiment", "epsilon", "delta", "steps", "updated", "dataset", "kind", "rounds"}
+        fields = {"experiment", "epsilon", "delta", "steps", "updated", "dataset", "kind", "rounds", "last_round"}
         return LedgerEntry(run=run, **{k: v for k, v in record.items() if k in fields})
 
     def entries(self, *, every_dataset: bool = False) -> list[LedgerEntry]:
@@ -129,7 +132,7 @@ class PrivacyLedger:
         return sum(e.epsilon for e in self.entries() if e.run != excluding)
 
     def charge(self, *, run: str, experiment: str, epsilon: float, delta: float, steps: int, budget: float,
-               kind: str = "training", rounds: int = 0) -> LedgerEntry:
+               kind: str = "training", rounds: int = 0, last_round: int = 0) -> LedgerEntry:
         """Record that ``run`` has now spent ``epsilon`` in total on this dataset, if the budget allows.
 
         Called before training: the hospital pays for a round before it trains, so a
@@ -151,6 +154,8 @@ class PrivacyLedger:
                 raise BudgetExceededError(self.hospital_id, others, epsilon, budget)
             record = {"experiment": experiment, "epsilon": epsilon, "delta": delta, "steps": steps,
                       "updated": time.time(), "dataset": dataset, "kind": kind, "rounds": rounds}
+            if last_round:
+                record["last_round"] = last_round
             data["runs"][run] = record
             data["version"] = 2
             self._write(data)

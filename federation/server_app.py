@@ -33,4 +33,6 @@ def main(grid: Grid, context: Context) -> None:
     settings = get_settings()
     uri = str(config.get("tracking-uri", "") or "") or settings.resolved_tracking_uri()
     launched_by = str(config.get("launched-by", "") or "") or None  # else the OS user running the ServerApp
-    Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri), launched_by=launched_by), progress).run(ResponsiveGrid(grid))
+    resume = str(config.get("resume-run", "") or "") or None  # `bioverse experiment resume RUN_ID`
+    Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri), launched_by=launched_by), progress,
+                resume_run=resume).run(ResponsiveGrid(grid))

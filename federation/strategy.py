@@ -6,17 +6,19 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 
 from experiments.spec_sections import StrategySpec
 from federation.errors import TooFewHospitalsError
 
-__all__ = ["CLIP_BOUND", "HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy", "remote_reason", "selection_parts"]
+__all__ = ["CLIP_BOUND", "HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy", "remote_reason", "reply_node", "selection_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,10 @@ class RoundObserver(Protocol):
         """Called after an evaluate round with the hospitals' val releases (hospital -> aggregates)
         and the round's global model; True stops training (early stopping). Optional."""
 
+    def on_round_end(self, server_round: int, strategy: Strategy, arrays: ArrayRecord | None) -> None:
+        """Called when a round is complete (after its evaluation), with the strategy and the
+        round's global model (the coordinator checkpoints them). Optional."""
+
 
 def aggregate_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Weighted mean of each metric over hospitals, skipping NaN; epsilon takes the max."""
@@ -108,11 +114,14 @@ def aggregate_metrics(records: list[RecordDict], weighted_by_key: str) -> Metric
     return MetricRecord(out)
 
 
-def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, str]) -> tuple[list[Message], list[HospitalReply]]:
+def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, str],
+              sent: Iterable[Message] = ()) -> tuple[list[Message], list[HospitalReply]]:
     usable: list[Message] = []
     outcomes: list[HospitalReply] = []
+    waiting = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
     for msg in replies:
-        node = msg.metadata.src_node_id
+        node = reply_node(msg, waiting)
+        waiting.pop(msg.metadata.reply_to_message_id, None)
         if msg.has_error():
             hospital = names.get(node, f"node-{node}")
             outcomes.append(HospitalReply(hospital, "failed", remote_reason(msg.error.reason) or "no reply"))
@@ -129,7 +138,15 @@ def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, st
         metrics = {k: float(v) for k, v in next(iter(msg.content.metric_records.values())).items()}
         outcomes.append(HospitalReply(hospital, "ok", "", metrics))
         usable.append(msg)
+    outcomes += [HospitalReply(names.get(n, f"node-{n}"), "failed", "no reply within the round's timeout")
+                 for n in waiting.values()]
     return usable, sorted(outcomes, key=lambda o: o.hospital_id)
+
+
+def reply_node(reply: Message, sent: dict[str, int]) -> int:
+    """The node a reply speaks for: its sender, or, for the error the SuperLink itself sends
+    when a node became unavailable (sender: the SuperLink), the node the message went to."""
+    return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
 class _Observed:
@@ -142,27 +159,47 @@ class _Observed:
     #: Set when the observer's model selection stopped training early: the remaining
     #: rounds of Flower's loop send no messages (nothing is trained, charged or evaluated).
     stopped_after: int | None = None
+    #: Set when a run resumes from a checkpoint: rounds up to it are already done (skipped).
+    resume_after: int = 0
+    #: Seconds a round waits for ``min_available_nodes`` hospitals to be connected (Flower's
+    #: own wait has no timeout); then the run ends with TooFewHospitalsError.
+    wait_timeout: float = 120.0
     _evaluated: ArrayRecord | None = None
+    _sent: list[Message] = []  # noqa: RUF012 - replaced per round, never mutated
     #: Adaptive clipping: the hospitals' mean clipping bound at the end of the last round,
     #: sent as the next round's ``clip-bound`` (a function of DP releases: no privacy cost).
     clip_bound: float | None = None
 
+    def _skipped(self, server_round: int) -> bool:
+        return self.stopped_after is not None or server_round <= self.resume_after
+
+    def _await_hospitals(self, server_round: int, grid: Grid) -> None:
+        """Wait up to ``wait_timeout`` for ``min_available_nodes`` connected hospitals."""
+        deadline = time.monotonic() + self.wait_timeout
+        while len(nodes := list(grid.get_node_ids())) < self.min_available_nodes:  # type: ignore[attr-defined]
+            if time.monotonic() > deadline:
+                raise TooFewHospitalsError(
+                    f"round {server_round}: {len(nodes)} hospitals connected after waiting {self.wait_timeout:.0f} s, "
+                    f"the minimum is {self.min_available_nodes}")  # type: ignore[attr-defined]
+            time.sleep(0.2)
+
     def configure_train(self, server_round: int, *args: Any, **kwargs: Any) -> Iterable[Message]:
-        if self.stopped_after is not None:
+        if self._skipped(server_round):
             return []
         config = args[1] if len(args) > 1 else kwargs.get("config")
         if self.clip_bound is not None and config is not None:
             config[CLIP_BOUND] = self.clip_bound
-        messages = super().configure_train(server_round, *args, **kwargs)  # type: ignore[misc]
+        self._await_hospitals(server_round, args[2] if len(args) > 2 else kwargs["grid"])
+        messages = self._sent = list(super().configure_train(server_round, *args, **kwargs))  # type: ignore[misc]
         start = getattr(self.observer, "on_round_start", None)
         if start is not None:
             start(server_round)
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        if self.stopped_after is not None:
+        if self._skipped(server_round):
             return None, None
-        usable, outcomes = _classify(replies, True, self.node_names)
+        usable, outcomes = _classify(replies, True, self.node_names, self._sent)
         if len(usable) < self.min_hospitals:
             self.observer.on_round("train", server_round, outcomes, {})
             detail = "; ".join(f"{o.hospital_id} {o.status}: {o.reason}" for o in outcomes if o.status != "ok")
@@ -177,15 +214,17 @@ class _Observed:
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Iterable[Message]:
-        if self.stopped_after is not None:
+        if self._skipped(server_round):
             return []
         self._evaluated = arrays
-        return super().configure_evaluate(server_round, arrays, *args, **kwargs)  # type: ignore[misc]
+        self._await_hospitals(server_round, args[1] if len(args) > 1 else kwargs["grid"])
+        self._sent = list(super().configure_evaluate(server_round, arrays, *args, **kwargs))  # type: ignore[misc]
+        return self._sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        if self.stopped_after is not None:
+        if self._skipped(server_round):
             return None
-        usable, outcomes = _classify(replies, False, self.node_names)
+        usable, outcomes = _classify(replies, False, self.node_names, self._sent)
         # aggregate_metrics directly: Flower's FedAvg refuses replies whose metric keys differ,
         # as they do when some hospitals evaluate on a val part and others on their test part
         metrics = aggregate_metrics([m.content for m in usable], self.weighted_by_key) if usable else None  # type: ignore[attr-defined]
@@ -194,6 +233,9 @@ class _Observed:
         if select is not None and select(server_round, selection_parts(usable, self.node_names), self._evaluated):
             self.stopped_after = server_round
             log.info("early stopping after round %d", server_round)
+        end = getattr(self.observer, "on_round_end", None)
+        if end is not None:  # the round is complete: the coordinator checkpoints it
+            end(server_round, self, self._evaluated)
         return metrics
 
 
@@ -246,4 +288,5 @@ def build_strategy(spec: StrategySpec, *, observer: RoundObserver, min_available
     strategy.observer = observer
     strategy.min_hospitals = spec.min_hospitals
     strategy.node_names = {}
+    strategy.wait_timeout = spec.join_timeout
     return strategy

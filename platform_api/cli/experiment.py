@@ -93,6 +93,44 @@ def experiment_run(
     render_summary(out, summary)
 
 
+@experiment_app.command("resume")
+@one_line_errors
+def experiment_resume(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run to continue (see `bioverse experiment runs`).")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: SQLite in the data dir).")] = None,
+    engine: Annotated[str, typer.Option(help="simulation (one box) or deployment (a running SuperLink).")] = "simulation",
+    superlink: Annotated[str | None, typer.Option(help="host:port of the SuperLink, for --engine deployment.")] = None,
+    client_cpus: Annotated[float, typer.Option(help="CPUs per simulated hospital.")] = 1.0,
+    timeout: Annotated[float, typer.Option(help="Seconds before the run is stopped.")] = 3600.0,
+    quiet: Annotated[bool, typer.Option(help="Print only the summary.")] = False,
+    spec_path: Annotated[Path | None, typer.Option("--spec", help="Check the run was started with this spec.")] = None,
+) -> None:
+    """Continue a run whose coordinator died from its last completed round (same run, same round numbers)."""
+    from experiments.settings import get_settings
+    from experiments.spec import load_spec
+    from experiments.tracking import reconcile_runs
+    from federation.checkpoint import resumable_spec
+    from federation.launch_defaults import launch_options
+    from federation.launcher import resume_experiment
+    from platform_api.reporting import RunReporter, render_summary
+
+    if engine not in ("simulation", "deployment"):
+        raise CliInputError(f"--engine must be simulation or deployment, not {engine!r}")
+    uri = tracking_uri or get_settings().resolved_tracking_uri()
+    reconcile_runs(uri)
+    expected = load_spec(spec_path) if spec_path else None
+    spec, done = resumable_spec(uri, run_id, expected)
+    out.print(f"resuming run {run_id} ({spec.name}) after round {done} of {spec.training.rounds}",
+              highlight=False, markup=False)
+    options = launch_options(spec.name, engine=engine, tracking_uri=uri, superlink=superlink,  # type: ignore[arg-type]
+                             client_cpus=client_cpus, timeout=timeout, launched_by=launched_by())
+    started = time.perf_counter()
+    with RunReporter(out, spec, quiet=quiet) as reporter:
+        summary = resume_experiment(run_id, options, reporter.on_event, expected)
+    summary["seconds"]["wall"] = time.perf_counter() - started
+    render_summary(out, summary)
+
+
 @experiment_app.command("runs")
 @one_line_errors
 def experiment_runs(
