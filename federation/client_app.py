@@ -18,6 +18,7 @@ from experiments.spec import ExperimentSpec
 from federation.errors import BudgetExceededError, FederationError, SitePolicyRefusal
 from federation.hospital import encoder_from_config, site_statistics, train_round, validation_aggregates
 from federation.replay import replayed
+from federation.secure_aggregation_mod import secure_aggregation_mod
 from federation.selection import evaluate_round
 from federation.site import Site, resolve_site, spec_from_run_config
 from federation.site_guard import audited, enforce_policy
@@ -30,7 +31,7 @@ __all__ = ["app"]
 log = logging.getLogger(__name__)
 torch.set_num_threads(int(os.environ.get("BIOVERSE_CLIENT_THREADS", "1")))
 
-app = ClientApp()
+app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ rounds: only masked updates leave
 
 #: Failures that are the hospital's business: reported to the coordinator as a status
 #: with a reason, not as a crash, so the round goes on with the others.

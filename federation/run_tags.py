@@ -38,6 +38,7 @@ def version_tags(spec: ExperimentSpec, run_id: str, epsilon: Mapping[str, float]
         "run_id": run_id,
         "rounds": str(spec.training.rounds),
         "strategy": spec.strategy.name,
+        "secure_aggregation": str(spec.strategy.secure_aggregation).lower(),
         "model_kind": spec.model.kind,
         "modality": spec.data.modality,
         "dp": str(spec.privacy.enabled).lower(),
