@@ -85,8 +85,6 @@ def hospital_start(
 def hospital_status(directory: DirOption = None) -> None:
     """Connected or not, the coordinator's certificate, the runs that touched this hospital's
     data (its audit log) and its budget spent and left (its ledger)."""
-    from rich.table import Table
-
     from federation.hospital_node import node_status
 
     status = node_status(_directory(directory))
@@ -106,11 +104,14 @@ def hospital_status(directory: DirOption = None) -> None:
     if not status.runs:
         say("no run has touched this hospital's data yet")
         return
-    table = Table("run", "launcher", "spec", "first", "last", "requests", "refused", "epsilon", "reason")
+    say("runs that touched this hospital's data (its audit log):")
+    say(f"  {'run':<12}  {'launcher':<20}  {'spec':<12}  {'first (UTC)':<20}  {'last (UTC)':<20}  "
+        f"{'requests':>8}  {'refused':>7}  {'epsilon':>7}")
     for run in status.runs:
-        table.add_row(run.run[:12], run.launcher, run.spec, run.first, run.last, str(run.requests), str(run.refused),
-                      f"{run.epsilon:.3f}", "; ".join(run.reasons)[:80])
-    out.print(table)
+        say(f"  {run.run[:12]:<12}  {run.launcher[:20]:<20}  {run.spec:<12}  {run.first:<20}  {run.last:<20}  "
+            f"{run.requests:>8}  {run.refused:>7}  {run.epsilon:>7.3f}")
+        for reason in run.reasons:
+            say(f"      refused: {reason}")
 
 
 @audit_app.command("verify")
