@@ -14,18 +14,21 @@ from pathlib import Path
 from typing import IO
 
 from federation.errors import FederationError
-from federation.processes import child_env, flower_bin, node_config_arg
+from federation.processes import child_env, node_config_arg
+from federation.supernode_main import launch_prefix
 
 __all__ = ["run_supernode", "secure_supernode_command", "start_supernode", "supernode_command", "supernode_failure"]
 
 
-def supernode_command(*, superlink: str, port: int, node_config: dict[str, str | float | int]) -> list[str]:
-    """The ``flower-supernode`` command line of one hospital (insecure, on loopback)."""
+def supernode_command(*, superlink: str, port: int, node_config: dict[str, str | float | int], runner: str = "warm") -> list[str]:
+    """The ``flower-supernode`` command line of one hospital (insecure, on loopback); ``runner``:
+    how it runs ClientApp tasks (``federation.supernode_main.RUNNERS``)."""
+    executable, isolation = launch_prefix(runner)
     return [
-        flower_bin("flower-supernode"),
+        *executable,
         "--insecure",
         "--superlink", superlink,
-        "--isolation", "subprocess",
+        "--isolation", isolation,
         "--host", "127.0.0.1",
         "--port", str(port),
         "--node-config", node_config_arg(node_config),
@@ -33,28 +36,30 @@ def supernode_command(*, superlink: str, port: int, node_config: dict[str, str |
 
 
 def secure_supernode_command(*, superlink: str, port: int, node_config: dict[str, str | float | int],
-                             root_certificates: Path, private_key: Path) -> list[str]:
+                             root_certificates: Path, private_key: Path, runner: str = "warm") -> list[str]:
     """The ``flower-supernode`` command line of a hospital that trusts only its coordinator's
     CA and signs every Fleet request with its node key (the public key is derived from the
     private one: Flower 1.42 deprecates ``--auth-supernode-public-key``)."""
+    executable, isolation = launch_prefix(runner)
     return [
-        flower_bin("flower-supernode"),
+        *executable,
         "--superlink", superlink,
         "--root-certificates", str(root_certificates),
         "--auth-supernode-private-key", str(private_key),
-        "--isolation", "subprocess",
+        "--isolation", isolation,
         "--host", "127.0.0.1",
         "--port", str(port),
         "--node-config", node_config_arg(node_config),
     ]
 
 
-def start_supernode(*, superlink: str, port: int, node_config: dict[str, str | float | int], log_file: Path) -> subprocess.Popen:
+def start_supernode(*, superlink: str, port: int, node_config: dict[str, str | float | int], log_file: Path,
+                    runner: str = "warm") -> subprocess.Popen:
     """Start one hospital's ``flower-supernode`` as a separate process."""
     env = child_env({"PYTHONWARNINGS": "ignore"})
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
-    command = supernode_command(superlink=superlink, port=port, node_config=node_config)
+    command = supernode_command(superlink=superlink, port=port, node_config=node_config, runner=runner)
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
