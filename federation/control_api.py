@@ -76,8 +76,11 @@ def register_node(address: str, ca_cert: Path, public_key_pem: bytes, name: str)
     from flwr.proto.control_pb2 import RegisterNodeRequest  # type: ignore[attr-defined]
 
     for node in list_nodes(address, ca_cert):
-        if node.public_key_pem == public_key_pem and node.status != "unregistered":
-            return node.node_id
+        if node.public_key_pem == public_key_pem:
+            if node.status != "unregistered":
+                return node.node_id
+            raise CoordinatorError(f"{name}'s key was removed before (node {node.node_id}) and flwr never re-admits a "
+                                   "removed key: the hospital must make a new key pair")
     with _client(address, ca_cert) as client:
         response = client.RegisterNode(RegisterNodeRequest(public_key=public_key_pem, name=name))
     if not response.node_id:

@@ -29,6 +29,8 @@ class Coordinator:
     config: CoordinatorConfig
     superlink: subprocess.Popen
     nginx: subprocess.Popen
+    node_ids: dict[str, int]
+    problems: list[str]
 
     def failed(self) -> str | None:
         """Which child died, with the tail of its log; None while both run."""
@@ -77,17 +79,24 @@ def preflight(config: CoordinatorConfig) -> None:
                                "uses it or re-run init --force with another public port")
 
 
-def sync_hospitals(config: CoordinatorConfig, hospitals: list[AdmittedHospital] | None = None) -> dict[str, int]:
+def sync_hospitals(config: CoordinatorConfig,
+                   hospitals: list[AdmittedHospital] | None = None) -> tuple[dict[str, int], list[str]]:
     """Make the running SuperLink admit exactly the listed hospitals: register their keys
-    (under their names), unregister any other key. Returns ``{hospital: node id}``."""
+    (under their names), unregister any other key. Returns ``{hospital: node id}`` and one
+    line per hospital whose key the SuperLink refused (e.g. a key removed before)."""
     hospitals = load_hospitals(config) if hospitals is None else hospitals
     wanted = {h.name: parse_node_key(h.key.encode(), h.name).pem for h in hospitals}
-    node_ids = {name: register_node(config.superlink_address, config.ca_cert, pem, name) for name, pem in wanted.items()}
+    node_ids, problems = {}, []
+    for name, pem in wanted.items():
+        try:
+            node_ids[name] = register_node(config.superlink_address, config.ca_cert, pem, name)
+        except CoordinatorError as e:
+            problems.append(str(e))
     keep = set(wanted.values())
     for node in list_nodes(config.superlink_address, config.ca_cert):
         if node.status != "unregistered" and node.public_key_pem not in keep:
             unregister_node(config.superlink_address, config.ca_cert, node.public_key_pem)
-    return node_ids
+    return node_ids, problems
 
 
 def hospital_node_ids(config: CoordinatorConfig) -> dict[int, str]:
@@ -125,7 +134,7 @@ def running_coordinator(config: CoordinatorConfig, *, ready_timeout: float = 90.
     nginx: subprocess.Popen | None = None
     try:
         _wait_listening(config.superlink_address, ready_timeout, superlink, "the SuperLink", run_dir / "superlink.log")
-        sync_hospitals(config)
+        node_ids, problems = sync_hospitals(config)
         conf = write_nginx_config(run_dir, listen_host=config.listen_host, listen_port=config.public_port,
                                   superlink_port=config.superlink_port, cert=config.server_cert,
                                   key=config.server_key, ca_cert=config.ca_cert)
@@ -135,7 +144,7 @@ def running_coordinator(config: CoordinatorConfig, *, ready_timeout: float = 90.
                                      start_new_session=True)
         probe = "127.0.0.1" if config.listen_host in ("0.0.0.0", "::") else config.listen_host  # noqa: S104
         _wait_listening(f"{probe}:{config.public_port}", 20, nginx, "nginx", error_log)
-        coordinator = Coordinator(config=config, superlink=superlink, nginx=nginx)
+        coordinator = Coordinator(config=config, superlink=superlink, nginx=nginx, node_ids=node_ids, problems=problems)
         yield coordinator
     finally:
         stop(nginx, grace=5)

@@ -40,9 +40,8 @@ def write_nginx_config(run_dir: Path, *, listen_host: str, listen_port: int, sup
     root = (run_dir / "nginx").resolve()
     for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers read the temp folders made here
     config = f"""# Written by bioverse coordinator start; regenerated at every start.
-{user}daemon off;
+daemon off;
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;

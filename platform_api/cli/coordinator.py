@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from platform_api.cli.output import one_line_errors, out
+from platform_api.cli.output import one_line_errors, out, warn
 
 if TYPE_CHECKING:
+    from federation.coordinator_service import Coordinator
     from federation.coordinator_setup import CoordinatorConfig
 
 __all__ = ["coordinator_app"]
@@ -109,11 +110,14 @@ def coordinator_hospitals(directory: DirOption = _DEFAULT_DIR) -> None:
 
     config = load_coordinator(directory)
     hospitals = load_hospitals(config)
-    nodes = {n.public_key_pem: n for n in list_nodes(config.superlink_address, config.ca_cert)
-             if n.status != "unregistered"} if _running(config) else {}
+    running = _running(config)
+    nodes = {n.public_key_pem: n for n in list_nodes(config.superlink_address, config.ca_cert)} if running else {}
     for h in hospitals:
         node = nodes.get(parse_node_key(h.key.encode(), h.name).pem)
-        where = f"node {node.node_id} {node.status}" if node else ("not registered" if nodes else "SuperLink not running")
+        if node is not None and node.status == "unregistered":
+            where = "refused: this key was removed before, the hospital needs a new key"
+        else:
+            where = f"node {node.node_id} {node.status}" if node else ("not registered" if running else "SuperLink not running")
         _say(f"{h.name:<20} {h.fingerprint}  added {h.added_at}  {where}")
     if not hospitals:
         _say(f"no hospitals admitted yet (bioverse coordinator add-hospital NAME KEY.pub --dir {directory})")
@@ -129,9 +133,11 @@ def coordinator_start(directory: DirOption = _DEFAULT_DIR) -> None:
 
     config = load_coordinator(directory)
 
-    def ready(coordinator: object) -> None:
-        _say(f"coordinator ready: hospitals dial {config.public_address} (Fleet API only); "
-             f"SuperLink on {config.superlink_address}; logs in {config.run_dir}")
+    def ready(coordinator: Coordinator) -> None:
+        for problem in coordinator.problems:
+            warn(f"not admitted: {problem}")
+        _say(f"coordinator ready: {len(coordinator.node_ids)} hospitals admitted; hospitals dial {config.public_address} "
+             f"(Fleet API only); SuperLink on {config.superlink_address}; logs in {config.run_dir}")
         _say(f"launch experiments here: bioverse experiment run SPEC --coordinator {directory}")
 
     serve(config, ready)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -110,3 +111,28 @@ def test_the_cli_prints_one_line_for_a_bad_key(tmp_path: Path) -> None:
     result = runner.invoke(app, ["coordinator", "start", "--dir", str(tmp_path / "nowhere")])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and "no coordinator here" in lines[0], result.output
+
+
+def test_start_refuses_taken_ports_missing_nginx_and_a_foreign_certificate(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from federation.coordinator_service import preflight
+    from federation.errors import CertificateError
+    from federation.pki import create_ca, issue_server_certificate
+    from federation.processes import free_port
+
+    config = init_coordinator(tmp_path / "c", f"127.0.0.1:{free_port()}", superlink_port=free_port())
+    monkeypatch.setenv("BIOVERSE_NGINX", str(tmp_path / "no-nginx"))
+    with pytest.raises(CoordinatorError, match="nginx is not installed"):
+        preflight(config)
+    monkeypatch.delenv("BIOVERSE_NGINX")
+    if Path(NGINX).exists():
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", config.superlink_port))
+            taken.listen()
+            with pytest.raises(CoordinatorError, match=f"port {config.superlink_port} on 127.0.0.1"):
+                preflight(config)
+    other = tmp_path / "other"
+    create_ca("other", other / "ca.pem", other / "ca.key")
+    issue_server_certificate(other / "ca.pem", other / "ca.key", ["127.0.0.1"], config.server_cert, config.server_key)
+    with pytest.raises(CertificateError, match="not issued by the CA"):
+        preflight(config)
