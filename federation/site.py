@@ -85,6 +85,10 @@ def resolve_site(node_config: dict[str, Any], spec: ExperimentSpec, ledger_dir: 
             raise SiteConfigError(f"{hospital_id}: node config statistics must be dp or refuse, not {statistics!r}")
         policy = str(node_config.get("policy-file", "") or "")
         audit = str(node_config.get("audit-log", "") or "")
+        if policy:  # the site policy's total budget, as node.toml holds it now (edits apply without a restart)
+            from federation.site_policy import load_policy
+
+            budget = load_policy(Path(policy)).total_budget
         return Site(hospital_id, data_path, budget, Path(str(ledger)), dataset_id, statistics,
                     Path(policy) if policy else None, Path(audit) if audit else None)
     if "partition-id" not in node_config:

@@ -100,14 +100,14 @@ def load_policy(path: Path) -> SitePolicy:
         SiteConfigError: the file is unreadable or its policy invalid.
     """
     try:
-        stamp = path.stat().st_mtime_ns
+        stat = path.stat()
     except OSError as err:
         raise SiteConfigError(f"site policy {path} is unreadable: {err.strerror or err}") from err
-    return _load(path, stamp)
+    return _load(path, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=8)
-def _load(path: Path, _stamp: int) -> SitePolicy:
+def _load(path: Path, _mtime: int, _size: int) -> SitePolicy:
     try:
         table = tomllib.loads(path.read_text()).get("policy")
     except (OSError, tomllib.TOMLDecodeError) as err:

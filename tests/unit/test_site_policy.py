@@ -85,3 +85,13 @@ def test_the_client_app_refuses_before_any_work_and_audits_both_outcomes(hospita
     assert accepted.content["site"]["audit-head"] == rows[1]["hash"]
     assert verify_log(tmp_path / "audit.jsonl") == (2, [])
     assert json.loads(accepted.content["statistics"]["stats"])  # the accepted run got its statistics
+
+
+def test_the_budget_follows_node_toml_without_a_restart(hospital_files: list[Path], tmp_path: Path) -> None:
+    from federation.site import resolve_site
+
+    node = _node(tmp_path, hospital_files[0], POLICY)
+    spec = make_spec(hospital_files)
+    assert resolve_site(node, spec).budget == 10.0
+    Path(node["policy-file"]).write_text(tomli_w.dumps({"policy": {"total_budget": 3.5}}))
+    assert resolve_site(node, spec).budget == 3.5
