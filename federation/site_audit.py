@@ -83,16 +83,26 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _last_whole_line(path: Path) -> tuple[dict[str, Any] | None, int]:
     """The last complete row and the byte length of the whole lines (a writer killed
-    mid-line leaves a tail without a newline: never part of the chain)."""
+    mid-line leaves a tail without a newline: never part of the chain). Reads only the
+    file's end (a row is far shorter than the window)."""
     if not path.exists():
         return None, 0
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        window = 1 << 16
+        while True:
+            start = max(size - window, 0)
+            f.seek(start)
+            data = f.read(size - start)
+            end = data.rfind(b"\n") + 1
+            first = data.rfind(b"\n", 0, end - 1) + 1 if end else 0
+            if (end and (first > 0 or start == 0)) or start == 0:
+                break
+            window *= 4
     if end == 0:
-        return None, 0
-    start = data.rfind(b"\n", 0, end - 1) + 1
+        return None, start  # no whole line in the file (start is 0 here)
     try:
-        return json.loads(data[start:end]), end
+        return json.loads(data[first:end]), start + end
     except ValueError as err:
         raise AuditLogError(f"audit log {path}: its last row is not JSON ({err}); run 'bioverse hospital audit verify'") from err
 
