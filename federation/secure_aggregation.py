@@ -28,6 +28,7 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 
 from federation.errors import TooFewHospitalsError
 from federation.secure_aggregation_mod import SECAGG_RECORD, apply_mean_update
+from federation.strategy import remote_reason
 
 __all__ = ["SecAggParams", "SecureAggregationGrid", "reconstruction_threshold", "secure_grid"]
 
@@ -289,8 +290,8 @@ class SecureAggregationGrid(Grid):
 
 def _why(node: int, reply: Message) -> str:
     if reply.has_error():
-        return f"node {node}: {reply.error.reason[:200]}"
+        return f"node {node}: {remote_reason(reply.error.reason)}"
     site = reply.content.config_records.get("site")
     if site is not None:
-        return f"{site.get('hospital-id', node)} {site.get('status', '')}: {str(site.get('reason', ''))[:200]}"
+        return f"{site.get('hospital-id', node)} {site.get('status', '')}: {remote_reason(str(site.get('reason', '')))}"
     return f"node {node}: no SecAgg+ answer"

@@ -51,3 +51,32 @@ def test_update_and_mean_update_round_trip() -> None:
     other = ArrayRecord(OrderedDict([("v", Array(np.zeros((3, 2), dtype=np.float32)))]))
     with pytest.raises(ValueError, match="differ"):
         update_vectors(base, other)
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_hospital_refuses_an_unmasked_train_message_when_the_spec_asks_for_secure_aggregation(
+        hospital_files: list[Path]) -> None:
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from federation.secure_aggregation_mod import secure_aggregation_mod
+    from tests.conftest import spec_json
+
+    called: list[Message] = []
+
+    def handler(message: Message, context: Context) -> Message:
+        called.append(message)
+        return Message(RecordDict({"site": ConfigRecord({"hospital-id": "x", "status": "ok", "reason": ""})}),
+                       reply_to=message)
+
+    plain = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7,
+                    message_type=MessageType.TRAIN)
+    for secure, refused in ((True, True), (False, False)):
+        spec = parse_spec(spec_dict(hospital_files, strategy={"secure_aggregation": secure}))
+        ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(),
+                      run_config={"spec": spec_json(spec)})
+        reply = secure_aggregation_mod(plain, ctx, handler)
+        site = reply.content["site"]
+        assert (site["status"] == "refused") == refused
+        if refused:
+            assert site["hospital-id"] == "hospital-02" and "not masked" in str(site["reason"])
+    assert len(called) == 1  # the refused message never reached training
