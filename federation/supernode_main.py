@@ -7,6 +7,7 @@ import importlib
 import inspect
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -87,6 +88,8 @@ class _Runner:
         while True:
             process = subprocess.Popen(self.command, pass_fds=(self.read_fd,))
             code = process.wait()
+            if code in (-signal.SIGTERM, -signal.SIGINT, -signal.SIGKILL):
+                return  # stopped with its SuperNode's process group
             log.warning("the ClientApp runner exited with code %s; starting it again", code)
             time.sleep(1.0)
 
