@@ -234,17 +234,24 @@ async def get_twin_patients(url: DatabaseUrl, twins: TwinIndexDep) -> TwinPatien
 PatientsDep = Annotated[TwinPatients, Depends(get_twin_patients)]
 
 
-async def get_risk_scorer(patients: PatientsDep, recorder: RecorderDep, features: FeaturesDep, models: ModelsDep,
-                          predictions: PredictionCacheDep, metrics: MetricsDep) -> RiskScorer:
+# The scorers are one dependency each, built from the process's services directly rather than
+# from the service dependencies above: FastAPI resolves every dependency of every request
+# anew (about 5 us of CPU each), and the prediction route is the hot path
+# (benchmarks/api_predictions.py): 5 dependencies per prediction instead of 12. A test
+# overrides a scorer as a whole, or ``database_url``; the vision client stays a dependency.
+
+async def get_risk_scorer(request: Request, url: DatabaseUrl) -> RiskScorer:
     """Risk predictions of the caller's tenant's twins, from the services above."""
-    return RiskScorer(patients=patients, recorder=recorder, features=features, models=models, predictions=predictions,
-                      metrics=metrics, threshold=get_settings().alert_threshold)
+    return RiskScorer(patients=TwinPatients(url=url, twins=services.get_twin_index()), recorder=services.get_recorder(url),
+                      features=services.get_features(), models=services.get_models(),
+                      predictions=services.get_prediction_cache(), metrics=getattr(request.app.state, "metrics", None),
+                      threshold=get_settings().alert_threshold)
 
 
-async def get_image_scorer(patients: PatientsDep, recorder: RecorderDep, vision: VisionDep,
-                           metrics: MetricsDep) -> ImageScorer:
+async def get_image_scorer(request: Request, url: DatabaseUrl, vision: VisionDep) -> ImageScorer:
     """Image classifications of the caller's tenant's twins."""
-    return ImageScorer(patients=patients, recorder=recorder, vision=vision, metrics=metrics)
+    return ImageScorer(patients=TwinPatients(url=url, twins=services.get_twin_index()), recorder=services.get_recorder(url),
+                       vision=vision, metrics=getattr(request.app.state, "metrics", None))
 
 
 RiskScorerDep = Annotated[RiskScorer, Depends(get_risk_scorer)]
