@@ -93,7 +93,7 @@ def systemd_unit(config: NodeConfig, directory: Path) -> str:
         "Type=simple",
         f"ExecStart={_bioverse()} hospital start --dir {directory}",
         f"WorkingDirectory={directory}",
-        "Environment=PYTHONUNBUFFERED=1",
+        f'Environment=PYTHONUNBUFFERED=1 "FLWR_HOME={directory / "flwr-home"}"',  # Flower installs its apps there
         "Restart=on-failure",
         "RestartSec=30",
         "NoNewPrivileges=yes",
@@ -118,7 +118,8 @@ def compose_service(config: NodeConfig, directory: Path) -> str:
         mounts.append({"type": "bind", "source": str(folder), "target": str(folder)})
     service = {"image": "${BIOVERSE_IMAGE:-bioverse:latest}",
                "command": ["bioverse", "hospital", "start", "--dir", str(directory)],
-               "restart": "on-failure", "environment": {"PYTHONUNBUFFERED": "1"}, "volumes": mounts}
+               "restart": "on-failure", "volumes": mounts,
+               "environment": {"PYTHONUNBUFFERED": "1", "FLWR_HOME": str(directory / "flwr-home")}}
     name = "bioverse-" + re.sub(r"[^a-z0-9_-]", "-", config.hospital_id.lower())
     return yaml.safe_dump({"services": {name: service}}, sort_keys=False)
 

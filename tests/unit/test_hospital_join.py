@@ -197,6 +197,9 @@ def test_systemd_unit_is_valid(tmp_path: Path, pki: dict[str, Path]) -> None:
     assert unit["Service"]["ExecStart"].endswith(f"hospital start --dir {tmp_path / 'node'}")
     assert Path(unit["Service"]["ExecStart"].split()[0]).exists()
     assert unit["Service"]["Restart"] == "on-failure" and unit["Install"]["WantedBy"] == "multi-user.target"
+    assert unit["Service"]["ProtectSystem"] == "strict"  # so Flower's own files must live in the writable node folder
+    assert unit["Service"]["ReadWritePaths"] == str(tmp_path / "node")
+    assert f"FLWR_HOME={tmp_path / 'node' / 'flwr-home'}" in joined.systemd_unit.read_text()
     analyze = shutil.which("systemd-analyze")
     if analyze:  # where systemd is installed: its own check (warnings about this machine's units aside)
         done = subprocess.run([analyze, "verify", str(joined.systemd_unit)], capture_output=True, text=True, timeout=60)
