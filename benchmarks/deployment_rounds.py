@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,18 +30,25 @@ from typing import Any
 
 import psutil
 import tomli_w
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from federation_wall import make_spec
 
 from _results import machine, table, write_section
 from experiments.spec import parse_spec
+from federation.control_api import register_node
 from federation.launcher import LaunchOptions, run_experiment
+from federation.pki import NodeKey, create_ca, issue_server_certificate
 from federation.processes import child_env, flower_bin, free_port, stop, wait_for_port
-from federation.superlink import superlink_command
-from federation.supernode import supernode_command
+from federation.superlink import SuperLinkTLS, superlink_command
+from federation.supernode import secure_supernode_command, supernode_command
 from training.tabular.synth import synthesize_hospitals
 
 STOCK_APP = Path(__file__).with_name("stock_flower_app")
 AUTH_FAILED = "authentication failed"
+#: Memory a SuperNode's process tree may take at its peak, by runner (measured here: the warm
+#: runner holds ~530 MiB RSS after its imports, a Flower task process ~450 MiB while it runs).
+MEMORY_PER_NODE = {"warm": 800 * 2**20, "subprocess": 700 * 2**20}
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -78,10 +86,29 @@ class RssSampler:
         self._thread.join()
 
 
+def secure_setup(work: Path, port: int, n: int) -> tuple[SuperLinkTLS, list[Path]]:
+    """A CA, the SuperLink's certificate and one OpenSSH node key per SuperNode (as ``bioverse
+    coordinator init`` and ``bioverse hospital join`` make them)."""
+    pki = work / "pki"
+    pki.mkdir(parents=True, exist_ok=True)
+    create_ca("bench", pki / "ca.pem", pki / "ca.key")
+    issue_server_certificate(pki / "ca.pem", pki / "ca.key", ["127.0.0.1"], pki / "server.pem", pki / "server.key")
+    keys = []
+    for i in range(n):
+        key = ec.generate_private_key(ec.SECP256R1())
+        keys.append(pki / f"node-{i:02d}")
+        keys[-1].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption()))
+    return SuperLinkTLS(pki / "server.pem", pki / "server.key", pki / "ca.pem", node_auth=True), keys
+
+
 @contextlib.contextmanager
-def deployment(work: Path, nodes: list[dict[str, Any]], runner: str, env: dict[str, str]) -> Iterator[tuple[str, list[int]]]:
-    """A SuperLink and one SuperNode per node config on loopback; yields the address and the SuperNodes' pids."""
+def deployment(work: Path, nodes: list[dict[str, Any]], runner: str, env: dict[str, str],
+               secure: bool = False) -> Iterator[tuple[str, list[int], Path | None]]:
+    """A SuperLink and one SuperNode per node config on loopback (``secure``: TLS and node
+    authentication, every key registered); yields the address, the SuperNodes' pids and the CA."""
     port = free_port()
+    tls, keys = secure_setup(work, port, len(nodes)) if secure else (None, [])
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
@@ -93,13 +120,20 @@ def deployment(work: Path, nodes: list[dict[str, Any]], runner: str, env: dict[s
         return process
 
     try:
-        link = start(superlink_command(port=port, simulation=False), "superlink.log")
+        address = f"127.0.0.1:{port}"
+        link = start(superlink_command(port=port, simulation=False, tls=tls), "superlink.log")
         wait_for_port(port, 120, link)
         for i, node in enumerate(nodes):
-            start(supernode_command(superlink=f"127.0.0.1:{port}", port=free_port(), node_config=node, runner=runner),
-                  f"supernode-{i:02d}.log")
+            if tls is None:
+                command = supernode_command(superlink=address, port=free_port(), node_config=node, runner=runner)
+            else:
+                public = serialization.load_ssh_private_key(keys[i].read_bytes(), None).public_key()
+                register_node(address, tls.ca_certfile, NodeKey.from_public_key(public).pem, f"node-{i:02d}")
+                command = secure_supernode_command(superlink=address, port=free_port(), node_config=node, runner=runner,
+                                                   root_certificates=tls.ca_certfile, private_key=keys[i])
+            start(command, f"supernode-{i:02d}.log")
         time.sleep(2 + 0.2 * len(nodes))  # let them connect and settle before idle RSS is taken
-        yield f"127.0.0.1:{port}", [p.pid for p in processes[1:]]
+        yield address, [p.pid for p in processes[1:]], tls.ca_certfile if tls else None
     finally:
         for process in reversed(processes):
             stop(process)
@@ -109,17 +143,19 @@ def auth_failures(work: Path) -> int:
     return sum(p.read_text(errors="replace").count(AUTH_FAILED) for p in (work / "logs").glob("supernode-*.log"))
 
 
-def bioverse_deployment(work: Path, paths: list[Path], rounds: int, runner: str, timeout: float) -> dict[str, Any]:
+def bioverse_deployment(work: Path, paths: list[Path], rounds: int, runner: str, timeout: float,
+                        secure: bool = False) -> dict[str, Any]:
     spec = make_spec(paths, rounds)
     spec["data"]["hospitals"] = [{"id": p.stem} for p in paths]  # sites hold their own paths
     nodes = [{"hospital-id": p.stem, "data-path": str(p), "privacy-budget": 1000.0,
               "ledger-path": str(work / "ledgers" / f"{p.stem}.json")} for p in paths]
     env = child_env({"FLWR_HOME": str(work / "flwr-home"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                      "PYTHONWARNINGS": "ignore"})
-    with deployment(work, nodes, runner, env) as (address, pids), RssSampler(pids) as rss:
+    with deployment(work, nodes, runner, env, secure) as (address, pids, ca), RssSampler(pids) as rss:
         idle = rss.now()
         summary = run_experiment(parse_spec(spec), LaunchOptions(engine="deployment", run_dir=work / "run", superlink=address,
-                                                                 tracking_uri=f"sqlite:///{work / 'mlflow.db'}", timeout=timeout))
+                                                                 tracking_uri=f"sqlite:///{work / 'mlflow.db'}", timeout=timeout,
+                                                                 root_certificates=ca))
     return {"rounds": [r["wall"] for r in summary["seconds"]["rounds"]], "idle": idle, "peak": rss.peak,
             "auth_failures": auth_failures(work)}
 
@@ -127,7 +163,7 @@ def bioverse_deployment(work: Path, paths: list[Path], rounds: int, runner: str,
 def stock_deployment(work: Path, n: int, rounds: int, timeout: float) -> dict[str, Any]:
     home, timing = work / "flwr-home", work / "timing.jsonl"
     env = child_env({"FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONWARNINGS": "ignore"})
-    with deployment(work, [{"hospital-id": f"node-{i}"} for i in range(n)], "subprocess", env) as (address, pids), \
+    with deployment(work, [{"hospital-id": f"node-{i}"} for i in range(n)], "subprocess", env) as (address, pids, _), \
             RssSampler(pids) as rss:
         idle = rss.now()
         home.mkdir(parents=True, exist_ok=True)
@@ -156,46 +192,8 @@ def mib(values: list[int]) -> str:
     return f"{statistics.median(values) / 2**20:.0f}" if values and max(values) else "-"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--nodes", default="3,10,30")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--old-max", type=int, default=3, help="largest federation run on the old path (process per task)")
-    parser.add_argument("--stock-max", type=int, default=10, help="largest federation run with stock Flower's app")
-    parser.add_argument("--case-timeout", type=float, default=900)
-    parser.add_argument("--patients-per-node", type=int, default=300)
-    parser.add_argument("--from-json", default=None, help="render the table from an earlier run's results.json")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    root = Path(tempfile.mkdtemp(prefix="bioverse-deployment-rounds-"))
-    os.environ["BIOVERSE_DATA_DIR"] = str(root / "home")
-    results: list[tuple[str, int, dict[str, Any] | str]] = []
-
-    def case(name: str, n: int, fn: Any, *fn_args: Any) -> None:
-        work = root / f"{name.split()[0]}-{name.split()[-1]}-{n}"
-        started = time.perf_counter()
-        try:
-            outcome: dict[str, Any] | str = fn(work, *fn_args)
-        except Exception as err:  # noqa: BLE001 - a failed case is a row, the others still run
-            outcome = f"failed: {str(err)[:120]}"
-        print(f"{name} x{n}: {time.perf_counter() - started:.0f} s, {outcome}", file=sys.stderr, flush=True)
-        results.append((name, n, outcome))
-        (root / "results.json").write_text(json.dumps(results))  # to render the table again: --from-json
-
-    if args.from_json:
-        results.extend(tuple(r) for r in json.loads(Path(args.from_json).read_text()))
-        args.nodes = ""
-
-    for n in [int(v) for v in args.nodes.split(",") if v]:
-        paths = [h.path for h in synthesize_hospitals(n_hospitals=n, n_patients=args.patients_per_node * n, seed=5,
-                                                      out_dir=root / f"data-{n}")]
-        case("bioverse deployment warm", n, bioverse_deployment, paths, args.rounds, "warm", args.case_timeout)
-        if n <= args.old_max:
-            case("bioverse deployment subprocess", n, bioverse_deployment, paths, args.rounds, "subprocess", args.case_timeout)
-        if n <= args.stock_max:
-            case("stock-flower deployment subprocess", n, stock_deployment, n, args.rounds, args.case_timeout)
-        case("bioverse simulation -", n, simulation, paths, args.rounds, args.case_timeout)
-
+def report(results: list[tuple[str, int, Any]], args: argparse.Namespace) -> None:
+    """Print the table and write it into RESULTS.md (after every case: a cut-short run keeps what it measured)."""
     rows = []
     for name, n, outcome in results:
         app, engine, runner = name.split()
@@ -213,7 +211,7 @@ def main() -> None:
         "## Deployment engine round time (`benchmarks/deployment_rounds.py`)\n\n"
         f"{machine()}; load average at the end {load[0]:.1f}; {args.rounds} rounds, tiny tabular MLP (32-16, DP-SGD), "
         f"{args.patients_per_node} patients per hospital; SuperLink and SuperNodes as processes on loopback, insecure "
-        "(TLS and node authentication not in this run). `warm`: BioVerse's SuperNode wrapper (adaptive Fleet polling, "
+        "unless the engine says `+tls+auth` (TLS, node keys registered, every Fleet request signed). `warm`: BioVerse's SuperNode wrapper (adaptive Fleet polling, "
         "one runner with torch and the ClientApp imported, a forked child per task); `subprocess`: Flower's own "
         "(a fresh `flwr-clientapp` process per task; the old path). Stock Flower: its own FedAvg app, "
         "`benchmarks/stock_flower_app/`, stock grid and SuperNode. Ratio: rounds after round 1 against BioVerse warm "
@@ -223,6 +221,64 @@ def main() -> None:
     )
     print(body)
     write_section("deployment-rounds", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--nodes", default="3,10,30")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--old-max", type=int, default=3, help="largest federation run on the old path (process per task)")
+    parser.add_argument("--stock-max", type=int, default=10, help="largest federation run with stock Flower's app")
+    parser.add_argument("--case-timeout", type=float, default=900)
+    parser.add_argument("--patients-per-node", type=int, default=300)
+    parser.add_argument("--from-json", default=None, help="start from an earlier run's results.json (rows kept)")
+    parser.add_argument("--cases", default="warm,warm-tls,subprocess,stock,sim",
+                        help="which cases: warm, warm-tls (TLS and node authentication), subprocess, stock, sim")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    root = Path(tempfile.mkdtemp(prefix="bioverse-deployment-rounds-"))
+    os.environ["BIOVERSE_DATA_DIR"] = str(root / "home")
+    results: list[tuple[str, int, dict[str, Any] | str]] = []
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the case's processes on the way out
+
+    def case(name: str, n: int, fn: Any, *fn_args: Any) -> None:
+        work = root / f"{name.replace(' ', '-').replace('+', '-')}-{n}"
+        started = time.perf_counter()
+        need = n * MEMORY_PER_NODE.get(name.split()[-1], 0)
+        available = psutil.virtual_memory().available
+        try:
+            if need > 0.7 * available:
+                raise MemoryError(f"skipped: ~{need / 2**30:.0f} GiB for {n} SuperNodes, {available / 2**30:.0f} GiB available")
+            outcome: dict[str, Any] | str = fn(work, *fn_args)
+        except MemoryError as err:
+            outcome = str(err)
+        except Exception as err:  # noqa: BLE001 - a failed case is a row, the others still run
+            outcome = f"failed: {str(err)[:120]}"
+        print(f"{name} x{n}: {time.perf_counter() - started:.0f} s, {outcome}", file=sys.stderr, flush=True)
+        results.append((name, n, outcome))
+        (root / "results.json").write_text(json.dumps(results))  # to render the table again: --from-json
+        report(results, args)
+
+    if args.from_json:  # an earlier run's rows first; --nodes "" only renders them
+        results.extend(tuple(r) for r in json.loads(Path(args.from_json).read_text()))
+    kinds = set(args.cases.split(","))
+
+    for n in [int(v) for v in args.nodes.split(",") if v]:
+        paths = [h.path for h in synthesize_hospitals(n_hospitals=n, n_patients=args.patients_per_node * n, seed=5,
+                                                      out_dir=root / f"data-{n}")]
+        if "warm" in kinds:
+            case("bioverse deployment warm", n, bioverse_deployment, paths, args.rounds, "warm", args.case_timeout)
+        if "warm-tls" in kinds:
+            case("bioverse deployment+tls+auth warm", n, bioverse_deployment, paths, args.rounds, "warm", args.case_timeout, True)
+        if "subprocess" in kinds and n <= args.old_max:
+            case("bioverse deployment subprocess", n, bioverse_deployment, paths, args.rounds, "subprocess", args.case_timeout)
+        if "stock" in kinds and n <= args.stock_max:
+            case("stock-flower deployment subprocess", n, stock_deployment, n, args.rounds, args.case_timeout)
+        if "sim" in kinds:
+            case("bioverse simulation -", n, simulation, paths, args.rounds, args.case_timeout)
+
+    report(results, args)
 
 
 if __name__ == "__main__":
