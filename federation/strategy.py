@@ -119,9 +119,10 @@ def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, st
     usable: list[Message] = []
     outcomes: list[HospitalReply] = []
     waiting = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+    answered: set[int] = set()
     for msg in replies:
         node = reply_node(msg, waiting)
-        waiting.pop(msg.metadata.reply_to_message_id, None)
+        answered.add(node)
         if msg.has_error():
             hospital = names.get(node, f"node-{node}")
             outcomes.append(HospitalReply(hospital, "failed", remote_reason(msg.error.reason) or "no reply"))
@@ -139,7 +140,7 @@ def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, st
         outcomes.append(HospitalReply(hospital, "ok", "", metrics))
         usable.append(msg)
     outcomes += [HospitalReply(names.get(n, f"node-{n}"), "failed", "no reply within the round's timeout")
-                 for n in waiting.values()]
+                 for n in sorted(set(waiting.values()) - answered)]
     return usable, sorted(outcomes, key=lambda o: o.hospital_id)
 
 

@@ -49,9 +49,10 @@ def validate_final(coordinator: Any, grid: Grid, nodes: list[int], encoder: Prep
     names: dict[int, str] = getattr(coordinator, "node_names", {})
     replies = list(grid.send_and_receive(messages, timeout=spec.strategy.round_timeout))
     waiting = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    answered: set[int] = set()
     for msg in replies:
         node = reply_node(msg, waiting)
-        waiting.pop(msg.metadata.reply_to_message_id, None)
+        answered.add(node)
         if msg.has_error():
             outcome[names.get(node, f"node-{node}")] = {"status": "failed", "reason": remote_reason(msg.error.reason)}
             continue
@@ -61,7 +62,7 @@ def validate_final(coordinator: Any, grid: Grid, nodes: list[int], encoder: Prep
         if site["status"] == "ok":
             parts[hospital] = json.loads(str(msg.content["validation"]["aggregates"]))
     outcome.update({names.get(n, f"node-{n}"): {"status": "failed", "reason": "no reply within the round's timeout"}
-                    for n in waiting.values()})
+                    for n in sorted(set(waiting.values()) - answered)})
     coordinator.participation["validation"] = outcome
     coordinator.progress.emit("validation", hospitals={h: o["status"] for h, o in outcome.items()},
                        reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})

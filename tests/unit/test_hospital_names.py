@@ -1,0 +1,54 @@
+"""Hospitals that fail mid-round are reported by their hospital id, not the SuperLink's node id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+from experiments.spec_sections import StrategySpec
+from federation.strategy import HospitalReply, build_strategy
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.rounds: list[tuple[str, int, list[HospitalReply]]] = []
+
+    def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, Any]) -> None:
+        self.rounds.append((stage, server_round, replies))
+
+
+def _sent(node: int, message_id: str) -> Message:
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type="evaluate")
+    msg.metadata.__dict__["_message_id"] = message_id  # as the grid sets it when it pushes
+    msg.metadata.__dict__["_src_node_id"] = 1
+    return msg
+
+
+def _ok(to: Message, hospital: str) -> Message:
+    content = RecordDict({"site": ConfigRecord({"hospital-id": hospital, "status": "ok", "reason": ""}),
+                          "metrics": MetricRecord({"num-examples": 10.0, "auroc": 0.7})})
+    return Message(content, reply_to=to)
+
+
+def test_unavailable_and_silent_hospitals_are_named_by_their_hospital_id() -> None:
+    observer = _Observer()
+    strategy = build_strategy(StrategySpec(min_hospitals=1), observer=observer, min_available=1, learning_rate=0.01)
+    strategy.node_names.update({11: "hospital-01", 12: "hospital-02", 13: "hospital-03"})  # from the statistics round
+    sent = [_sent(11, "m11"), _sent(12, "m12"), _sent(13, "m13")]
+    strategy._sent = sent
+    # the SuperLink answers for a node it lost: the error comes from the SuperLink's own node id (1)
+    gone = create_message_error_unavailable_res_message(sent[1].metadata, "node_unavail")
+    assert gone.metadata.src_node_id == 1
+    strategy.aggregate_evaluate(1, [_ok(sent[0], "hospital-01"), gone])  # hospital-03 never answers
+    ((stage, _, replies),) = observer.rounds
+    by_id = {r.hospital_id: r for r in replies}
+    assert stage == "evaluate" and set(by_id) == {"hospital-01", "hospital-02", "hospital-03"}
+    assert by_id["hospital-01"].status == "ok"
+    assert by_id["hospital-02"].status == "failed" and by_id["hospital-02"].reason
+    assert by_id["hospital-03"].status == "failed" and "no reply" in by_id["hospital-03"].reason
+    assert not any(r.hospital_id.startswith("node-") for r in replies)
