@@ -17,7 +17,7 @@ from federation.node_config import NodeConfig, load_node_config
 from federation.site_audit import AuditProblem, read_rows, verify_log
 from federation.supernode import run_supernode, secure_supernode_command, supernode_command
 
-__all__ = ["NodeStatus", "RunSeen", "node_status", "preflight", "start_node"]
+__all__ = ["NodeStatus", "RunSeen", "node_status", "preflight", "spent_on_data", "start_node"]
 
 PID_FILE = "supernode.pid"
 
@@ -125,7 +125,7 @@ def _runs(rows: list[dict[str, Any]]) -> list[RunSeen]:
     return list(runs.values())
 
 
-def _spent(config: NodeConfig) -> float:
+def spent_on_data(config: NodeConfig) -> float:
     """Epsilon the ledger holds against this node's data (stored charges, summed)."""
     from training.fingerprint import dataset_fingerprint
 
@@ -158,4 +158,4 @@ def node_status(directory: Path) -> NodeStatus:
             certificate = describe_certificate(fetch_certificate(config.coordinator))
     count, problems = verify_log(config.audit_log) if config.audit_log.exists() else (0, [])
     return NodeStatus(config, connected, connection, certificate, _supernode_state(directory, config),
-                      _runs(read_rows(config.audit_log)), _spent(config), count, problems)
+                      _runs(read_rows(config.audit_log)), spent_on_data(config), count, problems)

@@ -114,6 +114,28 @@ def hospital_status(directory: DirOption = None) -> None:
             say(f"      refused: {reason}")
 
 
+@hospital_app.command("check")
+@one_line_errors
+def hospital_check(
+    spec_path: Annotated[Path, typer.Argument(help="An experiment spec (YAML) the coordinator plans to run.")],
+    directory: DirOption = None,
+) -> None:
+    """Would this hospital's site policy allow the spec? The same check its node runs before any
+    work, with the budget other runs have spent (its ledger); exit 1 with the reason if not."""
+    from experiments.spec import load_spec
+    from federation.hospital_node import spent_on_data
+    from federation.node_config import load_node_config
+    from federation.site_policy import check_policy, run_epsilon
+
+    config = load_node_config(_directory(directory))
+    spec = load_spec(spec_path)
+    check_policy(config.policy, spec, config.hospital_id, spent_on_data(config))
+    epsilon = run_epsilon(spec)
+    asked = f"epsilon {epsilon:g}" if epsilon is not None else "no DP"
+    out.print(f"{config.hospital_id}'s policy allows {spec.name} ({spec.model.kind}, {spec.strategy.name}, {asked})",
+              highlight=False, markup=False)
+
+
 @audit_app.command("verify")
 @one_line_errors
 def hospital_audit_verify(directory: DirOption = None) -> None:

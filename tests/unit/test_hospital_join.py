@@ -205,3 +205,19 @@ def test_systemd_unit_is_valid(tmp_path: Path, pki: dict[str, Path]) -> None:
         done = subprocess.run([analyze, "verify", str(joined.systemd_unit)], capture_output=True, text=True, timeout=60)
         problems = [line for line in done.stderr.splitlines() if joined.systemd_unit.name in line]
         assert done.returncode == 0 and not problems, done.stderr
+
+
+def test_check_tells_whether_the_policy_allows_a_spec(tmp_path: Path, pki: dict[str, Path], hospital_files: list[Path]) -> None:
+    from typer.testing import CliRunner
+
+    from platform_api.cli import app
+    from tests.conftest import spec_dict
+
+    join(_request(tmp_path, pki, data_path=hospital_files[0], allowed_model_kinds=("logistic",)))
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(spec_dict(hospital_files)))
+    (tmp_path / "mlp.yaml").write_text(yaml.safe_dump(spec_dict(hospital_files, model={"kind": "mlp"})))
+    runner = CliRunner()
+    allowed = runner.invoke(app, ["hospital", "check", str(tmp_path / "ok.yaml"), "--dir", str(tmp_path / "node")])
+    assert allowed.exit_code == 0 and "st-mary's policy allows test-cardiac (logistic, fedavg, epsilon 4)" in allowed.output
+    refused = runner.invoke(app, ["hospital", "check", str(tmp_path / "mlp.yaml"), "--dir", str(tmp_path / "node")])
+    assert refused.exit_code == 1 and "st-mary's policy refuses model kind 'mlp' (policy allows logistic)" in refused.output
