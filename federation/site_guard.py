@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -75,9 +76,31 @@ def _site_or_none(context: Context) -> Site | None:
         return None
 
 
+def _spent_or_zero(site: Site | None, run_key: str) -> float:
+    if site is None or not run_key:
+        return 0.0
+    try:
+        return run_spent(site, run_key)
+    except (FederationError, OSError):  # the handler reports an unusable ledger itself
+        return 0.0
+
+
+def _append(where: str, kind: str, context: Context, site: Site | None, request: tuple[str, str], before: float,
+            status: str, reason: str) -> str:
+    """Append the request's row (epsilon: what the run's ledger entries grew by) and return the new head."""
+    run_key, round_ = request
+    return append_row(Path(where), AuditRow(
+        run=run_key, round=round_, message=kind, spec=_fingerprint(str(context.run_config.get("spec", "") or "")),
+        launcher=str(context.run_config.get("launched-by", "") or ""),
+        epsilon=max(_spent_or_zero(site, run_key) - before, 0.0), outcome=OUTCOMES.get(status, "error"), reason=reason,
+        hospital=site.hospital_id if site else str(context.node_config.get("hospital-id", "")),
+        flower_run=str(context.run_id)))
+
+
 def audited(kind: str) -> Callable[[Handler], Handler]:
     """Record every request of ``kind`` on this hospital's data in its audit log (node config
-    ``audit-log``), accepted or refused, with the epsilon it charged; without a log, as is.
+    ``audit-log``), accepted, refused or failed, with the epsilon it charged; without a log,
+    as is.
 
     A reply whose row cannot be written is replaced by an ``error`` status: nothing leaves
     the hospital unaudited. The reply's ``site`` record carries the chain's new head hash
@@ -90,21 +113,20 @@ def audited(kind: str) -> Callable[[Handler], Handler]:
             where = str(context.node_config.get("audit-log", "") or "")
             if not where:
                 return handler(message, context)
-            run_key, round_ = _request(message, context)
+            request = _request(message, context)
             site = _site_or_none(context)
-            before = run_spent(site, run_key) if site and run_key else 0.0
-            reply = handler(message, context)
-            record = reply.content.config_records.get("site")
-            status = str(record.get("status", "error")) if record else "error"
+            before = _spent_or_zero(site, request[0])
             try:
-                after = run_spent(site, run_key) if site and run_key else 0.0
-                head = append_row(Path(where), AuditRow(
-                    run=run_key, round=round_, message=kind,
-                    spec=_fingerprint(str(context.run_config.get("spec", "") or "")),
-                    launcher=str(context.run_config.get("launched-by", "") or ""), epsilon=max(after - before, 0.0),
-                    outcome=OUTCOMES.get(status, "error"), reason=str(record.get("reason", "")) if record else "",
-                    hospital=site.hospital_id if site else str(context.node_config.get("hospital-id", "")),
-                    flower_run=str(context.run_id)))
+                reply = handler(message, context)
+            except Exception as err:  # a crash is recorded too, then goes on to Flower
+                with contextlib.suppress(FederationError, OSError):
+                    _append(where, kind, context, site, request, before, "error", f"{type(err).__name__}: {err}"[:500])
+                raise
+            record = reply.content.config_records.get("site")
+            try:
+                head = _append(where, kind, context, site, request, before,
+                               str(record.get("status", "error")) if record else "error",
+                               str(record.get("reason", "")) if record else "")
             except (FederationError, OSError) as err:
                 log.error("%s not sent: %s", kind, err)
                 hospital = site.hospital_id if site else str(context.node_config.get("hospital-id", ""))

@@ -95,3 +95,19 @@ def test_the_budget_follows_node_toml_without_a_restart(hospital_files: list[Pat
     assert resolve_site(node, spec).budget == 10.0
     Path(node["policy-file"]).write_text(tomli_w.dumps({"policy": {"total_budget": 3.5}}))
     assert resolve_site(node, spec).budget == 3.5
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_nothing_leaves_unaudited_and_a_crash_is_recorded(hospital_files: list[Path], tmp_path: Path) -> None:
+    node = _node(tmp_path, hospital_files[0], SitePolicy(total_budget=10.0))
+    spec_text = spec_json(make_spec(hospital_files))
+    context = Context(run_id=9, node_id=7, node_config=node, state=RecordDict(), run_config={"spec": spec_text})
+    with pytest.raises(KeyError):  # a train message without its config: the handler crashes
+        client_app.train(Message(RecordDict({}), dst_node_id=7, message_type=MessageType.TRAIN), context)
+    (row,) = read_rows(tmp_path / "audit.jsonl")
+    assert (row["message"], row["outcome"]) == ("train", "error") and "KeyError" in row["reason"]
+    (tmp_path / "audit.jsonl").unlink()
+    (tmp_path / "audit.jsonl").mkdir()  # the log cannot be written
+    reply = _statistics(spec_text, node, "run-c")
+    assert reply.content["site"]["status"] == "error" and reply.content["site"]["reason"].startswith("audit log: ")
+    assert "statistics" not in reply.content
