@@ -3,8 +3,8 @@ process per task (the old path), stock Flower's quickstart-style app, and the si
 
 Every case runs the same tiny tabular MLP (DP-SGD) spec, or for stock Flower its own FedAvg app,
 with SuperNodes as separate processes on loopback (insecure). Per-round time is the median
-after round 1. RSS per SuperNode is the process tree's (SuperNode, runner or SuperExec, task
-processes), sampled every 0.5 s: idle (before the run) and peak.
+after round 1. Memory per SuperNode is the process tree's (SuperNode, runner or SuperExec, task
+processes), RSS and PSS, sampled every 2 s: idle (before the run) and peak.
 
 Usage: python benchmarks/deployment_rounds.py [--nodes 3,10,30] [--rounds 3]
            [--old-max 3] [--stock-max 10] [--case-timeout 900]
@@ -51,39 +51,51 @@ AUTH_FAILED = "authentication failed"
 MEMORY_PER_NODE = {"warm": 800 * 2**20, "subprocess": 700 * 2**20}
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, bytes."""
-    total = 0
+def tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """RSS and PSS of a process and all its descendants, bytes. RSS counts pages a forked child
+    shares with its parent twice; PSS splits every shared page among the processes sharing it."""
+    rss = pss = 0
     with contextlib.suppress(psutil.Error):
         for p in [process, *process.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-    return total
+                info = p.memory_full_info()
+                rss, pss = rss + info.rss, pss + info.pss
+    return rss, pss
 
 
-class RssSampler:
-    """Samples each SuperNode's process-tree RSS every 0.5 s in a thread; keeps the peak."""
+class MemorySampler:
+    """Samples each SuperNode's process-tree RSS and PSS every 2 s in a thread; keeps the peaks."""
 
     def __init__(self, pids: list[int]) -> None:
         self.processes = [psutil.Process(pid) for pid in pids]
-        self.peak = [0] * len(pids)
+        self.peak = [(0, 0)] * len(pids)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def now(self) -> list[int]:
-        return [tree_rss(p) for p in self.processes]
+    def now(self) -> list[tuple[int, int]]:
+        return [tree_memory(p) for p in self.processes]
 
     def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self.peak = [max(a, b) for a, b in zip(self.peak, self.now())]
+        while not self._stop.wait(2.0):
+            self.peak = [(max(a[0], b[0]), max(a[1], b[1])) for a, b in zip(self.peak, self.now())]
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> MemorySampler:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def wait_until_ready(logs: Path, n: int, runner: str, timeout: float = 180) -> None:
+    """Warm SuperNodes: until every runner has its imports (idle memory is taken after)."""
+    deadline = time.monotonic() + timeout
+    while runner == "warm" and time.monotonic() < deadline:
+        texts = [p.read_text(errors="replace") for p in logs.glob("supernode-*.log")]
+        if len(texts) >= n and all("ClientApp runner ready" in t for t in texts):
+            return
+        time.sleep(1)
 
 
 def secure_setup(work: Path, port: int, n: int) -> tuple[SuperLinkTLS, list[Path]]:
@@ -132,7 +144,8 @@ def deployment(work: Path, nodes: list[dict[str, Any]], runner: str, env: dict[s
                 command = secure_supernode_command(superlink=address, port=free_port(), node_config=node, runner=runner,
                                                    root_certificates=tls.ca_certfile, private_key=keys[i])
             start(command, f"supernode-{i:02d}.log")
-        time.sleep(2 + 0.2 * len(nodes))  # let them connect and settle before idle RSS is taken
+        time.sleep(2 + 0.2 * len(nodes))  # let them connect and settle before idle memory is taken
+        wait_until_ready(logs, len(nodes), runner)
         yield address, [p.pid for p in processes[1:]], tls.ca_certfile if tls else None
     finally:
         for process in reversed(processes):
@@ -151,7 +164,7 @@ def bioverse_deployment(work: Path, paths: list[Path], rounds: int, runner: str,
               "ledger-path": str(work / "ledgers" / f"{p.stem}.json")} for p in paths]
     env = child_env({"FLWR_HOME": str(work / "flwr-home"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                      "PYTHONWARNINGS": "ignore"})
-    with deployment(work, nodes, runner, env, secure) as (address, pids, ca), RssSampler(pids) as rss:
+    with deployment(work, nodes, runner, env, secure) as (address, pids, ca), MemorySampler(pids) as rss:
         idle = rss.now()
         summary = run_experiment(parse_spec(spec), LaunchOptions(engine="deployment", run_dir=work / "run", superlink=address,
                                                                  tracking_uri=f"sqlite:///{work / 'mlflow.db'}", timeout=timeout,
@@ -164,7 +177,7 @@ def stock_deployment(work: Path, n: int, rounds: int, timeout: float) -> dict[st
     home, timing = work / "flwr-home", work / "timing.jsonl"
     env = child_env({"FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONWARNINGS": "ignore"})
     with deployment(work, [{"hospital-id": f"node-{i}"} for i in range(n)], "subprocess", env) as (address, pids, _), \
-            RssSampler(pids) as rss:
+            MemorySampler(pids) as rss:
         idle = rss.now()
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": "bench", "bench": {"address": address, "insecure": True}}}))
@@ -188,8 +201,11 @@ def later(rounds: list[float]) -> float:
     return statistics.median(rounds[1:] or rounds)
 
 
-def mib(values: list[int]) -> str:
-    return f"{statistics.median(values) / 2**20:.0f}" if values and max(values) else "-"
+def mib(values: list[list[int]]) -> str:
+    """Median RSS / PSS over SuperNodes, MiB."""
+    if not values:
+        return "-"
+    return " / ".join(f"{statistics.median(v[i] for v in values) / 2**20:.0f}" for i in (0, 1))
 
 
 def report(results: list[tuple[str, int, Any]], args: argparse.Namespace) -> None:
@@ -198,13 +214,13 @@ def report(results: list[tuple[str, int, Any]], args: argparse.Namespace) -> Non
     for name, n, outcome in results:
         app, engine, runner = name.split()
         if isinstance(outcome, str):
-            rows.append([app, engine, runner, str(n), outcome, "", "", "", ""])
+            rows.append([app, engine, runner, str(n), outcome, "", "", "", "", ""])
             continue
         warm = next((o for a, e, r, m, o in ((*x[0].split(), x[1], x[2]) for x in results)
                      if a == "bioverse" and e == "deployment" and r == "warm" and m == n and isinstance(o, dict)), None)
         ratio = f"{later(outcome['rounds']) / later(warm['rounds']):.1f}x" if warm else "-"
         rows.append([app, engine, runner, str(n), f"{outcome['rounds'][0]:.1f}", f"{later(outcome['rounds']):.2f}", ratio,
-                     f"{mib(outcome.get('idle', []))} / {mib(outcome.get('peak', []))}",
+                     mib(outcome.get("idle", [])), mib(outcome.get("peak", [])),
                      str(outcome.get("auth_failures", "-"))])
     load = os.getloadavg()
     body = (
@@ -215,9 +231,11 @@ def report(results: list[tuple[str, int, Any]], args: argparse.Namespace) -> Non
         "one runner with torch and the ClientApp imported, a forked child per task); `subprocess`: Flower's own "
         "(a fresh `flwr-clientapp` process per task; the old path). Stock Flower: its own FedAvg app, "
         "`benchmarks/stock_flower_app/`, stock grid and SuperNode. Ratio: rounds after round 1 against BioVerse warm "
-        "with the same number of nodes. RSS: median over SuperNodes of the process tree, idle / peak.\n\n"
+        "with the same number of nodes. Memory: median over SuperNodes of the process tree (SuperNode, runner or "
+        "SuperExec, task processes), idle (before the run) and peak (sampled every 2 s); RSS counts pages a forked "
+        "child shares with the runner again, PSS splits shared pages (also those shared between SuperNodes).\n\n"
         + table(["app", "engine", "runner", "nodes", "round 1 (s)", "round 2+ median (s)", "vs warm",
-                 "RSS per SuperNode MiB idle / peak", "'authentication failed' lines"], rows)
+                 "idle MiB (RSS / PSS)", "peak MiB (RSS / PSS)", "'authentication failed' lines"], rows)
     )
     print(body)
     write_section("deployment-rounds", body)
@@ -269,14 +287,14 @@ def main() -> None:
                                                       out_dir=root / f"data-{n}")]
         if "warm" in kinds:
             case("bioverse deployment warm", n, bioverse_deployment, paths, args.rounds, "warm", args.case_timeout)
-        if "warm-tls" in kinds:
-            case("bioverse deployment+tls+auth warm", n, bioverse_deployment, paths, args.rounds, "warm", args.case_timeout, True)
         if "subprocess" in kinds and n <= args.old_max:
             case("bioverse deployment subprocess", n, bioverse_deployment, paths, args.rounds, "subprocess", args.case_timeout)
         if "stock" in kinds and n <= args.stock_max:
             case("stock-flower deployment subprocess", n, stock_deployment, n, args.rounds, args.case_timeout)
         if "sim" in kinds:
             case("bioverse simulation -", n, simulation, paths, args.rounds, args.case_timeout)
+        if "warm-tls" in kinds:
+            case("bioverse deployment+tls+auth warm", n, bioverse_deployment, paths, args.rounds, "warm", args.case_timeout, True)
 
     report(results, args)
 
