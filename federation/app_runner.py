@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from federation.polling import Backoff
 
-__all__ = ["DEFAULT_PRELOAD", "main", "serve"]
+__all__ = ["DEFAULT_PRELOAD", "main", "serve", "wait_for_wakeup"]
 
 log = logging.getLogger("bioverse.app_runner")
 
@@ -76,7 +76,7 @@ def _reap(children: set[int]) -> None:
         children.discard(pid)
 
 
-def _wait_for_wakeup(fd: int | None, timeout: float) -> bool:
+def wait_for_wakeup(fd: int | None, timeout: float) -> bool:
     """Block until the SuperNode signals a new task or ``timeout`` passes; False: the SuperNode is gone."""
     if fd is None:
         time.sleep(timeout)
@@ -120,7 +120,7 @@ def serve(address: str, *, insecure: bool, root_certificates: str | None, parent
             children.add(_fork_task(acquired.task.task_id, acquired.token, address, insecure, certificates))
             backoff.reset()
             continue
-        if not _wait_for_wakeup(wakeup_fd, backoff.next() if wakeup_fd is None else ceiling):
+        if not wait_for_wakeup(wakeup_fd, backoff.next() if wakeup_fd is None else ceiling):
             break
     client.close()
 

@@ -74,3 +74,19 @@ def test_the_runner_trusts_the_runtime_apis_ca_when_it_has_tls() -> None:
     assert "--insecure" in insecure and insecure[insecure.index("--wakeup-fd") + 1] == "5"
     secure = runner_command(address="127.0.0.1:9", root_certificates="/ca.pem", parent_pid=1, wakeup_fd=5)
     assert secure[secure.index("--root-certificates") + 1] == "/ca.pem" and "--insecure" not in secure
+
+
+def test_the_runner_wakes_on_a_byte_and_stops_when_its_supernode_closes_the_pipe() -> None:
+    import os
+
+    from federation.app_runner import wait_for_wakeup
+
+    read_fd, write_fd = os.pipe()
+    try:
+        assert wait_for_wakeup(read_fd, 0.01)  # nothing yet: the timeout passes, keep serving
+        os.write(write_fd, b"tt")
+        assert wait_for_wakeup(read_fd, 5)  # a task was stored
+        os.close(write_fd)
+        assert not wait_for_wakeup(read_fd, 5)  # the SuperNode exited
+    finally:
+        os.close(read_fd)
