@@ -90,6 +90,12 @@ class Host:
             time.sleep(0.3)
         raise TimeoutError(f"{address}:{port} not reachable from {self.name} after {timeout:.0f} s")
 
+    def crash(self) -> None:
+        """Power loss: SIGKILL every process on this host at once (no handler runs)."""
+        _kill_namespace(self.namespace)
+        for process in self.network.processes:
+            process.poll()  # reap what died
+
     def cut(self) -> None:
         """Unplug this host: its link goes down on both sides of the cable."""
         _ip("-n", self.network.switch, "link", "set", self._port, "down")
@@ -142,12 +148,17 @@ class Network:
             _kill_group(process)
         self.processes.clear()
         for namespace in reversed(self.namespaces):
-            listed = subprocess.run([_IP, "netns", "pids", namespace], capture_output=True, text=True, timeout=10)
-            for pid in listed.stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)  # only our processes live in our namespaces
+            _kill_namespace(namespace)
             subprocess.run([_IP, "netns", "del", namespace], capture_output=True, timeout=10)
         self.namespaces.clear()
+
+
+def _kill_namespace(namespace: str) -> None:
+    """SIGKILL every process in ``namespace`` (only processes this module started live there)."""
+    listed = subprocess.run([_IP, "netns", "pids", namespace], capture_output=True, text=True, timeout=10)
+    for pid in listed.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def _kill_group(process: subprocess.Popen, grace: float = 5.0) -> None:
