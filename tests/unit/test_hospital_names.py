@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +10,11 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
 from experiments.spec_sections import StrategySpec
+from experiments.tracking import RunTracker
+from federation.coordinator import Coordinator
+from federation.progress import ProgressLog
 from federation.strategy import HospitalReply, build_strategy
+from tests.conftest import make_spec
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -52,3 +57,14 @@ def test_unavailable_and_silent_hospitals_are_named_by_their_hospital_id() -> No
     assert by_id["hospital-02"].status == "failed" and by_id["hospital-02"].reason
     assert by_id["hospital-03"].status == "failed" and "no reply" in by_id["hospital-03"].reason
     assert not any(r.hospital_id.startswith("node-") for r in replies)
+
+
+def test_the_final_table_leaves_out_a_hospital_whose_last_evaluation_never_came(hospital_files: list[Path], tmp_path: Path) -> None:
+    spec = make_spec(hospital_files)
+    coordinator = Coordinator(spec, RunTracker(f"sqlite:///{tmp_path / 'mlflow.db'}"), ProgressLog(None))
+    coordinator.tracker.start(spec)
+    ok = lambda hospital: HospitalReply(hospital, "ok", "", {"auroc": 0.8, "num-examples": 5.0})  # noqa: E731
+    coordinator.on_round("evaluate", 1, [ok("hospital-01"), ok("hospital-02")], {})
+    coordinator.on_round("evaluate", 2, [ok("hospital-01"), HospitalReply("hospital-02", "failed", "no reply")], {})
+    coordinator.tracker.end("FINISHED")
+    assert set(coordinator.final_eval) == {"hospital-01"}  # hospital-02's round-1 AUROC is not its final one
