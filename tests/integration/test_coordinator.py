@@ -14,6 +14,9 @@ import httpx
 import pytest
 import yaml
 
+from federation.control_api import list_nodes
+from federation.coordinator_service import hospital_node_ids
+from federation.coordinator_setup import load_coordinator
 from federation.processes import free_port, node_config_arg, stop
 from federation.proxy import NGINX
 from tests.conftest import spec_dict
@@ -53,10 +56,11 @@ def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | 
             return
         if process is not None and process.poll() is not None:
             raise AssertionError(f"{what}: process exited with {process.returncode}")
-        time.sleep(0.3)
+        time.sleep(1.0)
     raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
+@pytest.mark.timeout(1500)  # the deployment engine's rounds take minutes on a loaded 2-core box
 def test_coordinator_admits_registered_hospitals_only_and_runs_dp(hospital_files: list[Path], tmp_path: Path,
                                                                    isolated_home: Path) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -107,8 +111,12 @@ def test_coordinator_admits_registered_hospitals_only_and_runs_dp(hospital_files
         _wait_for(lambda: outsider.poll() is not None, 180, "unregistered supernode refused")
         assert outsider.returncode != 0
         assert "Failed to activate SuperNode" in (logs / "intruder.log").read_text()
-        _wait_for(lambda: _cli("coordinator", "hospitals", "--dir", str(coord), env=env).stdout.count(" online") == 2,
+        config = load_coordinator(coord)
+        _wait_for(lambda: sorted(n.status for n in list_nodes(config.superlink_address, ca)) == ["online", "online"],
                   180, "both hospitals online")
+        assert sorted(hospital_node_ids(config).values()) == [first, second]  # node ids map to admitted names
+        listed = _cli("coordinator", "hospitals", "--dir", str(coord), env=env).stdout
+        assert listed.count(" online") == 2, listed
 
         spec = spec_dict([], name="coordinated")
         spec["data"]["hospitals"] = [{"id": p.stem} for p in hospital_files[:2]]
