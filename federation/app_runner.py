@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--preload", default=os.environ.get("BIOVERSE_RUNNER_PRELOAD", ",".join(DEFAULT_PRELOAD)),
                         help="comma-separated modules to import once")
     args = parser.parse_args(argv)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # as in federation.supernode_main, before flwr is imported
     if not args.insecure and args.root_certificates is None:
         parser.error("pass --insecure or --root-certificates")
     handler = logging.StreamHandler()

@@ -99,7 +99,12 @@ class _Runner:
 
 
 def main() -> None:
-    """Run ``flower-supernode`` with the arguments of this process, hooks installed."""
+    """Run ``flower-supernode`` with the arguments of this process, hooks installed.
+
+    Flower's telemetry is off unless ``FLWR_TELEMETRY_ENABLED`` says otherwise: a hospital's node
+    phones nowhere but its coordinator, and every task process would otherwise post an event to
+    telemetry.flower.ai (about 2 s per task where the address does not resolve)."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read when flwr is imported, below
     from flwr.common.constant import ISOLATION_MODE_PROCESS
     from flwr.supercore.address import resolve_bind_address
     from flwr.supernode import start_client_internal as loop_module
