@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federation.control_api import is_listening, list_nodes, register_node, unregister_node
-from federation.coordinator_setup import AdmittedHospital, CoordinatorConfig, load_hospitals
+from federation.coordinator_setup import COORDINATOR_DIR_ENV, AdmittedHospital, CoordinatorConfig, load_hospitals
 from federation.errors import CertificateError, CoordinatorError, LaunchError
 from federation.pki import check_server_certificate, parse_node_key
 from federation.processes import child_env, stop
@@ -128,7 +128,7 @@ def running_coordinator(config: CoordinatorConfig, *, ready_timeout: float = 90.
     run_dir.mkdir(parents=True, exist_ok=True)
     tls = SuperLinkTLS(certfile=config.server_cert, keyfile=config.server_key, ca_certfile=config.ca_cert,
                        database=config.database, node_auth=True)
-    env = {"FLWR_HOME": str(run_dir / "flwr-home"), "PYTHONWARNINGS": "ignore"}
+    env = {"FLWR_HOME": str(run_dir / "flwr-home"), "PYTHONWARNINGS": "ignore", COORDINATOR_DIR_ENV: str(config.directory)}
     superlink = start_superlink(port=config.superlink_port, log_file=run_dir / "superlink.log", simulation=False,
                                 extra_env=env, tls=tls)
     nginx: subprocess.Popen | None = None

@@ -15,6 +15,7 @@ from federation.errors import CertificateError, CoordinatorError
 from federation.pki import create_ca, issue_server_certificate, load_node_public_key, split_address
 
 __all__ = [
+    "COORDINATOR_DIR_ENV",
     "DEFAULT_PUBLIC_PORT",
     "DEFAULT_SUPERLINK_PORT",
     "AdmittedHospital",
@@ -26,6 +27,9 @@ __all__ = [
     "remove_hospital",
 ]
 
+#: Set by ``coordinator start`` in the SuperLink's environment, which its ServerApp processes
+#: inherit: the folder whose admitted hospitals name the nodes (:mod:`federation.node_identity`).
+COORDINATOR_DIR_ENV = "BIOVERSE_COORDINATOR_DIR"
 CONFIG_FILE = "coordinator.toml"
 HOSPITALS_FILE = "hospitals.toml"
 #: Port hospitals dial (nginx) unless the public address names one.

@@ -136,3 +136,16 @@ def test_start_refuses_taken_ports_missing_nginx_and_a_foreign_certificate(tmp_p
     issue_server_certificate(other / "ca.pem", other / "ca.key", ["127.0.0.1"], config.server_cert, config.server_key)
     with pytest.raises(CertificateError, match="not issued by the CA"):
         preflight(config)
+
+
+def test_a_node_speaks_only_for_the_hospital_its_key_was_admitted_as(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from federation.node_identity import NodeIdentities, identity_problem
+
+    registered = {11: "hospital-01", 12: "hospital-02"}
+    assert identity_problem(11, "hospital-01", registered) is None
+    assert "admitted as hospital-02 but claims to be hospital-01" in (identity_problem(12, "hospital-01", registered) or "")
+    assert "not among" in (identity_problem(13, "hospital-01", registered) or "")
+    monkeypatch.delenv("BIOVERSE_COORDINATOR_DIR", raising=False)
+    assert NodeIdentities().problem(13, "anyone") is None  # no coordinator (simulation): nothing to check
+    config = init_coordinator(tmp_path / "c", "127.0.0.1:9443", superlink_port=40128)
+    assert "not among" in (NodeIdentities(config.directory).problem(13, "anyone") or "")  # SuperLink down: nobody admitted
