@@ -89,11 +89,12 @@ class MemorySampler:
 
 
 def wait_until_ready(logs: Path, n: int, runner: str, timeout: float = 180) -> None:
-    """Warm SuperNodes: until every runner has its imports (idle memory is taken after)."""
+    """Until every SuperNode is connected (and, warm, its runner has its imports): idle memory is taken after."""
+    sign = "ClientApp runner ready" if runner == "warm" else "SuperNode ID"
     deadline = time.monotonic() + timeout
-    while runner == "warm" and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         texts = [p.read_text(errors="replace") for p in logs.glob("supernode-*.log")]
-        if len(texts) >= n and all("ClientApp runner ready" in t for t in texts):
+        if len(texts) >= n and all(sign in t for t in texts):
             return
         time.sleep(1)
 
@@ -236,6 +237,7 @@ def report(results: list[tuple[str, int, Any]], args: argparse.Namespace) -> Non
         "child shares with the runner again, PSS splits shared pages (also those shared between SuperNodes).\n\n"
         + table(["app", "engine", "runner", "nodes", "round 1 (s)", "round 2+ median (s)", "vs warm",
                  "idle MiB (RSS / PSS)", "peak MiB (RSS / PSS)", "'authentication failed' lines"], rows)
+        + (f"\n\n{args.note}" if args.note else "")
     )
     print(body)
     write_section("deployment-rounds", body)
@@ -250,6 +252,7 @@ def main() -> None:
     parser.add_argument("--case-timeout", type=float, default=900)
     parser.add_argument("--patients-per-node", type=int, default=300)
     parser.add_argument("--from-json", default=None, help="start from an earlier run's results.json (rows kept)")
+    parser.add_argument("--note", default="", help="a line added under the table")
     parser.add_argument("--cases", default="warm,warm-tls,subprocess,stock,sim",
                         help="which cases: warm, warm-tls (TLS and node authentication), subprocess, stock, sim")
     args = parser.parse_args()
