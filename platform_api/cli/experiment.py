@@ -104,8 +104,12 @@ def experiment_resume(
     timeout: Annotated[float, typer.Option(help="Seconds before the run is stopped.")] = 3600.0,
     quiet: Annotated[bool, typer.Option(help="Print only the summary.")] = False,
     spec_path: Annotated[Path | None, typer.Option("--spec", help="Check the run was started with this spec.")] = None,
+    coordinator: Annotated[Path | None, typer.Option(
+        help="A 'bioverse coordinator' folder: resume on its SuperLink (TLS, on this machine); implies --engine deployment.")] = None,
 ) -> None:
     """Continue a run whose coordinator died from its last completed round (same run, same round numbers)."""
+    import dataclasses
+
     from experiments.settings import get_settings
     from experiments.spec import load_spec
     from experiments.tracking import reconcile_runs
@@ -116,6 +120,14 @@ def experiment_resume(
 
     if engine not in ("simulation", "deployment"):
         raise CliInputError(f"--engine must be simulation or deployment, not {engine!r}")
+    root_certificates = None
+    if coordinator is not None:
+        from federation.coordinator_setup import load_coordinator
+
+        if superlink:
+            raise CliInputError("give --coordinator or --superlink, not both")
+        config = load_coordinator(coordinator)
+        engine, superlink, root_certificates = "deployment", config.superlink_address, config.ca_cert
     uri = tracking_uri or get_settings().resolved_tracking_uri()
     reconcile_runs(uri)
     expected = load_spec(spec_path) if spec_path else None
@@ -124,6 +136,7 @@ def experiment_resume(
               highlight=False, markup=False)
     options = launch_options(spec.name, engine=engine, tracking_uri=uri, superlink=superlink,  # type: ignore[arg-type]
                              client_cpus=client_cpus, timeout=timeout, launched_by=launched_by())
+    options = dataclasses.replace(options, root_certificates=root_certificates)
     started = time.perf_counter()
     with RunReporter(out, spec, quiet=quiet) as reporter:
         summary = resume_experiment(run_id, options, reporter.on_event, expected)
