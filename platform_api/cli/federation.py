@@ -22,7 +22,8 @@ def federation_superlink(
     port: Annotated[int, typer.Option(help="Port of the SuperLink's APIs (Fleet, Control, ServerAppIo share it).")] = 9093,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Run the coordinator's SuperLink (insecure mode: loopback or a private network only)."""
+    """Run the coordinator's SuperLink (insecure mode: loopback or a private network only;
+    across a real network use `bioverse coordinator start`: TLS, node keys, Fleet API only)."""
     from federation.superlink import superlink_command
 
     exec_server(superlink_command(host=host, port=port, simulation=False))
