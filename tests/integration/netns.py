@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -14,10 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Host", "Network", "network", "skip_reason"]
+__all__ = ["Host", "Network", "network", "skip_reason", "sweep_orphans"]
 
-#: Every namespace this module creates is named ``<prefix><random id>-<host>``; the prefix can be
-#: set (``BIOVERSE_NETNS_PREFIX``) so that whoever shares the machine can tell the namespaces apart.
+#: Every namespace this module creates is named ``<prefix><creator pid>x<random id>-<host>``; the
+#: prefix can be set (``BIOVERSE_NETNS_PREFIX``) so that whoever shares the machine can tell them apart.
 PREFIX = os.environ.get("BIOVERSE_NETNS_PREFIX", "bvmh")
 _IP = shutil.which("ip") or "/usr/sbin/ip"
 
@@ -153,6 +154,21 @@ class Network:
         self.namespaces.clear()
 
 
+def sweep_orphans() -> list[str]:
+    """Delete the namespaces (and kill their processes) that a test process which no longer
+    exists left behind (killed with SIGKILL: no teardown ran); returns their names."""
+    listed = subprocess.run([_IP, "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    orphans = []
+    for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
+        found = re.fullmatch(rf"{re.escape(PREFIX)}(\d+)x[0-9a-f]+-.+", name)
+        if found is None or Path(f"/proc/{found.group(1)}").exists():
+            continue
+        _kill_namespace(name)
+        subprocess.run([_IP, "netns", "del", name], capture_output=True, timeout=10)
+        orphans.append(name)
+    return orphans
+
+
 def _kill_namespace(namespace: str) -> None:
     """SIGKILL every process in ``namespace`` (only processes this module started live there)."""
     listed = subprocess.run([_IP, "netns", "pids", namespace], capture_output=True, text=True, timeout=10)
@@ -179,7 +195,8 @@ def _kill_group(process: subprocess.Popen, grace: float = 5.0) -> None:
 def network(names: Sequence[str]) -> Iterator[Network]:
     """Hosts ``names`` on a fresh bridge in 10.213.<random>.0/24, torn down on the way out
     (also at interpreter exit, should the ``with`` never unwind)."""
-    tag = f"{PREFIX}{secrets.token_hex(3)}"
+    sweep_orphans()
+    tag = f"{PREFIX}{os.getpid()}x{secrets.token_hex(2)}"
     net = Network(tag, f"10.213.{secrets.randbelow(254) + 1}", f"{tag}-sw")
     atexit.register(net.close)
     try:
