@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,14 @@ def wrk(url: str, seconds: float, connections: int, script: Path | None) -> dict
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
             "p50": pct("50"), "p99": pct("99"), "errors": float(non2xx.group(1)) if non2xx else 0.0}
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of the server process so far (all its threads)."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def compare_env(env: dict[str, str], work: Path, tree: Path) -> dict[str, str]:
@@ -153,14 +161,19 @@ def main() -> None:
         passes: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for _ in range(args.passes):  # the servers in turn, so a busy moment of the machine hits them alike
             for name in servers:
-                passes[name].append(wrk(f"http://127.0.0.1:{ports[name]}/", args.seconds, args.connections,
-                                        None if name == "hello" else script))
-                print(name, passes[name][-1], file=sys.stderr)
+                process = psutil.Process(servers[name].pid)
+                before = cpu_seconds(process)
+                result = wrk(f"http://127.0.0.1:{ports[name]}/", args.seconds, args.connections,
+                             None if name == "hello" else script)
+                result["cpu_us"] = (cpu_seconds(process) - before) / max(result["requests"], 1) * 1e6
+                passes[name].append(result)
+                print(name, result, file=sys.stderr)
         rss = {n: psutil.Process(p.pid).memory_info().rss / 2**20 for n, p in servers.items()}
     finally:
         for process in servers.values():
             process.terminate()
             process.wait(10)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     # the first pass warms up; the pass of median throughput among the others is kept
     results = {n: sorted(runs[1:], key=lambda r: r["rps"])[(len(runs) - 2) // 2] for n, runs in passes.items()}
     spread = {n: [r["rps"] for r in runs[1:]] for n, runs in passes.items()}
@@ -168,23 +181,31 @@ def main() -> None:
     other = args.compare_label or str(args.compare_tree)
     labels = {"hello": "bare FastAPI hello-world (baseline)", "predict": "POST /v1/twins/{id}/predictions",
               "compare": f"POST /v1/twins/{{id}}/predictions, {other}"}
+    # the server's CPU time per request: what a busy, shared machine changes least
+    cpu = {n: statistics.median(r["cpu_us"] for r in runs[1:]) for n, runs in passes.items()}
     rows = [[labels[n], f"{r['rps']:.0f}", f"{r['rps'] / base['rps']:.2f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}",
-             f"{rss[n]:.0f}", f"{r['errors']:.0f}", " / ".join(f"{v:.0f}" for v in spread[n])] for n, r in results.items()]
+             f"{cpu[n]:.0f}", f"{rss[n]:.0f}", f"{r['errors']:.0f}", " / ".join(f"{v:.0f}" for v in spread[n])]
+            for n, r in results.items()]
     compared = ""
     if args.compare_tree:
         ratio = results["predict"]["rps"] / results["compare"]["rps"]
+        paired = ", ".join(f"{a / b:.3f}" for a, b in zip(spread["predict"], spread["compare"], strict=True))
         compared = (f" The API of {other} is served the same way from a copy of the database and measured in the same "
-                    f"passes: this tree's prediction throughput is {ratio:.3f}x its.")
+                    f"passes: this tree's prediction throughput is {ratio:.3f}x its (median pass; pass by pass {paired}), "
+                    f"its server CPU time per prediction {cpu['predict'] / cpu['compare']:.3f}x.")
     body = (
         "## Platform API predictions (`benchmarks/api_predictions.py`)\n\n"
-        f"{machine()}; uvicorn, one process each, wrk -t2 -c{args.connections} for {args.seconds:g} s per pass, "
+        f"{machine()} (load average {load} at the end: 1, 5, 15 min); uvicorn, one process each, wrk -t2 -c{args.connections} for {args.seconds:g} s per pass, "
         f"{args.passes} passes over the servers in turn (the first a warm-up; the median of the others kept, all listed), "
         f"{len(ids)} twins round-robin. A prediction = auth (API key, 10 s principal cache), tenant-scoped twin lookup (cached), "
         "Feast online features (SQLite, 60 s twin-state cache), MLP scored with the NumPy scorer, then the prediction row and its "
         "audit event (HMAC-chained under the audit key, the head checkpointed to a file every 1000 events or 10 s) group-committed to SQLite (the answer waits for the commit), Prometheus metrics. "
-        "API served from `platform_api.asgi:app` (PyTorch kept out). "
+        "API served from `platform_api.asgi:app` (PyTorch kept out). Server CPU us/req: the server process's user + system "
+        "CPU time (all threads) over the requests it answered in a pass, median of the kept passes (a busy shared machine "
+        "moves it far less than throughput). "
         f"Aim: p99 < 25 ms and at least half the hello-world throughput; API process RSS under 512 MB.{compared}\n\n"
-        + table(["endpoint", "req/s", "vs hello", "p50 ms", "p99 ms", "RSS MB", "non-2xx", "req/s per pass"], rows)
+        + table(["endpoint", "req/s", "vs hello", "p50 ms", "p99 ms", "server CPU us/req", "RSS MB", "non-2xx",
+                 "req/s per pass"], rows)
     )
     print(body)
     write_section("api-predictions", body)
