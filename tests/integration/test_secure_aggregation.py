@@ -45,6 +45,9 @@ def _client_app() -> ClientApp:
         server_round = int(message.content["config"]["server-round"])
         if partition == HOSPITALS - 1 and server_round == 2:
             raise RuntimeError("hospital-3 lost its disk")  # fails in the masked stage of round 2
+        if partition == 2 and server_round == 1:  # refuses in the masked stage of round 1 (its status, no update)
+            site = ConfigRecord({"hospital-id": "hospital-2", "status": "refused", "reason": "privacy budget exhausted"})
+            return Message(RecordDict({"site": site}), reply_to=message)
         local, examples = hospital_update(partition, server_round, message.content["arrays"])
         reply = Message(RecordDict({
             "arrays": ArrayRecord(OrderedDict((k, Array(v)) for k, v in local.items())),
@@ -101,7 +104,7 @@ def _ok(replies: list[Message]) -> list[Message]:
 def test_aggregate_is_the_weighted_mean_within_quantisation_error(secagg_run: dict[str, Any], server_round: int) -> None:
     replies = _ok(secagg_run[server_round])
     partitions = sorted(int(next(iter(r.content.metric_records.values()))["partition"]) for r in replies)
-    assert partitions == ([0, 1, 2, 3] if server_round == 1 else [0, 1, 2])  # round 2: hospital-3 dropped
+    assert partitions == ([0, 1, 3] if server_round == 1 else [0, 1, 2])  # one of 4 left each round
     expected = _expected_mean(partitions, server_round, secagg_run["model"])
     step = 2 * 8.0 / 2**22 * 400.0 / 40  # one quantisation level of the smallest weighted update
     for reply in replies:  # every hospital's reply carries the same aggregate, and its own clear metrics
@@ -114,9 +117,12 @@ def test_aggregate_is_the_weighted_mean_within_quantisation_error(secagg_run: di
     assert max(np.abs(plain[k] - expected[k]).max() for k in SHAPES) > 100 * step
 
 
-def test_dropout_in_the_masked_stage_is_reported(secagg_run: dict[str, Any]) -> None:
+def test_dropouts_in_the_masked_stage_are_reported(secagg_run: dict[str, Any]) -> None:
     failed = [r for r in secagg_run[2] if r.has_error()]
     assert len(failed) == 1 and "lost its disk" in failed[0].error.reason
+    refused = [r.content["site"] for r in secagg_run[1] if not r.has_error() and not r.content.array_records]
+    assert [(s["hospital-id"], s["status"], s["reason"]) for s in refused] == [
+        ("hospital-2", "refused", "privacy budget exhausted")]
 
 
 def test_coordinator_sees_masked_vectors_that_match_no_hospitals_update(secagg_run: dict[str, Any]) -> None:
@@ -124,7 +130,7 @@ def test_coordinator_sees_masked_vectors_that_match_no_hospitals_update(secagg_r
     masked = [(rnd, reply) for stage, rnd, _, reply in secagg_run["replies"]
               if stage == Stage.COLLECT_MASKED_VECTORS and not reply.has_error()
               and Key.MASKED_PARAMETERS in reply.content.config_records.get(SECAGG_RECORD, {})]
-    assert len(masked) == HOSPITALS + HOSPITALS - 1
+    assert len(masked) == 2 * (HOSPITALS - 1)
     from flwr.common import bytes_to_ndarray
 
     for rnd, reply in masked:
