@@ -19,6 +19,7 @@ from federation.errors import TooFewHospitalsError, VocabularyError
 from federation.imbalance import federation_class_weights
 from federation.progress import ProgressLog
 from federation.run_tags import version_tags
+from federation.secure_aggregation import secure_grid
 from federation.selection import RoundSelection
 from federation.strategy import HospitalReply, build_strategy, remote_reason, reply_node
 from federation.validation_round import validate_final
@@ -275,7 +276,7 @@ class Coordinator:
             self._round_started = time.perf_counter()
             initial = ArrayRecord(model.state_dict()) if self.checkpoint is None else self.checkpoint.restore_strategy(strategy)
             result = strategy.start(
-                grid=grid,
+                grid=secure_grid(grid, spec, self.class_counts),  # SecAgg+ when the spec asks (federation.secure_aggregation)
                 initial_arrays=initial,
                 num_rounds=spec.training.rounds,
                 timeout=spec.strategy.round_timeout,
