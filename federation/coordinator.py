@@ -17,6 +17,7 @@ from federation.checkpoint import Checkpoint, reopen_run, save_checkpoint
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from federation.errors import TooFewHospitalsError, VocabularyError
 from federation.imbalance import federation_class_weights
+from federation.node_identity import NodeIdentities
 from federation.progress import ProgressLog
 from federation.run_tags import version_tags
 from federation.secure_aggregation import secure_grid
@@ -62,6 +63,7 @@ class Coordinator:
         self.train_losses: list[float] = []
         self.loss_warning: str | None = None
         self.selection = RoundSelection(spec)
+        self.identities = NodeIdentities()  # node id -> admitted hospital, on a coordinator's SuperLink
         self._noise_warned = False
         self.resume_run = resume_run
         self.checkpoint: Checkpoint | None = None
@@ -198,6 +200,11 @@ class Coordinator:
                 continue
             site = msg.content["site"]
             hospital = str(site["hospital-id"])
+            impostor = self.identities.problem(node, hospital)
+            if impostor:  # its statistics are not merged, and it is asked nothing more
+                outcome[f"node-{node}"] = {"status": "refused", "reason": f"the coordinator refuses: {impostor}"}
+                nodes.remove(node)
+                continue
             names[node] = hospital
             outcome[hospital] = {"status": str(site["status"]), "reason": remote_reason(str(site["reason"]))}
             if site["status"] == "ok":
@@ -265,6 +272,7 @@ class Coordinator:
             setup_seconds = time.perf_counter() - started
             model = self.modality.build_model(spec, encoder)
             strategy = build_strategy(spec.strategy, observer=self, min_available=spec.strategy.min_hospitals,
+                                      identities=self.identities,
                                       learning_rate=spec.training.learning_rate)
             strategy.node_names.update(names)  # type: ignore[attr-defined]
             self.node_names = strategy.node_names  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, 
 
 from experiments.spec_sections import StrategySpec
 from federation.errors import TooFewHospitalsError
+from federation.node_identity import NodeIdentities
 
 __all__ = ["CLIP_BOUND", "HospitalReply", "RoundObserver", "aggregate_metrics", "build_strategy", "remote_reason", "reply_node", "selection_parts"]
 
@@ -115,7 +116,7 @@ def aggregate_metrics(records: list[RecordDict], weighted_by_key: str) -> Metric
 
 
 def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, str],
-              sent: Iterable[Message] = ()) -> tuple[list[Message], list[HospitalReply]]:
+              sent: Iterable[Message] = (), identities: NodeIdentities | None = None) -> tuple[list[Message], list[HospitalReply]]:
     usable: list[Message] = []
     outcomes: list[HospitalReply] = []
     waiting = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
@@ -129,6 +130,10 @@ def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, st
             continue
         site = msg.content.config_records.get("site")
         hospital = str(site["hospital-id"]) if site else names.get(node, f"node-{node}")
+        impostor = identities.problem(node, hospital) if identities is not None else None
+        if impostor:  # the node's key was admitted under another name (or not at all): never aggregated
+            outcomes.append(HospitalReply(f"node-{node}", "refused", f"the coordinator refuses: {impostor}"))
+            continue
         names[node] = hospital
         status = str(site["status"]) if site else "ok"
         has_payload = bool(msg.content.metric_records) and (not need_arrays or bool(msg.content.array_records))
@@ -156,6 +161,8 @@ class _Observed:
     observer: RoundObserver
     min_hospitals: int
     node_names: dict[int, str]
+    #: Which hospital each node's key was admitted as (None outside a coordinator's SuperLink).
+    identities: NodeIdentities | None = None
 
     #: Set when the observer's model selection stopped training early: the remaining
     #: rounds of Flower's loop send no messages (nothing is trained, charged or evaluated).
@@ -200,7 +207,7 @@ class _Observed:
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self._skipped(server_round):
             return None, None
-        usable, outcomes = _classify(replies, True, self.node_names, self._sent)
+        usable, outcomes = _classify(replies, True, self.node_names, self._sent, self.identities)
         if len(usable) < self.min_hospitals:
             self.observer.on_round("train", server_round, outcomes, {})
             detail = "; ".join(f"{o.hospital_id} {o.status}: {o.reason}" for o in outcomes if o.status != "ok")
@@ -225,7 +232,7 @@ class _Observed:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         if self._skipped(server_round):
             return None
-        usable, outcomes = _classify(replies, False, self.node_names, self._sent)
+        usable, outcomes = _classify(replies, False, self.node_names, self._sent, self.identities)
         # aggregate_metrics directly: Flower's FedAvg refuses replies whose metric keys differ,
         # as they do when some hospitals evaluate on a val part and others on their test part
         metrics = aggregate_metrics([m.content for m in usable], self.weighted_by_key) if usable else None  # type: ignore[attr-defined]
@@ -261,7 +268,8 @@ _BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedavg
                                    "fedyogi": FedYogi}
 
 
-def build_strategy(spec: StrategySpec, *, observer: RoundObserver, min_available: int, learning_rate: float) -> Strategy:
+def build_strategy(spec: StrategySpec, *, observer: RoundObserver, min_available: int, learning_rate: float,
+                   identities: NodeIdentities | None = None) -> Strategy:
     """The spec's Flower strategy, wrapped to tolerate and report absent hospitals.
 
     Args:
@@ -269,6 +277,8 @@ def build_strategy(spec: StrategySpec, *, observer: RoundObserver, min_available
         observer: Told the outcome of every round.
         min_available: Hospitals to wait for before a round starts.
         learning_rate: The hospitals' learning rate (FedAdam/FedYogi's ``eta_l``).
+        identities: The admitted hospitals' node ids: a reply whose hospital id is not the name
+            its node's key was admitted under is refused, never aggregated.
     """
     base = _BASES[spec.name]
     kwargs: dict[str, Any] = {
@@ -289,5 +299,6 @@ def build_strategy(spec: StrategySpec, *, observer: RoundObserver, min_available
     strategy.observer = observer
     strategy.min_hospitals = spec.min_hospitals
     strategy.node_names = {}
+    strategy.identities = identities
     strategy.wait_timeout = spec.join_timeout
     return strategy

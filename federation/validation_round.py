@@ -58,6 +58,10 @@ def validate_final(coordinator: Any, grid: Grid, nodes: list[int], encoder: Prep
             continue
         site = msg.content["site"]
         hospital = str(site["hospital-id"])
+        impostor = coordinator.identities.problem(node, hospital)
+        if impostor:  # its counts are never merged into the report
+            outcome[f"node-{node}"] = {"status": "refused", "reason": f"the coordinator refuses: {impostor}"}
+            continue
         outcome[hospital] = {"status": str(site["status"]), "reason": remote_reason(str(site["reason"]))}
         if site["status"] == "ok":
             parts[hospital] = json.loads(str(msg.content["validation"]["aggregates"]))

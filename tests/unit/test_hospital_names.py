@@ -68,3 +68,25 @@ def test_the_final_table_leaves_out_a_hospital_whose_last_evaluation_never_came(
     coordinator.on_round("evaluate", 2, [ok("hospital-01"), HospitalReply("hospital-02", "failed", "no reply")], {})
     coordinator.tracker.end("FINISHED")
     assert set(coordinator.final_eval) == {"hospital-01"}  # hospital-02's round-1 AUROC is not its final one
+
+
+def test_a_node_claiming_another_hospitals_id_is_refused_and_never_aggregated(tmp_path: Path) -> None:
+    from federation.node_identity import NodeIdentities
+
+    identities = NodeIdentities(tmp_path / "no-coordinator-here")  # lookups of unknown nodes fail: the known map stays
+    identities._known = {11: "hospital-01", 12: "hospital-02"}  # as the SuperLink's registered keys say
+    observer = _Observer()
+    strategy = build_strategy(StrategySpec(min_hospitals=1), observer=observer, min_available=1, learning_rate=0.01,
+                              identities=identities)
+    sent = [_sent(11, "m11"), _sent(12, "m12"), _sent(13, "m13")]
+    strategy._sent = sent
+    # node 12's key was admitted as hospital-02, but it speaks for hospital-01; node 13 was never admitted
+    metrics = strategy.aggregate_evaluate(1, [_ok(sent[0], "hospital-01"), _ok(sent[1], "hospital-01"),
+                                              _ok(sent[2], "hospital-03")])
+    ((_, _, replies),) = observer.rounds
+    by_id = {r.hospital_id: r for r in replies}
+    assert by_id["hospital-01"].status == "ok"
+    assert by_id["node-12"].status == "refused" and "admitted as hospital-02 but claims to be hospital-01" in by_id["node-12"].reason
+    assert by_id["node-13"].status == "refused" and "not among the coordinator's admitted hospitals" in by_id["node-13"].reason
+    assert metrics is not None and float(metrics["num-examples"]) == 10.0  # only the genuine hospital's reply counts
+    assert strategy.node_names == {11: "hospital-01"}
