@@ -81,7 +81,7 @@ def _bioverse() -> str:
 
 def systemd_unit(config: NodeConfig, directory: Path) -> str:
     """A systemd service running ``bioverse hospital start`` for this node folder (restarts
-    on failure, read-only system, writes only to its folder, ledger and audit log)."""
+    whenever it exits: a SuperNode refused by a restarted SuperLink exits 0; read-only system, writes only to its folder, ledger and audit log)."""
     writable = sorted({str(directory), str(config.ledger_path.parent), str(config.audit_log.parent)})
     return "\n".join([
         "[Unit]",
@@ -94,7 +94,7 @@ def systemd_unit(config: NodeConfig, directory: Path) -> str:
         f"ExecStart={_bioverse()} hospital start --dir {directory}",
         f"WorkingDirectory={directory}",
         f'Environment=PYTHONUNBUFFERED=1 "FLWR_HOME={directory / "flwr-home"}"',  # Flower installs its apps there
-        "Restart=on-failure",
+        "Restart=always",  # also after a clean exit: a SuperNode a restarted SuperLink refuses exits 0
         "RestartSec=30",
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
@@ -118,7 +118,7 @@ def compose_service(config: NodeConfig, directory: Path) -> str:
         mounts.append({"type": "bind", "source": str(folder), "target": str(folder)})
     service = {"image": "${BIOVERSE_IMAGE:-bioverse:latest}",
                "command": ["bioverse", "hospital", "start", "--dir", str(directory)],
-               "restart": "on-failure", "volumes": mounts,
+               "restart": "unless-stopped", "volumes": mounts,
                "environment": {"PYTHONUNBUFFERED": "1", "FLWR_HOME": str(directory / "flwr-home")}}
     name = "bioverse-" + re.sub(r"[^a-z0-9_-]", "-", config.hospital_id.lower())
     return yaml.safe_dump({"services": {name: service}}, sort_keys=False)

@@ -30,6 +30,8 @@ class SitePolicy(BaseModel):
             ``validation.min_cell`` must be at least this.
         allow_images: Whether runs on images (``data.modality: images``) may use its data.
         require_dp: Whether every run must train with DP (``privacy.enabled``).
+        require_secure_aggregation: Whether every run must aggregate with SecAgg+
+            (``strategy.secure_aggregation``), so that no coordinator sees this hospital's update.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,6 +43,7 @@ class SitePolicy(BaseModel):
     min_cell: int = Field(default=10, ge=1, le=1000)
     allow_images: bool = False
     require_dp: bool = True
+    require_secure_aggregation: bool = False
 
     @field_validator("total_budget", "max_epsilon_per_run")
     @classmethod
@@ -74,6 +77,8 @@ def check_policy(policy: SitePolicy, spec: ExperimentSpec, hospital_id: str, spe
 
     if policy.require_dp and not spec.privacy.enabled:
         raise refuse("runs without differential privacy (policy require_dp)")
+    if policy.require_secure_aggregation and not spec.strategy.secure_aggregation:
+        raise refuse("runs without secure aggregation (policy require_secure_aggregation)")
     if spec.data.modality == "images" and not policy.allow_images:
         raise refuse("runs on images (policy allow_images = false)")
     if policy.allowed_model_kinds is not None and spec.model.kind not in policy.allowed_model_kinds:

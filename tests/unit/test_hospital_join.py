@@ -196,7 +196,7 @@ def test_systemd_unit_is_valid(tmp_path: Path, pki: dict[str, Path]) -> None:
     assert set(unit.sections()) == {"Unit", "Service", "Install"}
     assert unit["Service"]["ExecStart"].endswith(f"hospital start --dir {tmp_path / 'node'}")
     assert Path(unit["Service"]["ExecStart"].split()[0]).exists()
-    assert unit["Service"]["Restart"] == "on-failure" and unit["Install"]["WantedBy"] == "multi-user.target"
+    assert unit["Service"]["Restart"] == "always" and unit["Install"]["WantedBy"] == "multi-user.target"
     assert unit["Service"]["ProtectSystem"] == "strict"  # so Flower's own files must live in the writable node folder
     assert unit["Service"]["ReadWritePaths"] == str(tmp_path / "node")
     assert f"FLWR_HOME={tmp_path / 'node' / 'flwr-home'}" in joined.systemd_unit.read_text()

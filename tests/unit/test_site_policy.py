@@ -111,3 +111,10 @@ def test_nothing_leaves_unaudited_and_a_crash_is_recorded(hospital_files: list[P
     reply = _statistics(spec_text, node, "run-c")
     assert reply.content["site"]["status"] == "error" and reply.content["site"]["reason"].startswith("audit log: ")
     assert "statistics" not in reply.content
+
+
+def test_a_hospital_can_require_secure_aggregation(hospital_files: list[Path]) -> None:
+    strict = POLICY.model_copy(update={"require_secure_aggregation": True})
+    with pytest.raises(SitePolicyRefusal, match="without secure aggregation"):
+        check_policy(strict, make_spec(hospital_files), "h1")
+    check_policy(strict, make_spec(hospital_files, strategy={"secure_aggregation": True}), "h1")  # 3 hospitals: allowed
