@@ -9,13 +9,14 @@ import logging
 import os
 import select
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
 
 from federation.polling import Backoff
 
-__all__ = ["DEFAULT_PRELOAD", "main", "serve", "wait_for_wakeup"]
+__all__ = ["DEFAULT_PRELOAD", "main", "serve", "wait_for_wakeup", "watch_parent"]
 
 log = logging.getLogger("bioverse.app_runner")
 
@@ -144,8 +145,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.addHandler(handler)
     log.propagate = False  # the ClientApp may configure the root logger in a child: one line, not two
     log.setLevel(logging.INFO)
-    serve(args.runtime_api_address, insecure=args.insecure, root_certificates=args.root_certificates,
-          parent_pid=args.parent_pid, wakeup_fd=args.wakeup_fd, modules=[m for m in args.preload.split(",") if m])
+    if args.parent_pid is not None:
+        watch_parent(args.parent_pid)
+    try:
+        serve(args.runtime_api_address, insecure=args.insecure, root_certificates=args.root_certificates,
+              parent_pid=args.parent_pid, wakeup_fd=args.wakeup_fd, modules=[m for m in args.preload.split(",") if m])
+    finally:
+        _exit_now(0)
+
+
+def _exit_now(code: int) -> None:
+    """End the runner without waiting for threads the preloaded libraries started (seen: runners
+    orphaned for an hour in a futex wait at interpreter exit after their SuperNode was killed)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def watch_parent(parent_pid: int, every: float = 1.0) -> threading.Thread:
+    """A daemon thread that ends the runner once its SuperNode is gone (re-parented), even while
+    the main loop is blocked in a request Flower's client retries."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        log.info("the SuperNode (pid %d) is gone: the runner stops", parent_pid)
+        _exit_now(0)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ forked child of the runner (no per-task process start), and the SuperNode logs h
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 
@@ -46,3 +47,43 @@ def test_a_deployment_run_on_the_warm_runner_has_clean_supernode_logs(hospital_f
         assert log.count("(exit code 0)") >= 6, log[-3000:]
         assert "Start `flwr-clientapp` process" not in log  # Flower's per-task process start is not used
         assert "authentication failed" not in log, log[-3000:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited
+
+
+def test_a_runner_whose_supernode_dies_stops_even_while_its_requests_are_retried(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    # the "SuperNode": starts the runner against a runtime API nobody serves (Flower's client retries), then dies
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, subprocess, sys, time\n"
+         f"p = subprocess.Popen([sys.executable, '-m', 'federation.app_runner', '--runtime-api-address', '127.0.0.1:{free_port()}',"
+         " '--insecure', '--parent-pid', str(os.getpid()), '--preload', ''])\n"
+         "print(p.pid, flush=True)\ntime.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    runner = 0
+    try:
+        runner = int(parent.stdout.readline())
+        time.sleep(3)  # the runner is up, retrying its first AcquireTask
+        assert _alive(runner)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 30
+        while _alive(runner) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(runner), "the runner outlived its SuperNode"
+    finally:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(parent.pid, signal.SIGKILL)
+        if runner and _alive(runner):
+            os.kill(runner, signal.SIGKILL)
