@@ -21,7 +21,7 @@ from tests.integration.conftest import BIOVERSE, cli_env
 
 pytestmark = pytest.mark.integration
 
-ROUNDS = 3
+ROUNDS = 4  # margin: on a quiet machine a round or two more may complete before the kill lands
 
 
 def _kill_tree(process: subprocess.Popen[str]) -> None:
@@ -61,7 +61,9 @@ def test_a_killed_coordinator_is_resumed_from_its_last_round(hospital_files: lis
             pytest.fail(f"no checkpoint before the run ended: {first.stdout.read() if first.stdout else ''}")
     finally:
         _kill_tree(first)  # the coordinator's machine dies: no chance to say anything
-    assert run_id is not None and checkpoint.server_round < ROUNDS
+    assert run_id is not None
+    checkpoint = load_checkpoint(uri, run_id)  # the last one written before the kill (a later round may have landed)
+    assert checkpoint is not None and checkpoint.server_round < ROUNDS
 
     resumed = subprocess.run([BIOVERSE, "experiment", "resume", run_id, "--tracking-uri", uri, "--quiet"],
                              env=env, capture_output=True, text=True, timeout=600)
