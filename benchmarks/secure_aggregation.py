@@ -34,6 +34,7 @@ from flwr.simulation import run_simulation
 from _results import machine, table, write_section
 from experiments.spec import parse_spec
 from federation.errors import LaunchError
+from federation.grid import DelegatingGrid
 from federation.launcher import LaunchOptions, run_experiment
 from federation.secure_aggregation import SecAggParams, SecureAggregationGrid
 from federation.secure_aggregation_mod import secure_aggregation_mod
@@ -61,31 +62,12 @@ def _size(message: Message) -> int:
     return 0 if message.has_error() else recorddict_to_proto(message.content).ByteSize()
 
 
-class CountingGrid(Grid):
+class CountingGrid(DelegatingGrid):
     """Delegates to Flower's grid; counts the serialised content of what goes out and comes back."""
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.sent = self.received = self.messages = 0
-
-    def set_run(self, run: Any) -> None:  # noqa: D102 - delegated
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:  # noqa: D102 - delegated
-        return self._grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102 - delegated
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102 - delegated
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102 - delegated
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102 - delegated
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)

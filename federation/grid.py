@@ -9,21 +9,14 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-__all__ = ["ResponsiveGrid"]
+__all__ = ["DelegatingGrid", "ResponsiveGrid"]
 
 
-class ResponsiveGrid(Grid):
-    """Delegates to Flower's grid, but ``send_and_receive`` polls for replies every 10 ms,
-    backing off to 0.5 s while nothing arrives.
+class DelegatingGrid(Grid):
+    """A Flower grid that passes every call to the grid it wraps; subclasses override what they change."""
 
-    Flower 1.42's grids sleep a fixed 0.1 s (simulation) or 3 s (deployment) between
-    pulls, which on short rounds is most of the coordinator's overhead.
-    """
-
-    def __init__(self, grid: Grid, first_wait: float = 0.01, max_wait: float = 0.5) -> None:
+    def __init__(self, grid: Grid) -> None:
         self._grid = grid
-        self.first_wait = first_wait
-        self.max_wait = max_wait
 
     def set_run(self, run: Any) -> None:  # noqa: D102 - delegated
         self._grid.set_run(run)
@@ -43,6 +36,23 @@ class ResponsiveGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102 - delegated
         return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102 - delegated
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class ResponsiveGrid(DelegatingGrid):
+    """Delegates to Flower's grid, but ``send_and_receive`` polls for replies every 10 ms,
+    backing off to 0.5 s while nothing arrives.
+
+    Flower 1.42's grids sleep a fixed 0.1 s (simulation) or 3 s (deployment) between
+    pulls, which on short rounds is most of the coordinator's overhead.
+    """
+
+    def __init__(self, grid: Grid, first_wait: float = 0.01, max_wait: float = 0.5) -> None:
+        super().__init__(grid)
+        self.first_wait = first_wait
+        self.max_wait = max_wait
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push ``messages`` and collect replies until all arrive or ``timeout`` passes."""

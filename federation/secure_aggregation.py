@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from federation.errors import TooFewHospitalsError
+from federation.grid import DelegatingGrid
 from federation.secure_aggregation_mod import SECAGG_RECORD, apply_mean_update
 from federation.strategy import remote_reason
 
@@ -90,7 +91,7 @@ class _Round:
     sent: dict[int, str] = field(default_factory=dict)  # node -> id of the last stage message it was sent
 
 
-class SecureAggregationGrid(Grid):
+class SecureAggregationGrid(DelegatingGrid):
     """Delegates to a grid, but runs each training round as Flower's SecAgg+ protocol.
 
     The train messages a Message-API strategy sends go out in the masked stage; the
@@ -106,28 +107,9 @@ class SecureAggregationGrid(Grid):
     """
 
     def __init__(self, grid: Grid, params: SecAggParams | None = None, recorder: ReplyRecorder | None = None) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.params = params or SecAggParams()
         self.recorder = recorder
-
-    def set_run(self, run: Any) -> None:  # noqa: D102 - delegated
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:  # noqa: D102 - delegated
-        return self._grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102 - delegated
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102 - delegated
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102 - delegated
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102 - delegated
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Training messages: a SecAgg+ round; anything else: sent as it is."""
