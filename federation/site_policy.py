@@ -79,7 +79,7 @@ def check_policy(policy: SitePolicy, spec: ExperimentSpec, hospital_id: str, spe
         raise refuse("runs without differential privacy (policy require_dp)")
     if policy.require_secure_aggregation and not spec.strategy.secure_aggregation:
         raise refuse("runs without secure aggregation (policy require_secure_aggregation)")
-    if spec.data.modality == "images" and not policy.allow_images:
+    if spec.modality.uses_images and not policy.allow_images:
         raise refuse("runs on images (policy allow_images = false)")
     if policy.allowed_model_kinds is not None and spec.model.kind not in policy.allowed_model_kinds:
         raise refuse(f"model kind {spec.model.kind!r} (policy allows {', '.join(policy.allowed_model_kinds) or 'none'})")

@@ -107,6 +107,7 @@ class Modality(Protocol):
         name: The spec's ``data.modality``.
         multiclass_aggregates: Validation aggregates hold one histogram per class.
         uses_gpu: Simulated hospitals share the machine's GPUs by default.
+        uses_images: Runs read images (a site policy's ``allow_images`` decides whether its data may be used).
         summary_metrics: The run summary's per-hospital columns: (header, metric key); a
             header's ``{part}`` is the part scored (``val`` or ``held-out``).
         summary_validation: The run summary's validation line: (label, run tag) of each metric.
@@ -116,6 +117,7 @@ class Modality(Protocol):
     name: str
     multiclass_aggregates: bool
     uses_gpu: bool
+    uses_images: bool
     summary_metrics: tuple[tuple[str, str], ...]
     summary_validation: tuple[tuple[str, str], ...]
     unit: str

@@ -10,12 +10,14 @@ import pytest
 import tomli_w
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
+from experiments.spec import parse_spec
 from federation import client_app
 from federation.errors import SiteConfigError, SitePolicyRefusal
 from federation.ledger import PrivacyLedger
 from federation.site_audit import read_rows, spec_fingerprint, verify_log
 from federation.site_policy import SitePolicy, check_policy, load_policy, run_epsilon
 from tests.conftest import make_spec, spec_json
+from tests.unit.test_spec_images import image_spec_dict
 
 POLICY = SitePolicy(total_budget=10.0, max_epsilon_per_run=5.0, allowed_model_kinds=("logistic",),
                     allowed_strategies=("fedavg", "fedprox"), min_cell=10)
@@ -40,6 +42,15 @@ def test_an_allowed_run_passes_and_the_budget_left_is_checked(hospital_files: li
     check_policy(POLICY, spec, "h1", spent_elsewhere=6.0)
     with pytest.raises(SitePolicyRefusal, match="only 3.500 of its total budget 10 is left"):
         check_policy(POLICY, spec, "h1", spent_elsewhere=6.5)
+
+
+def test_runs_on_images_are_refused_unless_the_policy_allows_images() -> None:
+    spec = parse_spec(image_spec_dict())
+    assert spec.modality.uses_images and spec.privacy.enabled
+    policy = SitePolicy(total_budget=100.0, max_epsilon_per_run=100.0)
+    with pytest.raises(SitePolicyRefusal, match=r"runs on images \(policy allow_images = false\)"):
+        check_policy(policy, spec, "h1")
+    check_policy(policy.model_copy(update={"allow_images": True}), spec, "h1")
 
 
 def test_a_broken_policy_file_is_one_line(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ class ImagingModality(ImagingRegistrySide):
     name = "images"
     multiclass_aggregates = True
     uses_gpu = True
+    uses_images = True
     summary_metrics = (("{part} accuracy", "accuracy"), ("macro AUROC", "auroc"), ("loss", "loss"))
     summary_validation = (("accuracy", "validation.accuracy"), ("balanced accuracy", "validation.balanced_accuracy"),
                           ("macro AUROC", "validation.auroc"), ("ECE", "validation.ece"))

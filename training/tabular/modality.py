@@ -19,6 +19,7 @@ class TabularModality(TabularRegistrySide):
     name = "tabular"
     multiclass_aggregates = False
     uses_gpu = False
+    uses_images = False
     summary_metrics = (("{part} AUROC", "auroc"), ("AUPRC", "auprc"), ("Brier", "brier"))
     summary_validation = (("AUROC", "validation.auroc"), ("calibration slope", "validation.calibration_slope"),
                           ("Brier", "validation.brier"))
