@@ -117,6 +117,8 @@ def save_checkpoint(coordinator: Any, strategy: Any, server_round: int, arrays: 
         "strategy": {"clip_bound": strategy.clip_bound, "stopped_after": strategy.stopped_after,
                      "node_names": {str(k): v for k, v in strategy.node_names.items()}},
         "saved": time.time(),
+        # a copy of the run's audit-heads.json (federation.audit_heads), should that artifact be torn
+        "audit_heads": list(getattr(getattr(coordinator, "audit_heads", None), "heads", [])),
     }
     flat: dict[str, np.ndarray] = {"round": np.array(server_round)}
     if arrays is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ from flwr.serverapp import Grid
 
 from experiments.spec import ExperimentSpec
 from experiments.tracking import RunTracker
+from federation.audit_heads import AuditHeads, heads_recorder
 from federation.checkpoint import Checkpoint, reopen_run, save_checkpoint
 from federation.convergence import LOSS_RISING_TAG, loss_rising
 from federation.errors import TooFewHospitalsError, VocabularyError
@@ -20,7 +22,7 @@ from federation.imbalance import federation_class_weights
 from federation.node_identity import NodeIdentities
 from federation.progress import ProgressLog
 from federation.run_tags import version_tags
-from federation.secure_aggregation import secure_grid
+from federation.secure_aggregation import SecureAggregationGrid, secure_grid
 from federation.selection import RoundSelection
 from federation.strategy import HospitalReply, build_strategy, remote_reason, reply_node
 from federation.validation_round import validate_final
@@ -69,6 +71,7 @@ class Coordinator:
         self.checkpoint: Checkpoint | None = None
         self.node_names: dict[int, str] = {}
         self._encoder: Preprocessor | None = None
+        self.audit_heads = AuditHeads()  # every hospital's audit-chain heads: anchors outside the hospital
 
     # ---- RoundObserver ----
     def on_round(self, stage: str, server_round: int, replies: list[HospitalReply], aggregated: dict[str, float]) -> None:
@@ -87,6 +90,9 @@ class Coordinator:
         round_record[stage] = {r.hospital_id: {"status": r.status, "reason": r.reason} for r in replies}
         ok = [r.hospital_id for r in replies if r.status == "ok"]
         metrics[f"{stage}_hospitals"] = float(len(ok))
+        for reply in replies:
+            self.audit_heads.add(reply.hospital_id, stage, server_round, reply.audit_head, reply.status)
+        self.audit_heads.save(self.tracker)
         if stage == "evaluate":
             now = time.perf_counter()
             self.timings.append({
@@ -207,9 +213,11 @@ class Coordinator:
                 continue
             names[node] = hospital
             outcome[hospital] = {"status": str(site["status"]), "reason": remote_reason(str(site["reason"]))}
+            self.audit_heads.add(hospital, "statistics", 0, str(site.get("audit-head", "") or ""), str(site["status"]))
             if site["status"] == "ok":
                 self._keep_statistics(hospital, msg.content["statistics"], stats)
         self.participation["0"] = {"statistics": outcome}
+        self.audit_heads.save(self.tracker)
         self.progress.emit("statistics", hospitals={h: o["status"] for h, o in outcome.items()},
                            reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
         if len(stats) < self.spec.strategy.min_hospitals:
@@ -259,6 +267,7 @@ class Coordinator:
         try:
             if self.resume_run is not None:
                 self.checkpoint = reopen_run(self.tracker, spec, self.resume_run)
+                self.audit_heads.resume(self.tracker.tracking_uri, run_id)  # the heads received before it stopped
             self.progress.emit("start", run_id=run_id, experiment=spec.name, rounds=spec.training.rounds,
                                hospitals=[h.id for h in spec.data.hospitals],
                                resumed_after=self.checkpoint.server_round if self.checkpoint else None)
@@ -284,7 +293,7 @@ class Coordinator:
             self._round_started = time.perf_counter()
             initial = ArrayRecord(model.state_dict()) if self.checkpoint is None else self.checkpoint.restore_strategy(strategy)
             result = strategy.start(
-                grid=secure_grid(grid, spec, self.class_counts),  # SecAgg+ when the spec asks (federation.secure_aggregation)
+                grid=self._training_grid(grid),
                 initial_arrays=initial,
                 num_rounds=spec.training.rounds,
                 timeout=spec.strategy.round_timeout,
@@ -323,11 +332,21 @@ class Coordinator:
             self.tracker.end("FINISHED")
         except BaseException as err:
             log.exception("run %s failed", run_id)
+            with contextlib.suppress(Exception):  # heads of a round that failed midway are kept too
+                self.audit_heads.save(self.tracker)
             self.tracker.end("FAILED")
             self.progress.emit("error", run_id=run_id, message=str(err) or type(err).__name__)
             raise
         self.progress.emit("done", **summary)
         return summary
+
+    def _training_grid(self, grid: Grid) -> Grid:
+        """SecAgg+ when the spec asks (:mod:`federation.secure_aggregation`), keeping the heads
+        of its training replies even when a round fails before the strategy reads them."""
+        training = secure_grid(grid, self.spec, self.class_counts)
+        if isinstance(training, SecureAggregationGrid):
+            training.recorder = heads_recorder(self.audit_heads, self.identities)
+        return training
 
     def _log_statistics_release(self) -> None:
         """What each hospital's statistics release cost (its ledger's ``<run>/statistics``

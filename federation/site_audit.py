@@ -16,9 +16,12 @@ from typing import Any
 
 from federation.errors import AuditLogError
 
-__all__ = ["GENESIS", "AuditProblem", "AuditRow", "append_row", "read_rows", "row_hash", "spec_fingerprint", "verify_log"]
+__all__ = ["ANCHORS_FORMAT", "GENESIS", "Anchors", "AuditProblem", "AuditRow", "append_row", "load_anchors", "read_rows",
+           "row_hash", "spec_fingerprint", "verify_anchors", "verify_log"]
 
 GENESIS = "0" * 64
+#: The anchors file's format: the heads a coordinator received from one hospital in one run.
+ANCHORS_FORMAT = "bioverse-audit-anchors/1"
 #: The fields of a row, in the order each line carries them (``hash`` last).
 FIELDS = ("seq", "at", "hospital", "run", "flower_run", "round", "message", "spec", "launcher", "epsilon",
           "outcome", "reason", "prev")
@@ -222,3 +225,73 @@ def verify_log(path: Path) -> tuple[int, list[AuditProblem]]:
     elif rows and hashes[rows - 1] != digest:
         problems.append(AuditProblem(rows, "does not match the hash the head file recorded for it"))
     return len(hashes), problems
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """The heads a coordinator holds from this hospital for one run, in the order it received them."""
+
+    run: str
+    heads: list[dict[str, Any]]
+
+
+def load_anchors(path: Path, hospital_id: str) -> Anchors:
+    """This hospital's anchors from a file ``bioverse coordinator audit-heads`` wrote (for
+    this hospital, or for every hospital of the run).
+
+    Raises:
+        AuditLogError: unreadable, not an anchors file, or none of its heads are this hospital's.
+    """
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise AuditLogError(f"{path}: not a readable anchors file ({err})") from err
+    if not isinstance(document, dict) or document.get("format") != ANCHORS_FORMAT:
+        raise AuditLogError(f"{path}: not an anchors file (format {ANCHORS_FORMAT} expected)")
+    if "hospitals" in document:
+        heads = document["hospitals"].get(hospital_id) if isinstance(document["hospitals"], dict) else None
+    else:
+        heads = document.get("heads") if document.get("hospital") == hospital_id else None
+    if not isinstance(heads, list) or not all(isinstance(h, dict) and isinstance(h.get("head"), str) for h in heads):
+        named = document.get("hospital") or ", ".join(sorted(document.get("hospitals") or {})) or "no hospital"
+        raise AuditLogError(f"{path}: holds no anchors for {hospital_id} (it is for {named})")
+    return Anchors(str(document.get("run", "")), heads)
+
+
+def _anchor_name(index: int, head: dict[str, Any], run: str) -> str:
+    round_ = head.get("round")
+    at = f" round {round_}" if round_ is not None else ""
+    return (f"anchor {index} ({head.get('stage', '?')}{at} of run {run[:12]}, received {head.get('received', '?')}, "
+            f"head {str(head['head'])[:12]})")
+
+
+def verify_anchors(path: Path, anchors: Anchors) -> AuditProblem | None:
+    """Check that every head the coordinator holds is a row of the log, in the order received,
+    and answers the anchors' run: a log rewritten (even re-hashed end to end) or cut short
+    before an anchored row loses that row's hash.
+
+    Returns the first anchor that fails (None: all hold); rows after the last anchor are not
+    covered (only :func:`verify_log` checks them).
+    """
+    rows: dict[str, tuple[int, dict[str, Any]]] = {}
+    if path.exists():
+        for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                row = json.loads(line)
+                rows.setdefault(str(row["hash"]), (number, row))
+    last = 0
+    for index, head in enumerate(anchors.heads, start=1):
+        found = rows.get(str(head["head"]))
+        name = _anchor_name(index, head, anchors.run)
+        later = len(anchors.heads) - index
+        if found is None:
+            return AuditProblem(0, f"{name} is not in the log: its rows were rewritten or removed"
+                                   + (f" ({later} later anchors not checked)" if later else ""))
+        number, row = found
+        if number <= last:
+            return AuditProblem(number, f"{name} is out of order: the coordinator received it after the head of line "
+                                        f"{last} (rows were moved)")
+        if anchors.run and row.get("run") != anchors.run:
+            return AuditProblem(number, f"{name} answers run {str(row.get('run'))[:12]} in the log (rows were rewritten)")
+        last = number
+    return None

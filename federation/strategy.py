@@ -39,6 +39,8 @@ class HospitalReply:
     status: str  # ok | refused | error | failed
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    #: The head of the hospital's audit chain its reply carried (``site`` record's ``audit-head``).
+    audit_head: str = ""
 
 
 #: The longest reason relayed from a hospital (its error, as one line).
@@ -136,13 +138,14 @@ def _classify(replies: Iterable[Message], need_arrays: bool, names: dict[int, st
             continue
         names[node] = hospital
         status = str(site["status"]) if site else "ok"
+        head = str(site.get("audit-head", "") or "") if site else ""
         has_payload = bool(msg.content.metric_records) and (not need_arrays or bool(msg.content.array_records))
         if status != "ok" or not has_payload:
             outcomes.append(HospitalReply(hospital, status if status != "ok" else "error",
-                                          remote_reason(str(site.get("reason", ""))) if site else ""))
+                                          remote_reason(str(site.get("reason", ""))) if site else "", audit_head=head))
             continue
         metrics = {k: float(v) for k, v in next(iter(msg.content.metric_records.values())).items()}
-        outcomes.append(HospitalReply(hospital, "ok", "", metrics))
+        outcomes.append(HospitalReply(hospital, "ok", "", metrics, head))
         usable.append(msg)
     outcomes += [HospitalReply(names.get(n, f"node-{n}"), "failed", "no reply within the round's timeout")
                  for n in sorted(set(waiting.values()) - answered)]

@@ -63,11 +63,13 @@ def validate_final(coordinator: Any, grid: Grid, nodes: list[int], encoder: Prep
             outcome[f"node-{node}"] = {"status": "refused", "reason": f"the coordinator refuses: {impostor}"}
             continue
         outcome[hospital] = {"status": str(site["status"]), "reason": remote_reason(str(site["reason"]))}
+        coordinator.audit_heads.add(hospital, "validate", None, str(site.get("audit-head", "") or ""), str(site["status"]))
         if site["status"] == "ok":
             parts[hospital] = json.loads(str(msg.content["validation"]["aggregates"]))
     outcome.update({names.get(n, f"node-{n}"): {"status": "failed", "reason": "no reply within the round's timeout"}
                     for n in sorted(set(waiting.values()) - answered)})
     coordinator.participation["validation"] = outcome
+    coordinator.audit_heads.save(coordinator.tracker)
     coordinator.progress.emit("validation", hospitals={h: o["status"] for h, o in outcome.items()},
                        reasons={h: o["reason"] for h, o in outcome.items() if o["reason"]})
     val_parts = {h: p.pop(VAL_KEY) for h, p in parts.items() if VAL_KEY in p}

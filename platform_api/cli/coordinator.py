@@ -142,3 +142,29 @@ def coordinator_start(directory: DirOption = _DEFAULT_DIR) -> None:
 
     serve(config, ready)
     _say("coordinator stopped")
+
+
+@coordinator_app.command("audit-heads")
+@one_line_errors
+def coordinator_audit_heads(
+    run_id: Annotated[str, typer.Argument(help="The federated run (see `bioverse experiment runs`).")],
+    hospital: Annotated[str | None, typer.Option(help="Only this hospital's heads: the file it is given.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the anchors file here (default: print it).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: SQLite in the data dir).")] = None,
+) -> None:
+    """Export the audit-chain heads the run's hospitals sent with their replies: the anchors a
+    hospital checks its log against (bioverse hospital audit verify --anchors FILE)."""
+    import json
+
+    from experiments.settings import get_settings
+    from federation.audit_heads import anchors_document, stored_heads
+
+    uri = tracking_uri or get_settings().resolved_tracking_uri()
+    document = anchors_document(run_id, stored_heads(uri, run_id), hospital)
+    text = json.dumps(document, indent=1) + "\n"
+    if out_file is None:
+        out.print(text, end="", highlight=False, markup=False)
+        return
+    out_file.write_text(text)
+    held = {hospital: document["heads"]} if hospital else document["hospitals"]
+    _say(f"{sum(len(h) for h in held.values())} heads from {', '.join(sorted(held))} in run {run_id} -> {out_file}")

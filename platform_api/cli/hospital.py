@@ -138,17 +138,29 @@ def hospital_check(
 
 @audit_app.command("verify")
 @one_line_errors
-def hospital_audit_verify(directory: DirOption = None) -> None:
+def hospital_audit_verify(
+    directory: DirOption = None,
+    anchors: Annotated[list[Path] | None, typer.Option(
+        "--anchors", help="An anchors file from the coordinator (bioverse coordinator audit-heads): every head it "
+                          "holds must be in the log, in order (repeat for several runs).")] = None,
+) -> None:
     """Check the audit log's hash chain: a row edited, forged, deleted, moved or cut off is
-    named by its line; exit 1 then."""
+    named by its line; with --anchors, also that the heads the coordinator received are still
+    in it (a log rewritten or cut after the fact, however re-hashed, fails); exit 1 then."""
     from federation.errors import AuditLogError
     from federation.node_config import load_node_config
-    from federation.site_audit import verify_log
+    from federation.site_audit import AuditProblem, load_anchors, verify_anchors, verify_log
 
     config = load_node_config(_directory(directory))
     rows, problems = verify_log(config.audit_log)
+    found = [(path, load_anchors(path, config.hospital_id)) for path in anchors or []]
+    for path, held in found:
+        problem = verify_anchors(config.audit_log, held)
+        if problem is not None:
+            problems.append(AuditProblem(problem.line, problem.what + (f" ({path})" if len(found) > 1 else "")))
     if problems:
         for problem in problems[1:]:
             out.print(f"{config.audit_log}: {problem}", highlight=False, markup=False)
         raise AuditLogError(f"{config.audit_log}: {problems[0]}")
-    out.print(f"{config.audit_log}: {rows} rows, the chain holds", highlight=False, markup=False)
+    anchored = "".join(f"; {len(held.heads)} anchors of run {held.run[:12]} found in order" for _, held in found)
+    out.print(f"{config.audit_log}: {rows} rows, the chain holds{anchored}", highlight=False, markup=False)
