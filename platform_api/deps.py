@@ -17,6 +17,7 @@ from platform_api.auth import Principal, TenantPrincipal, authenticate, authenti
 from platform_api.cache import LocalCache, TTLStore
 from platform_api.db import DatabaseUrl, get_session, session_factory
 from platform_api.errors import Forbidden, NotAuthenticated, TooManyRequests
+from platform_api.image_batches import ImageBatchScorer
 from platform_api.metrics import ApiMetrics
 from platform_api.ratelimit import RateLimits
 from platform_api.recorder import Recorder
@@ -28,6 +29,7 @@ from platform_api.vision import VisionClient, get_vision
 __all__ = [
     "CallerDep",
     "FeaturesDep",
+    "ImageBatchScorerDep",
     "ImageScorerDep",
     "LimitQuery",
     "MetricsDep",
@@ -49,6 +51,7 @@ __all__ = [
     "bearer_scheme",
     "client_address",
     "get_feature_service",
+    "get_image_batch_scorer",
     "get_image_scorer",
     "get_metrics",
     "get_model_service",
@@ -254,5 +257,13 @@ async def get_image_scorer(request: Request, url: DatabaseUrl, vision: VisionDep
                        vision=vision, metrics=getattr(request.app.state, "metrics", None))
 
 
+async def get_image_batch_scorer(request: Request, url: DatabaseUrl, vision: VisionDep) -> ImageBatchScorer:
+    """Several images of a twin classified in one call to the vision deployment."""
+    return ImageBatchScorer(patients=TwinPatients(url=url, twins=services.get_twin_index()),
+                            recorder=services.get_recorder(url), vision=vision,
+                            metrics=getattr(request.app.state, "metrics", None))
+
+
 RiskScorerDep = Annotated[RiskScorer, Depends(get_risk_scorer)]
 ImageScorerDep = Annotated[ImageScorer, Depends(get_image_scorer)]
+ImageBatchScorerDep = Annotated[ImageBatchScorer, Depends(get_image_batch_scorer)]

@@ -24,7 +24,7 @@ def sniff_image_type(data: bytes) -> str | None:
 
 
 class VisionClient:
-    """Sends one image to the VisionClassifier route and returns its classification.
+    """Sends images to the VisionClassifier route and returns their classifications.
 
     One pooled HTTP client per event loop (an ``httpx.AsyncClient`` belongs to the loop
     that first used it).
@@ -72,6 +72,36 @@ class VisionClient:
             raise Unavailable(f"the vision service answered {response.status_code}"
                               + (f": {detail}" if detail else "") + "; is an image classifier approved for production?")
         return body
+
+
+    async def classify_many(self, images: list[tuple[str, bytes, str]]) -> list[dict[str, Any]]:
+        """Several images (file name, bytes, content type) in one multipart request, classified
+        together by the deployment; in their order, each a classification or
+        ``{"index", "error": {"status", "detail"}}`` for an image the deployment could not read.
+
+        Raises:
+            Unavailable: the deployment does not answer, or has no model to serve.
+            PayloadTooLarge: the images together are over the deployment's size limit.
+        """
+        files = [("image", (name, data, kind)) for name, data, kind in images]
+        try:
+            response = await self._client().post(self.url, files=files)
+        except httpx.HTTPError as err:
+            raise Unavailable(f"the vision service at {self.url} does not answer ({type(err).__name__}); "
+                              "start it with `bioverse serve up`") from err
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
+        if response.status_code == 413:
+            raise PayloadTooLarge(f"images: {detail or 'too large together for the vision service'}")
+        predictions = body.get("predictions") if isinstance(body, dict) else None
+        if (response.status_code not in (200, 207, 415) or not isinstance(predictions, list)
+                or len(predictions) != len(images)):
+            raise Unavailable(f"the vision service answered {response.status_code}"
+                              + (f": {detail}" if detail else "") + "; is an image classifier approved for production?")
+        return predictions
 
 
 @functools.cache

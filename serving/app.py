@@ -37,6 +37,10 @@ class VisionServingArgs(BaseModel):
     alias: str = "production"
     poll_seconds: float = Field(default=5.0, gt=0)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="larger uploads get 413")
+    max_batch_size: int = Field(default=32, ge=1, le=256,
+                                description="most requests (each of one or many images) classified in one pass")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=1,
+                                        description="how long a batch waits for more requests once it has one")
     num_gpus: float = Field(default=0.25, ge=0, le=8,
                             description="GPUs per replica where the cluster has GPUs; fractions share one GPU between models")
     num_cpus: float = Field(default=0.5, gt=0, description="CPUs reserved per replica")
@@ -84,4 +88,5 @@ def build_vision_app(args: dict[str, Any]) -> Application:
     uri = parsed.tracking_uri or get_settings().resolved_tracking_uri()
     options = actor_options(parsed.num_cpus, parsed.num_gpus)
     return VisionClassifier.options(**options).bind(uri, parsed.model_name, parsed.alias, parsed.poll_seconds,
-                                                    parsed.max_image_bytes)
+                                                    parsed.max_image_bytes, parsed.max_batch_size,
+                                                    parsed.batch_wait_timeout_s)

@@ -5,11 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Response, UploadFile, status
+from fastapi.exceptions import RequestValidationError
 
 from platform_api import crud
 from platform_api.audit import audited
-from platform_api.deps import ImageScorerDep, LimitQuery, OffsetQuery, PatientReader, PatientWriter, SessionDep
+from platform_api.deps import (
+    ImageBatchScorerDep,
+    ImageScorerDep,
+    LimitQuery,
+    OffsetQuery,
+    PatientReader,
+    PatientWriter,
+    SessionDep,
+)
 from platform_api.errors import PayloadTooLarge, UnsupportedMedia
+from platform_api.image_batches import ImageBatchPublic, ImageUpload
 from platform_api.schemas import ImagePredictionPage, ImagePredictionPublic
 from platform_api.settings import get_settings
 from platform_api.vision import IMAGE_SIGNATURES, sniff_image_type
@@ -18,7 +28,10 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/twins", tags=["images"])
 
-ImageUpload = Annotated[UploadFile, File(description="A PNG or JPEG image (grayscale or colour).")]
+ImageFile = Annotated[UploadFile, File(description="A PNG or JPEG image (grayscale or colour).")]
+ImageFiles = Annotated[list[UploadFile], File(description="1 to 64 PNG or JPEG images, each its own `images` part.")]
+#: Most images one batch request may carry (the vision deployment's own limit).
+MAX_IMAGES = 64
 
 
 async def _read_image(image: UploadFile) -> tuple[bytes, str]:
@@ -43,7 +56,7 @@ async def _read_image(image: UploadFile) -> tuple[bytes, str]:
                         503: {"description": "The vision service does not answer"}},
              openapi_extra={"requestBody": {"content": {"multipart/form-data": {
                  "encoding": {"image": {"contentType": "image/png, image/jpeg"}}}}}})
-async def classify_image(twin_id: str, image: ImageUpload, caller: PatientWriter, scorer: ImageScorerDep) -> Response:
+async def classify_image(twin_id: str, image: ImageFile, caller: PatientWriter, scorer: ImageScorerDep) -> Response:
     """Classify an image of the twin's patient with the production image classifier.
 
     The result is stored on the twin with the model version that made it and the image's
@@ -51,6 +64,41 @@ async def classify_image(twin_id: str, image: ImageUpload, caller: PatientWriter
     """
     public = await scorer.classify(caller, twin_id, lambda: _read_image(image))
     return Response(content=public.model_dump_json(), status_code=status.HTTP_201_CREATED, media_type="application/json")
+
+
+async def _upload(image: UploadFile) -> ImageUpload:
+    """One image of a batch as read: its bytes and type, or why the API refuses it (413/415)."""
+    name = (image.filename or "")[:200]
+    try:
+        data, kind = await _read_image(image)
+    except (PayloadTooLarge, UnsupportedMedia) as err:
+        return ImageUpload(filename=name, refused=type(err)(str(err).removeprefix("image: ")))
+    return ImageUpload(filename=name, data=data, kind=kind)
+
+
+@router.post("/{twin_id}/images/batch", response_model=ImageBatchPublic,
+             responses={201: {"description": "Every image classified and stored"},
+                        207: {"description": "Some images classified and stored; each other one has its own 4xx naming it"},
+                        413: {"description": "Every image refused; the first was over the size limit"},
+                        415: {"description": "Every image refused; the first was not a readable PNG or JPEG image"},
+                        503: {"description": "The vision service does not answer"}})
+async def classify_images(twin_id: str, images: ImageFiles, caller: PatientWriter, scorer: ImageBatchScorerDep) -> Response:
+    """Classify several images of the twin's patient in one call to the image classifier.
+
+    Multipart form, one ``images`` part per image (1 to 64). The images are classified
+    together (one request to the vision deployment, one batch there); each result is stored
+    on the twin like a single upload's. An image that cannot be classified fails alone:
+    its item carries its own status (413, 415) and a detail naming it (``image 2 (x.png): ...``),
+    and the answer is 207; the others are still classified and stored. If every image fails,
+    the answer is the first one's 4xx and nothing is stored.
+    """
+    if not 1 <= len(images) <= MAX_IMAGES:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", "images"),
+                                       "msg": f"send 1 to {MAX_IMAGES} images, not {len(images)}", "input": None}])
+    uploads = [await _upload(image) for image in images]
+    public = await scorer.classify(caller, twin_id, uploads)
+    code = status.HTTP_201_CREATED if not public.failed else status.HTTP_207_MULTI_STATUS
+    return Response(content=public.model_dump_json(), status_code=code, media_type="application/json")
 
 
 @router.get("/{twin_id}/images", response_model=ImagePredictionPage)
