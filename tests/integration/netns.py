@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from federation.processes import stop
+
 __all__ = ["Host", "Network", "network", "skip_reason", "sweep_orphans"]
 
 #: Every namespace this module creates is named ``<prefix><creator pid>x<random id>-<host>``; the
@@ -146,7 +148,8 @@ class Network:
         """Stop every process started on these hosts (process groups, then anything left in the
         namespaces), and delete the namespaces with their links. Safe to call twice."""
         for process in reversed(self.processes):
-            _kill_group(process)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # unkillable: the namespace sweep below goes on
+                stop(process, grace=5.0)
         self.processes.clear()
         for namespace in reversed(self.namespaces):
             _kill_namespace(namespace)
@@ -175,20 +178,6 @@ def _kill_namespace(namespace: str) -> None:
     for pid in listed.stdout.split():
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-
-
-def _kill_group(process: subprocess.Popen, grace: float = 5.0) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(5)
 
 
 @contextlib.contextmanager
