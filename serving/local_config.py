@@ -1,4 +1,4 @@
-"""The Serve config ``bioverse serve up`` runs: the packaged one, pointed at the chosen models, alias and port."""
+"""The Serve config ``bioverse serve up|deploy`` applies: the packaged one, pointed at the chosen models, alias and port."""
 
 from __future__ import annotations
 
@@ -43,11 +43,17 @@ def vision_to_serve(tracking_uri: str, model: str, alias: str) -> tuple[str | No
 
 
 def local_serve_config(source: Path, *, port: int, tracking_uri: str, alias: str, risk_model: str,
-                       vision_model: str | None) -> dict[str, Any]:
+                       vision_model: str | None, http_host: str | None = None) -> dict[str, Any]:
     """``source`` (a Serve config file) with its HTTP port, each application's model, alias and
-    tracking URI set; the vision application dropped when ``vision_model`` is None."""
+    tracking URI set; the vision application dropped when ``vision_model`` is None.
+
+    ``http_host`` replaces the proxy's listen address (a cluster: ``0.0.0.0``, so that the
+    proxy answers on the node's address, not only its loopback).
+    """
     settings = yaml.safe_load(source.read_text())
     settings.setdefault("http_options", {})["port"] = port
+    if http_host is not None:
+        settings["http_options"]["host"] = http_host
     if vision_model is None:
         settings["applications"] = [a for a in settings["applications"] if a["name"] != "vision"]
     models = {"risk": risk_model, "vision": vision_model}
