@@ -12,16 +12,17 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from platform_api import review_ui
+from platform_api import review_monitoring, review_ui
 from platform_api.cache import CacheErrorCollector
 from platform_api.db import migrate
 from platform_api.edge import AllowMiddleware, install_docs, known_query_only, metrics_access
 from platform_api.errors import BodyTooLarge, install_error_handlers
-from platform_api.metrics import ApiMetrics, MetricsMiddleware, metrics_response
+from platform_api.metrics import ApiMetrics, DriftCollector, MetricsMiddleware, metrics_response
+from platform_api.monitoring import get_monitor
 from platform_api.openapi import install_openapi
 from platform_api.ratelimit import RateLimits
 from platform_api.readiness import check_readiness
-from platform_api.routes import admin, alerts, images, oauth, predictions, registry, twins
+from platform_api.routes import admin, alerts, images, monitoring, oauth, predictions, registry, twins
 from platform_api.services import close_recorders
 from platform_api.settings import get_settings
 
@@ -108,6 +109,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
 
     api_metrics = ApiMetrics()
     api_metrics.registry.register(CacheErrorCollector())  # bioverse_cache_errors_total
+    api_metrics.registry.register(DriftCollector(lambda: get_monitor().snapshot()))  # drift gauges (docs/monitoring.md)
     app.state.metrics = api_metrics  # what deps.get_metrics hands the routes
     shared = settings.cache_url if settings.cache_url.startswith(("redis", "unix")) else None
     app.state.rate_limits = RateLimits(  # shared through Redis by the API processes of one platform database
@@ -144,5 +146,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(admin.router)
     app.include_router(registry.router)
+    app.include_router(monitoring.router)
+    app.include_router(review_monitoring.router)
     app.include_router(review_ui.router)
     return app

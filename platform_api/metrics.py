@@ -1,9 +1,10 @@
-"""Prometheus metrics of the platform API: request latency, predictions, alerts, unknown categories (docs/api.md)."""
+"""Prometheus metrics of the platform API: request latency, predictions, alerts, unknown categories, drift (docs/api.md)."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -14,15 +15,22 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from experiments.errors import ExperimentError
+
 __all__ = [
+    "DRIFT_METRICS",
     "LATENCY_BUCKETS",
+    "MONITOR_ERRORS",
     "UNMATCHED",
     "ApiMetrics",
+    "DriftCollector",
     "MetricsMiddleware",
     "metrics_response",
     "route_template",
@@ -101,6 +109,61 @@ class ApiMetrics:
     def observe_alert(self, priority: str) -> None:
         """Count one alert of the given priority."""
         self.alerts.labels(str(priority)).inc()
+
+
+#: The drift gauges (docs/monitoring.md; Prometheus rules alert on ``bioverse_model_drift_alert == 1``).
+DRIFT_METRICS = {
+    "bioverse_model_drift_psi": "PSI of one input feature's served window against the validation reference.",
+    "bioverse_model_drift_ks": "Binned KS distance of one numeric input feature's served window against the reference.",
+    "bioverse_model_prediction_psi": "PSI of the served prediction scores against the validation report's scores.",
+    "bioverse_model_drift_window_size": "Recorded predictions in the version's drift window.",
+    "bioverse_model_drift_alert": "1 when a PSI of the version (a feature or the prediction) reaches the threshold.",
+    "bioverse_model_drift_feature_reference": "1 when the version has a feature reference (0: prediction score only).",
+}
+
+_log = logging.getLogger(__name__)
+#: What a drift snapshot may raise when the database or the registry fails (logged, not raised at a scrape).
+MONITOR_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, ExperimentError, OSError, ValueError, KeyError, TypeError)
+
+
+class DriftCollector:
+    """Drift gauges per model, version (and feature), read from ``snapshot()`` at scrape time.
+
+    ``snapshot`` returns :func:`platform_api.monitoring.drift_report` dicts (the monitor caches
+    them); a failing snapshot exports no drift series and logs why, the scrape still answers.
+    """
+
+    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        """No samples at registration (no database read before the first scrape)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """One gauge family per :data:`DRIFT_METRICS` entry."""
+        version_labels, feature_labels = ["model_name", "model_version"], ["model_name", "model_version", "feature"]
+        families = {name: GaugeMetricFamily(name, doc, labels=feature_labels if name in (
+            "bioverse_model_drift_psi", "bioverse_model_drift_ks") else version_labels) for name, doc in DRIFT_METRICS.items()}
+        try:
+            reports = self.snapshot()
+        except MONITOR_ERRORS as err:  # the database or the registry is down: /metrics still answers
+            _log.warning("drift metrics not computed: %s", err)
+            reports = []
+        for r in reports:
+            labels = [r["model"], r["version"]]
+            families["bioverse_model_drift_window_size"].add_metric(labels, r["window"])
+            families["bioverse_model_drift_alert"].add_metric(labels, 1.0 if r["alert"] else 0.0)
+            families["bioverse_model_drift_feature_reference"].add_metric(labels, 0.0 if r["features"] is None and
+                                                                          r["feature_reference"] != "ok" else 1.0)
+            if r["prediction"] is not None and r["prediction"]["psi"] is not None:
+                families["bioverse_model_prediction_psi"].add_metric(labels, r["prediction"]["psi"])
+            for feature, c in (r["features"] or {}).items():
+                if c["psi"] is not None:
+                    families["bioverse_model_drift_psi"].add_metric([*labels, feature], c["psi"])
+                if c.get("ks") is not None:
+                    families["bioverse_model_drift_ks"].add_metric([*labels, feature], c["ks"])
+        yield from families.values()
 
 
 def route_template(scope: Scope) -> str:

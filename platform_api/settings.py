@@ -25,6 +25,14 @@ class ApiSettings(BaseSettings):
         twin_cache_seconds, prediction_cache_seconds: TTLs of the twin-state and
             prediction caches (the deployment guide's 60 s and 300 s).
         alert_threshold: A prediction at or above this risk raises an alert.
+        monitor_window, monitor_window_minutes: Drift is computed on each served version's
+            last ``monitor_window`` recorded predictions, only those of the last
+            ``monitor_window_minutes`` when that is set (0: no time bound).
+        monitor_min_predictions: A smaller window reports "too few predictions", no PSI.
+        monitor_psi_threshold: A PSI (feature or prediction) at or above it sets
+            ``bioverse_model_drift_alert`` (docs/monitoring.md).
+        monitor_refresh_seconds: /metrics recomputes drift at most this often per process.
+        monitor_active_hours: Versions with a prediction in this period are exported.
         auth_cache_seconds: How long an authenticated key is remembered in-process (a
             revocation elsewhere takes effect within this time; 0 disables).
         token_secret: HS256 key signing OAuth2 access tokens; empty means a random key
@@ -60,6 +68,12 @@ class ApiSettings(BaseSettings):
     twin_cache_seconds: float = 60.0
     prediction_cache_seconds: float = 300.0
     alert_threshold: float = 0.3
+    monitor_window: int = Field(default=1000, ge=1, le=100_000)
+    monitor_window_minutes: float = Field(default=0.0, ge=0)
+    monitor_min_predictions: int = Field(default=100, ge=1)
+    monitor_psi_threshold: float = Field(default=0.2, gt=0)
+    monitor_refresh_seconds: float = Field(default=30.0, ge=0)
+    monitor_active_hours: float = Field(default=24.0, gt=0)
     auth_cache_seconds: float = 10.0
     token_secret: str = ""
     cookie_secure: bool = False

@@ -32,6 +32,7 @@ __all__ = [
     "ratio",
     "report_cells",
     "report_hash",
+    "reported_values",
     "require_schema",
     "subgroup_cells",
     "sum_float_lists",
@@ -114,7 +115,7 @@ def logit_bins(p: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.floor((z - lo) / ((hi - lo) / bins)), 0, bins - 1).astype(np.int64)
 
 
-def _reported_values(sizes: Mapping[str, int], n: int, min_cell: int) -> set[str]:
+def reported_values(sizes: Mapping[str, int], n: int, min_cell: int) -> set[str]:
     """Values of one group whose cells may be reported (small cells and complementary suppression)."""
     reported = {v for v, size in sizes.items() if size >= min_cell}
     # Complementary suppression: the uncovered remainder must not be a small cell either.
@@ -142,7 +143,7 @@ def subgroup_cells(
         if vals.size != n:
             raise ValidationInputError(f"subgroup {group!r} has {vals.size} values for {n} patients")
         sizes = {v: int(np.sum(vals == v)) for v in sorted({v for v in vals.tolist() if v is not None})}
-        reported = _reported_values(sizes, n, min_cell)
+        reported = reported_values(sizes, n, min_cell)
         for v in sizes:
             name = f"{group}={v}"
             if v in reported:

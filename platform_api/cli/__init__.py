@@ -15,6 +15,7 @@ from platform_api.cli.features import features_app
 from platform_api.cli.federation import federation_app
 from platform_api.cli.hospital import hospital_app
 from platform_api.cli.ledger import ledger_app
+from platform_api.cli.monitor import monitor_app
 from platform_api.cli.registry import registry_app
 from platform_api.cli.rollout import rollout_app
 from platform_api.cli.serve import serve_app
@@ -35,6 +36,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(api_app, name="api")
 app.add_typer(audit_app, name="audit")
 app.add_typer(registry_app, name="registry")
+app.add_typer(monitor_app, name="monitor")
 app.add_typer(rollout_app, name="rollout")
 app.command("demo")(demo)
 app.command("score")(score)

@@ -8,6 +8,7 @@ from typing import Any
 from training.categories import vocabulary_findings
 from training.modality import StatisticsReview
 from training.tabular.preprocessing import MIN_CATEGORY_COUNT, FeatureEncoder, merge_statistics
+from training.tabular.reference import FEATURES_KEY, monitoring_section
 from training.tabular.validation import build_report, merge_aggregates
 
 __all__ = ["federated_encoder", "validation_report", "vocabulary_review"]
@@ -44,6 +45,13 @@ def vocabulary_review(spec: Any, stats: Mapping[str, Mapping[str, Any]]) -> Stat
 
 
 def validation_report(spec: Any, parts: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The merged binary validation aggregates and the report at the spec's thresholds (``modality``: tabular)."""
+    """The merged binary validation aggregates and the report at the spec's thresholds (``modality``: tabular).
+
+    The report's ``monitoring`` section (score bins, and the feature counts hospitals sent under
+    ``FEATURES_KEY``, popped here before the merge) is the served versions' drift reference; being
+    in report.json, the report's SHA-256 pins it too (docs/monitoring.md)."""
+    features = [p.pop(FEATURES_KEY) for p in parts.values() if FEATURES_KEY in p]  # type: ignore[attr-defined]
     merged = merge_aggregates(parts)
-    return merged, {**build_report(merged, thresholds=spec.validation.thresholds), "modality": "tabular"}
+    report = {**build_report(merged, thresholds=spec.validation.thresholds), "modality": "tabular",
+              "monitoring": monitoring_section(merged, features)}
+    return merged, report

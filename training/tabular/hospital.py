@@ -19,6 +19,7 @@ from training.tabular.dp_statistics import dp_table_statistics
 from training.tabular.local import evaluate_model, train_locally
 from training.tabular.models import RiskModel, build_model
 from training.tabular.preprocessing import FeatureEncoder
+from training.tabular.reference import FEATURES_KEY, local_feature_counts
 from training.tabular.validation import local_aggregates
 from training.validation_cells import age_band
 
@@ -103,13 +104,16 @@ def evaluate(spec: Any, site: LocalSite, encoder: FeatureEncoder, state: dict[st
 def validation_aggregates(spec: Any, site: LocalSite, encoder: FeatureEncoder,
                           state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Binned score counts, exact sums and confusion counts of the final model on the site's
-    held-out rows, overall and per subgroup (small cells suppressed)."""
+    held-out rows, overall and per subgroup (small cells suppressed), and under ``FEATURES_KEY`` the
+    rows counted per feature slot for the monitoring reference (:mod:`training.tabular.reference`)."""
     test = _data(site, spec, encoder).split.test
     model = _model(spec, encoder, state)
     risk = model.predict_proba(torch.from_numpy(encoder.encode(test))).numpy().astype(float)
     label = test[spec.data.label].to_numpy().astype(int)
-    return local_aggregates(risk, label, report_subgroups(test, spec), spec.validation.thresholds,
-                            min_cell=spec.validation.min_cell)
+    aggregates = local_aggregates(risk, label, report_subgroups(test, spec), spec.validation.thresholds,
+                                  min_cell=spec.validation.min_cell)
+    aggregates[FEATURES_KEY] = local_feature_counts(test, encoder, min_cell=spec.validation.min_cell)  # monitoring reference
+    return aggregates
 
 
 def val_scores(spec: Any, site: LocalSite, encoder: FeatureEncoder,
