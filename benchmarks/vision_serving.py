@@ -280,7 +280,7 @@ async def http_load(url: str, blobs: list[bytes], clients: int, seconds: float, 
             "errors": float(errors), "requests": float(len(latencies)), "elapsed": elapsed}
 
 
-def start_serve(benches: list[Bench], uri: str) -> tuple[int, int, str]:
+def start_serve(benches: list[Bench], uri: str, batch: tuple[int, float]) -> tuple[int, int, str]:
     """Start Ray and Serve in process and deploy one VisionClassifier per model.
 
     Returns the HTTP port, and the torch threads and ``OMP_NUM_THREADS`` a worker with the
@@ -297,7 +297,8 @@ def start_serve(benches: list[Bench], uri: str) -> tuple[int, int, str]:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     for bench in benches:
-        serve.run(build_vision_app({"tracking_uri": uri, "model_name": bench.name, "num_gpus": 0.25}),
+        serve.run(build_vision_app({"tracking_uri": uri, "model_name": bench.name, "num_gpus": 0.25,
+                                    "max_batch_size": batch[0], "batch_wait_timeout_s": batch[1]}),
                   name=bench.name, route_prefix=f"/{bench.name}")
 
     @ray.remote(num_cpus=0.5)
@@ -368,6 +369,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads of the in-process paths; 0 (default): as many as the replica gets")
     parser.add_argument("--no-resnet", action="store_true", help="only the SmallCNN")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="the VisionClassifier's max_batch_size (requests)")
+    parser.add_argument("--batch-wait", type=float, default=0.005, help="its batch_wait_timeout_s")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.quick:
@@ -387,7 +390,7 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     try:
         # Serve is up (and idle) while the in-process paths run, so they share its conditions
-        port, replica_threads, replica_omp = start_serve(benches, uri)
+        port, replica_threads, replica_omp = start_serve(benches, uri, (args.max_batch_size, args.batch_wait))
         matched = not args.threads or args.threads == replica_threads
         args.threads = args.threads or replica_threads
         torch.set_num_threads(args.threads)
@@ -428,7 +431,8 @@ def main() -> None:
         for b in benches)
     body = (
         "## Vision serving (`benchmarks/vision_serving.py`)\n\n"
-        f"{machine()}{gpu}; torch {torch.__version__}, {args.threads} CPU thread(s) for the in-process paths"
+        f"{machine()} (load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end: 1, 5, 15 min; "
+        f"shared with other agents' work){gpu}; torch {torch.__version__}, {args.threads} CPU thread(s) for the in-process paths"
         f"{' (as the replica)' if matched else ''}. "
         "Serve was up and idle while the in-process paths ran. "
         "Models trained for 1-2 plain epochs on one synthetic hospital (3 classes) and registered with the `production` "
@@ -440,9 +444,10 @@ def main() -> None:
         "- **`classify_blobs` in process**: the work of one Serve batch (decode with the model's preprocessing, "
         "`VisionScorer.predict`, per-image JSON-able results) on 32 PNGs at a time, without HTTP or Serve.\n"
         f"- **Ray Serve**: `build_vision_app` (`num_gpus` 0.25, granted only where Ray sees a GPU; 0.5 CPU per replica, "
-        f"one replica, `@serve.batch` up to 32 / 5 ms) behind Serve's HTTP proxy on loopback; closed-loop load from "
+        f"one replica, `@serve.batch` up to {args.max_batch_size} requests / {args.batch_wait * 1e3:g} ms, each request one "
+        f"batch item of all its images) behind Serve's HTTP proxy on loopback; closed-loop load from "
         f"aiohttp clients in the same process, each POSTing one PNG (`Content-Type: image/png`) after another, or "
-        f"{MULTI} PNGs as one `multipart/form-data` request (classified in one batch); "
+        f"{MULTI} PNGs as one `multipart/form-data` request (its images stay together in one batch item); "
         f"{args.warmup:g} s warm-up, then {args.seconds:g} s with {args.clients} clients, {args.seconds / 2:g} s with 1, "
         f"and {args.seconds:g} s with {args.clients} clients sending {MULTI} images per request; "
         "p50/p99 are per request. Ratios are against the plain loop on the replica's device. The last column is the CPU "
