@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +40,7 @@ class Federation:
     net: Network
     root: Path
     tracking_uri: str
+    coordinator_process: Any = None  # the running `bioverse coordinator start`
 
     @property
     def coordinator(self) -> Host:
@@ -152,6 +155,7 @@ def start_coordinator(fed: Federation) -> Any:
     process = fed.coordinator.popen([BIOVERSE, "coordinator", "start", "--dir", str(fed.coordinator_dir)],
                                     log=fed.root / "logs" / "coord.log", env=fed.env("coord"))
     wait_until(lambda: fed.log("coord").count("coordinator ready") > before, WAIT, "coordinator ready", process)
+    fed.coordinator_process = process
     return process
 
 
@@ -174,30 +178,6 @@ def finish(process: Any, timeout: float) -> int:
     return int(process.wait(timeout))
 
 
-@pytest.mark.timeout(2 * RUN_TIMEOUT)
-def test_a_full_dp_run_across_hosts(federation: Federation) -> None:
-    fed = federation
-    spec = fed.write_spec("mh-full", strategy={"name": "fedavg", "min_hospitals": 3, "round_timeout": 300})
-    started = time.monotonic()
-    status = finish(fed.launch(spec, timeout=RUN_TIMEOUT), RUN_TIMEOUT + 60)
-    output = fed.log("run-mh-full")
-    assert status == 0, output[-3000:] + fed.log("hospital-01")[-2000:]
-    print(f"full run: {time.monotonic() - started:.0f} s")
-    assert "round 2/2  hospitals 3/3" in output
-    assert "Registered test-cardiac-risk version" in output
-    done = [e for e in fed.progress("mh-full") if e["event"] == "done"][-1]
-    run_id = done["run_id"]
-    for hospital in HOSPITALS:
-        entry = fed.ledger(hospital).entry(run_id)
-        assert entry is not None and 0 < entry.epsilon <= 2.0 + 1e-6, hospital
-    # The hospital sees its federation from its own host: connected, the run that touched its data.
-    status = fed.cli("hospital-02", "hospital", "status", "--dir", str(fed.home("hospital-02")))
-    assert status.returncode == 0 and "connected:" in status.stdout and "NOT connected" not in status.stdout, status.stdout
-    assert run_id[:12] in status.stdout and "audit log:" in status.stdout and "verified" in status.stdout, status.stdout
-    verified = fed.cli("hospital-02", "hospital", "audit", "verify", "--dir", str(fed.home("hospital-02")))
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-
-
 def test_b_an_unadmitted_hospital_is_refused(federation: Federation) -> None:
     fed = federation
     started = time.monotonic()
@@ -216,7 +196,8 @@ import json, sys
 import httpx
 ca, base, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 with httpx.Client(verify=ca, timeout=10) as client:
-    print(json.dumps({p: client.post(base + p, content=b"").status_code for p in paths}))
+    print(json.dumps({p: (client.get(base + p[4:]) if p.startswith("GET ") else client.post(base + p, content=b"")).status_code
+                      for p in paths}))
 """
 
 
@@ -224,12 +205,13 @@ def test_e_only_the_fleet_api_answers_a_hospital_host(federation: Federation) ->
     fed = federation
     hospital, coord = fed.net.hosts["hospital-01"], fed.coordinator.address
     paths = ["/v1/control/list-runs", "/v1/control/start-run", "/v1/control/stop-run", "/v1/runtime/pull-messages",
-             "/v1/runtime/get-nodes", "/v1/fleet/../control/list-runs", "/v1/fleet/pull-messages"]
+             "/v1/runtime/get-nodes", "/v1/fleet/../control/list-runs", "/docs", "GET /v1/fleet/pull-messages",
+             "/v1/fleet/pull-messages"]
     probe = hospital.run([sys.executable, "-c", PROBE, str(fed.home("hospital-01") / "received-ca.pem"),
                           f"https://{fed.public_address}", *paths], timeout=60, env=fed.env("hospital-01"))
     assert probe.returncode == 0, probe.stderr[-2000:]
     codes = json.loads(probe.stdout.strip().splitlines()[-1])
-    assert {p: c for p, c in codes.items() if "fleet/pull" not in p} == dict.fromkeys(paths[:-1], 403), codes
+    assert {p: c for p, c in codes.items() if p != "/v1/fleet/pull-messages"} == dict.fromkeys(paths[:-1], 403), codes
     assert codes["/v1/fleet/pull-messages"] != 403, codes  # the Fleet path reaches the SuperLink
     assert not hospital.reaches(coord, SUPERLINK_PORT), "the SuperLink's own port answers a hospital host"
     assert fed.coordinator.reaches("127.0.0.1", SUPERLINK_PORT)  # ...while it listens on the coordinator's loopback
@@ -240,6 +222,35 @@ def test_e_only_the_fleet_api_answers_a_hospital_host(federation: Federation) ->
         f'root-certificates = "{fed.home("hospital-01") / "received-ca.pem"}"\n')
     listed = hospital.run([str(BIN / "flwr"), "ls", "coord"], timeout=60, env=fed.env("hospital-01"))
     assert listed.returncode != 0 and "403 Forbidden" in listed.stdout + listed.stderr, listed.stdout[-2000:]
+
+
+NODE_NAMES = """
+import json, sys
+from pathlib import Path
+from federation.coordinator_service import hospital_node_ids
+from federation.coordinator_setup import load_coordinator
+print(json.dumps(sorted(hospital_node_ids(load_coordinator(Path(sys.argv[1]))).values())))
+"""
+
+
+def test_f_the_operator_admits_and_removes_hospitals_while_the_coordinator_runs(federation: Federation) -> None:
+    fed = federation
+    coord = str(fed.coordinator_dir)
+    again = fed.cli("coord", "coordinator", "init", "--dir", coord, "--public-address", fed.public_address)
+    assert again.returncode != 0 and "--force" in again.stderr and "Traceback" not in again.stderr, again.stderr
+    names = fed.coordinator.run([sys.executable, "-c", NODE_NAMES, coord], timeout=120, env=fed.env("coord"))
+    assert names.returncode == 0, names.stderr[-2000:]
+    assert json.loads(names.stdout.strip().splitlines()[-1]) == sorted(HOSPITALS)  # node ids map to admitted names
+    key = fed.root / "keys" / "late-clinic"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(key)], check=True, timeout=60)
+    added = fed.cli("coord", "coordinator", "add-hospital", "late-clinic", str(key.with_suffix(".pub")), "--dir", coord)
+    assert added.returncode == 0 and "node " in added.stdout, added.stdout + added.stderr  # registered at once
+    listed = fed.cli("coord", "coordinator", "hospitals", "--dir", coord).stdout
+    assert "late-clinic" in listed and "registered" in listed and listed.count(" online") == len(HOSPITALS), listed
+    removed = fed.cli("coord", "coordinator", "remove-hospital", "late-clinic", "--dir", coord)
+    assert removed.returncode == 0 and "unregistered" in removed.stdout, removed.stdout + removed.stderr
+    assert "late-clinic" not in fed.cli("coord", "coordinator", "hospitals", "--dir", coord).stdout
 
 
 @pytest.mark.timeout(2 * RUN_TIMEOUT)
@@ -303,3 +314,24 @@ def test_c_a_hospital_cut_off_mid_round_and_the_run_completes_with_the_others(fe
     train2 = done["participation"]["2"]["train"]
     assert train2["hospital-01"]["status"] == train2["hospital-02"]["status"] == "ok", train2
     assert train2.get("hospital-03", {}).get("status") != "ok", train2
+    # A full DP run across hosts: each hospital charged its own ledger (hospital-03 at least round 1).
+    run_id = done["run_id"]
+    for hospital in HOSPITALS:
+        entry = fed.ledger(hospital).entry(run_id)
+        assert entry is not None and 0 < entry.epsilon <= 2.0 + 1e-6, (hospital, entry)
+    # The hospital sees its federation from its own host: connected, the run that touched its data.
+    status = fed.cli("hospital-02", "hospital", "status", "--dir", str(fed.home("hospital-02")))
+    assert status.returncode == 0 and "connected:" in status.stdout and "NOT connected" not in status.stdout, status.stdout
+    assert run_id[:12] in status.stdout and "audit log:" in status.stdout and "verified" in status.stdout, status.stdout
+    verified = fed.cli("hospital-02", "hospital", "audit", "verify", "--dir", str(fed.home("hospital-02")))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_g_the_coordinator_stops_cleanly(federation: Federation) -> None:
+    fed = federation
+    process = fed.coordinator_process
+    assert process is not None and process.poll() is None
+    stopped = fed.log("coord").count("coordinator stopped")
+    os.killpg(process.pid, signal.SIGTERM)  # as systemd or compose stop it
+    assert finish(process, 60) == 0, fed.log("coord")[-2000:]
+    assert fed.log("coord").count("coordinator stopped") == stopped + 1, fed.log("coord")[-2000:]
