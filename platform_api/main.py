@@ -22,7 +22,7 @@ from platform_api.monitoring import get_monitor
 from platform_api.openapi import install_openapi
 from platform_api.ratelimit import RateLimits
 from platform_api.readiness import check_readiness
-from platform_api.routes import admin, alerts, images, monitoring, oauth, predictions, registry, twins
+from platform_api.routes import admin, alerts, images, monitoring, oauth, predictions, registry, rollouts, twins
 from platform_api.services import close_recorders
 from platform_api.settings import get_settings
 
@@ -146,6 +146,7 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(admin.router)
     app.include_router(registry.router)
+    app.include_router(rollouts.router)
     app.include_router(monitoring.router)
     app.include_router(review_monitoring.router)
     app.include_router(review_ui.router)

@@ -23,6 +23,7 @@ from platform_api.auth import Principal, authenticate, issue_token_for, signing_
 from platform_api.db import DatabaseUrl, session_factory
 from platform_api.deps import RateLimitsDep, RegistryDep, ReviewsDep, client_address
 from platform_api.errors import NotAuthenticated
+from platform_api.review_rollout import ROLLOUT_ACTIONS, rollout_action, rollout_section
 from platform_api.reviews import ReviewService
 from platform_api.settings import get_settings
 
@@ -97,6 +98,7 @@ _VERSION = """{% if v.quality_warning %}<div class="warn" role="alert" id="quali
 <td class="n">{% if prod_report %}{{ cell(prod_report, key) }}{% else %}none{% endif %}</td></tr>{% endfor %}</table>
 <h2>Validation report</h2>{% if sha %}<iframe title="validation report" src="/review/{{ v.name|urlencode }}/{{ v.version }}/report.html"></iframe>
 {% else %}<p>This version has no validation report: it cannot be approved.</p>{% endif %}
+<p><a href="/review/{{ v.name|urlencode }}/{{ v.version }}/monitoring">Live monitoring: drift of its served predictions</a></p>
 {% if can_decide %}<h2>Decision</h2>
 <form method="post" action="/review/{{ v.name|urlencode }}/{{ v.version }}/decision" class="decide">
 <input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="receipt" value="{{ receipt or '' }}">
@@ -107,7 +109,8 @@ _VERSION = """{% if v.quality_warning %}<div class="warn" role="alert" id="quali
 <button class="danger" name="action" value="reject" type="submit">Reject</button></form>{% endif %}
 {% if can_promote %}<form method="post" action="/review/{{ v.name|urlencode }}/{{ v.version }}/promote" class="decide" style="margin-top:1rem">
 <input type="hidden" name="csrf" value="{{ csrf }}"><p>Approved. Give it the <code>production</code> alias: serving and the API switch to it.</p>
-<button class="primary" type="submit">Promote to production</button></form>{% endif %}"""
+<button class="primary" type="submit">Promote to production</button></form>{% endif %}
+{{ rollout }}"""
 
 _ROWS = (("patients (held-out)", "n"), ("events", "positives"), ("AUROC", "auroc"), ("AUROC 95% CI", "auroc_ci95"),
          ("AUPRC", "auprc"), ("calibration slope", "calibration_slope"), ("calibration intercept", "calibration_intercept"),
@@ -262,6 +265,9 @@ async def version_page(name: str, version: str, session: SessionCookie, reg: Reg
         return _render("Not found", "<h1>{{ message }}</h1>", who=who, csrf=csrf, message=str(err), status=404)
     info: VersionInfo = context["v"]
     validator = who.role == "clinical_validator"
+    context["rollout"] = await run_in_threadpool(  # the rollout section (review_rollout.py)
+        rollout_section, _jinja(), name, version, validator=validator, csrf=csrf,
+        approved=info.review_status == "approved" and "production" not in info.aliases)
     return _render(f"{name} version {version}", _VERSION, who=who, csrf=csrf, rows=_rows(context["report"]),
                    can_decide=validator and info.review_status == "pending",
                    can_promote=validator and info.review_status == "approved" and "production" not in info.aliases,
@@ -332,3 +338,12 @@ async def promote(name: str, version: str, url: DatabaseUrl, session: SessionCoo
     return await _validator_action(session, csrf, url, "promote", (name, version),
                                    lambda db, who: reviews.promote(db, who, name, version),
                                    f"version {version} is now production")
+
+
+@router.post("/{name}/{version}/rollout")
+async def rollout(name: str, version: str, url: DatabaseUrl, session: SessionCookie,
+                  action: Annotated[str, Form(pattern="^(" + "|".join(ROLLOUT_ACTIONS) + ")$")],
+                  csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
+    """Start, pause, resume or abort the model's staged rollout (review_rollout.py)."""
+    return await _validator_action(session, csrf, url, action, (name, version), rollout_action(action, name, version),
+                                   "{outcome}")

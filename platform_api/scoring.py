@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from platform_api.recorder import Recorder, Unit
 from platform_api.schemas import ImagePredictionPublic, PredictionPublic
 from platform_api.services import FeatureService, ModelService
 from platform_api.vision import VisionClient
+from serving.routing import Route
 
 __all__ = ["ImageScorer", "RiskScorer", "TwinPatients"]
 
@@ -83,43 +85,66 @@ class RiskScorer:
     threshold: float
 
     async def predict(self, caller: TenantPrincipal, action: str, twin_ids: list[str]) -> list[PredictionPublic]:
-        """Features of the twins, one model call for all, then the stored predictions and alerts."""
+        """Features of the twins, one model call per version that answers (a rollout splits
+        them by twin id), then the stored predictions and alerts."""
         audit = _audit(caller, action)
         try:
-            model, inputs, risks = await self._risks(caller.tenant_id, twin_ids, audit)
+            scored = await self._risks(caller.tenant_id, twin_ids, audit)
         except Exception as err:
             audit["outcome"] = type(err).__name__.lower()
             await _record(self.recorder, Unit(audit))
             raise
         unit, now = Unit(audit), _now()
-        out = [self._prediction(unit, caller.tenant_id, model, (twin_id, now), used, float(risk))
-               for twin_id, used, risk in zip(twin_ids, inputs, risks, strict=True)]
+        out = [self._prediction(unit, caller.tenant_id, model, (twin_id, now), used, risk)
+               for twin_id, (model, used, risk) in zip(twin_ids, scored, strict=True)]
         await _record(self.recorder, unit)
         self.predictions.set_many({p.twin_id: p.model_dump(mode="json") for p in out})
         if self.metrics is not None:
-            self.metrics.observe_prediction(model.name, model.version, len(out))
-            self.metrics.observe_unknown_categories(model.unknown_categories(inputs))
+            for (name, version), n in Counter((m.name, m.version) for m, _, _ in scored).items():
+                self.metrics.observe_prediction(name, version, n)
+            self.metrics.observe_unknown_categories(scored[0][0].unknown_categories([u for _, u, _ in scored]))
             for alert in unit.alerts:
                 self.metrics.observe_alert(alert["priority"])
         return out
 
-    async def _risks(self, tenant: str, twin_ids: list[str], audit: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], Any]:
-        """The served model, the inputs each twin is scored on, and the risks."""
+    async def _risks(self, tenant: str, twin_ids: list[str], audit: dict[str, Any]) -> list[tuple[Any, dict[str, Any], float]]:
+        """Per twin: the version that scored it, the inputs it was scored on, and the risk."""
         patients = await self.patients.of(tenant, twin_ids)
         if len(twin_ids) == 1:
             audit["patient_id"] = patients[twin_ids[0]]
         features, missing = self.features.cached(tenant, list(patients.values()))
         if missing:
             features.update(await run_in_threadpool(self.features.fetch, tenant, missing))
-        model = self.models.fresh()
-        if model is None:
-            model = await run_in_threadpool(self.models.current)
-        inputs = [{k: features.get(patients[t], {}).get(k) for k in model.features} for t in twin_ids]
-        for twin_id, used in zip(twin_ids, inputs, strict=True):
-            problems = violations(used)  # values stored before the contracts, or around them
-            if problems:
-                raise StoredValueError(f"twin {twin_id}", problems)
-        return model, inputs, model.predict(inputs)
+        route = self.models.split.fresh()
+        if route is None:
+            route = await run_in_threadpool(self.models.split.current)
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for n, twin_id in enumerate(twin_ids):
+            model = route.pick(twin_id)
+            groups.setdefault(model.version, (model, []))[1].append(n)
+        scored: list[Any] = [None] * len(twin_ids)
+        for model, members in groups.values():
+            for n, answered, used, risk in self._scored(route, model, [patients[twin_ids[n]] for n in members], features,
+                                                        [twin_ids[n] for n in members]):
+                scored[members[n]] = (answered, used, risk)
+        return scored
+
+    @staticmethod
+    def _scored(route: Route, model: Any, patients: list[str], features: dict[str, dict[str, Any]],
+                twin_ids: list[str]) -> list[tuple[int, Any, dict[str, Any], float]]:
+        """Score one version's share of the twins; a failed candidate's share goes to production."""
+        for answering in (model, route.production):
+            inputs = [{k: features.get(p, {}).get(k) for k in answering.features} for p in patients]
+            for twin_id, used in zip(twin_ids, inputs, strict=True):
+                problems = violations(used)  # values stored before the contracts, or around them
+                if problems:
+                    raise StoredValueError(f"twin {twin_id}", problems)
+            risks = route.score(answering, inputs)
+            if risks is not None:
+                if answering is route.production:
+                    route.score_shadow(inputs)
+                return [(n, answering, used, float(r)) for n, (used, r) in enumerate(zip(inputs, risks, strict=True))]
+        raise AssertionError("production answers or raises")  # pragma: no cover
 
     def _prediction(self, unit: Unit, tenant: str, model: Any, at: tuple[str, datetime], used: dict[str, Any],
                     risk: float) -> PredictionPublic:

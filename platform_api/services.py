@@ -25,6 +25,8 @@ from serving.errors import UnapprovedVersion
 from serving.follow import AliasFollower
 from serving.loaded import LoadedModel
 from serving.model_source import RegistryModel
+from serving.rollout_stats import StatsBuffer
+from serving.routing import TrafficSplit
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +92,14 @@ class ModelService(AliasFollower[LoadedModel]):
     """The API's risk model: :class:`serving.follow.AliasFollower` checked on request, at most
     every ``poll`` seconds (no thread), with the gate's refusals reported to ``on_refused``
     (the API audits them) and the garbage collector frozen after each load (the model lives
-    as long as the process)."""
+    as long as the process). ``split`` routes a rollout's share of traffic to its candidate
+    (:mod:`serving.routing`), counting each version's calls in ``stats``."""
 
-    def __init__(self, source: RegistryModel, poll: float, on_refused: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, source: RegistryModel, poll: float, on_refused: Callable[[str, str], None] | None = None,
+                 stats: StatsBuffer | None = None) -> None:
         super().__init__(source, LoadedModel, poll_seconds=poll, on_refused=on_refused,
                          on_loaded=lambda _model: gc.freeze(), background=False)
+        self.split = TrafficSplit(self, stats=stats)
 
 
 class TerminologyService:
@@ -151,7 +156,8 @@ def get_models() -> ModelService:
     """The process's model service."""
     settings = get_settings()
     source = RegistryModel(settings.resolved_tracking_uri(), settings.model_name, settings.model_alias)
-    return ModelService(source, settings.model_poll_seconds, on_refused=_audit_refusal)
+    stats = StatsBuffer(get_engine(settings.resolved_database_url()))  # rollouts' per-version counts
+    return ModelService(source, settings.model_poll_seconds, on_refused=_audit_refusal, stats=stats)
 
 
 @functools.cache
@@ -208,11 +214,15 @@ def close_recorders() -> None:
         _recorders.clear()
     for recorder in recorders:
         recorder.close()
+    if get_models.cache_info().currsize and (stats := get_models().split.stats) is not None:
+        stats.flush()  # the rollout counts this process holds
 
 
 def reset() -> None:
     """Forget the process's services (tests; a settings change): stops the recorders first."""
     close_recorders()
+    if get_models.cache_info().currsize and (stats := get_models().split.stats) is not None:
+        stats.close()
     from platform_api.vision import get_vision
 
     for cached in (get_features, get_models, get_prediction_cache, get_terminology, get_twin_index, principal_cache, signing_key, get_vision):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from ray import serve
@@ -15,6 +16,8 @@ from serving.errors import ServingError
 from serving.follow import AliasFollower
 from serving.loaded import LoadedModel
 from serving.model_source import RegistryModel
+from serving.rollout_stats import StatsBuffer
+from serving.routing import Route, TrafficSplit
 
 __all__ = ["RiskPredictor"]
 
@@ -28,12 +31,18 @@ class RiskPredictor:
     Concurrent requests are batched (``@serve.batch``). A background thread follows the
     alias: a new version is loaded beside the old one and swapped in with one reference
     assignment, so requests in flight finish on the version they started with and none is
-    dropped. Every prediction names the model version that made it.
+    dropped. Every prediction names the model version that made it. During a staged rollout
+    a request with a routing key (the twin id) goes where :func:`serving.routing.to_candidate`
+    sends it, as in the API; per-version counts go to ``stats_url`` (default
+    ``BIOVERSE_ROLLOUT_STATS_URL``: the platform database; unset: not counted).
     """
 
-    def __init__(self, tracking_uri: str, model_name: str, alias: str = "production", poll_seconds: float = 5.0) -> None:
+    def __init__(self, tracking_uri: str, model_name: str, alias: str = "production", poll_seconds: float = 5.0,
+                 stats_url: str | None = None) -> None:
         self.follower: AliasFollower[LoadedModel] = AliasFollower(
             RegistryModel(tracking_uri, model_name, alias), LoadedModel, poll_seconds=poll_seconds)
+        url = stats_url or os.environ.get("BIOVERSE_ROLLOUT_STATS_URL", "")
+        self.split = TrafficSplit(self.follower, stats=StatsBuffer(url) if url else None)
         self.unknown_categories = metrics.Counter(
             "bioverse_unknown_category_total",
             description="Scored rows whose categorical feature held a value the model never learned (scored as other).",
@@ -49,15 +58,31 @@ class RiskPredictor:
         self.follower.poll_seconds = float(config.get("poll_seconds", self.follower.poll_seconds))
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _predict_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        model = self.model  # one version for the whole batch
+    async def _predict_batch(self, items: list[tuple[dict[str, Any], str | None]]) -> list[dict[str, Any]]:
+        route = self.split.fresh() or await asyncio.to_thread(self.split.current)  # one route for the whole batch
+        groups: dict[str, tuple[LoadedModel, list[int]]] = {}
+        for n, (_, key) in enumerate(items):
+            model = route.pick(key)
+            groups.setdefault(model.version, (model, []))[1].append(n)
+        out: list[dict[str, Any]] = [{}] * len(items)
+        for model, members in groups.values():
+            for n, result in zip(members, self._score(route, model, [items[n][0] for n in members]), strict=True):
+                out[n] = result
+        return out
+
+    def _score(self, route: Route, model: LoadedModel, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One version's share of a batch; a failed candidate's share goes to production."""
         try:
-            risks = model.predict(rows)
+            risks = route.score(model, rows)
         except ServingError:
             # one bad row must not fail its neighbours: score them one by one
             return [self._one(model, row) for row in rows]
+        if risks is None:
+            return self._score(route, route.production, rows)
+        if model is route.production:
+            route.score_shadow(rows)
         self._count_unknown(model, rows)
-        return [self._result(model, float(r)) for r in risks]
+        return [self._result(model, r) for r in risks]
 
     def _count_unknown(self, model: LoadedModel, rows: list[dict[str, Any]]) -> None:
         """``bioverse_unknown_category_total{feature}``: rows with a category the version never learned."""
@@ -77,19 +102,25 @@ class RiskPredictor:
         except ServingError as err:
             return {"error": str(err)}
 
-    async def predict(self, features: dict[str, Any]) -> dict[str, Any]:
-        """One patient's risk (from a DeploymentHandle)."""
-        return await self._predict_batch(features)
+    async def predict(self, features: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        """One patient's risk (from a DeploymentHandle); ``key`` (the twin id) routes it during a rollout."""
+        return await self._predict_batch((features, key))
 
     async def __call__(self, request: Request) -> JSONResponse:
-        """HTTP: ``{"instances": [{feature: value, ...}, ...]}`` -> ``{"predictions": [...]}``."""
+        """HTTP: ``{"instances": [{feature: value, ...}, ...], "keys": [twin id, ...]}`` (keys
+        optional: they route a rollout's share) -> ``{"predictions": [...]}``."""
         try:
-            instances = (await request.json())["instances"]
+            body = await request.json()
+            instances, keys = body["instances"], body.get("keys")
         except Exception:  # noqa: BLE001 - any malformed body is the caller's error
-            instances = None
+            instances, keys = None, None
         if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
             return JSONResponse({"detail": "body must be {\"instances\": [{feature: value}, ...]}"}, status_code=422)
-        results = await asyncio.gather(*(self._predict_batch(i) for i in instances))
+        if keys is not None and (not isinstance(keys, list) or len(keys) != len(instances)
+                                 or not all(isinstance(k, str) for k in keys)):
+            return JSONResponse({"detail": "keys: one string (twin id) per instance"}, status_code=422)
+        keyed = zip(instances, keys or [None] * len(instances), strict=True)
+        results = await asyncio.gather(*(self._predict_batch(item) for item in keyed))
         errors = [(n, r["error"]) for n, r in enumerate(results) if "error" in r]
         if errors:
             return JSONResponse({"detail": f"instances[{errors[0][0]}]: {errors[0][1]}"}, status_code=422)
