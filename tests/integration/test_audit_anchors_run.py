@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
@@ -53,9 +56,27 @@ def _client_app(spec_text: str, ledgers: str, logs: str) -> ClientApp:
     return app_
 
 
-@pytest.fixture()
-def finished_run(hospital_files: list[Path], tmp_path: Path, isolated_home: Path) -> dict[str, Any]:
-    spec = make_spec(hospital_files, name="it-anchors", registered_model="it-anchors-risk")
+def _start_ray(attempts: int = 3) -> None:
+    """Ray for the simulation engine, started here so that a start that times out on a loaded machine (Ray waits
+    30 s for its raylet) is tried again; Flower's backend uses a Ray already started."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts:
+                raise
+
+
+@pytest.fixture(params=["plain", "secure-aggregation"])
+def finished_run(request: pytest.FixtureRequest, hospital_files: list[Path], tmp_path: Path,
+                 isolated_home: Path) -> dict[str, Any]:
+    """A finished run, its training rounds plain or under SecAgg+ (heads kept by the SecAgg+ grid's recorder too)."""
+    spec = make_spec(hospital_files, name="it-anchors", registered_model="it-anchors-risk",
+                     strategy={"secure_aggregation": request.param == "secure-aggregation",
+                               "round_timeout": 300})  # bounded should Ray fail to start on a loaded machine
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logs = tmp_path / "audit"
     logs.mkdir()
@@ -67,9 +88,12 @@ def finished_run(hospital_files: list[Path], tmp_path: Path, isolated_home: Path
         tracker = RunTracker(uri, embedded_artifact_location(uri))
         seen["summary"] = Coordinator(spec, tracker, ProgressLog(None)).run(ResponsiveGrid(grid))
 
-    run_simulation(server_app=server, client_app=_client_app(spec_json(spec), str(tmp_path / "ledgers"), str(logs)),
-                   num_supernodes=len(HOSPITALS),
-                   backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}})
+    _start_ray()
+    try:
+        run_simulation(server_app=server, client_app=_client_app(spec_json(spec), str(tmp_path / "ledgers"), str(logs)),
+                       num_supernodes=len(HOSPITALS), backend_config={"client_resources": {"num_cpus": 1}})
+    finally:
+        ray.shutdown()  # Flower's backend shuts it down too; a failed run may not have
     assert "summary" in seen, "the run did not finish"
     return {"run_id": seen["summary"]["run_id"], "uri": uri, "logs": logs, "rounds": spec.training.rounds,
             "root": tmp_path}
