@@ -12,21 +12,19 @@ Usage: python benchmarks/resume.py [--rounds 3] [--patients 3000] [--repeats 2]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import yaml
 
 from _results import machine, table, write_section
 from federation.checkpoint import load_checkpoint
+from federation.processes import kill_tree
 from training.tabular.synth import FEATURE_RANGES, FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL, PATIENT_ID, synthesize_hospitals
 
 BIOVERSE = str(Path(sys.executable).parent / "bioverse")
@@ -52,15 +50,6 @@ def _events(home: Path) -> list[dict]:
     return found
 
 
-def _kill_tree(process: subprocess.Popen) -> None:
-    root = psutil.Process(process.pid)
-    tree = [*root.children(recursive=True), root]
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(tree, timeout=30)
-
-
 def one(root: Path, paths: list[Path], rounds: int, name: str) -> tuple[float, float, float]:
     """(fresh launch -> round 1 trained, resume launch -> next round trained, resume total) in seconds."""
     (root / "spec.yaml").write_text(yaml.safe_dump(_spec(paths, rounds, name)))
@@ -76,7 +65,7 @@ def one(root: Path, paths: list[Path], rounds: int, name: str) -> tuple[float, f
             checkpoint = load_checkpoint(uri, run_id) if run_id else None
             time.sleep(0.2)
     finally:
-        _kill_tree(first)
+        kill_tree(first)
     if checkpoint is None:
         raise SystemExit("the run ended before its first checkpoint")
     fresh = next(e["time"] for e in _events(home) if e["event"] == "train" and e["round"] == 1) - launched

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from federation.errors import LaunchError
 
-__all__ = ["child_env", "flower_bin", "free_port", "launcher_identity", "node_config_arg", "stop", "wait_for_port"]
+__all__ = ["child_env", "flower_bin", "free_port", "kill_tree", "launcher_identity", "node_config_arg", "stop",
+           "wait_for_port"]
 
 
 def launcher_identity() -> str:
@@ -89,3 +90,19 @@ def stop(process: subprocess.Popen | None, grace: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(5)
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a child and everything it started, whatever their process groups (a machine
+    dying: no handler runs), and reap them; bounded by 30 s."""
+    import psutil
+
+    try:
+        root = psutil.Process(process.pid)
+        tree = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=30)

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from federation.checkpoint import load_checkpoint
 from federation.ledger import PrivacyLedger
+from federation.processes import kill_tree
 from tests.conftest import spec_dict
 from tests.integration.conftest import BIOVERSE, cli_env
 
 pytestmark = pytest.mark.integration
 
 ROUNDS = 4  # margin: on a quiet machine a round or two more may complete before the kill lands
-
-
-def _kill_tree(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the launcher and everything it started (flwr run, SuperLink, ServerApp, Ray)."""
-    root = psutil.Process(process.pid)
-    tree = [*root.children(recursive=True), root]
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(tree, timeout=30)
 
 
 def _started_run(home: Path) -> str | None:
@@ -60,7 +48,7 @@ def test_a_killed_coordinator_is_resumed_from_its_last_round(hospital_files: lis
         else:
             pytest.fail(f"no checkpoint before the run ended: {first.stdout.read() if first.stdout else ''}")
     finally:
-        _kill_tree(first)  # the coordinator's machine dies: no chance to say anything
+        kill_tree(first)  # launcher, flwr run, SuperLink, ServerApp, Ray: the coordinator's machine dies
     assert run_id is not None
     checkpoint = load_checkpoint(uri, run_id)  # the last one written before the kill (a later round may have landed)
     assert checkpoint is not None and checkpoint.server_round < ROUNDS
@@ -86,6 +74,6 @@ def test_a_killed_coordinator_is_resumed_from_its_last_round(hospital_files: lis
         assert entry is not None and (entry.rounds, entry.last_round) == (ROUNDS, ROUNDS), hospital  # each round charged once
 
     again = subprocess.run([BIOVERSE, "experiment", "resume", run_id, "--tracking-uri", uri],
-                           env=env, capture_output=True, text=True, timeout=120)
+                           env=env, capture_output=True, text=True, timeout=600)  # the CLI and MLflow take minutes at load 15+
     assert again.returncode != 0 and "already finished" in again.stdout + again.stderr
     assert "Traceback" not in again.stdout + again.stderr

@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from federation.checkpoint import load_checkpoint
 from federation.ledger import PrivacyLedger
-from federation.processes import free_port, stop, wait_for_port
+from federation.processes import free_port, kill_tree, stop, wait_for_port
 from tests.conftest import spec_dict
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 ROUNDS = 4  # margin: on a quiet machine a round or two more may complete before the kill lands
-
-
-def _kill_tree(process: subprocess.Popen) -> None:
-    root = psutil.Process(process.pid)
-    tree = [*root.children(recursive=True), root]
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(tree, timeout=30)
 
 
 def _started_run(home: Path) -> str | None:
@@ -81,8 +69,8 @@ def test_a_run_whose_superlink_died_resumes_on_the_restarted_superlink(
             checkpoint = load_checkpoint(uri, run_id) if run_id else None
             time.sleep(1)
         assert checkpoint is not None and checkpoint.server_round < ROUNDS, (logs / "first.log").read_text()[-3000:]
-        _kill_tree(link)  # the coordinator's SuperLink dies, and its ServerApp with it
-        _kill_tree(first)
+        kill_tree(link)  # the coordinator's SuperLink dies, and its ServerApp with it
+        kill_tree(first)
         checkpoint = load_checkpoint(uri, run_id)  # the last one written before the kill (a later round may have landed)
         assert checkpoint is not None and checkpoint.server_round < ROUNDS
         link = start(*superlink, log="superlink.log")  # restarted, without a database: it knows no node
