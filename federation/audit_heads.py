@@ -62,13 +62,12 @@ class AuditHeads:
                 self._seen.add(key)
                 self.heads.append(dict(entry))
 
-    def resume(self, tracking_uri: str, run_id: str) -> None:
-        """Start from the heads a run stored before it stopped (:func:`stored_heads`; none is no
-        error): heads received after the resume go after them, a head received again is kept once."""
-        try:
-            self.restore(stored_heads(tracking_uri, run_id))
-        except AuditLogError as err:
-            log.info("run %s resumes with no audit heads: %s", run_id, err)
+    def resume(self, tracking_uri: str, run_id: str, checkpoint_heads: list[dict[str, Any]] | None = None) -> None:
+        """Start from the heads a run stored before it stopped: its ``audit-heads.json``, else
+        the copy in its last checkpoint (``checkpoint_heads``). Heads received after the resume
+        go after them; a head received again is kept once."""
+        stored = _artifact_heads(MlflowClient(tracking_uri=tracking_uri), run_id)
+        self.restore(stored if stored is not None else list(checkpoint_heads or []))
 
     def save(self, tracker: Any) -> None:
         """Write the heads to the run's ``audit-heads.json`` when some arrived since the last write."""
@@ -95,6 +94,16 @@ def heads_recorder(heads: AuditHeads, identities: NodeIdentities) -> Callable[[s
     return record
 
 
+def _artifact_heads(client: MlflowClient, run_id: str) -> list[dict[str, Any]] | None:
+    """The heads in the run's ``audit-heads.json``; None when it has none or it is unreadable."""
+    with tempfile.TemporaryDirectory(prefix="bioverse-heads-") as tmp:
+        try:
+            return list(json.loads(Path(client.download_artifacts(run_id, HEADS_ARTIFACT, tmp)).read_text())["heads"])
+        except (MlflowException, OSError, ValueError, KeyError, TypeError) as err:
+            log.info("run %s: no readable %s (%s)", run_id, HEADS_ARTIFACT, err)
+            return None
+
+
 def stored_heads(tracking_uri: str, run_id: str) -> list[dict[str, Any]]:
     """The heads a run stored: its ``audit-heads.json``, else its last checkpoint's copy.
 
@@ -107,15 +116,12 @@ def stored_heads(tracking_uri: str, run_id: str) -> list[dict[str, Any]]:
         client.get_run(run_id)
     except MlflowException:
         raise AuditLogError(f"no run {run_id} in {tracking_uri}: see `bioverse experiment runs`") from None
-    with tempfile.TemporaryDirectory(prefix="bioverse-heads-") as tmp:
-        try:
-            return list(json.loads(Path(client.download_artifacts(run_id, HEADS_ARTIFACT, tmp)).read_text())["heads"])
-        except (MlflowException, OSError, ValueError, KeyError, TypeError) as err:
-            log.info("run %s: no readable %s (%s); trying its checkpoint", run_id, HEADS_ARTIFACT, err)
-    from federation.checkpoint import load_checkpoint
+    heads = _artifact_heads(client, run_id)
+    if heads is None:
+        from federation.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(tracking_uri, run_id)
-    heads = checkpoint.state.get("audit_heads") if checkpoint is not None else None
+        checkpoint = load_checkpoint(tracking_uri, run_id)
+        heads = checkpoint.state.get("audit_heads") if checkpoint is not None else None
     if not heads:
         raise AuditLogError(f"run {run_id} holds no audit heads (its hospitals keep no audit log, or no reply came)")
     return list(heads)

@@ -267,7 +267,7 @@ class Coordinator:
         try:
             if self.resume_run is not None:
                 self.checkpoint = reopen_run(self.tracker, spec, self.resume_run)
-                self.audit_heads.resume(self.tracker.tracking_uri, run_id)  # the heads received before it stopped
+                self.audit_heads.resume(self.tracker.tracking_uri, run_id, self.checkpoint.state.get("audit_heads"))
             self.progress.emit("start", run_id=run_id, experiment=spec.name, rounds=spec.training.rounds,
                                hospitals=[h.id for h in spec.data.hospitals],
                                resumed_after=self.checkpoint.server_round if self.checkpoint else None)

@@ -167,7 +167,7 @@ def test_the_coordinator_keeps_heads_in_the_run_and_a_resumed_run_neither_loses_
         ("hospital-01", "evaluate", 2, "2a", "ok"), ("hospital-02", "evaluate", 2, "2b", "refused")]
     resumed = Coordinator(spec, RunTracker(uri), ProgressLog(None), resume_run=run_id)
     resumed.tracker.run_id = run_id  # as reopen_run sets it
-    resumed.audit_heads.resume(uri, run_id)  # as Coordinator.run does after reopening the run
+    resumed.audit_heads.resume(uri, run_id, [])  # as Coordinator.run does after reopening the run
     evaluate(resumed, 2, (11, "hospital-01", "2a", "ok"))  # round 2 asked again and replayed
     evaluate(resumed, 3, (11, "hospital-01", "3a", "ok"))
     assert [h["head"] for h in stored_heads(uri, run_id)] == ["1a", "1b", "2a", "2b", "3a"]
@@ -179,6 +179,11 @@ def test_the_coordinator_keeps_heads_in_the_run_and_a_resumed_run_neither_loses_
     assert json.loads(Path(MlflowClient(uri).download_artifacts(run_id, HEADS_ARTIFACT, str(tmp_path))).read_text())[
         "format"] == "bioverse-audit-anchors/1"
     assert load_checkpoint(uri, run_id) is None  # no round was checkpointed: the artifact alone held them
+    torn = AuditHeads()  # a run whose audit-heads.json cannot be read resumes from its checkpoint's copy
+    other = RunTracker(uri)
+    torn.resume(uri, other.start(spec), stored[:2])
+    other.end("FAILED")
+    assert torn.heads == stored[:2]
     for args, says in ((["0" * 32], "no run 00000000"), ([run_id, "--hospital", "hospital-09"], "no audit heads from")):
         failed = runner.invoke(app, ["coordinator", "audit-heads", *args, "--tracking-uri", uri])
         lines = [line for line in failed.output.splitlines() if line.strip()]
