@@ -75,21 +75,11 @@ def replica_rss() -> dict[str, float]:
     return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--connections", type=int, default=16)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    work = Path(tempfile.mkdtemp(prefix="bioverse-serving-"))
-    os.environ["BIOVERSE_DATA_DIR"] = str(work)
-    uri, rows = register_model(work)
-
-    import ray
+def vanilla_deployment() -> Any:
+    """The baseline: a textbook one-replica Serve deployment of the same model (a class made
+    here, so that Ray ships it by value to any node, also ``benchmarks/serve_cluster.py``'s)."""
     from ray import serve
     from starlette.requests import Request
-
-    from serving.app import build_risk_app
 
     @serve.deployment(num_replicas=1)
     class Vanilla:
@@ -108,6 +98,25 @@ def main() -> None:
             risks = self.model.predict(frame.astype(dict.fromkeys(numeric, float)))["risk"]
             return {"predictions": [{"risk": float(r)} for r in risks]}
 
+    return Vanilla
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    work = Path(tempfile.mkdtemp(prefix="bioverse-serving-"))
+    os.environ["BIOVERSE_DATA_DIR"] = str(work)
+    uri, rows = register_model(work)
+
+    import ray
+    from ray import serve
+
+    from serving.app import build_risk_app
+
+    Vanilla = vanilla_deployment()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     port = 18000 + os.getpid() % 1000
     serve.start(http_options={"host": "127.0.0.1", "port": port})
