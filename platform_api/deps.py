@@ -23,7 +23,8 @@ from platform_api.ratelimit import RateLimits
 from platform_api.recorder import Recorder
 from platform_api.reviews import ReviewService
 from platform_api.scoring import ImageScorer, RiskScorer, TwinPatients
-from platform_api.settings import get_settings
+from platform_api.serve_scoring import ServeRiskClient, serve_risk_client
+from platform_api.settings import ApiSettings, get_settings
 from platform_api.vision import VisionClient, get_vision
 
 __all__ = [
@@ -244,11 +245,20 @@ PatientsDep = Annotated[TwinPatients, Depends(get_twin_patients)]
 # overrides a scorer as a whole, or ``database_url``; the vision client stays a dependency.
 
 async def get_risk_scorer(request: Request, url: DatabaseUrl) -> RiskScorer:
-    """Risk predictions of the caller's tenant's twins, from the services above."""
+    """Risk predictions of the caller's tenant's twins, from the services above (the model
+    call in process, or through Serve's risk route: ``BIOVERSE_API_RISK_SCORING``)."""
+    settings = get_settings()
     return RiskScorer(patients=TwinPatients(url=url, twins=services.get_twin_index()), recorder=services.get_recorder(url),
                       features=services.get_features(), models=services.get_models(),
                       predictions=services.get_prediction_cache(), metrics=getattr(request.app.state, "metrics", None),
-                      threshold=get_settings().alert_threshold)
+                      threshold=settings.alert_threshold, remote=_serve_risk(settings))
+
+
+def _serve_risk(settings: ApiSettings) -> ServeRiskClient | None:
+    """The pooled client of Serve's risk route on ``BIOVERSE_API_RISK_SCORING=serve``, else None (in process)."""
+    if settings.risk_scoring != "serve":
+        return None
+    return serve_risk_client(settings.risk_serve_url, settings.risk_serve_timeout_seconds, settings.risk_serve_connections)
 
 
 async def get_image_scorer(request: Request, url: DatabaseUrl, vision: VisionDep) -> ImageScorer:

@@ -23,6 +23,7 @@ from platform_api.errors import NotFound
 from platform_api.metrics import ApiMetrics
 from platform_api.recorder import Recorder, Unit
 from platform_api.schemas import ImagePredictionPublic, PredictionPublic
+from platform_api.serve_scoring import ServeRiskClient
 from platform_api.services import FeatureService, ModelService
 from platform_api.vision import VisionClient
 from serving.routing import Route
@@ -83,6 +84,7 @@ class RiskScorer:
     predictions: TTLStore
     metrics: ApiMetrics | None
     threshold: float
+    remote: ServeRiskClient | None = None  # BIOVERSE_API_RISK_SCORING=serve: the model call goes to Ray Serve
 
     async def predict(self, caller: TenantPrincipal, action: str, twin_ids: list[str]) -> list[PredictionPublic]:
         """Features of the twins, one model call per version that answers (a rollout splits
@@ -118,6 +120,14 @@ class RiskScorer:
         route = self.models.split.fresh()
         if route is None:
             route = await run_in_threadpool(self.models.split.current)
+        if self.remote is not None:  # BIOVERSE_API_RISK_SCORING=serve: Serve routes a rollout's share and scores
+            model = route.production
+            inputs = [{k: features.get(patients[t], {}).get(k) for k in model.features} for t in twin_ids]
+            for twin_id, used in zip(twin_ids, inputs, strict=True):
+                if problems := violations(used):
+                    raise StoredValueError(f"twin {twin_id}", problems)
+            answered = await self.remote.predict(model, inputs, twin_ids)
+            return [(served, used, risk) for (served, risk), used in zip(answered, inputs, strict=True)]
         groups: dict[str, tuple[Any, list[int]]] = {}
         for n, twin_id in enumerate(twin_ids):
             model = route.pick(twin_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,12 @@ class ApiSettings(BaseSettings):
             checks (per source address); over them answers 429 with Retry-After.
         metrics_token: A bearer token Prometheus scrapes ``/metrics`` with (admin keys
             work too); empty means only admin keys.
+        risk_scoring: ``in-process`` (the small-clinic default: the API scores with the
+            model it loads) or ``serve`` (the model call goes to the Ray Serve risk
+            application at ``risk_serve_url``; auth, features, audit and recording stay here).
+        risk_serve_url, risk_serve_timeout_seconds, risk_serve_connections: The risk
+            route of Serve's HTTP proxy, how long a prediction waits for it (then 503),
+            and the size of the pooled client's connection pool.
     """
 
     model_config = SettingsConfigDict(env_prefix="BIOVERSE_API_")
@@ -88,6 +95,10 @@ class ApiSettings(BaseSettings):
     rate_limit_per_minute: float = Field(default=30.0, gt=0)
     rate_limit_burst: int = Field(default=10, ge=1)
     metrics_token: str = ""
+    risk_scoring: Literal["in-process", "serve"] = "in-process"
+    risk_serve_url: str = "http://127.0.0.1:8000/risk"
+    risk_serve_timeout_seconds: float = Field(default=10.0, gt=0)
+    risk_serve_connections: int = Field(default=64, ge=1, le=1024)
 
     @field_validator("cache_url")
     @classmethod
