@@ -67,8 +67,9 @@ class Route:
             return self._timed(model, rows)
         try:
             return self._timed(model, rows, fallible=True)
-        except Exception:  # noqa: BLE001 - the candidate failing must not fail the request
-            log.warning("candidate %s failed; production %s answers", model.version, self.production.version, exc_info=True)
+        except Exception as err:  # noqa: BLE001 - the candidate failing must not fail the request
+            log.warning("candidate %s failed (%s: %s); production %s answers", model.version, type(err).__name__, err,
+                        self.production.version)
             return None
 
     def score_shadow(self, rows: Sequence[dict[str, Any]]) -> None:

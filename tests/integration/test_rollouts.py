@@ -343,3 +343,27 @@ def test_two_starts_at_once_one_wins(backend: str, hospital_files: list[Path], t
     assert sorted(outcomes) == ["conflict", "started"]
     assert RolloutRegistry(uri).rollout(MODEL).state == "running"
     clear_platform_caches()
+
+
+def test_shadow_step_scores_every_request_and_returns_none_of_its_answers(platform: dict[str, Any]) -> None:
+    from platform_api import db
+    from platform_api.rollouts import rollouts_at
+    from platform_api.settings import get_settings
+
+    http, keys, twins = platform["http"], platform["keys"], platform["twins"]
+    candidate = add_version(platform["uri"], platform["files"])
+    config = {"steps": [100], "shadow": True, **FAST, "max_shift_psi": 50, "max_latency_ratio": 1000}
+    started = http.post(f"/v1/registry/models/{MODEL}/rollout", json={"version": candidate, "config": config},
+                        headers=_h(keys["validator"])).json()
+    assert started["shadow"] and started["share"] == 0 and started["step"] == "shadow"
+    time.sleep(0.3)  # past the API's poll
+    answers = [p for _ in range(2) for p in _predict(http, keys, twins)]
+    assert {p["model_version"] for p in answers} == {"1"}  # the shadow's answers are never returned
+    _flush()
+    settings = get_settings()
+    service = rollouts_at(settings.resolved_tracking_uri(), settings.resolved_database_url())
+    status = service.status(MODEL)
+    assert status.candidate.requests == status.current.requests == len(answers)  # it scored every request
+    with db.session_factory()() as session:
+        moved = service.step(session, MODEL).state
+    assert (moved.step, moved.share, moved.shadow) == (0, 100, False)
