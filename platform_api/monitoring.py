@@ -42,7 +42,7 @@ class WindowSpec:
 
     size: int = 1000
     minutes: float = 0.0
-    min_predictions: int = 100
+    min_predictions: int = 300
     threshold: float = 0.2
 
     @classmethod

@@ -77,7 +77,7 @@ class ApiSettings(BaseSettings):
     alert_threshold: float = 0.3
     monitor_window: int = Field(default=1000, ge=1, le=100_000)
     monitor_window_minutes: float = Field(default=0.0, ge=0)
-    monitor_min_predictions: int = Field(default=100, ge=1)
+    monitor_min_predictions: int = Field(default=300, ge=1)
     monitor_psi_threshold: float = Field(default=0.2, gt=0)
     monitor_refresh_seconds: float = Field(default=30.0, ge=0)
     monitor_active_hours: float = Field(default=24.0, gt=0)

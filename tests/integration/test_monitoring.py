@@ -185,3 +185,41 @@ def test_shifted_mean_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert [(r["model"], r["version"], r["alert"]) for r in monitor.snapshot()] == [(MODEL, "1", True)]
     finally:
         clear_platform_caches()
+
+
+def test_a_federated_run_stores_the_reference_in_its_report(tmp_path: Path, hospital_files: list[Path]) -> None:
+    """The simulation engine's validation round: hospitals' feature counts reach report.json (its SHA-256 pins them),
+    and the registered model's own scores of the held-out rows show no drift against it."""
+    import hashlib
+
+    from experiments.registry_reader import RegistryReader
+    from platform_api.monitoring import WindowSpec, drift_report, monitoring_reference
+    from serving.model_source import RegistryModel
+    from tests.conftest import spec_dict
+    from tests.integration.conftest import run_experiment_cli
+    from training.tabular.data import load_split
+
+    spec = spec_dict(hospital_files, name="monitored", registered_model=MODEL, training={"rounds": 1})
+    done, uri, _ = run_experiment_cli(spec, tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    reader = RegistryReader(uri)
+    report = reader.report(MODEL, "1")
+    assert hashlib.sha256(json.dumps(report, sort_keys=True, separators=(",", ":")).encode()).hexdigest() \
+        == reader.show(MODEL, "1").report_sha256
+    section = report["monitoring"]
+    parsed = make_spec(hospital_files, name="monitored", registered_model=MODEL)
+    assert set(section["features"]) == set(parsed.data.contract.features)
+    n = report["overall"]["n"]
+    assert sum(section["score"]["counts"]) == n
+    for column, feature in section["features"].items():  # every held-out row once per feature (suppressed: shared)
+        assert sum(feature["counts"]) == pytest.approx(n), column
+
+    scorer = RegistryModel(uri, MODEL, require_approval=False).load("1").scorer
+    frames = [load_split(h.path, parsed.data.contract, parsed.data.test_fraction, parsed.seed).test for h in parsed.data.hospitals]
+    held_out = pd.concat(frames)
+    rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in held_out[list(parsed.data.contract.features)].to_dict("records")]
+    drift = drift_report(MODEL, "1", monitoring_reference(report), rows, scorer.score_columns(held_out).tolist(),
+                         WindowSpec(size=n, min_predictions=100))
+    assert drift["status"] == "ok" and not drift["alert"], drift["drifted"]
+    assert drift["prediction"]["psi"] < 0.01  # the same rows and the same model: only the bins' edges differ

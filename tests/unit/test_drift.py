@@ -99,16 +99,18 @@ def test_hospital_counts_suppress_small_slots_and_their_complement() -> None:
     assert all(c is None or c == 0 or c >= 10 for f in counts.values() for c in f["counts"])
 
 
-def test_merge_sums_slots_and_counts_suppressed_ones() -> None:
+def test_merge_sums_slots_and_shares_each_hospitals_hidden_remainder() -> None:
     small = _frame(300, 1)
-    small.loc[small.index[:4], "sex"] = None  # 4 missing: suppressed, and counted as min_cell / 2 in the merge
+    small.loc[small.index[:4], "sex"] = None  # 4 missing: suppressed, and the smallest of F/M with them
     a = local_feature_counts(small, ENCODER, min_cell=10)
     b = local_feature_counts(_frame(300, 2), ENCODER, min_cell=10)
     merged = merge_feature_counts([a, b])["features"]
-    for column in ("age", "sex"):
-        assert merged[column]["counts"] == [(5.0 if x is None else x) + (5.0 if y is None else y) for x, y in
-                                            zip(a["features"][column]["counts"], b["features"][column]["counts"])]
-    assert merged["sex"]["suppressed"] >= 1 and merged["sex"]["counts"][-1] == 5.0
+    assert a["features"]["sex"]["counts"].count(None) == 2 and merged["sex"]["suppressed"] == 2
+    hidden = 300 - sum(c or 0 for c in a["features"]["sex"]["counts"])
+    expected = [(hidden / 2 if x is None else x) + y for x, y in zip(a["features"]["sex"]["counts"], b["features"]["sex"]["counts"])]
+    assert merged["sex"]["counts"] == pytest.approx(expected)
+    for column in merged:  # every row of both hospitals once per feature
+        assert sum(merged[column]["counts"]) == pytest.approx(600)
     other = local_feature_counts(_frame(300, 3), FeatureEncoder(("age", "bp"), ("sex", "smoking"), (50.0, 130.0),
                                                                 (10.0, 15.0), (("F", "M"), ("current", "former", "never"))), min_cell=10)
     assert "age" not in merge_feature_counts([a, other])["features"]  # different edges: not added up

@@ -9,6 +9,7 @@ edges every hospital derives from the federation's encoder, vocabulary values, `
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
@@ -48,13 +49,18 @@ def _as_float(value: Any) -> float:
     return x if math.isfinite(x) else math.nan
 
 
+@functools.lru_cache(maxsize=256)
+def _lookup(vocabulary: tuple[str, ...]) -> CategoryLookup:
+    return CategoryLookup(vocabulary)
+
+
 def _slot_counts(feature: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
     """Counts per slot of one feature (its bins or values, then ``__missing`` last)."""
     if feature["kind"] == "numeric":
         x = np.asarray([_as_float(v) for v in values], dtype=float)
         return np.concatenate([numeric_bins(x, feature["edges"]), [int(np.isnan(x).sum())]])
-    vocabulary = [v for v in feature["values"] if v != OTHER]
-    lookup = CategoryLookup(vocabulary)
+    vocabulary = tuple(v for v in feature["values"] if v != OTHER)
+    lookup = _lookup(vocabulary)
     counts = np.zeros(len(vocabulary) + 2, dtype=np.int64)  # vocabulary, __other, __missing
     distinct: dict[Any, int] = {}
     for v in values:
@@ -91,15 +97,25 @@ def local_feature_counts(frame: Any, encoder: Any, *, min_cell: int) -> dict[str
         sizes = {str(i): int(c) for i, c in enumerate(counts) if c > 0}
         kept = reported_values(sizes, int(counts.sum()), min_cell)
         feature["counts"] = [int(c) if str(i) in kept or c == 0 else None for i, c in enumerate(counts)]
-    return {"schema": SCHEMA, "min_cell": int(min_cell), "features": features}
+    return {"schema": SCHEMA, "n": int(len(frame)), "min_cell": int(min_cell), "features": features}
+
+
+def _imputed(counts: Sequence[int | None], n: int | None, min_cell: int) -> list[float]:
+    """One hospital's slot counts, each suppressed one given an even share of the hidden remainder
+    (``n`` minus the reported slots; ``n`` is the hospital's released cell size), else ``min_cell / 2``."""
+    hidden = [i for i, c in enumerate(counts) if c is None]
+    if not hidden:
+        return [float(c) for c in counts]  # type: ignore[arg-type]
+    share = (n - sum(int(c or 0) for c in counts)) / len(hidden) if n is not None else min_cell / 2
+    return [float(share) if c is None else float(c) for c in counts]
 
 
 def merge_feature_counts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Sum hospitals' feature counts slot by slot. A suppressed slot (between 1 and ``min_cell - 1``
-    rows, or a larger one hidden by complementary suppression) adds ``min_cell / 2``: leaving it
-    out would tell the monitor that, say, no patient misses a value, and the first served rows
-    missing it would read as drift. How many were suppressed is kept per feature. None without
-    parts; features whose slots differ between hospitals (a different encoder) are left out."""
+    """Sum hospitals' feature counts slot by slot. A hospital's suppressed slots share its hidden
+    remainder evenly (:func:`_imputed`): adding 0 for them would tell the monitor that, say, no
+    patient misses a value, and the first served rows missing it would read as drift. How many
+    slots were suppressed is kept per feature. None without parts; features whose slots differ
+    between hospitals (a different encoder) are left out."""
     if not parts:
         return None
     merged: dict[str, Any] = {}
@@ -108,7 +124,7 @@ def merge_feature_counts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any] |
         layout = {k: v for k, v in first.items() if k != "counts"}
         if any(f is None or {k: v for k, v in f.items() if k != "counts"} != layout for f in same):
             continue
-        rows = [[float(p.get("min_cell", 10)) / 2 if c is None else float(c) for c in f["counts"]]  # type: ignore[index]
+        rows = [_imputed(f["counts"], p.get("n"), int(p.get("min_cell", 10)))  # type: ignore[index]
                 for p, f in zip(parts, same, strict=True)]
         merged[column] = {**layout, "counts": [math.fsum(slot) for slot in zip(*rows, strict=True)],
                           "suppressed": sum(c is None for f in same for c in f["counts"])}  # type: ignore[union-attr]
