@@ -99,7 +99,6 @@ _VERSION = """{% if v.quality_warning %}<div class="warn" role="alert" id="quali
 <h2>Validation report</h2>{% if sha %}<iframe title="validation report" src="/review/{{ v.name|urlencode }}/{{ v.version }}/report.html"></iframe>
 {% else %}<p>This version has no validation report: it cannot be approved.</p>{% endif %}
 <p><a href="/review/{{ v.name|urlencode }}/{{ v.version }}/monitoring">Live monitoring: drift of its served predictions</a></p>
-<p><a href="/review/{{ v.name|urlencode }}/{{ v.version }}/monitoring">Live monitoring: drift of its served predictions</a></p>
 {% if can_decide %}<h2>Decision</h2>
 <form method="post" action="/review/{{ v.name|urlencode }}/{{ v.version }}/decision" class="decide">
 <input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="receipt" value="{{ receipt or '' }}">
