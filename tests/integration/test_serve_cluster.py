@@ -17,7 +17,8 @@ from tests.integration.conftest import register_risk_models
 from tests.integration.netns import network, skip_reason
 from tests.integration.raycluster import RayCluster, short_temp_root, start_ray_cluster, wait_until
 
-pytestmark = pytest.mark.integration
+# The module fixture (model, three Ray nodes, deploy) took 5 min at load 20: it counts against the first test.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 MODEL = "cluster-risk"
 WORKERS = ("worker1", "worker2")
 MIN_REPLICAS = 2
