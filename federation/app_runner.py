@@ -12,9 +12,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from federation.polling import Backoff
+from federation.polling import Backoff, fast_object_pulls
 
 __all__ = ["DEFAULT_PRELOAD", "main", "serve", "wait_for_wakeup", "watch_parent"]
 
@@ -22,19 +22,27 @@ log = logging.getLogger("bioverse.app_runner")
 
 #: Modules a child would import for every task (measured: a tabular task's child imported
 #: opacus, sklearn, Flower's FAB installer and the tabular training modules, ~3 s on a busy
-#: 2-core machine): imported once here, shared copy-on-write. ``BIOVERSE_RUNNER_PRELOAD``
-#: (comma-separated) replaces the list, e.g. to add ``training.imaging.hospital`` at an imaging site.
+#: 2-core machine): imported once here, shared copy-on-write. ``module:function`` also calls
+#: the function (a warm-up that imports what a first call imports lazily: the modality registry,
+#: pandas' support in sklearn). ``BIOVERSE_RUNNER_PRELOAD`` (comma-separated) replaces the list,
+#: e.g. to add ``training.imaging.hospital`` at an imaging site.
 DEFAULT_PRELOAD = ("torch", "opacus", "sklearn.model_selection", "flwr.supernode.runtime.run_clientapp",
-                   "federation.client_app", "training.tabular.hospital", "training.tabular.local")
+                   "federation.client_app", "training.tabular.hospital", "training.tabular.local",
+                   "training.tabular.modality", "training.imaging.modality", "training.tabular.data:warm_up",
+                   "encodings.cp437")
 
 
 def preload(modules: Sequence[str]) -> None:
-    """Import ``modules`` now (a module that fails to import is left to the child, which reports it)."""
-    for name in modules:
+    """Import ``modules`` now, calling ``module:function`` entries (one that fails is left to the
+    child, which reports it)."""
+    for entry in modules:
+        name, _, function = entry.partition(":")
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+            if function:
+                getattr(module, function)()
         except Exception as err:  # noqa: BLE001 - the task's child raises it again, to the coordinator
-            log.warning("preloading %s failed: %s", name, err)
+            log.warning("preloading %s failed: %s", entry, err)
 
 
 def _run_task(token: str, address: str, insecure: bool, certificates: bytes | None) -> int:
@@ -59,13 +67,28 @@ def _fork_task(task_id: int, token: str, address: str, insecure: bool, certifica
         return pid
     code = 1
     try:
-        code = _run_task(token, address, insecure, certificates)
+        code = _profiled(task_id, _run_task, token, address, insecure, certificates)
         log.info("task %d ran in %.2f s (exit code %d)", task_id, time.monotonic() - started, code)
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _profiled(task_id: int, run: Callable[..., int], *args: object) -> int:
+    """``run(*args)``; under cProfile, written to ``$BIOVERSE_RUNNER_PROFILE/task-<id>.prof``, where that is set."""
+    where = os.environ.get("BIOVERSE_RUNNER_PROFILE")
+    if not where:
+        return run(*args)
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(run, *args)
+    finally:
+        os.makedirs(where, exist_ok=True)
+        profile.dump_stats(os.path.join(where, f"task-{task_id}.prof"))
 
 
 def _reap(children: set[int]) -> None:
@@ -104,6 +127,8 @@ def serve(address: str, *, insecure: bool, root_certificates: str | None, parent
     from flwr.supercore.runtime import RuntimeHttpClient
 
     preload(modules)
+    if not fast_object_pulls():  # a task's child pulls its input: inherited through the fork
+        log.warning("flwr's object pulls are not the ones expected (flwr 1.42): keeping their 1 s retry wait")
     certificates = None if root_certificates is None else open(root_certificates, "rb").read()  # noqa: SIM115
     client = RuntimeHttpClient.from_server_address(
         server_address=address, insecure=insecure, root_certificates=None if insecure else root_certificates,

@@ -11,6 +11,7 @@ from experiments.settings import get_settings
 from experiments.tracking import RunTracker, embedded_artifact_location
 from federation.coordinator import Coordinator
 from federation.grid import ResponsiveGrid
+from federation.polling import fast_object_pulls
 from federation.progress import ProgressLog
 from federation.site import spec_from_run_config
 
@@ -25,6 +26,10 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Read the run config and hand a typed spec, tracker and progress log inward."""
     logging.basicConfig(level=logging.INFO)
+    # one INFO line per HTTP request to the SuperLink, each shipped back to it by Flower's log uploader
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if not fast_object_pulls():
+        log.warning("flwr's object pulls are not the ones expected (flwr 1.42): keeping their 1 s retry wait")
     config = dict(context.run_config)
     progress = ProgressLog(str(config.get("progress-file", "") or "") or None)
     try:

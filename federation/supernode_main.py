@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from federation.polling import FLEET_IDLE_SLEEP, REPLY_WAIT_SLEEP, PollClock, fleet_backoff_from_env
+from federation.polling import FLEET_IDLE_SLEEP, REPLY_WAIT_SLEEP, PollClock, fast_object_pulls, fleet_backoff_from_env
 
 __all__ = ["RUNNERS", "install_poll_hooks", "launch_prefix", "main", "runner_command"]
 
@@ -113,6 +113,8 @@ def main() -> None:
 
     runner: list[_Runner] = []
     install_poll_hooks(loop_module, on_task=lambda: runner[0].wake() if runner else None)
+    if not fast_object_pulls():
+        log.warning("flwr's object pulls are not the ones expected (flwr 1.42): keeping their 1 s retry wait")
     start = cli.start_client_internal
 
     def start_with_runner(**kwargs: Any) -> None:

@@ -90,3 +90,62 @@ def test_the_runner_wakes_on_a_byte_and_stops_when_its_supernode_closes_the_pipe
         assert not wait_for_wakeup(read_fd, 5)  # the SuperNode exited
     finally:
         os.close(read_fd)
+
+
+def test_object_pulls_retry_a_missing_object_after_milliseconds_not_a_second() -> None:
+    import subprocess
+    import textwrap
+
+    # in a fresh interpreter: the change is process-wide, as it is in the SuperNode, runner and ServerApp
+    script = textwrap.dedent("""
+        import time
+        from flwr.supercore.inflatable import inflatable_utils as iu
+        from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+        from federation.polling import fast_object_pulls
+
+        assert iu.pull_objects.__kwdefaults__["initial_backoff"] == 1
+        assert fast_object_pulls() and fast_object_pulls()  # applied once, idempotent
+        misses = []
+
+        def pull(object_id):
+            if len(misses) < 3:  # stored a moment after it is first asked for
+                misses.append(time.monotonic())
+                raise ObjectUnavailableError(object_id)
+            return b"body"
+
+        started = time.monotonic()
+        assert iu.pull_objects(["a"], pull) == {"a": b"body"}
+        waits = [b - a for a, b in zip([started, *misses], misses + [time.monotonic()])][1:]
+        kw = iu.pull_and_inflate_object_from_tree.__kwdefaults__
+        print(max(waits) < 0.9, kw["initial_backoff"], kw["backoff_cap"], kw["max_time"],
+              kw["max_tries_per_object"] * kw["backoff_cap"] >= kw["max_time"])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["True", "0.02", "0.5", "7200", "True"]
+
+
+def test_object_pulls_of_another_flower_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.inflatable import inflatable_utils as iu
+
+    from federation.polling import fast_object_pulls
+
+    for function in (iu.pull_objects, iu.pull_and_inflate_object_from_tree):
+        monkeypatch.setattr(function, "__kwdefaults__", {**function.__kwdefaults__, "initial_backoff": 3})
+    assert not fast_object_pulls()
+    assert iu.pull_objects.__kwdefaults__["initial_backoff"] == 3 and iu.pull_objects.__kwdefaults__["backoff_cap"] == 10
+
+
+def test_the_runner_preloads_modules_and_runs_warm_ups_and_survives_a_broken_entry(caplog: pytest.LogCaptureFixture) -> None:
+    import subprocess
+
+    from federation.app_runner import DEFAULT_PRELOAD, preload
+
+    assert "training.tabular.data:warm_up" in DEFAULT_PRELOAD
+    lazy = "narwhals._pandas_like.dataframe"  # what sklearn's first split of a dataframe imports
+    script = (f"import sys; from federation.app_runner import preload; before = {lazy!r} in sys.modules; "
+              f"preload(['training.tabular.data:warm_up']); print(before, {lazy!r} in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["False", "True"]
+    preload(["json", "no_such_module_here", "json:no_such_function"])
+    failed = [r.getMessage() for r in caplog.records if "preloading" in r.getMessage()]
+    assert len(failed) == 2 and "no_such_module_here" in failed[0] and "json:no_such_function" in failed[1]

@@ -189,3 +189,10 @@ class HospitalDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The held-out rows."""
         return self._eval_loader("test")
+
+
+def warm_up() -> None:
+    """Split a tiny frame as :func:`load_split` does, so that a process about to fork task
+    processes has imported what the first real split imports lazily (sklearn's dataframe support)."""
+    frame = pd.DataFrame({"x": np.arange(8.0), "y": [0, 1] * 4})
+    _random_split(frame, "y", 0.25, 0)
