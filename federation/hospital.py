@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from experiments.spec import ExperimentSpec
 from federation.errors import FederationError, SitePolicyRefusal
-from federation.ledger import PrivacyLedger
+from federation.ledger import LedgerEntry, PrivacyLedger
 from federation.site import Site
 from training.dp_loop import sample_rate, steps_per_epoch
 from training.fingerprint import dataset_fingerprint
 from training.modality import VAL_KEY, LocalRound, Preprocessor, RoundOutcome
-from training.privacy import epsilon_after
+from training.privacy import DPConfig, epsilon_after
 from training.tabular.validation import local_aggregates
 
 __all__ = [
@@ -92,16 +93,28 @@ def charge_round(site: Site, spec: ExperimentSpec, n: int, run_key: str,
     batch = spec.training.batch_size
     q = sample_rate(n, batch)
     round_steps = spec.training.local_epochs * steps_per_epoch(n, batch)
-    noise = dp.noise_multiplier_for(sample_rate=q, total_steps=round_steps * spec.training.rounds)
     ledger = site_ledger(site)
     previous = ledger.entry(run_key)
+    noise, calibration = _calibrated(dp, previous, q, round_steps * spec.training.rounds)
     if previous is not None and server_round is not None and previous.last_round >= server_round:
         return noise, {"epsilon": previous.epsilon, "noise-multiplier": noise, "budget-left": site.budget - ledger.spent()}
     steps = (previous.steps if previous else 0) + round_steps
     epsilon = epsilon_after(noise_multiplier=noise, sample_rate=q, steps=steps, delta=dp.target_delta, accountant=dp.accountant)
     ledger.charge(run=run_key, experiment=spec.name, epsilon=epsilon, delta=dp.target_delta, steps=steps, budget=site.budget,
-                  rounds=(previous.rounds if previous else 0) + 1, last_round=server_round or 0)
+                  rounds=(previous.rounds if previous else 0) + 1, last_round=server_round or 0,
+                  calibrated=(noise, calibration))
     return noise, {"epsilon": epsilon, "noise-multiplier": noise, "budget-left": site.budget - ledger.spent()}
+
+
+def _calibrated(dp: DPConfig, previous: LedgerEntry | None, q: float, total_steps: int) -> tuple[float, str]:
+    """The run's noise multiplier and what it was calibrated for: the one its ledger entry holds
+    when that was calibrated for the same target, sample rate and steps (the search is most of
+    a train task's CPU time, and every task is a fresh process), else searched now."""
+    calibration = json.dumps({"epsilon": dp.target_epsilon, "sigma": dp.noise_multiplier, "delta": dp.target_delta,
+                              "q": q, "steps": total_steps, "accountant": dp.accountant}, sort_keys=True)
+    if previous is not None and previous.noise_multiplier is not None and previous.calibration == calibration:
+        return previous.noise_multiplier, calibration
+    return dp.noise_multiplier_for(sample_rate=q, total_steps=total_steps), calibration
 
 
 def train_round(*, site: Site, spec: ExperimentSpec, encoder: Preprocessor, state: dict[str, Any], run_key: str,

@@ -30,7 +30,9 @@ class LedgerEntry:
     ``rounds`` counts the training rounds charged (a round is charged before it trains,
     so a run that died shows the rounds it paid for); ``last_round`` is the last training
     round charged (a round asked again is not charged again: charges are idempotent per
-    run and round).
+    run and round). ``noise_multiplier`` is the noise the run's training was calibrated to
+    and ``calibration`` what it was calibrated for (target, delta, sample rate, steps,
+    accountant), so later rounds reuse it instead of searching again.
     """
 
     run: str
@@ -43,6 +45,8 @@ class LedgerEntry:
     kind: str = "training"
     rounds: int = 0
     last_round: int = 0
+    noise_multiplier: float | None = None
+    calibration: str = ""
 
 
 class PrivacyLedger:
@@ -113,7 +117,8 @@ class PrivacyLedger:
 
     @staticmethod
     def _entry(run: str, record: dict[str, Any]) -> LedgerEntry:
-        fields = {"experiment", "epsilon", "delta", "steps", "updated", "dataset", "kind", "rounds", "last_round"}
+        fields = {"experiment", "epsilon", "delta", "steps", "updated", "dataset", "kind", "rounds", "last_round",
+                  "noise_multiplier", "calibration"}
         return LedgerEntry(run=run, **{k: v for k, v in record.items() if k in fields})
 
     def entries(self, *, every_dataset: bool = False) -> list[LedgerEntry]:
@@ -132,11 +137,13 @@ class PrivacyLedger:
         return sum(e.epsilon for e in self.entries() if e.run != excluding)
 
     def charge(self, *, run: str, experiment: str, epsilon: float, delta: float, steps: int, budget: float,
-               kind: str = "training", rounds: int = 0, last_round: int = 0) -> LedgerEntry:
+               kind: str = "training", rounds: int = 0, last_round: int = 0,
+               calibrated: tuple[float, str] | None = None) -> LedgerEntry:
         """Record that ``run`` has now spent ``epsilon`` in total on this dataset, if the budget allows.
 
         Called before training: the hospital pays for a round before it trains, so a
-        crash in training can only over-count, never under-count.
+        crash in training can only over-count, never under-count. ``calibrated`` (noise
+        multiplier, what it was calibrated for) is kept with the entry.
 
         Raises:
             BudgetExceededError: earlier runs on this dataset plus this run's new total
@@ -156,6 +163,8 @@ class PrivacyLedger:
                       "updated": time.time(), "dataset": dataset, "kind": kind, "rounds": rounds}
             if last_round:
                 record["last_round"] = last_round
+            if calibrated is not None:
+                record["noise_multiplier"], record["calibration"] = calibrated
             data["runs"][run] = record
             data["version"] = 2
             self._write(data)
