@@ -9,17 +9,22 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from federation.errors import BudgetExceededError, LedgerError
 
-__all__ = ["ANY_DATASET", "LedgerEntry", "PrivacyLedger"]
+__all__ = ["ANY_DATASET", "CHARGES", "LedgerEntry", "PrivacyLedger"]
 
 #: The dataset of a charge recorded without a fingerprint (ledgers written before budgets
 #: belonged to datasets): nobody knows which data it touched, so it counts against all.
 ANY_DATASET = "*"
+
+#: Where this context hears of its charges: every :meth:`PrivacyLedger.charge` made while it
+#: holds a list appends ``(run, epsilon added)`` to it (the site guard audits a request's charge so).
+CHARGES: ContextVar[list[tuple[str, float]] | None] = ContextVar("bioverse_ledger_charges", default=None)
 
 
 @dataclass(frozen=True)
@@ -168,4 +173,7 @@ class PrivacyLedger:
             data["runs"][run] = record
             data["version"] = 2
             self._write(data)
+        heard = CHARGES.get()
+        if heard is not None:
+            heard.append((run, epsilon - (previous["epsilon"] if previous else 0.0)))
         return self._entry(run, record)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,12 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from experiments.errors import ExperimentError
 from federation.errors import FederationError
 from federation.hospital import site_ledger
-from federation.ledger import PrivacyLedger
+from federation.ledger import CHARGES
 from federation.site import Site, resolve_site, spec_from_run_config
 from federation.site_audit import AuditRow, append_row, spec_fingerprint
 from federation.site_policy import check_policy, load_policy
 
-__all__ = ["audited", "enforce_policy", "run_spent"]
+__all__ = ["audited", "enforce_policy"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Message, Context], Message]
@@ -29,12 +29,6 @@ OUTCOMES = {"ok": "accepted", "refused": "refused"}
 def _of_run(entry: str, run_key: str) -> bool:
     """Whether a ledger entry (``<run>`` or ``<run>/<release>``) belongs to the run."""
     return entry == run_key or entry.startswith(run_key + "/")
-
-
-def run_spent(site: Site, run_key: str) -> float:
-    """Epsilon the run has been charged at this hospital so far, all its releases together."""
-    entries = PrivacyLedger(site.ledger_path, site.hospital_id).entries(every_dataset=True)
-    return sum(e.epsilon for e in entries if _of_run(e.run, run_key))
 
 
 def enforce_policy(site: Site, spec: Any, run_key: str) -> None:
@@ -76,23 +70,26 @@ def _site_or_none(context: Context) -> Site | None:
         return None
 
 
-def _spent_or_zero(site: Site | None, run_key: str) -> float:
-    if site is None or not run_key:
-        return 0.0
+@contextlib.contextmanager
+def _charges() -> Iterator[list[tuple[str, float]]]:
+    """The ledger charges (run, epsilon added) made in this context while it lasts."""
+    heard: list[tuple[str, float]] = []
+    token = CHARGES.set(heard)
     try:
-        return run_spent(site, run_key)
-    except (FederationError, OSError):  # the handler reports an unusable ledger itself
-        return 0.0
+        yield heard
+    finally:
+        CHARGES.reset(token)
 
 
-def _append(where: str, kind: str, context: Context, site: Site | None, request: tuple[str, str], before: float,
-            status: str, reason: str) -> str:
-    """Append the request's row (epsilon: what the run's ledger entries grew by) and return the new head."""
+def _append(where: str, kind: str, context: Context, site: Site | None, request: tuple[str, str],
+            charged: list[tuple[str, float]], status: str, reason: str) -> str:
+    """Append the request's row (epsilon: what it charged the run's ledger entries) and return the new head."""
     run_key, round_ = request
+    epsilon = sum(added for run, added in charged if run_key and _of_run(run, run_key))
     return append_row(Path(where), AuditRow(
         run=run_key, round=round_, message=kind, spec=_fingerprint(str(context.run_config.get("spec", "") or "")),
         launcher=str(context.run_config.get("launched-by", "") or ""),
-        epsilon=max(_spent_or_zero(site, run_key) - before, 0.0), outcome=OUTCOMES.get(status, "error"), reason=reason,
+        epsilon=max(epsilon, 0.0), outcome=OUTCOMES.get(status, "error"), reason=reason,
         hospital=site.hospital_id if site else str(context.node_config.get("hospital-id", "")),
         flower_run=str(context.run_id)))
 
@@ -115,16 +112,16 @@ def audited(kind: str) -> Callable[[Handler], Handler]:
                 return handler(message, context)
             request = _request(message, context)
             site = _site_or_none(context)
-            before = _spent_or_zero(site, request[0])
-            try:
-                reply = handler(message, context)
-            except Exception as err:  # a crash is recorded too, then goes on to Flower
-                with contextlib.suppress(FederationError, OSError):
-                    _append(where, kind, context, site, request, before, "error", f"{type(err).__name__}: {err}"[:500])
-                raise
+            with _charges() as charged:
+                try:
+                    reply = handler(message, context)
+                except Exception as err:  # a crash is recorded too, then goes on to Flower
+                    with contextlib.suppress(FederationError, OSError):
+                        _append(where, kind, context, site, request, charged, "error", f"{type(err).__name__}: {err}"[:500])
+                    raise
             record = reply.content.config_records.get("site")
             try:
-                head = _append(where, kind, context, site, request, before,
+                head = _append(where, kind, context, site, request, charged,
                                str(record.get("status", "error")) if record else "error",
                                str(record.get("reason", "")) if record else "")
             except (FederationError, OSError) as err:
