@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Response, UploadFile, status
-from fastapi.exceptions import RequestValidationError
 
 from platform_api import crud
 from platform_api.audit import audited
@@ -29,9 +28,10 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/twins", tags=["images"])
 
 ImageFile = Annotated[UploadFile, File(description="A PNG or JPEG image (grayscale or colour).")]
-ImageFiles = Annotated[list[UploadFile], File(description="1 to 64 PNG or JPEG images, each its own `images` part.")]
 #: Most images one batch request may carry (the vision deployment's own limit).
 MAX_IMAGES = 64
+ImageFiles = Annotated[list[UploadFile], File(min_length=1, max_length=MAX_IMAGES,
+                                              description="1 to 64 PNG or JPEG images, each its own `images` part.")]
 
 
 async def _read_image(image: UploadFile) -> tuple[bytes, str]:
@@ -76,9 +76,9 @@ async def _upload(image: UploadFile) -> ImageUpload:
     return ImageUpload(filename=name, data=data, kind=kind)
 
 
-@router.post("/{twin_id}/images/batch", response_model=ImageBatchPublic,
-             responses={201: {"description": "Every image classified and stored"},
-                        207: {"description": "Some images classified and stored; each other one has its own 4xx naming it"},
+@router.post("/{twin_id}/images/batch", status_code=status.HTTP_201_CREATED, response_model=ImageBatchPublic,
+             responses={207: {"model": ImageBatchPublic,
+                              "description": "Some images classified and stored; each other one has its own 4xx naming it"},
                         413: {"description": "Every image refused; the first was over the size limit"},
                         415: {"description": "Every image refused; the first was not a readable PNG or JPEG image"},
                         503: {"description": "The vision service does not answer"}})
@@ -92,9 +92,6 @@ async def classify_images(twin_id: str, images: ImageFiles, caller: PatientWrite
     and the answer is 207; the others are still classified and stored. If every image fails,
     the answer is the first one's 4xx and nothing is stored.
     """
-    if not 1 <= len(images) <= MAX_IMAGES:
-        raise RequestValidationError([{"type": "value_error", "loc": ("body", "images"),
-                                       "msg": f"send 1 to {MAX_IMAGES} images, not {len(images)}", "input": None}])
     uploads = [await _upload(image) for image in images]
     public = await scorer.classify(caller, twin_id, uploads)
     code = status.HTTP_201_CREATED if not public.failed else status.HTTP_207_MULTI_STATUS

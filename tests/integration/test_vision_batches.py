@@ -162,5 +162,6 @@ def test_the_api_sends_a_batch_in_one_call_and_stores_the_good_images(vision_api
     other = {"Authorization": f"Bearer {vision_api['keys']['other']}"}  # another tenant's twin: not found
     assert client.post(route, files=parts[:1], headers=other).status_code == 404
     too_many = client.post(route, files=[parts[0]] * 65, headers=headers)
-    assert too_many.status_code == 422 and "send 1 to 64 images" in too_many.text
+    assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "images"], too_many.text
+    assert "64" in too_many.json()["detail"][0]["msg"]
     assert client.get(f"/v1/twins/{twin['id']}/images", headers=headers).json()["total"] == 3  # nothing half-written
