@@ -98,11 +98,17 @@ def test_deploy_and_status_fail_in_one_line(cluster: tuple[RayCluster, Path]) ->
     unreachable = ray.cli("serve", "status", "--address", f"http://{ray.address_of('worker1')}:9", timeout=120)
     assert unreachable.returncode == 1 and unreachable.stdout.strip().count("\n") == 0, unreachable.stdout
     assert "no Ray dashboard at" in unreachable.stdout + unreachable.stderr
+    (work / "invalid.yaml").write_text(yaml.safe_dump(dict(TEST_CONFIG, proxy_location="Nowhere")))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    refused = ray.cli("serve", "deploy", "--address", ray.dashboard, "--config", str(work / "invalid.yaml"), "--model",
+                      MODEL, "--tracking-uri", uri, "--vision-model", "none", timeout=300)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "error: the cluster refused the Serve config: " in text, text
+    assert "proxy_location" in text and "Traceback" not in text, text
     risk = TEST_CONFIG["applications"][0]
     bad = dict(TEST_CONFIG, applications=[risk, dict(risk, name="broken", route_prefix="/broken",
                                                      import_path="serving.app:no_such_builder")])
     (work / "broken.yaml").write_text(yaml.safe_dump(bad))
-    uri = f"sqlite:///{work / 'mlflow.db'}"
     failed = ray.cli("serve", "deploy", "--address", ray.dashboard, "--config", str(work / "broken.yaml"), "--model",
                      MODEL, "--tracking-uri", uri, "--vision-model", "none", "--timeout", "300", timeout=400)
     text = failed.stdout + failed.stderr
