@@ -7,13 +7,17 @@ from typing import Any
 
 import yaml
 
-from serving.errors import ModelNotReadyError, UnapprovedVersion
+from serving.errors import ModelNotReadyError, ServingError, UnapprovedVersion
 from serving.model_source import RegistryModel
 
-__all__ = ["PACKAGED_CONFIG", "local_serve_config", "servable_version", "vision_to_serve"]
+__all__ = ["PACKAGED_CONFIG", "ServeConfigFileError", "local_serve_config", "servable_version", "vision_to_serve"]
 
 #: The Serve config shipped with the package (risk and vision applications).
 PACKAGED_CONFIG = Path(__file__).resolve().parent / "serve_config.yaml"
+
+
+class ServeConfigFileError(ServingError):
+    """A ``--config`` file that is not a Serve config (unreadable YAML, no ``applications`` list)."""
 
 
 def servable_version(tracking_uri: str, model: str, alias: str) -> str:
@@ -50,7 +54,13 @@ def local_serve_config(source: Path, *, port: int, tracking_uri: str, alias: str
     ``http_host`` replaces the proxy's listen address (a cluster: ``0.0.0.0``, so that the
     proxy answers on the node's address, not only its loopback).
     """
-    settings = yaml.safe_load(source.read_text())
+    try:
+        settings = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as err:
+        raise ServeConfigFileError(f"{source}: not YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(settings, dict) or not isinstance(settings.get("applications"), list) or not all(
+            isinstance(a, dict) and "name" in a for a in settings["applications"]):
+        raise ServeConfigFileError(f"{source}: not a Serve config (applications: a list of named applications)")
     settings.setdefault("http_options", {})["port"] = port
     if http_host is not None:
         settings["http_options"]["host"] = http_host

@@ -96,3 +96,18 @@ def test_the_cluster_config_listens_on_every_address_and_keeps_the_packaged_auto
     scaling = risk["deployments"][0]["autoscaling_config"]
     packaged = yaml.safe_load(PACKAGED_CONFIG.read_text())["applications"][0]["deployments"][0]["autoscaling_config"]
     assert scaling == packaged and scaling["min_replicas"] >= 2 and scaling["max_replicas"] > scaling["min_replicas"]
+
+
+def test_a_config_file_that_is_not_a_serve_config_is_one_line(isolated_home: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import local_config
+
+    monkeypatch.setattr(local_config, "servable_version", lambda uri, model, alias: "3")
+    for name, text, said in (("bad.yaml", "applications: [", "not YAML"), ("list.yaml", "- a\n- b\n", "not a Serve config"),
+                             ("empty.yaml", "applications:\n  - route_prefix: /x\n", "not a Serve config")):
+        (tmp_path / name).write_text(text)
+        for command in ("up", "deploy"):
+            result = runner.invoke(app, ["serve", command, "--config", str(tmp_path / name), "--tracking-uri",
+                                         "sqlite:///x.db", "--vision-model", "none"])
+            assert result.exit_code == 1, result.output
+            assert result.output.startswith(f"error: {tmp_path / name}: {said}") and result.output.count("\n") == 1
