@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import kolmogorov
 
 __all__ = ["PSI_FLOOR", "binned_ks", "numeric_bins", "psi"]
 
@@ -67,5 +66,7 @@ def binned_ks(reference: Sequence[float] | np.ndarray, window: Sequence[float] |
     n, m = r.sum(), w.sum()
     if n <= 0 or m <= 0:
         return None
+    from scipy.special import kolmogorov  # imported on first use: the API starts without scipy
+
     distance = float(np.max(np.abs(np.cumsum(r) / n - np.cumsum(w) / m)))
     return distance, float(kolmogorov(distance * math.sqrt(n * m / (n + m))))
