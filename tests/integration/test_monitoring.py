@@ -62,7 +62,8 @@ def served(tmp_path: Path, hospital_files: list[Path]) -> dict[str, Any]:
     return {"uri": uri, "window": window, "features": list(spec.data.contract.features)}
 
 
-def _record(session_factory: Any, version: str, frame: pd.DataFrame, features: list[str], risks: np.ndarray | None = None) -> None:
+def _record(session_factory: Any, version: str, frame: pd.DataFrame, features: list[str], risks: np.ndarray | None = None,
+            created_at: Any = None) -> None:
     """Predictions as the API records them: the version, its inputs (None where missing), the risk."""
     from platform_api.models import Prediction, Tenant, Twin
 
@@ -76,7 +77,7 @@ def _record(session_factory: Any, version: str, frame: pd.DataFrame, features: l
         for row, risk in zip(frame[features].to_dict("records"), risks, strict=True):
             inputs = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             session.add(Prediction(twin_id=twin.id, tenant_id="t1", model_name=MODEL, model_version=version,
-                                   risk=float(risk), inputs=inputs))
+                                   risk=float(risk), inputs=inputs, **({"created_at": created_at} if created_at else {})))
         session.commit()
 
 
@@ -183,6 +184,17 @@ def test_shifted_mean_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert drift["window"] == 1000 and drift["drifted"] == ["cholesterol"]
         assert drift["features"]["cholesterol"]["ks_p"] < 1e-6
         assert [(r["model"], r["version"], r["alert"]) for r in monitor.snapshot()] == [(MODEL, "1", True)]
+
+        from datetime import UTC, datetime, timedelta
+
+        from platform_api.monitoring import WindowSpec
+
+        two_hours_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=2)
+        _record(session_factory(postgres_database.sqlalchemy_url), "2", window.iloc[:300], served["features"],
+                created_at=two_hours_ago)
+        assert monitor.version_drift(MODEL, "2", WindowSpec(size=1000, minutes=0, min_predictions=200))["window"] == 300
+        recent = monitor.version_drift(MODEL, "2", WindowSpec(size=1000, minutes=60, min_predictions=200))
+        assert recent["window"] == 0 and recent["status"].startswith("too few predictions")
     finally:
         clear_platform_caches()
 
