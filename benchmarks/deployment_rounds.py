@@ -88,6 +88,63 @@ class MemorySampler:
         self._thread.join()
 
 
+def tree_cpu(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of a process and its descendants, those already reaped included."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        for p in [process, *process.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+class CpuClock:
+    """Every 0.5 s, the CPU seconds the hospitals' process trees (SuperNodes, runners, task
+    processes) and the coordinator's (SuperLink, ServerApp) have used so far; :meth:`between`
+    interpolates, for the CPU a round took whatever else the machine was doing."""
+
+    def __init__(self, hospitals: list[int], coordinator: int) -> None:
+        self.hospitals = [psutil.Process(pid) for pid in hospitals]
+        self.coordinator = psutil.Process(coordinator)
+        self.timeline: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        self.timeline.append((time.time(), sum(tree_cpu(p) for p in self.hospitals), tree_cpu(self.coordinator)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def at(self, when: float) -> tuple[float, float]:
+        """Hospitals' and coordinator's CPU seconds used by ``when``."""
+        before = [s for s in self.timeline if s[0] <= when] or self.timeline[:1]
+        after = [s for s in self.timeline if s[0] >= when] or self.timeline[-1:]
+        (t0, h0, c0), (t1, h1, c1) = before[-1], after[0]
+        share = 0.0 if t1 == t0 else (when - t0) / (t1 - t0)
+        return h0 + share * (h1 - h0), c0 + share * (c1 - c0)
+
+    def rounds(self, progress: Path) -> list[tuple[float, float]]:
+        """Per round after round 1: the hospitals' and coordinator's CPU seconds, from one round's
+        last ``evaluate`` progress event to the next."""
+        ends = [json.loads(line)["time"] for line in progress.read_text().splitlines()
+                if '"event": "evaluate"' in line]
+        marks = [self.at(t) for t in ends]
+        return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(marks, marks[1:])]
+
+    def __enter__(self) -> CpuClock:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
 def wait_until_ready(logs: Path, n: int, runner: str, timeout: float = 180) -> None:
     """Until every SuperNode is connected (and, warm, its runner has its imports): idle memory is taken after."""
     sign = "ClientApp runner ready" if runner == "warm" else "SuperNode ID"
@@ -119,7 +176,8 @@ def secure_setup(work: Path, port: int, n: int) -> tuple[SuperLinkTLS, list[Path
 def deployment(work: Path, nodes: list[dict[str, Any]], runner: str, env: dict[str, str],
                secure: bool = False) -> Iterator[tuple[str, list[int], Path | None]]:
     """A SuperLink and one SuperNode per node config on loopback (``secure``: TLS and node
-    authentication, every key registered); yields the address, the SuperNodes' pids and the CA."""
+    authentication, every key registered); yields the address, the pids (SuperLink first, then
+    the SuperNodes) and the CA."""
     port = free_port()
     tls, keys = secure_setup(work, port, len(nodes)) if secure else (None, [])
     logs = work / "logs"
@@ -147,7 +205,7 @@ def deployment(work: Path, nodes: list[dict[str, Any]], runner: str, env: dict[s
             start(command, f"supernode-{i:02d}.log")
         time.sleep(2 + 0.2 * len(nodes))  # let them connect and settle before idle memory is taken
         wait_until_ready(logs, len(nodes), runner)
-        yield address, [p.pid for p in processes[1:]], tls.ca_certfile if tls else None
+        yield address, [p.pid for p in processes], tls.ca_certfile if tls else None
     finally:
         for process in reversed(processes):
             stop(process)
@@ -165,20 +223,21 @@ def bioverse_deployment(work: Path, paths: list[Path], rounds: int, runner: str,
               "ledger-path": str(work / "ledgers" / f"{p.stem}.json")} for p in paths]
     env = child_env({"FLWR_HOME": str(work / "flwr-home"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                      "PYTHONWARNINGS": "ignore"})
-    with deployment(work, nodes, runner, env, secure) as (address, pids, ca), MemorySampler(pids) as rss:
+    with deployment(work, nodes, runner, env, secure) as (address, pids, ca), MemorySampler(pids[1:]) as rss, \
+            CpuClock(pids[1:], pids[0]) as cpu:
         idle = rss.now()
         summary = run_experiment(parse_spec(spec), LaunchOptions(engine="deployment", run_dir=work / "run", superlink=address,
                                                                  tracking_uri=f"sqlite:///{work / 'mlflow.db'}", timeout=timeout,
                                                                  root_certificates=ca))
     return {"rounds": [r["wall"] for r in summary["seconds"]["rounds"]], "idle": idle, "peak": rss.peak,
-            "auth_failures": auth_failures(work)}
+            "auth_failures": auth_failures(work), "cpu": cpu.rounds(work / "run" / "progress.jsonl")}
 
 
 def stock_deployment(work: Path, n: int, rounds: int, timeout: float) -> dict[str, Any]:
     home, timing = work / "flwr-home", work / "timing.jsonl"
     env = child_env({"FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONWARNINGS": "ignore"})
     with deployment(work, [{"hospital-id": f"node-{i}"} for i in range(n)], "subprocess", env) as (address, pids, _), \
-            MemorySampler(pids) as rss:
+            MemorySampler(pids[1:]) as rss:
         idle = rss.now()
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": "bench", "bench": {"address": address, "insecure": True}}}))
@@ -209,23 +268,31 @@ def mib(values: list[list[int]]) -> str:
     return " / ".join(f"{statistics.median(v[i] for v in values) / 2**20:.0f}" for i in (0, 1))
 
 
+def cpu_cells(cpu: list[list[float]] | None, n: int) -> list[str]:
+    """One hospital's and the coordinator's CPU seconds per round (median after round 1), and all of it over 2 cores."""
+    if not cpu:
+        return ["-", "-"]
+    hospitals, coordinator = statistics.median(c[0] for c in cpu), statistics.median(c[1] for c in cpu)
+    return [f"{hospitals / n:.2f} / {coordinator:.2f}", f"{(hospitals + coordinator) / 2:.2f}"]
+
+
 def report(results: list[tuple[str, int, Any]], args: argparse.Namespace) -> None:
     """Print the table and write it into RESULTS.md (after every case: a cut-short run keeps what it measured)."""
     rows = []
     for name, n, outcome in results:
         app, engine, runner = name.split()
         if isinstance(outcome, str):
-            rows.append([app, engine, runner, str(n), outcome, "", "", "", "", ""])
+            rows.append([app, engine, runner, str(n), outcome, "", "", "", "", "", "", ""])
             continue
         warm = next((o for a, e, r, m, o in ((*x[0].split(), x[1], x[2]) for x in results)
                      if a == "bioverse" and e == "deployment" and r == "warm" and m == n and isinstance(o, dict)), None)
         ratio = f"{later(outcome['rounds']) / later(warm['rounds']):.1f}x" if warm else "-"
         rows.append([app, engine, runner, str(n), f"{outcome['rounds'][0]:.1f}", f"{later(outcome['rounds']):.2f}", ratio,
                      mib(outcome.get("idle", [])), mib(outcome.get("peak", [])),
-                     str(outcome.get("auth_failures", "-"))])
+                     str(outcome.get("auth_failures", "-")), *cpu_cells(outcome.get("cpu"), n)])
     load = os.getloadavg()
     body = (
-        "## Deployment engine round time (`benchmarks/deployment_rounds.py`)\n\n"
+        f"## {args.title}\n\n"
         f"{machine()}; load average at the end {load[0]:.1f}; {args.rounds} rounds, tiny tabular MLP (32-16, DP-SGD), "
         f"{args.patients_per_node} patients per hospital; SuperLink and SuperNodes as processes on loopback, insecure "
         "unless the engine says `+tls+auth` (TLS, node keys registered, every Fleet request signed). `warm`: BioVerse's SuperNode wrapper (adaptive Fleet polling, "
@@ -234,13 +301,19 @@ def report(results: list[tuple[str, int, Any]], args: argparse.Namespace) -> Non
         "`benchmarks/stock_flower_app/`, stock grid and SuperNode. Ratio: rounds after round 1 against BioVerse warm "
         "with the same number of nodes. Memory: median over SuperNodes of the process tree (SuperNode, runner or "
         "SuperExec, task processes), idle (before the run) and peak (sampled every 2 s); RSS counts pages a forked "
-        "child shares with the runner again, PSS splits shared pages (also those shared between SuperNodes).\n\n"
+        "child shares with the runner again, PSS splits shared pages (also those shared between SuperNodes). "
+        "CPU: seconds of CPU per round after round 1 (median), the hospitals' process trees (SuperNode, runner, task "
+        "processes) divided by the number of hospitals, and the coordinator's (SuperLink, ServerApp); unlike the wall "
+        "time, little affected by other load on the machine. `CPU-bound round` is all of it divided by 2 cores: the "
+        "round time this vm could reach with every hospital on it and nothing else running; with one host per "
+        "hospital a round needs about one hospital's CPU plus the coordinator's.\n\n"
         + table(["app", "engine", "runner", "nodes", "round 1 (s)", "round 2+ median (s)", "vs warm",
-                 "idle MiB (RSS / PSS)", "peak MiB (RSS / PSS)", "'authentication failed' lines"], rows)
+                 "idle MiB (RSS / PSS)", "peak MiB (RSS / PSS)", "'authentication failed' lines",
+                 "CPU s per round: one hospital / coordinator", "CPU-bound round, all on 2 cores (s)"], rows)
         + (f"\n\n{args.note}" if args.note else "")
     )
     print(body)
-    write_section("deployment-rounds", body)
+    write_section(args.section, body)
 
 
 def main() -> None:
@@ -253,6 +326,8 @@ def main() -> None:
     parser.add_argument("--patients-per-node", type=int, default=300)
     parser.add_argument("--from-json", default=None, help="start from an earlier run's results.json (rows kept)")
     parser.add_argument("--note", default="", help="a line added under the table")
+    parser.add_argument("--section", default="deployment-rounds", help="the RESULTS.md section written")
+    parser.add_argument("--title", default="Deployment engine round time (`benchmarks/deployment_rounds.py`)")
     parser.add_argument("--cases", default="warm,warm-tls,subprocess,stock,sim",
                         help="which cases: warm, warm-tls (TLS and node authentication), subprocess, stock, sim")
     args = parser.parse_args()
