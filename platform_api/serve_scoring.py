@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from platform_api.errors import Unavailable
+from platform_api.service_client import ServiceClient
 from serving.errors import PredictionInputError
 from serving.loaded import LoadedModel
 
@@ -38,7 +35,7 @@ class ServedVersion:
         return self.local.unknown_categories(rows)
 
 
-class ServeRiskClient:
+class ServeRiskClient(ServiceClient):
     """Posts feature rows to the ``RiskPredictor`` route of Serve's HTTP proxy.
 
     One pooled ``httpx.AsyncClient`` (keep-alive connections up to ``connections``) per
@@ -52,19 +49,7 @@ class ServeRiskClient:
         connections: Most connections open to the proxy at once.
     """
 
-    def __init__(self, url: str, timeout: float, connections: int) -> None:
-        self.url = url
-        self.timeout = timeout
-        self.connections = connections
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-
-    def _client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
-            client = self._clients[loop] = httpx.AsyncClient(timeout=self.timeout, limits=limits)
-        return client
+    service = "risk service"
 
     async def predict(self, model: LoadedModel, rows: list[dict[str, Any]],
                       keys: list[str]) -> list[tuple[ServedVersion, float]]:
@@ -86,18 +71,7 @@ class ServeRiskClient:
         return out
 
     async def _post(self, rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
-        try:
-            response = await self._client().post(self.url, json={"instances": rows, "keys": keys})
-        except httpx.TimeoutException as err:
-            raise Unavailable(f"the risk service at {self.url} did not answer within {self.timeout:g} s") from err
-        except httpx.HTTPError as err:
-            raise Unavailable(f"the risk service at {self.url} does not answer ({type(err).__name__}); "
-                              "start it with `bioverse serve up`") from err
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
+        response, body, detail = await self._send(json={"instances": rows, "keys": keys})
         if response.status_code == 422:
             raise PredictionInputError(detail or "the risk service refused the features")
         if response.status_code == 404:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import weakref
 from typing import Any
 
-import httpx
-
 from platform_api.errors import PayloadTooLarge, Unavailable, UnsupportedMedia
+from platform_api.service_client import ServiceClient
 from platform_api.settings import get_settings
 
 __all__ = ["IMAGE_SIGNATURES", "VisionClient", "get_vision", "sniff_image_type"]
@@ -23,28 +20,15 @@ def sniff_image_type(data: bytes) -> str | None:
     return next((kind for kind, magic in IMAGE_SIGNATURES.items() if data.startswith(magic)), None)
 
 
-class VisionClient:
+class VisionClient(ServiceClient):
     """Sends images to the VisionClassifier route and returns their classifications.
-
-    One pooled HTTP client per event loop (an ``httpx.AsyncClient`` belongs to the loop
-    that first used it).
 
     Args:
         url: The deployment's route, e.g. ``http://127.0.0.1:8000/vision``.
         timeout: Seconds to wait for an answer.
     """
 
-    def __init__(self, url: str, timeout: float) -> None:
-        self.url = url
-        self.timeout = timeout
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-
-    def _client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = httpx.AsyncClient(timeout=self.timeout)
-        return client
+    service = "vision service"
 
     async def classify(self, image: bytes, content_type: str) -> dict[str, Any]:
         """``{"label", "probability", "probabilities", "model_name", "model_version"}``.
@@ -54,16 +38,7 @@ class VisionClient:
             UnsupportedMedia: the deployment could not read the image.
             PayloadTooLarge: the deployment's own size limit refused it.
         """
-        try:
-            response = await self._client().post(self.url, content=image, headers={"content-type": content_type})
-        except httpx.HTTPError as err:
-            raise Unavailable(f"the vision service at {self.url} does not answer ({type(err).__name__}); "
-                              "start it with `bioverse serve up`") from err
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
+        response, body, detail = await self._send(content=image, headers={"content-type": content_type})
         if response.status_code == 415:
             raise UnsupportedMedia(f"image: {detail or 'not a readable PNG or JPEG image'}")
         if response.status_code == 413:
@@ -84,16 +59,7 @@ class VisionClient:
             PayloadTooLarge: the images together are over the deployment's size limit.
         """
         files = [("image", (name, data, kind)) for name, data, kind in images]
-        try:
-            response = await self._client().post(self.url, files=files)
-        except httpx.HTTPError as err:
-            raise Unavailable(f"the vision service at {self.url} does not answer ({type(err).__name__}); "
-                              "start it with `bioverse serve up`") from err
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
+        response, body, detail = await self._send(files=files)
         if response.status_code == 413:
             raise PayloadTooLarge(f"images: {detail or 'too large together for the vision service'}")
         predictions = body.get("predictions") if isinstance(body, dict) else None
