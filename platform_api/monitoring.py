@@ -68,10 +68,13 @@ def monitoring_reference(report: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def read_window(session: Session, model: str, version: str, spec: WindowSpec,
-                now: datetime | None = None) -> tuple[list[dict[str, Any]], list[float]]:
-    """Inputs and risks of the version's last ``spec.size`` recorded predictions (all tenants), newest first."""
+                now: datetime | None = None, tenant: str | None = None) -> tuple[list[dict[str, Any]], list[float]]:
+    """Inputs and risks of the version's last ``spec.size`` recorded predictions, newest first: of
+    ``tenant`` only when given, else of every tenant."""
     query = select(Prediction.inputs, Prediction.risk).where(Prediction.model_name == model,
                                                              Prediction.model_version == str(version))
+    if tenant is not None:
+        query = query.where(Prediction.tenant_id == tenant)
     if spec.minutes > 0:
         since = (now or datetime.now(UTC)).replace(tzinfo=None) - timedelta(minutes=spec.minutes)
         query = query.where(Prediction.created_at >= since)
@@ -180,12 +183,14 @@ class DriftMonitor:
         self._references[key] = (time.monotonic(), reference)
         return reference
 
-    def version_drift(self, model: str, version: str, spec: WindowSpec | None = None) -> dict[str, Any]:
-        """Drift of one version now (the route, the CLI and the page call this)."""
+    def version_drift(self, model: str, version: str, spec: WindowSpec | None = None,
+                      tenant: str | None = None) -> dict[str, Any]:
+        """Drift of one version now (the route, the CLI and the page call this), over ``tenant``'s
+        predictions only when given (a tenant's key sees no other tenant's counts)."""
         spec = spec or self.spec
         reference = self.reference(model, version)
         with self.sessions() as session:
-            rows, risks = read_window(session, model, version, spec)
+            rows, risks = read_window(session, model, version, spec, tenant=tenant)
         return drift_report(model, version, reference, rows, risks, spec)
 
     def snapshot(self) -> list[dict[str, Any]]:

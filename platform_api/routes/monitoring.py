@@ -25,8 +25,10 @@ async def version_monitoring(name: ModelName, version: VersionId, caller: Reader
                              window: WindowSize = None, minutes: WindowMinutes = None) -> dict[str, Any]:
     """Drift of the version's served predictions against its validation reference: PSI per input
     feature and for the prediction score, binned KS for numeric features, the window and the alert
-    (docs/monitoring.md). ``status`` says when there are too few predictions or no feature reference."""
+    (docs/monitoring.md). ``status`` says when there are too few predictions or no feature reference.
+    A key of one tenant gets the drift of that tenant's predictions only."""
     await run_in_threadpool(registry.show, name, version)  # 404 for a version the registry does not have
     settings = get_settings()
     spec = WindowSpec.from_settings(settings, size=window, minutes=minutes)
-    return await run_in_threadpool(get_monitor(settings).version_drift, name, version, spec)
+    # a tenant's key (data scientists have one) sees its own tenant's predictions, never others' counts
+    return await run_in_threadpool(get_monitor(settings).version_drift, name, version, spec, caller.tenant_id)

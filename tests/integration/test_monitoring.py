@@ -26,7 +26,8 @@ from training.tabular.validation import local_aggregates
 
 MODEL = "monitored-risk"
 PEOPLE = {"validator": ("clinical_validator", None, "Dr Quinn"), "admin": ("admin", None, "Ada Admin"),
-          "app": ("app", "t1", "ward app")}
+          "app": ("app", "t1", "ward app"), "ds_t1": ("data_scientist", "t1", "Dee"),
+          "ds_t2": ("data_scientist", "t2", "Tom")}
 
 
 def _risk(frame: pd.DataFrame) -> np.ndarray:
@@ -112,6 +113,9 @@ def test_route_metrics_page_and_cli_on_sqlite(tmp_path: Path, monkeypatch: pytes
         assert calm["status"] == "ok" and calm["window"] == 1000 and calm["feature_reference"] == "ok"
         assert not calm["alert"], calm["drifted"]
         assert http.get(url + "?window=300", headers=_h(keys["validator"])).json()["window"] == 300
+        assert http.get(url, headers=_h(keys["ds_t1"])).json()["window"] == 1000  # its tenant's predictions
+        other = http.get(url, headers=_h(keys["ds_t2"])).json()  # another tenant's key sees none of t1's counts
+        assert other["window"] == 0 and other["features"] is None and other["status"].startswith("too few predictions")
         assert http.get(url + "?window=0", headers=_h(keys["validator"])).status_code == 422
         assert http.get(f"/v1/registry/models/{MODEL}/versions/9/monitoring", headers=_h(keys["validator"])).status_code == 404
 
