@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,9 @@ class RiskServingArgs(BaseModel):
     poll_seconds: float = Field(default=5.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica where GPUs exist (fractions allowed)")
     num_cpus: float = Field(default=0.5, gt=0, description="CPUs reserved per replica")
+    rollout_stats_url: str = Field(default="", description="the platform database the replicas count per-version rollout "
+                                   "figures in; empty: BIOVERSE_ROLLOUT_STATS_URL where the application is built, "
+                                   "else not counted")
 
 
 class VisionServingArgs(BaseModel):
@@ -75,7 +79,10 @@ def build_risk_app(args: dict[str, Any]) -> Application:
     parsed = RiskServingArgs(**args)
     uri = parsed.tracking_uri or get_settings().resolved_tracking_uri()
     options = actor_options(parsed.num_cpus, parsed.num_gpus)
-    return RiskPredictor.options(**options).bind(uri, parsed.model_name, parsed.alias, parsed.poll_seconds)
+    # read here, where `serve run` / `serve deploy` builds the application, and handed to every
+    # replica: a worker node's environment need not carry it
+    stats = parsed.rollout_stats_url or os.environ.get("BIOVERSE_ROLLOUT_STATS_URL", "")
+    return RiskPredictor.options(**options).bind(uri, parsed.model_name, parsed.alias, parsed.poll_seconds, stats or None)
 
 
 def build_vision_app(args: dict[str, Any]) -> Application:

@@ -111,3 +111,15 @@ def test_a_config_file_that_is_not_a_serve_config_is_one_line(isolated_home: Pat
                                          "sqlite:///x.db", "--vision-model", "none"])
             assert result.exit_code == 1, result.output
             assert result.output.startswith(f"error: {tmp_path / name}: {said}") and result.output.count("\n") == 1
+
+
+def test_the_risk_app_hands_its_replicas_where_to_count_rollout_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.app import build_risk_app
+
+    args = {"tracking_uri": "sqlite:///registry.db", "model_name": "m"}
+    monkeypatch.delenv("BIOVERSE_ROLLOUT_STATS_URL", raising=False)
+    assert build_risk_app(args)._bound_deployment.init_args[-1] is None  # not counted
+    monkeypatch.setenv("BIOVERSE_ROLLOUT_STATS_URL", "postgresql://db/platform")  # where `serve deploy` runs
+    assert build_risk_app(args)._bound_deployment.init_args[-1] == "postgresql://db/platform"
+    explicit = build_risk_app({**args, "rollout_stats_url": "sqlite:///platform.db"})
+    assert explicit._bound_deployment.init_args[-1] == "sqlite:///platform.db"
