@@ -167,7 +167,7 @@ def test_ray_serve_risk_predictor_counts_unknown_categories(tmp_path: Path, monk
             counted.append((value, tags or {}))
 
     monkeypatch.setattr(risk.metrics, "Counter", Recorder)
-    monkeypatch.setattr(risk, "AliasFollower", lambda *args, **kwargs: SimpleNamespace(model=model))
+    monkeypatch.setattr(risk, "AliasFollower", lambda *args, **kwargs: SimpleNamespace(model=model, poll_seconds=5.0))
     predictor = risk.RiskPredictor.func_or_class(f"sqlite:///{tmp_path / 'mlflow.db'}", "m")
     # serve.batch needs a replica; the batch method calls this with the batch's rows once scored
     predictor._count_unknown(model, [{"age": 50.0, "cp": "4.0"}, {"age": 50.0, "cp": "9"}, {"age": 50.0, "cp": "9"}])
