@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest tests/unit tests/integration
+	$(BIN)/python -m pytest --durations=30 tests/unit tests/integration
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
