@@ -206,3 +206,28 @@ def review_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str, model:
             yield http, keys
     finally:
         clear_platform_caches()
+
+
+@contextlib.contextmanager
+def vision_platform(url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, max_image_bytes: int) -> Iterator[dict[str, Any]]:
+    """The platform API (SQLite) sending image uploads to the VisionClassifier at ``url``: a
+    client, keys of tenants t1 (``app``) and t2 (``other``), t1's headers and one twin of t1."""
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("BIOVERSE_API_DATABASE_URL", f"sqlite:///{tmp_path / 'platform.db'}")
+    monkeypatch.setenv("BIOVERSE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BIOVERSE_API_VISION_URL", url)
+    monkeypatch.setenv("BIOVERSE_API_MAX_IMAGE_BYTES", str(max_image_bytes))
+    from platform_api import db
+    from platform_api.auth import create_key
+    from platform_api.main import create_app
+
+    clear_platform_caches()
+    with TestClient(create_app()) as client:
+        with db.session_factory()() as session:
+            keys = {"app": create_key(session, role="app", tenant_id="t1"),
+                    "other": create_key(session, role="app", tenant_id="t2")}
+        headers = {"Authorization": f"Bearer {keys['app']}"}
+        twin = client.post("/v1/twins", json={"patient_id": "p-001"}, headers=headers).json()
+        yield {"client": client, "keys": keys, "headers": headers, "twin": twin}
+    clear_platform_caches()

@@ -19,14 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from experiments.registry import ModelRegistry
 from federation.processes import free_port
 from serving.model_source import RegistryModel
-from tests.integration.conftest import clear_platform_caches, sign_approved
+from tests.integration.conftest import sign_approved, vision_platform
 from training.imaging.synth import synthesize_image_hospitals
 
 pytestmark = pytest.mark.integration
@@ -217,23 +216,8 @@ def test_vision_classifier_serves_production_over_http_with_limits(vision_run: d
 @pytest.fixture()
 def vision_api(serve_vision: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The platform API (SQLite) sending image uploads to the running VisionClassifier."""
-    monkeypatch.setenv("BIOVERSE_API_DATABASE_URL", f"sqlite:///{tmp_path / 'platform.db'}")
-    monkeypatch.setenv("BIOVERSE_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("BIOVERSE_API_VISION_URL", serve_vision["url"])
-    monkeypatch.setenv("BIOVERSE_API_MAX_IMAGE_BYTES", "100000")
-    from platform_api import db
-    from platform_api.auth import create_key
-    from platform_api.main import create_app
-
-    clear_platform_caches()
-    with TestClient(create_app()) as client:
-        with db.session_factory()() as session:
-            keys = {"app": create_key(session, role="app", tenant_id="t1"),
-                    "other": create_key(session, role="app", tenant_id="t2")}
-        headers = {"Authorization": f"Bearer {keys['app']}"}
-        twin = client.post("/v1/twins", json={"patient_id": "p-001"}, headers=headers).json()
-        yield {"client": client, "keys": keys, "headers": headers, "twin": twin}
-    clear_platform_caches()
+    with vision_platform(serve_vision["url"], monkeypatch, tmp_path, 100000) as api:
+        yield api
 
 
 def test_image_upload_is_classified_and_stored_on_the_twin(vision_run: dict[str, Any], vision_api: dict[str, Any]) -> None:

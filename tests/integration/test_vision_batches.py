@@ -12,11 +12,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from federation.processes import free_port
-from tests.integration.conftest import clear_platform_caches, sign_approved
+from tests.integration.conftest import sign_approved, vision_platform
 
 pytestmark = pytest.mark.integration
 MODEL = "batch-xray"
@@ -112,23 +111,8 @@ def test_the_deployment_classifies_many_images_and_fails_bad_ones_alone(serve_vi
 @pytest.fixture()
 def vision_api(serve_vision: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The platform API (SQLite) sending image uploads to the running VisionClassifier."""
-    monkeypatch.setenv("BIOVERSE_API_DATABASE_URL", f"sqlite:///{tmp_path / 'platform.db'}")
-    monkeypatch.setenv("BIOVERSE_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("BIOVERSE_API_VISION_URL", serve_vision["url"])
-    monkeypatch.setenv("BIOVERSE_API_MAX_IMAGE_BYTES", "5000")
-    from platform_api import db
-    from platform_api.auth import create_key
-    from platform_api.main import create_app
-
-    clear_platform_caches()
-    with TestClient(create_app()) as client:
-        with db.session_factory()() as session:
-            keys = {"app": create_key(session, role="app", tenant_id="t1"),
-                    "other": create_key(session, role="app", tenant_id="t2")}
-        headers = {"Authorization": f"Bearer {keys['app']}"}
-        twin = client.post("/v1/twins", json={"patient_id": "p-001"}, headers=headers).json()
-        yield {"client": client, "keys": keys, "headers": headers, "twin": twin}
-    clear_platform_caches()
+    with vision_platform(serve_vision["url"], monkeypatch, tmp_path, 5000) as api:
+        yield api
 
 
 def test_the_api_sends_a_batch_in_one_call_and_stores_the_good_images(vision_api: dict[str, Any]) -> None:
