@@ -22,6 +22,7 @@ from platform_api.monitoring import get_monitor
 from platform_api.openapi import install_openapi
 from platform_api.ratelimit import RateLimits
 from platform_api.readiness import check_readiness
+from platform_api.rollout_controller import start_controller
 from platform_api.routes import admin, alerts, images, monitoring, oauth, predictions, registry, rollouts, twins
 from platform_api.services import close_recorders
 from platform_api.settings import get_settings
@@ -98,7 +99,11 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
         # a full collection walking them stalls every request in flight for 100+ ms. Move
         # them out of the collector's sight (as services that care about tail latency do).
         gc.freeze()
+        controller = start_controller(settings.resolved_tracking_uri(), settings.resolved_database_url(),
+                                      settings.model_name, settings.rollout_controller_seconds)
         yield
+        if controller is not None:
+            controller.stop()
         close_recorders()  # commit what is queued before the process goes
 
     app = FastAPI(title="BioVerse platform API", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,

@@ -23,6 +23,9 @@ class ApiSettings(BaseSettings):
         tracking_uri: MLflow registry the API scores from (default: the embedded store).
         model_name, model_alias: The model predictions use (``models:/name@alias``),
             re-resolved every ``model_poll_seconds``.
+        rollout_controller_seconds: The API process judges the served model's running
+            rollout this often and advances, completes, pauses or rolls it back by its rules
+            (docs/rollouts.md); 0 leaves that to ``bioverse rollout watch``.
         twin_cache_seconds, prediction_cache_seconds: TTLs of the twin-state and
             prediction caches (the deployment guide's 60 s and 300 s).
         alert_threshold: A prediction at or above this risk raises an alert.
@@ -72,6 +75,7 @@ class ApiSettings(BaseSettings):
     model_name: str = "cardiac-risk"
     model_alias: str = "production"
     model_poll_seconds: float = 5.0
+    rollout_controller_seconds: float = Field(default=5.0, ge=0)
     twin_cache_seconds: float = 60.0
     prediction_cache_seconds: float = 300.0
     alert_threshold: float = 0.3

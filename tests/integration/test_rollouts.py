@@ -75,7 +75,8 @@ def platform(hospital_files: list[Path], tmp_path: Path, monkeypatch: pytest.Mon
     repo.materialize()
     for key, value in {"BIOVERSE_DATA_DIR": str(tmp_path), "BIOVERSE_FEATURE_REPO": str(repo.repo_dir),
                        "BIOVERSE_API_DATABASE_URL": f"sqlite:///{tmp_path / 'platform.db'}", "BIOVERSE_TRACKING_URI": uri,
-                       "BIOVERSE_API_MODEL_NAME": MODEL, "BIOVERSE_API_MODEL_POLL_SECONDS": "0.2"}.items():
+                       "BIOVERSE_API_MODEL_NAME": MODEL, "BIOVERSE_API_MODEL_POLL_SECONDS": "0.2",
+                       "BIOVERSE_API_ROLLOUT_CONTROLLER_SECONDS": "0"}.items():  # the tests step by hand
         monkeypatch.setenv(key, value)
     clear_platform_caches()
     with _api() as (http, keys):
@@ -296,6 +297,52 @@ def test_rollout_to_100_under_load_survives_an_api_restart(platform: dict[str, A
     assert seen and {p["model_version"] for _, p in seen} <= {"1", candidate}
     steps = [a for a, o in _audit_actions() if o == "ok"]
     assert steps == [f"registry.rollout.{a} {MODEL}/{candidate}" for a in ("start", "advance", "advance", "complete")]
+
+
+def test_the_api_process_runs_the_controller(platform: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No watcher and no step by hand: the API's own controller rolls a failing candidate back,
+    then takes a good one through its steps to production, each move audited as the controller."""
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy import select
+
+    from experiments.rollout import RolloutRegistry
+    from platform_api import db
+    from platform_api.models import AuditEvent
+
+    monkeypatch.setenv("BIOVERSE_API_ROLLOUT_CONTROLLER_SECONDS", "0.2")
+    clear_platform_caches()
+    registry = RolloutRegistry(platform["uri"])
+    twins = platform["twins"]
+
+    def load_until_done(http: TestClient, keys: dict[str, str]) -> str:
+        for _ in range(300):  # bounded: a batch of 40 twins, then a look at the rollout
+            _predict(http, keys, twins)
+            state = registry.rollout(MODEL)
+            if state.state != "running":
+                return state.state
+            time.sleep(0.1)
+        return state.state
+
+    with _api() as (http, keys):
+        broken = add_version(platform["uri"], platform["files"], broken=True)
+        config = {"steps": [50, 100], **FAST}
+        assert http.post(f"/v1/registry/models/{MODEL}/rollout", json={"version": broken, "config": config},
+                         headers=_h(keys["validator"])).status_code == 201
+        time.sleep(0.3)  # past the API's poll
+        assert load_until_done(http, keys) == "rolled_back"
+        good = add_version(platform["uri"], platform["files"])
+        config |= {"max_shift_psi": 50, "max_latency_ratio": 1000}
+        assert http.post(f"/v1/registry/models/{MODEL}/rollout", json={"version": good, "config": config},
+                         headers=_h(keys["validator"])).status_code == 201
+        assert load_until_done(http, keys) == "complete"
+    client = MlflowClient(platform["uri"], registry_uri=platform["uri"])
+    assert str(client.get_model_version_by_alias(MODEL, "production").version) == good
+    with db.session_factory()() as session:
+        moves = [(a, actor) for a, actor, o in session.execute(select(AuditEvent.action, AuditEvent.actor, AuditEvent.outcome)
+                 .order_by(AuditEvent.id)) if "rollout" in a and o == "ok" and ".start " not in a]
+    assert moves == [(f"registry.rollout.rollback {MODEL}/{broken}", "rollout-controller"),
+                     (f"registry.rollout.advance {MODEL}/{good}", "rollout-controller"),
+                     (f"registry.rollout.complete {MODEL}/{good}", "rollout-controller")]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
