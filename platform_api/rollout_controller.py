@@ -35,8 +35,9 @@ class RolloutController:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the tick in progress (the app's shutdown)."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop after the tick in progress; a tick stuck on a dependency is left to die with
+        the process (the thread is a daemon, and a step's writes are one transaction)."""
         self._stop.set()
         self._thread.join(timeout)
 
