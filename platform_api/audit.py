@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ from platform_api.audit_checkpoints import Checkpoint, audit_key, database_id, n
 from platform_api.auth import Principal
 from platform_api.models import AuditChain, AuditEvent
 
-__all__ = ["CHAIN_LOCK", "GENESIS", "AuditBreak", "AuditCheck", "audited", "digest", "event_mac", "lock_chain", "record",
+__all__ = ["CHAIN_LOCK", "GENESIS", "AuditBreak", "AuditCheck", "ChainWalk", "audited", "digest", "event_mac", "lock_chain", "record",
            "verify"]
 
 GENESIS = "0" * 64
@@ -134,12 +134,71 @@ class AuditCheck:
         return self.breaks[0].reason if self.breaks else ""
 
 
+class ChainWalk:
+    """Verify's walk of the chain in id order, collecting breaks; the archive's segments feed it
+    before the live table (platform_api.audit_archive_verify), so counts and links run on."""
+
+    def __init__(self, by_id: dict[int, list[Checkpoint]], legacy_until: int, key: bytes | None) -> None:
+        self.breaks: list[AuditBreak] = []
+        self.by_id, self.legacy_until, self.key = by_id, legacy_until, key
+        self.prev, self.prev_parent, self.count, self.last_id = GENESIS, None, 0, 0
+        self.seen: set[int] = set()  # checkpoint lines met
+        self.boundary = ""  # set: the next event is the first after this (the archive's end)
+
+    def skip(self, last_id: int, last_hash: str, events: int) -> None:
+        """Go on after events that cannot be read (a lost segment, already reported) as if they held."""
+        for cp_id, cps in self.by_id.items():
+            if self.last_id < cp_id <= last_id:
+                self.seen.update(cp.line for cp in cps)
+        self.prev, self.prev_parent, self.last_id, self.count = last_hash, None, last_id, self.count + events
+
+    def feed(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Check ``(id, prev_hash, hash, *FIELDS)`` rows, the next ones of the chain."""
+        breaks, by_id, legacy_until = self.breaks, self.by_id, self.legacy_until
+        prev, prev_parent, count, last_id = self.prev, self.prev_parent, self.count, self.last_id
+        secret = self.key
+        for row in rows:
+            event_id, parent, stored = row[0], row[1] or "", row[2] or ""  # NULLs only after DDL: a break, not a crash
+            message = (parent + _canonical_of(*row[3:])).encode()
+            count += 1
+            if parent != prev:
+                if self.boundary:
+                    why = (f"its prev_hash is not the hash of {self.boundary}: events before it were deleted "
+                           "without an archive record")
+                elif parent == prev_parent:
+                    why = f"shares its parent with event {last_id} (a fork: two writers chained onto one head)"
+                else:
+                    why = "its prev_hash is not the previous event's hash (an event before it was removed or reordered)"
+                breaks.append(AuditBreak(event_id, why))
+            self.boundary = ""
+            if event_id <= legacy_until:
+                expected = hashlib.sha256(message).hexdigest()
+            else:
+                secret = self.key = secret or audit_key(create=False)
+                expected = hmac.digest(secret, message, "sha256").hex()
+            if not hmac.compare_digest(expected, stored):
+                breaks.append(AuditBreak(event_id, "its content does not match its MAC (altered, or re-hashed without the key)"))
+            for cp in by_id.get(event_id, ()):
+                self.seen.add(cp.line)
+                if cp.head != stored:
+                    breaks.append(AuditBreak(event_id, f"differs from the checkpoint of {cp.at} (line {cp.line}): "
+                                                       "the event was rewritten"))
+                elif cp.events != count:
+                    breaks.append(AuditBreak(event_id, f"is event number {count}, the checkpoint of {cp.at} (line {cp.line}) "
+                                                       f"counted {cp.events}: events were removed or inserted before it"))
+            prev, prev_parent, last_id = stored, parent, event_id
+        self.prev, self.prev_parent, self.count, self.last_id = prev, prev_parent, count, last_id
+
+
 def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | None = None,
-           batch: int = 20_000) -> AuditCheck:
+           batch: int = 20_000, archived: Callable[[ChainWalk], None] | None = None) -> AuditCheck:
     """Recompute the whole chain and check it against the signed checkpoints; report every break.
 
     After a break the walk goes on from the event's stored hash, so each altered, removed,
     forked or re-hashed event is named once and later events are still checked.
+    ``archived`` feeds the archived events to the walk first (see
+    ``platform_api.audit_archive_verify.verify_all``); without it the live table must
+    start at the chain's root.
 
     Raises:
         experiments.errors.SecretKeyError: keyed events or checkpoints exist but no audit key does.
@@ -157,42 +216,23 @@ def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | No
     by_id: dict[int, list[Checkpoint]] = {}
     for cp in valid:
         by_id.setdefault(cp.last_id, []).append(cp)
+    walk = ChainWalk(by_id, legacy_until, key)
+    if archived is not None:
+        archived(walk)
+    walk.boundary = f"the last archived event ({walk.last_id})" if walk.count else "the chain's root (64 zeros)"
     table = AuditEvent.__table__
     columns = [table.c.id, table.c.prev_hash, table.c.hash, *(table.c[k] for k in FIELDS)]
-    prev, prev_parent, count, last_id = GENESIS, None, 0, 0
-    secret: bytes | None = None
-    seen: set[int] = set()
+    cursor = 0
     while True:
-        rows = session.execute(select(*columns).where(table.c.id > last_id).order_by(table.c.id).limit(batch)).all()
+        rows = session.execute(select(*columns).where(table.c.id > cursor).order_by(table.c.id).limit(batch)).all()
         if not rows:
             break
-        for row in rows:
-            event_id, parent, stored = row[0], row[1] or "", row[2] or ""  # NULLs only after DDL: a break, not a crash
-            message = (parent + _canonical_of(*row[3:])).encode()
-            count += 1
-            if parent != prev:
-                why = (f"shares its parent with event {last_id} (a fork: two writers chained onto one head)"
-                       if parent == prev_parent else
-                       "its prev_hash is not the previous event's hash (an event before it was removed or reordered)")
-                breaks.append(AuditBreak(event_id, why))
-            if event_id <= legacy_until:
-                expected = hashlib.sha256(message).hexdigest()
-            else:
-                secret = secret or key or audit_key(create=False)
-                expected = hmac.digest(secret, message, "sha256").hex()
-            if not hmac.compare_digest(expected, stored):
-                breaks.append(AuditBreak(event_id, "its content does not match its MAC (altered, or re-hashed without the key)"))
-            for cp in by_id.get(event_id, ()):
-                seen.add(cp.line)
-                if cp.head != stored:
-                    breaks.append(AuditBreak(event_id, f"differs from the checkpoint of {cp.at} (line {cp.line}): "
-                                                       "the event was rewritten"))
-                elif cp.events != count:
-                    breaks.append(AuditBreak(event_id, f"is event number {count}, the checkpoint of {cp.at} (line {cp.line}) "
-                                                       f"counted {cp.events}: events were removed or inserted before it"))
-            prev, prev_parent, last_id = stored, parent, event_id
+        walk.feed(rows)
+        cursor = rows[-1][0]
+    breaks += walk.breaks
+    last_id, count = walk.last_id, walk.count
     for cp in valid:
-        if cp.line in seen:
+        if cp.line in walk.seen:
             continue
         if cp.last_id > last_id:
             breaks.append(AuditBreak(cp.last_id, f"the chain ends at event {last_id} ({count} events) but the checkpoint of "

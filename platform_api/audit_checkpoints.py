@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.engine import make_url
 
 from experiments.keys import key_path, mac, secret_key, verify_mac
+from platform_api.audit_archive_store import AUDIT_ARCHIVES
 from platform_api.models import AuditChain, AuditEvent
 from platform_api.settings import get_settings
 
@@ -104,13 +105,14 @@ def write_checkpoint(bind: Engine | Connection, *, path: Path | None = None, key
                .where(events.c.id > since, events.c.id <= head.c.id).scalar_subquery())
     anchored = select(events.c.hash).where(events.c.id == since).scalar_subquery()
     legacy = select(AuditChain.legacy_until).limit(1).scalar_subquery()
-    query = select(head.c.id, head.c.hash, counted, legacy, anchored).order_by(head.c.id.desc()).limit(1)
+    archived = select(func.coalesce(func.sum(AUDIT_ARCHIVES.c.events), 0)).scalar_subquery()  # moved out of the table
+    query = select(head.c.id, head.c.hash, counted, legacy, anchored, archived).order_by(head.c.id.desc()).limit(1)
     row = bind.execute(query).first()
     if row is not None and after is not None and (row[4] != after.head or row[0] < after.last_id):
         return write_checkpoint(bind, path=path, key=key)  # the chain changed under us: count it all
     if row is None:
         return None
-    record = {"db": database_id(bind.engine.url), "events": (after.events if after else 0) + int(row[2]),
+    record = {"db": database_id(bind.engine.url), "events": (after.events if after else int(row[5])) + int(row[2]),
               "last_id": int(row[0]), "head": row[1], "legacy_until": int(row[3] or 0), "at": datetime.now(UTC).isoformat(timespec="seconds")}
     record["mac"] = mac(key or audit_key(), _message(record))
     target = path or checkpoint_path()
