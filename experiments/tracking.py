@@ -52,9 +52,15 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
 def embedded_artifact_location(tracking_uri: str) -> str | None:
-    """For a SQLite store, artifacts go to ``mlartifacts`` beside the database file."""
+    """For a SQLite store, artifacts go to ``mlartifacts`` beside the database file; for another
+    database (PostgreSQL), to the configured artifact root (the production profile's S3); a
+    tracking server decides itself (None)."""
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    if tracking_uri.startswith(("postgresql", "mysql", "mssql")):
+        from experiments.settings import get_settings
+
+        return get_settings().resolved_artifact_root()
     return None
 
 

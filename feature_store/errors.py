@@ -8,13 +8,14 @@ Hierarchy::
     ├── FeatureDataError          observations or ingested rows are unusable
     │   └── FeatureValueError         one feature's value breaks its declared contract
     ├── FeatureQueryError         a read's parameters are unusable (also a ValueError)
+    ├── ProfileError              the store profile is half-configured (feature_store/profile.py)
     └── StoredValueError          a value already in the store breaks its feature's contract
 """
 
 from __future__ import annotations
 
 __all__ = ["FeatureDataError", "FeatureQueryError", "FeatureRepoError", "FeatureStoreError", "FeatureStoreUnavailable", "FeatureValueError",
-           "StoredValueError"]
+           "ProfileError", "StoredValueError"]
 
 
 class FeatureStoreError(Exception):
@@ -62,3 +63,7 @@ class StoredValueError(FeatureStoreError):
         super().__init__(f"{subject}: stored features break their contract ({detail}); record a new observation")
         self.subject = subject
         self.problems = problems
+
+
+class ProfileError(FeatureStoreError):
+    """The store profile (``BIOVERSE_PROFILE``, ``BIOVERSE_CONFIG``) is missing or misstates a setting."""

@@ -68,8 +68,10 @@ class FeatureRepo:
         self._push_lock = threading.Lock()  # read-compare-write of event times, one at a time per process
 
     # ---- set-up ----
-    def init(self, *, online_store: str = "sqlite", redis_url: str = "127.0.0.1:6379", project: str = "bioverse") -> FeatureRepo:
-        """Write the repo's config and definitions (idempotent), then ``feast apply``."""
+    def init(self, *, online_store: str = "sqlite", redis_url: str = "127.0.0.1:6379", project: str = "bioverse",
+             registry: str = "") -> FeatureRepo:
+        """Write the repo's config and definitions (idempotent), then ``feast apply``; ``registry``
+        is a SQL registry's SQLAlchemy URL (empty: the file ``data/registry.db``)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if online_store == "sqlite":
             online: dict[str, Any] = {"type": "sqlite", "path": str(self.data_dir / "online.db")}
@@ -79,7 +81,9 @@ class FeatureRepo:
             raise FeatureRepoError(f"online store must be sqlite or redis, not {online_store!r}")
         config = {
             "project": project,
-            "registry": {"path": str(self.data_dir / "registry.db"), "cache_ttl_seconds": 60},
+            "registry": {"registry_type": "sql", "path": registry, "cache_ttl_seconds": 60,
+                         "sqlalchemy_config_kwargs": {"pool_pre_ping": True}} if registry
+            else {"path": str(self.data_dir / "registry.db"), "cache_ttl_seconds": 60},
             "provider": "local",
             "online_store": online,
             "offline_store": {"type": "file"},

@@ -113,8 +113,7 @@ def showcase(*, spec: ExperimentSpec, tracking_uri: str, console: Console,
     from rich.table import Table
 
     from experiments.tracking import CANDIDATE_ALIAS
-    from feature_store.repo import FeatureRepo
-    from feature_store.settings import get_settings as feature_settings
+    from feature_store.configured import configured_repo
     from federation.processes import free_port
     from platform_api import services
     from platform_api.auth import create_key
@@ -124,7 +123,7 @@ def showcase(*, spec: ExperimentSpec, tracking_uri: str, console: Console,
 
     warnings.filterwarnings("ignore")  # libraries' deprecation notices are not the demo's business
     started = time.perf_counter()
-    repo = FeatureRepo(feature_settings().repo_dir).init()
+    repo = configured_repo(init=True)  # the profile's online store and registry
     frames = {h.id: pd.read_csv(h.path) for h in spec.data.hospitals}
     for tenant, frame in frames.items():
         repo.ingest(frame, tenant_id=tenant)

@@ -6,8 +6,10 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feature_store.profile import get_profile
 
 __all__ = ["ApiSettings", "get_settings"]
 
@@ -17,7 +19,8 @@ class ApiSettings(BaseSettings):
 
     Attributes:
         data_dir: BioVerse's data directory (``BIOVERSE_DATA_DIR``).
-        database_url: SQLAlchemy URL; empty means SQLite ``platform.db`` in the data dir.
+        database_url: SQLAlchemy URL; empty means the production profile's PostgreSQL
+            (docs/operations.md), else SQLite ``platform.db`` in the data dir.
             PostgreSQL: ``postgresql+psycopg2://user@host/db``.
         max_body_bytes: Larger request bodies answer 413.
         tracking_uri: MLflow registry the API scores from (default: the embedded store).
@@ -43,8 +46,8 @@ class ApiSettings(BaseSettings):
             kept in ``<data dir>/oauth-signing.key`` (set it when several API hosts share tokens).
         token_lifetime_seconds: Lifetime of an access token (default 15 minutes).
         cookie_secure: Mark the review page's session cookie Secure (set it behind HTTPS).
-        cache_url: Empty for in-process caches, or ``redis://host:port/db`` to share the
-            twin-state and prediction caches between API processes.
+        cache_url: Empty for in-process caches (the production profile fills in its Redis),
+            or ``redis://host:port/db`` to share the twin-state and prediction caches between API processes.
         vision_url: The Ray Serve ``VisionClassifier`` route image uploads are classified by.
         max_image_bytes: Larger image uploads answer 413.
         vision_timeout_seconds: How long an upload waits for its classification.
@@ -64,6 +67,10 @@ class ApiSettings(BaseSettings):
         risk_serve_url, risk_serve_timeout_seconds, risk_serve_connections: The risk
             route of Serve's HTTP proxy, how long a prediction waits for it (then 503),
             and the size of the pooled client's connection pool.
+        audit_verify_seconds: Each API process verifies the audit chain this often in a
+            background thread for ``bioverse_audit_verify_*`` (0: never; docs/monitoring.md).
+        privacy_refresh_seconds: How often the hospitals' budget figures are re-read from the
+            tracking store for ``bioverse_privacy_*`` (0: never).
     """
 
     model_config = SettingsConfigDict(env_prefix="BIOVERSE_API_")
@@ -103,6 +110,8 @@ class ApiSettings(BaseSettings):
     risk_serve_url: str = "http://127.0.0.1:8000/risk"
     risk_serve_timeout_seconds: float = Field(default=10.0, gt=0)
     risk_serve_connections: int = Field(default=64, ge=1, le=1024)
+    audit_verify_seconds: float = Field(default=3600.0, ge=0)
+    privacy_refresh_seconds: float = Field(default=300.0, ge=0)
 
     @field_validator("cache_url")
     @classmethod
@@ -110,6 +119,13 @@ class ApiSettings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be empty (in-process caches) or a redis:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _from_profile(self) -> ApiSettings:
+        profile = get_profile()
+        self.database_url = self.database_url or profile.platform_database_url() or ""
+        self.cache_url = self.cache_url or profile.cache_url() or ""
+        return self
 
     def resolved_tracking_uri(self) -> str:
         """The configured MLflow URI, or the embedded store the experiments write to."""

@@ -10,6 +10,7 @@ from platform_api.cli.api import api_app
 from platform_api.cli.audit import audit_app
 from platform_api.cli.coordinator import coordinator_app
 from platform_api.cli.data import data_app
+from platform_api.cli.doctor import doctor
 from platform_api.cli.experiment import experiment_app
 from platform_api.cli.features import features_app
 from platform_api.cli.federation import federation_app
@@ -40,6 +41,7 @@ app.add_typer(monitor_app, name="monitor")
 app.add_typer(rollout_app, name="rollout")
 app.command("demo")(demo)
 app.command("score")(score)
+app.command("doctor")(doctor)
 
 
 def main() -> None:
