@@ -8,6 +8,7 @@ import typer
 
 from platform_api.cli.api import api_app
 from platform_api.cli.audit import audit_app
+from platform_api.cli.backup import backup_app
 from platform_api.cli.coordinator import coordinator_app
 from platform_api.cli.data import data_app
 from platform_api.cli.doctor import doctor
@@ -36,6 +37,7 @@ app.add_typer(features_app, name="features")
 app.add_typer(serve_app, name="serve")
 app.add_typer(api_app, name="api")
 app.add_typer(audit_app, name="audit")
+app.add_typer(backup_app, name="backup")
 app.add_typer(registry_app, name="registry")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(rollout_app, name="rollout")
