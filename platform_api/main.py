@@ -20,6 +20,7 @@ from platform_api.errors import BodyTooLarge, install_error_handlers
 from platform_api.metrics import ApiMetrics, DriftCollector, MetricsMiddleware, metrics_response
 from platform_api.monitoring import get_monitor
 from platform_api.openapi import install_openapi
+from platform_api.ops_metrics import OpsChecks, OpsCollector
 from platform_api.ratelimit import RateLimits
 from platform_api.readiness import check_readiness
 from platform_api.rollout_controller import start_controller
@@ -101,7 +102,9 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
         gc.freeze()
         controller = start_controller(settings.resolved_tracking_uri(), settings.resolved_database_url(),
                                       settings.model_name, settings.rollout_controller_seconds)
+        ops_checks.start()  # audit verification and budget figures for /metrics (docs/monitoring.md)
         yield
+        ops_checks.stop()
         if controller is not None:
             controller.stop()
         close_recorders()  # commit what is queued before the process goes
@@ -115,6 +118,9 @@ def create_app(*, migrate_on_start: bool = True) -> FastAPI:
     api_metrics = ApiMetrics()
     api_metrics.registry.register(CacheErrorCollector())  # bioverse_cache_errors_total
     api_metrics.registry.register(DriftCollector(lambda: get_monitor().snapshot()))  # drift gauges (docs/monitoring.md)
+    ops_checks = OpsChecks(audit_seconds=settings.audit_verify_seconds, privacy_seconds=settings.privacy_refresh_seconds,
+                           tracking_uri=settings.resolved_tracking_uri() if settings.privacy_refresh_seconds > 0 else "")
+    api_metrics.registry.register(OpsCollector(ops_checks))  # bioverse_audit_verify_*, bioverse_privacy_*
     app.state.metrics = api_metrics  # what deps.get_metrics hands the routes
     shared = settings.cache_url if settings.cache_url.startswith(("redis", "unix")) else None
     app.state.rate_limits = RateLimits(  # shared through Redis by the API processes of one platform database
