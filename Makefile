@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install test test-unit test-integration bench lint clean
+.PHONY: demo install test test-unit test-integration bench lint clean checkov
 
 demo: install
 	$(BIN)/bioverse demo
@@ -43,6 +43,16 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# checkov (the deployables' security scan, tests/integration/test_deployables_scan.py) pins packages
+# that conflict with the project's constraints: it gets a virtual environment of its own, inside .venv.
+CHECKOV_VENV ?= $(VENV)/checkov
+checkov: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q checkov==3.3.30
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
