@@ -21,9 +21,9 @@ from training.tabular.synth import FEATURES_CATEGORICAL, FEATURES_NUMERIC, LABEL
 FEATURES = FEATURES_NUMERIC + FEATURES_CATEGORICAL
 
 
-def register_production_model(*, work: Path, name: str, train_path: Path, epochs: int = 1) -> str:
+def register_production_model(*, work: Path, name: str, train_path: Path, epochs: int = 1, uri: str | None = None) -> str:
     """Train an MLP (64-32) on ``train_path``, register it as ``name`` v1 with the
-    ``production`` alias in an embedded MLflow store under ``work``; returns the store's URI."""
+    ``production`` alias in the MLflow store at ``uri`` (default: an embedded one under ``work``); returns the store's URI."""
     spec = parse_spec({"name": f"bench-{name}", "registered_model": name,
                        "data": {"label": LABEL, "numeric": list(FEATURES_NUMERIC), "categorical": list(FEATURES_CATEGORICAL),
                                 "hospitals": [{"id": "h", "path": str(train_path)}]},
@@ -33,7 +33,7 @@ def register_production_model(*, work: Path, name: str, train_path: Path, epochs
     dm.encoder = FeatureEncoder.from_statistics(dm.statistics(), spec.data.contract)
     model = build_model("mlp", dm.encoder.input_dim, **model_hparams(spec))
     train_locally(model, dm.dataset("train"), epochs=epochs, batch_size=64, dp=None)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = uri or f"sqlite:///{work / 'mlflow.db'}"
     tracker = RunTracker(uri, embedded_artifact_location(uri))
     tracker.start(spec)
     tracker.register(model=model, encoder=dm.encoder, kind="mlp", hparams=model_hparams(spec), model_name=name, tags={})
