@@ -3,7 +3,6 @@ so an altered, reordered, truncated or extended file fails to decrypt (docs/back
 
 from __future__ import annotations
 
-import base64
 import os
 import struct
 from pathlib import Path
@@ -20,21 +19,17 @@ _TAG = 16
 
 
 def _decode(value: str, where: str) -> bytes:
-    value = value.strip()
     try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except ValueError as err:
-            raise BackupError(f"{where}: backup key is neither hex nor base64") from err
+        raw = bytes.fromhex(value.strip())
+    except ValueError as err:
+        raise BackupError(f"{where}: the backup key is not hex (make one with `openssl rand -hex 32`)") from err
     if len(raw) != 32:
-        raise BackupError(f"{where}: backup key must be 32 bytes (AES-256), not {len(raw)}")
+        raise BackupError(f"{where}: the backup key must be 32 bytes (AES-256), not {len(raw)}")
     return raw
 
 
 def load_key(key_file: Path | None = None, *, required: bool = False) -> bytes | None:
-    """The backup key: ``key_file`` (hex or base64, 32 bytes), else ``BIOVERSE_BACKUP_KEY``, else ``None``.
+    """The backup key: ``key_file`` (64 hex digits: 32 bytes), else ``BIOVERSE_BACKUP_KEY``, else ``None``.
 
     Raises:
         BackupError: the key is unreadable or malformed, or ``required`` and there is none.

@@ -14,7 +14,7 @@ __all__ = ["backup_app"]
 backup_app = typer.Typer(help="Backups of the platform database, MLflow, Feast and the audit anchor.", no_args_is_help=True)
 
 Where = Annotated[str, typer.Argument(help="A folder, or s3://bucket/prefix (endpoint: AWS_ENDPOINT_URL).")]
-KeyFile = Annotated[Path | None, typer.Option(help="The backup key (32 bytes, hex or base64); default BIOVERSE_BACKUP_KEY.")]
+KeyFile = Annotated[Path | None, typer.Option(help="The backup key (32 bytes as 64 hex digits); default BIOVERSE_BACKUP_KEY.")]
 
 
 def _size(n: int) -> str:
