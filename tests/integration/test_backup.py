@@ -160,6 +160,16 @@ def test_sqlite_backups_to_a_folder_and_s3_verify_and_restore_into_empty_install
     with pytest.raises(RestoreRefused, match="not empty"):
         restore_backup(folder, plain.name, _use(monkeypatch, target, f"sqlite:///{target / 'platform.db'}"), key=None)
 
+    # a restore that fails late (another audit key: the chain does not verify) is undone: the target is empty again
+    wrong_keys, failed = tmp_path / "wrong-keys", tmp_path / "restored-failed"
+    wrong_keys.mkdir()
+    (wrong_keys / "audit.key").write_text(secrets.token_hex(32))
+    (wrong_keys / "audit.key").chmod(0o600)
+    with pytest.raises(BackupError, match="does not verify"):
+        restore_backup(folder, plain.name, _use(monkeypatch, failed, f"sqlite:///{failed / 'platform.db'}"), key=None,
+                       keys_from=wrong_keys)
+    assert list(failed.iterdir()) == []
+
     # restore the encrypted S3 backup through the CLI, keys coming from the backup itself
     target = tmp_path / "restored-s3"
     key_file = tmp_path / "backup.key"
