@@ -26,7 +26,8 @@ from platform_api.models import AuditChain, AuditEvent
 __all__ = ["MANIFEST_FIELDS", "ArchiveRun", "Archiver", "Segment", "cutoff", "decode_segment", "encode_segment",
            "manifest_name", "manifest_problem", "segment_name", "sign_manifest"]
 
-_ARCHIVE_LOCK = 7_262_027  # PostgreSQL advisory lock: one archiver at a time
+_ARCHIVE_LOCK = 7_262_027  # PostgreSQL advisory lock (session): one archive run at a time
+_COMMIT_LOCK = 7_262_028  # PostgreSQL advisory lock (transaction): one segment's commit at a time
 #: What a manifest (and its ``audit_archives`` row) signs, in this order.
 MANIFEST_FIELDS = ("first_id", "last_id", "events", "first_prev_hash", "last_hash", "first_at", "last_at", "segment",
                    "sha256", "bytes")
@@ -245,7 +246,7 @@ class Archiver:
         events = AuditEvent.__table__
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ARCHIVE_LOCK})
+                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _COMMIT_LOCK})
             else:
                 connection.execute(text("DELETE FROM audit_archives WHERE 0"))  # the write lock, before reading
             boundary, last_hash = self._boundary(connection)

@@ -9,8 +9,9 @@ Revises: 0005
 - ``audit_events``' DELETE trigger now lets a row go only when its id is at or below the
   newest record's ``last_id`` (the record is inserted in the same transaction), oldest
   first: on SQLite no older row may remain (rows go in id order); on PostgreSQL a
-  statement-level trigger refuses a DELETE that leaves an older row behind. UPDATE,
-  TRUNCATE and the overwrite guards are unchanged.
+  statement-level trigger refuses a DELETE of archived rows that leaves an older row
+  behind. The row triggers keep their names (``audit_no_delete``, ``audit_append_only``).
+  UPDATE, TRUNCATE and the overwrite guards are unchanged.
 """
 
 import sqlalchemy as sa
@@ -41,15 +42,16 @@ _SQLITE_DOWN = (
 _PG_UP = (
     """CREATE FUNCTION audit_delete_archived() RETURNS trigger AS $$
 BEGIN
-    IF OLD.id > COALESCE((SELECT MAX(last_id) FROM audit_archives), 0) THEN
-        RAISE EXCEPTION 'audit log is append-only: event % is not archived', OLD.id;
+    IF TG_OP = 'UPDATE' OR OLD.id > COALESCE((SELECT MAX(last_id) FROM audit_archives), 0) THEN
+        RAISE EXCEPTION 'audit log is append-only (only archived events leave: event % is not)', OLD.id;
     END IF;
     RETURN OLD;
 END
 $$ LANGUAGE plpgsql""",
     """CREATE FUNCTION audit_delete_oldest_first() RETURNS trigger AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM audit_events WHERE id < (SELECT MAX(id) FROM gone)) THEN
+    IF EXISTS (SELECT 1 FROM audit_events WHERE id < (SELECT MAX(id) FROM gone
+               WHERE id <= COALESCE((SELECT MAX(last_id) FROM audit_archives), 0))) THEN
         RAISE EXCEPTION 'audit log is append-only: archived events leave oldest first';
     END IF;
     RETURN NULL;
@@ -63,9 +65,9 @@ BEGIN
     RETURN NEW;
 END
 $$ LANGUAGE plpgsql""",
+    # one row trigger under the old name, so that whoever drops it (DDL rights) drops both guards
     "DROP TRIGGER audit_append_only ON audit_events",
-    "CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
-    "CREATE TRIGGER audit_delete_archived BEFORE DELETE ON audit_events "
+    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit_events "
     "FOR EACH ROW EXECUTE FUNCTION audit_delete_archived()",
     "CREATE TRIGGER audit_delete_oldest_first AFTER DELETE ON audit_events REFERENCING OLD TABLE AS gone "
     "FOR EACH STATEMENT EXECUTE FUNCTION audit_delete_oldest_first()",
@@ -78,7 +80,6 @@ $$ LANGUAGE plpgsql""",
 )
 _PG_DOWN = (
     "DROP TRIGGER IF EXISTS audit_delete_oldest_first ON audit_events",
-    "DROP TRIGGER IF EXISTS audit_delete_archived ON audit_events",
     "DROP TRIGGER IF EXISTS audit_append_only ON audit_events",
     "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit_events "
     "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
