@@ -10,6 +10,7 @@ flushed). Usage: python benchmarks/production_profile.py [--seconds 10] [--conne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
@@ -17,26 +18,19 @@ import shutil
 import statistics
 import sys
 import tempfile
-import uuid
 import warnings
 from pathlib import Path
 
-import boto3
 import httpx
 import pandas as pd
 import psutil
-import psycopg2
-import redis
 from _model import register_production_model
 from api_predictions import cpu_seconds, serve, wrk
-from moto.server import ThreadedMotoServer
 
 from _results import machine, table, write_section
 from federation.processes import free_port
 
-MODEL, REDIS_DB, BUCKET = "bench-profile-risk", 12, "bioverse-bench"
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+MODEL, REDIS_DB = "bench-profile-risk", 12
 PROFILE_VARIABLES = ("BIOVERSE_PROFILE", "BIOVERSE_CONFIG")
 
 
@@ -99,29 +93,15 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request lines
     os.environ.setdefault("BIOVERSE_GATE_KEY", secrets.token_hex(32))  # both servers serve gate-signed versions
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests.integration
+    from tests.integration.production_stores import production_stores
     from training.tabular.synth import synthesize_hospitals
 
     work = Path(tempfile.mkdtemp(prefix="bioverse-profile-bench-"))
-    stem = f"bioverse_bench_{uuid.uuid4().hex[:8]}"
-    names = {store: f"{stem}_{store}" for store in ("platform", "mlflow", "feast")}
-    admin = psycopg2.connect(**PG)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        for name in names.values():
-            cur.execute(f"CREATE DATABASE {name}")
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    endpoint = "http://{}:{}".format(*s3.get_host_and_port())
-    cache = redis.Redis(db=REDIS_DB)
-    cache.flushdb()
-    profile_env = {**S3_KEYS, "AWS_ENDPOINT_URL_S3": endpoint, "BIOVERSE_PROFILE": "production", "BIOVERSE_FEAST_PROJECT": stem,
-                   "BIOVERSE_PRODUCTION_POSTGRES_URL": f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}",
-                   "BIOVERSE_PRODUCTION_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-                   "BIOVERSE_PRODUCTION_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow",
-                   **{f"BIOVERSE_PRODUCTION_{store.upper()}_DATABASE": name for store, name in names.items()}}
-    os.environ.update(S3_KEYS | {"AWS_ENDPOINT_URL_S3": endpoint, "BIOVERSE_PRODUCTION_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow",
-                                 "BIOVERSE_PROFILE": "production"} | {k: v for k, v in profile_env.items() if k.startswith("BIOVERSE_PRODUCTION_")})
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    exit_stack = contextlib.ExitStack()  # the databases, S3 and Redis db 12, released at the end
+    stores = exit_stack.enter_context(production_stores(REDIS_DB))
+    profile_env = stores.env
+    os.environ.update(profile_env)  # prepare() reads the profile from this process's environment
     servers: dict[str, object] = {}
     try:
         (hospital,) = synthesize_hospitals(n_hospitals=1, n_patients=max(args.twins, 200), seed=4, out_dir=work / "data")
@@ -145,17 +125,12 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                 passes[name].append(result)
                 print(name, result, file=sys.stderr)
         rss = {n: psutil.Process(p.pid).memory_info().rss / 2**20 for n, p in servers.items()}  # type: ignore[attr-defined]
-        stored = cache.dbsize()
     finally:
         for process in servers.values():
             process.terminate()  # type: ignore[attr-defined]
             process.wait(10)  # type: ignore[attr-defined]
-        s3.stop()
-        cache.flushdb()
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+        stored = stores.redis.dbsize()
+        exit_stack.close()
         shutil.rmtree(work, ignore_errors=True)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     kept = {n: runs[1:] for n, runs in passes.items()}

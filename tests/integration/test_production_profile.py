@@ -3,94 +3,52 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pandas as pd
 import psycopg2
 import pytest
-import redis
 from fastapi.testclient import TestClient
-from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from federation.launcher import LaunchOptions, run_experiment
 from tests.conftest import make_spec
-from tests.integration.conftest import PG, clear_platform_caches, sign_approved
+from tests.integration.conftest import clear_platform_caches, sign_approved
+from tests.integration.production_stores import BUCKET, ProductionStores, production_stores
 
 pytestmark = pytest.mark.integration
 REDIS_DB = 11  # this module's own Redis database
-BUCKET, MODEL = "bioverse-prod", "prod-cardiac-risk"
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+MODEL = "prod-cardiac-risk"
 EMBEDDED_FILES = ("platform.db", "mlflow.db", "mlartifacts", "registry.db", "online.db")
-
-
-@dataclass(frozen=True)
-class Production:
-    """The profile's services: the three databases' DSNs, the S3 server, Redis and the data dir."""
-
-    dsn: dict[str, str]
-    s3: ThreadedMotoServer
-    s3_endpoint: str
-    redis: redis.Redis
-    data_dir: Path
 
 
 def _clear_settings() -> None:
     from experiments.settings import get_settings
     from feature_store.profile import get_profile
+    from platform_api import db
 
     clear_platform_caches()
     get_profile.cache_clear()
     get_settings.cache_clear()
+    db.get_engine.cache_clear()
 
 
 @pytest.fixture()
-def production(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Production]:
-    """Three new databases on the machine's PostgreSQL, Redis db 11, a moto S3 server; the profile set on them."""
-    stem = f"bioverse_{uuid.uuid4().hex[:10]}"
-    names = {store: f"{stem}_{store}" for store in ("platform", "mlflow", "feast")}
-    admin = psycopg2.connect(**PG)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        for name in names.values():
-            cur.execute(f"CREATE DATABASE {name}")
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    endpoint = "http://{}:{}".format(*s3.get_host_and_port())
-    cache = redis.Redis(db=REDIS_DB)
-    cache.flushdb()
-    env = {**S3_KEYS, "AWS_ENDPOINT_URL_S3": endpoint, "BIOVERSE_DATA_DIR": str(tmp_path / "home"),
-           "FLWR_HOME": str(tmp_path / "home" / "flwr"), "BIOVERSE_FEAST_PROJECT": stem,
-           "BIOVERSE_PROFILE": "production", "BIOVERSE_PRODUCTION_POSTGRES_URL": f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}",
-           "BIOVERSE_PRODUCTION_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-           "BIOVERSE_PRODUCTION_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow",
-           **{f"BIOVERSE_PRODUCTION_{store.upper()}_DATABASE": name for store, name in names.items()}}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("BIOVERSE_API_DATABASE_URL", "BIOVERSE_TRACKING_URI", "BIOVERSE_API_CACHE_URL", "BIOVERSE_ONLINE_STORE",
-                "BIOVERSE_REDIS_URL", "BIOVERSE_FEATURE_REPO", "BIOVERSE_CONFIG", "MLFLOW_S3_ENDPOINT_URL"):
-        monkeypatch.delenv(key, raising=False)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    _clear_settings()
-    try:
-        yield Production({store: f"dbname={name} user={PG['user']} host={PG['host']} port={PG['port']}" for store, name in names.items()},
-                         s3, endpoint, cache, tmp_path / "home")
-    finally:
+def production(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProductionStores]:
+    """The production profile on three new PostgreSQL databases, Redis db 11 and a moto S3 server."""
+    with production_stores(REDIS_DB) as stores:
+        for key in ("BIOVERSE_API_DATABASE_URL", "BIOVERSE_TRACKING_URI", "BIOVERSE_API_CACHE_URL", "BIOVERSE_ONLINE_STORE",
+                    "BIOVERSE_REDIS_URL", "BIOVERSE_FEATURE_REPO", "BIOVERSE_CONFIG", "MLFLOW_S3_ENDPOINT_URL"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in {**stores.env, "BIOVERSE_DATA_DIR": str(tmp_path / "home"), "FLWR_HOME": str(tmp_path / "home" / "flwr")}.items():
+            monkeypatch.setenv(key, value)
         _clear_settings()
-        from platform_api import db
-
-        db.get_engine.cache_clear()
-        s3.stop()
-        cache.flushdb()
-        cache.close()
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+        try:
+            yield stores
+        finally:
+            _clear_settings()
 
 
 def _rows(dsn: str, query: str) -> list[tuple]:
@@ -108,16 +66,17 @@ def _doctor() -> tuple[int, str]:
     return done.exit_code, done.output
 
 
-def test_demo_flow_lands_every_artifact_in_the_server_stores(production: Production, hospital_files: list[Path],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_flow_lands_every_artifact_in_the_server_stores(production: ProductionStores, hospital_files: list[Path],
+                                                             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from experiments.settings import get_settings
 
+    home = tmp_path / "home"
     # train a small federated run (Flower simulation) and register its model: MLflow on PostgreSQL, artifacts on S3
     uri = get_settings().resolved_tracking_uri()
     assert uri.startswith("postgresql+psycopg2://")
     spec = make_spec(hospital_files, name="prod-profile", registered_model=MODEL)
-    summary = run_experiment(spec, LaunchOptions(engine="simulation", run_dir=production.data_dir / "runs", tracking_uri=uri,
-                                                 ledger_dir=production.data_dir / "ledgers", timeout=600), lambda e: None)
+    summary = run_experiment(spec, LaunchOptions(engine="simulation", run_dir=home / "runs", tracking_uri=uri,
+                                                 ledger_dir=home / "ledgers", timeout=600), lambda e: None)
     assert summary["model_version"] == "1"
     sign_approved(uri, MODEL, "1")  # approved through the gate, as fixtures do
     from mlflow.tracking import MlflowClient
@@ -163,7 +122,7 @@ def test_demo_flow_lands_every_artifact_in_the_server_stores(production: Product
     assert production.redis.keys("bioverse:twin-state:*") and production.redis.keys("bioverse:prediction:*")
     assert production.redis.dbsize() > len(production.redis.keys("bioverse:*"))  # Feast's online rows too
     # ... and none under the data dir
-    assert [p for p in production.data_dir.rglob("*") if p.name in EMBEDDED_FILES] == []
+    assert [p for p in home.rglob("*") if p.name in EMBEDDED_FILES] == []
 
     # bioverse doctor: green on the profile; red with one line per failed check once S3 is gone
     code, output = _doctor()
