@@ -15,8 +15,9 @@ umask 022
 random() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
 pg="$(random)"
 printf '%s' "$pg" > secrets/postgres_password
+printf 'postgresql://bioverse:%s@postgres:5432' "$pg" > secrets/postgres_url
 printf 'postgresql+psycopg2://bioverse:%s@postgres:5432/bioverse' "$pg" > secrets/database_url
-printf 'postgresql://bioverse:%s@postgres:5432/mlflow' "$pg" > secrets/mlflow_database_url
+printf 'postgresql://bioverse:%s@postgres:5432/bioverse_mlflow' "$pg" > secrets/mlflow_database_url
 random > secrets/token_secret
 random > secrets/metrics_token
 key="bioverse$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"

@@ -1,3 +1,4 @@
--- First start only (an empty data volume): MLflow's backend gets its own database beside the platform's
--- (both run Alembic migrations, each with its own alembic_version table).
-CREATE DATABASE mlflow OWNER bioverse;
+-- First start only (an empty data volume): the production profile's other databases beside the
+-- platform's (POSTGRES_DB): MLflow's backend and Feast's registry (feature_store/profile.py names them).
+CREATE DATABASE bioverse_mlflow OWNER bioverse;
+CREATE DATABASE bioverse_feast OWNER bioverse;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,15 @@ VERSION = "0.1.0"  # pyproject's; every image tag of ours carries it
 #: Images not built here: pinned by an explicit tag (never latest), each documented in docs/deployment.md.
 THIRD_PARTY_IMAGES = {"postgres:16.10-bookworm", "redis:7.4.5-alpine", "minio/minio:RELEASE.2025-09-07T16-13-09Z"}
 #: Variables not read by a settings class: who reads each (a file, relative to its installed package or
-#: the repository, that must contain the name), or None for a third-party image's documented variable.
-OTHER_ENV = {
+#: the repository, that must contain the name or the given text), or None for a third-party image's
+#: documented variable.
+OTHER_ENV: dict[str, str | tuple[str, str] | None] = {
     "BIOVERSE_ROLLOUT_STATS_URL": "serving/app.py",
     "MLFLOW_BACKEND_STORE_URI": "mlflow/cli/__init__.py",
-    "MLFLOW_ARTIFACTS_DESTINATION": "mlflow/cli/__init__.py",
+    "MLFLOW_DEFAULT_ARTIFACT_ROOT": "mlflow/cli/__init__.py",
     "MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow/environment_variables.py",
-    "MLFLOW_S3_ENDPOINT_URL": "mlflow/environment_variables.py",
-    "MLFLOW_ARTIFACT_BUCKET": "deploy/docker/ensure_bucket.py",
     "AWS_SHARED_CREDENTIALS_FILE": "botocore/configprovider.py",
+    "AWS_ENDPOINT_URL_S3": ("botocore/configprovider.py", "f'AWS_ENDPOINT_URL_{transformed_service_id_env}'"),
     "RAY_USAGE_STATS_ENABLED": "ray/_common/usage/usage_constants.py",
     "RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION": "ray/_private/ray_constants.py",
     "POSTGRES_USER": None, "POSTGRES_DB": None, "POSTGRES_PASSWORD_FILE": None,
@@ -112,9 +113,8 @@ def _same_applications(config: dict[str, Any], allowed_args: set[str]) -> None:
 
 def test_rayservice_serves_the_packaged_applications_on_gpu_and_cpu_groups() -> None:
     config = yaml.safe_load(RAYSERVICE["spec"]["serveConfigV2"])
-    _same_applications(config, {"tracking_uri"})
+    _same_applications(config, set())  # models from the production profile's registry (the pods' variables)
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
-    assert {a["args"]["tracking_uri"] for a in config["applications"]} == {"http://bioverse-mlflow.bioverse.svc:5000"}
     vision = next(a for a in config["applications"] if a["name"] == "vision")
     assert vision["args"]["num_gpus"] > 0
     groups = {g["groupName"]: g["template"]["spec"] for g in RAYSERVICE["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
@@ -152,7 +152,7 @@ def test_clinic_limits_healthchecks_and_start_order() -> None:
 
 def test_clinic_serve_config_is_the_packaged_one_fitted_to_one_cpu() -> None:
     config = yaml.safe_load((DEPLOY / "clinic" / "serve_config.yaml").read_text())
-    _same_applications(config, {"tracking_uri", "num_cpus", "num_gpus"})
+    _same_applications(config, {"num_cpus", "num_gpus"})
     assert config["http_options"]["host"] == "0.0.0.0"
     cpus = sum(a["args"]["num_cpus"] * a["deployments"][0]["autoscaling_config"]["min_replicas"] for a in config["applications"])
     assert cpus <= float(COMPOSE_DOC["services"]["ai"]["deploy"]["resources"]["limits"]["cpus"])
@@ -164,8 +164,10 @@ def _settings_env_names() -> set[str]:
     from pydantic_settings import BaseSettings
 
     names: set[str] = set()
-    for path in ROOT.glob("*/settings.py"):
-        module = importlib.import_module(f"{path.parent.name}.settings")
+    for path in ROOT.glob("*/*.py"):
+        if "(BaseSettings)" not in path.read_text():
+            continue
+        module = importlib.import_module(f"{path.parent.name}.{path.stem}")
         for cls in vars(module).values():
             if not (isinstance(cls, type) and issubclass(cls, BaseSettings) and cls.__module__ == module.__name__):
                 continue
@@ -189,11 +191,10 @@ def _env_set_by_deployables() -> set[str]:
     return names
 
 
-def test_every_variable_set_is_one_that_is_read() -> None:
-    settings = _settings_env_names()
-    assert "BIOVERSE_API_DATABASE_URL" in settings and "BIOVERSE_ONLINE_STORE" in settings
+def _unread(names: set[str], settings: set[str]) -> list[str]:
+    """The names that neither a settings class nor the file OTHER_ENV names reads."""
     unread = []
-    for name in sorted(_env_set_by_deployables()):
+    for name in sorted(names):
         read = name.removesuffix("_FILE") if name.startswith(("BIOVERSE_", "MLFLOW_")) else name  # entrypoint.sh
         if read in settings:
             continue
@@ -202,9 +203,63 @@ def test_every_variable_set_is_one_that_is_read() -> None:
             continue
         where = OTHER_ENV[read]
         if where is not None:
+            where, text = where if isinstance(where, tuple) else (where, read)
             base = ROOT if (ROOT / where).exists() else Path(importlib.util.find_spec(where.split("/")[0]).origin).parents[1]
-            assert read in (base / where).read_text(), f"{read} is not read in {where}"
-    assert not unread, f"set but read by nothing: {unread}"
+            if text not in (base / where).read_text():
+                unread.append(name)
+    return unread
+
+
+def test_every_variable_set_is_one_that_is_read() -> None:
+    settings = _settings_env_names()
+    assert {"BIOVERSE_API_DATABASE_URL", "BIOVERSE_ONLINE_STORE", "BIOVERSE_PROFILE"} <= settings
+    assert not _unread(_env_set_by_deployables(), settings)
+    assert _unread({"BIOVERSE_API_DATABSE_URL_FILE", "BIOVERSE_PRODUCTION_REDIS_URL"}, settings) == ["BIOVERSE_API_DATABSE_URL_FILE"]
+
+
+#: Example values of the secrets the deployables pass as files (the *_FILE variables).
+SECRET_EXAMPLES = {"BIOVERSE_PRODUCTION_POSTGRES_URL": "postgresql://bioverse:pw@db:5432",
+                   "BIOVERSE_PRODUCTION_REDIS_URL": "redis://:pw@cache:6379/0",
+                   "BIOVERSE_API_TOKEN_SECRET": "t", "BIOVERSE_API_METRICS_TOKEN": "m"}
+
+
+def _api_environment(where: str) -> dict[str, str]:
+    if where == "compose":
+        env = dict(COMPOSE_DOC["services"]["api"]["environment"])
+    else:
+        (api,) = [m for m in MANIFESTS if m["kind"] == "Deployment" and m["metadata"]["name"] == "bioverse-api"]
+        (config,) = [m for m in MANIFESTS if m["kind"] == "ConfigMap"]
+        env = {**config["data"], **{e["name"]: e["value"] for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}}
+    resolved = {}
+    for name, value in env.items():
+        if name.startswith("BIOVERSE_") and name.endswith("_FILE"):
+            name, value = name.removesuffix("_FILE"), SECRET_EXAMPLES[name.removesuffix("_FILE")]
+        resolved[name] = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))  # compose's ${VAR:-default}
+    return resolved
+
+
+@pytest.mark.parametrize("where", ["compose", "kubernetes"])
+def test_the_api_settings_accept_the_deployables_values(where: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The API's variables make a complete production profile: every store on its server."""
+    from experiments.settings import ExperimentSettings
+    from feature_store.profile import get_profile
+    from feature_store.settings import FeatureStoreSettings
+    from platform_api.settings import ApiSettings
+
+    for name in [n for n in os.environ if n.startswith("BIOVERSE_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**_api_environment(where), "BIOVERSE_DATA_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    get_profile.cache_clear()
+    try:
+        api, features, experiments = ApiSettings(), FeatureStoreSettings(), ExperimentSettings()
+    finally:
+        get_profile.cache_clear()
+    assert api.database_url == "postgresql+psycopg2://bioverse:pw@db:5432/bioverse"
+    assert api.cache_url.startswith("redis://") and api.risk_scoring == "serve" and api.cookie_secure
+    assert features.online_store == "redis" and features.feast_registry.endswith("/bioverse_feast")
+    assert experiments.resolved_tracking_uri().endswith("/bioverse_mlflow")
+    assert experiments.resolved_artifact_root().startswith("s3://")
 
 
 def _built_images() -> dict[str, str]:
@@ -292,4 +347,4 @@ def test_network_policies_deny_by_default_and_open_serve_to_the_api_only() -> No
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "bioverse-api"}}} in sources
     assert [p["namespaceSelector"]["matchLabels"] for p in namespaces] == [{"kubernetes.io/metadata.name": "kuberay-system"}]
     api_ports = {p["port"] for rule in policies["bioverse-api"]["egress"] for p in rule["ports"]}
-    assert api_ports == {5432, 6379, 443, 5000, 8000}
+    assert api_ports == {5432, 6379, 443, 8000}
