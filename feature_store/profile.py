@@ -150,5 +150,16 @@ def get_profile() -> StoreProfile:
     Raises:
         ProfileError: the production profile is missing a setting.
     """
-    return StoreProfile().check()
+    from pydantic import ValidationError
+
+    try:
+        profile = StoreProfile()
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else "profile"
+        if first["type"] == "extra_forbidden":
+            raise ProfileError(f"{os.environ.get(CONFIG_ENV)}: unknown key {key!r}") from None
+        variable = key if key.isupper() else "BIOVERSE_PROFILE" if key == "profile" else f"BIOVERSE_PRODUCTION_{key.upper()}"
+        raise ProfileError(f"{variable}: {first['msg']}") from None
+    return profile.check()
 

@@ -106,6 +106,18 @@ def test_a_malformed_address_is_refused_by_name(env: pytest.MonkeyPatch, name: s
         get_profile()
 
 
+def test_an_unknown_profile_or_key_is_one_line(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("BIOVERSE_PROFILE", "prod")
+    with pytest.raises(ProfileError, match="^BIOVERSE_PROFILE: Input should be 'embedded' or 'production'$"):
+        get_profile()
+    env.delenv("BIOVERSE_PROFILE")
+    config = tmp_path / "bioverse.toml"
+    config.write_text('profile = "production"\npostgres = "postgresql://db"\n')
+    env.setenv("BIOVERSE_CONFIG", str(config))
+    with pytest.raises(ProfileError, match=f"^{config}: unknown key 'postgres'$"):
+        get_profile()
+
+
 def test_the_config_file_switches_and_the_environment_beats_it(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "bioverse.toml"
     config.write_text('profile = "production"\npostgres_url = "postgresql://bio@db"\nredis_url = "redis://cache/2"\n'
