@@ -129,6 +129,7 @@ class ArchiveRun:
 
     segments: list[Segment] = field(default_factory=list)
     seconds: float = 0.0
+    upto: int = 0  # the newest id the run could archive, fixed when it started (before the head then)
 
     @property
     def events(self) -> int:
@@ -160,7 +161,7 @@ class Archiver:
         started = time.perf_counter()
         done = ArchiveRun()
         with self._run_lock():
-            upto = self._upto(before)
+            done.upto = upto = self._upto(before)
             while (segment := self.write_segment(upto)) is not None:
                 self.commit(segment)
                 done.segments.append(segment)

@@ -66,7 +66,7 @@ def _check_segment(walk: ChainWalk, store: ArchiveStore, record: dict[str, Any],
         gap = (f"events {walk.last_id + 1}-{first - 1} are in no segment" if first > walk.last_id + 1
                else "it does not continue the previous segment")
         breaks.append(AuditBreak(first, f"{where}: a gap in the archive: {gap} (a segment and its record were removed)"))
-        walk.prev, walk.prev_parent = record["first_prev_hash"], None
+        walk.skip(max(first - 1, walk.last_id), record["first_prev_hash"], max(first - walk.last_id - 1, 0))
     data, raw = store.get(name), store.get(manifest_name(name))
     if data is None:
         breaks.append(AuditBreak(first, f"{where}: the segment is gone from the archive (its record remains)"))
