@@ -288,10 +288,13 @@ def test_every_image_is_built_here_or_pinned_third_party() -> None:
 def test_dockerfile_stages_are_non_root_with_healthchecks_and_no_secrets() -> None:
     text = DOCKERFILE.read_text()
     stages = re.split(r"^FROM ", text, flags=re.M)[1:]
-    images = [s for s in stages if s.startswith("runtime AS ")]  # the stages images are built from
+    runtime = next(s for s in stages if s.split()[2] == "runtime")
+    instructions = [line for line in runtime.splitlines() if line and not line.startswith("#")]
+    assert instructions[-2:] == ["USER 10001:10001", 'ENTRYPOINT ["bioverse-entrypoint"]']  # the base ends non-root
+    images = [s for s in stages if s.startswith("runtime AS ")]  # built from it, none switching back
     assert len(images) == 4
     for stage in images:
-        assert "USER 10001:10001" in stage and "HEALTHCHECK" in stage, stage.splitlines()[0]
+        assert "HEALTHCHECK" in stage and "USER" not in stage, stage.splitlines()[0]
     assert not re.search(r"^(ENV|ARG)\s+\S*(PASSWORD|SECRET|TOKEN|ACCESS_KEY)", text, flags=re.M | re.I)
     builder = stages[0]
     assert builder.index("torch==${TORCH_VERSION}") < builder.index("pip install -c /tmp/constraints.txt .")
