@@ -1,6 +1,7 @@
 """checkov's security scan of deploy/ (Kubernetes manifests, the Dockerfile, secrets): no finding but
 the skips listed here and in docs/deployment.md; a new finding fails. checkov runs from its own
-virtual environment (`make checkov`: its pins conflict with the project's)."""
+virtual environment (`make checkov`: its pins conflict with the project's). Also the clinic's
+make-secrets.sh (a subprocess, so not in the unit tier)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,28 @@ def test_the_scan_fails_on_a_weakened_manifest(checkov: Path, tmp_path: Path) ->
     api.write_text(api.read_text().replace("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false"))
     failed = {(c["check_id"], c["resource"]) for c in _scan(checkov, weakened)["kubernetes"]["results"]["failed_checks"]}
     assert failed == {("CKV_K8S_22", "Deployment.bioverse.bioverse-api")}
+
+
+def test_make_secrets_writes_secrets_that_agree(tmp_path: Path) -> None:
+    """deploy/clinic/make-secrets.sh: one password in every URL, S3 keys in the credentials file,
+    the production profile accepts the server URL, and a second run refuses to overwrite."""
+    from feature_store.profile import StoreProfile
+
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    shutil.copy(ROOT / "deploy" / "clinic" / "make-secrets.sh", clinic)
+    subprocess.run(["sh", str(clinic / "make-secrets.sh")], check=True, capture_output=True, timeout=30)
+    secrets = {p.name: p.read_text() for p in (clinic / "secrets").iterdir()}
+    password = secrets["postgres_password"]
+    assert len(password) == 64 and (clinic / "secrets").stat().st_mode & 0o077 == 0
+    assert secrets["postgres_url"] == f"postgresql://bioverse:{password}@postgres:5432"
+    assert secrets["database_url"].endswith(f"{password}@postgres:5432/bioverse")
+    assert secrets["mlflow_database_url"].endswith(f"{password}@postgres:5432/bioverse_mlflow")
+    assert f"aws_access_key_id = {secrets['s3_access_key']}" in secrets["s3_credentials"]
+    assert f"aws_secret_access_key = {secrets['s3_secret_key']}" in secrets["s3_credentials"]
+    profile = StoreProfile(profile="production", postgres_url=secrets["postgres_url"], redis_url="redis://redis:6379/0",
+                           artifact_root="s3://mlflow-artifacts/mlflow").check()
+    assert profile.platform_database_url() == secrets["database_url"]
+    again = subprocess.run(["sh", str(clinic / "make-secrets.sh")], capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "already holds secrets" in again.stderr
+    assert (clinic / "secrets" / "postgres_password").read_text() == password
