@@ -121,7 +121,7 @@ def test_rayservice_serves_the_packaged_applications_on_gpu_and_cpu_groups() -> 
     gpu, cpu = groups["gpu"], groups["cpu"]
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
-    assert gpu["nodeSelector"] and gpu["containers"][0]["image"].endswith("-gpu")
+    assert gpu["nodeSelector"] and gpu["containers"][0]["image"].startswith("bioverse-ai-gpu:")
     assert "nvidia.com/gpu" not in json.dumps(cpu["containers"][0]["resources"])
 
 
@@ -276,13 +276,15 @@ def test_every_image_is_built_here_or_pinned_third_party() -> None:
     kustomized = {i["name"]: i["newTag"] for i in yaml.safe_load((K8S / "kustomization.yaml").read_text())["images"]}
     assert set(kustomized.values()) == {VERSION}
     images = {s["image"].replace("${BIOVERSE_VERSION:-0.1.0}", VERSION) for s in COMPOSE_DOC["services"].values()}
-    images |= {c["image"] for _, pod in _pod_specs() for c in pod["containers"]}
+    cluster = {c["image"] for _, pod in _pod_specs() for c in pod["containers"]}
+    assert {i.split(":")[0] for i in cluster} == set(kustomized)  # each pinnable at release, none retagged by another
+    images |= cluster
     for image in images:
         if image in THIRD_PARTY_IMAGES:
             assert not image.endswith(":latest")
             continue
         assert image in built, f"{image} is built by no Dockerfile here"
-        assert image.split(":")[1].startswith(VERSION)
+        assert image.split(":")[1] == VERSION
 
 
 def test_dockerfile_stages_are_non_root_with_healthchecks_and_no_secrets() -> None:
