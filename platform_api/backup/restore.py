@@ -89,7 +89,8 @@ def _check_audit(target: Installation, manifest_head: dict[str, Any], source_db:
 
     from experiments.errors import SecretKeyError
     from experiments.keys import secret_key
-    from platform_api.audit import verify
+    from platform_api.audit_archive_store import archive_location, open_store
+    from platform_api.audit_archive_verify import verify_all
     from platform_api.audit_checkpoints import write_checkpoint
 
     try:
@@ -99,8 +100,8 @@ def _check_audit(target: Installation, manifest_head: dict[str, Any], source_db:
     carried = _carry_checkpoints(source_db, manifest_head, target, key)
     engine = create_engine(target.database_url)
     try:
-        with Session(engine) as session:
-            check = verify(session, checkpoints=target.checkpoints, key=key)
+        with Session(engine) as session:  # archived segments (restored under audit/archive) and live table as one chain
+            check = verify_all(session, open_store(archive_location()), checkpoints=target.checkpoints, key=key)
         if not check.ok:
             raise BackupError(f"the restored audit chain does not verify: {check.breaks[0].event_id}: {check.reason}")
         write_checkpoint(engine, path=target.checkpoints, key=key)
@@ -190,6 +191,7 @@ def restore_backup(destination: Destination, name: str, target: Installation, *,
         if "feature-repo" in staged:
             undo.append(_remove(target.feature_repo))
             unpack(staged["feature-repo"], target.feature_repo)
+            _set_registry_aside(target.feature_repo)
         undo.append(_remove(target.data_dir / "audit"))
         names = unpack(staged["audit"], target.data_dir / "audit")
         if "checkpoints.jsonl" in names and target.checkpoints != target.data_dir / "audit" / "checkpoints.jsonl":
@@ -235,18 +237,25 @@ def _place_keys(target: Installation, archive: Path | None, keys_from: Path | No
         path.chmod(0o600)
 
 
+def _set_registry_aside(repo: Path) -> None:
+    """Keep the source's Feast registry as ``registry.restored.db``: ``features init`` re-creates the
+    registry from the definitions without the source's materialization watermark, so the
+    (incremental) materialize reloads every value within the views' TTL, not only newer ones."""
+    registry = repo / "data" / "registry.db"
+    if registry.exists():
+        os.replace(registry, registry.with_name("registry.restored.db"))
+
+
 def _features(target: Installation, features: dict[str, Any], rebuild: bool) -> str:
     if not features:
         return "no feature repo in the backup"
     recipe = " && ".join(features.get("rebuild", []))
     if not rebuild:
         return f"online store not rebuilt: run `{recipe}`"
-    from feature_store.repo import FeatureRepo
+    from feature_store.configured import configured_repo
 
-    try:
-        repo = FeatureRepo(target.feature_repo)
-        repo.init()
-        repo.materialize()
+    try:  # the target's settings: its online store (SQLite or Redis) and registry (file or SQL)
+        configured_repo(init=True).materialize()
     except Exception as err:  # noqa: BLE001 - the online store is a cache; the restore stands
         return f"online store NOT rebuilt ({type(err).__name__}: {err}); run `{recipe}`"
     return "online store rebuilt (feast apply + materialize)"

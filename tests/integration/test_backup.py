@@ -43,11 +43,15 @@ def _use(mp: pytest.MonkeyPatch, root: Path, db_url: str) -> Installation:
                         root / "feature_repo")
 
 
-def _build(root: Path, db_url: str, hospitals: list[Path]) -> dict[str, Any]:
-    """Models registered and version 1 approved into production, 3 twins with 2 predictions each, a checkpoint."""
+def _build(root: Path, db_url: str, hospitals: list[Path], *, full: bool = False) -> dict[str, Any]:
+    """Models registered and version 1 approved into production, 3 twins with 2 predictions each, a
+    checkpoint; with ``full``, a Feast repo holding the twins' features, and every audit event but
+    the head moved to an archive segment under audit/archive."""
+    import pandas as pd
     from fastapi.testclient import TestClient
     from mlflow.tracking import MlflowClient
 
+    from feature_store.repo import FeatureRepo
     from platform_api import db
     from platform_api.audit_checkpoints import write_checkpoint
     from platform_api.auth import create_key
@@ -57,11 +61,16 @@ def _build(root: Path, db_url: str, hospitals: list[Path]) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
         _use(mp, root, db_url)
         register_risk_models(f"sqlite:///{root / 'mlflow.db'}", MODEL, hospitals, versions=2)
+        patients = pd.read_csv(hospitals[0]).head(3)
+        if full:
+            repo = FeatureRepo(root / "feature_repo").init()
+            repo.ingest(patients, tenant_id="t1")
+            repo.materialize()
         with TestClient(create_app()) as http:
             with db.session_factory()() as session:
                 key = create_key(session, role="app", tenant_id="t1")
             auth = {"Authorization": f"Bearer {key}"}
-            twins = [http.post("/v1/twins", json={"patient_id": f"p-{i}"}, headers=auth).json()["id"] for i in range(3)]
+            twins = [http.post("/v1/twins", json={"patient_id": p}, headers=auth).json()["id"] for p in patients["patient_id"]]
             with db.session_factory()() as session:
                 predictions = [Prediction(twin_id=t, tenant_id="t1", model_name=MODEL, model_version="1", risk=0.1 * n,
                                           inputs={"age": 50 + n}) for n, t in enumerate(twins * 2)]
@@ -70,15 +79,21 @@ def _build(root: Path, db_url: str, hospitals: list[Path]) -> dict[str, Any]:
                 ids = [p.id for p in predictions]
             assert http.get(f"/v1/twins/{twins[0]}", headers=auth).status_code == 200
             write_checkpoint(db.get_engine())
+            if full:
+                from platform_api.audit_archive import Archiver, cutoff
+                from platform_api.audit_archive_store import open_store
+
+                assert Archiver(db.get_engine(), open_store(root / "audit" / "archive")).run(cutoff(older_than_days=0)).segments
         clear_platform_caches()
         registry = MlflowClient(f"sqlite:///{root / 'mlflow.db'}", registry_uri=f"sqlite:///{root / 'mlflow.db'}")
         aliases = dict(registry.get_registered_model(MODEL).aliases)
         tags = {v: dict(registry.get_model_version(MODEL, v).tags) for v in ("1", "2")}
     assert str(aliases["production"]) == "1"
-    return {"key": key, "twins": twins, "predictions": ids, "aliases": aliases, "tags": tags}
+    return {"key": key, "twins": twins, "predictions": ids, "aliases": aliases, "tags": tags,
+            "age": int(patients["age"].iloc[0]) if full else None}
 
 
-def _check_restored(root: Path, db_url: str, built: dict[str, Any]) -> None:
+def _check_restored(root: Path, db_url: str, built: dict[str, Any], *, features: bool = False) -> str:
     """The restored installation serves the twins and predictions, loads the approved production
     model from the moved artifacts, and `bioverse audit verify` passes with its checkpoints."""
     from fastapi.testclient import TestClient
@@ -97,6 +112,10 @@ def _check_restored(root: Path, db_url: str, built: dict[str, Any]) -> None:
                 assert http.get(f"/v1/predictions/{prediction}", headers=auth).status_code == 200
             ready = http.get("/readyz").json()
             assert ready["checks"]["model"] == f"ok: {MODEL} version 1", ready
+            if features:  # the online store rebuilt from the restored offline store
+                assert ready["checks"]["feature_store"] == "ok", ready
+                state = http.get(f"/v1/twins/{built['twins'][0]}", headers=auth).json()
+                assert state["features"]["age"] == built["age"], state
         uri = f"sqlite:///{root / 'mlflow.db'}"
         client = MlflowClient(uri, registry_uri=uri)
         assert client.get_registered_model(MODEL).aliases == built["aliases"]
@@ -109,12 +128,13 @@ def _check_restored(root: Path, db_url: str, built: dict[str, Any]) -> None:
                           env={**os.environ, **_env(root, db_url)}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "audit log intact" in done.stdout and "checkpoint" in done.stdout and "no checkpoint" not in done.stdout
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory, hospitals_dir: Path) -> tuple[Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("source")
-    return root, _build(root, f"sqlite:///{root / 'platform.db'}", sorted(hospitals_dir.glob("hospital-*.csv")))
+    return root, _build(root, f"sqlite:///{root / 'platform.db'}", sorted(hospitals_dir.glob("hospital-*.csv")), full=True)
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +176,13 @@ def test_sqlite_backups_to_a_folder_and_s3_verify_and_restore_into_empty_install
     report = restore_backup(folder, plain.name, _use(monkeypatch, target, f"sqlite:///{target / 'platform.db'}"),
                             key=None, keys_from=root / "keys")
     assert report["mlflow_paths_moved"] > 0 and report["audit"].startswith("intact")
-    _check_restored(target, f"sqlite:///{target / 'platform.db'}", built)
+    assert report["features"] == "online store not rebuilt: run `bioverse features init && bioverse features materialize`"
+    assert "archive segment" in _check_restored(target, f"sqlite:///{target / 'platform.db'}", built)
     with pytest.raises(RestoreRefused, match="not empty"):
         restore_backup(folder, plain.name, _use(monkeypatch, target, f"sqlite:///{target / 'platform.db'}"), key=None)
+    forced = restore_backup(folder, plain.name, _use(monkeypatch, target, f"sqlite:///{target / 'platform.db'}"), key=None,
+                            force=True, keys_from=root / "keys")
+    assert forced["audit"].startswith("intact") and forced["row_counts"]["predictions"] == 6
 
     # a restore that fails late (another audit key: the chain does not verify) is undone: the target is empty again
     wrong_keys, failed = tmp_path / "wrong-keys", tmp_path / "restored-failed"
@@ -178,8 +202,9 @@ def test_sqlite_backups_to_a_folder_and_s3_verify_and_restore_into_empty_install
     done = subprocess.run([BIOVERSE, "backup", "restore", s3_url, sealed.name, "--key-file", str(key_file)],
                           capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr
-    assert "3 twins, 6 predictions; audit log intact" in done.stdout
-    _check_restored(target, f"sqlite:///{target / 'platform.db'}", built)
+    assert "3 twins, 6 predictions; audit log intact" in done.stdout and "online store rebuilt" in done.stdout
+    assert str(target) in (target / "feature_repo" / "feature_store.yaml").read_text()  # re-applied where it now lives
+    _check_restored(target, f"sqlite:///{target / 'platform.db'}", built, features=True)
 
     # tamper: one file altered, one truncated, one removed -> verify names each, exit 1; restore refuses, places nothing
     base = folder.root / plain.name
