@@ -130,6 +130,7 @@ class ArchiveRun:
     segments: list[Segment] = field(default_factory=list)
     seconds: float = 0.0
     upto: int = 0  # the newest id the run could archive, fixed when it started (before the head then)
+    longest_commit: float = 0.0  # seconds of the longest segment transaction (SQLite: appenders wait that long)
 
     @property
     def events(self) -> int:
@@ -163,7 +164,9 @@ class Archiver:
         with self._run_lock():
             done.upto = upto = self._upto(before)
             while (segment := self.write_segment(upto)) is not None:
+                began = time.perf_counter()
                 self.commit(segment)
+                done.longest_commit = max(done.longest_commit, time.perf_counter() - began)
                 done.segments.append(segment)
         done.seconds = time.perf_counter() - started
         return done
