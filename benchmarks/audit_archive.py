@@ -2,7 +2,7 @@
 and verifying archive + live table, against a baseline in the same run: verifying the same events
 live (the chain before archiving, no archive).
 
-Usage: python benchmarks/audit_archive.py [--events 1000000] [--segment-events 100000] [--postgres]
+Usage: python benchmarks/audit_archive.py [--events 1000000] [--segment-events 50000] [--postgres]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def measure(url: str, events: int, segment_events: int, work: Path) -> tuple[lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--segment-events", type=int, default=100_000)
+    parser.add_argument("--segment-events", type=int, default=50_000)
     parser.add_argument("--postgres", action="store_true", help="also measure on the local PostgreSQL")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-audit-archive-"))

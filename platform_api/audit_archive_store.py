@@ -50,14 +50,15 @@ class RetentionSettings(BaseSettings):
     Attributes:
         audit_retention_days: Events older than this are archived (default 7 years).
         audit_archive: A folder or ``s3://bucket/prefix``; empty: ``<data dir>/audit/archive``.
-        audit_archive_segment_events: At most this many events per segment (one transaction each).
+        audit_archive_segment_events: At most this many events per segment (one transaction each;
+            on SQLite appenders wait for it: about 1 s at 50,000).
     """
 
     model_config = SettingsConfigDict(env_prefix="BIOVERSE_API_", extra="ignore")
 
     audit_retention_days: float = Field(default=2557, ge=0)
     audit_archive: str = ""
-    audit_archive_segment_events: int = Field(default=100_000, ge=1)
+    audit_archive_segment_events: int = Field(default=50_000, ge=1)
 
 
 @functools.cache
