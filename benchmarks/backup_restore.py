@@ -225,8 +225,9 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> list[list[str]]:
             keys = [] if extra else ["--keys-from", str(src / "keys")]
             restore = run([bioverse, "backup", "restore", str(dest), name, *extra, *keys], env_of(target, url))
             ready = start_api(env_of(target, url))
-            rows.append([kind, label, f"{created:.1f}", f"{size_of(dest / name) / 1e6:.0f}", f"{verified:.1f}",
-                         f"{restore:.1f}", f"{ready:.1f}", f"{restore + ready:.1f}"])
+            rows.append([kind, label, f"{created:.1f} ({created / base_create:.1f}x)", f"{size_of(dest / name) / 1e6:.0f}",
+                         f"{verified:.1f}", f"{restore:.1f} ({restore / base_restore:.1f}x)", f"{ready:.1f}",
+                         f"{restore + ready:.1f} ({(restore + ready) / (base_restore + base_ready):.2f}x)"])
             print(rows[-1], flush=True)
     finally:
         if made:
@@ -276,7 +277,7 @@ Recovery = restore + an API process (uvicorn) answering `/readyz` 200 with the p
 (the faster of two starts).
 The baseline copies the same stores with the database's own tool and `tar`, without checksums,
 encryption, verification, path relocation or audit re-anchoring; its restored MLflow still points at the
-source's artifact folder.
+source's artifact folder. (Nx) = the baseline's time on the same database in this run is 1x.
 
 {body}
 """)
