@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.orm import Session
 
+from platform_api.audit_archive_store import AUDIT_ARCHIVES, manifest_problem
 from platform_api.audit_checkpoints import Checkpoint, audit_key, database_id, note_appended, read_checkpoints
 from platform_api.auth import Principal
 from platform_api.models import AuditChain, AuditEvent
@@ -197,8 +198,9 @@ def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | No
     After a break the walk goes on from the event's stored hash, so each altered, removed,
     forked or re-hashed event is named once and later events are still checked.
     ``archived`` feeds the archived events to the walk first (see
-    ``platform_api.audit_archive_verify.verify_all``); without it the live table must
-    start at the chain's root.
+    ``platform_api.audit_archive_verify.verify_all``); without it the walk starts after
+    the newest archive record (its MAC checked, the segments not read), so the live table
+    must continue it.
 
     Raises:
         experiments.errors.SecretKeyError: keyed events or checkpoints exist but no audit key does.
@@ -219,6 +221,8 @@ def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | No
     walk = ChainWalk(by_id, legacy_until, key)
     if archived is not None:
         archived(walk)
+    else:
+        _after_archive(session, walk, key)
     walk.boundary = f"the last archived event ({walk.last_id})" if walk.count else "the chain's root (64 zeros)"
     table = AuditEvent.__table__
     columns = [table.c.id, table.c.prev_hash, table.c.hash, *(table.c[k] for k in FIELDS)]
@@ -243,6 +247,19 @@ def verify(session: Session, *, checkpoints: Path | None = None, key: bytes | No
                                                  "the event was deleted"))
     breaks.sort(key=lambda b: (b.event_id is not None, b.event_id or 0))
     return AuditCheck(count, breaks, len(valid), legacy_until, last_id)
+
+
+def _after_archive(session: Session, walk: ChainWalk, key: bytes | None) -> None:
+    """Start a live-only walk after the newest archive record: its hash, the archived count."""
+    row = session.execute(select(AUDIT_ARCHIVES).order_by(AUDIT_ARCHIVES.c.last_id.desc()).limit(1)).first()
+    if row is None:
+        return
+    record = dict(row._mapping)
+    if problem := manifest_problem(record, key or audit_key(create=False)):
+        walk.breaks.append(AuditBreak(record["first_id"], f"the archive record of events {record['first_id']}-"
+                                                          f"{record['last_id']}: its {problem}"))
+    archived = session.scalar(select(func.coalesce(func.sum(AUDIT_ARCHIVES.c.events), 0))) or 0
+    walk.skip(int(record["last_id"]), str(record["last_hash"]), int(archived))
 
 
 @contextlib.contextmanager

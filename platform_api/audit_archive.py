@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,20 +17,23 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
-from experiments.keys import mac, verify_mac
 from platform_api.audit import FIELDS, GENESIS, ChainWalk
-from platform_api.audit_archive_store import AUDIT_ARCHIVES, ArchiveStore, AuditArchiveError, retention_settings
+from platform_api.audit_archive_store import (
+    AUDIT_ARCHIVES,
+    MANIFEST_FIELDS,
+    ArchiveStore,
+    AuditArchiveError,
+    retention_settings,
+    sign_manifest,
+)
 from platform_api.audit_checkpoints import audit_key
 from platform_api.models import AuditChain, AuditEvent
 
-__all__ = ["MANIFEST_FIELDS", "ArchiveRun", "Archiver", "Segment", "cutoff", "decode_segment", "encode_segment",
-           "manifest_name", "manifest_problem", "segment_name", "sign_manifest"]
+__all__ = ["ArchiveRun", "Archiver", "Segment", "cutoff", "decode_segment", "encode_segment", "manifest_name",
+           "segment_name"]
 
 _ARCHIVE_LOCK = 7_262_027  # PostgreSQL advisory lock (session): one archive run at a time
 _COMMIT_LOCK = 7_262_028  # PostgreSQL advisory lock (transaction): one segment's commit at a time
-#: What a manifest (and its ``audit_archives`` row) signs, in this order.
-MANIFEST_FIELDS = ("first_id", "last_id", "events", "first_prev_hash", "last_hash", "first_at", "last_at", "segment",
-                   "sha256", "bytes")
 _COLUMNS = ("id", "prev_hash", "hash", *FIELDS)
 
 
@@ -84,23 +87,6 @@ def decode_segment(data: bytes) -> list[tuple[Any, ...]]:
         return rows
     except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
         raise AuditArchiveError(f"not a readable segment ({err})") from err
-
-
-def _message(manifest: Mapping[str, Any]) -> str:
-    return "archive:" + json.dumps({k: manifest[k] for k in MANIFEST_FIELDS}, sort_keys=True, separators=(",", ":"))
-
-
-def sign_manifest(manifest: Mapping[str, Any], key: bytes) -> dict[str, Any]:
-    """The manifest's fields with ``mac`` (HMAC-SHA256 under the audit key, message prefixed ``archive:``)."""
-    fields = {k: manifest[k] for k in MANIFEST_FIELDS}
-    return {**fields, "mac": mac(key, _message(fields))}
-
-
-def manifest_problem(manifest: Any, key: bytes) -> str:
-    """Why a manifest (or ``audit_archives`` row) cannot be trusted; empty when its MAC holds."""
-    if not isinstance(manifest, Mapping) or any(k not in manifest for k in MANIFEST_FIELDS):
-        return "not a readable manifest"
-    return "" if verify_mac(key, _message(manifest), str(manifest.get("mac", ""))) else "its MAC does not verify (forged or altered)"
 
 
 def cutoff(*, older_than_days: float | None = None, before: datetime | None = None) -> datetime:

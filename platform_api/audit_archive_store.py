@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,11 +15,12 @@ import sqlalchemy as sa
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from experiments.keys import mac, verify_mac
 from platform_api.errors import PlatformError
 from platform_api.settings import get_settings
 
-__all__ = ["AUDIT_ARCHIVES", "ArchiveStore", "AuditArchiveError", "LocalStore", "RetentionSettings", "S3Store",
-           "archive_location", "open_store", "retention_settings"]
+__all__ = ["AUDIT_ARCHIVES", "MANIFEST_FIELDS", "ArchiveStore", "AuditArchiveError", "LocalStore", "RetentionSettings", "S3Store",
+           "archive_location", "manifest_problem", "open_store", "retention_settings", "sign_manifest"]
 
 #: One row per archived segment (migration 0006): append-only; the DELETE trigger on
 #: ``audit_events`` lets only rows at or below the newest ``last_id`` go, oldest first.
@@ -38,6 +40,26 @@ AUDIT_ARCHIVES = sa.Table(
     sa.Column("archived_at", sa.DateTime, nullable=False),
     sa.Column("mac", sa.String(64), nullable=False),
 )
+
+
+#: What a manifest (and its ``audit_archives`` row) signs, in this order.
+MANIFEST_FIELDS = ("first_id", "last_id", "events", "first_prev_hash", "last_hash", "first_at", "last_at", "segment",
+                   "sha256", "bytes")
+def _message(manifest: Mapping[str, Any]) -> str:
+    return "archive:" + json.dumps({k: manifest[k] for k in MANIFEST_FIELDS}, sort_keys=True, separators=(",", ":"))
+
+
+def sign_manifest(manifest: Mapping[str, Any], key: bytes) -> dict[str, Any]:
+    """The manifest's fields with ``mac`` (HMAC-SHA256 under the audit key, message prefixed ``archive:``)."""
+    fields = {k: manifest[k] for k in MANIFEST_FIELDS}
+    return {**fields, "mac": mac(key, _message(fields))}
+
+
+def manifest_problem(manifest: Any, key: bytes) -> str:
+    """Why a manifest (or ``audit_archives`` row) cannot be trusted; empty when its MAC holds."""
+    if not isinstance(manifest, Mapping) or any(k not in manifest for k in MANIFEST_FIELDS):
+        return "not a readable manifest"
+    return "" if verify_mac(key, _message(manifest), str(manifest.get("mac", ""))) else "its MAC does not verify (forged or altered)"
 
 
 class AuditArchiveError(PlatformError):

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from platform_api.audit import AuditBreak, AuditCheck, ChainWalk, verify
-from platform_api.audit_archive import MANIFEST_FIELDS, decode_segment, manifest_name, manifest_problem
-from platform_api.audit_archive_store import AUDIT_ARCHIVES, ArchiveStore, AuditArchiveError
+from platform_api.audit_archive import decode_segment, manifest_name
+from platform_api.audit_archive_store import AUDIT_ARCHIVES, MANIFEST_FIELDS, ArchiveStore, AuditArchiveError, manifest_problem
 from platform_api.audit_checkpoints import audit_key
 from platform_api.models import AuditEvent
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from platform_api.audit import audited, event_mac, lock_chain
+from platform_api.audit import audited, event_mac, lock_chain, verify
 from platform_api.audit_archive import Archiver, decode_segment, encode_segment, manifest_name
 from platform_api.audit_archive_store import AUDIT_ARCHIVES, LocalStore, open_store, retention_settings
 from platform_api.audit_archive_verify import verify_all
@@ -125,6 +125,9 @@ def test_archive_keeps_one_chain_and_verify_checks_segments_and_live_table(db: E
     check = _check(db)
     assert check.ok, _reasons(check)
     assert (check.events, check.archived, check.segments, check.checkpoints) == (35, 30, 3, 2)
+    with Session(db) as session:  # live-only (the metrics' check): starts after the newest archive record
+        live_only = verify(session)
+    assert live_only.ok and live_only.events == 35, _reasons(live_only)
     anchor = write_checkpoint(db)
     assert anchor is not None and anchor.events == 35  # archived events counted
     _append_now(db, 2)
@@ -186,6 +189,8 @@ def test_verify_names_each_fault_in_archive_and_live_table(db: Engine) -> None:
     store.put(manifest_name(names[3]), json.dumps(forged).encode())
     _raw(db, "DELETE FROM audit_events WHERE id = 31")  # a live row deleted without an archive record
     store.put("segment-000000000031-000000000031.jsonl.gz", encode_segment([tuple(row31)])[0])  # a stray segment
+    with Session(db) as session:  # live-only: the deleted live row is still caught
+        assert "32: its prev_hash is not the hash of the last archived event (30)" in _reasons(verify(session))
     check = _check(db)
     reasons = _reasons(check)
     assert not check.ok

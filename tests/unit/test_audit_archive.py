@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from platform_api.audit import GENESIS, event_mac
-from platform_api.audit_archive import (
-    cutoff,
-    decode_segment,
-    encode_segment,
-    manifest_name,
+from platform_api.audit_archive import cutoff, decode_segment, encode_segment, manifest_name, segment_name
+from platform_api.audit_archive_store import (
+    AuditArchiveError,
+    LocalStore,
+    S3Store,
     manifest_problem,
-    segment_name,
+    open_store,
+    retention_settings,
     sign_manifest,
 )
-from platform_api.audit_archive_store import AuditArchiveError, LocalStore, S3Store, open_store, retention_settings
 
 KEY = bytes.fromhex("ab" * 32)
 
