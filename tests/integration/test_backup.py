@@ -9,7 +9,6 @@ import secrets
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from platform_api.backup.destination import FolderDestination, S3Destination
 from platform_api.backup.errors import BackupError, BackupFault, RestoreRefused
 from platform_api.backup.restore import restore_backup
 from platform_api.backup.verify import list_backups, verify_backup
-from tests.integration.conftest import BIOVERSE, PG, PostgresDatabase, clear_platform_caches, register_risk_models
+from tests.integration.conftest import BIOVERSE, PostgresDatabase, clear_platform_caches, register_risk_models
 
 MODEL = "backup-risk"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -175,7 +174,7 @@ def test_sqlite_backups_to_a_folder_and_s3_verify_and_restore_into_empty_install
     target = tmp_path / "restored-plain"
     report = restore_backup(folder, plain.name, _use(monkeypatch, target, f"sqlite:///{target / 'platform.db'}"),
                             key=None, keys_from=root / "keys")
-    assert report["mlflow_paths_moved"] > 0 and report["audit"].startswith("intact")
+    assert report["mlflow_paths_moved"] > 0 and report["audit"].startswith("intact") and "(0 carried" not in report["audit"]
     assert report["features"] == "online store not rebuilt: run `bioverse features init && bioverse features materialize`"
     assert "archive segment" in _check_restored(target, f"sqlite:///{target / 'platform.db'}", built)
     with pytest.raises(RestoreRefused, match="not empty"):
@@ -226,33 +225,26 @@ def test_sqlite_backups_to_a_folder_and_s3_verify_and_restore_into_empty_install
 
 def test_postgres_to_postgres_restore(hospitals_dir: Path, postgres_database: PostgresDatabase, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import psycopg2
+    """The source database is emptied after the backup and restored at another address (``localhost``
+    instead of ``127.0.0.1``: another database to the audit checkpoints, as after a move)."""
+    from platform_api.backup.stores import empty_postgres
 
     source_root, target_root = tmp_path / "pg-source", tmp_path / "pg-target"
     built = _build(source_root, postgres_database.sqlalchemy_url, sorted(hospitals_dir.glob("hospital-*.csv"))[:2])
     here = _use(monkeypatch, source_root, postgres_database.sqlalchemy_url)
     manifest = create_backup(FolderDestination(tmp_path / "b"), here, key=None)
     assert manifest.database_kind == "postgresql" and manifest.file("platform-db").path == "platform.pgdump"
-    name = f"bioverse_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(**PG)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    url = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
-    try:
-        target = _use(monkeypatch, target_root, url)
-        with pytest.raises(RestoreRefused, match="kind"):  # a PostgreSQL backup does not go into SQLite
-            restore_backup(FolderDestination(tmp_path / "b"), manifest.name,
-                           _use(monkeypatch, target_root, f"sqlite:///{target_root / 'p.db'}"), key=None)
-        report = restore_backup(FolderDestination(tmp_path / "b"), manifest.name, target, key=None,
-                                keys_from=source_root / "keys")
-        assert report["audit"].startswith("intact")
-        _check_restored(target_root, url, built)
-    finally:
-        clear_platform_caches()
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    clear_platform_caches()
+    empty_postgres(postgres_database.sqlalchemy_url)
+    url = postgres_database.sqlalchemy_url.replace("@127.0.0.1:", "@localhost:")
+    with pytest.raises(RestoreRefused, match="kind"):  # a PostgreSQL backup does not go into SQLite
+        restore_backup(FolderDestination(tmp_path / "b"), manifest.name,
+                       _use(monkeypatch, target_root, f"sqlite:///{target_root / 'p.db'}"), key=None)
+    report = restore_backup(FolderDestination(tmp_path / "b"), manifest.name, _use(monkeypatch, target_root, url), key=None,
+                            keys_from=source_root / "keys")
+    assert report["audit"].startswith("intact") and "carried over" in report["audit"] and "(0 carried" not in report["audit"]
+    _check_restored(target_root, url, built)
+    clear_platform_caches()
 
 
 def test_a_killed_create_leaves_no_complete_backup(source: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
