@@ -268,3 +268,20 @@ def test_a_killed_create_leaves_no_complete_backup(source: tuple[Path, dict[str,
     assert listed.returncode == 0 and "1 incomplete (not restorable)" in listed.stderr
     with pytest.raises(BackupError, match="no complete backup"):
         verify_backup(FolderDestination(tmp_path / "b"), partial[0], None)
+
+
+def test_an_s3_artifact_root_is_packed_and_put_back(s3_url: str, tmp_path: Path) -> None:
+    """The production profile's MLflow artifacts on S3: every object under the root goes into the tar and comes back."""
+    import boto3
+
+    from platform_api.backup.mlflow_store import pack_artifacts, unpack_artifacts
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    s3.create_bucket(Bucket="mlflow")
+    objects = {"1/abc/artifacts/model/model.pt": b"weights", "1/abc/artifacts/validation/report.json": b"{}"}
+    for key, body in objects.items():
+        s3.put_object(Bucket="mlflow", Key=f"artifacts/{key}", Body=body)
+    assert pack_artifacts("s3://mlflow/artifacts", tmp_path / "a.tar") == 2
+    unpack_artifacts(tmp_path / "a.tar", "s3://mlflow/restored")
+    for key, body in objects.items():
+        assert s3.get_object(Bucket="mlflow", Key=f"restored/{key}")["Body"].read() == body
