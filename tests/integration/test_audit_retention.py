@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -305,3 +308,28 @@ def test_an_s3_archive_verifies_and_a_lost_object_is_named(db: Engine, monkeypat
                                                              ".jsonl.gz")["Body"].read()).count(b"\n") == 15
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)  # the kill does not depend on the database
+def test_an_archiver_killed_mid_run_leaves_a_log_that_verifies_and_a_rerun_finishes(db: Engine) -> None:
+    _append_at(db, [OLD + timedelta(days=1, seconds=i) for i in range(10_000)])
+    store = _store(db)
+    process = subprocess.Popen([str(Path(sys.executable).parent / "bioverse"), "audit", "archive", "--segment-events", "100",
+                                "--before", "2100-01-01"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while len(store.names()) < 10 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert process.poll() is None, f"the archiver finished before it could be killed: {process.communicate()[0]!r} {store.names()[:4]}"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(10)
+    archived = len(store.names()) // 2
+    assert 5 <= archived < 100
+    check = _check(db)
+    assert check.ok, _reasons(check)  # whatever step it died in: a segment never recorded keeps its events live
+    run = Archiver(db, store, segment_events=100).run(datetime(2100, 1, 1))
+    assert _live(db) == [10_035] and run.upto == 10_034  # the head stays
+    check = _check(db)
+    assert check.ok and check.events == 10_035 and check.archived == 10_034, _reasons(check)
