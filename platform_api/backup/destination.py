@@ -3,10 +3,13 @@ once its ``manifest.json`` is there: a folder is renamed into place after it, on
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from platform_api.backup.errors import BackupError
 from platform_api.backup.manifest import MANIFEST
@@ -14,6 +17,35 @@ from platform_api.backup.manifest import MANIFEST
 __all__ = ["Destination", "FolderDestination", "S3Destination", "open_destination"]
 
 _STAGING = ".incomplete-"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def _s3_errors(what: str, where: str) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise FileNotFoundError(where) from err
+        raise BackupError(f"{where}: cannot {what} ({err.response.get('Error', {}).get('Code', 'error')}: {err})") from err
+    except BotoCoreError as err:
+        raise BackupError(f"{where}: cannot {what} ({err})") from err
+
+
+def _s3_call(what: str) -> Callable[[F], F]:
+    """S3 failures (no bucket, no credentials, endpoint down) become one-line :class:`BackupError` s."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def call(self: S3Destination, *args: Any, **kwargs: Any) -> Any:
+            with _s3_errors(what, self.url):
+                return fn(self, *args, **kwargs)
+
+        return call  # type: ignore[return-value]
+
+    return wrap
 
 
 class Destination:
@@ -137,19 +169,23 @@ class S3Destination(Destination):
     def _key(self, name: str, relpath: str = "") -> str:
         return "/".join(p for p in (self.prefix, name, relpath) if p)
 
+    @_s3_call("upload")
     def put(self, name: str, relpath: str, local: Path, *, staging: bool = True) -> None:
         self.s3.upload_file(str(local), self.bucket, self._key(name, relpath))
 
+    @_s3_call("write the manifest")
     def commit(self, name: str, manifest_text: str) -> None:
         if self.read_text(name, MANIFEST) is not None:
             raise BackupError(f"{self._key(name)}: a backup of that name exists")
         self.s3.put_object(Bucket=self.bucket, Key=self._key(name, MANIFEST), Body=manifest_text.encode())
 
+    @_s3_call("remove the staging objects")
     def abort(self, name: str) -> None:
         keys = [{"Key": k} for k in self._objects(self._key(name) + "/")]
         for start in range(0, len(keys), 1000):
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start:start + 1000]})
 
+    @_s3_call("list objects")
     def _objects(self, prefix: str) -> dict[str, int]:
         found: dict[str, int] = {}
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
@@ -170,12 +206,11 @@ class S3Destination(Destination):
         base = self._key(name) + "/"
         return {k[len(base):]: size for k, size in self._objects(base).items()}
 
+    @_s3_call("read")
     def open(self, name: str, relpath: str) -> BinaryIO:
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=self._key(name, relpath))["Body"]  # type: ignore[no-any-return]
-        except self.s3.exceptions.NoSuchKey as err:
-            raise FileNotFoundError(relpath) from err
+        return self.s3.get_object(Bucket=self.bucket, Key=self._key(name, relpath))["Body"]  # type: ignore[no-any-return]
 
+    @_s3_call("write")
     def write_text(self, name: str, relpath: str, text: str) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=self._key(name, relpath), Body=text.encode())
 
