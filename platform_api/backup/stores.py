@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import shutil
 import sqlite3
 import subprocess
 import tarfile
@@ -113,7 +113,7 @@ def restore_database(dump: Path, url: str) -> None:
     if database_kind(url) == "sqlite":
         target = sqlite_path(url)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(dump, target)
+        shutil.move(dump, target)  # a rename on one file system, a copy across (the database on its own volume)
         return
     _run(["pg_restore", "--single-transaction", "--exit-on-error", "--no-owner", f"--dbname={libpq_dsn(url)}", str(dump)],
          "pg_restore")
