@@ -93,13 +93,16 @@ def _registry_runs(tracking_uri: str, max_runs: int) -> list[tuple[float, dict[s
     return [(r.info.start_time / 1000, dict(r.data.metrics)) for r in runs]
 
 
-def _verify_audit() -> AuditResult:
-    from platform_api.audit import verify
+def audit_result() -> AuditResult:
+    """What ``bioverse audit verify`` checks: the archive's segments and the live table as one
+    chain (a segment altered or lost after archiving is a break here too), with the checkpoints."""
+    from platform_api.audit_archive_store import open_store
+    from platform_api.audit_archive_verify import verify_all
     from platform_api.db import session_factory
 
     start = time.perf_counter()
     with session_factory()() as session:
-        check = verify(session)
+        check = verify_all(session, open_store())
     return AuditResult(check.ok, len(check.breaks), check.events, time.time(), time.perf_counter() - start)
 
 
@@ -115,7 +118,7 @@ class OpsChecks:
     """
 
     def __init__(self, *, audit_seconds: float, privacy_seconds: float, tracking_uri: str = "", max_runs: int = 200,
-                 verify_audit: Callable[[], AuditResult] = _verify_audit,
+                 verify_audit: Callable[[], AuditResult] = audit_result,
                  read_runs: Callable[[], list[tuple[float, dict[str, float]]]] | None = None) -> None:
         self.audit_seconds = audit_seconds
         self.privacy_seconds = privacy_seconds

@@ -30,6 +30,7 @@ from platform_api.cli import app
 from platform_api.crud import list_audit_events
 from platform_api.db import get_engine, migrate
 from platform_api.models import AuditEvent
+from platform_api.ops_metrics import audit_result
 from tests.integration.conftest import clear_platform_caches
 
 pytestmark = pytest.mark.integration
@@ -211,6 +212,8 @@ def test_verify_names_each_fault_in_archive_and_live_table(db: Engine) -> None:
     for fault, text_ in expected.items():
         assert text_ in reasons, f"{fault} not named: {reasons}"
     assert len(check.breaks) == len(expected), reasons
+    metrics_check = audit_result()  # what /metrics' audit gauges report: the same walk, segments included
+    assert (metrics_check.ok, metrics_check.breaks) == (False, len(expected))
     broken = runner.invoke(app, ["audit", "verify", "--max-lines", "0"])
     assert broken.exit_code == 1 and f"  archive: archive segment {names[1]}" in broken.output
 
