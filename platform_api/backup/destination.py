@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -48,34 +49,34 @@ def _s3_call(what: str) -> Callable[[F], F]:
     return wrap
 
 
-class Destination:
-    """A place holding backups by name; see :func:`open_destination`."""
+class Destination(ABC):
+    """A place holding backups by name (a folder or an S3 prefix); see :func:`open_destination`."""
 
     url: str
 
+    @abstractmethod
     def put(self, name: str, relpath: str, local: Path, *, staging: bool = True) -> None:
         """Store ``local`` as ``relpath`` of backup ``name`` (in its staging area while it is made)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def commit(self, name: str, manifest_text: str) -> None:
         """Write the manifest and make the backup visible as complete."""
-        raise NotImplementedError
 
+    @abstractmethod
     def abort(self, name: str) -> None:
         """Remove a backup's staging area."""
-        raise NotImplementedError
 
+    @abstractmethod
     def names(self) -> tuple[list[str], list[str]]:
         """(complete backups, incomplete ones: a create that died or is still running), each sorted."""
-        raise NotImplementedError
 
+    @abstractmethod
     def files(self, name: str) -> dict[str, int]:
         """Every file of a complete backup with its size."""
-        raise NotImplementedError
 
+    @abstractmethod
     def open(self, name: str, relpath: str) -> BinaryIO:
         """Read a file of a complete backup (FileNotFoundError when absent)."""
-        raise NotImplementedError
 
     def read_text(self, name: str, relpath: str) -> str | None:
         """A small file of a complete backup as text, ``None`` when absent."""
@@ -85,9 +86,9 @@ class Destination:
         except FileNotFoundError:
             return None
 
+    @abstractmethod
     def write_text(self, name: str, relpath: str, text: str) -> None:
         """Write a small file into a complete backup (verify's record)."""
-        raise NotImplementedError
 
 
 class FolderDestination(Destination):
